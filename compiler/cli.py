@@ -1,0 +1,99 @@
+"""The `snnc` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from .errors import SnncError
+from .options import Options
+
+
+def _shape(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a list of sizes such as 1,3,32,32") from None
+
+
+class _Progress:
+    """Stage lines on stderr, each with the time the previous stage took."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.last: tuple[str, float] | None = None
+
+    def __call__(self, stage: str) -> None:
+        self.finish()
+        self.last = (stage, time.perf_counter())
+        if not self.quiet:
+            click.echo(f"  {stage} ...", err=True, nl=False)
+
+    def finish(self) -> None:
+        if self.last and not self.quiet:
+            click.echo(f" {time.perf_counter() - self.last[1]:.1f}s", err=True)
+        self.last = None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="snnc")
+def main() -> None:
+    """snnc: compile spiking neural networks (SpikingJelly) to ONNX for ONNX Runtime."""
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the ONNX model.")
+@click.option("--dump-ir", "dump_ir", type=click.Path(file_okay=False),
+              help="Write the IR after the frontend and after each pass into this directory.")
+@click.option("--debug-outputs", is_flag=True,
+              help="Add every neuron layer's spikes per timestep as extra outputs.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a whole pickled nn.Module (unpickling runs code from the file).")
+@click.option("--input-shape", help="Example input shape for a pickled module, e.g. 1,3,32,32.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape, quiet):
+    """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
+    from .compile import compile_file
+
+    progress = _Progress(quiet)
+    if not quiet:
+        click.echo(f"snnc compile {model} -> {output}", err=True)
+    try:
+        out_dir = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(out_dir):
+            raise SnncError(f"cannot write {output}: directory {out_dir} does not exist")
+        result = compile_file(model, output, Options(debug_outputs=debug_outputs),
+                              dump_dir=dump_ir, trust_pickle=trust_pickle,
+                              input_shape=_shape(input_shape), progress=progress)
+    except SnncError as error:
+        progress.finish()
+        _fail(str(error))
+    except KeyboardInterrupt:
+        progress.finish()
+        _fail("interrupted; no output was written")
+    except Exception as error:  # a bug in snnc: short message, full traceback on request
+        progress.finish()
+        if os.environ.get("SNNC_DEBUG"):
+            raise
+        _fail(f"internal error ({type(error).__name__}: {error}). This is a bug in snnc; "
+              "rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
+    progress.finish()
+    if not quiet:
+        click.echo(result.summary())
+        click.echo(f"wrote {output}")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"snnc: error: {message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""compile_file: model file -> ONNX file, the whole pipeline top to bottom."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from . import frontend, loader, onnx_emit
+from .ir import Graph
+from .options import DEFAULT, Options
+from .pipeline import run_passes
+
+
+@dataclass
+class Result:
+    graph: Graph  # the one-step graph as traced (before passes)
+    lowered: Graph  # after all passes
+    model: onnx.ModelProto
+    data: bytes
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        g = self.graph
+        neurons = sum(1 for n in g.nodes if n.op == "neuron")
+        params = sum(int(np.prod(a.shape)) for a in g.constants.values())
+        ir_ops = Counter(n.op for n in g.nodes)
+        onnx_ops = Counter(n.op_type for n in self.model.graph.node)
+        top = ", ".join(f"{k} {v}" for k, v in sorted(ir_ops.items(), key=lambda kv: -kv[1]))
+        return "\n".join([
+            f"timesteps     {g.time.steps if g.time else 1}",
+            f"parameters    {params:,} ({neurons} neuron layers)",
+            f"IR ops/step   {top}",
+            f"ONNX nodes    {len(self.model.graph.node):,} "
+            f"({', '.join(f'{k} {v}' for k, v in onnx_ops.most_common(6))})",
+            f"output size   {len(self.data) / 1e6:.2f} MB",
+            "time          " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
+        ])
+
+
+def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = None,
+                    progress: Callable[[str], None] | None = None) -> Result:
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn, *args):
+        if progress:
+            progress(name)
+        start = time.perf_counter()
+        out = fn(*args)
+        timings[name] = time.perf_counter() - start
+        return out
+
+    graph = stage("trace", frontend.lift, program)
+    lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
+    model = stage("emit", onnx_emit.to_onnx, lowered, opts)
+    data = stage("serialize", onnx_emit.model_bytes, model)
+    return Result(graph, lowered, model, data, timings)
+
+
+def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
+                 trust_pickle: bool = False, input_shape: list[int] | None = None,
+                 progress: Callable[[str], None] | None = None) -> Result:
+    start = time.perf_counter()
+    if progress:
+        progress("load")
+    program = loader.load_program(path, trust_pickle=trust_pickle, input_shape=input_shape)
+    load_time = time.perf_counter() - start
+    result = compile_program(program, opts, dump_dir, progress)
+    result.timings = {"load": load_time, **result.timings}
+    if progress:
+        progress("write")
+    onnx_emit.write_atomic(output, result.data)
+    return result

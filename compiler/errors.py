@@ -1,0 +1,35 @@
+"""The few error types snnc raises. Every user-facing failure is one of these.
+
+The CLI prints `str(error)` as one paragraph and exits non-zero; a raw traceback from torch
+or onnx reaching the user is a bug in snnc.
+"""
+
+
+class SnncError(Exception):
+    """Base of every error snnc reports to a user."""
+
+
+class BadInputError(SnncError):
+    """The user's file, option or model is wrong (missing, not a model, unsafe to load...)."""
+
+
+class UnsupportedOpError(SnncError):
+    """The model uses operations snnc cannot compile; lists every one with its source line."""
+
+    def __init__(self, items: list[tuple[str, str]]):
+        self.items = items
+        lines = [f"  - {op}   at {where}" for op, where in items]
+        super().__init__(
+            f"the model uses {len(items)} operation(s) snnc cannot compile:\n"
+            + "\n".join(lines)
+            + "\nRewrite these parts of the model with supported layers (docs/ops.md lists"
+            " them), or open an issue with the model attached."
+        )
+
+
+class VerificationError(SnncError):
+    """The IR broke an invariant. Names the stage (frontend or pass) that broke it."""
+
+
+class PassError(SnncError):
+    """A pass could not do its job on this graph (for example, an unsupported combination)."""

@@ -1,0 +1,300 @@
+"""ONNX backend: a fully lowered (unrolled, verified) IR graph -> an ONNX ModelProto.
+
+Dumb and strict: it accepts only graphs without a time spec. Each IR op has one lowering
+in `LOWER`. Names carry the source module path (readable in Netron) and are made unique in
+graph order, so the same graph always gives byte-identical bytes. The batch dimension is
+the symbolic "N" on every input and output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import PassError
+from .ir import BATCH, Graph, Node, Value
+from .options import DEFAULT, Options
+
+DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64}
+IR_VERSION = 10  # the IR version onnx pairs with opset 21; ONNX Runtime 1.31 loads it
+
+
+def module_of(node: Node) -> str:
+    return node.source.split(" ")[0] if node.source else "graph"
+
+
+def step_of(value: Value) -> int | None:
+    """The timestep unroll_timesteps tagged a value with (hint suffix `.t<k>`), if any."""
+    tail = value.hint.rsplit(".t", 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else None
+
+
+class _Emitter:
+    def __init__(self, graph: Graph, opts: Options):
+        self.graph = graph
+        self.opts = opts
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.names: dict[Value, str] = {}
+        self.taken: set[str] = set()
+        self.node_count: dict[str, int] = {}
+        self.scalars: dict[tuple, str] = {}
+        self.used = graph.live_values()
+        self.debug: list[tuple[str, Value]] = []
+
+    def unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def name(self, value: Value, module: str = "") -> str:
+        if value not in self.names:
+            base = value.hint or "v"
+            self.names[value] = self.unique(f"{module}/{base}" if module else base)
+        return self.names[value]
+
+    def temp(self, module: str, what: str) -> str:
+        return self.unique(f"{module}/{what}")
+
+    def add(self, op: str, inputs: list[str], outputs: list[str], module: str, **attrs) -> None:
+        k = self.node_count.get(module, 0)
+        self.node_count[module] = k + 1
+        self.nodes.append(helper.make_node(op, inputs, outputs,
+                                           name=self.unique(f"{module}/{op}_{k}"), **attrs))
+
+    def const(self, array: np.ndarray, base: str) -> str:
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if array.size <= 8 and key in self.scalars:
+            return self.scalars[key]
+        name = self.unique(base)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        if array.size <= 8:
+            self.scalars[key] = name
+        return name
+
+    def ints(self, values, base: str) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), base)
+
+    def emit(self) -> onnx.ModelProto:
+        g = self.graph
+        for value, name in zip(g.inputs, g.input_names or [v.hint for v in g.inputs]):
+            self.names[value] = self.unique(name)
+        for value, array in g.constants.items():
+            self.names[value] = self.const(array, value.hint or "const")
+        for node in g.nodes:
+            module = module_of(node)
+            outs = [self.name(v, module) for v in node.outputs]
+            LOWER[node.op](self, node, [self.names[v] for v in node.inputs], outs, module)
+        graph_inputs = [self.value_info(v, self.names[v]) for v in g.inputs]
+        graph_outputs = []
+        out_names = g.output_names or [f"output{i}" for i in range(len(g.outputs))]
+        for value, name in zip(g.outputs, out_names):
+            if self.names[value] != name:
+                self.add("Identity", [self.names[value]], [name], "output")
+            graph_outputs.append(self.value_info(value, name))
+        for name, value in self.debug:
+            graph_outputs.append(self.value_info(value, name))
+        graph = helper.make_graph(self.nodes, "snnc", graph_inputs, graph_outputs,
+                                  initializer=self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opts.opset)],
+                                  producer_name="snnc", producer_version="0.1.0")
+        model.ir_version = IR_VERSION
+        return model
+
+    def value_info(self, value: Value, name: str) -> onnx.ValueInfoProto:
+        dims = [d if isinstance(d, int) else str(d) for d in value.shape]
+        return helper.make_tensor_value_info(name, DTYPES[value.dtype], dims)
+
+
+# ----------------------------------------------------------------------------- lowerings
+
+def _simple(onnx_op: str):
+    def lower(e: _Emitter, node: Node, ins, outs, module):
+        e.add(onnx_op, ins, outs, module)
+    return lower
+
+
+def _conv(e, node, ins, outs, module):
+    a = node.attrs
+    kernel = list(node.inputs[1].shape[2:])
+    e.add("Conv", ins, outs, module, kernel_shape=kernel, strides=list(a["stride"]),
+          pads=list(a["padding"]) * 2, dilations=list(a["dilation"]), group=a["groups"])
+
+
+def _batch_norm(e, node, ins, outs, module):
+    e.add("BatchNormalization", ins, outs, module, epsilon=float(node.attrs["eps"]))
+
+
+def _pool(onnx_op):
+    def lower(e, node, ins, outs, module):
+        a = node.attrs
+        e.add(onnx_op, ins, outs, module, kernel_shape=list(a["kernel"]),
+              strides=list(a["stride"]), pads=list(a["padding"]) * 2)
+    return lower
+
+
+def _linear(e, node, ins, outs, module):
+    weight = e.graph.constants.get(node.inputs[1])
+    if len(node.inputs[0].shape) == 2:
+        e.add("Gemm", ins, outs, module, transB=1)
+        return
+    if weight is None:
+        raise PassError(f"linear at {node.source} has a non-constant weight")
+    wt = e.const(np.ascontiguousarray(weight.T), f"{ins[1]}.T")
+    if len(ins) == 2:
+        e.add("MatMul", [ins[0], wt], outs, module)
+        return
+    mm = e.temp(module, "matmul")
+    e.add("MatMul", [ins[0], wt], [mm], module)
+    e.add("Add", [mm, ins[2]], outs, module)
+
+
+def _reshape(e, node, ins, outs, module):
+    shape = [-1 if d == BATCH else int(d) for d in node.attrs["shape"]]
+    e.add("Reshape", [ins[0], e.ints(shape, f"{module}/shape")], outs, module)
+
+
+def _transpose(e, node, ins, outs, module):
+    e.add("Transpose", ins, outs, module, perm=list(node.attrs["perm"]))
+
+
+def _split(e, node, ins, outs, module):
+    e.add("Split", [ins[0], e.ints(node.attrs["sizes"], f"{module}/split")], outs, module,
+          axis=node.attrs["axis"])
+
+
+def _reduce(onnx_op):
+    def lower(e, node, ins, outs, module):
+        e.add(onnx_op, [ins[0], e.ints(node.attrs["axes"], f"{module}/axes")], outs, module,
+              keepdims=int(node.attrs["keepdims"]))
+    return lower
+
+
+def _stack(e, node, ins, outs, module):
+    axis = e.ints([node.attrs["axis"]], "axis")
+    parts = []
+    for name in ins:
+        part = e.temp(module, "unsqueeze")
+        e.add("Unsqueeze", [name, axis], [part], module)
+        parts.append(part)
+    e.add("Concat", parts, outs, module, axis=node.attrs["axis"])
+
+
+def _unstack(e, node, ins, outs, module):
+    axis = node.attrs["axis"]
+    parts = [e.temp(module, f"slice{t}") for t in range(len(outs))]
+    e.add("Split", ins, parts, module, axis=axis, num_outputs=len(outs))
+    axes = e.ints([axis], "axis")
+    for part, out in zip(parts, outs):
+        e.add("Squeeze", [part, axes], [out], module)
+
+
+def _f32(e, x: float) -> str:
+    return e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
+
+
+def _neuron(e, node, ins, outs, module):
+    """One neuron step in as few ONNX nodes as its rounding allows (docs/onnx.md).
+
+    h = charge(x, v); spike = h >= threshold; v' = where(spike, v_reset, h) (hard reset) or
+    where(spike, h - threshold, h) (soft reset). With v the zero initial state and a zero
+    reset value, charging reduces to x, x / tau or x * q exactly.
+    """
+    a = node.attrs
+    x, v = ins
+    reset = 0.0 if a["v_reset"] is None else a["v_reset"]
+    v_const = e.graph.constants.get(node.inputs[1])
+    zero_start = v_const is not None and v_const.shape == () and float(v_const) == 0.0 \
+        and reset == 0.0
+    h = e.temp(module, "h")
+    leak = a["leak"]
+    k = _f32(e, a["leak_value"])
+    op = "Div" if leak == "div" else "Mul"
+    if zero_start:
+        if leak == "none" or not a["decay_input"]:
+            h = x
+        else:
+            e.add(op, [x, k], [h], module)
+    elif leak == "none":
+        e.add("Add", [v, x], [h], module)
+    else:
+        delta = v
+        if reset != 0.0:
+            delta = e.temp(module, "v_minus_reset")
+            e.add("Sub", [v, _f32(e, reset)], [delta], module)
+        if a["decay_input"]:
+            diff, scaled = e.temp(module, "x_minus_v"), e.temp(module, "leak")
+            e.add("Sub", [x, delta], [diff], module)
+            e.add(op, [diff, k], [scaled], module)
+            e.add("Add", [v, scaled], [h], module)
+        else:
+            scaled, kept = e.temp(module, "leak"), e.temp(module, "kept")
+            e.add(op, [delta, k], [scaled], module)
+            e.add("Sub", [v, scaled], [kept], module)
+            e.add("Add", [kept, x], [h], module)
+    threshold = _f32(e, a["threshold"])
+    fired = e.temp(module, "fired")
+    e.add("GreaterOrEqual", [h, threshold], [fired], module)
+    e.add("Cast", [fired], [outs[0]], module, to=TensorProto.FLOAT)
+    if e.opts.debug_outputs:
+        step = step_of(node.outputs[0])
+        name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
+        e.add("Identity", [outs[0]], [name], module)
+        e.debug.append((name, node.outputs[0]))
+    if node.outputs[1] not in e.used:
+        return
+    if a["v_reset"] is None:
+        lowered = e.temp(module, "h_minus_threshold")
+        e.add("Sub", [h, threshold], [lowered], module)
+        e.add("Where", [fired, lowered, h], [outs[1]], module)
+    else:
+        e.add("Where", [fired, _f32(e, reset), h], [outs[1]], module)
+
+
+LOWER = {
+    "add": _simple("Add"), "sub": _simple("Sub"), "mul": _simple("Mul"), "div": _simple("Div"),
+    "relu": _simple("Relu"), "matmul": _simple("MatMul"),
+    "conv": _conv, "batch_norm": _batch_norm,
+    "max_pool": _pool("MaxPool"), "avg_pool": _pool("AveragePool"),
+    "linear": _linear, "reshape": _reshape, "transpose": _transpose, "split": _split,
+    "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
+    "stack": _stack, "unstack": _unstack, "neuron": _neuron,
+}
+
+
+def to_onnx(graph: Graph, opts: Options = DEFAULT) -> onnx.ModelProto:
+    if graph.time is not None or graph.states:
+        raise PassError("the ONNX backend needs an unrolled graph (run unroll_timesteps)")
+    missing = sorted({n.op for n in graph.nodes} - set(LOWER))
+    if missing:
+        raise PassError(f"no ONNX lowering for IR op(s) {missing}")
+    model = _Emitter(graph, opts).emit()
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def model_bytes(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString(deterministic=True)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".snnc-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

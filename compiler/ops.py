@@ -1,0 +1,338 @@
+"""The IR's op vocabulary, defined once: attribute schema, type inference, numpy evaluation.
+
+Each op is an `OpDef` in `OPS`. Lowerings to other formats (ONNX: `snnc.onnx_emit`) are
+separate tables keyed by the same names. Shapes may contain "N", the symbolic batch.
+Evaluation works on float32 numpy arrays and rounds exactly as PyTorch's CPU kernels do
+for elementwise arithmetic (one IEEE operation at a time, no fused multiply-add).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .ir import BATCH, Shape
+
+F32 = np.float32
+Type = tuple[str, Shape]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    attrs: Mapping[str, type | tuple[type, ...]]  # required attributes and their types
+    infer: Callable[[Sequence[Type], Mapping], list[Type]]
+    evaluate: Callable[[Sequence[np.ndarray], Mapping], list[np.ndarray]]
+    n_inputs: tuple[int, int]  # (min, max)
+    optional_attrs: Mapping[str, type | tuple[type, ...]] = None  # type: ignore[assignment]
+
+
+class ShapeError(ValueError):
+    pass
+
+
+def broadcast(a: Shape, b: Shape) -> Shape:
+    out = []
+    for i in range(max(len(a), len(b))):
+        da = a[len(a) - 1 - i] if i < len(a) else 1
+        db = b[len(b) - 1 - i] if i < len(b) else 1
+        if da == db or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            raise ShapeError(f"cannot broadcast {a} with {b}")
+    return tuple(reversed(out))
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+def _binary(fn):
+    def infer(types, attrs):
+        (da, sa), (db, sb) = types
+        if da != db:
+            raise ShapeError(f"dtype mismatch {da} vs {db}")
+        return [(da, broadcast(sa, sb))]
+
+    def evaluate(args, attrs):
+        return [fn(args[0], args[1])]
+
+    return infer, evaluate
+
+
+def _unary_same(types, attrs):
+    return [types[0]]
+
+
+# ----------------------------------------------------------------------------- conv and pools
+
+def _window_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _conv_infer(types, attrs):
+    (dx, sx), (dw, sw) = types[0], types[1]
+    spatial = len(sx) - 2
+    if len(sw) != spatial + 2 or sx[1] != sw[1] * attrs["groups"]:
+        raise ShapeError(f"conv input {sx} does not fit weight {sw}")
+    if len(types) == 3 and types[2][1] != (sw[0],):
+        raise ShapeError(f"conv bias {types[2][1]} does not fit weight {sw}")
+    out = [
+        _window_out(sx[2 + i], sw[2 + i], attrs["stride"][i], attrs["padding"][i],
+                    attrs["dilation"][i])
+        for i in range(spatial)
+    ]
+    return [(dx, (sx[0], sw[0], *out))]
+
+
+def _as_2d(x: np.ndarray) -> np.ndarray:
+    return x[:, :, None, :] if x.ndim == 3 else x
+
+
+def _pairs(values, spatial, fill):
+    """Conv1d runs as conv2d over a dummy height axis of size 1: `fill` for that axis."""
+    return (fill, *values) if spatial == 1 else tuple(values)
+
+
+def _conv_eval(args, attrs):
+    x, w = args[0], args[1]
+    spatial = x.ndim - 2
+    x2, w2 = _as_2d(x), _as_2d(w)
+    stride = _pairs(attrs["stride"], spatial, 1)
+    pad = _pairs(attrs["padding"], spatial, 0)
+    dil = _pairs(attrs["dilation"], spatial, 1)
+    groups = attrs["groups"]
+    x2 = np.pad(x2, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    kh, kw = w2.shape[2], w2.shape[3]
+    win = np.lib.stride_tricks.sliding_window_view(
+        x2, ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), axis=(2, 3)
+    )[:, :, :: stride[0], :: stride[1], :: dil[0], :: dil[1]]
+    n, c, oh, ow = win.shape[:4]
+    cg, og = c // groups, w2.shape[0] // groups
+    outs = []
+    for g in range(groups):
+        cols = win[:, g * cg:(g + 1) * cg].transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, -1)
+        wg = w2[g * og:(g + 1) * og].reshape(og, -1)
+        outs.append((cols @ wg.T).reshape(n, oh, ow, og).transpose(0, 3, 1, 2))
+    y = np.concatenate(outs, axis=1) if groups > 1 else outs[0]
+    if len(args) == 3:
+        y = y + args[2].reshape(1, -1, 1, 1)
+    if spatial == 1:
+        y = y[:, :, 0, :]
+    return [np.ascontiguousarray(y, dtype=F32)]
+
+
+def _pool_infer(types, attrs):
+    dx, sx = types[0]
+    spatial = len(sx) - 2
+    out = [
+        _window_out(sx[2 + i], attrs["kernel"][i], attrs["stride"][i], attrs["padding"][i], 1)
+        for i in range(spatial)
+    ]
+    return [(dx, (*sx[:2], *out))]
+
+
+def _max_pool_eval(args, attrs):
+    x = args[0]
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    return [win.max(axis=(4, 5)).astype(F32)]
+
+
+def _avg_pool_eval(args, attrs):
+    x = args[0]
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    if ph or pw:
+        raise NotImplementedError("padded average pooling")  # frontend refuses it
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    return [win.mean(axis=(4, 5), dtype=F32).astype(F32)]
+
+
+# ----------------------------------------------------------------------------- dense
+
+def _linear_infer(types, attrs):
+    (dx, sx), (dw, sw) = types[0], types[1]
+    if len(sw) != 2 or sx[-1] != sw[1]:
+        raise ShapeError(f"linear input {sx} does not fit weight {sw}")
+    return [(dx, (*sx[:-1], sw[0]))]
+
+
+def _linear_eval(args, attrs):
+    y = args[0] @ args[1].T
+    if len(args) == 3:
+        y = y + args[2]
+    return [y.astype(F32)]
+
+
+def _matmul_infer(types, attrs):
+    (da, sa), (db, sb) = types
+    if len(sa) < 2 or len(sb) < 2 or sa[-1] != sb[-2]:
+        raise ShapeError(f"matmul {sa} x {sb}")
+    return [(da, (*broadcast(sa[:-2], sb[:-2]), sa[-2], sb[-1]))]
+
+
+def _batch_norm_infer(types, attrs):
+    dx, sx = types[0]
+    for _, s in types[1:]:
+        if s != (sx[1],):
+            raise ShapeError(f"batch_norm parameter {s} does not fit input {sx}")
+    return [types[0]]
+
+
+def _batch_norm_eval(args, attrs):
+    x, gamma, beta, mean, var = args
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = (gamma / np.sqrt(var + F32(attrs["eps"]))).astype(F32)
+    y = (x - mean.reshape(shape)) * inv.reshape(shape) + beta.reshape(shape)
+    return [y.astype(F32)]
+
+
+# ----------------------------------------------------------------------------- shape ops
+
+def _reshape_infer(types, attrs):
+    dx, sx = types[0]
+    shape = tuple(attrs["shape"])
+    if (BATCH in sx) != (BATCH in shape):
+        raise ShapeError(f"reshape {sx} -> {shape} must keep the batch dimension")
+    static = lambda s: int(np.prod([d for d in s if d != BATCH]))  # noqa: E731
+    if static(sx) != static(shape):
+        raise ShapeError(f"reshape {sx} -> {shape} changes the element count")
+    return [(dx, shape)]
+
+
+def _reshape_eval(args, attrs):
+    x = args[0]
+    shape = [x.shape[0] if d == BATCH else d for d in attrs["shape"]]
+    return [x.reshape(shape)]
+
+
+def _transpose_infer(types, attrs):
+    dx, sx = types[0]
+    perm = attrs["perm"]
+    if sorted(perm) != list(range(len(sx))):
+        raise ShapeError(f"bad permutation {perm} for {sx}")
+    return [(dx, tuple(sx[p] for p in perm))]
+
+
+def _split_infer(types, attrs):
+    dx, sx = types[0]
+    axis, sizes = attrs["axis"], attrs["sizes"]
+    if sum(sizes) != sx[axis]:
+        raise ShapeError(f"split sizes {sizes} do not add up to {sx[axis]}")
+    return [(dx, tuple(s if i != axis else k for i, s in enumerate(sx))) for k in sizes]
+
+
+def _split_eval(args, attrs):
+    bounds = np.cumsum(attrs["sizes"])[:-1]
+    return [np.ascontiguousarray(p) for p in np.split(args[0], bounds, axis=attrs["axis"])]
+
+
+def _reduce_infer(types, attrs):
+    dx, sx = types[0]
+    axes = [a % len(sx) for a in attrs["axes"]]
+    if attrs["keepdims"]:
+        return [(dx, tuple(1 if i in axes else d for i, d in enumerate(sx)))]
+    return [(dx, tuple(d for i, d in enumerate(sx) if i not in axes))]
+
+
+def _stack_infer(types, attrs):
+    d, s = types[0]
+    if any(t != types[0] for t in types):
+        raise ShapeError("stack inputs differ in type")
+    axis = attrs["axis"]
+    return [(d, (*s[:axis], len(types), *s[axis:]))]
+
+
+def _unstack_infer(types, attrs):
+    d, s = types[0]
+    axis = attrs["axis"]
+    if s[axis] != attrs["count"]:
+        raise ShapeError(f"unstack count {attrs['count']} != dimension {s[axis]}")
+    return [(d, s[:axis] + s[axis + 1:])] * attrs["count"]
+
+
+# ----------------------------------------------------------------------------- neurons
+
+def neuron_charge(x: np.ndarray, v: np.ndarray, attrs) -> np.ndarray:
+    """Membrane potential after charging, exactly as SpikingJelly's CPU kernels round it."""
+    leak, decay_input = attrs["leak"], attrs["decay_input"]
+    reset = F32(0.0 if attrs["v_reset"] is None else attrs["v_reset"])
+    x = x.astype(F32, copy=False)
+    if leak == "none":
+        return v + x
+    k = F32(attrs["leak_value"])
+    scale = (lambda a: a / k) if leak == "div" else (lambda a: a * k)
+    if decay_input:
+        return v + scale(x - (v - reset))
+    return v - scale(v - reset) + x
+
+
+def _neuron_infer(types, attrs):
+    (dx, sx), (dv, sv) = types
+    broadcast(sx, sv)
+    return [(dx, sx), (dx, sx)]
+
+
+def neuron_eval(args, attrs):
+    x, v = args
+    h = neuron_charge(x, v, attrs)
+    threshold = F32(attrs["threshold"])
+    fired = h >= threshold
+    if attrs["v_reset"] is None:
+        v_next = np.where(fired, h - threshold, h)
+    else:
+        v_next = np.where(fired, F32(attrs["v_reset"]), h)
+    return [fired.astype(F32), v_next.astype(F32)]
+
+
+# ----------------------------------------------------------------------------- the table
+
+_INT_LIST = (list, tuple)
+_add = _binary(lambda a, b: (a + b).astype(F32))
+_sub = _binary(lambda a, b: (a - b).astype(F32))
+_mul = _binary(lambda a, b: (a * b).astype(F32))
+_div = _binary(lambda a, b: (a / b).astype(F32))
+
+OPS: dict[str, OpDef] = {
+    op.name: op
+    for op in [
+        OpDef("add", {}, *_add, (2, 2)),
+        OpDef("sub", {}, *_sub, (2, 2)),
+        OpDef("mul", {}, *_mul, (2, 2)),
+        OpDef("div", {}, *_div, (2, 2)),
+        OpDef("relu", {}, _unary_same, lambda a, at: [np.maximum(a[0], F32(0))], (1, 1)),
+        OpDef("conv", {"stride": _INT_LIST, "padding": _INT_LIST, "dilation": _INT_LIST,
+                       "groups": int}, _conv_infer, _conv_eval, (2, 3)),
+        OpDef("batch_norm", {"eps": float}, _batch_norm_infer, _batch_norm_eval, (5, 5)),
+        OpDef("max_pool", {"kernel": _INT_LIST, "stride": _INT_LIST, "padding": _INT_LIST},
+              _pool_infer, _max_pool_eval, (1, 1)),
+        OpDef("avg_pool", {"kernel": _INT_LIST, "stride": _INT_LIST, "padding": _INT_LIST},
+              _pool_infer, _avg_pool_eval, (1, 1)),
+        OpDef("linear", {}, _linear_infer, _linear_eval, (2, 3)),
+        OpDef("matmul", {}, _matmul_infer, lambda a, at: [(a[0] @ a[1]).astype(F32)], (2, 2)),
+        OpDef("reshape", {"shape": _INT_LIST}, _reshape_infer, _reshape_eval, (1, 1)),
+        OpDef("transpose", {"perm": _INT_LIST}, _transpose_infer,
+              lambda a, at: [np.ascontiguousarray(a[0].transpose(at["perm"]))], (1, 1)),
+        OpDef("split", {"axis": int, "sizes": _INT_LIST}, _split_infer, _split_eval, (1, 1)),
+        OpDef("reduce_mean", {"axes": _INT_LIST, "keepdims": bool}, _reduce_infer,
+              lambda a, at: [a[0].mean(axis=tuple(at["axes"]), keepdims=at["keepdims"],
+                                       dtype=F32)], (1, 1)),
+        OpDef("reduce_sum", {"axes": _INT_LIST, "keepdims": bool}, _reduce_infer,
+              lambda a, at: [a[0].sum(axis=tuple(at["axes"]), keepdims=at["keepdims"],
+                                      dtype=F32)], (1, 1)),
+        OpDef("stack", {"axis": int}, _stack_infer,
+              lambda a, at: [np.stack(a, axis=at["axis"])], (1, 1 << 20)),
+        OpDef("unstack", {"axis": int, "count": int}, _unstack_infer,
+              lambda a, at: [np.ascontiguousarray(p) for p in np.moveaxis(a[0], at["axis"], 0)],
+              (1, 1)),
+        # A spiking neuron (IF, LIF, parametric LIF) for one timestep: (x, v) -> (spike, v').
+        # leak: "none" (IF), "div" (LIF: /tau) or "mul" (PLIF: *sigmoid(w)); v_reset None is a
+        # soft reset (subtract the threshold).
+        OpDef("neuron", {"leak": str, "leak_value": float, "decay_input": bool,
+                         "threshold": float, "v_reset": (float, type(None))},
+              _neuron_infer, neuron_eval, (2, 2)),
+    ]
+}

@@ -1,0 +1,14 @@
+"""Compile options shared by the pipeline, its passes and the emitters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Options:
+    opset: int = 21
+    debug_outputs: bool = False  # expose every neuron's spikes as extra ONNX outputs
+
+
+DEFAULT = Options()

@@ -1,0 +1,48 @@
+"""The compile pipeline, literally: an ordered tuple of passes and a runner.
+
+The verifier runs after the frontend and after every pass; `dump_dir` receives the IR text
+after each stage (`00-frontend.ir`, `01-fold_batchnorm.ir`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from snnc.passes import fold_batchnorm, remove_dead_nodes, unroll_timesteps
+
+from .errors import PassError, SnncError
+from .ir import Graph
+from .options import DEFAULT, Options
+from .verify import verify
+
+PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = (
+    ("fold_batchnorm", fold_batchnorm.run),
+    ("unroll_timesteps", unroll_timesteps.run),
+    ("remove_dead_nodes", remove_dead_nodes.run),
+)
+
+
+def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = None,
+               passes=PASSES) -> Graph:
+    verify(graph, "frontend")
+    _dump(dump_dir, 0, "frontend", graph)
+    for index, (name, run) in enumerate(passes, start=1):
+        try:
+            graph = run(graph, opts=opts)
+        except SnncError:
+            raise
+        except Exception as error:  # a crash inside a pass is a bug: name the pass
+            raise PassError(f"pass {name} failed: {type(error).__name__}: {error}. This is a "
+                            "bug in snnc; please report it with the model.") from error
+        verify(graph, f"pass {name}")
+        _dump(dump_dir, index, name, graph)
+    return graph
+
+
+def _dump(dump_dir: str | None, index: int, name: str, graph: Graph) -> None:
+    if dump_dir is None:
+        return
+    os.makedirs(dump_dir, exist_ok=True)
+    with open(os.path.join(dump_dir, f"{index:02d}-{name}.ir"), "w") as f:
+        f.write(str(graph) + "\n")
