@@ -23,14 +23,21 @@ import numpy as np
 import torch
 
 from .errors import BadInputError, UnsupportedOpError
-from .ir import BATCH, Graph, Node, State, TimeSpec, Value
-from .ops import OPS
+from .builder import Builder
+from .ir import BATCH, Graph, State, TimeSpec, Value
 
 NEURON_OPS = ("sj_lif.forward.default", "sj_if.forward.default", "sj_plif.forward.default")
 IDENTITY_OPS = ("aten.clone.default", "aten.alias.default", "aten.detach.default",
                 "aten.contiguous.default", "aten.lift_fresh_copy.default")
 BINARY_OPS = {"aten.add.Tensor": "add", "aten.sub.Tensor": "sub", "aten.mul.Tensor": "mul",
               "aten.div.Tensor": "div"}
+OTHER_OPS = ("aten.dropout.default", "aten.repeat.default", "aten.select.int",
+             "aten.full_like.default", "aten.zeros_like.default", "aten.conv1d.default",
+             "aten.conv2d.default", "aten.batch_norm.default", "aten.max_pool2d.default",
+             "aten.avg_pool2d.default", "aten.linear.default", "aten.relu.default",
+             "aten.matmul.default", "aten.transpose.int", "aten.permute.default",
+             "aten.chunk.default", "aten.split.Tensor", "aten.split_with_sizes.default",
+             "aten.mean.dim", "aten.sum.dim_IntList", "getitem")
 RESHAPE_OPS = ("aten.reshape.default", "aten.view.default", "aten.flatten.using_ints",
                "aten.unflatten.int", "aten.squeeze.dim", "aten.squeeze.dims",
                "aten.unsqueeze.default", "aten._unsafe_view.default")
@@ -112,8 +119,7 @@ def _meta_shape(node: torch.fx.Node) -> tuple[int, ...]:
 class _Lifter:
     def __init__(self, program: torch.export.ExportedProgram):
         self.program = program
-        self.nodes: list[Node] = []
-        self.constants: dict[Value, np.ndarray] = {}
+        self.builder = Builder()
         self.states: list[State] = []
         self.env: dict[torch.fx.Node, Any] = {}
         self.unsupported: list[tuple[str, str]] = []
@@ -134,19 +140,12 @@ class _Lifter:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def emit(self, op: str, inputs: list[Value], attrs: dict, source: str, hint: str,
-             n_outputs: int | None = None) -> list[Value]:
-        types = OPS[op].infer([(v.dtype, v.shape) for v in inputs], attrs)
-        outputs = [Value(d, tuple(s), hint if len(types) == 1 else f"{hint}.{i}")
-                   for i, (d, s) in enumerate(types)]
-        self.nodes.append(Node(op, tuple(inputs), tuple(outputs), attrs, source))
-        return outputs
+    def emit(self, op: str, inputs: list[Value], attrs: dict, source: str, hint: str
+             ) -> list[Value]:
+        return self.builder.add(op, inputs, attrs, source, hint)
 
     def constant(self, array: np.ndarray, hint: str) -> Value:
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        value = Value("f32", tuple(array.shape), hint)
-        self.constants[value] = array
-        return value
+        return self.builder.const(array, hint)
 
     def scalar(self, x: float) -> Value:
         key = float(np.float32(x))
@@ -217,7 +216,11 @@ class _Lifter:
                 continue
             if any(isinstance(a, torch.fx.Node) and self.env.get(a) is None
                    for a in node.all_input_nodes):
-                self.env[node] = None  # downstream of an unsupported op: already reported
+                # Downstream of a reported op: report only ops snnc has no lowering for at all.
+                if _op_name(node) not in SUPPORTED_OPS:
+                    self.unsupported.append((f"{_op_name(node)}: has no snnc lowering",
+                                             source_of(node)))
+                self.env[node] = None
                 continue
             try:
                 self.env[node] = self.call(node)
@@ -226,12 +229,11 @@ class _Lifter:
                 self.env[node] = None
         if self.unsupported:
             raise UnsupportedOpError(self.unsupported)
-        return Graph(
-            inputs=tuple(self.inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
-            constants=self.constants, states=tuple(self.states),
-            time=TimeSpec(self.steps, tuple(self.input_modes), tuple(output_modes)),
-            input_names=tuple(self.input_names), output_names=tuple(output_names),
-        )
+        self.builder.inputs = self.inputs
+        self.builder.states = self.states
+        return self.builder.build(
+            outputs, TimeSpec(self.steps, tuple(self.input_modes), tuple(output_modes)),
+            self.input_names, output_names)
 
     def placeholder(self, node: torch.fx.Node, spec) -> None:
         kind = spec.kind.name
@@ -520,13 +522,16 @@ class _Lifter:
             w = self.env.get(args["w"])
             if not isinstance(w, Value) or w.shape != ():
                 raise _Unsupported("parametric LIF with a non-scalar or non-constant w")
-            q = torch.from_numpy(self.constants[w]).float().sigmoid().item()
+            q = torch.from_numpy(self.builder.constants[w]).float().sigmoid().item()
             attrs.update(leak="mul", leak_value=float(q), decay_input=bool(args["decay_input"]))
         module = src.split(" ")[0]
         read = Value("f32", x.value.shape, f"{module}.v")
         spike, v_next = self.emit("neuron", [x.value, read], attrs, src, node.name)
         self.states.append(State(read, v_next, float(v_init.payload), module))
         return (Act("seq", spike), None, None)
+
+
+SUPPORTED_OPS = frozenset((*NEURON_OPS, *IDENTITY_OPS, *BINARY_OPS, *OTHER_OPS, *RESHAPE_OPS))
 
 
 def _op_name(node: torch.fx.Node) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import logging
 import os
 import pickle
 import zipfile
@@ -26,6 +27,8 @@ NEURON_OP_MODULES = ("lif", "if_", "plif", "clif", "eif", "ilif", "qif", "izhike
 
 def register_spikingjelly_ops() -> None:
     """Register SpikingJelly's neuron ops; exported programs cannot load without them."""
+    # torch logs "Triton not available" once per op on CPU-only machines: noise, not news.
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
     for name in NEURON_OP_MODULES:
         try:
             importlib.import_module(f"spikingjelly._ops.{name}")
@@ -51,7 +54,8 @@ def load_program(path: str, trust_pickle: bool = False,
     register_spikingjelly_ops()
     if _is_exported_program(path):
         try:
-            return torch.export.load(path)
+            with open(path, "rb") as f:  # a file object: torch warns on names not ending .pt2
+                return torch.export.load(f)
         except Exception as error:
             raise BadInputError(
                 f"{path} looks like a torch.export archive but does not load "

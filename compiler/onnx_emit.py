@@ -101,8 +101,10 @@ class _Emitter:
             graph_outputs.append(self.value_info(value, name))
         for name, value in self.debug:
             graph_outputs.append(self.value_info(value, name))
+        read = {name for node in self.nodes for name in node.input}
+        initializers = [t for t in self.initializers if t.name in read]  # e.g. a folded-away v0
         graph = helper.make_graph(self.nodes, "snnc", graph_inputs, graph_outputs,
-                                  initializer=self.initializers)
+                                  initializer=initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opts.opset)],
                                   producer_name="snnc", producer_version="0.1.0")
         model.ir_version = IR_VERSION

@@ -73,7 +73,7 @@ def _window_out(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def _conv_infer(types, attrs):
-    (dx, sx), (dw, sw) = types[0], types[1]
+    (dx, sx), (_, sw) = types[0], types[1]
     spatial = len(sx) - 2
     if len(sw) != spatial + 2 or sx[1] != sw[1] * attrs["groups"]:
         raise ShapeError(f"conv input {sx} does not fit weight {sw}")
@@ -154,7 +154,7 @@ def _avg_pool_eval(args, attrs):
 # ----------------------------------------------------------------------------- dense
 
 def _linear_infer(types, attrs):
-    (dx, sx), (dw, sw) = types[0], types[1]
+    (dx, sx), (_, sw) = types[0], types[1]
     if len(sw) != 2 or sx[-1] != sw[1]:
         raise ShapeError(f"linear input {sx} does not fit weight {sw}")
     return [(dx, (*sx[:-1], sw[0]))]

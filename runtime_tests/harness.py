@@ -1,4 +1,4 @@
-"""Shared test machinery: firing SpikingJelly models, a PyTorch reference that records every
+"""Shared test machinery: a PyTorch reference that records every
 neuron layer's spikes and membrane, and the spike/logit comparison with its rounding rule.
 
 The rounding rule: two float implementations (PyTorch, numpy, ONNX Runtime) sum conv and
@@ -12,47 +12,16 @@ Every other sample must match spike for spike, with logits within `logit_tol`.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from snnc.demo import export, make_firing  # noqa: F401  (re-exported for tests)
 from snnc.frontend import NEURON_OPS, source_of
 
 SPIKE_PREFIX = "spike/"
-
-
-def make_firing(model: torch.nn.Module, input_shape, seed: int = 0, batches: int = 4,
-                bias: float = 0.5) -> torch.nn.Module:
-    """Make a randomly initialised SpikingJelly model fire: BatchNorm biases to `bias`, then
-    BatchNorm statistics recalibrated on random inputs (random init alone never fires)."""
-    from spikingjelly.activation_based import functional
-
-    torch.manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        torch.nn.init.constant_(bn.bias, bias)
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            functional.reset_net(model)
-            model(torch.rand(*input_shape))
-    functional.reset_net(model)
-    return model.eval()
-
-
-def export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    from spikingjelly.activation_based import functional
-
-    functional.reset_net(model)
-    with torch.no_grad():
-        program = torch.export.export(model, (example,))
-    functional.reset_net(model)
-    return program
 
 
 @dataclass
@@ -202,7 +171,3 @@ def compare(reference: Trace, other: Trace, comparison: Comparison, tol: float =
                     f"sample {comparison.samples - 1}: identical spikes but outputs differ "
                     f"by {d:.3g} (> {logit_tol})")
     return comparison
-
-
-def is_getitem(node) -> bool:
-    return node.target is operator.getitem

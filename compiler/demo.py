@@ -1,0 +1,102 @@
+"""Demo models that really fire, for samples, tests and benchmarks.
+
+A randomly initialised SpikingJelly network never fires: every neuron stays below
+threshold and every output is exactly 0, so any comparison passes vacuously. `make_firing`
+sets BatchNorm biases and recalibrates BatchNorm statistics on random inputs, which gives
+firing rates of roughly 10-50 % per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_firing(model: torch.nn.Module, input_shape, seed: int = 0, batches: int = 4,
+                bias: float = 0.5) -> torch.nn.Module:
+    """BatchNorm biases to `bias`, statistics recalibrated on random inputs; returns eval()."""
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError("make_firing needs a model with BatchNorm layers")
+    for bn in bns:
+        torch.nn.init.constant_(bn.bias, bias)
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            functional.reset_net(model)
+            model(torch.rand(*input_shape))
+    functional.reset_net(model)
+    return model.eval()
+
+
+def export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export with the neurons' memories reset before and after."""
+    import warnings
+
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SpikingJelly's memories trip a buffer warning
+        program = torch.export.export(model, (example,))
+    functional.reset_net(model)
+    return program
+
+
+def firing_spikformer(steps: int = 4, seed: int = 0) -> torch.nn.Module:
+    """spikformer_cifar10(T=steps) with firing neurons (32x32 RGB input, 10 classes)."""
+    from spikingjelly.activation_based.model import spikformer
+
+    torch.manual_seed(seed)
+    model = spikformer.spikformer_cifar10(T=steps)
+    return make_firing(model, (8, 3, 32, 32), seed=seed)
+
+
+class ConvSNN(torch.nn.Module):
+    """A small convolutional SNN: two conv-BN-neuron stages, a linear head, mean over time.
+
+    `neuron` picks the neuron of the second stage: "lif", "if", "plif", "lif_soft" (soft
+    reset, no input decay, tau 3) or "lif_reset" (v_reset -0.2). The input image
+    [B, C, H, W] is repeated T times, as Spikformer does.
+    """
+
+    def __init__(self, steps: int = 4, channels: int = 2, size: int = 12, classes: int = 5,
+                 neuron: str = "lif"):
+        super().__init__()
+        from spikingjelly.activation_based import layer
+        from spikingjelly.activation_based import neuron as sn
+
+        self.steps = steps
+        kinds = {
+            "lif": lambda: sn.LIFNode(step_mode="m"),
+            "if": lambda: sn.IFNode(step_mode="m"),
+            "plif": lambda: sn.ParametricLIFNode(step_mode="m", init_tau=3.0),
+            "lif_soft": lambda: sn.LIFNode(step_mode="m", tau=3.0, v_reset=None,
+                                           decay_input=False),
+            "lif_reset": lambda: sn.LIFNode(step_mode="m", v_reset=-0.2),
+        }
+        self.conv1 = layer.Conv2d(channels, 8, 3, padding=1, bias=False, step_mode="m")
+        self.bn1 = layer.BatchNorm2d(8, step_mode="m")
+        self.lif1 = sn.LIFNode(step_mode="m")
+        self.pool = layer.MaxPool2d(2, 2, step_mode="m")
+        self.conv2 = layer.Conv2d(8, 16, 3, padding=1, bias=True, step_mode="m")
+        self.bn2 = layer.BatchNorm2d(16, step_mode="m")
+        self.lif2 = kinds[neuron]()
+        self.head = torch.nn.Linear(16 * (size // 2) ** 2, classes)
+
+    def forward(self, x):
+        x = x.unsqueeze(0).repeat(self.steps, 1, 1, 1, 1)
+        x = self.pool(self.lif1(self.bn1(self.conv1(x))))
+        x = self.lif2(self.bn2(self.conv2(x)))
+        return self.head(x.flatten(2)).mean(0)
+
+
+def conv_snn(steps: int = 4, neuron: str = "lif", seed: int = 0, **kwargs) -> ConvSNN:
+    """A firing ConvSNN (factory usable in snnc checkpoints: "snnc.demo:conv_snn")."""
+    torch.manual_seed(seed)
+    model = ConvSNN(steps=steps, neuron=neuron, **kwargs)
+    return make_firing(model, (8, model.conv1.in_channels, 12, 12), seed=seed)

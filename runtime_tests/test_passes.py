@@ -1,0 +1,112 @@
+"""Each pass four ways: it fires (golden text), a near miss leaves the graph unchanged (the
+same object back), meaning is preserved (interpreter before vs after), the verifier passes.
+A real SpikingJelly model goes through the whole pipeline at the end."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from snnc.builder import Builder
+from snnc.interp import run
+from snnc.ir import TimeSpec
+from snnc.passes import fold_batchnorm, remove_dead_nodes, unroll_timesteps
+from snnc.verify import verify
+
+LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 1.0, "v_reset": 0.0}
+RNG = np.random.default_rng(0)
+CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+
+
+def conv_bn_graph(extra_user: bool = False):
+    b = Builder()
+    x = b.input(("N", 3, 6, 6))
+    w = b.const(RNG.normal(size=(4, 3, 3, 3)), "conv.weight")
+    bn = [b.const(RNG.uniform(0.5, 2, 4), "bn.weight"), b.const(RNG.normal(size=4), "bn.bias"),
+          b.const(RNG.normal(size=4), "bn.mean"), b.const(RNG.uniform(0.5, 2, 4), "bn.var")]
+    y, = b.add("conv", [x, w], CONV, "conv", "y")
+    z, = b.add("batch_norm", [y, *bn], {"eps": 1e-5}, "bn", "z")
+    outputs = [z, y] if extra_user else [z]
+    return b.build(outputs, None)
+
+
+def test_fold_batchnorm_fires():
+    before = conv_bn_graph()
+    after = fold_batchnorm.run(before)
+    verify(after, "fold_batchnorm")
+    assert [n.op for n in after.nodes] == ["conv"]
+    assert str(after).splitlines()[-2] == (
+        "  %z: f32[N,4,6,6] = conv(%x, %conv.weight, %conv.bias) stride=[1,1] padding=[1,1] "
+        "dilation=[1,1] groups=1  # conv")
+    x = RNG.random((2, 3, 6, 6), dtype=np.float32)
+    np.testing.assert_allclose(run(after, [x])[0], run(before, [x])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fold_batchnorm_near_miss():
+    g = conv_bn_graph(extra_user=True)  # the conv output is also a graph output
+    assert fold_batchnorm.run(g) is g
+
+
+def one_step_net(init: float = 0.0, out_mode: str = "stack", in_mode: str = "repeat"):
+    b = Builder()
+    x = b.input(("N", 4))
+    w = b.const(RNG.normal(size=(4, 4)) + 1.0, "fc.weight")
+    y, = b.add("linear", [x, w], source="fc", hint="y")
+    v = b.state(("N", 4), "lif", init)
+    spike, v_next = b.add("neuron", [y, v], LIF, source="lif", hint="s")
+    b.write(v, v_next)
+    b.add("relu", [y], source="dead", hint="unused")
+    return b.build([spike], TimeSpec(3, (in_mode,), (out_mode,)))
+
+
+def test_unroll_fires():
+    after = unroll_timesteps.run(one_step_net())
+    verify(after, "unroll_timesteps")
+    text = str(after)
+    assert "time" not in text.splitlines()[1] and after.states == ()
+    assert text.count("= neuron(") == 3
+    assert "neuron(%y.t0, %v_init0)" in text and "neuron(%y.t1, %s.1.t0)" in text
+    assert text.splitlines()[-2].startswith("  %s.0: f32[3,N,4] = stack(%s.0.t0, %s.0.t1, %s.0.t2)")
+
+
+def test_unroll_near_miss():
+    g = unroll_timesteps.run(one_step_net())
+    assert unroll_timesteps.run(g) is g  # already unrolled: nothing to do
+
+
+def test_unroll_preserves_meaning_exactly():
+    for init, out_mode, in_mode in [(0.0, "stack", "repeat"), (-0.3, "mean", "repeat"),
+                                    (0.0, "sum", "seq")]:
+        g = one_step_net(init, out_mode, in_mode)
+        x = RNG.random((3, 5, 4) if in_mode == "seq" else (5, 4), dtype=np.float32) * 3
+        after = unroll_timesteps.run(g)
+        verify(after, "unroll_timesteps")
+        expected, got = run(g, [x])[0], run(after, [x])[0]
+        assert got.shape == expected.shape
+        assert np.array_equal(got, expected)
+        assert 0 < expected.mean() < 3
+
+
+def test_remove_dead_nodes_fires_and_near_miss():
+    g = unroll_timesteps.run(one_step_net())
+    after = remove_dead_nodes.run(g)
+    verify(after, "remove_dead_nodes")
+    assert "relu" not in str(after) and "relu" in str(g)
+    assert len(after.nodes) == len(g.nodes) - 3
+    x = RNG.random((2, 4), dtype=np.float32)
+    assert np.array_equal(run(after, [x])[0], run(g, [x])[0])
+    assert remove_dead_nodes.run(after) is after
+
+
+def test_pipeline_on_a_real_model_preserves_meaning(tmp_path):
+    from snnc.demo import conv_snn, export
+    from snnc.frontend import lift
+    from snnc.pipeline import run_passes
+
+    program = export(conv_snn(), torch.zeros(1, 2, 12, 12))
+    graph = lift(program)
+    lowered = run_passes(graph, dump_dir=str(tmp_path))
+    assert "batch_norm" not in {n.op for n in lowered.nodes}
+    x = RNG.random((3, 2, 12, 12), dtype=np.float32)
+    np.testing.assert_allclose(run(lowered, [x])[0], run(graph, [x])[0], atol=1e-4)
+    assert len(list(tmp_path.iterdir())) == 4
