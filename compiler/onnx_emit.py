@@ -202,12 +202,24 @@ def _f32(e, x: float) -> str:
     return e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
 
 
+def _leak_factor(e, leak: str, value: float) -> tuple[str, str]:
+    """(constant, op) for the leak. Division by a power of two equals multiplication by its
+    exact reciprocal (both are the correctly rounded x / 2^k), and Mul is cheaper than Div."""
+    if leak == "div":
+        mantissa, _ = np.frexp(np.float32(value))
+        if mantissa == 0.5:  # value = 2^k: 1/value is exact in float32
+            return _f32(e, float(np.float32(1.0) / np.float32(value))), "Mul"
+        return _f32(e, value), "Div"
+    return _f32(e, value), "Mul"
+
+
 def _neuron(e, node, ins, outs, module):
     """One neuron step in as few ONNX nodes as its rounding allows (docs/onnx.md).
 
-    h = charge(x, v); spike = h >= threshold; v' = where(spike, v_reset, h) (hard reset) or
-    where(spike, h - threshold, h) (soft reset). With v the zero initial state and a zero
-    reset value, charging reduces to x, x / tau or x * q exactly.
+    h = charge(x, v); spike = h >= threshold; v' = h - spike * h (hard reset to 0),
+    spike * r + (h - spike * h) (hard reset to r) or h - spike * threshold (soft reset).
+    With v the zero initial state and a zero reset value, charging reduces to x, x / tau or
+    x * q exactly.
     """
     a = node.attrs
     x, v = ins
@@ -217,8 +229,7 @@ def _neuron(e, node, ins, outs, module):
         and reset == 0.0
     h = e.temp(module, "h")
     leak = a["leak"]
-    k = _f32(e, a["leak_value"])
-    op = "Div" if leak == "div" else "Mul"
+    k, op = _leak_factor(e, leak, a["leak_value"])
     if zero_start:
         if leak == "none" or not a["decay_input"]:
             h = x
@@ -252,12 +263,23 @@ def _neuron(e, node, ins, outs, module):
         e.debug.append((name, node.outputs[0]))
     if node.outputs[1] not in e.used:
         return
+    # The reset, with SpikingJelly's own arithmetic (spike is exactly 0 or 1):
+    #   soft: h - spike * threshold;  hard to 0: h - spike * h;
+    #   hard to r: spike * r + (h - spike * h)  (= spike*r + (1 - spike)*h, exactly)
+    # Two Mul/Sub nodes are cheaper in ONNX Runtime than one Where with a scalar branch.
+    dropped = e.temp(module, "dropped")
     if a["v_reset"] is None:
-        lowered = e.temp(module, "h_minus_threshold")
-        e.add("Sub", [h, threshold], [lowered], module)
-        e.add("Where", [fired, lowered, h], [outs[1]], module)
-    else:
-        e.add("Where", [fired, _f32(e, reset), h], [outs[1]], module)
+        e.add("Mul", [outs[0], threshold], [dropped], module)
+        e.add("Sub", [h, dropped], [outs[1]], module)
+        return
+    e.add("Mul", [outs[0], h], [dropped], module)
+    if reset == 0.0:
+        e.add("Sub", [h, dropped], [outs[1]], module)
+        return
+    kept, refill = e.temp(module, "kept"), e.temp(module, "refill")
+    e.add("Sub", [h, dropped], [kept], module)
+    e.add("Mul", [outs[0], _f32(e, reset)], [refill], module)
+    e.add("Add", [refill, kept], [outs[1]], module)
 
 
 LOWER = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from snnc.passes import fold_batchnorm, remove_dead_nodes, unroll_timesteps
+from snnc.passes import fold_batchnorm, merge_reshapes, remove_dead_nodes, unroll_timesteps
 
 from .errors import PassError, SnncError
 from .ir import Graph
@@ -18,6 +18,7 @@ from .verify import verify
 
 PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = (
     ("fold_batchnorm", fold_batchnorm.run),
+    ("merge_reshapes", merge_reshapes.run),
     ("unroll_timesteps", unroll_timesteps.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )

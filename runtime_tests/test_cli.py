@@ -49,8 +49,8 @@ def test_compile_prints_summary_and_dumps_ir(small):
     for word in ("timesteps", "parameters", "ONNX nodes", "output size"):
         assert word in run.stdout
     names = sorted(os.listdir(dump))
-    assert names == ["00-frontend.ir", "01-fold_batchnorm.ir", "02-unroll_timesteps.ir",
-                     "03-remove_dead_nodes.ir"]
+    assert names == ["00-frontend.ir", "01-fold_batchnorm.ir", "02-merge_reshapes.ir",
+                     "03-unroll_timesteps.ir", "04-remove_dead_nodes.ir"]
     assert "neuron(" in (dump / "00-frontend.ir").read_text()
 
 

@@ -10,7 +10,7 @@ import torch
 from snnc.builder import Builder
 from snnc.interp import run
 from snnc.ir import TimeSpec
-from snnc.passes import fold_batchnorm, remove_dead_nodes, unroll_timesteps
+from snnc.passes import fold_batchnorm, merge_reshapes, remove_dead_nodes, unroll_timesteps
 from snnc.verify import verify
 
 LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 1.0, "v_reset": 0.0}
@@ -109,4 +109,40 @@ def test_pipeline_on_a_real_model_preserves_meaning(tmp_path):
     assert "batch_norm" not in {n.op for n in lowered.nodes}
     x = RNG.random((3, 2, 12, 12), dtype=np.float32)
     np.testing.assert_allclose(run(lowered, [x])[0], run(graph, [x])[0], atol=1e-4)
-    assert len(list(tmp_path.iterdir())) == 4
+    assert len(list(tmp_path.iterdir())) == 5
+
+
+def reshape_chain(extra_user: bool = False):
+    b = Builder()
+    x = b.input(("N", 4, 6))
+    a, = b.add("reshape", [x], {"shape": ["N", 4, 2, 3]}, "blk", "a")
+    c, = b.add("reshape", [a], {"shape": ["N", 24]}, "blk", "c")
+    back, = b.add("reshape", [c], {"shape": ["N", 4, 6]}, "blk", "back")
+    y, = b.add("add", [back, x], {}, "blk", "y")
+    return b.build([y, a] if extra_user else [y, c], None)
+
+
+def test_merge_reshapes_fires():
+    g = reshape_chain()
+    after = merge_reshapes.run(g)
+    verify(after, "merge_reshapes")
+    lines = str(after).splitlines()
+    assert lines[1:] == [
+        "  %c: f32[N,24] = reshape(%x) shape=['N',24]  # blk",
+        "  %y: f32[N,4,6] = add(%x, %x)  # blk",
+        "  return %y, %c"]
+    x = RNG.random((2, 4, 6), dtype=np.float32)
+    for want, got in zip(run(g, [x]), run(after, [x])):
+        assert np.array_equal(want, got)
+
+
+def test_merge_reshapes_near_miss():
+    b = Builder()
+    x = b.input(("N", 4, 6))
+    a, = b.add("reshape", [x], {"shape": ["N", 24]}, "blk", "a")
+    y, = b.add("relu", [a], {}, "blk", "y")
+    g = b.build([y], None)
+    assert merge_reshapes.run(g) is g  # one reshape that changes the shape: nothing to do
+    with_reader = reshape_chain(extra_user=True)  # the inner reshape is also an output
+    after = merge_reshapes.run(with_reader)
+    assert "%a: f32[N,4,2,3] = reshape(%x)" in str(after)
