@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx
 
 from . import frontend, loader, onnx_emit
@@ -19,6 +18,7 @@ from .pipeline import run_passes
 @dataclass
 class Result:
     graph: Graph  # the one-step graph as traced (before passes)
+    parameters: int  # trainable parameters of the source model
     lowered: Graph  # after all passes
     model: onnx.ModelProto
     data: bytes
@@ -27,13 +27,12 @@ class Result:
     def summary(self) -> str:
         g = self.graph
         neurons = sum(1 for n in g.nodes if n.op == "neuron")
-        params = sum(int(np.prod(a.shape)) for a in g.constants.values())
         ir_ops = Counter(n.op for n in g.nodes)
         onnx_ops = Counter(n.op_type for n in self.model.graph.node)
         top = ", ".join(f"{k} {v}" for k, v in sorted(ir_ops.items(), key=lambda kv: -kv[1]))
         return "\n".join([
             f"timesteps     {g.time.steps if g.time else 1}",
-            f"parameters    {params:,} ({neurons} neuron layers)",
+            f"parameters    {self.parameters:,} ({neurons} neuron layers)",
             f"IR ops/step   {top}",
             f"ONNX nodes    {len(self.model.graph.node):,} "
             f"({', '.join(f'{k} {v}' for k, v in onnx_ops.most_common(6))})",
@@ -58,7 +57,8 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
     lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
     model = stage("emit", onnx_emit.to_onnx, lowered, opts)
     data = stage("serialize", onnx_emit.model_bytes, model)
-    return Result(graph, lowered, model, data, timings)
+    parameters = sum(p.numel() for p in program.parameters())
+    return Result(graph, parameters, lowered, model, data, timings)
 
 
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
