@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from .loader import quiet_torch_logs
+
+quiet_torch_logs()
+
 
 def make_firing(model: torch.nn.Module, input_shape, seed: int = 0, batches: int = 4,
                 bias: float = 0.5) -> torch.nn.Module:

@@ -25,10 +25,14 @@ NEURON_OP_MODULES = ("lif", "if_", "plif", "clif", "eif", "ilif", "qif", "izhike
                      "activation_aware_if")
 
 
+def quiet_torch_logs() -> None:
+    """torch logs "Triton not available" once per SpikingJelly op on CPU-only machines."""
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+
+
 def register_spikingjelly_ops() -> None:
     """Register SpikingJelly's neuron ops; exported programs cannot load without them."""
-    # torch logs "Triton not available" once per op on CPU-only machines: noise, not news.
-    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+    quiet_torch_logs()
     for name in NEURON_OP_MODULES:
         try:
             importlib.import_module(f"spikingjelly._ops.{name}")

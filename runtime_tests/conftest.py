@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))  # the harness module
 
 warnings.filterwarnings("ignore", message=".*were assigned during export.*")
 torch.set_num_threads(2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import harness as H
+from snnc import parity as H
 from snnc.compile import compile_program
 from snnc.demo import conv_snn, export
 from snnc.options import Options

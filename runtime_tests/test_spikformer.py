@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import harness as H
+from snnc import parity as H
 from snnc import loader
 from snnc.compile import compile_file, compile_program
 from snnc.options import Options

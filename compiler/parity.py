@@ -1,4 +1,4 @@
-"""Shared test machinery: a PyTorch reference that records every
+"""Parity between a source model and its compiled forms: a PyTorch reference that records every
 neuron layer's spikes and membrane, and the spike/logit comparison with its rounding rule.
 
 The rounding rule: two float implementations (PyTorch, numpy, ONNX Runtime) sum conv and
@@ -18,8 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from snnc.demo import export, make_firing  # noqa: F401  (re-exported for tests)
-from snnc.frontend import NEURON_OPS, source_of
+from .frontend import NEURON_OPS, source_of
 
 SPIKE_PREFIX = "spike/"
 
@@ -86,8 +85,8 @@ def onnx_trace(session: ort.InferenceSession, x: np.ndarray) -> Trace:
 
 def interp_trace(graph, x: np.ndarray) -> Trace:
     """Run the snnc reference interpreter on a one-step graph, recording spikes and h."""
-    from snnc import interp
-    from snnc.ops import neuron_charge
+    from . import interp
+    from .ops import neuron_charge
 
     spikes: dict[str, list] = {}
     membranes: dict[str, list] = {}
