@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, Node, State, TimeSpec, Value
+from .ir import NUMPY_DTYPES, Graph, Node, State, TimeSpec, Value
 from .ops import OPS
 
 
@@ -20,9 +20,9 @@ class Builder:
         self.inputs.append(value)
         return value
 
-    def const(self, array, hint: str = "c") -> Value:
-        array = np.array(array, dtype=np.float32)  # a copy; keeps 0-d arrays 0-d
-        value = Value("f32", tuple(array.shape), hint)
+    def const(self, array, hint: str = "c", dtype: str = "f32") -> Value:
+        array = np.array(array, dtype=NUMPY_DTYPES[dtype])  # a copy; keeps 0-d arrays 0-d
+        value = Value(dtype, tuple(array.shape), hint)
         self.constants[value] = array
         return value
 

@@ -57,8 +57,14 @@ def main() -> None:
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a whole pickled nn.Module (unpickling runs code from the file).")
 @click.option("--input-shape", help="Example input shape for a pickled module, e.g. 1,3,32,32.")
+@click.option("--weight-container", type=click.Choice(["int8", "int4"]), default="int8",
+              show_default=True,
+              help="Integer type holding quantized weights in the ONNX file; int4 keeps <= 4-bit "
+                   "layers in native int4 (full ORT packages only: the .ort format cannot "
+                   "hold int4).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape, quiet):
+def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape,
+                weight_container, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from .compile import compile_file
 
@@ -69,7 +75,8 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
         out_dir = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(out_dir):
             raise SnncError(f"cannot write {output}: directory {out_dir} does not exist")
-        result = compile_file(model, output, Options(debug_outputs=debug_outputs),
+        opts = Options(debug_outputs=debug_outputs, weight_container=weight_container)
+        result = compile_file(model, output, opts,
                               dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress)
     except SnncError as error:
@@ -88,6 +95,58 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
     if not quiet:
         click.echo(result.summary())
         click.echo(f"wrote {output}")
+
+
+@main.command("quantize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help='JSON: module-name globs -> {"scheme": "uniform"|"pot", "bits": k} or '
+                   '"float"; first match wins.')
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the quantized snnc checkpoint.")
+@click.option("--method", type=click.Choice(["mse", "minmax"]), default="mse", show_default=True,
+              help="How scales are chosen from the weights.")
+@click.option("--calibration", type=click.Path(dir_okay=False),
+              help="An .npz whose array x holds inputs used to refine the scales.")
+def quantize_cmd(model, config_path, output, method, calibration):
+    """Quantize an snnc checkpoint's conv/linear weights per layer (docs/quantization.md)."""
+    import io
+    import json
+
+    import numpy as np
+    import torch
+
+    from . import loader, quant
+    from .onnx_emit import write_atomic
+
+    try:
+        try:
+            with open(config_path) as f:
+                config = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise SnncError(f"cannot read the config {config_path}: {error}") from None
+        ckpt = loader.load_checkpoint(model)
+        if ckpt.get("quantization"):
+            raise SnncError(f"{model} is already quantized")
+        net = loader.build_from_checkpoint(model, ckpt)
+        batches = None
+        if calibration:
+            try:
+                batches = torch.from_numpy(np.load(calibration)["x"].astype(np.float32))
+            except Exception as error:
+                raise SnncError(f"cannot read calibration inputs (array x) from {calibration}: "
+                                f"{error}") from None
+        quant.quantize(net, config, calibration=batches, method=method)
+        rows, average = quant.report(net)
+        out = dict(ckpt, state_dict=net.state_dict(),
+                   quantization={"config": config, "method": method})
+        buffer = io.BytesIO()
+        torch.save(out, buffer)
+        write_atomic(output, buffer.getvalue())
+    except SnncError as error:
+        _fail(str(error))
+    click.echo(quant.format_report(rows, average))
+    click.echo(f"wrote {output}")
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -38,6 +38,7 @@ OTHER_OPS = ("aten.dropout.default", "aten.repeat.default", "aten.select.int",
              "aten.matmul.default", "aten.transpose.int", "aten.permute.default",
              "aten.chunk.default", "aten.split.Tensor", "aten.split_with_sizes.default",
              "aten.mean.dim", "aten.sum.dim_IntList", "getitem")
+QUANT_OP = "snnc.fake_quant.default"
 RESHAPE_OPS = ("aten.reshape.default", "aten.view.default", "aten.flatten.using_ints",
                "aten.unflatten.int", "aten.squeeze.dim", "aten.squeeze.dims",
                "aten.unsqueeze.default", "aten._unsafe_view.default")
@@ -334,6 +335,8 @@ class _Lifter:
             raise _Unsupported("creates a tensor of constant value inside the network")
         if name in BINARY_OPS:
             return self.binary(node, BINARY_OPS[name], args, src)
+        if name == QUANT_OP:
+            return self.quantized_weight(node, args, src)
         if name in ("aten.conv1d.default", "aten.conv2d.default"):
             x = self.flat(node.args[0])
             weight, bias = self.const_arg(args["weight"]), args["bias"]
@@ -442,6 +445,21 @@ class _Lifter:
                                          src, node.name)[0])
         raise _Unsupported("has no snnc lowering")
 
+    def quantized_weight(self, node, args: dict, src: str) -> Value:
+        """snnc::fake_quant(weight, scale, scheme, bits) -> codes, scales, dequantize."""
+        from . import quant
+
+        weight, scale = self.const_arg(args["weight"]), self.const_arg(args["scale"])
+        consts = self.builder.constants
+        scheme, bits = str(args["scheme"]), int(args["bits"])
+        codes = quant.codes(torch.from_numpy(consts[weight]), torch.from_numpy(consts[scale]),
+                            scheme, bits).numpy()
+        module = src.split(" ")[0].split(".parametrizations.")[0]  # the layer, not its quantizer
+        code_value = self.builder.const(codes, f"{module}.weight_codes", "i32")
+        scale_value = self.builder.const(consts[scale], f"{module}.weight_scale")
+        return self.emit("dequantize", [code_value, scale_value],
+                         {"scheme": scheme, "bits": bits}, src, f"{module}.weight")[0]
+
     def flat(self, arg) -> Act:
         act = self.act(arg)
         if act.kind != "flat":
@@ -531,7 +549,8 @@ class _Lifter:
         return (Act("seq", spike), None, None)
 
 
-SUPPORTED_OPS = frozenset((*NEURON_OPS, *IDENTITY_OPS, *BINARY_OPS, *OTHER_OPS, *RESHAPE_OPS))
+SUPPORTED_OPS = frozenset((*NEURON_OPS, *IDENTITY_OPS, *BINARY_OPS, *OTHER_OPS, *RESHAPE_OPS,
+                           QUANT_OP))
 
 
 def _op_name(node: torch.fx.Node) -> str:

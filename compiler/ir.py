@@ -21,13 +21,14 @@ from typing import Mapping
 import numpy as np
 
 BATCH = "N"  # the symbolic batch dimension
+NUMPY_DTYPES = {"f32": np.float32, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 Dim = int | str
 Shape = tuple[Dim, ...]
 
 
 @dataclass(frozen=True, eq=False)
 class Value:
-    dtype: str  # "f32", "bool", "i64"
+    dtype: str  # a key of NUMPY_DTYPES
     shape: Shape
     hint: str = ""
 

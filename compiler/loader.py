@@ -33,6 +33,8 @@ def quiet_torch_logs() -> None:
 def register_spikingjelly_ops() -> None:
     """Register SpikingJelly's neuron ops; exported programs cannot load without them."""
     quiet_torch_logs()
+    from . import quant  # noqa: F401  (registers snnc::fake_quant for quantized programs)
+
     for name in NEURON_OP_MODULES:
         try:
             importlib.import_module(f"spikingjelly._ops.{name}")
@@ -46,6 +48,31 @@ def make_checkpoint(factory: str, kwargs: dict, model: torch.nn.Module,
     return {"format": "snnc-checkpoint", "version": 1, "factory": factory,
             "kwargs": dict(kwargs), "state_dict": model.state_dict(),
             "input_shape": list(input_shape)}
+
+
+def load_checkpoint(path: str) -> dict:
+    """An snnc checkpoint dict, or BadInputError saying why `path` is not one."""
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: no such file")
+    if _is_exported_program(path):
+        raise BadInputError(
+            f"{path} is a torch.export archive; snnc quantize needs an snnc checkpoint (the "
+            "model's factory and state_dict, docs/model_files.md) because it changes the "
+            "model's weights before export. Quantize the model in Python with "
+            "snnc.quantize(model, config) and export it, or save a checkpoint.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise _not_a_model(path) from None
+    if not (isinstance(obj, dict) and all(k in obj for k in CHECKPOINT_KEYS)):
+        raise BadInputError(f"{path} is not an snnc checkpoint: it needs the keys "
+                            f"{list(CHECKPOINT_KEYS)} (docs/model_files.md)")
+    return obj
+
+
+def build_from_checkpoint(path: str, ckpt: dict) -> torch.nn.Module:
+    """The model an snnc checkpoint describes, weights loaded, in eval mode."""
+    return _model_from_checkpoint(path, ckpt).eval()
 
 
 def load_program(path: str, trust_pickle: bool = False,
@@ -132,6 +159,10 @@ def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.Exp
 
 
 def _program_from_checkpoint(path: str, ckpt: dict[str, Any]) -> torch.export.ExportedProgram:
+    return _export(_model_from_checkpoint(path, ckpt), ckpt["input_shape"], path)
+
+
+def _model_from_checkpoint(path: str, ckpt: dict[str, Any]) -> torch.nn.Module:
     factory = ckpt["factory"]
     if not isinstance(factory, str) or ":" not in factory:
         raise BadInputError(f"{path}: checkpoint factory {factory!r} must look like "
@@ -145,11 +176,18 @@ def _program_from_checkpoint(path: str, ckpt: dict[str, Any]) -> torch.export.Ex
             from None
     try:
         model = fn(**dict(ckpt["kwargs"]))
+        quantization = ckpt.get("quantization")
+        if quantization:  # rebuild the quantizers; their scales come with the state dict
+            from . import quant
+
+            quant.quantize(model, quantization["config"], method="minmax")
         model.load_state_dict(ckpt["state_dict"])
+    except SnncError:
+        raise
     except Exception as error:
         raise BadInputError(f"{path}: building {factory}(**kwargs) and loading its state_dict "
                             f"failed: {type(error).__name__}: {_first_line(error)}") from None
-    return _export(model, ckpt["input_shape"], path)
+    return model
 
 
 def _load_pickled_module(path: str, input_shape) -> torch.export.ExportedProgram:

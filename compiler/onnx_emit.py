@@ -63,10 +63,18 @@ class _Emitter:
     def temp(self, module: str, what: str) -> str:
         return self.unique(f"{module}/{what}")
 
-    def add(self, op: str, inputs: list[str], outputs: list[str], module: str, **attrs) -> None:
+    def ref(self, value: Value) -> str:
+        """The ONNX name of a value; a constant becomes an initializer on first use."""
+        if value not in self.names:
+            if value not in self.graph.constants:
+                raise PassError(f"value {value!r} is used before it is defined")
+            self.names[value] = self.const(self.graph.constants[value], value.hint or "const")
+        return self.names[value]
+
+    def add(self, op: str, inputs, outputs: list[str], module: str, **attrs) -> None:
         k = self.node_count.get(module, 0)
         self.node_count[module] = k + 1
-        self.nodes.append(helper.make_node(op, inputs, outputs,
+        self.nodes.append(helper.make_node(op, list(inputs), outputs,
                                            name=self.unique(f"{module}/{op}_{k}"), **attrs))
 
     def const(self, array: np.ndarray, base: str) -> str:
@@ -86,12 +94,10 @@ class _Emitter:
         g = self.graph
         for value, name in zip(g.inputs, g.input_names or [v.hint for v in g.inputs]):
             self.names[value] = self.unique(name)
-        for value, array in g.constants.items():
-            self.names[value] = self.const(array, value.hint or "const")
         for node in g.nodes:
             module = module_of(node)
             outs = [self.name(v, module) for v in node.outputs]
-            LOWER[node.op](self, node, [self.names[v] for v in node.inputs], outs, module)
+            LOWER[node.op](self, node, _Refs(self, node), outs, module)
         graph_inputs = [self.value_info(v, self.names[v]) for v in g.inputs]
         graph_outputs = []
         out_names = g.output_names or [f"output{i}" for i in range(len(g.outputs))]
@@ -113,6 +119,23 @@ class _Emitter:
     def value_info(self, value: Value, name: str) -> onnx.ValueInfoProto:
         dims = [d if isinstance(d, int) else str(d) for d in value.shape]
         return helper.make_tensor_value_info(name, DTYPES[value.dtype], dims)
+
+
+class _Refs:
+    """A node's input names, resolved on access: a lowering that reads a constant's data
+    directly (dequantize) never turns it into an initializer."""
+
+    def __init__(self, emitter: _Emitter, node: Node):
+        self.emitter, self.node = emitter, node
+
+    def __getitem__(self, index: int) -> str:
+        return self.emitter.ref(self.node.inputs[index])
+
+    def __len__(self) -> int:
+        return len(self.node.inputs)
+
+    def __iter__(self):
+        return (self.emitter.ref(v) for v in self.node.inputs)
 
 
 # ----------------------------------------------------------------------------- lowerings
@@ -282,6 +305,45 @@ def _neuron(e, node, ins, outs, module):
     e.add("Add", [refill, kept], [outs[1]], module)
 
 
+def container(codes: np.ndarray, scheme: str, bits: int, allow_int4: bool
+              ) -> tuple[np.ndarray, int, int]:
+    """(integers, ONNX element type, log2 of the scale divisor) that DequantizeLinear turns
+    into exactly the quantized weights: uniform codes as they are; PoT codes c as
+    sign * 2^(e_max - (|c| - 1)) with the scale divided by 2^e_max (exact: powers of two).
+    The smallest container that holds them: int4 (if allowed), int8, int16."""
+    if scheme == "uniform":
+        values, shift = codes, 0
+    else:
+        e_max = 2 ** (bits - 1) - 2
+        magnitude = np.where(codes == 0, 0, 2 ** (e_max + 1 - np.abs(codes).astype(np.int64)))
+        values, shift = np.sign(codes) * magnitude, e_max
+    peak_low, peak_high = int(values.min(initial=0)), int(values.max(initial=0))
+    if allow_int4 and -8 <= peak_low and peak_high <= 7:
+        return values.astype(np.int8), TensorProto.INT4, shift
+    if -128 <= peak_low and peak_high <= 127:
+        return values.astype(np.int8), TensorProto.INT8, shift
+    return values.astype(np.int16), TensorProto.INT16, shift
+
+
+def _dequantize(e, node, ins, outs, module):
+    codes = e.graph.constants.get(node.inputs[0])
+    scale = e.graph.constants.get(node.inputs[1])
+    if codes is None or scale is None:
+        raise PassError(f"dequantize at {node.source} needs constant codes and scales")
+    a = node.attrs
+    values, element, shift = container(codes, a["scheme"], a["bits"],
+                                       e.opts.weight_container == "int4" and a["bits"] <= 4)
+    name = e.unique(node.inputs[0].hint or f"{module}.weight_codes")
+    if element == TensorProto.INT4:
+        tensor = helper.make_tensor(name, element, values.shape, values.reshape(-1).tolist())
+    else:
+        tensor = numpy_helper.from_array(values, name)
+    e.initializers.append(tensor)
+    scaled = (scale.astype(np.float32) * np.float32(2.0 ** -shift)).astype(np.float32)
+    scale_name = e.const(scaled, node.inputs[1].hint or f"{module}.weight_scale")
+    e.add("DequantizeLinear", [name, scale_name], outs, module, axis=0)
+
+
 LOWER = {
     "add": _simple("Add"), "sub": _simple("Sub"), "mul": _simple("Mul"), "div": _simple("Div"),
     "relu": _simple("Relu"), "matmul": _simple("MatMul"),
@@ -289,7 +351,7 @@ LOWER = {
     "max_pool": _pool("MaxPool"), "avg_pool": _pool("AveragePool"),
     "linear": _linear, "reshape": _reshape, "transpose": _transpose, "split": _split,
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
-    "stack": _stack, "unstack": _unstack, "neuron": _neuron,
+    "stack": _stack, "unstack": _unstack, "neuron": _neuron, "dequantize": _dequantize,
 }
 
 

@@ -254,6 +254,27 @@ def _unstack_infer(types, attrs):
     return [(d, s[:axis] + s[axis + 1:])] * attrs["count"]
 
 
+# ----------------------------------------------------------------------------- quantized weights
+
+def _dequantize_infer(types, attrs):
+    (dc, sc), (ds, ss) = types
+    if dc != "i32" or ds != "f32" or ss != (sc[0],):
+        raise ShapeError(f"dequantize needs i32 codes and one f32 scale per output channel, "
+                         f"got {dc}{list(sc)} and {ds}{list(ss)}")
+    return [("f32", sc)]
+
+
+def dequantize_eval(args, attrs):
+    """Weights from integer codes, as snnc.quant.dequantize rounds them (docs/quantization.md):
+    uniform q * scale; PoT sign(c) * 2^(1 - |c|) * scale, zero for c = 0."""
+    codes, scale = args
+    s = scale.astype(F32).reshape((-1,) + (1,) * (codes.ndim - 1))
+    if attrs["scheme"] == "uniform":
+        return [codes.astype(F32) * s]
+    magnitude = np.exp2(F32(1) - np.abs(codes).astype(F32)) * s
+    return [np.where(codes == 0, F32(0), np.sign(codes).astype(F32) * magnitude).astype(F32)]
+
+
 # ----------------------------------------------------------------------------- neurons
 
 def neuron_charge(x: np.ndarray, v: np.ndarray, attrs) -> np.ndarray:
@@ -328,6 +349,9 @@ OPS: dict[str, OpDef] = {
         OpDef("unstack", {"axis": int, "count": int}, _unstack_infer,
               lambda a, at: [np.ascontiguousarray(p) for p in np.moveaxis(a[0], at["axis"], 0)],
               (1, 1)),
+        # Weights from per-output-channel quantization codes (scheme "uniform" or "pot").
+        OpDef("dequantize", {"scheme": str, "bits": int}, _dequantize_infer, dequantize_eval,
+              (2, 2)),
         # A spiking neuron (IF, LIF, parametric LIF) for one timestep: (x, v) -> (spike, v').
         # leak: "none" (IF), "div" (LIF: /tau) or "mul" (PLIF: *sigmoid(w)); v_reset None is a
         # soft reset (subtract the threshold).

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class Options:
     opset: int = 21
     debug_outputs: bool = False  # expose every neuron's spikes as extra ONNX outputs
+    weight_container: str = "int8"  # "int4": <= 4-bit weights as native int4 (opset 21)
 
 
 DEFAULT = Options()

@@ -10,7 +10,7 @@ matches the graph's inputs and outputs.
 from __future__ import annotations
 
 from .errors import VerificationError
-from .ir import Graph, Node, format_graph
+from .ir import NUMPY_DTYPES, Graph, Node, format_graph
 from .ops import OPS, ShapeError
 
 
@@ -37,8 +37,9 @@ def verify(graph: Graph, stage: str) -> None:
         define(value, "input")
     for value, array in graph.constants.items():
         define(value, "constant")
-        if tuple(array.shape) != tuple(value.shape):
-            fail(f"constant {value!r} holds an array of shape {array.shape}")
+        if tuple(array.shape) != tuple(value.shape) or \
+                array.dtype != NUMPY_DTYPES.get(value.dtype):
+            fail(f"constant {value!r} holds a {array.dtype} array of shape {array.shape}")
     for state in graph.states:
         define(state.read, "state read")
 

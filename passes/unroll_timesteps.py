@@ -3,6 +3,8 @@
 Requires: a verified graph with a time spec (`graph.time`), as the frontend makes it.
 Ensures: `graph.time is None` and no state. Step t's copy reads step t-1's state writes;
 step 0 reads each state's `init` as a scalar constant (no all-zero tensors are stored).
+Time-invariant nodes (all inputs constants, "repeat" inputs or other time-invariant
+values, e.g. weight dequantization or a conv on a static image) appear once, not T times.
 "repeat" inputs feed every copy; "seq" inputs [T, N, ...] are unstacked along axis 0.
 "stack" outputs are stacked to [T, N, ...]; "mean"/"sum" outputs are stacked and reduced
 over axis 0. Meaning is preserved exactly (the same operations in the same order).
@@ -56,11 +58,24 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
             constants[const] = np.array(state.init, np.float32)
             init_values[state.init] = const
         state_now[state.read] = init_values[state.init]
+    invariant = set(graph.constants) | {v for v, mode in zip(graph.inputs, spec.inputs)
+                                        if mode == "repeat"}
+    hoisted: dict[Value, Value] = {}  # time-invariant values, shared by every step
     step_outputs: list[list[Value]] = []
     for t in range(steps):
         mapping: dict[Value, Value] = dict(zip(graph.inputs, (ins[t] for ins in per_step_inputs)))
         mapping.update(state_now)
+        mapping.update(hoisted)
         for node in graph.nodes:
+            if all(v in invariant for v in node.inputs):
+                if t == 0:  # first visit: emit it once, under its own name
+                    outs = tuple(Value(v.dtype, v.shape, v.hint) for v in node.outputs)
+                    nodes.append(Node(node.op, tuple(mapping.get(v, v) for v in node.inputs),
+                                      outs, node.attrs, node.source))
+                    hoisted.update(zip(node.outputs, outs))
+                    invariant.update(node.outputs)
+                mapping.update((v, hoisted[v]) for v in node.outputs)
+                continue
             outs = tuple(Value(v.dtype, v.shape, f"{v.hint}.t{t}") for v in node.outputs)
             ins = tuple(mapping.get(v, v) for v in node.inputs)
             nodes.append(Node(node.op, ins, outs, node.attrs, node.source))

@@ -55,7 +55,7 @@ def one_step_net(init: float = 0.0, out_mode: str = "stack", in_mode: str = "rep
     v = b.state(("N", 4), "lif", init)
     spike, v_next = b.add("neuron", [y, v], LIF, source="lif", hint="s")
     b.write(v, v_next)
-    b.add("relu", [y], source="dead", hint="unused")
+    b.add("relu", [spike], source="dead", hint="unused")  # per step, read by nobody
     return b.build([spike], TimeSpec(3, (in_mode,), (out_mode,)))
 
 
@@ -65,7 +65,9 @@ def test_unroll_fires():
     text = str(after)
     assert "time" not in text.splitlines()[1] and after.states == ()
     assert text.count("= neuron(") == 3
-    assert "neuron(%y.t0, %v_init0)" in text and "neuron(%y.t1, %s.1.t0)" in text
+    # the linear layer reads only the repeated input and a constant: computed once
+    assert text.count("= linear(") == 1
+    assert "neuron(%y, %v_init0)" in text and "neuron(%y, %s.1.t0)" in text
     assert text.splitlines()[-2].startswith("  %s.0: f32[3,N,4] = stack(%s.0.t0, %s.0.t1, %s.0.t2)")
 
 

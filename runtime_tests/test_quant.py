@@ -1,0 +1,232 @@
+"""Weight quantization: code tables, QAT gradients, configs and their errors, and quantized
+models compiled to QDQ ONNX matching the quantized PyTorch model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import snnc
+from snnc import BadInputError, quant
+from snnc import parity as H
+from snnc.compile import compile_program
+from snnc.demo import conv_snn, export, make_firing
+from snnc.ops import dequantize_eval
+from snnc.options import Options
+
+CONFIG = {"conv1": {"scheme": "uniform", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
+          "head": {"scheme": "pot", "bits": 5}}
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+def test_pot_code_table(bits):
+    e_max = 2 ** (bits - 1) - 2
+    levels = [0.0] + [2.0 ** -e for e in range(e_max + 1)]
+    w = torch.tensor([[v * s for v in levels for s in (1, -1)]])
+    scale = torch.tensor([1.0])
+    codes = quant.codes(w, scale, "pot", bits)
+    assert codes.abs().max().item() == 2 ** (bits - 1) - 1
+    assert torch.equal(quant.dequantize(codes, scale, "pot", bits), w)
+    # nearest level in the linear domain, zero below half the smallest level
+    probe = torch.tensor([[0.74, 0.76, 0.49 * 2.0 ** -e_max, 0.51 * 2.0 ** -e_max, 3.0]])
+    got = quant.dequantize(quant.codes(probe, scale, "pot", bits), scale, "pot", bits)[0]
+    expected = [0.5 if e_max >= 1 else 1.0, 1.0, 0.0, 2.0 ** -e_max, 1.0]
+    assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_uniform_code_range(bits):
+    w = torch.linspace(-3, 3, 101).reshape(1, -1)
+    codes = quant.codes(w, torch.tensor([3.0 / (2 ** (bits - 1) - 1)]), "uniform", bits)
+    assert codes.min().item() == -(2 ** (bits - 1)) + 1 and codes.max().item() == 2 ** (bits - 1) - 1
+    wide = quant.codes(w * 10, torch.tensor([1e-3]), "uniform", bits)
+    assert wide.min().item() == -(2 ** (bits - 1)) and wide.max().item() == 2 ** (bits - 1) - 1
+
+
+def test_ir_dequantize_matches_torch_bit_for_bit():
+    rng = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 5, 3, generator=rng)
+    for scheme, bits in [("uniform", 2), ("uniform", 7), ("pot", 2), ("pot", 4), ("pot", 5)]:
+        scale = quant.mse_scale(w, scheme, bits)
+        codes = quant.codes(w, scale, scheme, bits)
+        expected = quant.fake_quant(w, scale, scheme, bits).numpy()
+        got, = dequantize_eval([codes.numpy(), scale.numpy()], {"scheme": scheme, "bits": bits})
+        assert np.array_equal(got, expected)
+
+
+def test_straight_through_gradient():
+    layer = torch.nn.Linear(4, 3)
+    snnc.quantize(layer, {"": {"scheme": "pot", "bits": 3}})
+    layer(torch.ones(2, 4)).sum().backward()
+    original = layer.parametrizations.weight.original
+    assert torch.allclose(original.grad, torch.full((3, 4), 2.0))
+
+
+def test_config_first_match_wins_and_report():
+    model = conv_snn()
+    snnc.quantize(model, {"conv*": {"scheme": "uniform", "bits": 8}, "conv2": "float"})
+    rows, average = quant.report(model)
+    by_name = {r.name: r for r in rows}
+    assert by_name["conv2"].scheme == "uniform"  # the first glob already matched it
+    assert by_name["head"].scheme == "float"  # matched by nothing: stays float
+    total = sum(r.parameters for r in rows)
+    assert average == pytest.approx((8 * (144 + 1152) + 32 * 2880) / total)
+    assert "average bits" in quant.format_report(rows, average)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"conv1": {"scheme": "uniform", "bits": 1}}, "bits 2..8"),
+    ({"conv1": {"scheme": "uniform", "bits": 9}}, "bits 2..8"),
+    ({"conv1": {"scheme": "pot", "bits": 6}}, "bits 2..5"),
+    ({"conv1": {"scheme": "log", "bits": 4}}, "unknown scheme"),
+    ({"nothing.here": {"scheme": "pot", "bits": 3}}, "match no conv/linear"),
+    ({"conv1": {"scheme": "pot"}}, "expected"),
+])
+def test_bad_configs(config, message):
+    with pytest.raises(BadInputError, match=message):
+        snnc.quantize(conv_snn(), config)
+
+
+def test_nan_weights_refused():
+    model = conv_snn()
+    with torch.no_grad():
+        model.conv2.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(BadInputError, match="NaN"):
+        snnc.quantize(model, CONFIG)
+
+
+def quantized_conv_snn(seed=1):
+    model = conv_snn(seed=seed)
+    snnc.quantize(model, CONFIG)
+    return make_firing(model, (8, 2, 12, 12), seed=seed)
+
+
+def test_quantized_model_compiles_to_qdq_and_matches():
+    model = quantized_conv_snn()
+    program = export(model, torch.zeros(1, 2, 12, 12))
+    x = np.random.default_rng(0).random((6, 2, 12, 12), dtype=np.float32)
+    reference = H.torch_trace(export(model, torch.zeros(6, 2, 12, 12)), x)
+    outputs = {}
+    for container in ("int8", "int4"):
+        result = compile_program(program, Options(debug_outputs=True, weight_container=container))
+        types = {i.name: i.data_type for i in result.model.graph.initializer if "codes" in i.name}
+        expected = {"int8": {"conv1": 3, "conv2": 3, "head": 5},
+                    "int4": {"conv1": 22, "conv2": 22, "head": 5}}[container]
+        assert {k.split(".")[0]: v for k, v in types.items()} == expected, types
+        assert sum(n.op_type == "DequantizeLinear" for n in result.model.graph.node) == 3
+        got = H.onnx_trace(H.onnx_session(result.data), x)
+        outputs[container] = got.outputs[0]
+        for other in (got, H.interp_trace(result.graph, x)):
+            comparison = H.compare(reference, other, H.Comparison(), batch_axis=0)
+            assert not comparison.problems, comparison.problems
+            assert comparison.max_logit_diff <= 1e-4
+            assert all(r > 0.01 for r in comparison.layers_firing.values())
+    assert np.array_equal(outputs["int8"], outputs["int4"])
+
+
+SPIKFORMER_CONFIG = {
+    "patch_embed.*": {"scheme": "uniform", "bits": 8},
+    "blocks.*.attn.qkv_conv_bn.0": {"scheme": "pot", "bits": 4},
+    "blocks.*.attn.proj_conv_bn.0": {"scheme": "uniform", "bits": 3},
+    "blocks.*.mlp.fc1.0": {"scheme": "pot", "bits": 3},
+    "blocks.*.mlp.fc2.0": {"scheme": "uniform", "bits": 2},
+    "head": {"scheme": "uniform", "bits": 8},
+}
+
+
+def test_heterogeneous_spikformer_matches_quantized_pytorch():
+    from spikingjelly.activation_based.model import spikformer
+
+    torch.manual_seed(0)
+    model = spikformer.spikformer_cifar10(T=4)
+    snnc.quantize(model, SPIKFORMER_CONFIG)
+    make_firing(model, (8, 3, 32, 32))
+    rows, average = quant.report(model)
+    print(f"average bits {average:.2f}")
+    assert {r.scheme for r in rows} == {"uniform", "pot"}
+    result = compile_program(export(model, torch.zeros(1, 3, 32, 32)), Options(debug_outputs=True))
+    session = H.onnx_session(result.data)
+    program8 = export(model, torch.zeros(8, 3, 32, 32))
+    rng = np.random.default_rng(3)
+    comparison = H.Comparison()
+    for _ in range(4):
+        x = rng.random((8, 3, 32, 32), dtype=np.float32)
+        H.compare(H.torch_trace(program8, x), H.onnx_trace(session, x), comparison)
+    print(comparison.report())
+    assert comparison.samples == 32
+    assert not comparison.problems, comparison.problems[:3]
+    assert comparison.max_logit_diff <= 1e-4 and comparison.perturbed <= 16
+    assert sum(0.01 <= r <= 0.5 for r in comparison.layers_firing.values()) >= 20
+
+
+def snnc_cli(*args):
+    return subprocess.run([sys.executable, "-m", "snnc", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_quantize_then_compile(tmp_path):
+    from snnc.loader import make_checkpoint
+
+    ckpt = tmp_path / "float.pt"
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]), ckpt)
+    config = tmp_path / "layers.json"
+    config.write_text(json.dumps(CONFIG))
+    out = tmp_path / "q.pt"
+    run = snnc_cli("quantize", str(ckpt), "--config", str(config), "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "average bits" in run.stdout and "pot" in run.stdout
+    onnx_path = tmp_path / "q.onnx"
+    run = snnc_cli("compile", str(out), "-o", str(onnx_path), "--weight-container", "int4")
+    assert run.returncode == 0, run.stderr
+    model = onnx.load(str(onnx_path))
+    assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) == 3
+
+
+@pytest.mark.parametrize("config", [
+    {"conv1": {"scheme": "uniform", "bits": 9}}, {"conv1": {"scheme": "cubic", "bits": 4}},
+    {"nope": {"scheme": "pot", "bits": 3}}])
+def test_cli_quantize_errors(tmp_path, config):
+    from snnc.loader import make_checkpoint
+
+    ckpt = tmp_path / "float.pt"
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]), ckpt)
+    path = tmp_path / "layers.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "q.pt"
+    run = snnc_cli("quantize", str(ckpt), "--config", str(path), "-o", str(out))
+    assert run.returncode != 0 and "snnc: error:" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not out.exists()
+
+
+def test_calibration_refines_scales():
+    """Scales refined on calibration inputs give conv2 a smaller output error than min-max."""
+    from spikingjelly.activation_based import functional
+
+    x = torch.rand(8, 2, 12, 12)
+    rule = {"conv2": {"scheme": "pot", "bits": 3}}
+    plain, calibrated = conv_snn(seed=2), conv_snn(seed=2)
+    snnc.quantize(plain, rule, method="minmax")
+    snnc.quantize(calibrated, rule, calibration=x, method="minmax")
+    assert not torch.equal(plain.conv2.parametrizations.weight[0].scale,
+                           calibrated.conv2.parametrizations.weight[0].scale)
+
+    def conv2_output(model):
+        captured = {}
+        hook = model.conv2.register_forward_hook(lambda m, a, out: captured.setdefault("y", out))
+        functional.reset_net(model)
+        with torch.no_grad():
+            model(x)
+        hook.remove()
+        return captured["y"]
+
+    exact = conv2_output(conv_snn(seed=2))
+    plain_error = ((conv2_output(plain) - exact) ** 2).sum()
+    calibrated_error = ((conv2_output(calibrated) - exact) ** 2).sum()
+    assert calibrated_error < plain_error
