@@ -62,9 +62,15 @@ def main() -> None:
               help="Integer type holding quantized weights in the ONNX file; int4 keeps <= 4-bit "
                    "layers in native int4 (full ORT packages only: the .ort format cannot "
                    "hold int4).")
+@click.option("--pack", "pack_path", type=click.Path(dir_okay=False),
+              help="Also write the quantized weights at their true bit width to this .snnpack.")
+@click.option("--weights", type=click.Choice(["embedded", "external"]), default="embedded",
+              show_default=True,
+              help="external: the ONNX file holds references instead of the quantized weights; "
+                   "load it with snnc.runtime.load_session(onnx, pack) (needs --pack).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape,
-                weight_container, quiet):
+                weight_container, pack_path, weights, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from .compile import compile_file
 
@@ -75,10 +81,17 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
         out_dir = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(out_dir):
             raise SnncError(f"cannot write {output}: directory {out_dir} does not exist")
-        opts = Options(debug_outputs=debug_outputs, weight_container=weight_container)
-        result = compile_file(model, output, opts,
-                              dump_dir=dump_ir, trust_pickle=trust_pickle,
-                              input_shape=_shape(input_shape), progress=progress)
+        external = weights == "external"
+        if external and weight_container == "int4":
+            raise SnncError("--weights external keeps int8/int16 containers (ONNX Runtime's "
+                            "Python API cannot hand it int4 tensors); drop --weight-container "
+                            "int4")
+        opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
+                       external_weights=external,
+                       pack_location=os.path.basename(pack_path) if pack_path else "")
+        result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
+                              input_shape=_shape(input_shape), progress=progress,
+                              pack_path=pack_path)
     except SnncError as error:
         progress.finish()
         _fail(str(error))
@@ -94,7 +107,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
     progress.finish()
     if not quiet:
         click.echo(result.summary())
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {output}" + (f" and {pack_path}" if pack_path else ""))
 
 
 @main.command("quantize")
@@ -147,6 +160,23 @@ def quantize_cmd(model, config_path, output, method, calibration):
         _fail(str(error))
     click.echo(quant.format_report(rows, average))
     click.echo(f"wrote {output}")
+
+
+@main.command("inspect")
+@click.argument("pack_file", type=click.Path(dir_okay=False))
+def inspect_cmd(pack_file):
+    """Print the layer table of an .snnpack weight pack."""
+    from . import pack
+
+    try:
+        if not os.path.isfile(pack_file):
+            raise SnncError(f"{pack_file}: no such file")
+        with open(pack_file, "rb") as f:
+            blob = f.read()
+        layers = pack.decode(blob, pack_file)
+    except SnncError as error:
+        _fail(str(error))
+    click.echo(pack.format_table(layers, len(blob)))
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -9,7 +9,8 @@ from typing import Callable
 
 import onnx
 
-from . import frontend, loader, onnx_emit
+from . import frontend, loader, onnx_emit, pack
+from .errors import BadInputError
 from .ir import Graph
 from .options import DEFAULT, Options
 from .pipeline import run_passes
@@ -22,6 +23,7 @@ class Result:
     lowered: Graph  # after all passes
     model: onnx.ModelProto
     data: bytes
+    packed: list  # pack.Layer per quantized weight
     timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -55,15 +57,20 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
 
     graph = stage("trace", frontend.lift, program)
     lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
-    model = stage("emit", onnx_emit.to_onnx, lowered, opts)
+    packed: list = []
+    model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
     data = stage("serialize", onnx_emit.model_bytes, model)
     parameters = sum(p.numel() for p in program.parameters())
-    return Result(graph, parameters, lowered, model, data, timings)
+    return Result(graph, parameters, lowered, model, data, packed, timings)
 
 
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
                  trust_pickle: bool = False, input_shape: list[int] | None = None,
-                 progress: Callable[[str], None] | None = None) -> Result:
+                 progress: Callable[[str], None] | None = None,
+                 pack_path: str | None = None) -> Result:
+    """Compile a model file to `output` (and the weight pack to `pack_path`, if given)."""
+    if opts.external_weights and pack_path is None:
+        raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
     start = time.perf_counter()
     if progress:
         progress("load")
@@ -73,5 +80,11 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     result.timings = {"load": load_time, **result.timings}
     if progress:
         progress("write")
-    onnx_emit.write_atomic(output, result.data)
+    outputs = [(output, result.data)]
+    if pack_path is not None:
+        if not result.packed:
+            raise BadInputError(f"{path} has no quantized weights to pack (quantize it first: "
+                                "snnc quantize or snnc.quantize)")
+        outputs.append((pack_path, pack.encode(result.packed)))
+    onnx_emit.write_all_atomic(outputs)
     return result

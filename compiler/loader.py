@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from typing import Any
 
@@ -147,7 +148,8 @@ def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.Exp
         raise BadInputError(f"{where}: input shape {input_shape!r} is not a list of sizes") \
             from None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SpikingJelly's neuron memories trip a warning
             return torch.export.export(model, (example,))
     except SnncError:
         raise

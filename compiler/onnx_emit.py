@@ -16,8 +16,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import PassError
-from .ir import BATCH, Graph, Node, Value
+from .ir import Graph, Node, Value
 from .options import DEFAULT, Options
+from .pack import Layer
 
 DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64}
 IR_VERSION = 10  # the IR version onnx pairs with opset 21; ONNX Runtime 1.31 loads it
@@ -45,6 +46,7 @@ class _Emitter:
         self.scalars: dict[tuple, str] = {}
         self.used = graph.live_values()
         self.debug: list[tuple[str, Value]] = []
+        self.packed: list | None = None  # pack.Layer per quantized weight, when asked for
 
     def unique(self, base: str) -> str:
         name, k = base, 1
@@ -182,7 +184,7 @@ def _linear(e, node, ins, outs, module):
 
 
 def _reshape(e, node, ins, outs, module):
-    shape = [-1 if d == BATCH else int(d) for d in node.attrs["shape"]]
+    shape = [-1 if isinstance(d, str) else int(d) for d in node.attrs["shape"]]  # the batch
     e.add("Reshape", [ins[0], e.ints(shape, f"{module}/shape")], outs, module)
 
 
@@ -202,23 +204,12 @@ def _reduce(onnx_op):
     return lower
 
 
-def _stack(e, node, ins, outs, module):
-    axis = e.ints([node.attrs["axis"]], "axis")
-    parts = []
-    for name in ins:
-        part = e.temp(module, "unsqueeze")
-        e.add("Unsqueeze", [name, axis], [part], module)
-        parts.append(part)
-    e.add("Concat", parts, outs, module, axis=node.attrs["axis"])
+def _concat(e, node, ins, outs, module):
+    e.add("Concat", ins, outs, module, axis=node.attrs["axis"])
 
 
-def _unstack(e, node, ins, outs, module):
-    axis = node.attrs["axis"]
-    parts = [e.temp(module, f"slice{t}") for t in range(len(outs))]
-    e.add("Split", ins, parts, module, axis=axis, num_outputs=len(outs))
-    axes = e.ints([axis], "axis")
-    for part, out in zip(parts, outs):
-        e.add("Squeeze", [part, axes], [out], module)
+def _chunk(e, node, ins, outs, module):
+    e.add("Split", ins, outs, module, axis=node.attrs["axis"], num_outputs=node.attrs["count"])
 
 
 def _f32(e, x: float) -> str:
@@ -334,13 +325,16 @@ def _dequantize(e, node, ins, outs, module):
     values, element, shift = container(codes, a["scheme"], a["bits"],
                                        e.opts.weight_container == "int4" and a["bits"] <= 4)
     name = e.unique(node.inputs[0].hint or f"{module}.weight_codes")
+    scale_name = e.unique(node.inputs[1].hint or f"{module}.weight_scale")
     if element == TensorProto.INT4:
         tensor = helper.make_tensor(name, element, values.shape, values.reshape(-1).tolist())
     else:
         tensor = numpy_helper.from_array(values, name)
     e.initializers.append(tensor)
     scaled = (scale.astype(np.float32) * np.float32(2.0 ** -shift)).astype(np.float32)
-    scale_name = e.const(scaled, node.inputs[1].hint or f"{module}.weight_scale")
+    e.initializers.append(numpy_helper.from_array(scaled, scale_name))
+    e.packed.append(Layer(name, scale_name, a["scheme"], a["bits"], codes,
+                              scale.astype(np.float32)))
     e.add("DequantizeLinear", [name, scale_name], outs, module, axis=0)
 
 
@@ -351,36 +345,73 @@ LOWER = {
     "max_pool": _pool("MaxPool"), "avg_pool": _pool("AveragePool"),
     "linear": _linear, "reshape": _reshape, "transpose": _transpose, "split": _split,
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
-    "stack": _stack, "unstack": _unstack, "neuron": _neuron, "dequantize": _dequantize,
+    "concat": _concat, "chunk": _chunk, "neuron": _neuron, "dequantize": _dequantize,
 }
 
 
-def to_onnx(graph: Graph, opts: Options = DEFAULT) -> onnx.ModelProto:
+def to_onnx(graph: Graph, opts: Options = DEFAULT, packed: list | None = None
+            ) -> onnx.ModelProto:
+    """The ONNX model; with `packed`, appends a pack.Layer per quantized weight to it."""
     if graph.time is not None or graph.states:
         raise PassError("the ONNX backend needs an unrolled graph (run unroll_timesteps)")
     missing = sorted({n.op for n in graph.nodes} - set(LOWER))
     if missing:
         raise PassError(f"no ONNX lowering for IR op(s) {missing}")
-    model = _Emitter(graph, opts).emit()
+    emitter = _Emitter(graph, opts)
+    emitter.packed = [] if packed is None else packed
+    model = emitter.emit()
     onnx.checker.check_model(model, full_check=True)
+    if opts.external_weights:
+        externalize(model, {layer.name for layer in emitter.packed}, opts.pack_location)
     return model
+
+
+def externalize(model: onnx.ModelProto, names: set[str], location: str) -> None:
+    """Replace these initializers by external-data references of the same name, type and
+    shape: what ONNX Runtime's add_external_initializers fills in (snnc.runtime does)."""
+    for tensor in model.graph.initializer:
+        if tensor.name not in names:
+            continue
+        stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
+                                dims=list(tensor.dims), data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", location), ("offset", "0"), ("length", "0")):
+            entry = stub.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.CopyFrom(stub)
 
 
 def model_bytes(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+def write_all_atomic(files: list[tuple[str, bytes]]) -> None:
+    """Write several files so that either all are replaced or none is: each goes to a
+    temporary file first, and the renames happen only once every write succeeded."""
+    temps = []
+    try:
+        for path, data in files:
+            directory = os.path.dirname(os.path.abspath(path))
+            fd, tmp = tempfile.mkstemp(prefix=".snnc-", suffix=".tmp", dir=directory)
+            temps.append((tmp, path))
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a user's file is not secret
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".snnc-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_all_atomic([(path, data)])

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .ir import BATCH, Shape
+from .ir import Shape, batch_factor, times_batch
 
 F32 = np.float32
 Type = tuple[str, Shape]
@@ -192,21 +192,28 @@ def _batch_norm_eval(args, attrs):
 
 # ----------------------------------------------------------------------------- shape ops
 
+def _count(shape: Shape) -> tuple[int, int]:
+    """(number of symbolic batch dimensions, element count in units of N)."""
+    factors = [batch_factor(d) for d in shape]
+    symbolic = [f for f in factors if f is not None]
+    static = int(np.prod([d for d, f in zip(shape, factors) if f is None]))
+    return len(symbolic), static * int(np.prod(symbolic))
+
+
 def _reshape_infer(types, attrs):
     dx, sx = types[0]
     shape = tuple(attrs["shape"])
-    if (BATCH in sx) != (BATCH in shape):
-        raise ShapeError(f"reshape {sx} -> {shape} must keep the batch dimension")
-    static = lambda s: int(np.prod([d for d in s if d != BATCH]))  # noqa: E731
-    if static(sx) != static(shape):
+    (n_in, count_in), (n_out, count_out) = _count(sx), _count(shape)
+    if n_in != 1 or n_out != 1:
+        raise ShapeError(f"reshape {sx} -> {shape} must keep exactly one batch dimension")
+    if count_in != count_out:
         raise ShapeError(f"reshape {sx} -> {shape} changes the element count")
     return [(dx, shape)]
 
 
 def _reshape_eval(args, attrs):
-    x = args[0]
-    shape = [x.shape[0] if d == BATCH else d for d in attrs["shape"]]
-    return [x.reshape(shape)]
+    shape = [-1 if isinstance(d, str) else d for d in attrs["shape"]]
+    return [args[0].reshape(shape)]
 
 
 def _transpose_infer(types, attrs):
@@ -238,20 +245,29 @@ def _reduce_infer(types, attrs):
     return [(dx, tuple(d for i, d in enumerate(sx) if i not in axes))]
 
 
-def _stack_infer(types, attrs):
+def _concat_infer(types, attrs):
     d, s = types[0]
     if any(t != types[0] for t in types):
-        raise ShapeError("stack inputs differ in type")
+        raise ShapeError("concat inputs differ in type")  # snnc concatenates equal parts
     axis = attrs["axis"]
-    return [(d, (*s[:axis], len(types), *s[axis:]))]
+    k = batch_factor(s[axis])
+    size = len(types) * s[axis] if k is None else times_batch(len(types) * k)
+    return [(d, (*s[:axis], size, *s[axis + 1:]))]
 
 
-def _unstack_infer(types, attrs):
+def _chunk_infer(types, attrs):
     d, s = types[0]
-    axis = attrs["axis"]
-    if s[axis] != attrs["count"]:
-        raise ShapeError(f"unstack count {attrs['count']} != dimension {s[axis]}")
-    return [(d, s[:axis] + s[axis + 1:])] * attrs["count"]
+    axis, count = attrs["axis"], attrs["count"]
+    k = batch_factor(s[axis])
+    if k is None:
+        if s[axis] % count:
+            raise ShapeError(f"cannot cut {s[axis]} into {count} equal chunks")
+        size = s[axis] // count
+    elif k % count:
+        raise ShapeError(f"cannot cut {s[axis]} into {count} equal chunks")
+    else:
+        size = times_batch(k // count)
+    return [(d, (*s[:axis], size, *s[axis + 1:]))] * count
 
 
 # ----------------------------------------------------------------------------- quantized weights
@@ -344,10 +360,12 @@ OPS: dict[str, OpDef] = {
         OpDef("reduce_sum", {"axes": _INT_LIST, "keepdims": bool}, _reduce_infer,
               lambda a, at: [a[0].sum(axis=tuple(at["axes"]), keepdims=at["keepdims"],
                                       dtype=F32)], (1, 1)),
-        OpDef("stack", {"axis": int}, _stack_infer,
-              lambda a, at: [np.stack(a, axis=at["axis"])], (1, 1 << 20)),
-        OpDef("unstack", {"axis": int, "count": int}, _unstack_infer,
-              lambda a, at: [np.ascontiguousarray(p) for p in np.moveaxis(a[0], at["axis"], 0)],
+        # Equal parts joined / cut along an axis (time-major batches: N -> TN -> N).
+        OpDef("concat", {"axis": int}, _concat_infer,
+              lambda a, at: [np.concatenate(a, axis=at["axis"])], (1, 1 << 20)),
+        OpDef("chunk", {"axis": int, "count": int}, _chunk_infer,
+              lambda a, at: [np.ascontiguousarray(p) for p in np.split(a[0], at["count"],
+                                                                        axis=at["axis"])],
               (1, 1)),
         # Weights from per-output-channel quantization codes (scheme "uniform" or "pot").
         OpDef("dequantize", {"scheme": str, "bits": int}, _dequantize_infer, dequantize_eval,

@@ -1,100 +1,155 @@
-"""Unroll a one-step graph into T copies of its body, threading the neuron state.
+"""Unroll a one-step graph over T timesteps, layer by layer, threading the neuron state.
 
-Requires: a verified graph with a time spec (`graph.time`), as the frontend makes it.
-Ensures: `graph.time is None` and no state. Step t's copy reads step t-1's state writes;
-step 0 reads each state's `init` as a scalar constant (no all-zero tensors are stored).
-Time-invariant nodes (all inputs constants, "repeat" inputs or other time-invariant
-values, e.g. weight dequantization or a conv on a static image) appear once, not T times.
-"repeat" inputs feed every copy; "seq" inputs [T, N, ...] are unstacked along axis 0.
-"stack" outputs are stacked to [T, N, ...]; "mean"/"sum" outputs are stacked and reduced
-over axis 0. Meaning is preserved exactly (the same operations in the same order).
+Requires: a verified graph with a time spec (`graph.time`), as the frontend makes it: the
+only state is each neuron's own membrane.
+Ensures: `graph.time is None` and no state. Each neuron becomes T neuron nodes, step t
+reading step t-1's membrane and step 0 reading its `init` as a scalar constant (no
+all-zero tensors are stored). Every other node appears once:
+- time-invariant nodes (inputs all constants, "repeat" inputs or such nodes' outputs,
+  e.g. weight dequantization or a conv on the static image) run on [N, ...];
+- time-varying nodes run on all steps at once, on [TN, ...] (T batches of N, time-major),
+  as SpikingJelly's multi-step layers do; a neuron's T inputs are `chunk`s of such a
+  tensor and its T spike outputs are `concat`enated back.
+"seq" inputs [T, N, ...] become [TN, ...]; "stack" outputs are reshaped to [T, N, ...];
+"mean"/"sum" outputs are reduced over that axis. Meaning is preserved exactly: every
+sample of every step sees the same operations in the same order.
+
+This is valid because no value flows from one step to the next except through a neuron's
+own membrane, so a layer can process all steps once the layer before it has.
 
 Before (T=2):
     state %lif.v: f32[N,4] init=0.0
-    %s: f32[N,4], %v1: f32[N,4] = neuron(%x, %lif.v) ...
+    %y: f32[N,4] = linear(%x, %w)
+    %s: f32[N,4], %v1: f32[N,4] = neuron(%y, %lif.v) ...
+    %z: f32[N,4] = relu(%s)
     next %lif.v = %v1
-    return %s
+    return %z
 After:
-    %s.t0: f32[N,4], %v1.t0: f32[N,4] = neuron(%x, %lif.v.init) ...
-    %s.t1: f32[N,4], %v1.t1: f32[N,4] = neuron(%x, %v1.t0) ...
-    %output: f32[2,N,4] = stack(%s.t0, %s.t1) axis=0
+    %y: f32[N,4] = linear(%x, %w)
+    %s.t0: f32[N,4], %v1.t0: f32[N,4] = neuron(%y, %v_init0) ...
+    %s.t1: f32[N,4], %v1.t1: f32[N,4] = neuron(%y, %v1.t0) ...
+    %s: f32[2N,4] = concat(%s.t0, %s.t1) axis=0
+    %z: f32[2N,4] = relu(%s)
+    %output: f32[2,N,4] = reshape(%z) shape=[2,'N',4]
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from snnc.ir import Graph, Node, Value
+from snnc.ir import BATCH, Graph, Node, Value, batch_factor, times_batch
+from snnc.ops import OPS
 from snnc.options import DEFAULT, Options
 
 
 def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
-    spec = graph.time
-    if spec is None:
+    if graph.time is None:
         return graph
-    steps = spec.steps
-    nodes: list[Node] = []
-    constants = dict(graph.constants)
-    inputs = []
-    per_step_inputs: list[list[Value]] = []
-    for value, mode, name in zip(graph.inputs, spec.inputs, graph.input_names or
-                                 [v.hint for v in graph.inputs]):
-        if mode == "repeat":
-            new = Value(value.dtype, value.shape, value.hint)
-            per_step_inputs.append([new] * steps)
-        else:
-            new = Value(value.dtype, (steps, *value.shape), value.hint)
-            slices = tuple(Value(value.dtype, value.shape, f"{value.hint}.t{t}")
-                           for t in range(steps))
-            nodes.append(Node("unstack", (new,), slices, {"axis": 0, "count": steps},
-                              f"input {name}"))
-            per_step_inputs.append(list(slices))
-        inputs.append(new)
-    init_values: dict[float, Value] = {}
-    state_now: dict[Value, Value] = {}
-    for state in graph.states:
-        if state.init not in init_values:
+    return _Unroller(graph).run()
+
+
+def _batched_shape(shape, steps: int):
+    return tuple(times_batch(steps) if d == BATCH else d for d in shape)
+
+
+class _Unroller:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.steps = graph.time.steps
+        self.nodes: list[Node] = []
+        self.constants = dict(graph.constants)
+        self.invariant: dict[Value, Value] = {v: v for v in graph.constants}
+        self.batched: dict[Value, Value] = {}  # body value -> its [TN, ...] value
+        self.per_step: dict[Value, list[Value]] = {}  # body value -> T values [N, ...]
+        self.state_now: dict[Value, Value] = {}
+
+    def emit(self, op: str, inputs, attrs, source: str, hints) -> list[Value]:
+        types = OPS[op].infer([(v.dtype, v.shape) for v in inputs], attrs)
+        outs = [Value(d, tuple(s), h) for (d, s), h in zip(types, hints)]
+        self.nodes.append(Node(op, tuple(inputs), tuple(outs), attrs, source))
+        return outs
+
+    def run(self) -> Graph:
+        g, spec, steps = self.graph, self.graph.time, self.steps
+        inputs = []
+        for value, mode in zip(g.inputs, spec.inputs):
+            if mode == "repeat":
+                new = Value(value.dtype, value.shape, value.hint)
+                self.invariant[value] = new
+            else:
+                new = Value(value.dtype, (steps, *value.shape), value.hint)
+                flat = _batched_shape(value.shape, steps)
+                self.batched[value], = self.emit("reshape", [new], {"shape": list(flat)},
+                                                 f"input {value.hint}", [f"{value.hint}.steps"])
+            inputs.append(new)
+        for state in g.states:
             const = Value("f32", (), f"v_init{state.init:g}")
-            constants[const] = np.array(state.init, np.float32)
-            init_values[state.init] = const
-        state_now[state.read] = init_values[state.init]
-    invariant = set(graph.constants) | {v for v, mode in zip(graph.inputs, spec.inputs)
-                                        if mode == "repeat"}
-    hoisted: dict[Value, Value] = {}  # time-invariant values, shared by every step
-    step_outputs: list[list[Value]] = []
-    for t in range(steps):
-        mapping: dict[Value, Value] = dict(zip(graph.inputs, (ins[t] for ins in per_step_inputs)))
-        mapping.update(state_now)
-        mapping.update(hoisted)
-        for node in graph.nodes:
-            if all(v in invariant for v in node.inputs):
-                if t == 0:  # first visit: emit it once, under its own name
-                    outs = tuple(Value(v.dtype, v.shape, v.hint) for v in node.outputs)
-                    nodes.append(Node(node.op, tuple(mapping.get(v, v) for v in node.inputs),
-                                      outs, node.attrs, node.source))
-                    hoisted.update(zip(node.outputs, outs))
-                    invariant.update(node.outputs)
-                mapping.update((v, hoisted[v]) for v in node.outputs)
-                continue
-            outs = tuple(Value(v.dtype, v.shape, f"{v.hint}.t{t}") for v in node.outputs)
-            ins = tuple(mapping.get(v, v) for v in node.inputs)
-            nodes.append(Node(node.op, ins, outs, node.attrs, node.source))
-            mapping.update(zip(node.outputs, outs))
-        state_now = {s.read: mapping[s.write] for s in graph.states}
-        step_outputs.append([mapping[v] for v in graph.outputs])
-    outputs = []
-    for i, (value, mode) in enumerate(zip(graph.outputs, spec.outputs)):
-        per_t = tuple(outs[i] for outs in step_outputs)
-        stacked = Value(value.dtype, (steps, *value.shape), f"{value.hint}.stacked"
-                        if mode != "stack" else value.hint)
-        nodes.append(Node("stack", per_t, (stacked,), {"axis": 0}, "output (over time)"))
-        if mode == "stack":
-            outputs.append(stacked)
-            continue
-        reduced = Value(value.dtype, value.shape, value.hint)
-        op = "reduce_mean" if mode == "mean" else "reduce_sum"
-        nodes.append(Node(op, (stacked,), (reduced,), {"axes": [0], "keepdims": False},
-                          "output (over time)"))
-        outputs.append(reduced)
-    return graph.replace(inputs=tuple(inputs), nodes=tuple(nodes), outputs=tuple(outputs),
+            self.constants[const] = np.array(state.init, np.float32)
+            self.state_now[state.read] = const
+        for node in g.nodes:
+            if all(v in self.invariant for v in node.inputs):
+                outs = self.emit(node.op, [self.invariant[v] for v in node.inputs], node.attrs,
+                                 node.source, [v.hint for v in node.outputs])
+                self.invariant.update(zip(node.outputs, outs))
+            elif node.op == "neuron":
+                self.neuron(node)
+            else:
+                ins = [self.all_steps(v) for v in node.inputs]
+                attrs = dict(node.attrs)
+                if node.op == "reshape":
+                    attrs["shape"] = list(_batched_shape(attrs["shape"], steps))
+                outs = self.emit(node.op, ins, attrs, node.source, [v.hint for v in node.outputs])
+                self.batched.update(zip(node.outputs, outs))
+        outputs = [self.output(v, mode) for v, mode in zip(g.outputs, spec.outputs)]
+        used = {v for n in self.nodes for v in n.inputs}
+        constants = {v: a for v, a in self.constants.items() if v in used}
+        return g.replace(inputs=tuple(inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
                          constants=constants, states=(), time=None)
+
+    def step_values(self, value: Value) -> list[Value]:
+        """T values [N, ...], one per step."""
+        if value in self.per_step:
+            return self.per_step[value]
+        if value in self.invariant:
+            return [self.invariant[value]] * self.steps
+        whole = self.batched[value]
+        parts = self.emit("chunk", [whole], {"axis": 0, "count": self.steps}, "time",
+                          [f"{value.hint}.t{t}" for t in range(self.steps)])
+        self.per_step[value] = parts
+        return parts
+
+    def all_steps(self, value: Value) -> Value:
+        """The value for all steps at once: [TN, ...]. Values without a batch dimension
+        (constants, dequantized weights) are the same for every sample and stay as they are."""
+        if value in self.invariant and BATCH not in value.shape:
+            return self.invariant[value]
+        if value not in self.batched:
+            parts = self.step_values(value)
+            source = "time" if value in self.per_step else "time (repeated)"
+            self.batched[value], = self.emit("concat", parts, {"axis": 0}, source,
+                                             [value.hint])
+        return self.batched[value]
+
+    def neuron(self, node: Node) -> None:
+        x, read = node.inputs
+        spikes = []
+        for t, x_t in enumerate(self.step_values(x)):
+            hints = [f"{v.hint}.t{t}" for v in node.outputs]
+            spike, v_next = self.emit("neuron", [x_t, self.state_now[read]], node.attrs,
+                                      node.source, hints)
+            self.state_now[read] = v_next
+            spikes.append(spike)
+        self.per_step[node.outputs[0]] = spikes
+
+    def output(self, value: Value, mode: str) -> Value:
+        steps = self.steps
+        whole = self.all_steps(value)
+        shape = [steps, *(BATCH if batch_factor(d) == steps else d for d in whole.shape)]
+        hint = value.hint if mode == "stack" else f"{value.hint}.steps"
+        stacked, = self.emit("reshape", [whole], {"shape": shape}, "output (over time)", [hint])
+        if mode == "stack":
+            return stacked
+        op = "reduce_mean" if mode == "mean" else "reduce_sum"
+        reduced, = self.emit(op, [stacked], {"axes": [0], "keepdims": False},
+                             "output (over time)", [value.hint])
+        return reduced

@@ -130,34 +130,19 @@ def test_quantized_model_compiles_to_qdq_and_matches():
     assert np.array_equal(outputs["int8"], outputs["int4"])
 
 
-SPIKFORMER_CONFIG = {
-    "patch_embed.*": {"scheme": "uniform", "bits": 8},
-    "blocks.*.attn.qkv_conv_bn.0": {"scheme": "pot", "bits": 4},
-    "blocks.*.attn.proj_conv_bn.0": {"scheme": "uniform", "bits": 3},
-    "blocks.*.mlp.fc1.0": {"scheme": "pot", "bits": 3},
-    "blocks.*.mlp.fc2.0": {"scheme": "uniform", "bits": 2},
-    "head": {"scheme": "uniform", "bits": 8},
-}
-
-
-def test_heterogeneous_spikformer_matches_quantized_pytorch():
-    from spikingjelly.activation_based.model import spikformer
-
-    torch.manual_seed(0)
-    model = spikformer.spikformer_cifar10(T=4)
-    snnc.quantize(model, SPIKFORMER_CONFIG)
-    make_firing(model, (8, 3, 32, 32))
-    rows, average = quant.report(model)
+def test_heterogeneous_spikformer_matches_quantized_pytorch(quantized_spikformer):
+    rows, average = quant.report(quantized_spikformer["model"])
     print(f"average bits {average:.2f}")
     assert {r.scheme for r in rows} == {"uniform", "pot"}
-    result = compile_program(export(model, torch.zeros(1, 3, 32, 32)), Options(debug_outputs=True))
+    assert len({r.bits for r in rows}) >= 4
+    result = compile_program(quantized_spikformer["program"], Options(debug_outputs=True))
     session = H.onnx_session(result.data)
-    program8 = export(model, torch.zeros(8, 3, 32, 32))
     rng = np.random.default_rng(3)
     comparison = H.Comparison()
     for _ in range(4):
         x = rng.random((8, 3, 32, 32), dtype=np.float32)
-        H.compare(H.torch_trace(program8, x), H.onnx_trace(session, x), comparison)
+        H.compare(H.torch_trace(quantized_spikformer["program_b8"], x), H.onnx_trace(session, x),
+                  comparison)
     print(comparison.report())
     assert comparison.samples == 32
     assert not comparison.problems, comparison.problems[:3]

@@ -1,0 +1,132 @@
+"""The packed-weight binary: exact round trip, size at the true bit width, the
+external-weights deployment path, inspection, and corrupt files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from snnc import BadInputError, pack, quant
+from snnc.compile import compile_file
+from snnc.options import Options
+from snnc.runtime import load_session
+
+
+@pytest.mark.parametrize("scheme, bits", [("uniform", b) for b in range(2, 9)] +
+                         [("pot", b) for b in range(2, 6)])
+def test_bit_packing_round_trips(scheme, bits):
+    rng = np.random.default_rng(bits)
+    if scheme == "uniform":
+        codes = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(7, 3, 5))
+    else:
+        codes = rng.integers(-(2 ** (bits - 1) - 1), 2 ** (bits - 1), size=(7, 3, 5))
+    codes = codes.astype(np.int32)
+    data = pack.pack_bits(codes, scheme, bits)
+    assert len(data) == -(-codes.size * bits // 8)
+    assert np.array_equal(pack.unpack_bits(data, codes.size, scheme, bits).reshape(codes.shape),
+                          codes)
+
+
+@pytest.fixture(scope="module")
+def packed(quantized_spikformer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack")
+    paths = {"full": str(root / "full.onnx"), "skeleton": str(root / "skeleton.onnx"),
+             "pack": str(root / "model.snnpack")}
+    compile_file(quantized_spikformer["path"], paths["full"])
+    compile_file(quantized_spikformer["path"], paths["skeleton"],
+                 Options(external_weights=True, pack_location="model.snnpack"),
+                 pack_path=paths["pack"])
+    return paths
+
+
+def test_pack_holds_exactly_the_quantizer_codes(quantized_spikformer, packed):
+    with open(packed["pack"], "rb") as f:
+        layers = {layer.name: layer for layer in pack.decode(f.read())}
+    model = quantized_spikformer["model"]
+    quantized = [(name, m) for name, m in model.named_modules()
+                 if isinstance(m, quant.QUANTIZABLE) and hasattr(m, "parametrizations")]
+    assert len(layers) == len(quantized) == 22
+    for name, module in quantized:
+        quantizer = module.parametrizations.weight[0]
+        expected = quant.codes(module.parametrizations.weight.original, quantizer.scale,
+                               quantizer.scheme, quantizer.bits).numpy()
+        layer = layers[f"{name}.weight_codes"]
+        assert (layer.scheme, layer.bits) == (quantizer.scheme, quantizer.bits)
+        assert np.array_equal(layer.codes, expected), name
+        assert np.array_equal(layer.scales, quantizer.scale.numpy())
+
+
+def test_pack_size_is_the_true_bit_width(packed):
+    size = os.path.getsize(packed["pack"])
+    with open(packed["pack"], "rb") as f:
+        layers = pack.decode(f.read())
+    code_bytes = sum(layer.codes.size * layer.bits for layer in layers) / 8
+    scale_bytes = sum(4 * layer.scales.size for layer in layers)
+    weights = sum(layer.codes.size for layer in layers)
+    average = 8 * code_bytes / weights
+    ratio = size / (code_bytes + scale_bytes)
+    print(f"pack {size:,} B; codes {code_bytes:,.0f} B + scales {scale_bytes:,} B; ratio "
+          f"{ratio:.4f}; {4 * weights / size:.2f}x smaller than float32 weights; "
+          f"average {average:.2f} bits")
+    assert size <= 1.03 * code_bytes + scale_bytes + 4096
+    assert pack.overhead(open(packed["pack"], "rb").read()) <= 4096
+
+
+def test_external_weights_equal_the_self_contained_model(packed):
+    skeleton_size = os.path.getsize(packed["skeleton"])
+    assert skeleton_size < os.path.getsize(packed["full"]) / 4  # the weights are not in it
+    full = load_session(packed["full"], intra_op_num_threads=2)
+    explicit = load_session(packed["skeleton"], packed["pack"], intra_op_num_threads=2)
+    implicit = load_session(packed["skeleton"])  # finds model.snnpack next to it
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    want = full.run(None, {"x": x})[0]
+    assert np.array_equal(explicit.run(None, {"x": x})[0], want)
+    assert np.array_equal(implicit.run(None, {"x": x})[0], want)
+    assert np.abs(want).max() > 0
+
+
+def test_skeleton_without_pack_fails_clearly(packed, tmp_path):
+    lonely = tmp_path / "skeleton.onnx"
+    lonely.write_bytes(open(packed["skeleton"], "rb").read())
+    with pytest.raises(BadInputError, match="no such weight pack"):
+        load_session(str(lonely))
+
+
+def test_corrupt_and_foreign_packs_are_refused(packed, tmp_path):
+    blob = bytearray(open(packed["pack"], "rb").read())
+    flipped = bytearray(blob)
+    flipped[len(flipped) // 2] ^= 0x10
+    with pytest.raises(BadInputError, match="checksum"):
+        pack.decode(bytes(flipped))
+    with pytest.raises(BadInputError, match="truncated"):
+        pack.decode(bytes(blob[:-5]))
+    with pytest.raises(BadInputError, match="magic"):
+        pack.decode(b"not a pack at all" * 10)
+    bad = tmp_path / "bad.snnpack"
+    bad.write_bytes(bytes(flipped))
+    run = subprocess.run([sys.executable, "-m", "snnc", "inspect", str(bad)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode != 0 and "checksum" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_inspect_prints_the_layer_table(packed):
+    run = subprocess.run([sys.executable, "-m", "snnc", "inspect", packed["pack"]],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "blocks.0.attn.qkv_conv_bn.0.weight_codes" in run.stdout
+    assert "pot" in run.stdout and "uniform" in run.stdout and "22 layers" in run.stdout
+
+
+def test_pack_needs_quantized_weights(tmp_path):
+    from snnc.demo import conv_snn, export
+
+    path = tmp_path / "float.pt"
+    torch.export.save(export(conv_snn(), torch.zeros(1, 2, 12, 12)), str(path))
+    with pytest.raises(BadInputError, match="no quantized weights"):
+        compile_file(str(path), str(tmp_path / "x.onnx"), pack_path=str(tmp_path / "x.snnpack"))
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.snnpack").exists()
