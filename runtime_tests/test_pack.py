@@ -130,3 +130,34 @@ def test_pack_needs_quantized_weights(tmp_path):
     with pytest.raises(BadInputError, match="no quantized weights"):
         compile_file(str(path), str(tmp_path / "x.onnx"), pack_path=str(tmp_path / "x.snnpack"))
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.snnpack").exists()
+
+
+def test_optimized_graph_shows_the_kernels(packed, tmp_path):
+    """Which kernels the quantized layers run on in ONNX Runtime (docs/quantization.md):
+    every conv and linear with quantized weights is a float Conv/Gemm reading its own
+    DequantizeLinear (exact: the dequantized weights equal PyTorch's), each weight is
+    dequantized once per run, and the spike x spike attention products are float MatMuls
+    (exact: sums of 0/1 products are small integers)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(packed["full"], options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "FusedConv", "Gemm", "MatMul",
+                                                       "QLinearConv", "QLinearMatMul",
+                                                       "MatMulInteger", "ConvInteger")]
+    kernels = {}
+    for node in weighted:
+        source = producer.get(node.input[1])
+        key = (node.op_type, source.op_type if source is not None else "initializer")
+        kernels[key] = kernels.get(key, 0) + 1
+    print("kernels:", kernels)
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 22  # one per quantized weight: none duplicated per timestep
+    assert kernels.get(("Conv", "DequantizeLinear"), 0) == 21
+    assert kernels.get(("Gemm", "DequantizeLinear"), 0) + \
+        kernels.get(("MatMul", "DequantizeLinear"), 0) == 1
+    assert not any(op.startswith("QLinear") or op.endswith("Integer") for op, _ in kernels)
