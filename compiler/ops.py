@@ -26,7 +26,6 @@ class OpDef:
     infer: Callable[[Sequence[Type], Mapping], list[Type]]
     evaluate: Callable[[Sequence[np.ndarray], Mapping], list[np.ndarray]]
     n_inputs: tuple[int, int]  # (min, max)
-    optional_attrs: Mapping[str, type | tuple[type, ...]] = None  # type: ignore[assignment]
 
 
 class ShapeError(ValueError):

@@ -51,13 +51,12 @@ def verify(graph: Graph, stage: str) -> None:
         for value in node.inputs:
             if value not in defined:
                 fail(f"input {value!r} of {node.op} is used before it is defined", node)
-        optional = spec.optional_attrs or {}
         missing = set(spec.attrs) - set(node.attrs)
-        extra = set(node.attrs) - set(spec.attrs) - set(optional)
+        extra = set(node.attrs) - set(spec.attrs)
         if missing or extra:
             fail(f"{node.op} attributes: missing {sorted(missing)}, unknown {sorted(extra)}", node)
         for name, value in node.attrs.items():
-            expected = spec.attrs.get(name) or optional[name]
+            expected = spec.attrs[name]
             if not isinstance(value, expected):
                 fail(f"{node.op} attribute {name}={value!r} is not {expected}", node)
         try:

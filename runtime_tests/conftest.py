@@ -24,28 +24,13 @@ def spikformer(tmp_path_factory):
             "program_b8": export(model, torch.zeros(8, 3, 32, 32))}
 
 
-SPIKFORMER_CONFIG = {
-    "patch_embed.*": {"scheme": "uniform", "bits": 8},
-    "blocks.*.attn.qkv_conv_bn.0": {"scheme": "pot", "bits": 4},
-    "blocks.*.attn.proj_conv_bn.0": {"scheme": "uniform", "bits": 3},
-    "blocks.*.mlp.fc1.0": {"scheme": "pot", "bits": 3},
-    "blocks.*.mlp.fc2.0": {"scheme": "uniform", "bits": 2},
-    "head": {"scheme": "uniform", "bits": 8},
-}
-
-
 @pytest.fixture(scope="session")
 def quantized_spikformer(tmp_path_factory):
-    """spikformer_cifar10(T=4) quantized with SPIKFORMER_CONFIG (heterogeneous: uniform and
-    PoT, 2-8 bits), BatchNorm recalibrated so it fires; saved as a torch.export archive."""
-    import snnc
-    from snnc.demo import export, make_firing
-    from spikingjelly.activation_based.model import spikformer
+    """spikformer_cifar10(T=4) quantized with SPIKFORMER_HETEROGENEOUS (uniform and PoT,
+    2-8 bits), BatchNorm recalibrated so it fires; saved as a torch.export archive."""
+    from snnc.demo import SPIKFORMER_HETEROGENEOUS, export, firing_spikformer
 
-    torch.manual_seed(0)
-    model = spikformer.spikformer_cifar10(T=4)
-    snnc.quantize(model, SPIKFORMER_CONFIG)
-    make_firing(model, (8, 3, 32, 32))
+    model = firing_spikformer(steps=4, quantization=SPIKFORMER_HETEROGENEOUS)
     program = export(model, torch.zeros(1, 3, 32, 32))
     path = tmp_path_factory.mktemp("qspikformer") / "model_q.pt"
     torch.export.save(program, str(path))

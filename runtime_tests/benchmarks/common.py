@@ -1,0 +1,63 @@
+"""Helpers shared by the benchmark scripts: medians, interleaved ORT latency, sizes, and the
+torch.onnx.export(dynamo=True) baseline."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def session(path: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def interleaved_latency(sessions: dict, x: np.ndarray, runs: int, blocks: int = 6) -> dict:
+    """Median latency per session, measured in alternating blocks so drift hits all alike.
+
+    A pause before each block lets the previous session's spinning threads go idle."""
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    per_block = max(1, runs // blocks)
+    for _ in range(blocks):
+        for name, sess in sessions.items():
+            feed = {sess.get_inputs()[0].name: x}
+            time.sleep(0.2)
+            sess.run(None, feed)
+            for _ in range(per_block):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def file_size(path: str) -> int:
+    """The model's bytes, external weight data (torch.onnx.export's .data file) included."""
+    extra = path + ".data"
+    return os.path.getsize(path) + (os.path.getsize(extra) if os.path.exists(extra) else 0)
+
+
+def dynamo_export(program_path: str, out: str, batch: int) -> None:
+    """What a user has today: torch.onnx.export(dynamo=True) of the same saved program."""
+    from snnc.loader import register_spikingjelly_ops
+
+    register_spikingjelly_ops()
+    with open(program_path, "rb") as f:
+        program = torch.export.load(f)
+    torch.onnx.export(program, (torch.zeros(batch, 3, 32, 32),), out, dynamo=True,
+                      verbose=False)
