@@ -32,6 +32,12 @@ class Result:
         ir_ops = Counter(n.op for n in g.nodes)
         onnx_ops = Counter(n.op_type for n in self.model.graph.node)
         top = ", ".join(f"{k} {v}" for k, v in sorted(ir_ops.items(), key=lambda kv: -kv[1]))
+        quantized = ""
+        if self.packed:
+            weights = sum(layer.codes.size for layer in self.packed)
+            bits = sum(layer.codes.size * layer.bits for layer in self.packed) / weights
+            quantized = (f"\nquantized     {len(self.packed)} layers, {weights:,} weights, "
+                         f"average {bits:.2f} bits")
         return "\n".join([
             f"timesteps     {g.time.steps if g.time else 1}",
             f"parameters    {self.parameters:,} ({neurons} neuron layers)",
@@ -40,7 +46,7 @@ class Result:
             f"({', '.join(f'{k} {v}' for k, v in onnx_ops.most_common(6))})",
             f"output size   {len(self.data) / 1e6:.2f} MB",
             "time          " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
-        ])
+        ]) + quantized
 
 
 def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = None,

@@ -173,14 +173,21 @@ def test_cli_quantize_then_compile(tmp_path):
     assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) == 3
 
 
-@pytest.mark.parametrize("config", [
-    {"conv1": {"scheme": "uniform", "bits": 9}}, {"conv1": {"scheme": "cubic", "bits": 4}},
-    {"nope": {"scheme": "pot", "bits": 3}}])
-def test_cli_quantize_errors(tmp_path, config):
+@pytest.mark.parametrize("config, nan", [
+    ({"conv1": {"scheme": "uniform", "bits": 9}}, False),
+    ({"conv1": {"scheme": "uniform", "bits": 1}}, False),
+    ({"conv1": {"scheme": "cubic", "bits": 4}}, False),
+    ({"nope": {"scheme": "pot", "bits": 3}}, False),
+    ({"conv1": {"scheme": "pot", "bits": 3}}, True)])
+def test_cli_quantize_errors(tmp_path, config, nan):
     from snnc.loader import make_checkpoint
 
+    model = conv_snn()
+    if nan:
+        with torch.no_grad():
+            model.conv1.weight[0, 0, 0, 0] = float("nan")
     ckpt = tmp_path / "float.pt"
-    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]), ckpt)
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, model, [2, 2, 12, 12]), ckpt)
     path = tmp_path / "layers.json"
     path.write_text(json.dumps(config))
     out = tmp_path / "q.pt"
