@@ -87,8 +87,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
                             "Python API cannot hand it int4 tensors); drop --weight-container "
                             "int4")
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
-                       external_weights=external,
-                       pack_location=os.path.basename(pack_path) if pack_path else "")
+                       external_weights=external)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
                               pack_path=pack_path)

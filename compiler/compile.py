@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -75,8 +77,11 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
                  progress: Callable[[str], None] | None = None,
                  pack_path: str | None = None) -> Result:
     """Compile a model file to `output` (and the weight pack to `pack_path`, if given)."""
-    if opts.external_weights and pack_path is None:
-        raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
+    if opts.external_weights:
+        if pack_path is None:
+            raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
+        # the skeleton names the pack by its file name, next to the model
+        opts = dataclasses.replace(opts, pack_location=os.path.basename(pack_path))
     start = time.perf_counter()
     if progress:
         progress("load")

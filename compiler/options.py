@@ -11,7 +11,7 @@ class Options:
     debug_outputs: bool = False  # expose every neuron's spikes as extra ONNX outputs
     weight_container: str = "int8"  # "int4": <= 4-bit weights as native int4 (opset 21)
     external_weights: bool = False  # quantized weights as references into the pack file
-    pack_location: str = "model.snnpack"  # the pack's file name, recorded in those references
+    pack_location: str = ""  # the pack's file name in those references (set by compile_file)
 
 
 DEFAULT = Options()

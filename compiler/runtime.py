@@ -36,6 +36,7 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
     """An InferenceSession for `onnx_path`, quantized weights decoded from `pack_path`.
 
     Without `pack_path`, the pack the model refers to (next to the model) is used, if any.
+    A self-contained model ignores `pack_path`: it has no references to fill.
     Keyword arguments set SessionOptions attributes (intra_op_num_threads=2, ...) or, for
     names with a dot (session.disable_quant_qdq=1), session config entries.
     """
@@ -54,7 +55,7 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
         locations = set(refs.values())
         pack_path = os.path.join(os.path.dirname(os.path.abspath(onnx_path)), locations.pop())
     keep_alive = []
-    if pack_path is not None:
+    if pack_path is not None and refs:
         if not os.path.isfile(pack_path):
             raise BadInputError(f"{pack_path}: no such weight pack (the model's weights are "
                                 "in a separate .snnpack: pass its path)")

@@ -39,8 +39,7 @@ def packed(quantized_spikformer, tmp_path_factory):
              "pack": str(root / "model.snnpack")}
     compile_file(quantized_spikformer["path"], paths["full"])
     compile_file(quantized_spikformer["path"], paths["skeleton"],
-                 Options(external_weights=True, pack_location="model.snnpack"),
-                 pack_path=paths["pack"])
+                 Options(external_weights=True), pack_path=paths["pack"])
     return paths
 
 
