@@ -68,9 +68,13 @@ def main() -> None:
               show_default=True,
               help="external: the ONNX file holds references instead of the quantized weights; "
                    "load it with snnc.runtime.load_session(onnx, pack) (needs --pack).")
+@click.option("--timesteps", type=click.Choice(["unroll", "stream"]), default="unroll",
+              show_default=True,
+              help="unroll: all T steps in one graph. stream: one step per run, membranes as "
+                   "extra inputs and outputs (docs/streaming.md).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape,
-                weight_container, pack_path, weights, quiet):
+                weight_container, pack_path, weights, timesteps, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from .compile import compile_file
 
@@ -87,7 +91,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
                             "Python API cannot hand it int4 tensors); drop --weight-container "
                             "int4")
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
-                       external_weights=external)
+                       external_weights=external, timesteps=timesteps)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
                               pack_path=pack_path)

@@ -85,12 +85,14 @@ class Graph:
     time: TimeSpec | None = None
     input_names: tuple[str, ...] = ()
     output_names: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)  # copied into the ONNX file
 
     def replace(self, **changes) -> "Graph":
         fields = dict(
             inputs=self.inputs, nodes=self.nodes, outputs=self.outputs,
             constants=self.constants, states=self.states, time=self.time,
             input_names=self.input_names, output_names=self.output_names,
+            metadata=self.metadata,
         )
         fields.update(changes)
         return Graph(**fields)

@@ -116,6 +116,9 @@ class _Emitter:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opts.opset)],
                                   producer_name="snnc", producer_version="0.1.0")
         model.ir_version = IR_VERSION
+        for key, value in sorted(g.metadata.items()):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
         return model
 
     def value_info(self, value: Value, name: str) -> onnx.ValueInfoProto:

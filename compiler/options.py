@@ -8,6 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Options:
     opset: int = 21
+    timesteps: str = "unroll"  # or "stream": one step, membranes as inputs and outputs
     debug_outputs: bool = False  # expose every neuron's spikes as extra ONNX outputs
     weight_container: str = "int8"  # "int4": <= 4-bit weights as native int4 (opset 21)
     external_weights: bool = False  # quantized weights as references into the pack file

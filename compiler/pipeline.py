@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from snnc.passes import fold_batchnorm, merge_reshapes, remove_dead_nodes, unroll_timesteps
+from snnc.passes import (
+    expose_state,
+    fold_batchnorm,
+    merge_reshapes,
+    remove_dead_nodes,
+    unroll_timesteps,
+)
 
 from .errors import PassError, SnncError
 from .ir import Graph
@@ -22,10 +28,19 @@ PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = (
     ("unroll_timesteps", unroll_timesteps.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )
+# --timesteps stream: one step, with the membranes as inputs and outputs.
+STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = (
+    ("fold_batchnorm", fold_batchnorm.run),
+    ("merge_reshapes", merge_reshapes.run),
+    ("expose_state", expose_state.run),
+    ("remove_dead_nodes", remove_dead_nodes.run),
+)
 
 
 def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = None,
-               passes=PASSES) -> Graph:
+               passes=None) -> Graph:
+    if passes is None:
+        passes = STREAM_PASSES if opts.timesteps == "stream" else PASSES
     verify(graph, "frontend")
     _dump(dump_dir, 0, "frontend", graph)
     for index, (name, run) in enumerate(passes, start=1):

@@ -10,7 +10,13 @@ import torch
 from snnc.builder import Builder
 from snnc.interp import run
 from snnc.ir import TimeSpec
-from snnc.passes import fold_batchnorm, merge_reshapes, remove_dead_nodes, unroll_timesteps
+from snnc.passes import (
+    expose_state,
+    fold_batchnorm,
+    merge_reshapes,
+    remove_dead_nodes,
+    unroll_timesteps,
+)
 from snnc.verify import verify
 
 LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 1.0, "v_reset": 0.0}
@@ -152,3 +158,33 @@ def test_merge_reshapes_near_miss():
     with_reader = reshape_chain(extra_user=True)  # the inner reshape is also an output
     after = merge_reshapes.run(with_reader)
     assert "%a: f32[N,4,2,3] = reshape(%x)" in str(after)
+
+
+def test_expose_state_fires():
+    import json
+
+    after = expose_state.run(one_step_net(init=-0.25))
+    verify(after, "expose_state")
+    text = str(after)
+    assert text.splitlines()[0] == "graph(%x: f32[N,4], %lif.v: f32[N,4])"
+    assert text.splitlines()[-1] == "  return %s.0, %s.1"
+    assert after.input_names[1] == "state_in/lif" and after.output_names[1] == "state_out/lif"
+    contract = json.loads(after.metadata["snnc.stream"])
+    assert contract["steps"] == 3 and contract["states"][0]["init"] == -0.25
+
+
+def test_expose_state_near_miss():
+    g = unroll_timesteps.run(one_step_net())
+    assert expose_state.run(g) is g  # no time spec: nothing to expose
+
+
+def test_expose_state_steps_equal_the_time_loop():
+    g = one_step_net(init=-0.25)
+    after = expose_state.run(g)
+    x = RNG.random((5, 4), dtype=np.float32) * 3
+    v = np.full((5, 4), -0.25, np.float32)
+    steps = []
+    for _ in range(3):
+        spike, v = run(after, [x, v])
+        steps.append(spike)
+    assert np.array_equal(np.stack(steps), run(g, [x])[0])
