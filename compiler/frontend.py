@@ -121,12 +121,10 @@ class _Lifter:
     def __init__(self, program: torch.export.ExportedProgram):
         self.program = program
         self.builder = Builder()
-        self.states: list[State] = []
         self.env: dict[torch.fx.Node, Any] = {}
         self.unsupported: list[tuple[str, str]] = []
         self.scalar_cache: dict[float, Value] = {}
         self.input_modes: list[str] = []
-        self.inputs: list[Value] = []
         self.input_names: list[str] = []
         graph = program.graph
         neurons = [n for n in graph.nodes if str(n.target) in NEURON_OPS]
@@ -230,8 +228,6 @@ class _Lifter:
                 self.env[node] = None
         if self.unsupported:
             raise UnsupportedOpError(self.unsupported)
-        self.builder.inputs = self.inputs
-        self.builder.states = self.states
         return self.builder.build(
             outputs, TimeSpec(self.steps, tuple(self.input_modes), tuple(output_modes)),
             self.input_names, output_names)
@@ -272,7 +268,7 @@ class _Lifter:
                 f"expects an image [B, ...] that the model repeats T={self.steps} times "
                 f"(x.unsqueeze(0).repeat(T, ...)) or a sequence [T={self.steps}, B, ...]."
             )
-        self.inputs.append(value)
+        self.builder.inputs.append(value)
         self.input_names.append(node.name)
 
     def output(self, ret) -> tuple[str, Value | None]:
@@ -545,7 +541,7 @@ class _Lifter:
         module = src.split(" ")[0]
         read = Value("f32", x.value.shape, f"{module}.v")
         spike, v_next = self.emit("neuron", [x.value, read], attrs, src, node.name)
-        self.states.append(State(read, v_next, float(v_init.payload), module))
+        self.builder.states.append(State(read, v_next, float(v_init.payload), module))
         return (Act("seq", spike), None, None)
 
 

@@ -46,7 +46,7 @@ class _Emitter:
         self.scalars: dict[tuple, str] = {}
         self.used = graph.live_values()
         self.debug: list[tuple[str, Value]] = []
-        self.packed: list | None = None  # pack.Layer per quantized weight, when asked for
+        self.packed: list = []  # a pack.Layer per quantized weight (to_onnx passes its list)
 
     def unique(self, base: str) -> str:
         name, k = base, 1
@@ -109,10 +109,8 @@ class _Emitter:
             graph_outputs.append(self.value_info(value, name))
         for name, value in self.debug:
             graph_outputs.append(self.value_info(value, name))
-        read = {name for node in self.nodes for name in node.input}
-        initializers = [t for t in self.initializers if t.name in read]  # e.g. a folded-away v0
         graph = helper.make_graph(self.nodes, "snnc", graph_inputs, graph_outputs,
-                                  initializer=initializers)
+                                  initializer=self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opts.opset)],
                                   producer_name="snnc", producer_version="0.1.0")
         model.ir_version = IR_VERSION
@@ -219,15 +217,18 @@ def _f32(e, x: float) -> str:
     return e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
 
 
-def _leak_factor(e, leak: str, value: float) -> tuple[str, str]:
-    """(constant, op) for the leak. Division by a power of two equals multiplication by its
-    exact reciprocal (both are the correctly rounded x / 2^k), and Mul is cheaper than Div."""
-    if leak == "div":
-        mantissa, _ = np.frexp(np.float32(value))
-        if mantissa == 0.5:  # value = 2^k: 1/value is exact in float32
-            return _f32(e, float(np.float32(1.0) / np.float32(value))), "Mul"
-        return _f32(e, value), "Div"
-    return _f32(e, value), "Mul"
+def _apply_leak(e, attrs, value: str, out: str, module: str) -> None:
+    """out = value / tau (leak "div") or value * q (leak "mul"). Division by a power of two
+    equals multiplication by its exact reciprocal (both are the correctly rounded x / 2^k),
+    and Mul is cheaper than Div."""
+    k = attrs["leak_value"]
+    if attrs["leak"] == "div":
+        mantissa, _ = np.frexp(np.float32(k))
+        if mantissa != 0.5:  # not a power of two: 1/tau would round
+            e.add("Div", [value, _f32(e, k)], [out], module)
+            return
+        k = float(np.float32(1.0) / np.float32(k))
+    e.add("Mul", [value, _f32(e, k)], [out], module)
 
 
 def _neuron(e, node, ins, outs, module):
@@ -239,19 +240,19 @@ def _neuron(e, node, ins, outs, module):
     x * q exactly.
     """
     a = node.attrs
-    x, v = ins
+    x = ins[0]
     reset = 0.0 if a["v_reset"] is None else a["v_reset"]
     v_const = e.graph.constants.get(node.inputs[1])
     zero_start = v_const is not None and v_const.shape == () and float(v_const) == 0.0 \
         and reset == 0.0
+    v = None if zero_start else ins[1]  # the zero initial membrane is never stored
     h = e.temp(module, "h")
     leak = a["leak"]
-    k, op = _leak_factor(e, leak, a["leak_value"])
     if zero_start:
         if leak == "none" or not a["decay_input"]:
             h = x
         else:
-            e.add(op, [x, k], [h], module)
+            _apply_leak(e, a, x, h, module)
     elif leak == "none":
         e.add("Add", [v, x], [h], module)
     else:
@@ -262,11 +263,11 @@ def _neuron(e, node, ins, outs, module):
         if a["decay_input"]:
             diff, scaled = e.temp(module, "x_minus_v"), e.temp(module, "leak")
             e.add("Sub", [x, delta], [diff], module)
-            e.add(op, [diff, k], [scaled], module)
+            _apply_leak(e, a, diff, scaled, module)
             e.add("Add", [v, scaled], [h], module)
         else:
             scaled, kept = e.temp(module, "leak"), e.temp(module, "kept")
-            e.add(op, [delta, k], [scaled], module)
+            _apply_leak(e, a, delta, scaled, module)
             e.add("Sub", [v, scaled], [kept], module)
             e.add("Add", [kept, x], [h], module)
     threshold = _f32(e, a["threshold"])
@@ -337,7 +338,7 @@ def _dequantize(e, node, ins, outs, module):
     scaled = (scale.astype(np.float32) * np.float32(2.0 ** -shift)).astype(np.float32)
     e.initializers.append(numpy_helper.from_array(scaled, scale_name))
     e.packed.append(Layer(name, scale_name, a["scheme"], a["bits"], codes,
-                              scale.astype(np.float32)))
+                          scale.astype(np.float32)))
     e.add("DequantizeLinear", [name, scale_name], outs, module, axis=0)
 
 

@@ -114,8 +114,13 @@ class Comparison:
     max_flip_distance: float = 0.0  # largest |h - threshold| among them
     max_logit_diff: float = 0.0  # over unperturbed samples
     spikes_compared: int = 0
-    layers_firing: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, list[float]] = field(default_factory=dict)  # per layer, per batch
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def layers_firing(self) -> dict[str, float]:
+        """Mean firing rate per layer over the batches compared."""
+        return {layer: sum(r) / len(r) for layer, r in self.rates.items()}
 
     def report(self) -> str:
         return (f"{self.samples} samples, {self.spikes_compared:,} spikes compared; "
@@ -134,8 +139,7 @@ def compare(reference: Trace, other: Trace, comparison: Comparison, tol: float =
     batch = reference.outputs[0].shape[batch_axis]
     for layer in layers:
         rate = float(reference.spikes[layer].mean())
-        old = comparison.layers_firing.get(layer)
-        comparison.layers_firing[layer] = rate if old is None else (old + rate) / 2
+        comparison.rates.setdefault(layer, []).append(rate)
     for b in range(batch):
         comparison.samples += 1
         perturbed = False

@@ -64,3 +64,13 @@ def test_sequence_input_is_unstacked():
     got = H.onnx_session(result.data).run(None, {"x": x})[0]
     assert expected.mean() > 0.01
     assert (got != expected).mean() < 1e-3
+
+
+@pytest.mark.parametrize("steps, timesteps", [(1, "unroll"), (3, "unroll"), (3, "stream")])
+def test_every_initializer_is_read(steps, timesteps):
+    """No dead weights or state fills in the file (ORT would warn and drop them)."""
+    for kind in ("lif", "if", "lif_reset", "lif_soft"):
+        program = export(conv_snn(steps=steps, neuron=kind), torch.zeros(1, 2, 12, 12))
+        model = compile_program(program, Options(timesteps=timesteps)).model
+        read = {name for node in model.graph.node for name in node.input}
+        assert [t.name for t in model.graph.initializer if t.name not in read] == []
