@@ -132,12 +132,18 @@ def decode(blob: bytes, where: str = "pack") -> list[Layer]:
     return layers
 
 
+def code_bytes(layer: Layer) -> int:
+    return -(-layer.codes.size * layer.bits // 8)
+
+
+def payload_bytes(layer: Layer) -> int:
+    """A layer's codes at their bit width plus its float32 scales."""
+    return code_bytes(layer) + 4 * layer.scales.size
+
+
 def overhead(blob: bytes) -> int:
     """Bytes that are neither codes nor scales: header, table, strings and alignment."""
-    layers = decode(blob)
-    payload = sum(-(-layer.codes.size * layer.bits // 8) + 4 * layer.scales.size
-                  for layer in layers)
-    return len(blob) - payload
+    return len(blob) - sum(payload_bytes(layer) for layer in decode(blob))
 
 
 def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
@@ -153,15 +159,12 @@ def format_table(layers: list[Layer], total_bytes: int) -> str:
     width = max([len(layer.name) for layer in layers] + [5])
     lines = [f"{'layer':<{width}}  {'scheme':<7}  {'bits':>4}  {'shape':<18}  {'weights':>10}  "
              f"{'packed B':>9}"]
-    payload = 0
-    weights = 0
     for layer in layers:
-        size = -(-layer.codes.size * layer.bits // 8)
-        payload += size + 4 * layer.scales.size
-        weights += layer.codes.size
         shape = "x".join(map(str, layer.codes.shape))
         lines.append(f"{layer.name:<{width}}  {layer.scheme:<7}  {layer.bits:>4}  {shape:<18}  "
-                     f"{layer.codes.size:>10,}  {size:>9,}")
+                     f"{layer.codes.size:>10,}  {code_bytes(layer):>9,}")
+    payload = sum(payload_bytes(layer) for layer in layers)
+    weights = sum(layer.codes.size for layer in layers)
     bits = sum(layer.codes.size * layer.bits for layer in layers)
     lines.append(f"{len(layers)} layers, {weights:,} weights, average {bits / max(weights, 1):.2f} "
                  f"bits; file {total_bytes:,} B = codes and scales {payload:,} B + header, "
