@@ -270,7 +270,7 @@ def _neuron(e, node, ins, outs, module):
             _apply_leak(e, a, delta, scaled, module)
             e.add("Sub", [v, scaled], [kept], module)
             e.add("Add", [kept, x], [h], module)
-    threshold = _f32(e, a["threshold"])
+    threshold = ins[2] if a["threshold"] is None else _f32(e, a["threshold"])
     fired = e.temp(module, "fired")
     e.add("GreaterOrEqual", [h, threshold], [fired], module)
     e.add("Cast", [fired], [outs[0]], module, to=TensorProto.FLOAT)
@@ -325,11 +325,16 @@ def _dequantize(e, node, ins, outs, module):
     scale = e.graph.constants.get(node.inputs[1])
     if codes is None or scale is None:
         raise PassError(f"dequantize at {node.source} needs constant codes and scales")
-    a = node.attrs
-    values, element, shift = container(codes, a["scheme"], a["bits"],
-                                       e.opts.weight_container == "int4" and a["bits"] <= 4)
-    name = e.unique(node.inputs[0].hint or f"{module}.weight_codes")
-    scale_name = e.unique(node.inputs[1].hint or f"{module}.weight_scale")
+    _weights(e, codes, scale, node.attrs["scheme"], node.attrs["bits"], node.inputs[0].hint,
+             node.inputs[1].hint, outs[0], module)
+
+
+def _weights(e, codes, scale, scheme, bits, codes_hint, scale_hint, out, module) -> None:
+    """DequantizeLinear of the smallest integer container, recorded for the weight pack."""
+    values, element, shift = container(codes, scheme, bits,
+                                       e.opts.weight_container == "int4" and bits <= 4)
+    name = e.unique(codes_hint or f"{module}.weight_codes")
+    scale_name = e.unique(scale_hint or f"{module}.weight_scale")
     if element == TensorProto.INT4:
         tensor = helper.make_tensor(name, element, values.shape, values.reshape(-1).tolist())
     else:
@@ -337,9 +342,65 @@ def _dequantize(e, node, ins, outs, module):
     e.initializers.append(tensor)
     scaled = (scale.astype(np.float32) * np.float32(2.0 ** -shift)).astype(np.float32)
     e.initializers.append(numpy_helper.from_array(scaled, scale_name))
-    e.packed.append(Layer(name, scale_name, a["scheme"], a["bits"], codes,
-                          scale.astype(np.float32)))
-    e.add("DequantizeLinear", [name, scale_name], outs, module, axis=0)
+    e.packed.append(Layer(name, scale_name, scheme, bits, codes, scale.astype(np.float32)))
+    e.add("DequantizeLinear", [name, scale_name], [out], module, axis=0)
+
+
+def _shift_weights(e, node, module) -> str:
+    """The integer weights sign * 2^(shift + 1 - |c|) of a shift layer, as float32.
+
+    Default: DequantizeLinear of the int8 container (ONNX Runtime's fast path). With
+    --pot-lowering shift: the codes themselves (int8, sign * c) decoded in the graph,
+    2^e = BitShift(1, e) on uint8 (uint32 when e can reach 8), times the sign. The two give
+    the same float32 weights bit for bit."""
+    codes = e.graph.constants.get(node.inputs[1])
+    if codes is None:
+        raise PassError(f"{node.op} at {node.source} needs constant codes")
+    bits = (node.attrs["shift"] + 2).bit_length()  # shift = 2^(bits-1) - 2
+    out = e.temp(module, "weight")
+    if e.opts.pot_lowering != "shift":
+        unit = np.full(codes.shape[0], 2.0 ** node.attrs["shift"], np.float32)
+        hint = node.inputs[1].hint
+        scale_hint = hint.replace("weight_codes", "weight_unit_scale") \
+            if "weight_codes" in hint else f"{hint}.unit_scale"
+        _weights(e, codes, unit, "pot", bits, hint, scale_hint, out, module)
+        return out
+    name = e.unique(node.inputs[1].hint or f"{module}.weight_codes")
+    e.initializers.append(numpy_helper.from_array(codes.astype(np.int8), name))
+    e.packed.append(Layer(name, "", "pot", bits, codes, np.ones(codes.shape[0], np.float32),
+                          raw=True))
+    top = node.attrs["shift"] + 1
+    wide = top >= 8
+    as_int, magnitude, sign, exponent, narrow, power, power_f, sign_f = (
+        e.temp(module, k) for k in ("codes_i32", "magnitude", "sign", "exponent",
+                                    "exponent_u", "power", "power_f32", "sign_f32"))
+    shift_type = TensorProto.UINT32 if wide else TensorProto.UINT8
+    one = e.const(np.array(1, np.uint32 if wide else np.uint8), "one_u32" if wide else "one_u8")
+    e.add("Cast", [name], [as_int], module, to=TensorProto.INT32)
+    e.add("Abs", [as_int], [magnitude], module)
+    e.add("Sign", [as_int], [sign], module)
+    e.add("Sub", [e.const(np.array(top, np.int32), f"c{top}_i32"), magnitude], [exponent],
+          module)
+    e.add("Cast", [exponent], [narrow], module, to=shift_type)
+    e.add("BitShift", [one, narrow], [power], module, direction="LEFT")
+    e.add("Cast", [power], [power_f], module, to=TensorProto.FLOAT)
+    e.add("Cast", [sign], [sign_f], module, to=TensorProto.FLOAT)
+    e.add("Mul", [power_f, sign_f], [out], module)  # c = 0: sign 0 makes the weight 0
+    return out
+
+
+def _shift_conv(e, node, ins, outs, module):
+    _conv(e, node, [ins[0], _shift_weights(e, node, module)], outs, module)
+
+
+def _shift_linear(e, node, ins, outs, module):
+    weight = _shift_weights(e, node, module)
+    if len(node.inputs[0].shape) == 2:
+        e.add("Gemm", [ins[0], weight], outs, module, transB=1)
+        return
+    wt = e.temp(module, "weight_t")
+    e.add("Transpose", [weight], [wt], module, perm=[1, 0])
+    e.add("MatMul", [ins[0], wt], outs, module)
 
 
 LOWER = {
@@ -350,6 +411,7 @@ LOWER = {
     "linear": _linear, "reshape": _reshape, "transpose": _transpose, "split": _split,
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
     "concat": _concat, "chunk": _chunk, "neuron": _neuron, "dequantize": _dequantize,
+    "shift_conv": _shift_conv, "shift_linear": _shift_linear,
 }
 
 

@@ -290,6 +290,35 @@ def dequantize_eval(args, attrs):
     return [np.where(codes == 0, F32(0), np.sign(codes).astype(F32) * magnitude).astype(F32)]
 
 
+# ----------------------------------------------------------------------------- shifts
+
+def _shift_infer(layer_infer):
+    def infer(types, attrs):
+        (dx, sx), (dc, sc) = types
+        if dx != "f32" or dc != "i32":
+            raise ShapeError(f"shift layers take f32 integers and i32 PoT codes, got {dx}, {dc}")
+        return layer_infer([(dx, sx), ("f32", sc)], attrs)
+    return infer
+
+
+def shift_terms(codes: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sign, exponent) of each PoT code: the weight is sign * 2^exponent (sign 0 for c = 0)."""
+    magnitude = np.abs(codes.astype(np.int64))
+    return np.sign(codes).astype(np.int64), np.where(magnitude == 0, 0, shift + 1 - magnitude)
+
+
+def _shift_eval(layer_eval):
+    def evaluate(args, attrs):
+        x, codes = args
+        xi = x.astype(np.int64)
+        if not np.array_equal(xi, x):
+            raise ValueError("shift layer input holds non-integers")
+        sign, exponent = shift_terms(codes, attrs["shift"])
+        weights = sign * np.left_shift(np.int64(1), exponent)
+        return layer_eval([xi, weights], attrs)  # int64 sums, then float32 (range-checked)
+    return evaluate
+
+
 # ----------------------------------------------------------------------------- neurons
 
 def neuron_charge(x: np.ndarray, v: np.ndarray, attrs) -> np.ndarray:
@@ -307,15 +336,27 @@ def neuron_charge(x: np.ndarray, v: np.ndarray, attrs) -> np.ndarray:
 
 
 def _neuron_infer(types, attrs):
-    (dx, sx), (dv, sv) = types
+    (dx, sx), (dv, sv) = types[:2]
     broadcast(sx, sv)
+    if (attrs["threshold"] is None) != (len(types) == 3):
+        raise ShapeError("a neuron has a scalar threshold attribute or a threshold input "
+                         "(threshold=None), not both or neither")
+    if len(types) == 3:
+        dt, st = types[2]
+        if dt != "f32" or broadcast(sx, st) != tuple(sx):
+            raise ShapeError(f"neuron threshold {dt}{list(st)} does not broadcast to {sx}")
     return [(dx, sx), (dx, sx)]
 
 
+def neuron_threshold(args, attrs) -> np.ndarray:
+    """The scalar attribute, or the per-channel threshold input (fold_scales makes those)."""
+    return args[2] if attrs["threshold"] is None else F32(attrs["threshold"])
+
+
 def neuron_eval(args, attrs):
-    x, v = args
+    x, v = args[:2]
     h = neuron_charge(x, v, attrs)
-    threshold = F32(attrs["threshold"])
+    threshold = neuron_threshold(args, attrs)
     fired = h >= threshold
     if attrs["v_reset"] is None:
         v_next = np.where(fired, h - threshold, h)
@@ -371,9 +412,18 @@ OPS: dict[str, OpDef] = {
               (2, 2)),
         # A spiking neuron (IF, LIF, parametric LIF) for one timestep: (x, v) -> (spike, v').
         # leak: "none" (IF), "div" (LIF: /tau) or "mul" (PLIF: *sigmoid(w)); v_reset None is a
-        # soft reset (subtract the threshold).
+        # soft reset (subtract the threshold). threshold None: a third input holds it, per
+        # channel (broadcast to x).
         OpDef("neuron", {"leak": str, "leak_value": float, "decay_input": bool,
-                         "threshold": float, "v_reset": (float, type(None))},
-              _neuron_infer, neuron_eval, (2, 2)),
+                         "threshold": (float, type(None)), "v_reset": (float, type(None))},
+              _neuron_infer, neuron_eval, (2, 3)),
+        # Power-of-two weights as shifts (pot_to_shift): y = sum(sign(c) * (x << (shift + 1
+        # - |c|))) over the layer's window, c the PoT codes (c = 0 adds nothing); x holds
+        # integers. Evaluated in int64.
+        OpDef("shift_conv", {"stride": _INT_LIST, "padding": _INT_LIST, "dilation": _INT_LIST,
+                             "groups": int, "shift": int}, _shift_infer(_conv_infer),
+              _shift_eval(_conv_eval), (2, 2)),
+        OpDef("shift_linear", {"shift": int}, _shift_infer(_linear_infer),
+              _shift_eval(_linear_eval), (2, 2)),
     ]
 }

@@ -35,6 +35,7 @@ class Layer:
     bits: int
     codes: np.ndarray  # int32, the quantizer's codes (uniform q, PoT sign * c)
     scales: np.ndarray  # float32, one per output channel (the quantizer's scale)
+    raw: bool = False  # the ONNX file holds the codes themselves (int8), not DQ levels
 
 
 def _align(n: int) -> int:
@@ -84,7 +85,8 @@ def encode(layers: list[Layer]) -> bytes:
         data += layer.scales.astype("<f4").tobytes()
         dims = list(layer.codes.shape) + [0] * (MAX_DIMS - layer.codes.ndim)
         entries.append(ENTRY.pack(name_at, len(name), name_at + len(name), len(scale_name),
-                                  SCHEMES[layer.scheme], layer.bits, layer.codes.ndim, 0,
+                                  SCHEMES[layer.scheme], layer.bits, layer.codes.ndim,
+                                  int(layer.raw),
                                   *dims, len(layer.scales), codes_at, codes_size, scales_at))
     table_at = HEADER.size
     strings_at = table_at + ENTRY.size * len(entries)
@@ -119,7 +121,7 @@ def decode(blob: bytes, where: str = "pack") -> list[Layer]:
     layers = []
     for i in range(count):
         fields = ENTRY.unpack_from(blob, table_at + i * ENTRY.size)
-        name_at, name_len, scale_at, scale_len, scheme, bits, ndim = fields[:7]
+        name_at, name_len, scale_at, scale_len, scheme, bits, ndim, layout = fields[:8]
         dims = fields[8:8 + ndim]
         channels, codes_at, codes_size, scales_at = fields[14:18]
         count_codes = int(np.prod(dims))
@@ -128,7 +130,7 @@ def decode(blob: bytes, where: str = "pack") -> list[Layer]:
         scales = np.frombuffer(bytes(data[scales_at:scales_at + 4 * channels]), "<f4")
         layers.append(Layer(strings[name_at:name_at + name_len].decode(),
                             strings[scale_at:scale_at + scale_len].decode(), schemes[scheme],
-                            bits, codes, scales.astype(np.float32)))
+                            bits, codes, scales.astype(np.float32), bool(layout & 1)))
     return layers
 
 
@@ -151,7 +153,8 @@ def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
     in int8/int16 containers (the external-weights path does not use int4)."""
     from .onnx_emit import container
 
-    return {layer.name: container(layer.codes, layer.scheme, layer.bits, False)[0]
+    return {layer.name: layer.codes.astype(np.int8) if layer.raw
+            else container(layer.codes, layer.scheme, layer.bits, False)[0]
             for layer in layers}
 
 

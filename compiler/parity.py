@@ -30,7 +30,7 @@ class Trace:
     outputs: list[np.ndarray]
     spikes: dict[str, np.ndarray] = field(default_factory=dict)
     membranes: dict[str, np.ndarray] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float | np.ndarray] = field(default_factory=dict)  # broadcast to h
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -86,18 +86,18 @@ def onnx_trace(session: ort.InferenceSession, x: np.ndarray) -> Trace:
 def interp_trace(graph, x: np.ndarray) -> Trace:
     """Run the snnc reference interpreter on a one-step graph, recording spikes and h."""
     from . import interp
-    from .ops import neuron_charge
+    from .ops import neuron_charge, neuron_threshold
 
     spikes: dict[str, list] = {}
     membranes: dict[str, list] = {}
-    thresholds: dict[str, float] = {}
+    thresholds: dict[str, float | np.ndarray] = {}
 
     def observe(node, ins, outs, step):
         if node.op == "neuron":
             layer = node.source.split(" ")[0]
             spikes.setdefault(layer, []).append(outs[0])
             membranes.setdefault(layer, []).append(neuron_charge(ins[0], ins[1], node.attrs))
-            thresholds[layer] = node.attrs["threshold"]
+            thresholds[layer] = neuron_threshold(ins, node.attrs)
 
     outputs = interp.run(graph, [x], observe)
     trace = Trace(outputs=outputs, thresholds=thresholds)
@@ -150,8 +150,9 @@ def compare(reference: Trace, other: Trace, comparison: Comparison, tol: float =
             if not diff.any():
                 continue
             first_t = int(np.argmax(diff.reshape(diff.shape[0], -1).any(axis=1)))
-            distance = np.abs(reference.membranes[layer][first_t, b][diff[first_t]]
-                              - reference.thresholds[layer])
+            h = reference.membranes[layer][first_t, b]
+            threshold = np.broadcast_to(reference.thresholds[layer], h.shape)
+            distance = np.abs(h - threshold)[diff[first_t]]
             if distance.max() > tol:
                 comparison.problems.append(
                     f"sample {comparison.samples - 1}: layer {layer} step {first_t}: "

@@ -12,26 +12,40 @@ from typing import Callable
 from snnc.passes import (
     expose_state,
     fold_batchnorm,
+    fold_scales,
     merge_reshapes,
+    pot_to_shift,
     remove_dead_nodes,
     unroll_timesteps,
 )
 
+from . import ranges
 from .errors import PassError, SnncError
 from .ir import Graph
 from .options import DEFAULT, Options
 from .verify import verify
 
-PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = (
+
+def check_ranges(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
+    """An analysis, not a rewrite: refuses the graph if an integer sum or a membrane could
+    leave float32's exact integers (snnc.ranges, docs/ranges.md); returns it unchanged."""
+    ranges.check(graph, None if opts.timesteps == "stream" else graph.time and graph.time.steps)
+    return graph
+
+
+_FRONT: tuple[tuple[str, Callable[..., Graph]], ...] = (
     ("fold_batchnorm", fold_batchnorm.run),
+    ("fold_scales", fold_scales.run),
     ("merge_reshapes", merge_reshapes.run),
+    ("pot_to_shift", pot_to_shift.run),
+    ("check_ranges", check_ranges),
+)
+PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("unroll_timesteps", unroll_timesteps.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )
 # --timesteps stream: one step, with the membranes as inputs and outputs.
-STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = (
-    ("fold_batchnorm", fold_batchnorm.run),
-    ("merge_reshapes", merge_reshapes.run),
+STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("expose_state", expose_state.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )
@@ -52,6 +66,12 @@ def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = Non
             raise PassError(f"pass {name} failed: {type(error).__name__}: {error}. This is a "
                             "bug in snnc; please report it with the model.") from error
         verify(graph, f"pass {name}")
+        if run is check_ranges:  # an analysis: its dump is the membrane table
+            if dump_dir is not None:
+                steps = None if opts.timesteps == "stream" else graph.time and graph.time.steps
+                with open(os.path.join(dump_dir, f"{index:02d}-{name}.txt"), "w") as f:
+                    f.write(ranges.format_table(ranges.membranes(graph, steps)) + "\n")
+            continue
         _dump(dump_dir, index, name, graph)
     return graph
 

@@ -131,12 +131,13 @@ class _Unroller:
         return self.batched[value]
 
     def neuron(self, node: Node) -> None:
-        x, read = node.inputs
+        x, read, *params = node.inputs  # params: a per-channel threshold (constant)
+        params = [self.invariant[v] for v in params]
         spikes = []
         for t, x_t in enumerate(self.step_values(x)):
             hints = [f"{v.hint}.t{t}" for v in node.outputs]
-            spike, v_next = self.emit("neuron", [x_t, self.state_now[read]], node.attrs,
-                                      node.source, hints)
+            spike, v_next = self.emit("neuron", [x_t, self.state_now[read], *params],
+                                      node.attrs, node.source, hints)
             self.state_now[read] = v_next
             spikes.append(spike)
         self.per_step[node.outputs[0]] = spikes

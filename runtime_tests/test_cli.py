@@ -49,8 +49,9 @@ def test_compile_prints_summary_and_dumps_ir(small):
     for word in ("timesteps", "parameters", "ONNX nodes", "output size"):
         assert word in run.stdout
     names = sorted(os.listdir(dump))
-    assert names == ["00-frontend.ir", "01-fold_batchnorm.ir", "02-merge_reshapes.ir",
-                     "03-unroll_timesteps.ir", "04-remove_dead_nodes.ir"]
+    assert names == ["00-frontend.ir", "01-fold_batchnorm.ir", "02-fold_scales.ir",
+                     "03-merge_reshapes.ir", "04-pot_to_shift.ir", "05-check_ranges.txt",
+                     "06-unroll_timesteps.ir", "07-remove_dead_nodes.ir"]
     assert "neuron(" in (dump / "00-frontend.ir").read_text()
 
 

@@ -121,7 +121,7 @@ def test_pipeline_on_a_real_model_preserves_meaning(tmp_path):
     assert "batch_norm" not in {n.op for n in lowered.nodes}
     x = RNG.random((3, 2, 12, 12), dtype=np.float32)
     np.testing.assert_allclose(run(lowered, [x])[0], run(graph, [x])[0], atol=1e-4)
-    assert len(list(tmp_path.iterdir())) == 5
+    assert len(list(tmp_path.iterdir())) == 8
 
 
 def reshape_chain(extra_user: bool = False):

@@ -1,0 +1,263 @@
+"""Value ranges and integrality, and the membrane range analysis (docs/ranges.md).
+
+`analyze(graph)` gives every value an interval [lo, hi] and whether it holds only
+integers: spikes are integers in [0, 1]; adds, products and layers with integer weights
+over integers stay integers, with interval bounds. `membranes(graph)` bounds, for every
+neuron, its input and its membrane, and counts the bits they need: the integer bits of the
+largest magnitude and, when 1/tau is a power of two 2^-k, the k fractional bits each step
+adds. snnc computes membranes and integer sums in float32, whose integers are exact up to
+2^24; `check(graph)` refuses a graph where an integer sum or a membrane could pass that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadInputError
+from .ir import Graph, Node, Value
+from .ops import dequantize_eval, shift_terms
+
+FLOAT32_EXACT_BITS = 24  # float32 holds every integer of magnitude <= 2^24
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: float
+    hi: float
+    integer: bool
+
+    @property
+    def magnitude(self) -> float:
+        return max(abs(self.lo), abs(self.hi))
+
+
+UNKNOWN = Range(-INF, INF, False)
+SPIKE = Range(0.0, 1.0, True)
+
+
+def _of_array(a: np.ndarray) -> Range:
+    if a.size == 0:
+        return Range(0.0, 0.0, True)
+    a64 = a.astype(np.float64)
+    return Range(float(a64.min()), float(a64.max()), bool(np.all(np.round(a64) == a64)))
+
+
+def _mul(a: Range, b: Range) -> Range:
+    products = [x * y for x in (a.lo, a.hi) for y in (b.lo, b.hi)
+                if not (math.isinf(x) and y == 0) and not (math.isinf(y) and x == 0)]
+    return Range(min(products, default=0.0), max(products, default=0.0), a.integer and b.integer)
+
+
+def _layer(x: Range, weights: np.ndarray, bias: np.ndarray | None, layer: str) -> Range:
+    """Bounds of a conv/linear: per output channel, each weight times the input's extreme
+    that maximises (minimises) the term; zero padding can only add zero terms."""
+    w = weights.astype(np.float64).reshape(weights.shape[0], -1)
+    if math.isinf(x.magnitude):
+        return UNKNOWN
+    terms_hi = np.maximum(np.maximum(w * x.lo, w * x.hi), 0.0).sum(axis=1)
+    terms_lo = np.minimum(np.minimum(w * x.lo, w * x.hi), 0.0).sum(axis=1)
+    integer = x.integer and bool(np.all(np.round(w) == w))
+    if bias is not None:
+        terms_hi, terms_lo = terms_hi + bias, terms_lo + bias
+        integer = integer and bool(np.all(np.round(bias) == bias))
+    return Range(float(terms_lo.min()), float(terms_hi.max()), integer)
+
+
+def analyze(graph: Graph) -> dict[Value, Range]:
+    ranges: dict[Value, Range] = {v: UNKNOWN for v in graph.inputs}
+    values: dict[Value, np.ndarray] = dict(graph.constants)  # constants and dequantized weights
+    for v, a in graph.constants.items():
+        ranges[v] = _of_array(a)
+    for s in graph.states:
+        ranges[s.read] = UNKNOWN
+    for node in graph.nodes:
+        for value, r in zip(node.outputs, _infer(node, ranges, values)):
+            ranges[value] = r
+    return ranges
+
+
+def _infer(node: Node, ranges, values) -> list[Range]:
+    op, ins = node.op, [ranges[v] for v in node.inputs]
+    same = ("reshape", "transpose", "max_pool", "chunk", "split")
+    if op in same:
+        return [ins[0]] * len(node.outputs)
+    if op == "concat":
+        return [Range(min(r.lo for r in ins), max(r.hi for r in ins), all(r.integer for r in ins))]
+    if op == "add":
+        a, b = ins
+        return [Range(a.lo + b.lo, a.hi + b.hi, a.integer and b.integer)]
+    if op == "sub":
+        a, b = ins
+        return [Range(a.lo - b.hi, a.hi - b.lo, a.integer and b.integer)]
+    if op == "mul":
+        return [_mul(*ins)]
+    if op == "relu":
+        return [Range(max(ins[0].lo, 0.0), max(ins[0].hi, 0.0), ins[0].integer)]
+    if op in ("avg_pool", "reduce_mean"):
+        return [Range(ins[0].lo, ins[0].hi, False)]
+    if op == "reduce_sum":
+        shape = node.inputs[0].shape
+        count = math.prod(int(shape[a]) for a in node.attrs["axes"]
+                          if isinstance(shape[a], int))
+        return [Range(ins[0].lo * count, ins[0].hi * count, ins[0].integer)]
+    if op == "matmul":
+        k = node.inputs[0].shape[-1]
+        r = _mul(ins[0], ins[1])
+        return [Range(min(r.lo * k, 0.0), max(r.hi * k, 0.0), r.integer)]
+    if op == "neuron":
+        return [SPIKE, UNKNOWN]
+    if op == "dequantize":
+        if all(v in values for v in node.inputs):
+            w = dequantize_eval([values[v] for v in node.inputs], node.attrs)[0]
+            values[node.outputs[0]] = w
+            return [_of_array(w)]
+        return [UNKNOWN]
+    if op in ("conv", "linear"):
+        weights = values.get(node.inputs[1])
+        bias = values.get(node.inputs[2]) if len(node.inputs) == 3 else None
+        if weights is None or (len(node.inputs) == 3 and bias is None):
+            return [UNKNOWN]
+        return [_layer(ins[0], weights, bias, op)]
+    if op in ("shift_conv", "shift_linear"):
+        codes = values.get(node.inputs[1])
+        if codes is None:
+            return [UNKNOWN]
+        sign, exponent = shift_terms(codes, node.attrs["shift"])
+        return [_layer(ins[0], (sign * np.left_shift(np.int64(1), exponent)).astype(np.float64),
+                       None, op)]
+    return [UNKNOWN] * len(node.outputs)  # batch_norm, div: real-valued
+
+
+# ----------------------------------------------------------------------------- membranes
+
+@dataclass(frozen=True)
+class Membrane:
+    layer: str
+    source: str
+    input: Range  # the neuron's input x (in the folded units)
+    bound: float  # |membrane| <= bound at every step (inf: unbounded)
+    integer_bits: int  # bits of the largest magnitude (sign not counted)
+    fractional_bits: int | None  # added per step by a power-of-two 1/tau (None: not dyadic)
+    steps: int | None  # timesteps (None: stream mode, unbounded)
+
+    @property
+    def total_bits(self) -> float:
+        if self.fractional_bits is None or self.steps is None and self.fractional_bits:
+            return INF
+        return self.integer_bits + self.fractional_bits * (self.steps or 0)
+
+    @property
+    def exact(self) -> bool:
+        """Every membrane update rounds nothing in float32: integer input, dyadic leak, and
+        integer plus fractional bits within float32's 24-bit significand."""
+        return self.input.integer and self.total_bits <= FLOAT32_EXACT_BITS
+
+    def describe(self) -> str:
+        frac = "-" if self.fractional_bits is None else str(self.fractional_bits)
+        kind = "int" if self.input.integer else "real"
+        bound = "inf" if math.isinf(self.bound) else f"{self.bound:.6g}"
+        bits = "-" if math.isinf(self.bound) else str(self.integer_bits)
+        return (f"{self.layer:<40} x in [{self.input.lo:.6g}, {self.input.hi:.6g}] ({kind})  "
+                f"|v| <= {bound}  bits {bits} int + {frac}/step frac  "
+                f"{'exact' if self.exact else 'rounds'}")
+
+
+def _bits(bound: float) -> int:
+    return 10 ** 6 if math.isinf(bound) else max(0, math.ceil(math.log2(bound + 1)))
+
+
+def _fractional_bits(attrs) -> int | None:
+    if attrs["leak"] == "none":
+        return 0
+    if attrs["leak"] != "div":
+        return None  # a multiplier sigmoid(w): not dyadic in general
+    mantissa, exponent = np.frexp(np.float64(attrs["leak_value"]))
+    return int(exponent - 1) if mantissa == 0.5 and exponent >= 1 else None
+
+
+def _threshold(graph: Graph, node: Node) -> float:
+    if node.attrs["threshold"] is not None:
+        return abs(float(node.attrs["threshold"]))
+    return float(np.abs(graph.constants[node.inputs[2]]).max())
+
+
+def membranes(graph: Graph, steps: int | None = None) -> list[Membrane]:
+    """One Membrane per neuron node of a one-step graph (steps from its time spec, or as
+    given; None for stream mode, where the number of steps is open)."""
+    ranges = analyze(graph)
+    if steps is None and graph.time is not None:
+        steps = graph.time.steps
+    inits = {s.read: abs(s.init) for s in graph.states}
+    result = []
+    for node in graph.nodes:
+        if node.op != "neuron":
+            continue
+        a = node.attrs
+        x = ranges[node.inputs[0]]
+        big_x = x.magnitude
+        theta = _threshold(graph, node)
+        start = max(inits.get(node.inputs[1], 0.0), abs(a["v_reset"] or 0.0))
+        if a["leak"] == "none":  # IF: v may sink by |x| every step
+            bound = INF if steps is None else start + theta + steps * big_x
+        elif a["decay_input"]:  # v' = v + (x - v) k: a convex mix of v and x
+            bound = max(start, big_x, theta)
+        else:  # v' = v (1 - k) + x: geometric, at most |x| / k
+            k = 1 / a["leak_value"] if a["leak"] == "div" else a["leak_value"]
+            bound = max(start, theta, big_x / k)
+        # the reset keeps |v| within |h| (hard) or |h| + threshold (soft)
+        if a["v_reset"] is None and not math.isinf(bound):
+            bound += theta
+        layer = node.source.split(" ")[0] or node.outputs[0].hint
+        result.append(Membrane(layer, node.source, x, bound, _bits(bound), _fractional_bits(a),
+                               steps))
+    return result
+
+
+def integer_sums(graph: Graph) -> list[tuple[Node, Range]]:
+    """Layers whose outputs are integer sums (conv/linear/shift over integers)."""
+    ranges = analyze(graph)
+    layers = ("conv", "linear", "shift_conv", "shift_linear", "matmul")
+    return [(n, ranges[n.outputs[0]]) for n in graph.nodes
+            if n.op in layers and ranges[n.outputs[0]].integer]
+
+
+class RangeError(BadInputError):
+    pass
+
+
+def check(graph: Graph, steps: int | None = None) -> list[Membrane]:
+    """Refuse a graph whose integer sums or integer-input membranes could leave float32's
+    exact integers; return the membrane table (docs/ranges.md)."""
+    limit = 2.0 ** FLOAT32_EXACT_BITS
+    for node, r in integer_sums(graph):
+        if r.magnitude > limit:
+            raise RangeError(
+                f"{node.source or node.op}: this layer's integer sums can reach "
+                f"{r.magnitude:.4g} = 2^{math.log2(r.magnitude):.1f}, beyond the 2^24 that "
+                "float32 holds exactly. Use fewer weight bits or a smaller fan-in for this "
+                "layer, or compile it unfolded.")
+    table = membranes(graph, steps)
+    for m in table:
+        if math.isinf(m.bound) and m.steps is None:
+            continue  # stream mode: an IF membrane may sink for ever; the app resets it
+        if m.input.integer and m.bound > limit:
+            raise RangeError(
+                f"{m.source or m.layer}: the membrane can reach {m.bound:.4g} (2^"
+                f"{math.log2(m.bound) if not math.isinf(m.bound) else math.inf:.1f}), beyond "
+                "the 2^24 that float32 holds exactly. Lower the threshold or the number of "
+                "timesteps, or use fewer weight bits.")
+    return table
+
+
+def format_table(table: list[Membrane]) -> str:
+    exact = sum(m.exact for m in table)
+    lines = [m.describe() for m in table]
+    finite = [m.integer_bits for m in table if not math.isinf(m.bound)]
+    lines.append(f"{len(table)} membranes, {exact} exact in float32 (integer input, dyadic "
+                 f"leak, <= 24 bits); largest bounded membrane {max(finite, default=0)} "
+                 "integer bits")
+    return "\n".join(lines)
