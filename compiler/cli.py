@@ -72,9 +72,14 @@ def main() -> None:
               show_default=True,
               help="unroll: all T steps in one graph. stream: one step per run, membranes as "
                    "extra inputs and outputs (docs/streaming.md).")
+@click.option("--pot-lowering", type=click.Choice(["int8", "shift"]), default="int8",
+              show_default=True,
+              help="How power-of-two layers reach ONNX: int8 containers (ONNX Runtime's fast "
+                   "path) or their sign and exponent codes decoded in the graph with BitShift "
+                   "(docs/onnx.md). Both compute the same numbers.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape,
-                weight_container, pack_path, weights, timesteps, quiet):
+                weight_container, pack_path, weights, timesteps, pot_lowering, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from .compile import compile_file
 
@@ -91,7 +96,8 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
                             "Python API cannot hand it int4 tensors); drop --weight-container "
                             "int4")
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
-                       external_weights=external, timesteps=timesteps)
+                       external_weights=external, timesteps=timesteps,
+                       pot_lowering=pot_lowering)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
                               pack_path=pack_path)

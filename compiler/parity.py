@@ -110,6 +110,7 @@ def interp_trace(graph, x: np.ndarray) -> Trace:
 class Comparison:
     samples: int = 0
     perturbed: int = 0  # samples with a rounding-decided spike
+    perturbed_samples: list[int] = field(default_factory=list)  # their indices
     flips: int = 0  # spikes decided by rounding (at each perturbed sample's first layer)
     max_flip_distance: float = 0.0  # largest |h - threshold| among them
     max_logit_diff: float = 0.0  # over unperturbed samples
@@ -165,6 +166,7 @@ def compare(reference: Trace, other: Trace, comparison: Comparison, tol: float =
             break
         if perturbed:
             comparison.perturbed += 1
+            comparison.perturbed_samples.append(comparison.samples - 1)
             continue
         for ref_out, got_out in zip(reference.outputs, other.outputs):
             r, g = (np.take(o, b, axis=batch_axis) for o in (ref_out, got_out))

@@ -29,7 +29,7 @@ from .verify import verify
 def check_ranges(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
     """An analysis, not a rewrite: refuses the graph if an integer sum or a membrane could
     leave float32's exact integers (snnc.ranges, docs/ranges.md); returns it unchanged."""
-    ranges.check(graph, None if opts.timesteps == "stream" else graph.time and graph.time.steps)
+    ranges.check(graph, stream=opts.timesteps == "stream")
     return graph
 
 
@@ -68,9 +68,9 @@ def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = Non
         verify(graph, f"pass {name}")
         if run is check_ranges:  # an analysis: its dump is the membrane table
             if dump_dir is not None:
-                steps = None if opts.timesteps == "stream" else graph.time and graph.time.steps
+                table = ranges.membranes(graph, stream=opts.timesteps == "stream")
                 with open(os.path.join(dump_dir, f"{index:02d}-{name}.txt"), "w") as f:
-                    f.write(ranges.format_table(ranges.membranes(graph, steps)) + "\n")
+                    f.write(ranges.format_table(table) + "\n")
             continue
         _dump(dump_dir, index, name, graph)
     return graph

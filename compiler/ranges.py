@@ -185,12 +185,11 @@ def _threshold(graph: Graph, node: Node) -> float:
     return float(np.abs(graph.constants[node.inputs[2]]).max())
 
 
-def membranes(graph: Graph, steps: int | None = None) -> list[Membrane]:
-    """One Membrane per neuron node of a one-step graph (steps from its time spec, or as
-    given; None for stream mode, where the number of steps is open)."""
+def membranes(graph: Graph, stream: bool = False) -> list[Membrane]:
+    """One Membrane per neuron node of a one-step graph, over its time spec's steps (in
+    stream mode the number of steps is open)."""
     ranges = analyze(graph)
-    if steps is None and graph.time is not None:
-        steps = graph.time.steps
+    steps = None if stream or graph.time is None else graph.time.steps
     inits = {s.read: abs(s.init) for s in graph.states}
     result = []
     for node in graph.nodes:
@@ -229,7 +228,7 @@ class RangeError(BadInputError):
     pass
 
 
-def check(graph: Graph, steps: int | None = None) -> list[Membrane]:
+def check(graph: Graph, stream: bool = False) -> list[Membrane]:
     """Refuse a graph whose integer sums or integer-input membranes could leave float32's
     exact integers; return the membrane table (docs/ranges.md)."""
     limit = 2.0 ** FLOAT32_EXACT_BITS
@@ -240,7 +239,7 @@ def check(graph: Graph, steps: int | None = None) -> list[Membrane]:
                 f"{r.magnitude:.4g} = 2^{math.log2(r.magnitude):.1f}, beyond the 2^24 that "
                 "float32 holds exactly. Use fewer weight bits or a smaller fan-in for this "
                 "layer, or compile it unfolded.")
-    table = membranes(graph, steps)
+    table = membranes(graph, stream)
     for m in table:
         if math.isinf(m.bound) and m.steps is None:
             continue  # stream mode: an IF membrane may sink for ever; the app resets it

@@ -34,13 +34,16 @@ def step_through(session, contract, x):
     return np.stack(outputs), {k: np.stack(v) for k, v in spikes.items()}
 
 
-@pytest.mark.parametrize("name", ["conv_snn_reset", "spikformer"])
-def test_stream_stepped_equals_unrolled_exactly(name):
-    if name == "spikformer":
+@pytest.mark.parametrize("name", ["conv_snn_reset", "spikformer", "quantized_spikformer"])
+def test_stream_stepped_equals_unrolled_exactly(name, request):
+    if name == "quantized_spikformer":  # folded: the states are in per-channel units
+        program, shape = request.getfixturevalue(name)["program"], (1, 3, 32, 32)
+    elif name == "spikformer":
         model, shape = firing_spikformer(steps=4, seed=1), (1, 3, 32, 32)
     else:
         model, shape = conv_snn(neuron="lif_reset", seed=4), (1, 2, 12, 12)
-    program = export(model, torch.zeros(*shape))
+    if name != "quantized_spikformer":
+        program = export(model, torch.zeros(*shape))
     unrolled = compile_program(program, Options(debug_outputs=True))
     stream = compile_program(program, Options(debug_outputs=True, timesteps="stream"))
     contract = json.loads(dict((p.key, p.value) for p in stream.model.metadata_props)
