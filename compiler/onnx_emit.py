@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import PassError
 from .ir import Graph, Node, Value
 from .options import DEFAULT, Options
-from .pack import Layer
+from .pack import CODES, SIGNED, Layer
 
 DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64}
 IR_VERSION = 10  # the IR version onnx pairs with opset 21; ONNX Runtime 1.31 loads it
@@ -329,11 +329,34 @@ def _dequantize(e, node, ins, outs, module):
              node.inputs[1].hint, outs[0], module)
 
 
+def signed_container(codes: np.ndarray, scheme: str, bits: int, scales: np.ndarray
+                     ) -> np.ndarray:
+    """The integer weights of a folded layer (its scales +-1 or 0 after the container's
+    power-of-two shift): container levels times each channel's sign, int8 if they fit."""
+    values, _, shift = container(codes, scheme, bits, False)
+    sign = np.sign(scales.astype(np.float64) * 2.0 ** -shift).astype(np.int64)
+    signed = values.astype(np.int64) * sign.reshape((-1,) + (1,) * (values.ndim - 1))
+    small = -128 <= signed.min(initial=0) and signed.max(initial=0) <= 127
+    return signed.astype(np.int8 if small else np.int16)
+
+
 def _weights(e, codes, scale, scheme, bits, codes_hint, scale_hint, out, module) -> None:
-    """DequantizeLinear of the smallest integer container, recorded for the weight pack."""
+    """Integer weights for a float layer, recorded for the weight pack: DequantizeLinear of
+    the smallest container; or, for a folded layer whose scales are +-1 or 0 (after the
+    container's shift) and an int8/int16 container, the signed integers and a Cast, which
+    ONNX Runtime folds into a constant at load (a DequantizeLinear it keeps, and runs every
+    time, so the layer cannot prepack its weights)."""
     values, element, shift = container(codes, scheme, bits,
                                        e.opts.weight_container == "int4" and bits <= 4)
     name = e.unique(codes_hint or f"{module}.weight_codes")
+    unit = scale.astype(np.float64) * 2.0 ** -shift
+    if element != TensorProto.INT4 and np.all(np.isin(unit, (-1.0, 0.0, 1.0))):
+        signed = signed_container(codes, scheme, bits, scale)
+        e.initializers.append(numpy_helper.from_array(signed, name))
+        e.packed.append(Layer(name, "", scheme, bits, codes, scale.astype(np.float32),
+                              layout=SIGNED))
+        e.add("Cast", [name], [out], module, to=TensorProto.FLOAT)
+        return
     scale_name = e.unique(scale_hint or f"{module}.weight_scale")
     if element == TensorProto.INT4:
         tensor = helper.make_tensor(name, element, values.shape, values.reshape(-1).tolist())
@@ -367,8 +390,9 @@ def _shift_weights(e, node, module) -> str:
         return out
     name = e.unique(node.inputs[1].hint or f"{module}.weight_codes")
     e.initializers.append(numpy_helper.from_array(codes.astype(np.int8), name))
-    e.packed.append(Layer(name, "", "pot", bits, codes, np.ones(codes.shape[0], np.float32),
-                          raw=True))
+    e.packed.append(Layer(name, "", "pot", bits, codes,
+                          np.full(codes.shape[0], 2.0 ** node.attrs["shift"], np.float32),
+                          layout=CODES))
     top = node.attrs["shift"] + 1
     wide = top >= 8
     as_int, magnitude, sign, exponent, narrow, power, power_f, sign_f = (

@@ -35,7 +35,13 @@ class Layer:
     bits: int
     codes: np.ndarray  # int32, the quantizer's codes (uniform q, PoT sign * c)
     scales: np.ndarray  # float32, one per output channel (the quantizer's scale)
-    raw: bool = False  # the ONNX file holds the codes themselves (int8), not DQ levels
+    layout: int = 0  # how the ONNX file holds them: LEVELS, CODES or SIGNED (below)
+
+
+# Layouts (the entry's layout byte): what the ONNX initializer named `name` holds.
+LEVELS = 0  # DequantizeLinear input: container(codes) levels, scaled by the scale initializer
+CODES = 1  # the codes themselves as int8, decoded in the graph (--pot-lowering shift)
+SIGNED = 2  # integer weights levels * sign(scale) (scale +-1 or 0 after fold_scales), Cast
 
 
 def _align(n: int) -> int:
@@ -86,7 +92,7 @@ def encode(layers: list[Layer]) -> bytes:
         dims = list(layer.codes.shape) + [0] * (MAX_DIMS - layer.codes.ndim)
         entries.append(ENTRY.pack(name_at, len(name), name_at + len(name), len(scale_name),
                                   SCHEMES[layer.scheme], layer.bits, layer.codes.ndim,
-                                  int(layer.raw),
+                                  layer.layout,
                                   *dims, len(layer.scales), codes_at, codes_size, scales_at))
     table_at = HEADER.size
     strings_at = table_at + ENTRY.size * len(entries)
@@ -130,7 +136,7 @@ def decode(blob: bytes, where: str = "pack") -> list[Layer]:
         scales = np.frombuffer(bytes(data[scales_at:scales_at + 4 * channels]), "<f4")
         layers.append(Layer(strings[name_at:name_at + name_len].decode(),
                             strings[scale_at:scale_at + scale_len].decode(), schemes[scheme],
-                            bits, codes, scales.astype(np.float32), bool(layout & 1)))
+                            bits, codes, scales.astype(np.float32), layout))
     return layers
 
 
@@ -150,12 +156,19 @@ def overhead(blob: bytes) -> int:
 
 def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
     """{initializer name: integer array} exactly as the ONNX backend stores these weights
-    in int8/int16 containers (the external-weights path does not use int4)."""
-    from .onnx_emit import container
+    (int8/int16 containers: the external-weights path does not use int4)."""
+    from .onnx_emit import container, signed_container
 
-    return {layer.name: layer.codes.astype(np.int8) if layer.raw
-            else container(layer.codes, layer.scheme, layer.bits, False)[0]
-            for layer in layers}
+    arrays = {}
+    for layer in layers:
+        if layer.layout == CODES:
+            arrays[layer.name] = layer.codes.astype(np.int8)
+        elif layer.layout == SIGNED:
+            arrays[layer.name] = signed_container(layer.codes, layer.scheme, layer.bits,
+                                                  layer.scales)
+        else:
+            arrays[layer.name] = container(layer.codes, layer.scheme, layer.bits, False)[0]
+    return arrays
 
 
 def format_table(layers: list[Layer], total_bytes: int) -> str:
