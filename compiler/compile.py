@@ -40,6 +40,12 @@ class Result:
             bits = sum(layer.codes.size * layer.bits for layer in self.packed) / weights
             quantized = (f"\nquantized     {len(self.packed)} layers, {weights:,} weights, "
                          f"average {bits:.2f} bits")
+        lowered = self.lowered.nodes
+        folded = {n.source for n in lowered if n.op == "neuron" and n.attrs["threshold"] is None}
+        shifts = {n.source for n in lowered if n.op in ("shift_conv", "shift_linear")}
+        if folded or shifts:
+            quantized += (f"\nfolded        {len(folded)} neuron layers with per-channel "
+                          f"thresholds, {len(shifts)} PoT layers as shifts")
         return "\n".join([
             f"timesteps     {g.time.steps if g.time else 1}",
             f"parameters    {self.parameters:,} ({neurons} neuron layers)",

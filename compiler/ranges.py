@@ -52,7 +52,7 @@ def _mul(a: Range, b: Range) -> Range:
     return Range(min(products, default=0.0), max(products, default=0.0), a.integer and b.integer)
 
 
-def _layer(x: Range, weights: np.ndarray, bias: np.ndarray | None, layer: str) -> Range:
+def _layer(x: Range, weights: np.ndarray, bias: np.ndarray | None) -> Range:
     """Bounds of a conv/linear: per output channel, each weight times the input's extreme
     that maximises (minimises) the term; zero padding can only add zero terms."""
     w = weights.astype(np.float64).reshape(weights.shape[0], -1)
@@ -121,14 +121,14 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         bias = values.get(node.inputs[2]) if len(node.inputs) == 3 else None
         if weights is None or (len(node.inputs) == 3 and bias is None):
             return [UNKNOWN]
-        return [_layer(ins[0], weights, bias, op)]
+        return [_layer(ins[0], weights, bias)]
     if op in ("shift_conv", "shift_linear"):
         codes = values.get(node.inputs[1])
         if codes is None:
             return [UNKNOWN]
         sign, exponent = shift_terms(codes, node.attrs["shift"])
         return [_layer(ins[0], (sign * np.left_shift(np.int64(1), exponent)).astype(np.float64),
-                       None, op)]
+                       None)]
     return [UNKNOWN] * len(node.outputs)  # batch_norm, div: real-valued
 
 
