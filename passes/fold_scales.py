@@ -124,6 +124,18 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
     return graph.replace(nodes=tuple(nodes), constants=new_consts)
 
 
+def _const(new_consts: dict, array: np.ndarray, hint: str) -> Value:
+    value = Value("f32", array.shape, hint)
+    new_consts[value] = array.astype(np.float32)
+    return value
+
+
+def _prefix(layer: Node) -> str:
+    """The layer's parameter path (`blocks.0.mlp.fc1.0`), from its weight's name."""
+    hint = layer.inputs[1].hint
+    return hint.rsplit(".", 1)[0] if "." in hint else hint
+
+
 def _chain(neuron: Node, producers, single, consts):
     """(dequantize, layer, batch_norm | None, max_pool | None) feeding the neuron, or None."""
     value, bn, pool = neuron.inputs[0], None, None
@@ -172,12 +184,9 @@ def _fold_layer(neuron, dq, layer, bn, pool, consts, new_consts, replace) -> Non
         if layer.op == "conv" else (channels,)
 
     def const(array: np.ndarray, hint: str) -> Value:
-        value = Value("f32", array.shape, hint)
-        new_consts[value] = array.astype(np.float32)
-        return value
+        return _const(new_consts, array, hint)
 
-    prefix = layer.inputs[1].hint.rsplit(".", 1)[0] if "." in layer.inputs[1].hint \
-        else layer.inputs[1].hint
+    prefix = _prefix(layer)
     unit_scale = const(sign * unit, f"{prefix}.weight_unit_scale")
     w = Value("f32", dq.outputs[0].shape, dq.outputs[0].hint)
     new_dq = Node("dequantize", (codes, unit_scale), (w,), dict(dq.attrs), dq.source)
@@ -215,13 +224,10 @@ def _scale_after(dq, layer, consts, new_consts, replace) -> None:
     out = layer.outputs[0]
     axis_shape = (channels,) + (1,) * (len(out.shape) - 2) if layer.op == "conv" \
         else (channels,)
-    prefix = layer.inputs[1].hint.rsplit(".", 1)[0] if "." in layer.inputs[1].hint \
-        else layer.inputs[1].hint
+    prefix = _prefix(layer)
 
     def const(array: np.ndarray, hint: str) -> Value:
-        value = Value("f32", array.shape, hint)
-        new_consts[value] = array.astype(np.float32)
-        return value
+        return _const(new_consts, array, hint)
 
     w = Value("f32", dq.outputs[0].shape, dq.outputs[0].hint)
     chain = [Node("dequantize", (codes, const(np.full(channels, unit), f"{prefix}.weight_unit_scale")),
