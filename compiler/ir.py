@@ -97,6 +97,14 @@ class Graph:
         fields.update(changes)
         return Graph(**fields)
 
+    def with_nodes(self, nodes, constants: Mapping[Value, np.ndarray]) -> "Graph":
+        """This graph with new nodes, keeping those of `constants` that a node reads or that
+        are outputs (what a rewriting pass returns)."""
+        nodes = tuple(nodes)
+        used = {v for n in nodes for v in n.inputs}
+        kept = {v: a for v, a in constants.items() if v in used or v in self.outputs}
+        return self.replace(nodes=nodes, constants=kept)
+
     def producers(self) -> dict[Value, Node]:
         return {out: node for node in self.nodes for out in node.outputs}
 

@@ -185,10 +185,11 @@ def _threshold(graph: Graph, node: Node) -> float:
     return float(np.abs(graph.constants[node.inputs[2]]).max())
 
 
-def membranes(graph: Graph, stream: bool = False) -> list[Membrane]:
+def membranes(graph: Graph, stream: bool = False,
+              ranges: dict[Value, Range] | None = None) -> list[Membrane]:
     """One Membrane per neuron node of a one-step graph, over its time spec's steps (in
-    stream mode the number of steps is open)."""
-    ranges = analyze(graph)
+    stream mode the number of steps is open). `ranges`: analyze(graph), if already done."""
+    ranges = ranges or analyze(graph)
     steps = None if stream or graph.time is None else graph.time.steps
     inits = {s.read: abs(s.init) for s in graph.states}
     result = []
@@ -216,9 +217,10 @@ def membranes(graph: Graph, stream: bool = False) -> list[Membrane]:
     return result
 
 
-def integer_sums(graph: Graph) -> list[tuple[Node, Range]]:
+def integer_sums(graph: Graph, ranges: dict[Value, Range] | None = None
+                 ) -> list[tuple[Node, Range]]:
     """Layers whose outputs are integer sums (conv/linear/shift over integers)."""
-    ranges = analyze(graph)
+    ranges = ranges or analyze(graph)
     layers = ("conv", "linear", "shift_conv", "shift_linear", "matmul")
     return [(n, ranges[n.outputs[0]]) for n in graph.nodes
             if n.op in layers and ranges[n.outputs[0]].integer]
@@ -232,14 +234,15 @@ def check(graph: Graph, stream: bool = False) -> list[Membrane]:
     """Refuse a graph whose integer sums or integer-input membranes could leave float32's
     exact integers; return the membrane table (docs/ranges.md)."""
     limit = 2.0 ** FLOAT32_EXACT_BITS
-    for node, r in integer_sums(graph):
+    ranges = analyze(graph)
+    for node, r in integer_sums(graph, ranges):
         if r.magnitude > limit:
             raise RangeError(
                 f"{node.source or node.op}: this layer's integer sums can reach "
                 f"{r.magnitude:.4g} = 2^{math.log2(r.magnitude):.1f}, beyond the 2^24 that "
                 "float32 holds exactly. Use fewer weight bits or a smaller fan-in for this "
                 "layer, or compile it unfolded.")
-    table = membranes(graph, stream)
+    table = membranes(graph, stream, ranges)
     for m in table:
         if math.isinf(m.bound) and m.steps is None:
             continue  # stream mode: an IF membrane may sink for ever; the app resets it

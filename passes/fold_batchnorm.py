@@ -57,7 +57,5 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
         replace[bn] = fused
     if not replace:
         return graph
-    nodes = tuple(replace.get(n, n) for n in graph.nodes if replace.get(n, n) is not None)
-    used = {v for n in nodes for v in n.inputs}
-    new_consts = {v: a for v, a in new_consts.items() if v in used or v in graph.outputs}
-    return graph.replace(nodes=nodes, constants=new_consts)
+    nodes = (replace.get(n, n) for n in graph.nodes if replace.get(n, n) is not None)
+    return graph.with_nodes(nodes, new_consts)

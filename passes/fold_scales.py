@@ -116,12 +116,8 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
         _scale_after(dq, layer, consts, new_consts, replace)
     if not replace:
         return graph
-    nodes = []
-    for node in graph.nodes:
-        nodes.extend(replace.get(node, [node]))
-    used = {v for n in nodes for v in n.inputs}
-    new_consts = {v: a for v, a in new_consts.items() if v in used or v in graph.outputs}
-    return graph.replace(nodes=tuple(nodes), constants=new_consts)
+    return graph.with_nodes((new for node in graph.nodes for new in replace.get(node, [node])),
+                            new_consts)
 
 
 def _const(new_consts: dict, array: np.ndarray, hint: str) -> Value:

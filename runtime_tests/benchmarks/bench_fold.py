@@ -18,7 +18,6 @@ blocks):
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import warnings
 
 import numpy as np
 import torch
-from common import dynamo_export, interleaved_latency, median_time, session
+from common import dynamo_export, interleaved_latency, kernel_times, median_time, session
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -98,27 +97,6 @@ def quantize_static(float_path: str, out: str, batch: int) -> None:
 def top1(outputs: np.ndarray) -> np.ndarray:
     """Predictions from [T, B, classes] per-step outputs: the mean over time."""
     return outputs.mean(0).argmax(-1)
-
-
-def profile(path: str, x: np.ndarray, runs: int = 20) -> tuple[float, list]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(os.path.dirname(path), "profile")
-    s = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        s.run(None, {s.get_inputs()[0].name: x})
-    with open(s.end_profiling()) as f:
-        events = json.load(f)
-    per_op: collections.Counter = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"]
-    total = sum(per_op.values())
-    return total / runs / 1e3, [(op, t / runs / 1e3, t / total) for op, t in
-                                per_op.most_common(10)]
 
 
 def main() -> None:
@@ -222,9 +200,9 @@ def main() -> None:
     # where the time goes
     x = rng.random((1, 3, 32, 32), dtype=np.float32)
     for name in ("fold.onnx", "float_b1.onnx"):
-        total, ops = profile(path(name), x)
+        total, ops = kernel_times(path(name), x, runs=20)
         print(f"\nONNX Runtime profile of {name}, batch 1: {total:.2f} ms of kernel time per run")
-        for op, ms, share in ops:
+        for op, ms, share in ops[:10]:
             print(f"  {op:<24} {ms:8.2f} ms {100 * share:5.1f}%")
 
 

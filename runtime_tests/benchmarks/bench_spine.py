@@ -13,16 +13,15 @@ The dynamo export at T=16 takes minutes: the default run takes about 20 minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tempfile
 import warnings
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from common import dynamo_export, file_size, interleaved_latency, median_time, session
+from common import (dynamo_export, file_size, interleaved_latency, kernel_times, median_time,
+                    session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -51,26 +50,6 @@ def conv_floor_model(program_path: str, out: str) -> None:
         compile_file(program_path, out)
     finally:
         onnx_emit.LOWER["neuron"] = real
-
-
-def op_breakdown(path: str, x: np.ndarray, runs: int = 10) -> list[tuple[str, float]]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(os.path.dirname(path), "profile")
-    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        sess.run(None, {sess.get_inputs()[0].name: x})
-    with open(sess.end_profiling()) as f:
-        events = json.load(f)
-    totals: dict[str, float] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            op = event["args"]["op_name"]
-            totals[op] = totals.get(op, 0.0) + event["dur"]
-    whole = sum(totals.values())
-    return sorted(((op, t / whole) for op, t in totals.items()), key=lambda kv: -kv[1])
 
 
 def main() -> None:
@@ -140,7 +119,7 @@ def main() -> None:
     print("* floor: snnc's graph with each neuron step cut to 3 nodes (NOT equivalent): the "
           "time spent in convolutions and matmuls")
     x = rng.random((1, 3, 32, 32), dtype=np.float32)
-    shares = ", ".join(f"{op} {share:.0%}" for op, share in op_breakdown(ours_path, x)[:7])
+    shares = ", ".join(f"{op} {share:.0%}" for op, _, share in kernel_times(ours_path, x)[1][:7])
     print(f"snnc batch-1 time by op type (ORT profiler): {shares}")
 
     print("\nfile sizes (MB, external data included)")

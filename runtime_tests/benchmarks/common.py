@@ -3,6 +3,7 @@ torch.onnx.export(dynamo=True) baseline."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -61,3 +62,25 @@ def dynamo_export(program_path: str, out: str, batch: int) -> None:
         program = torch.export.load(f)
     torch.onnx.export(program, (torch.zeros(batch, 3, 32, 32),), out, dynamo=True,
                       verbose=False)
+
+
+def kernel_times(path: str, x: np.ndarray, runs: int = 10) -> tuple[float, list]:
+    """ONNX Runtime's profiler (2 threads): (kernel ms per run, [(op type, ms per run,
+    share)] largest first). The profile file goes next to the model, not into the cwd."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(os.path.dirname(path), "profile")
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        sess.run(None, {sess.get_inputs()[0].name: x})
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            per_op[op] = per_op.get(op, 0.0) + e["dur"]
+    total = sum(per_op.values())
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])
+    return total / runs / 1e3, [(op, t / runs / 1e3, t / total) for op, t in ranked]
