@@ -1,0 +1,255 @@
+"""What the two digits samples share: the data (scikit-learn's digits, fixed split), the
+emulated event streams, a small Spikformer, and the train / quantize / fine-tune / export loop.
+
+Nothing is downloaded: `sklearn.datasets.load_digits` ships inside scikit-learn (1,797 8x8
+grey images, 16 levels). The split is fixed: 20 % test, stratified, random_state 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+# Both samples' quantization: each layer uniform or power-of-two with its own bit width
+# (SpikeHQ's search space), 3.33 bits on average. 8 bits for the first conv (72-144 weights,
+# real-valued or count input) and the head, 3-4 bits elsewhere.
+HETEROGENEOUS = {
+    "net.patch_embed.stages.0.*": {"scheme": "uniform", "bits": 8},
+    "net.patch_embed.stages.1.*": {"scheme": "uniform", "bits": 4},
+    "net.patch_embed.stages.2.*": {"scheme": "uniform", "bits": 4},
+    "net.patch_embed.stages.3.*": {"scheme": "pot", "bits": 4},
+    "net.patch_embed.positional_encoding.*": {"scheme": "uniform", "bits": 3},
+    "net.blocks.*.attn.qkv_conv_bn.0": {"scheme": "pot", "bits": 4},
+    "net.blocks.*.attn.proj_conv_bn.0": {"scheme": "uniform", "bits": 3},
+    "net.blocks.*.mlp.fc1.0": {"scheme": "pot", "bits": 3},
+    "net.blocks.*.mlp.fc2.0": {"scheme": "uniform", "bits": 3},
+    "net.head": {"scheme": "uniform", "bits": 8},
+}
+
+
+def digits_split():
+    """(train images, train labels, test images, test labels): float32 [n, 8, 8] in [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    train, test = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION,
+                                   random_state=SPLIT_SEED, stratify=labels)
+    return images[train], labels[train], images[test], labels[test]
+
+
+def upscale(images: np.ndarray, size: int) -> np.ndarray:
+    """[n, 8, 8] -> [n, size, size], bilinear."""
+    x = torch.from_numpy(images)[:, None]
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                        align_corners=False)
+    return x[:, 0].clamp(0, 1).numpy()
+
+
+def _translate(image: torch.Tensor, dy: float, dx: float, canvas: int) -> torch.Tensor:
+    """The image [h, w] placed on a black canvas at sub-pixel offset (dy, dx), bilinear."""
+    h, w = image.shape
+    out = torch.zeros(canvas + 1, canvas + 1)
+    iy, ix = int(math.floor(dy)), int(math.floor(dx))
+    fy, fx = dy - iy, dx - ix
+    for oy, ox, weight in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)),
+                           (0, 1, (1 - fy) * fx), (1, 1, fy * fx)):
+        out[iy + oy:iy + oy + h, ix + ox:ix + ox + w] += weight * image
+    return out[:canvas, :canvas]
+
+
+# N-MNIST's three saccades: down-right, left, then up-right back to the start (offsets in
+# pixels, row and column, of the digit on the canvas).
+SACCADES = ((0.0, 2.0), (4.0, 4.0), (4.0, 0.0), (0.0, 2.0))
+
+
+def emulate_events(images: np.ndarray, steps: int = 8, digit: int = 12, canvas: int = 16,
+                   substeps: int = 12, contrast: float = 0.15, mismatch: float = 0.05,
+                   seed: int = 0) -> np.ndarray:
+    """Emulated event-camera recordings of `images` [n, 8, 8] (values in [0, 1]).
+
+    As N-MNIST was recorded: the digit (upscaled to `digit` pixels) moves across a
+    `canvas`-pixel sensor in three saccades (SACCADES, `substeps` positions each). Each
+    pixel keeps a reference log intensity; whenever the log intensity moves `contrast`
+    above (below) it, the pixel emits an ON (OFF) event and the reference follows. Each
+    pixel's contrast threshold varies by `mismatch` (relative, fixed per sample, seeded),
+    as a real sensor's do. The events are binned into `steps` frames of event counts:
+    float32 [n, steps, 2, canvas, canvas], channel 0 ON, channel 1 OFF.
+    """
+    rng = np.random.default_rng(seed)
+    big = torch.from_numpy(upscale(images, digit))
+    path = []
+    for (y0, x0), (y1, x1) in zip(SACCADES, SACCADES[1:]):
+        for k in range(substeps):
+            a = k / substeps
+            path.append((y0 + a * (y1 - y0), x0 + a * (x1 - x0)))
+    path.append(SACCADES[-1])
+    bins = np.minimum((np.arange(1, len(path)) * steps) // len(path), steps - 1)
+    out = np.zeros((len(images), steps, 2, canvas, canvas), np.float32)
+    for i, image in enumerate(big):
+        frames = torch.stack([_translate(image, dy, dx, canvas) for dy, dx in path]).numpy()
+        log = np.log(frames + 0.05)
+        threshold = contrast * (1 + mismatch * rng.standard_normal((canvas, canvas)))
+        reference = log[0].copy()
+        for t in range(1, len(path)):
+            delta = log[t] - reference
+            on = np.floor(np.maximum(delta, 0) / threshold)
+            off = np.floor(np.maximum(-delta, 0) / threshold)
+            reference += (on - off) * threshold
+            out[i, bins[t - 1], 0] += on
+            out[i, bins[t - 1], 1] += off
+    return out
+
+
+class DigitsSpikformer(torch.nn.Module):
+    """A small Spikformer (SpikingJelly's Spikformer: conv stem with LIF neurons, spiking
+    self-attention blocks, linear head) whose logits are averaged over the T timesteps.
+
+    Static input: an image [N, C, H, W] that the model repeats T times. Event input: a
+    sequence of frames [T, N, C, H, W].
+    """
+
+    def __init__(self, steps: int, channels: int, size: int, embed: int = 64, heads: int = 4,
+                 depth: int = 2, mlp_ratio: float = 4.0, classes: int = 10):
+        super().__init__()
+        from spikingjelly.activation_based.model.spikformer import Spikformer
+
+        self.net = Spikformer(T=steps, in_channels=channels, img_size_h=size, img_size_w=size,
+                              patch_size=4, num_classes=classes, embed_dims=embed,
+                              num_heads=heads, mlp_ratio=mlp_ratio, depths=depth)
+
+    def forward(self, x):
+        return self.net(x).mean(0)
+
+
+def _batches(n: int, size: int, generator: torch.Generator):
+    order = torch.randperm(n, generator=generator)
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def to_model_input(x: torch.Tensor, sequence: bool) -> torch.Tensor:
+    """Samples-first data [n, ...] -> the model's input ([T, n, ...] for sequences)."""
+    return x.transpose(0, 1).contiguous() if sequence else x
+
+
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, sequence: bool, batch: int = 128) -> float:
+    from spikingjelly.activation_based import functional
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            functional.reset_net(model)
+            logits = model(to_model_input(x[i:i + batch], sequence))
+            correct += int((logits.argmax(1) == y[i:i + batch]).sum())
+    functional.reset_net(model)
+    return correct / len(x)
+
+
+def train(model, x, y, sequence: bool, epochs: int, lr: float, seed: int,
+          augment=None, batch: int = 64, log=print) -> None:
+    """AdamW with a cosine schedule, cross-entropy on the time-averaged logits."""
+    from spikingjelly.activation_based import functional
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * math.ceil(len(x) / batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for epoch in range(epochs):
+        model.train()
+        start, total = time.perf_counter(), 0.0
+        for index in _batches(len(x), batch, generator):
+            xb = x[index] if augment is None else augment(x[index], generator)
+            functional.reset_net(model)
+            loss = torch.nn.functional.cross_entropy(model(to_model_input(xb, sequence)),
+                                                     y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss) * len(index)
+        log(f"  epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f} "
+            f"({time.perf_counter() - start:.1f}s)")
+    functional.reset_net(model)
+
+
+def shift_augment(max_shift: int):
+    """Random translation by up to `max_shift` pixels (zero fill), per sample."""
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        shifts = torch.randint(-max_shift, max_shift + 1, (len(x), 2), generator=generator)
+        out = torch.zeros_like(x)
+        h, w = x.shape[-2:]
+        for i, (dy, dx) in enumerate(shifts.tolist()):
+            ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+            xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+            out[i, ..., yd, xd] = x[i, ..., ys, xs]
+        return out
+
+    return augment
+
+
+def export(model, example: torch.Tensor, path: str) -> None:
+    """torch.export.save of the model at batch 1, written atomically."""
+    from snnc.demo import export as export_program
+    from snnc.loader import save_program_bytes
+    from snnc.onnx_emit import write_atomic
+
+    # clone: a slice of the test set is a view, and torch.export.save would store the whole
+    # test set with it as the example input
+    write_atomic(path, save_program_bytes(export_program(model.eval(), example.clone())))
+
+
+def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: bool,
+        make_model, config: dict, float_epochs: int, qat_epochs: int, lr: float,
+        qat_lr: float, augment=None, seed: int = 0) -> dict:
+    """Train float, quantize per `config` (snnc.quantize, scales calibrated on training
+    data), fine-tune, evaluate both, and write float.pt, quantized.pt, test.npz and
+    results.json into `here`."""
+    from snnc import quant
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    xv, yv = torch.from_numpy(x_test), torch.from_numpy(y_test)
+    model = make_model()
+    print(f"{name}: train float ({sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{len(xt)} train / {len(xv)} test samples)")
+    train(model, xt, yt, sequence, float_epochs, lr, seed, augment)
+    float_accuracy = evaluate(model, xv, yv, sequence)
+    print(f"{name}: float test accuracy {float_accuracy:.4f}")
+    example = to_model_input(xv[:1], sequence)
+    export(model, example, os.path.join(here, "float.pt"))
+
+    quant.quantize(model, config, calibration=to_model_input(xt[:256], sequence))
+    ptq_accuracy = evaluate(model, xv, yv, sequence)
+    print(f"{name}: quantized before fine-tuning {ptq_accuracy:.4f}")
+    train(model, xt, yt, sequence, qat_epochs, qat_lr, seed + 1, augment)
+    quant_accuracy = evaluate(model, xv, yv, sequence)
+    rows, average = quant.report(model)
+    print(quant.format_report(rows, average))
+    print(f"{name}: quantized test accuracy {quant_accuracy:.4f} at {average:.2f} average bits")
+    export(model, example, os.path.join(here, "quantized.pt"))
+    np.savez_compressed(os.path.join(here, "test.npz"), x=x_test, y=y_test)
+    results = {"float_accuracy": float_accuracy, "quantized_before_finetune": ptq_accuracy,
+               "quantized_accuracy": quant_accuracy, "average_bits": round(average, 4),
+               "test_samples": len(yv), "train_samples": len(yt),
+               "train_seconds": round(time.perf_counter() - start, 1), "config": config}
+    with open(os.path.join(here, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    return results
