@@ -77,13 +77,27 @@ def main() -> None:
               help="How power-of-two layers reach ONNX: int8 containers (ONNX Runtime's fast "
                    "path) or their sign and exponent codes decoded in the graph with BitShift "
                    "(docs/onnx.md). Both compute the same numbers.")
+@click.option("--ort", is_flag=True,
+              help="Also write OUT.ort (ORT format, for ONNX Runtime Mobile) and "
+                   "OUT.required_operators.config (for a reduced ORT build); docs/mobile.md.")
+@click.option("--verify", "verify_data", type=click.Path(dir_okay=False),
+              help="After compiling, run snnc verify on this .npz (x, y): accuracy of the "
+                   "source and the compiled model, top-1 agreement.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), default=100.0,
+              show_default=True, help="With --verify: the top-1 agreement (%) below which "
+                                      "snnc exits with status 4.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write a per-layer report (JSON) here, its table to stdout and a PNG figure "
+                   "next to it (REPORT.png); firing rates and energy need --verify.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape,
-                weight_container, pack_path, weights, timesteps, pot_lowering, quiet):
+                weight_container, pack_path, weights, timesteps, pot_lowering, ort, verify_data,
+                min_agreement, report_path, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from .compile import compile_file
 
     progress = _Progress(quiet)
+    verification = None
     if not quiet:
         click.echo(f"snnc compile {model} -> {output}", err=True)
     try:
@@ -95,12 +109,39 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
             raise SnncError("--weights external keeps int8/int16 containers (ONNX Runtime's "
                             "Python API cannot hand it int4 tensors); drop --weight-container "
                             "int4")
+        if ort and weight_container == "int4":
+            raise SnncError("--ort needs --weight-container int8: the ORT format cannot hold "
+                            "int4 tensors (docs/mobile.md)")
+        if ort and external:
+            raise SnncError("--ort needs --weights embedded: minimal ONNX Runtime builds, the "
+                            "reason for .ort files, cannot load external weights")
+        if timesteps == "stream" and verify_data:
+            raise SnncError("--verify runs the unrolled model; compile it without "
+                            "--timesteps stream to verify (docs/streaming.md tests stream "
+                            "mode against the unrolled model)")
+        data = _load_data(verify_data) if verify_data else None
+        for extra in filter(None, [report_path]):
+            if not os.path.isdir(os.path.dirname(os.path.abspath(extra))):
+                raise SnncError(f"cannot write {extra}: its directory does not exist")
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
                        external_weights=external, timesteps=timesteps,
                        pot_lowering=pot_lowering)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
-                              pack_path=pack_path)
+                              pack_path=pack_path, ort=ort)
+        progress.finish()
+        if not quiet:
+            click.echo(result.summary())
+            written = [output] + ([pack_path] if pack_path else [])
+            if ort:
+                from .mobile import ort_paths
+                written += list(ort_paths(output))
+            click.echo("wrote " + ", ".join(written))
+        if data is not None:
+            verification = _verify(result.program, output, pack_path if external else None,
+                                   data, quiet, ort_path=ort and output)
+        if report_path:
+            _write_report(report_path, result, verification, model, output, quiet)
     except SnncError as error:
         progress.finish()
         _fail(str(error))
@@ -113,10 +154,103 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
             raise
         _fail(f"internal error ({type(error).__name__}: {error}). This is a bug in snnc; "
               "rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
-    progress.finish()
+    if verification is not None:
+        _judge(verification, min_agreement)
+
+
+@main.command("verify")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("compiled", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="An .npz with x (inputs, samples on axis 0) and y (labels, optional).")
+@click.option("--pack", "pack_path", type=click.Path(dir_okay=False),
+              help="The .snnpack of a model compiled with --weights external.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), default=100.0,
+              show_default=True, help="Top-1 agreement (%) below which snnc exits with status 4.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a whole pickled nn.Module as SOURCE (unpickling runs code).")
+@click.option("--input-shape", help="Example input shape for a pickled module, e.g. 1,3,32,32.")
+def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_size,
+               trust_pickle, input_shape):
+    """Run SOURCE in PyTorch and COMPILED in ONNX Runtime on DATA; compare accuracy.
+
+    Reports both accuracies, top-1 agreement, the largest logit difference and, if COMPILED
+    has --debug-outputs, the spike agreement per neuron layer. Exit status: 0 when top-1
+    agreement reaches --min-agreement, 4 when it does not, 1 on bad input.
+    """
+    from . import loader
+
+    try:
+        x = _load_data(data)
+        program = loader.load_program(source, trust_pickle=trust_pickle,
+                                      input_shape=_shape(input_shape))
+        verification = _verify(program, compiled, pack_path, x, quiet=as_json,
+                               batch_size=batch_size)
+    except SnncError as error:
+        _fail(str(error))
+    except Exception as error:
+        if os.environ.get("SNNC_DEBUG"):
+            raise
+        _fail(f"internal error ({type(error).__name__}: {error}). This is a bug in snnc; "
+              "rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
+    if as_json:
+        from .accuracy import write_json
+        click.echo(write_json(verification))
+    _judge(verification, min_agreement, quiet=as_json)
+
+
+def _load_data(path):
+    from .accuracy import load_data
+    return load_data(path)
+
+
+def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_path=None):
+    """Verify `onnx_path` against `program` on data = (x, y), printing the result."""
+    from . import accuracy
+    from .runtime import load_session
+
+    x, y = data
+    session = load_session(onnx_path, pack_path, intra_op_num_threads=2)
+    if quiet or len(x) <= batch_size:
+        verification = accuracy.verify(program, session, x, y, batch_size)
+    else:
+        with click.progressbar(length=len(x), label="  verify", file=sys.stderr) as bar:
+            verification = accuracy.verify(program, session, x, y, batch_size,
+                                           progress=bar.update)
+    if ort_path:
+        from .mobile import ort_paths
+        from .parity import onnx_session
+        verification.ort_max_abs_diff = accuracy.session_difference(
+            session, onnx_session(ort_paths(ort_path)[0]), x, batch_size)
     if not quiet:
-        click.echo(result.summary())
-        click.echo(f"wrote {output}" + (f" and {pack_path}" if pack_path else ""))
+        click.echo(verification.format())
+    return verification
+
+
+def _judge(verification, min_agreement: float, quiet: bool = False) -> None:
+    agreement = 100 * verification.top1_agreement
+    if agreement < min_agreement:
+        click.echo(f"snnc: verification failed: top-1 agreement {agreement:.2f} % is below "
+                   f"{min_agreement:g} % (samples {verification.disagreements[:10]} differ); "
+                   "with --debug-outputs the per-layer spike agreement shows where the "
+                   "compiled model departs from the source", err=True)
+        sys.exit(4)
+
+
+def _write_report(path, result, verification, model, output, quiet) -> None:
+    from . import report
+    from .onnx_emit import write_all_atomic
+
+    extra = {"model": model, "onnx": output, "timesteps": result.graph.time.steps
+             if result.graph.time else 1}
+    data = report.build(result.graph, verification, extra)
+    png = os.path.splitext(path)[0] + ".png"
+    write_all_atomic([(path, report.to_json(data)), (png, report.figure_png(data))])
+    if not quiet:
+        click.echo(report.format_table(data))
+        click.echo(f"wrote {path} and {png}")
 
 
 @main.command("quantize")

@@ -11,7 +11,7 @@ from typing import Callable
 
 import onnx
 
-from . import frontend, loader, onnx_emit, pack
+from . import frontend, loader, mobile, onnx_emit, pack
 from .errors import BadInputError
 from .ir import Graph
 from .options import DEFAULT, Options
@@ -27,6 +27,8 @@ class Result:
     data: bytes
     packed: list  # pack.Layer per quantized weight
     timings: dict[str, float] = field(default_factory=dict)
+    program: object = None  # the torch.export program compiled
+    ort: bytes | None = None  # the ORT-format model (compile_file with ort=True)
 
     def summary(self) -> str:
         g = self.graph
@@ -75,14 +77,15 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
     model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
     data = stage("serialize", onnx_emit.model_bytes, model)
     parameters = sum(p.numel() for p in program.parameters())
-    return Result(graph, parameters, lowered, model, data, packed, timings)
+    return Result(graph, parameters, lowered, model, data, packed, timings, program)
 
 
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
                  trust_pickle: bool = False, input_shape: list[int] | None = None,
                  progress: Callable[[str], None] | None = None,
-                 pack_path: str | None = None) -> Result:
-    """Compile a model file to `output` (and the weight pack to `pack_path`, if given)."""
+                 pack_path: str | None = None, ort: bool = False) -> Result:
+    """Compile a model file to `output` (and the weight pack to `pack_path`, and with `ort`
+    the ORT-format model and its required-operators config next to `output`)."""
     if opts.external_weights:
         if pack_path is None:
             raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
@@ -95,13 +98,22 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     load_time = time.perf_counter() - start
     result = compile_program(program, opts, dump_dir, progress)
     result.timings = {"load": load_time, **result.timings}
-    if progress:
-        progress("write")
     outputs = [(output, result.data)]
     if pack_path is not None:
         if not result.packed:
             raise BadInputError(f"{path} has no quantized weights to pack (quantize it first: "
                                 "snnc quantize or snnc.quantize)")
         outputs.append((pack_path, pack.encode(result.packed)))
+    if ort:
+        mobile.check_convertible(result.model)
+        if progress:
+            progress("ort")
+        start = time.perf_counter()
+        result.ort, config = mobile.to_ort(result.data)
+        result.timings["ort"] = time.perf_counter() - start
+        ort_path, config_path = mobile.ort_paths(output)
+        outputs += [(ort_path, result.ort), (config_path, config.encode())]
+    if progress:
+        progress("write")
     onnx_emit.write_all_atomic(outputs)
     return result

@@ -33,7 +33,10 @@ class Trace:
     thresholds: dict[str, float | np.ndarray] = field(default_factory=dict)  # broadcast to h
 
 
-class _Recorder(torch.fx.Interpreter):
+class Recorder(torch.fx.Interpreter):
+    """Runs an exported program, keeping each neuron layer's spikes, membrane h and
+    threshold in `trace` (`record_neuron`, which subclasses extend)."""
+
     def __init__(self, module, trace: Trace):
         super().__init__(module)
         self.trace = trace
@@ -42,12 +45,15 @@ class _Recorder(torch.fx.Interpreter):
         result = super().run_node(n)
         name = str(n.target).replace("torch.ops.", "")
         if n.op == "call_function" and name in NEURON_OPS:
-            layer = source_of(n).split(" ")[0]
-            self.trace.spikes[layer] = result[0].detach().numpy().copy()
-            self.trace.membranes[layer] = result[2].detach().numpy().copy()
-            threshold = n.args[4] if "lif" in name else n.args[2]
-            self.trace.thresholds[layer] = float(threshold)
+            self.record_neuron(n, name, result)
         return result
+
+    def record_neuron(self, n, name, result) -> str:
+        layer = source_of(n).split(" ")[0]
+        self.trace.spikes[layer] = result[0].detach().numpy().copy()
+        self.trace.membranes[layer] = result[2].detach().numpy().copy()
+        self.trace.thresholds[layer] = float(n.args[4] if "lif" in name else n.args[2])
+        return layer
 
 
 def torch_trace(program: torch.export.ExportedProgram, x: np.ndarray) -> Trace:
@@ -55,7 +61,7 @@ def torch_trace(program: torch.export.ExportedProgram, x: np.ndarray) -> Trace:
     trace = Trace(outputs=[])
     module = program.module()
     with torch.no_grad():
-        out = _Recorder(module, trace).run(torch.from_numpy(x))
+        out = Recorder(module, trace).run(torch.from_numpy(x))
     outs = out if isinstance(out, (tuple, list)) else [out]
     trace.outputs = [o.detach().numpy() for o in outs]
     return trace
@@ -71,7 +77,11 @@ def onnx_session(path_or_bytes, threads: int = 2) -> ort.InferenceSession:
 def onnx_trace(session: ort.InferenceSession, x: np.ndarray) -> Trace:
     """Run a model compiled with --debug-outputs; regroup spike/<layer>/t<k> outputs."""
     names = [o.name for o in session.get_outputs()]
-    values = session.run(None, {session.get_inputs()[0].name: x})
+    return regroup(names, session.run(None, {session.get_inputs()[0].name: x}))
+
+
+def regroup(names: list[str], values: list[np.ndarray]) -> Trace:
+    """A compiled model's outputs as a Trace: spike/<layer>/t<k> stacked per layer."""
     trace = Trace(outputs=[v for n, v in zip(names, values) if not n.startswith(SPIKE_PREFIX)])
     per_layer: dict[str, dict[int, np.ndarray]] = {}
     for name, value in zip(names, values):

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# The main job on the bundled sample: install, generate the sample model, compile it with
-# snnc, and compare ONNX Runtime with PyTorch. Outputs go to out/sample/ (or $OUT).
+# The main job on the bundled samples trained on real data (scikit-learn's digits, static and
+# emulated events): install, compile the float and the quantized model of each with snnc
+# (ONNX, .ort for ONNX Runtime Mobile, .snnpack), verify both against their PyTorch source on
+# the test split, write the per-layer reports, and print the accuracy table.
+# Outputs go to out/samples/<sample>/ (or $OUT/<sample>/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/install.sh
 PY=${PYTHON:-python3}
-OUT=${OUT:-out/sample}
-mkdir -p "$OUT"
-"$PY" samples/spikformer_cifar10/make_model.py -o "$OUT/model.pt"
-"$PY" -m snnc compile "$OUT/model.pt" -o "$OUT/model.onnx" --dump-ir "$OUT/ir"
-"$PY" samples/spikformer_cifar10/check.py "$OUT/model.pt" "$OUT/model.onnx"
+OUT=${OUT:-out/samples}
+for s in digits digits_events; do
+  mkdir -p "$OUT/$s"
+  echo "== $s: float.pt"
+  "$PY" -m snnc compile "samples/$s/float.pt" -o "$OUT/$s/float.onnx" -q \
+    --verify "samples/$s/test.npz" --report "$OUT/$s/float_report.json"
+  echo "== $s: quantized.pt"
+  "$PY" -m snnc compile "samples/$s/quantized.pt" -o "$OUT/$s/model.onnx" \
+    --pack "$OUT/$s/model.snnpack" --ort \
+    --verify "samples/$s/test.npz" --report "$OUT/$s/report.json"
+done
+echo
+"$PY" samples/accuracy_table.py "$OUT"

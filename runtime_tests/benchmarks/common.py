@@ -53,14 +53,15 @@ def file_size(path: str) -> int:
     return os.path.getsize(path) + (os.path.getsize(extra) if os.path.exists(extra) else 0)
 
 
-def dynamo_export(program_path: str, out: str, batch: int) -> None:
-    """What a user has today: torch.onnx.export(dynamo=True) of the same saved program."""
+def dynamo_export(program_path: str, out: str, batch: int, sample_shape=(3, 32, 32)) -> None:
+    """What a user has today: torch.onnx.export(dynamo=True) of the same saved program
+    (input [batch, *sample_shape])."""
     from snnc.loader import register_spikingjelly_ops
 
     register_spikingjelly_ops()
     with open(program_path, "rb") as f:
         program = torch.export.load(f)
-    torch.onnx.export(program, (torch.zeros(batch, 3, 32, 32),), out, dynamo=True,
+    torch.onnx.export(program, (torch.zeros(batch, *sample_shape),), out, dynamo=True,
                       verbose=False)
 
 
