@@ -1,8 +1,10 @@
 """The ONNX Runtime Mobile path: the ORT-format model (.ort) and the operator list a reduced
 (minimal) ONNX Runtime build needs to run it (docs/mobile.md).
 
-Both come from ONNX Runtime's own converter (onnxruntime.tools.convert_onnx_models_to_ort,
-optimization style "Fixed": the graph is optimized once, here, and saved). The ORT format
+Both are made the way ONNX Runtime's own converter (onnxruntime.tools.
+convert_onnx_models_to_ort, optimization style "Fixed") makes them: the graph is optimized
+once, here, and saved; but without constant folding, which would store every quantized
+layer's weights as float32 (to_ort). The ORT format
 cannot hold int4 tensors (they convert but do not load), so the model must keep its
 quantized weights in int8/int16 containers, and it must be self-contained: minimal builds
 do not support external initializers.
@@ -39,30 +41,42 @@ def check_convertible(model: onnx.ModelProto) -> None:
                                 "--ort needs --weights embedded (the default)")
 
 
+# What ONNX Runtime's converter disables for ARM targets (NCHWc is x86-only), plus constant
+# folding: it would turn each layer's int8 weights and their Cast into a float32 constant in
+# the file, four times the size. Kept, the Cast runs in the session (exact, like at load).
+DISABLED_OPTIMIZERS = ["NchwcTransformer", "ConstantFolding"]
+
+
 def to_ort(model_bytes: bytes) -> tuple[bytes, str]:
     """(ORT-format model bytes, required operators config text) for a self-contained ONNX
-    model, converted by ONNX Runtime's converter in a temporary directory."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import (OptimizationStyle,
-                                                              convert_onnx_models_to_ort)
+    model: optimized once with ONNX Runtime's optimizers (level "all", as the converter's
+    Fixed style) and saved in ORT format; the config comes from the converter's own tool."""
+    import onnxruntime as ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import create_config_from_models
 
     with tempfile.TemporaryDirectory(prefix="snnc-ort-") as tmp:
         source = pathlib.Path(tmp, "model.onnx")
         source.write_bytes(model_bytes)
-        out = pathlib.Path(tmp, "out")
+        ort_file = pathlib.Path(tmp, "model.ort")
+        config = pathlib.Path(tmp, "model.required_operators.config")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(ort_file)
+        options.add_session_config_entry("session.save_model_format", "ORT")
         log = io.StringIO()
-        logging.disable(logging.INFO)  # the converter logs each file it writes
+        logging.disable(logging.INFO)  # the config tool logs each file it writes
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                convert_onnx_models_to_ort(source, output_dir=out,
-                                           optimization_styles=[OptimizationStyle.Fixed])
+                ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"],
+                                     disabled_optimizers=DISABLED_OPTIMIZERS)
+                create_config_from_models([ort_file], config, enable_type_reduction=False)
         except Exception as error:
-            raise SnncError(f"ONNX Runtime's ORT-format converter failed: {error}\n"
+            raise SnncError(f"converting to the ORT format failed: {error}\n"
                             f"{log.getvalue()[-800:]}") from None
         finally:
             logging.disable(logging.NOTSET)
-        ort_file, config = out / "model.ort", out / "model.required_operators.config"
         if not ort_file.is_file() or not config.is_file():
-            raise SnncError("ONNX Runtime's ORT-format converter wrote no model:\n"
+            raise SnncError("ONNX Runtime wrote no ORT-format model:\n"
                             f"{log.getvalue()[-800:]}")
         lines = [line for line in config.read_text().splitlines()
                  if not line.startswith("# - ")]  # drop the temporary path it names
