@@ -13,6 +13,7 @@ C, H, W] for a model that reads a sequence [T, N, ...]) and, optionally, `y` (la
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -87,7 +88,8 @@ class _Recorder(Recorder):
     def _layer(self, n, name, result) -> None:
         layer = source_of(n).split(" ")[0]
         if name == "aten.matmul.default":
-            layer = f"{layer} (matmul {sum(1 for k in self.seen if k.startswith(layer))})"
+            index = sum(1 for k in self.seen if k.startswith(layer + " (matmul"))
+            layer = f"{layer} (matmul {index + 1})"
         while layer in self.seen:  # the same module called twice in one forward
             layer += "'"
         self.seen.add(layer)
@@ -141,9 +143,12 @@ class Verification:
                  + (f" (differs on samples {self.disagreements[:10]})" if self.disagreements
                     else ""),
                  f"max |logit diff|     {self.max_abs_diff:.3g}"]
-        if self.spike_agreement is None:
+        if self.spike_agreement is None and self.rounding_perturbed is None:
             lines.append("spike agreement      n/a (compile with --debug-outputs to compare "
                          "spikes per layer)")
+        elif self.spike_agreement is None:
+            lines.append("spike agreement      n/a: the compiled model's spike outputs name no "
+                         "neuron layer of the source")
         else:
             lines.append(f"spike agreement      {100 * self.spike_agreement:.4f} % over "
                          f"{len(self.spike_agreement_per_layer)} neuron layers; "
@@ -202,6 +207,13 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
     max_diff = 0.0
     module = program.module()
     static = _static_batch(program, axis)
+    _check_source_input(program, session, axis)
+    if static is not None and (len(x) % static or batch % static):
+        raise BadInputError(f"the source was exported with a fixed batch of {static}; verify "
+                            f"runs it in chunks of {static}, so the number of samples "
+                            f"({len(x)}) and the batch size ({batch}) must be multiples of it. "
+                            "Export the model at batch 1 (torch.export's usual example) or "
+                            "trim the data")
     weights: dict = {}
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]
@@ -213,7 +225,11 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
         compiled_logits = _logits(got.outputs[0], len(xb))
         source_top.append(source_logits.argmax(1))
         compiled_top.append(compiled_logits.argmax(1))
-        max_diff = max(max_diff, float(np.abs(source_logits - compiled_logits).max()))
+        if source_logits.shape != compiled_logits.shape:
+            raise BadInputError(f"the source gives {source_logits.shape[1]} outputs per sample, "
+                                f"the compiled model {compiled_logits.shape[1]}: was it "
+                                "compiled from this source?")
+        max_diff = max(max_diff, _max_abs(source_logits, compiled_logits))
         if spike_outputs:
             for layer, spikes in got.spikes.items():
                 ref = trace.spikes.get(layer)
@@ -248,6 +264,19 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
         activity=activity)
 
 
+def _check_source_input(program, session, axis: int) -> None:
+    """SOURCE and COMPILED must take the same input, batch aside."""
+    user = program.graph_signature.user_inputs
+    shapes = [list(node.meta["val"].shape) for node in program.graph.nodes
+              if node.op == "placeholder" and node.name in user]
+    onnx_shape = session.get_inputs()[0].shape
+    if len(shapes) != 1 or len(shapes[0]) != len(onnx_shape) or any(
+            i != axis and isinstance(a, int) and a != b
+            for i, (a, b) in enumerate(zip(shapes[0], onnx_shape))):
+        raise BadInputError(f"the source takes {[s for s in shapes]} but the compiled model "
+                            f"{list(onnx_shape)}: was COMPILED compiled from SOURCE?")
+
+
 def _static_batch(program: torch.export.ExportedProgram, axis: int) -> int | None:
     """The batch size the program was exported with, if it is fixed (None if dynamic)."""
     user = program.graph_signature.user_inputs
@@ -264,10 +293,6 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
     chunks of s (its reshapes are specialized to it), merged along the batch."""
     n = batch_input.shape[axis]
     size = n if static is None else static
-    if n % size:
-        raise BadInputError(f"the source was exported with a fixed batch of {static}, which "
-                            f"does not divide {n}; use --batch-size {static} or export the "
-                            "model at batch 1 or with a dynamic batch")
     parts = []
     for start in range(0, n, size):
         chunk = np.take(batch_input, range(start, start + size), axis=axis)
@@ -304,8 +329,6 @@ def model_input(session, x: np.ndarray) -> tuple[str, int]:
                             "needs a model compiled by snnc compile")
     axis = shape.index("N")
     expected = [d for i, d in enumerate(shape) if i != axis]
-    if axis > 0:  # a sequence model [T, N, ...]: the data holds [n, T, ...]
-        expected = [expected[axis - 1]] + expected[:axis - 1] + expected[axis:]
     if list(x.shape[1:]) != [int(d) for d in expected]:
         layout = "[n, T, ...] (samples first)" if axis > 0 else "[n, ...] (samples first)"
         raise BadInputError(f"the data's x has samples of shape {list(x.shape[1:])}, but the "
@@ -321,8 +344,14 @@ def session_difference(a, b, x: np.ndarray, batch: int = 64) -> float:
     for start in range(0, len(x), batch):
         xb = np.ascontiguousarray(np.moveaxis(x[start:start + batch], 0, axis))
         for u, v in zip(a.run(None, {name: xb}), b.run(None, {name: xb})):
-            worst = max(worst, float(np.abs(u.astype(np.float64) - v).max()))
+            worst = max(worst, _max_abs(u.astype(np.float64), v))
     return worst
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b|; infinite if either holds NaN (a NaN is never 'no difference')."""
+    d = np.abs(a - b).max() if a.size else 0.0
+    return math.inf if np.isnan(d) else float(d)
 
 
 def _logits(output: np.ndarray, batch: int) -> np.ndarray:

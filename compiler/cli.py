@@ -120,9 +120,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
                             "--timesteps stream to verify (docs/streaming.md tests stream "
                             "mode against the unrolled model)")
         data = _load_data(verify_data) if verify_data else None
-        for extra in filter(None, [report_path]):
-            if not os.path.isdir(os.path.dirname(os.path.abspath(extra))):
-                raise SnncError(f"cannot write {extra}: its directory does not exist")
+        _check_outputs(output, pack_path, ort, report_path)
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
                        external_weights=external, timesteps=timesteps,
                        pot_lowering=pot_lowering)
@@ -183,6 +181,9 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
     from . import loader
 
     try:
+        if source.lower().endswith((".onnx", ".ort")):
+            raise SnncError(f"SOURCE {source} looks like a compiled model: the order is "
+                            "snnc verify SOURCE.pt COMPILED.onnx --data DATA.npz")
         x = _load_data(data)
         program = loader.load_program(source, trust_pickle=trust_pickle,
                                       input_shape=_shape(input_shape))
@@ -199,6 +200,28 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
         from .accuracy import write_json
         click.echo(write_json(verification))
     _judge(verification, min_agreement, quiet=as_json)
+
+
+def _check_outputs(output, pack_path, ort, report_path) -> None:
+    """Every file compile will write: distinct paths in existing directories."""
+    from .mobile import ort_paths
+
+    if report_path and report_path.lower().endswith(".png"):
+        raise SnncError(f"--report {report_path}: give the JSON path (report.json); the figure "
+                        "goes next to it as report.png")
+    paths = [output] + ([pack_path] if pack_path else []) + (list(ort_paths(output)) if ort
+                                                             else [])
+    if report_path:
+        paths += [report_path, os.path.splitext(report_path)[0] + ".png"]
+    seen = {}
+    for path in paths:
+        key = os.path.abspath(path)
+        if key in seen:
+            raise SnncError(f"two outputs would be written to {path}; name the model .onnx and "
+                            "give the pack and report other names")
+        seen[key] = path
+        if not os.path.isdir(os.path.dirname(key)):
+            raise SnncError(f"cannot write {path}: its directory does not exist")
 
 
 def _load_data(path):

@@ -64,7 +64,8 @@ def to_ort(model_bytes: bytes) -> tuple[bytes, str]:
         options.optimized_model_filepath = str(ort_file)
         options.add_session_config_entry("session.save_model_format", "ORT")
         log = io.StringIO()
-        logging.disable(logging.INFO)  # the config tool logs each file it writes
+        previous = logging.root.manager.disable
+        logging.disable(max(previous, logging.INFO))  # the config tool logs each file
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"],
@@ -74,7 +75,7 @@ def to_ort(model_bytes: bytes) -> tuple[bytes, str]:
             raise SnncError(f"converting to the ORT format failed: {error}\n"
                             f"{log.getvalue()[-800:]}") from None
         finally:
-            logging.disable(logging.NOTSET)
+            logging.disable(previous)
         if not ort_file.is_file() or not config.is_file():
             raise SnncError("ONNX Runtime wrote no ORT-format model:\n"
                             f"{log.getvalue()[-800:]}")

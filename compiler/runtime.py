@@ -50,7 +50,14 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
             setattr(options, key, value)
         else:
             raise BadInputError(f"unknown session option {key!r}")
-    refs = external_weights(onnx_path)
+    if onnx_path.lower().endswith(".ort"):
+        refs = {}  # the ORT format holds its weights
+    else:
+        try:
+            refs = external_weights(onnx_path)
+        except Exception as error:
+            raise BadInputError(f"{onnx_path} is not a readable ONNX model ({_first(error)}); "
+                                "pass the .onnx that snnc compile wrote") from None
     if pack_path is None and refs:
         locations = set(refs.values())
         pack_path = os.path.join(os.path.dirname(os.path.abspath(onnx_path)), locations.pop())
@@ -69,7 +76,15 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
         keep_alive = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arrays[n]))
                       for n in names]
         options.add_external_initializers(names, keep_alive)
-    session = ort.InferenceSession(onnx_path, options,
-                                   providers=providers or ["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(onnx_path, options,
+                                       providers=providers or ["CPUExecutionProvider"])
+    except Exception as error:
+        raise BadInputError(f"ONNX Runtime cannot load {onnx_path}: {_first(error)}") from None
     del keep_alive  # ORT copied the data while creating the session
     return session
+
+
+def _first(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__

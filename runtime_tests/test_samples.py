@@ -168,6 +168,28 @@ def test_compile_verify_report_ort_cli(small_data):
     assert result["spike_agreement"] is None  # no --debug-outputs
 
 
+def test_verify_with_pack_and_report_without_data(small_data):
+    """A skeleton + pack verifies like the self-contained model; --report without --verify
+    has the quantization columns and says where the activity columns come from."""
+    source = os.path.join(SAMPLES, "digits", "quantized.pt")
+    skeleton, pack_file = small_data / "skeleton.onnx", small_data / "skeleton.snnpack"
+    run = snnc("compile", source, "-o", str(skeleton), "--pack", str(pack_file), "--weights",
+               "external", "--report", str(small_data / "static.json"))
+    assert run.returncode == 0, run.stderr
+    assert "add --verify DATA.npz" in run.stdout
+    data = json.loads((small_data / "static.json").read_text())
+    assert "verify" not in data and data["neurons"] == {}
+    assert all(r["sops"] is None for r in data["layers"])
+    moved = small_data / "elsewhere.snnpack"  # not where the skeleton says: --pack must count
+    os.replace(pack_file, moved)
+    run = snnc("verify", source, str(skeleton), "--data", str(small_data / "small.npz"), "--json")
+    assert run.returncode == 1 and "no such weight pack" in run.stderr
+    run = snnc("verify", source, str(skeleton), "--data", str(small_data / "small.npz"),
+               "--pack", str(moved), "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["top1_agreement"] == 1.0
+
+
 def test_verify_fails_below_min_agreement(small_data):
     """The float model compiled, checked against the quantized source on noise: they
     disagree on some samples, so verify exits 4 unless --min-agreement allows it."""
@@ -182,7 +204,7 @@ def test_verify_fails_below_min_agreement(small_data):
     assert "verification failed: top-1 agreement" in run.stderr
     agreement = 100 * result["top1_agreement"]
     run = snnc("verify", source, str(out), "--data", str(small_data / "noise.npz"),
-               "--min-agreement", str(agreement - 1))
+               "--min-agreement", str(max(0.0, agreement - 1)))
     assert run.returncode == 0, run.stderr
 
 
@@ -190,14 +212,23 @@ def test_verify_errors_are_clear(small_data):
     source = os.path.join(SAMPLES, "digits", "quantized.pt")
     model = str(small_data / "cli.onnx")
     if not os.path.exists(model):
-        snnc("compile", source, "-o", model, "-q")
-    run = snnc("verify", source, model, "--data", str(small_data / "nolabels.npz"))
-    assert run.returncode == 1 and "has no array 'x'" in run.stderr
-    assert "Traceback" not in run.stderr
-    run = snnc("verify", source, model, "--data", str(small_data / "wrongshape.npz"))
-    assert run.returncode == 1 and "x must be [n, ...] (samples first)" in run.stderr
-    run = snnc("verify", source, model, "--data", str(small_data / "missing.npz"))
-    assert run.returncode == 1 and "no such data file" in run.stderr
+        assert snnc("compile", source, "-o", model, "-q").returncode == 0
+    small = str(small_data / "small.npz")
+    (small_data / "corrupt.onnx").write_bytes(open(model, "rb").read()[:5000])
+    events = os.path.join(SAMPLES, "digits_events", "quantized.pt")
+    cases = [
+        ((source, model, "--data", str(small_data / "nolabels.npz")), "has no array 'x'"),
+        ((source, model, "--data", str(small_data / "wrongshape.npz")),
+         "x must be [n, ...] (samples first)"),
+        ((source, model, "--data", str(small_data / "missing.npz")), "no such data file"),
+        ((source, str(small_data / "corrupt.onnx"), "--data", small), "not a readable ONNX"),
+        ((events, model, "--data", small), "was COMPILED compiled from SOURCE?"),
+        ((model, source, "--data", small), "looks like a compiled model"),
+    ]
+    for args, phrase in cases:
+        run = snnc("verify", *args)
+        assert run.returncode == 1, (args, run.stderr)
+        assert phrase in run.stderr and "Traceback" not in run.stderr, run.stderr
     stream = small_data / "stream.onnx"
     run = snnc("compile", source, "-o", str(stream), "--timesteps", "stream", "-q")
     assert run.returncode == 0, run.stderr
@@ -209,3 +240,7 @@ def test_verify_errors_are_clear(small_data):
     run = snnc("compile", source, "-o", str(out), "--ort", "--pack", str(small_data / "p.snnpack"),
                "--weights", "external")
     assert_clean_failure(run, str(out), "cannot load external weights")
+    run = snnc("compile", source, "-o", str(small_data / "m.ort"), "--ort")
+    assert_clean_failure(run, str(small_data / "m.ort"), "two outputs would be written")
+    run = snnc("compile", source, "-o", str(out), "--report", str(small_data / "r.png"))
+    assert_clean_failure(run, str(out), "give the JSON path")

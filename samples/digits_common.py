@@ -7,6 +7,7 @@ grey images, 16 levels). The split is fixed: 20 % test, stratified, random_state
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -202,15 +203,14 @@ def shift_augment(max_shift: int):
     return augment
 
 
-def export(model, example: torch.Tensor, path: str) -> None:
-    """torch.export.save of the model at batch 1, written atomically."""
+def export(model, example: torch.Tensor) -> bytes:
+    """The torch.export.save archive of the model at batch 1."""
     from snnc.demo import export as export_program
     from snnc.loader import save_program_bytes
-    from snnc.onnx_emit import write_atomic
 
     # clone: a slice of the test set is a view, and torch.export.save would store the whole
     # test set with it as the example input
-    write_atomic(path, save_program_bytes(export_program(model.eval(), example.clone())))
+    return save_program_bytes(export_program(model.eval(), example.clone()))
 
 
 def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: bool,
@@ -220,6 +220,7 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     data), fine-tune, evaluate both, and write float.pt, quantized.pt, test.npz and
     results.json into `here`."""
     from snnc import quant
+    from snnc.onnx_emit import write_all_atomic
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
@@ -233,7 +234,7 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     float_accuracy = evaluate(model, xv, yv, sequence)
     print(f"{name}: float test accuracy {float_accuracy:.4f}")
     example = to_model_input(xv[:1], sequence)
-    export(model, example, os.path.join(here, "float.pt"))
+    float_pt = export(model, example)
 
     quant.quantize(model, config, calibration=to_model_input(xt[:256], sequence))
     ptq_accuracy = evaluate(model, xv, yv, sequence)
@@ -243,13 +244,17 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     rows, average = quant.report(model)
     print(quant.format_report(rows, average))
     print(f"{name}: quantized test accuracy {quant_accuracy:.4f} at {average:.2f} average bits")
-    export(model, example, os.path.join(here, "quantized.pt"))
-    np.savez_compressed(os.path.join(here, "test.npz"), x=x_test, y=y_test)
+    quantized_pt = export(model, example)
+    test = io.BytesIO()
+    np.savez_compressed(test, x=x_test, y=y_test)
     results = {"float_accuracy": float_accuracy, "quantized_before_finetune": ptq_accuracy,
                "quantized_accuracy": quant_accuracy, "average_bits": round(average, 4),
                "test_samples": len(yv), "train_samples": len(yt),
                "train_seconds": round(time.perf_counter() - start, 1), "config": config}
-    with open(os.path.join(here, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+    # all four files or none: an interrupted run leaves the old, matching set
+    write_all_atomic([(os.path.join(here, "float.pt"), float_pt),
+                      (os.path.join(here, "quantized.pt"), quantized_pt),
+                      (os.path.join(here, "test.npz"), test.getvalue()),
+                      (os.path.join(here, "results.json"),
+                       (json.dumps(results, indent=2) + "\n").encode())])
     return results

@@ -1,7 +1,7 @@
 """Train the static digits sample: a small Spikformer on scikit-learn's digits (8x8,
 upscaled to 16x16, repeated over T = 4 steps), then its heterogeneous quantized version.
 
-    python3 samples/digits/train.py          # about 5 minutes on 2 CPU cores
+    python3 samples/digits/train.py          # about 6 minutes on 2 CPU cores
 
 Writes float.pt and quantized.pt (torch.export archives snnc compile accepts), test.npz
 (x: [360, 1, 16, 16] float32, y: labels) and results.json next to this file. Fixed seeds

@@ -3,7 +3,7 @@ streams the way N-MNIST was recorded (the digit moves across a 16x16 sensor in t
 saccades; ON/OFF events where log intensity changes; binned into T = 8 frames of event
 counts, 2 channels), and a small Spikformer that reads one frame per timestep.
 
-    python3 samples/digits_events/train.py   # about 10 minutes on 2 CPU cores
+    python3 samples/digits_events/train.py   # about 8 minutes on 2 CPU cores
 
 Writes float.pt and quantized.pt (torch.export archives snnc compile accepts; input
 [T=8, N, 2, 16, 16]), test.npz (x: [360, 8, 2, 16, 16] float32, samples first; y: labels)
