@@ -206,8 +206,8 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
     source_top, compiled_top = [], []
     max_diff = 0.0
     module = program.module()
-    static = _static_batch(program, axis)
-    _check_source_input(program, session, axis)
+    source_shape = _check_source_input(program, session, axis)
+    static = source_shape[axis] if isinstance(source_shape[axis], int) else None
     if static is not None and (len(x) % static or batch % static):
         raise BadInputError(f"the source was exported with a fixed batch of {static}; verify "
                             f"runs it in chunks of {static}, so the number of samples "
@@ -217,7 +217,7 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
     weights: dict = {}
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]
-        batch_input = np.ascontiguousarray(np.moveaxis(xb, 0, axis)) if axis else xb
+        batch_input = _model_layout(xb, axis)
         trace = _source_trace(module, batch_input, axis, static, activity, weights)
         values = session.run(None, {input_name: batch_input})
         got = regroup(output_names, values)
@@ -238,9 +238,8 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
                 counts = agree.setdefault(layer, [0, 0])
                 counts[0] += int((ref == spikes).sum())
                 counts[1] += spikes.size
-            out_axis = 1 if trace.outputs[0].ndim == 3 and trace.outputs[0].shape[1] == len(xb) \
-                else 0
-            compare(trace, got, comparison, logit_tol=np.inf, batch_axis=out_axis)
+            compare(trace, got, comparison, logit_tol=np.inf,
+                    batch_axis=_output_batch_axis(trace.outputs[0], len(xb)))
         if progress:
             progress(len(xb))
     source_top = np.concatenate(source_top)
@@ -264,8 +263,8 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
         activity=activity)
 
 
-def _check_source_input(program, session, axis: int) -> None:
-    """SOURCE and COMPILED must take the same input, batch aside."""
+def _check_source_input(program, session, axis: int) -> list:
+    """The source's input shape; SOURCE and COMPILED must take the same input, batch aside."""
     user = program.graph_signature.user_inputs
     shapes = [list(node.meta["val"].shape) for node in program.graph.nodes
               if node.op == "placeholder" and node.name in user]
@@ -275,16 +274,7 @@ def _check_source_input(program, session, axis: int) -> None:
             for i, (a, b) in enumerate(zip(shapes[0], onnx_shape))):
         raise BadInputError(f"the source takes {[s for s in shapes]} but the compiled model "
                             f"{list(onnx_shape)}: was COMPILED compiled from SOURCE?")
-
-
-def _static_batch(program: torch.export.ExportedProgram, axis: int) -> int | None:
-    """The batch size the program was exported with, if it is fixed (None if dynamic)."""
-    user = program.graph_signature.user_inputs
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name == user[0]:
-            size = node.meta["val"].shape[axis]
-            return size if isinstance(size, int) else None
-    return None
+    return shapes[0]
 
 
 def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None,
@@ -305,7 +295,7 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
-    out_axes = [1 if o.ndim == 3 and o.shape[1] == size else 0 for o in first.outputs]
+    out_axes = [_output_batch_axis(o, size) for o in first.outputs]
     return Trace(
         outputs=[np.concatenate([p.outputs[i] for p in parts], axis=a)
                  for i, a in enumerate(out_axes)],
@@ -342,7 +332,7 @@ def session_difference(a, b, x: np.ndarray, batch: int = 64) -> float:
     name, axis = model_input(a, x)
     worst = 0.0
     for start in range(0, len(x), batch):
-        xb = np.ascontiguousarray(np.moveaxis(x[start:start + batch], 0, axis))
+        xb = _model_layout(x[start:start + batch], axis)
         for u, v in zip(a.run(None, {name: xb}), b.run(None, {name: xb})):
             worst = max(worst, _max_abs(u.astype(np.float64), v))
     return worst
@@ -354,9 +344,19 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if np.isnan(d) else float(d)
 
 
+def _model_layout(x: np.ndarray, axis: int) -> np.ndarray:
+    """Samples-first data -> the model's input, the batch at `axis` ([T, N, ...] for 1)."""
+    return np.ascontiguousarray(np.moveaxis(x, 0, axis)) if axis else x
+
+
+def _output_batch_axis(output: np.ndarray, batch: int) -> int:
+    """1 for per-step outputs [T, N, classes], else 0."""
+    return 1 if output.ndim == 3 and output.shape[1] == batch else 0
+
+
 def _logits(output: np.ndarray, batch: int) -> np.ndarray:
     """[N, classes], or [T, N, classes] averaged over T (a model returning logits per step)."""
-    if output.ndim == 3 and output.shape[1] == batch:
+    if _output_batch_axis(output, batch):
         output = output.mean(axis=0)
     return output.reshape(batch, -1)
 

@@ -130,14 +130,11 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
         progress.finish()
         if not quiet:
             click.echo(result.summary())
-            written = [output] + ([pack_path] if pack_path else [])
-            if ort:
-                from .mobile import ort_paths
-                written += list(ort_paths(output))
-            click.echo("wrote " + ", ".join(written))
+            click.echo("wrote " + ", ".join(_model_outputs(output, pack_path, ort)))
         if data is not None:
+            from .mobile import ort_paths
             verification = _verify(result.program, output, pack_path if external else None,
-                                   data, quiet, ort_path=ort and output)
+                                   data, quiet, ort_file=ort and ort_paths(output)[0])
         if report_path:
             _write_report(report_path, result, verification, model, output, quiet)
     except SnncError as error:
@@ -148,10 +145,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
         _fail("interrupted; no output was written")
     except Exception as error:  # a bug in snnc: short message, full traceback on request
         progress.finish()
-        if os.environ.get("SNNC_DEBUG"):
-            raise
-        _fail(f"internal error ({type(error).__name__}: {error}). This is a bug in snnc; "
-              "rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
+        _internal_error(error)
     if verification is not None:
         _judge(verification, min_agreement)
 
@@ -192,25 +186,27 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
     except SnncError as error:
         _fail(str(error))
     except Exception as error:
-        if os.environ.get("SNNC_DEBUG"):
-            raise
-        _fail(f"internal error ({type(error).__name__}: {error}). This is a bug in snnc; "
-              "rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
+        _internal_error(error)
     if as_json:
         from .accuracy import write_json
         click.echo(write_json(verification))
     _judge(verification, min_agreement, quiet=as_json)
 
 
-def _check_outputs(output, pack_path, ort, report_path) -> None:
-    """Every file compile will write: distinct paths in existing directories."""
+def _model_outputs(output, pack_path, ort) -> list[str]:
+    """The model files compile writes (with compile_file)."""
     from .mobile import ort_paths
 
+    return [output] + ([pack_path] if pack_path else []) + (list(ort_paths(output)) if ort
+                                                          else [])
+
+
+def _check_outputs(output, pack_path, ort, report_path) -> None:
+    """Every file compile will write: distinct paths in existing directories."""
     if report_path and report_path.lower().endswith(".png"):
         raise SnncError(f"--report {report_path}: give the JSON path (report.json); the figure "
                         "goes next to it as report.png")
-    paths = [output] + ([pack_path] if pack_path else []) + (list(ort_paths(output)) if ort
-                                                             else [])
+    paths = _model_outputs(output, pack_path, ort)
     if report_path:
         paths += [report_path, os.path.splitext(report_path)[0] + ".png"]
     seen = {}
@@ -229,7 +225,7 @@ def _load_data(path):
     return load_data(path)
 
 
-def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_path=None):
+def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=None):
     """Verify `onnx_path` against `program` on data = (x, y), printing the result."""
     from . import accuracy
     from .runtime import load_session
@@ -242,11 +238,9 @@ def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_path=
         with click.progressbar(length=len(x), label="  verify", file=sys.stderr) as bar:
             verification = accuracy.verify(program, session, x, y, batch_size,
                                            progress=bar.update)
-    if ort_path:
-        from .mobile import ort_paths
-        from .parity import onnx_session
+    if ort_file:
         verification.ort_max_abs_diff = accuracy.session_difference(
-            session, onnx_session(ort_paths(ort_path)[0]), x, batch_size)
+            session, load_session(ort_file, intra_op_num_threads=2), x, batch_size)
     if not quiet:
         click.echo(verification.format())
     return verification
@@ -343,6 +337,14 @@ def inspect_cmd(pack_file):
     except SnncError as error:
         _fail(str(error))
     click.echo(pack.format_table(layers, len(blob)))
+
+
+def _internal_error(error: Exception) -> None:
+    """A bug in snnc: a short message, or the traceback with SNNC_DEBUG set."""
+    if os.environ.get("SNNC_DEBUG"):
+        raise error
+    _fail(f"internal error ({type(error).__name__}: {error}). This is a bug in snnc; "
+          "rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
 
 
 def _fail(message: str, code: int = 1) -> None:

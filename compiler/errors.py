@@ -5,6 +5,13 @@ or onnx reaching the user is a bug in snnc.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an underlying library's error (at most 300 characters), for messages
+    that name what went wrong without its traceback."""
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
 class SnncError(Exception):
     """Base of every error snnc reports to a user."""
 

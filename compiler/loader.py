@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import BadInputError, SnncError
+from .errors import BadInputError, SnncError, first_line
 
 CHECKPOINT_KEYS = ("factory", "kwargs", "state_dict", "input_shape")
 NEURON_OP_MODULES = ("lif", "if_", "plif", "clif", "eif", "ilif", "qif", "izhikevich", "stbif",
@@ -91,7 +91,7 @@ def load_program(path: str, trust_pickle: bool = False,
         except Exception as error:
             raise BadInputError(
                 f"{path} looks like a torch.export archive but does not load "
-                f"({type(error).__name__}: {_first_line(error)}). If it uses custom ops "
+                f"({type(error).__name__}: {first_line(error)}). If it uses custom ops "
                 "other than SpikingJelly's, import their module first; otherwise re-export "
                 "it with torch.export.save.") from None
     try:
@@ -128,11 +128,6 @@ def _is_exported_program(path: str) -> bool:
         any("/models/" in n for n in names)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
-
-
 def _not_a_model(path: str) -> BadInputError:
     return BadInputError(
         f"{path} is not a model file snnc can read: expected a torch.export archive "
@@ -156,7 +151,7 @@ def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.Exp
     except Exception as error:
         raise BadInputError(
             f"{where}: torch.export could not trace the model with an input of shape "
-            f"{list(input_shape)} ({type(error).__name__}: {_first_line(error)}). Check the "
+            f"{list(input_shape)} ({type(error).__name__}: {first_line(error)}). Check the "
             "input shape and that the model runs in eval mode.") from None
 
 
@@ -174,7 +169,7 @@ def _model_from_checkpoint(path: str, ckpt: dict[str, Any]) -> torch.nn.Module:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as error:
         raise BadInputError(f"{path}: cannot import the checkpoint's factory {factory!r} "
-                            f"({_first_line(error)}). Install the package that defines it.") \
+                            f"({first_line(error)}). Install the package that defines it.") \
             from None
     try:
         model = fn(**dict(ckpt["kwargs"]))
@@ -188,7 +183,7 @@ def _model_from_checkpoint(path: str, ckpt: dict[str, Any]) -> torch.nn.Module:
         raise
     except Exception as error:
         raise BadInputError(f"{path}: building {factory}(**kwargs) and loading its state_dict "
-                            f"failed: {type(error).__name__}: {_first_line(error)}") from None
+                            f"failed: {type(error).__name__}: {first_line(error)}") from None
     return model
 
 
@@ -197,7 +192,7 @@ def _load_pickled_module(path: str, input_shape) -> torch.export.ExportedProgram
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise BadInputError(f"{path}: unpickling failed: {type(error).__name__}: "
-                            f"{_first_line(error)}") from None
+                            f"{first_line(error)}") from None
     if not isinstance(obj, torch.nn.Module):
         raise BadInputError(f"{path} unpickles to a {type(obj).__name__}, not an nn.Module")
     if not input_shape:

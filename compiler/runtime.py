@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import BadInputError
+from .errors import BadInputError, first_line
 from .pack import decode, onnx_initializers
 
 
@@ -56,7 +56,7 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
         try:
             refs = external_weights(onnx_path)
         except Exception as error:
-            raise BadInputError(f"{onnx_path} is not a readable ONNX model ({_first(error)}); "
+            raise BadInputError(f"{onnx_path} is not a readable ONNX model ({first_line(error)}); "
                                 "pass the .onnx that snnc compile wrote") from None
     if pack_path is None and refs:
         locations = set(refs.values())
@@ -80,11 +80,6 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
         session = ort.InferenceSession(onnx_path, options,
                                        providers=providers or ["CPUExecutionProvider"])
     except Exception as error:
-        raise BadInputError(f"ONNX Runtime cannot load {onnx_path}: {_first(error)}") from None
+        raise BadInputError(f"ONNX Runtime cannot load {onnx_path}: {first_line(error)}") from None
     del keep_alive  # ORT copied the data while creating the session
     return session
-
-
-def _first(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
