@@ -28,7 +28,8 @@ import warnings
 
 import numpy as np
 import torch
-from common import dynamo_export, interleaved_latency, kernel_times, median_time, session
+from common import (dynamo_export, interleaved_latency, kernel_times, median_time,
+                    save_spikformer, session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -108,7 +109,7 @@ def main() -> None:
     from spikingjelly.activation_based import functional
 
     from snnc.compile import compile_file
-    from snnc.demo import SPIKFORMER_HETEROGENEOUS, export, firing_spikformer
+    from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
     from snnc.options import Options
     from snnc.parity import onnx_session
 
@@ -116,12 +117,11 @@ def main() -> None:
     path = lambda name: os.path.join(work, name)  # noqa: E731
     model = firing_spikformer(steps=4, quantization=SPIKFORMER_HETEROGENEOUS)
     float_model = firing_spikformer(steps=4)
-    torch.export.save(export(model, torch.zeros(1, 3, 32, 32)), path("q.pt2"))
+    save_spikformer(model, path("q.pt2"))
     compile_file(path("q.pt2"), path("fold.onnx"))
     compile_file(path("q.pt2"), path("fold_shift.onnx"), Options(pot_lowering="shift"))
     for batch in (1, 8):
-        torch.export.save(export(float_model, torch.zeros(batch, 3, 32, 32)),
-                          path(f"float_b{batch}.pt2"))
+        save_spikformer(float_model, path(f"float_b{batch}.pt2"), batch)
         dynamo_export(path(f"float_b{batch}.pt2"), path(f"float_b{batch}.onnx"), batch)
         quantize_static(path(f"float_b{batch}.onnx"), path(f"static_b{batch}.onnx"), batch)
 
@@ -180,7 +180,7 @@ def main() -> None:
     rows = {}
     for steps in (4, 64):
         m = firing_spikformer(steps=steps, quantization=SPIKFORMER_HETEROGENEOUS)
-        torch.export.save(export(m, torch.zeros(1, 3, 32, 32)), path(f"q{steps}.pt2"))
+        save_spikformer(m, path(f"q{steps}.pt2"))
         compile_file(path(f"q{steps}.pt2"), path(f"unroll{steps}.onnx"))
         compile_file(path(f"q{steps}.pt2"), path(f"stream{steps}.onnx"),
                      Options(timesteps="stream"))

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 import torch
-from common import dynamo_export, file_size, interleaved_latency, session
+from common import dynamo_export, file_size, interleaved_latency, save_spikformer, session
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -34,20 +34,19 @@ def main() -> None:
 
     from snnc import pack, quant
     from snnc.compile import compile_file
-    from snnc.demo import SPIKFORMER_HETEROGENEOUS, export, firing_spikformer
+    from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
     from snnc.options import Options
 
     work = tempfile.mkdtemp(prefix="snnc-bench-quant-")
     path = lambda name: os.path.join(work, name)  # noqa: E731
     model = firing_spikformer(steps=4, quantization=SPIKFORMER_HETEROGENEOUS)
     rows, average = quant.report(model)
-    torch.export.save(export(model, torch.zeros(1, 3, 32, 32)), path("q.pt"))
+    save_spikformer(model, path("q.pt"))
     compile_file(path("q.pt"), path("q_int8.onnx"), pack_path=path("q.snnpack"))
     compile_file(path("q.pt"), path("q_int4.onnx"), Options(weight_container="int4"))
     float_model = firing_spikformer(steps=4)
     for batch in (1, 8):
-        torch.export.save(export(float_model, torch.zeros(batch, 3, 32, 32)),
-                          path(f"float_b{batch}.pt"))
+        save_spikformer(float_model, path(f"float_b{batch}.pt"), batch)
         dynamo_export(path(f"float_b{batch}.pt"), path(f"float_dynamo_b{batch}.onnx"), batch)
 
     print(f"spikformer_cifar10 T=4, heterogeneous config, average {average:.2f} bits over "

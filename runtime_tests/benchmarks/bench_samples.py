@@ -24,7 +24,8 @@ import warnings
 
 import numpy as np
 import torch
-from common import dynamo_export, file_size, interleaved_latency, median_time, session
+from common import (dynamo_export, file_size, interleaved_latency, median_time,
+                    save_spikformer, session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -33,15 +34,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def spikformer_files(work: str) -> tuple[str, str]:
-    from snnc.demo import SPIKFORMER_HETEROGENEOUS, export, firing_spikformer
+    from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
 
-    paths = []
-    for name, config in (("float", None), ("quantized", SPIKFORMER_HETEROGENEOUS)):
-        model = firing_spikformer(steps=4, quantization=config)
-        path = os.path.join(work, f"spikformer_{name}.pt")
-        torch.export.save(export(model, torch.zeros(1, 3, 32, 32)), path)
-        paths.append(path)
-    return paths[0], paths[1]
+    return tuple(save_spikformer(firing_spikformer(steps=4, quantization=config),
+                                 os.path.join(work, f"spikformer_{name}.pt"))
+                 for name, config in (("float", None), ("quantized", SPIKFORMER_HETEROGENEOUS)))
 
 
 def bench(name: str, float_pt: str, quant_pt: str, x: np.ndarray, work: str, runs: int) -> dict:

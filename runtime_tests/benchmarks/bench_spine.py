@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import torch
 from common import (dynamo_export, file_size, interleaved_latency, kernel_times, median_time,
-                    session)
+                    save_spikformer, session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -61,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(2)
 
     from snnc.compile import compile_file
-    from snnc.demo import export, firing_spikformer
+    from snnc.demo import firing_spikformer
 
     work = tempfile.mkdtemp(prefix="snnc-bench-")
     steps_list = [int(s) for s in args.steps.split(",")]
@@ -69,9 +69,8 @@ def main() -> None:
           f"latency: median of {args.runs} runs in interleaved blocks; 2 threads")
     paths = {}
     for steps in steps_list:
-        model = firing_spikformer(steps=steps)
-        paths[steps] = os.path.join(work, f"model_T{steps}.pt")
-        torch.export.save(export(model, torch.zeros(1, 3, 32, 32)), paths[steps])
+        paths[steps] = save_spikformer(firing_spikformer(steps=steps),
+                                       os.path.join(work, f"model_T{steps}.pt"))
     compile_file(paths[steps_list[0]], os.path.join(work, "warmup.onnx"))  # imports, caches
     dynamo_export(paths[steps_list[0]], os.path.join(work, "warmup_dynamo.onnx"), 1)
 
@@ -93,8 +92,7 @@ def main() -> None:
           f"{compile_times[last][1] / compile_times[first][1]:.2f}x")
 
     steps = 4 if 4 in steps_list else first
-    path8 = os.path.join(work, "model_b8.pt")
-    torch.export.save(export(firing_spikformer(steps=steps), torch.zeros(8, 3, 32, 32)), path8)
+    path8 = save_spikformer(firing_spikformer(steps=steps), os.path.join(work, "model_b8.pt"), 8)
     dynamo_export(path8, os.path.join(work, "dynamo_b8.onnx"), 8)
     floor = os.path.join(work, "floor.onnx")
     conv_floor_model(paths[steps], floor)

@@ -53,6 +53,14 @@ def file_size(path: str) -> int:
     return os.path.getsize(path) + (os.path.getsize(extra) if os.path.exists(extra) else 0)
 
 
+def save_spikformer(model: torch.nn.Module, path: str, batch: int = 1) -> str:
+    """Save a spikformer_cifar10 (32x32 RGB input) as a torch.export archive at `batch`."""
+    from snnc.demo import export
+
+    torch.export.save(export(model, torch.zeros(batch, 3, 32, 32)), path)
+    return path
+
+
 def dynamo_export(program_path: str, out: str, batch: int, sample_shape=(3, 32, 32)) -> None:
     """What a user has today: torch.onnx.export(dynamo=True) of the same saved program
     (input [batch, *sample_shape])."""
