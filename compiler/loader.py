@@ -3,23 +3,32 @@
 (a) a torch.export ExportedProgram saved with torch.export.save (the default);
 (b) an snnc checkpoint: a dict loadable with torch.load(weights_only=True) naming a factory
     "package.module:function", its keyword arguments, a state_dict and the input shape;
+    the factory must be on snnc's allowlist unless the user trusts the code (snnc.trust);
 (c) a whole pickled nn.Module: refused unless the user trusts it (unpickling runs code).
+
+A model file is untrusted input: loading one runs no code from it unless the user says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import io
 import logging
+import math
 import os
 import pickle
+import re
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from .errors import BadInputError, SnncError, first_line
+from .files import check_input, sniff, wrong_kind
+from .trust import resolve_factory
 
 CHECKPOINT_KEYS = ("factory", "kwargs", "state_dict", "input_shape")
 NEURON_OP_MODULES = ("lif", "if_", "plif", "clif", "eif", "ilif", "qif", "izhikevich", "stbif",
@@ -53,95 +62,149 @@ def make_checkpoint(factory: str, kwargs: dict, model: torch.nn.Module,
 
 def load_checkpoint(path: str) -> dict:
     """An snnc checkpoint dict, or BadInputError saying why `path` is not one."""
-    if not os.path.exists(path):
-        raise BadInputError(f"{path}: no such file")
-    if _is_exported_program(path):
+    check_input("MODEL", path)
+    kind = sniff(path)
+    if kind == "export":
         raise BadInputError(
             f"{path} is a torch.export archive; snnc quantize needs an snnc checkpoint (the "
             "model's factory and state_dict, docs/model_files.md) because it changes the "
             "model's weights before export. Quantize the model in Python with "
             "snnc.quantize(model, config) and export it, or save a checkpoint.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise _not_a_model(path) from None
+    if kind not in ("torch", "pickle"):
+        raise wrong_kind("MODEL", path, kind, "an snnc checkpoint")
+    obj = _torch_load(path, trust_pickle=False)
     if not (isinstance(obj, dict) and all(k in obj for k in CHECKPOINT_KEYS)):
         raise BadInputError(f"{path} is not an snnc checkpoint: it needs the keys "
                             f"{list(CHECKPOINT_KEYS)} (docs/model_files.md)")
     return obj
 
 
-def build_from_checkpoint(path: str, ckpt: dict) -> torch.nn.Module:
-    """The model an snnc checkpoint describes, weights loaded, in eval mode."""
-    return _model_from_checkpoint(path, ckpt).eval()
+def build_from_checkpoint(path: str, ckpt: dict, trust_code: bool = False) -> torch.nn.Module:
+    """The model an snnc checkpoint describes, weights loaded, in eval mode. Its factory must
+    be on the allowlist unless `trust_code` (snnc.trust)."""
+    return _model_from_checkpoint(path, ckpt, trust_code).eval()
 
 
-def load_program(path: str, trust_pickle: bool = False,
-                 input_shape: list[int] | None = None) -> torch.export.ExportedProgram:
-    if not os.path.exists(path):
-        raise BadInputError(f"{path}: no such file. Pass the path of a model saved with "
-                            "torch.export.save (docs/model_files.md).")
-    if os.path.isdir(path):
-        raise BadInputError(f"{path} is a directory, not a model file.")
+def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] | None = None,
+                 trust_code: bool = False) -> torch.export.ExportedProgram:
+    """The program in a model file (docs/model_files.md). Loading runs no code from the file:
+    pickled objects need `trust_pickle`, a checkpoint factory off the allowlist `trust_code`."""
+    check_input("MODEL", path)
+    kind = sniff(path)
     register_spikingjelly_ops()
-    if _is_exported_program(path):
-        try:
-            with open(path, "rb") as f:  # a file object: torch warns on names not ending .pt2
-                return torch.export.load(f)
-        except Exception as error:
-            raise BadInputError(
-                f"{path} looks like a torch.export archive but does not load "
-                f"({type(error).__name__}: {first_line(error)}). If it uses custom ops "
-                "other than SpikingJelly's, import their module first; otherwise re-export "
-                "it with torch.export.save.") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" not in str(error) and "Unsupported global" not in str(error):
-            raise _not_a_model(path) from None
-        if not trust_pickle:
-            raise BadInputError(
-                f"{path} is a pickled Python object (for example a whole nn.Module saved with "
-                "torch.save(model)). Loading it runs arbitrary code from the file, so snnc "
-                "refuses it. Save the model with torch.export.save or as an snnc checkpoint "
-                "(docs/model_files.md), or pass --trust-pickle if you trust this file."
-            ) from None
+    if kind == "export":
+        return _load_export(path, trust_pickle)
+    if kind not in ("torch", "pickle"):
+        raise wrong_kind("MODEL", path, kind, "a model file (a torch.export archive, an snnc "
+                         "checkpoint, or with --trust-pickle a pickled nn.Module)")
+    obj = _torch_load(path, trust_pickle)
+    if obj is _PICKLED:
         return _load_pickled_module(path, input_shape)
-    except Exception:
-        raise _not_a_model(path) from None
     if isinstance(obj, dict) and all(k in obj for k in CHECKPOINT_KEYS):
-        return _program_from_checkpoint(path, obj)
+        model = _model_from_checkpoint(path, obj, trust_code)
+        return _export(model, obj["input_shape"], path)
     if isinstance(obj, dict):
         raise BadInputError(
             f"{path} holds a dict with keys {sorted(map(str, obj))[:8]}, not an snnc "
             f"checkpoint: it needs the keys {list(CHECKPOINT_KEYS)} (docs/model_files.md). A "
             "bare state_dict is not enough: snnc also needs the model's code (a factory).")
-    raise _not_a_model(path)
+    raise BadInputError(f"{path} holds a Python {type(obj).__name__}, not a model file snnc can "
+                        "read: expected a "
+                        "torch.export archive, an snnc checkpoint dict, or (with "
+                        "--trust-pickle) a pickled nn.Module. See docs/model_files.md.")
 
 
-def _is_exported_program(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
+_PICKLED = object()  # _torch_load's answer for a pickle of objects that the user trusts
+
+
+def _torch_load(path: str, trust_pickle: bool):
+    """torch.load(weights_only=True), which builds only tensors and plain containers; _PICKLED
+    for a pickle of arbitrary objects when the user trusts it; BadInputError otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error) and "Unsupported global" not in str(error):
+            raise _unreadable(path, error) from None
+        if trust_pickle:
+            return _PICKLED
+        raise BadInputError(
+            f"{path} is a pickled Python object (for example a whole nn.Module saved with "
+            "torch.save(model)). Loading it runs arbitrary code from the file, so snnc "
+            "refuses it. Save the model with torch.export.save or as an snnc checkpoint "
+            "(docs/model_files.md), or pass --trust-pickle if you trust this file."
+        ) from None
+    except Exception as error:
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: str, error: Exception) -> BadInputError:
+    return BadInputError(f"{path} looks like a torch.save file or pickle but is not a model "
+                         f"file snnc can read (torch.load: {first_line(error)}); it may be "
+                         "truncated, corrupt, or a plain pickle rather than torch.save output")
+
+
+# Members of a torch.export archive that torch.export.load unpickles as arbitrary objects
+# (torchbind custom objects and opaque objects): never needed by a SpikingJelly model.
+_OBJECT_MEMBERS = ("/data/constants/custom_obj_", "/data/constants/opaque_obj_")
+_UNSAFE_ARCHIVE = ("{path} is a torch.export archive holding pickled Python objects ({what}); "
+                   "loading them runs code from the file, so snnc refuses it. Pass "
+                   "--trust-pickle if you trust this file.")
+
+
+def _load_export(path: str, trust_pickle: bool) -> torch.export.ExportedProgram:
+    """torch.export.load, which unpickles parts of an archive with weights_only=False (its
+    docs: never load an untrusted file). Unless the user trusts pickles, archives holding
+    pickled objects are refused up front and every torch.load inside is forced to
+    weights_only (TORCH_FORCE_WEIGHTS_ONLY_LOAD), so a crafted archive runs no code."""
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any(n.endswith("/archive_format") for n in names) and \
-        any("/models/" in n for n in names)
+        objects = [n for n in archive.namelist() if any(m in n for m in _OBJECT_MEMBERS)]
+    if objects and not trust_pickle:
+        raise BadInputError(_UNSAFE_ARCHIVE.format(path=path, what=objects[0]))
+    try:
+        with open(path, "rb") as f, _weights_only(not trust_pickle):
+            return torch.export.load(f)  # a file object: torch warns on names not ending .pt2
+    except Exception as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            found = re.search(r"GLOBAL (\S+)", str(error))
+            what = f"it would call {found.group(1)}" if found else "a non-tensor object"
+            raise BadInputError(_UNSAFE_ARCHIVE.format(path=path, what=what)) from None
+        raise BadInputError(
+            f"{path} looks like a torch.export archive but does not load "
+            f"({type(error).__name__}: {first_line(error)}). If it uses custom ops "
+            "other than SpikingJelly's, import their module first; otherwise re-export "
+            "it with torch.export.save.") from None
 
 
-def _not_a_model(path: str) -> BadInputError:
-    return BadInputError(
-        f"{path} is not a model file snnc can read: expected a torch.export archive "
-        "(torch.export.save), an snnc checkpoint dict, or (with --trust-pickle) a pickled "
-        "nn.Module. See docs/model_files.md.")
+@contextlib.contextmanager
+def _weights_only(force: bool):
+    """Every torch.load in this block runs with weights_only=True (torch reads the variable
+    at each call; it overrides an explicit weights_only=False)."""
+    key, previous = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    if force:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if force and previous is None:
+            os.environ.pop(key, None)
+        elif force:
+            os.environ[key] = previous
+
+
+MAX_EXAMPLE_ELEMENTS = 2 ** 27  # a checkpoint's example input: 512 MB of float32 at most
 
 
 def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.ExportedProgram:
     model.eval()
-    try:
-        example = torch.zeros(*[int(d) for d in input_shape])
-    except (TypeError, ValueError, RuntimeError):
-        raise BadInputError(f"{where}: input shape {input_shape!r} is not a list of sizes") \
-            from None
+    if not (isinstance(input_shape, (list, tuple)) and 1 <= len(input_shape) <= 8 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)) \
+            or math.prod(input_shape) > MAX_EXAMPLE_ELEMENTS:
+        raise BadInputError(f"{where}: input shape {input_shape!r} is not a list of 1 to 8 "
+                            f"positive sizes of at most {MAX_EXAMPLE_ELEMENTS:,} elements, "
+                            "e.g. [1, 3, 32, 32]")
+    example = torch.zeros(*input_shape)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SpikingJelly's neuron memories trip a warning
@@ -155,24 +218,17 @@ def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.Exp
             "input shape and that the model runs in eval mode.") from None
 
 
-def _program_from_checkpoint(path: str, ckpt: dict[str, Any]) -> torch.export.ExportedProgram:
-    return _export(_model_from_checkpoint(path, ckpt), ckpt["input_shape"], path)
-
-
-def _model_from_checkpoint(path: str, ckpt: dict[str, Any]) -> torch.nn.Module:
-    factory = ckpt["factory"]
-    if not isinstance(factory, str) or ":" not in factory:
-        raise BadInputError(f"{path}: checkpoint factory {factory!r} must look like "
-                            "'package.module:function'")
-    module_name, fn_name = factory.split(":", 1)
+def _model_from_checkpoint(path: str, ckpt: dict[str, Any],
+                           trust_code: bool = False) -> torch.nn.Module:
+    factory, kwargs = ckpt["factory"], ckpt["kwargs"]
+    build = resolve_factory(factory, kwargs, path, trust_code)
     try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as error:
-        raise BadInputError(f"{path}: cannot import the checkpoint's factory {factory!r} "
-                            f"({first_line(error)}). Install the package that defines it.") \
-            from None
-    try:
-        model = fn(**dict(ckpt["kwargs"]))
+        model = build(**kwargs)
+        if not isinstance(model, torch.nn.Module):
+            raise BadInputError(f"{path}: the checkpoint's factory {factory} returned a "
+                                f"{type(model).__name__}, not an nn.Module")
+        check_finite(ckpt["state_dict"].items() if isinstance(ckpt["state_dict"], dict)
+                     else (), path)
         quantization = ckpt.get("quantization")
         if quantization:  # rebuild the quantizers; their scales come with the state dict
             from . import quant
@@ -199,6 +255,46 @@ def _load_pickled_module(path: str, input_shape) -> torch.export.ExportedProgram
         raise BadInputError(f"{path} is a whole module and carries no input shape: pass "
                             "--input-shape, e.g. --input-shape 1,3,32,32")
     return _export(obj, input_shape, path)
+
+
+def check_finite(named: Iterable[tuple[str, Any]], where: str) -> None:
+    """BadInputError naming the first floating tensor (a layer's weight, a BatchNorm
+    statistic...) that holds NaN or infinity."""
+    for name, value in named:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            finite = torch.isfinite(value.detach())
+            if not bool(finite.all()):
+                nan = int(torch.isnan(value.detach()).sum())
+                layer = name.replace(".parametrizations.weight.original", ".weight")
+                raise BadInputError(
+                    f"{where}: {layer} (layer {layer.rsplit('.', 1)[0]}) holds "
+                    f"{nan:,} NaN and {int((~finite).sum()) - nan:,} infinite value(s) out of "
+                    f"{value.numel():,}; snnc needs finite weights. Retrain or repair the "
+                    "layer.")
+
+
+def program_tensors(program: torch.export.ExportedProgram) -> list[tuple[str, Any]]:
+    """The program's weights, buffers and constants, by name (sorted)."""
+    tensors = dict(program.state_dict)
+    tensors.update(program.constants)
+    return sorted(tensors.items())
+
+
+def fingerprint(program: torch.export.ExportedProgram) -> str:
+    """A digest of a program's graph (its operations, in order) and of every weight, buffer
+    and constant (name, dtype, shape, bytes). The same model exported at another batch size
+    has the same fingerprint; another model, or the same graph with other weights, does not.
+    snnc compile stores it in the ONNX metadata; snnc verify checks SOURCE against it."""
+    digest = hashlib.sha256(b"snnc-fingerprint-1\n")
+    for node in program.graph.nodes:
+        if node.op == "call_function" and "sym_size" not in str(node.target):
+            digest.update(f"{node.target}\n".encode())
+    for name, value in program_tensors(program):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().contiguous().cpu()
+            digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_program_bytes(program: torch.export.ExportedProgram) -> bytes:
