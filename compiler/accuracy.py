@@ -182,15 +182,65 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise
     except Exception as error:
         raise BadInputError(f"cannot read {path} as an .npz of arrays x and y: {error}") from None
-    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2 or len(x) == 0:
-        raise BadInputError(f"{path}: x must be a non-empty numeric array with samples on "
-                            f"axis 0, got {x.dtype} {list(x.shape)}")
+    real = np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+    if not real or x.ndim < 2 or len(x) == 0:
+        raise BadInputError(f"{path}: x must be a non-empty array of real numbers (integer or "
+                            f"float) with samples on axis 0, got {x.dtype} {list(x.shape)}")
+    x = np.ascontiguousarray(x, dtype=np.float32)  # float64 beyond float32's range -> inf
+    bad = ~np.isfinite(x)
+    if bad.any():
+        samples = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+        raise BadInputError(f"{path}: x holds {int(np.isnan(x).sum()):,} NaN and "
+                            f"{int(np.isinf(x).sum()):,} infinite value(s) (as float32) in "
+                            f"{len(samples):,} sample(s), first {samples[:5].tolist()}; "
+                            "inputs must be finite")
     if y is not None:
         if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
             raise BadInputError(f"{path}: y must hold one integer label per sample of x "
                                 f"({len(x)}), got {y.dtype} {list(y.shape)}")
         y = y.astype(np.int64)
-    return np.ascontiguousarray(x, dtype=np.float32), y
+    return x, y
+
+
+def check_labels(y: np.ndarray | None, classes: int, where: str = "the data's y") -> None:
+    """Every label must name one of the model's `classes` outputs."""
+    if y is None:
+        return
+    outside = (y < 0) | (y >= classes)
+    if outside.any():
+        raise BadInputError(f"{where}: {int(outside.sum()):,} of {len(y):,} labels lie outside "
+                            f"the model's {classes} classes 0..{classes - 1} (for example "
+                            f"{sorted(set(y[outside].tolist()))[:5]} at samples "
+                            f"{np.flatnonzero(outside)[:5].tolist()}); fix the labels or the "
+                            "model")
+
+
+def model_classes(session) -> int | None:
+    """The number of classes: the last dimension of the compiled model's first output."""
+    last = session.get_outputs()[0].shape[-1] if session.get_outputs()[0].shape else None
+    return last if isinstance(last, int) and last > 0 else None
+
+
+def check_source(program, session, allow_other: bool = False) -> None:
+    """SOURCE must be the model COMPILED was compiled from: its fingerprint (weights and graph,
+    loader.fingerprint) must equal the one compile recorded in the ONNX metadata."""
+    from .compile import FINGERPRINT_KEY
+    from .loader import fingerprint
+
+    if allow_other:
+        return
+    recorded = session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+    if recorded is None:
+        raise BadInputError("COMPILED carries no source fingerprint (it was not compiled by "
+                            "this snnc, or its metadata was stripped), so snnc cannot tell "
+                            "whether SOURCE is the model it was compiled from. Recompile it, "
+                            "or pass --allow-other-source to compare anyway.")
+    if recorded != fingerprint(program):
+        raise BadInputError("SOURCE is not the model COMPILED was compiled from: their weights "
+                            "or graphs differ (fingerprint "
+                            f"{fingerprint(program)[:12]} vs {recorded[:12]} recorded at "
+                            "compile time). Pass the right pair, or --allow-other-source to "
+                            "compare two different models on purpose.")
 
 
 def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
@@ -205,6 +255,9 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
     agree: dict[str, list[int]] = {}
     source_top, compiled_top = [], []
     max_diff = 0.0
+    classes = model_classes(session)
+    if classes is not None:
+        check_labels(y, classes)
     module = program.module()
     source_shape = _check_source_input(program, session, axis)
     static = source_shape[axis] if isinstance(source_shape[axis], int) else None
@@ -223,6 +276,9 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
         got = regroup(output_names, values)
         source_logits = _logits(trace.outputs[0], len(xb))
         compiled_logits = _logits(got.outputs[0], len(xb))
+        if classes is None:  # the output shape was not static: check on the first batch
+            classes = compiled_logits.shape[1]
+            check_labels(y, classes)
         source_top.append(source_logits.argmax(1))
         compiled_top.append(compiled_logits.argmax(1))
         if source_logits.shape != compiled_logits.shape:
@@ -308,12 +364,18 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
 def model_input(session, x: np.ndarray) -> tuple[str, int]:
     """(input name, batch axis) of a one-input compiled model; checks x's sample shape."""
     inputs = session.get_inputs()
+    return inputs[0].name, input_axis([(i.name, list(i.shape)) for i in inputs], x)
+
+
+def input_axis(inputs: list[tuple[str, list]], x: np.ndarray) -> int:
+    """The batch axis of a one-input compiled model whose inputs are (name, shape) pairs, after
+    checking that x holds samples of its shape."""
     if len(inputs) != 1:
         raise BadInputError(f"the compiled model takes {len(inputs)} inputs "
-                            f"({[i.name for i in inputs]}); verify handles one-input models "
-                            "(a streaming model, --timesteps stream, takes its membranes "
-                            "too: verify the unrolled model instead)")
-    shape = inputs[0].shape
+                            f"({[name for name, _ in inputs]}); verify handles one-input "
+                            "models (a streaming model, --timesteps stream, takes its "
+                            "membranes too: verify the unrolled model instead)")
+    shape = inputs[0][1]
     if "N" not in shape:
         raise BadInputError("the compiled model has no dynamic batch dimension 'N'; verify "
                             "needs a model compiled by snnc compile")
@@ -324,7 +386,19 @@ def model_input(session, x: np.ndarray) -> tuple[str, int]:
         raise BadInputError(f"the data's x has samples of shape {list(x.shape[1:])}, but the "
                             f"model takes {list(shape)} (batch at axis {axis}); x must be "
                             f"{layout} with each sample shaped {[int(d) for d in expected]}")
-    return inputs[0].name, axis
+    return axis
+
+
+def check_data(model, x: np.ndarray, y: np.ndarray | None) -> None:
+    """Before a compiled ONNX model (ModelProto) is written: x's samples have its input shape
+    and every label names one of its classes."""
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    input_axis([(i.name, dims(i)) for i in model.graph.input], x)
+    last = dims(model.graph.output[0])[-1:]
+    if last and isinstance(last[0], int) and last[0] > 0:
+        check_labels(y, last[0])
 
 
 def session_difference(a, b, x: np.ndarray, batch: int = 64) -> float:

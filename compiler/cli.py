@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 
 import click
 
-from .errors import SnncError
+from .errors import SnncError, first_line
 from .options import Options
 
 
@@ -18,7 +19,8 @@ def _shape(text: str | None) -> list[int] | None:
     try:
         return [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a list of sizes such as 1,3,32,32") from None
+        raise SnncError(f"--input-shape {text!r} is not a list of sizes such as 1,3,32,32") \
+            from None
 
 
 class _Progress:
@@ -40,29 +42,78 @@ class _Progress:
         self.last = None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Usage errors (a missing option, a bad choice) as one paragraph like every other error."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx else "snnc"
+            _fail(f"{error.format_message()} (see {where} --help)", code=2)
+        except click.ClickException as error:
+            _fail(error.format_message(), code=error.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            _fail("interrupted", code=130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option("0.1.0", prog_name="snnc")
 def main() -> None:
     """snnc: compile spiking neural networks (SpikingJelly) to ONNX for ONNX Runtime."""
 
 
+def _trust_options(fn):
+    """--trust-pickle, --trust-code and --input-shape: the consent to run a model file's code."""
+    fn = click.option("--input-shape",
+                      help="Example input shape for a pickled module, e.g. 1,3,32,32.")(fn)
+    fn = click.option("--trust-code", is_flag=True,
+                      help="Allow an snnc checkpoint whose factory is not on snnc's allowlist "
+                           "(SpikingJelly's model zoo, snnc's own): snnc imports and calls "
+                           "that code (docs/model_files.md).")(fn)
+    return click.option("--trust-pickle", is_flag=True,
+                        help="Allow pickled Python objects, e.g. a whole nn.Module (unpickling "
+                             "runs code from the file).")(fn)
+
+
+@contextlib.contextmanager
+def _errors(progress: _Progress | None = None, what: str = "no output was written"):
+    """Every failure as one paragraph: SnncError (exit 1), Ctrl-C, or a bug in snnc (exit 3)."""
+    try:
+        yield
+    except SnncError as error:
+        _finish(progress)
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _finish(progress)
+        _fail(f"interrupted; {what}")
+    except Exception as error:  # a bug in snnc: short message, full traceback on request
+        _finish(progress)
+        _internal_error(error)
+
+
+def _finish(progress: _Progress | None) -> None:
+    if progress is not None:
+        progress.finish()
+
+
 @main.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
               help="Where to write the ONNX model.")
-@click.option("--dump-ir", "dump_ir", type=click.Path(file_okay=False),
+@click.option("--dump-ir", "dump_ir", type=click.Path(),
               help="Write the IR after the frontend and after each pass into this directory.")
 @click.option("--debug-outputs", is_flag=True,
               help="Add every neuron layer's spikes per timestep as extra outputs.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow a whole pickled nn.Module (unpickling runs code from the file).")
-@click.option("--input-shape", help="Example input shape for a pickled module, e.g. 1,3,32,32.")
+@_trust_options
 @click.option("--weight-container", type=click.Choice(["int8", "int4"]), default="int8",
               show_default=True,
               help="Integer type holding quantized weights in the ONNX file; int4 keeps <= 4-bit "
                    "layers in native int4 (full ORT packages only: the .ort format cannot "
                    "hold int4).")
-@click.option("--pack", "pack_path", type=click.Path(dir_okay=False),
+@click.option("--pack", "pack_path", type=click.Path(),
               help="Also write the quantized weights at their true bit width to this .snnpack.")
 @click.option("--weights", type=click.Choice(["embedded", "external"]), default="embedded",
               show_default=True,
@@ -80,17 +131,17 @@ def main() -> None:
 @click.option("--ort", is_flag=True,
               help="Also write OUT.ort (ORT format, for ONNX Runtime Mobile) and "
                    "OUT.required_operators.config (for a reduced ORT build); docs/mobile.md.")
-@click.option("--verify", "verify_data", type=click.Path(dir_okay=False),
+@click.option("--verify", "verify_data", type=click.Path(),
               help="After compiling, run snnc verify on this .npz (x, y): accuracy of the "
                    "source and the compiled model, top-1 agreement.")
 @click.option("--min-agreement", type=click.FloatRange(0, 100), default=100.0,
               show_default=True, help="With --verify: the top-1 agreement (%) below which "
                                       "snnc exits with status 4.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+@click.option("--report", "report_path", type=click.Path(),
               help="Write a per-layer report (JSON) here, its table to stdout and a PNG figure "
                    "next to it (REPORT.png); firing rates and energy need --verify.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape,
+def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
                 weight_container, pack_path, weights, timesteps, pot_lowering, ort, verify_data,
                 min_agreement, report_path, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
@@ -100,72 +151,91 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, input_shape
     verification = None
     if not quiet:
         click.echo(f"snnc compile {model} -> {output}", err=True)
-    try:
-        out_dir = os.path.dirname(os.path.abspath(output))
-        if not os.path.isdir(out_dir):
-            raise SnncError(f"cannot write {output}: directory {out_dir} does not exist")
+    with _errors(progress):
         external = weights == "external"
-        if external and weight_container == "int4":
-            raise SnncError("--weights external keeps int8/int16 containers (ONNX Runtime's "
-                            "Python API cannot hand it int4 tensors); drop --weight-container "
-                            "int4")
-        if ort and weight_container == "int4":
-            raise SnncError("--ort needs --weight-container int8: the ORT format cannot hold "
-                            "int4 tensors (docs/mobile.md)")
-        if ort and external:
-            raise SnncError("--ort needs --weights embedded: minimal ONNX Runtime builds, the "
-                            "reason for .ort files, cannot load external weights")
-        if timesteps == "stream" and verify_data:
-            raise SnncError("--verify runs the unrolled model; compile it without "
-                            "--timesteps stream to verify (docs/streaming.md tests stream "
-                            "mode against the unrolled model)")
+        _check_compile_options(weight_container, external, ort, timesteps, verify_data,
+                               report_path)
+        _check_compile_paths(model, output, pack_path, ort, report_path, verify_data, dump_ir)
         data = _load_data(verify_data) if verify_data else None
-        _check_outputs(output, pack_path, ort, report_path)
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
                        external_weights=external, timesteps=timesteps,
                        pot_lowering=pot_lowering)
+        check = None
+        if data is not None:
+            from .accuracy import check_data
+
+            def check(result):
+                check_data(result.model, *data)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
-                              pack_path=pack_path, ort=ort)
+                              pack_path=pack_path, ort=ort, trust_code=trust_code, check=check)
         progress.finish()
         if not quiet:
             click.echo(result.summary())
             click.echo("wrote " + ", ".join(_model_outputs(output, pack_path, ort)))
+    with _errors(progress, "the compiled model was written; verification and report are not"):
         if data is not None:
             from .mobile import ort_paths
             verification = _verify(result.program, output, pack_path if external else None,
                                    data, quiet, ort_file=ort and ort_paths(output)[0])
         if report_path:
             _write_report(report_path, result, verification, model, output, quiet)
-    except SnncError as error:
-        progress.finish()
-        _fail(str(error))
-    except KeyboardInterrupt:
-        progress.finish()
-        _fail("interrupted; no output was written")
-    except Exception as error:  # a bug in snnc: short message, full traceback on request
-        progress.finish()
-        _internal_error(error)
     if verification is not None:
         _judge(verification, min_agreement)
 
 
+def _check_compile_options(weight_container, external, ort, timesteps, verify_data,
+                           report_path) -> None:
+    if external and weight_container == "int4":
+        raise SnncError("--weights external keeps int8/int16 containers (ONNX Runtime's "
+                        "Python API cannot hand it int4 tensors); drop --weight-container int4")
+    if ort and weight_container == "int4":
+        raise SnncError("--ort needs --weight-container int8: the ORT format cannot hold "
+                        "int4 tensors (docs/mobile.md)")
+    if ort and external:
+        raise SnncError("--ort needs --weights embedded: minimal ONNX Runtime builds, the "
+                        "reason for .ort files, cannot load external weights")
+    if timesteps == "stream" and verify_data:
+        raise SnncError("--verify runs the unrolled model; compile it without --timesteps "
+                        "stream to verify (docs/streaming.md tests stream mode against the "
+                        "unrolled model)")
+    if report_path and report_path.lower().endswith(".png"):
+        raise SnncError(f"--report {report_path}: give the JSON path (report.json); the figure "
+                        "goes next to it as report.png")
+
+
+def _check_compile_paths(model, output, pack_path, ort, report_path, verify_data,
+                         dump_ir) -> None:
+    """Every file compile reads and writes, before any work (snnc.files.check_paths)."""
+    from .files import check_paths
+    from .mobile import ort_paths
+
+    outputs = [("-o", output), ("--pack", pack_path)]
+    if ort and output:
+        outputs += list(zip((".ort output", "operator config output"), ort_paths(output)))
+    if report_path:
+        outputs += [("--report", report_path),
+                    ("report figure", os.path.splitext(report_path)[0] + ".png")]
+    check_paths([("MODEL", model), ("--verify", verify_data)], outputs, dump_dir=dump_ir)
+
+
 @main.command("verify")
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.argument("compiled", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(dir_okay=False),
+@click.argument("source", type=click.Path())
+@click.argument("compiled", type=click.Path())
+@click.option("--data", required=True, type=click.Path(),
               help="An .npz with x (inputs, samples on axis 0) and y (labels, optional).")
-@click.option("--pack", "pack_path", type=click.Path(dir_okay=False),
+@click.option("--pack", "pack_path", type=click.Path(),
               help="The .snnpack of a model compiled with --weights external.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--min-agreement", type=click.FloatRange(0, 100), default=100.0,
               show_default=True, help="Top-1 agreement (%) below which snnc exits with status 4.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow a whole pickled nn.Module as SOURCE (unpickling runs code).")
-@click.option("--input-shape", help="Example input shape for a pickled module, e.g. 1,3,32,32.")
+@click.option("--allow-other-source", is_flag=True,
+              help="Compare even if SOURCE is not the model COMPILED was compiled from (its "
+                   "weights or graph differ from the fingerprint compile recorded).")
+@_trust_options
 def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_size,
-               trust_pickle, input_shape):
+               allow_other_source, trust_pickle, trust_code, input_shape):
     """Run SOURCE in PyTorch and COMPILED in ONNX Runtime on DATA; compare accuracy.
 
     Reports both accuracies, top-1 agreement, the largest logit difference and, if COMPILED
@@ -173,20 +243,26 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
     agreement reaches --min-agreement, 4 when it does not, 1 on bad input.
     """
     from . import loader
+    from .files import check_paths, sniff, wrong_kind
 
-    try:
-        if source.lower().endswith((".onnx", ".ort")):
-            raise SnncError(f"SOURCE {source} looks like a compiled model: the order is "
+    with _errors(what="nothing was verified"):
+        check_paths([("SOURCE", source), ("COMPILED", compiled), ("--data", data),
+                     ("--pack", pack_path)], [])
+        if sniff(source) in ("onnx", "ort"):
+            raise SnncError(f"SOURCE {source} is a compiled model: the order is "
                             "snnc verify SOURCE.pt COMPILED.onnx --data DATA.npz")
+        kind = sniff(compiled)
+        if kind not in ("onnx", "ort"):
+            raise wrong_kind("COMPILED", compiled, kind, "a compiled model (.onnx or .ort)",
+                             doc="docs/verify.md")
+        if pack_path and sniff(pack_path) != "snnpack":
+            raise wrong_kind("--pack", pack_path, sniff(pack_path), "an snnc weight pack",
+                             doc="docs/binary_format.md")
         x = _load_data(data)
         program = loader.load_program(source, trust_pickle=trust_pickle,
-                                      input_shape=_shape(input_shape))
+                                      input_shape=_shape(input_shape), trust_code=trust_code)
         verification = _verify(program, compiled, pack_path, x, quiet=as_json,
-                               batch_size=batch_size)
-    except SnncError as error:
-        _fail(str(error))
-    except Exception as error:
-        _internal_error(error)
+                               batch_size=batch_size, allow_other_source=allow_other_source)
     if as_json:
         from .accuracy import write_json
         click.echo(write_json(verification))
@@ -201,37 +277,27 @@ def _model_outputs(output, pack_path, ort) -> list[str]:
                                                           else [])
 
 
-def _check_outputs(output, pack_path, ort, report_path) -> None:
-    """Every file compile will write: distinct paths in existing directories."""
-    if report_path and report_path.lower().endswith(".png"):
-        raise SnncError(f"--report {report_path}: give the JSON path (report.json); the figure "
-                        "goes next to it as report.png")
-    paths = _model_outputs(output, pack_path, ort)
-    if report_path:
-        paths += [report_path, os.path.splitext(report_path)[0] + ".png"]
-    seen = {}
-    for path in paths:
-        key = os.path.abspath(path)
-        if key in seen:
-            raise SnncError(f"two outputs would be written to {path}; name the model .onnx and "
-                            "give the pack and report other names")
-        seen[key] = path
-        if not os.path.isdir(os.path.dirname(key)):
-            raise SnncError(f"cannot write {path}: its directory does not exist")
-
-
 def _load_data(path):
     from .accuracy import load_data
+    from .files import check_input, sniff, wrong_kind
+
+    check_input("--data", path)
+    kind = sniff(path)
+    if kind != "npz":
+        raise wrong_kind("data file", path, kind, "an .npz of arrays x and y (numpy.savez)",
+                         doc="docs/verify.md")
     return load_data(path)
 
 
-def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=None):
+def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=None,
+            allow_other_source=True):
     """Verify `onnx_path` against `program` on data = (x, y), printing the result."""
     from . import accuracy
     from .runtime import load_session
 
     x, y = data
     session = load_session(onnx_path, pack_path, intra_op_num_threads=2)
+    accuracy.check_source(program, session, allow_other_source)
     if quiet or len(x) <= batch_size:
         verification = accuracy.verify(program, session, x, y, batch_size)
     else:
@@ -271,80 +337,106 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
 
 
 @main.command("quantize")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+@click.argument("model", type=click.Path())
+@click.option("--config", "config_path", required=True, type=click.Path(),
               help='JSON: module-name globs -> {"scheme": "uniform"|"pot", "bits": k} or '
                    '"float"; first match wins.')
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True, type=click.Path(),
               help="Where to write the quantized snnc checkpoint.")
 @click.option("--method", type=click.Choice(["mse", "minmax"]), default="mse", show_default=True,
               help="How scales are chosen from the weights.")
-@click.option("--calibration", type=click.Path(dir_okay=False),
+@click.option("--calibration", type=click.Path(),
               help="An .npz whose array x holds inputs used to refine the scales.")
-def quantize_cmd(model, config_path, output, method, calibration):
+@click.option("--trust-code", is_flag=True,
+              help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
+                   "and calls it; docs/model_files.md).")
+def quantize_cmd(model, config_path, output, method, calibration, trust_code):
     """Quantize an snnc checkpoint's conv/linear weights per layer (docs/quantization.md)."""
-    import io
-    import json
+    from .files import check_paths
 
-    import numpy as np
+    with _errors():
+        check_paths([("MODEL", model), ("--config", config_path),
+                     ("--calibration", calibration)], [("-o", output)])
+        rows, average = _quantize(model, config_path, output, method, calibration, trust_code)
+    from . import quant
+
+    click.echo(quant.format_report(rows, average))
+    click.echo(f"wrote {output}")
+
+
+def _quantize(model, config_path, output, method, calibration, trust_code):
+    import io
+
     import torch
 
     from . import loader, quant
     from .onnx_emit import write_atomic
 
+    config = _read_config(config_path)
+    ckpt = loader.load_checkpoint(model)
+    if ckpt.get("quantization"):
+        raise SnncError(f"{model} is already quantized")
+    net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code)
+    batches = None
+    if calibration:
+        x, _ = _load_data(calibration)
+        batches = torch.from_numpy(x)
+    quant.quantize(net, config, calibration=batches, method=method)
+    rows, average = quant.report(net)
+    out = dict(ckpt, state_dict=net.state_dict(),
+               quantization={"config": config, "method": method})
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
+    write_atomic(output, buffer.getvalue())
+    return rows, average
+
+
+def _read_config(path: str) -> dict:
+    import json
+
     try:
-        try:
-            with open(config_path) as f:
-                config = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
-            raise SnncError(f"cannot read the config {config_path}: {error}") from None
-        ckpt = loader.load_checkpoint(model)
-        if ckpt.get("quantization"):
-            raise SnncError(f"{model} is already quantized")
-        net = loader.build_from_checkpoint(model, ckpt)
-        batches = None
-        if calibration:
-            try:
-                batches = torch.from_numpy(np.load(calibration)["x"].astype(np.float32))
-            except Exception as error:
-                raise SnncError(f"cannot read calibration inputs (array x) from {calibration}: "
-                                f"{error}") from None
-        quant.quantize(net, config, calibration=batches, method=method)
-        rows, average = quant.report(net)
-        out = dict(ckpt, state_dict=net.state_dict(),
-                   quantization={"config": config, "method": method})
-        buffer = io.BytesIO()
-        torch.save(out, buffer)
-        write_atomic(output, buffer.getvalue())
-    except SnncError as error:
-        _fail(str(error))
-    click.echo(quant.format_report(rows, average))
-    click.echo(f"wrote {output}")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise SnncError(f"cannot read the config {path} as JSON: {first_line(error)}") \
+            from None
+    if not isinstance(config, dict) or not config:
+        raise SnncError(f"the config {path} must be a JSON object mapping module-name globs to "
+                        '{"scheme": ..., "bits": ...} or "float" (docs/quantization.md), got '
+                        f"{type(config).__name__}")
+    return config
 
 
 @main.command("inspect")
-@click.argument("pack_file", type=click.Path(dir_okay=False))
-def inspect_cmd(pack_file):
+@click.argument("pack_file", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the layer table as one JSON object.")
+def inspect_cmd(pack_file, as_json):
     """Print the layer table of an .snnpack weight pack."""
-    from . import pack
+    import json
 
-    try:
-        if not os.path.isfile(pack_file):
-            raise SnncError(f"{pack_file}: no such file")
+    from . import pack
+    from .files import check_input, sniff, wrong_kind
+
+    with _errors(what="nothing was printed"):
+        check_input("PACK", pack_file)
+        kind = sniff(pack_file)
+        if kind != "snnpack":
+            raise wrong_kind("PACK", pack_file, kind, "an snnc weight pack (.snnpack)",
+                             doc="docs/binary_format.md")
         with open(pack_file, "rb") as f:
             blob = f.read()
         layers = pack.decode(blob, pack_file)
-    except SnncError as error:
-        _fail(str(error))
-    click.echo(pack.format_table(layers, len(blob)))
+        text = (json.dumps(pack.table_json(layers, len(blob)), sort_keys=True) if as_json
+                else pack.format_table(layers, len(blob)))
+    click.echo(text)
 
 
 def _internal_error(error: Exception) -> None:
     """A bug in snnc: a short message, or the traceback with SNNC_DEBUG set."""
     if os.environ.get("SNNC_DEBUG"):
         raise error
-    _fail(f"internal error ({type(error).__name__}: {error}). This is a bug in snnc; "
-          "rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
+    _fail(f"internal error ({type(error).__name__}: {first_line(error)}). This is a bug in "
+          "snnc; rerun with SNNC_DEBUG=1 for the traceback and please report it.", code=3)
 
 
 def _fail(message: str, code: int = 1) -> None:

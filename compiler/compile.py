@@ -59,9 +59,16 @@ class Result:
         ]) + quantized
 
 
+FINGERPRINT_KEY = "snnc.source_fingerprint"  # ONNX metadata: loader.fingerprint(source)
+
+
 def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = None,
-                    progress: Callable[[str], None] | None = None) -> Result:
+                    progress: Callable[[str], None] | None = None,
+                    where: str = "the model") -> Result:
+    """Compile an ExportedProgram; refuses non-finite weights (naming the layer, in `where`).
+    The ONNX model records the program's fingerprint (loader.fingerprint) in its metadata."""
     timings: dict[str, float] = {}
+    loader.check_finite(loader.program_tensors(program), where)
 
     def stage(name: str, fn, *args):
         if progress:
@@ -75,6 +82,8 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
     lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
     packed: list = []
     model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = FINGERPRINT_KEY, loader.fingerprint(program)
     data = stage("serialize", onnx_emit.model_bytes, model)
     parameters = sum(p.numel() for p in program.parameters())
     return Result(graph, parameters, lowered, model, data, packed, timings, program)
@@ -83,9 +92,12 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
                  trust_pickle: bool = False, input_shape: list[int] | None = None,
                  progress: Callable[[str], None] | None = None,
-                 pack_path: str | None = None, ort: bool = False) -> Result:
+                 pack_path: str | None = None, ort: bool = False, trust_code: bool = False,
+                 check: Callable[[Result], None] | None = None) -> Result:
     """Compile a model file to `output` (and the weight pack to `pack_path`, and with `ort`
-    the ORT-format model and its required-operators config next to `output`)."""
+    the ORT-format model and its required-operators config next to `output`). `check(result)`
+    runs before anything is written (the CLI checks --verify data against the model there);
+    every output is written atomically, all or none."""
     if opts.external_weights:
         if pack_path is None:
             raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
@@ -94,9 +106,10 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     start = time.perf_counter()
     if progress:
         progress("load")
-    program = loader.load_program(path, trust_pickle=trust_pickle, input_shape=input_shape)
+    program = loader.load_program(path, trust_pickle=trust_pickle, input_shape=input_shape,
+                                  trust_code=trust_code)
     load_time = time.perf_counter() - start
-    result = compile_program(program, opts, dump_dir, progress)
+    result = compile_program(program, opts, dump_dir, progress, where=path)
     result.timings = {"load": load_time, **result.timings}
     outputs = [(output, result.data)]
     if pack_path is not None:
@@ -113,6 +126,8 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
         result.timings["ort"] = time.perf_counter() - start
         ort_path, config_path = mobile.ort_paths(output)
         outputs += [(ort_path, result.ort), (config_path, config.encode())]
+    if check is not None:
+        check(result)
     if progress:
         progress("write")
     onnx_emit.write_all_atomic(outputs)

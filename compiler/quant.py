@@ -191,11 +191,9 @@ def quantize(model: torch.nn.Module, config: Mapping[str, object],
         raise BadInputError(f"unknown scale method {method!r}; use 'minmax' or 'mse'")
     modules = dict(model.named_modules())
     chosen = [(name, rule) for name, rule in plan(model, config) if rule is not None]
-    for name, rule in chosen:
-        weight = modules[name].weight
-        if not torch.isfinite(weight).all():
-            raise BadInputError(f"layer {name}: its weights contain NaN or infinity; "
-                                "cannot quantize them")
+    from .loader import check_finite
+
+    check_finite(list(model.named_parameters()) + list(model.named_buffers()), "the model")
     for name, rule in chosen:
         module = modules[name]
         if parametrize.is_parametrized(module, "weight"):

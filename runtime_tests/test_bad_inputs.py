@@ -1,0 +1,993 @@
+"""Every subcommand on bad and hostile inputs: each case must exit non-zero with one paragraph
+(one `snnc: error:` line, no blank line, no traceback, not an internal error), leave no
+output behind and change no input: the case's directory is byte-identical before and after.
+
+Cases run in-process (click's CliRunner, the same `main`), a few also as real processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import snnc
+from snnc.cli import main
+from snnc.compile import compile_file
+from snnc.demo import conv_snn, export
+from snnc.loader import make_checkpoint
+from snnc.options import Options
+
+CONFIG = {"conv1": {"scheme": "uniform", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
+          "head": {"scheme": "pot", "bits": 5}}
+CASES = {}
+
+
+def case(subcommand: str):
+    """Register `fn(d, fx) -> args`; fn builds its files in the case directory d."""
+    def register(fn):
+        CASES[f"{subcommand}-{fn.__name__}"] = fn
+        return fn
+    return register
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    """Good files to start from: a quantized conv SNN as export archive and checkpoint, its
+    compiled .onnx/.ort/.snnpack, data, and the float model's export."""
+    root = tmp_path_factory.mktemp("good")
+    model = conv_snn()
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, model, [2, 2, 12, 12]),
+               root / "float_ckpt.pt")
+    torch.export.save(export(model, torch.zeros(1, 2, 12, 12)), str(root / "float.pt"))
+    snnc.quantize(model, CONFIG)
+    torch.export.save(export(model, torch.zeros(1, 2, 12, 12)), str(root / "model.pt"))
+    compile_file(str(root / "model.pt"), str(root / "model.onnx"), ort=True)
+    compile_file(str(root / "model.pt"), str(root / "skeleton.onnx"),
+                 Options(external_weights=True), pack_path=str(root / "model.snnpack"))
+    rng = np.random.default_rng(0)
+    np.savez(root / "data.npz", x=rng.random((6, 2, 12, 12), dtype=np.float32),
+             y=rng.integers(0, 5, 6))
+    (root / "config.json").write_text(json.dumps(CONFIG))
+    return root
+
+
+def use(d: Path, fx: Path, *names: str) -> list[str]:
+    """Copy good files into the case directory; their paths."""
+    for name in names:
+        shutil.copy(fx / name, d / name)
+    return [str(d / n) for n in names]
+
+
+def checkpoint(d: Path, name: str, factory="snnc.demo:conv_snn", kwargs=None, shape=None,
+               model=None, **extra) -> str:
+    ckpt = make_checkpoint(factory, kwargs or {}, model or conv_snn(), shape or [2, 2, 12, 12])
+    ckpt.update(extra)
+    torch.save(ckpt, d / name)
+    return str(d / name)
+
+
+def npz(d: Path, name: str, **arrays) -> str:
+    np.savez(d / name, **arrays)
+    return str(d / name)
+
+
+def with_nan(value=float("nan")):
+    model = conv_snn()
+    with torch.no_grad():
+        model.conv2.weight[0, 0, 0, 0] = value
+    return model
+
+
+X = np.random.default_rng(1).random((6, 2, 12, 12), dtype=np.float32)
+Y = np.arange(6) % 5
+
+
+# ------------------------------------------------------------------------------ compile: MODEL
+
+@case("compile")
+def missing(d, fx):
+    return ["compile", str(d / "nope.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def directory(d, fx):
+    (d / "dir.pt").mkdir()
+    return ["compile", str(d / "dir.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def fifo(d, fx):
+    os.mkfifo(d / "pipe.pt")
+    return ["compile", str(d / "pipe.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def device(d, fx):
+    return ["compile", "/dev/null", "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def empty_file(d, fx):
+    (d / "empty.pt").write_bytes(b"")
+    return ["compile", str(d / "empty.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def random_bytes(d, fx):
+    (d / "rand.pt").write_bytes(np.random.default_rng(2).bytes(5000))
+    return ["compile", str(d / "rand.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def text_file(d, fx):
+    (d / "notes.pt").write_text("hello, this is not a model\n")
+    return ["compile", str(d / "notes.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def onnx_as_model(d, fx):
+    onnx_path, = use(d, fx, "model.onnx")
+    return ["compile", onnx_path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def ort_as_model(d, fx):
+    ort_path, = use(d, fx, "model.ort")
+    return ["compile", ort_path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def npz_as_model(d, fx):
+    data, = use(d, fx, "data.npz")
+    return ["compile", data, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def plain_zip(d, fx):
+    with zipfile.ZipFile(d / "a.zip", "w") as z:
+        z.writestr("readme.txt", "hi")
+    return ["compile", str(d / "a.zip"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def pack_as_model(d, fx):
+    pack, = use(d, fx, "model.snnpack")
+    return ["compile", pack, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def pickled_module(d, fx):
+    torch.save(conv_snn(), d / "whole.pt")
+    return ["compile", str(d / "whole.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def pickled_list(d, fx):
+    torch.save([1, 2, 3], d / "list.pt")
+    return ["compile", str(d / "list.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def bare_state_dict(d, fx):
+    torch.save(conv_snn().state_dict(), d / "sd.pt")
+    return ["compile", str(d / "sd.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def truncated_archive(d, fx):
+    data = (fx / "model.pt").read_bytes()
+    (d / "cut.pt").write_bytes(data[: len(data) // 2])
+    return ["compile", str(d / "cut.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def corrupt_archive_member(d, fx):
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / "bad.pt", "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            out.writestr(info, b"{not json" if info.filename.endswith("models/model.json")
+                         else data)
+    return ["compile", str(d / "bad.pt"), "-o", str(d / "out.onnx")]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _archive_with(d: Path, fx: Path, name: str, member_suffix: str, payload: bytes | None,
+                  extra: tuple[str, bytes] | None = None) -> str:
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / name, "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if payload is not None and info.filename.endswith(member_suffix):
+                data = payload
+            out.writestr(info, data)
+        if extra:
+            out.writestr(extra[0], extra[1])
+    return str(d / name)
+
+
+def _evil_pickle() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(_Evil(), buffer)
+    return buffer.getvalue()
+
+
+@case("compile")
+def archive_with_code_in_sample_inputs(d, fx):
+    path = _archive_with(d, fx, "evil.pt", "sample_inputs/model.pt", _evil_pickle())
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_custom_object(d, fx):
+    path = _archive_with(d, fx, "evil.pt", "", None,
+                         ("archive/data/constants/custom_obj_0", _evil_pickle()))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_nan_weight(d, fx):
+    torch.export.save(export(with_nan(), torch.zeros(1, 2, 12, 12)), str(d / "nan.pt"))
+    return ["compile", str(d / "nan.pt"), "-o", str(d / "out.onnx")]
+
+
+# -------------------------------------------------------------------- compile: checkpoints
+
+@case("compile")
+def factory_os_system(d, fx):
+    path = checkpoint(d, "c.pt", "os:system", {"command": "touch PWNED"})
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_os_system_trusted(d, fx):
+    path = checkpoint(d, "c.pt", "os:system", {"command": "touch PWNED"})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_subprocess(d, fx):
+    path = checkpoint(d, "c.pt", "subprocess:call", {"args": ["touch", "PWNED"]})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_os_remove(d, fx):
+    target, = use(d, fx, "data.npz")
+    path = checkpoint(d, "c.pt", "os:remove", {"path": target})
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_builtins_eval(d, fx):
+    path = checkpoint(d, "c.pt", "builtins:eval", {"source": "print(1)"})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_shutil_rmtree(d, fx):
+    path = checkpoint(d, "c.pt", "shutil:rmtree", {"path": str(d)})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_importlib(d, fx):
+    path = checkpoint(d, "c.pt", "importlib:import_module", {"name": "antigravity"})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_torch_save(d, fx):
+    path = checkpoint(d, "c.pt", "torch:save", {"obj": 1, "f": str(d / "x")})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_numpy_savetxt(d, fx):
+    path = checkpoint(d, "c.pt", "numpy:savetxt", {"fname": str(d / "x"), "X": [1.0]})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_not_allowlisted(d, fx):
+    path = checkpoint(d, "c.pt", "mypackage.models:build")
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_snnc_internal(d, fx):
+    path = checkpoint(d, "c.pt", "snnc.onnx_emit:write_atomic",
+                      {"path": str(d / "x"), "data": b"x"})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def factory_zoo_private(d, fx):
+    path = checkpoint(d, "c.pt", "spikingjelly.activation_based.model.spikformer:_helper")
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_zoo_reexport(d, fx):
+    path = checkpoint(d, "c.pt", "spikingjelly.activation_based.model.spikformer:torch")
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_zoo_pretrained(d, fx):
+    path = checkpoint(d, "c.pt", "spikingjelly.activation_based.model.spikformer:"
+                      "spikformer_cifar10", {"pretrained": True})
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_malformed(d, fx):
+    path = checkpoint(d, "c.pt", "no colon here")
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_not_a_string(d, fx):
+    path = checkpoint(d, "c.pt", 123)
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def kwargs_not_a_dict(d, fx):
+    path = checkpoint(d, "c.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["kwargs"] = [1, 2]
+    torch.save(ckpt, path)
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_wrong_kwargs(d, fx):
+    path = checkpoint(d, "c.pt", kwargs={"no_such_argument": 1})
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def negative_input_shape(d, fx):
+    path = checkpoint(d, "c.pt", shape=[-1, 2, 12, 12])
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def huge_input_shape(d, fx):
+    path = checkpoint(d, "c.pt", shape=[100000, 2, 12000, 12000])
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def wrong_input_shape(d, fx):
+    path = checkpoint(d, "c.pt", shape=[1, 7, 12, 12])
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_nan_weight(d, fx):
+    path = checkpoint(d, "c.pt", model=with_nan())
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_inf_weight(d, fx):
+    path = checkpoint(d, "c.pt", model=with_nan(float("inf")))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def unsupported_ops(d, fx):
+    from spikingjelly.activation_based import layer, neuron
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layer.Conv2d(2, 4, 3, padding=1, step_mode="m")
+            self.lif = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            return torch.cumsum(torch.sin(self.lif(self.conv(x.unsqueeze(0)))), dim=-1)
+
+    torch.export.save(export(Odd().eval(), torch.zeros(1, 2, 8, 8)), str(d / "odd.pt"))
+    return ["compile", str(d / "odd.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def pickle_with_bad_input_shape(d, fx):
+    torch.save(conv_snn(), d / "whole.pt")
+    return ["compile", str(d / "whole.pt"), "-o", str(d / "out.onnx"), "--trust-pickle",
+            "--input-shape", "a,b"]
+
+
+# ----------------------------------------------------------------------------- compile: outputs
+
+@case("compile")
+def output_is_model(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", model]
+
+
+@case("compile")
+def output_symlink_to_model(d, fx):
+    model, = use(d, fx, "model.pt")
+    os.symlink(model, d / "link.onnx")
+    return ["compile", model, "-o", str(d / "link.onnx")]
+
+
+@case("compile")
+def output_hard_link_to_model(d, fx):
+    model, = use(d, fx, "model.pt")
+    os.link(model, d / "hard.onnx")
+    return ["compile", model, "-o", str(d / "hard.onnx")]
+
+
+@case("compile")
+def output_dotdot_to_model(d, fx):
+    model, = use(d, fx, "model.pt")
+    (d / "sub").mkdir()
+    return ["compile", model, "-o", str(d / "sub" / ".." / "model.pt")]
+
+
+@case("compile")
+def pack_is_model(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--pack", model]
+
+
+@case("compile")
+def pack_is_output(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--pack", str(d / "out.onnx")]
+
+
+@case("compile")
+def ort_output_is_pack(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--ort", "--pack", str(d / "out.ort")]
+
+
+@case("compile")
+def ort_output_is_model(d, fx):
+    (d / "m.ort").write_bytes((fx / "model.pt").read_bytes())
+    return ["compile", str(d / "m.ort"), "-o", str(d / "m.onnx"), "--ort"]
+
+
+@case("compile")
+def report_is_model(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--report", model]
+
+
+@case("compile")
+def report_figure_is_model(d, fx):
+    (d / "r.png").write_bytes((fx / "model.pt").read_bytes())
+    return ["compile", str(d / "r.png"), "-o", str(d / "out.onnx"), "--report", str(d / "r.json")]
+
+
+@case("compile")
+def report_png_path(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--report", str(d / "r.png")]
+
+
+@case("compile")
+def empty_output(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", ""]
+
+
+@case("compile")
+def empty_model(d, fx):
+    return ["compile", "", "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def output_is_directory(d, fx):
+    model, = use(d, fx, "model.pt")
+    (d / "outdir").mkdir()
+    return ["compile", model, "-o", str(d / "outdir")]
+
+
+@case("compile")
+def output_directory_missing(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "no" / "such" / "out.onnx")]
+
+
+@case("compile")
+def output_is_fifo(d, fx):
+    model, = use(d, fx, "model.pt")
+    os.mkfifo(d / "out.onnx")
+    return ["compile", model, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def dump_ir_over_model(d, fx):
+    (d / "dump").mkdir()
+    shutil.copy(fx / "model.pt", d / "dump" / "00-frontend.ir")
+    return ["compile", str(d / "dump" / "00-frontend.ir"), "-o", str(d / "out.onnx"),
+            "--dump-ir", str(d / "dump")]
+
+
+@case("compile")
+def dump_ir_is_file(d, fx):
+    model, = use(d, fx, "model.pt")
+    (d / "dumpfile").write_text("x")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--dump-ir", str(d / "dumpfile")]
+
+
+@case("compile")
+def external_without_pack(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--weights", "external"]
+
+
+@case("compile")
+def ort_with_int4(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--ort", "--weight-container", "int4"]
+
+
+@case("compile")
+def float_model_with_pack(d, fx):
+    model, = use(d, fx, "float.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--pack", str(d / "out.snnpack")]
+
+
+@case("compile")
+def unknown_option_value(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--timesteps", "sideways"]
+
+
+@case("compile")
+def missing_output_option(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model]
+
+
+# ------------------------------------------------------------------------ compile --verify DATA
+
+@case("compile")
+def verify_data_wrong_shape(d, fx):
+    model, = use(d, fx, "model.pt")
+    data = npz(d, "d.npz", x=np.zeros((4, 3, 32, 32), np.float32), y=np.zeros(4, int))
+    return ["compile", model, "-o", str(d / "out.onnx"), "--verify", data]
+
+
+@case("compile")
+def verify_data_nan(d, fx):
+    model, = use(d, fx, "model.pt")
+    x = X.copy()
+    x[2, 0, 0, 0] = np.nan
+    return ["compile", model, "-o", str(d / "out.onnx"), "--verify", npz(d, "d.npz", x=x, y=Y)]
+
+
+@case("compile")
+def verify_labels_out_of_range(d, fx):
+    model, = use(d, fx, "model.pt")
+    y = Y.copy()
+    y[0] = 999
+    return ["compile", model, "-o", str(d / "out.onnx"), "--verify", npz(d, "d.npz", x=X, y=y)]
+
+
+@case("compile")
+def verify_data_is_model(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--verify", model]
+
+
+@case("compile")
+def verify_data_is_output(d, fx):
+    model, data = use(d, fx, "model.pt", "data.npz")
+    return ["compile", model, "-o", data, "--verify", data]
+
+
+# -------------------------------------------------------------------------------------- verify
+
+def _verify_files(d, fx):
+    return use(d, fx, "model.pt", "model.onnx", "data.npz")
+
+
+@case("verify")
+def swapped_arguments(d, fx):
+    model, onnx_path, data = _verify_files(d, fx)
+    return ["verify", onnx_path, model, "--data", data]
+
+
+@case("verify")
+def compiled_is_a_checkpoint(d, fx):
+    model, _, data = _verify_files(d, fx)
+    return ["verify", model, model, "--data", data]
+
+
+@case("verify")
+def compiled_is_random(d, fx):
+    model, _, data = _verify_files(d, fx)
+    (d / "r.onnx").write_bytes(np.random.default_rng(3).bytes(3000))
+    return ["verify", model, str(d / "r.onnx"), "--data", data]
+
+
+@case("verify")
+def other_source(d, fx):
+    _, onnx_path, data = _verify_files(d, fx)
+    other, = use(d, fx, "float.pt")
+    return ["verify", other, onnx_path, "--data", data]
+
+
+@case("verify")
+def no_fingerprint(d, fx):
+    model, onnx_path, data = _verify_files(d, fx)
+    proto = onnx.load(onnx_path)
+    del proto.metadata_props[:]
+    onnx.save(proto, onnx_path)
+    return ["verify", model, onnx_path, "--data", data]
+
+
+@case("verify")
+def data_nan(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    x = X.copy()
+    x[1, 1, 1, 1] = np.nan
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=x, y=Y)]
+
+
+@case("verify")
+def data_inf(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    x = X.copy()
+    x[0, 0, 0, 0] = -np.inf
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=x, y=Y)]
+
+
+@case("verify")
+def data_float64_overflow(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    x = X.astype(np.float64)
+    x[0, 0, 0, 0] = 1e300
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=x, y=Y)]
+
+
+@case("verify")
+def data_complex(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X.astype(np.complex64), y=Y)]
+
+
+@case("verify")
+def data_strings(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data",
+            npz(d, "d.npz", x=np.array([["a", "b"]] * 6), y=Y)]
+
+
+@case("verify")
+def labels_999(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X, y=Y + 994)]
+
+
+@case("verify")
+def labels_negative(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    y = Y.copy()
+    y[3] = -1
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X, y=y)]
+
+
+@case("verify")
+def labels_float(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X, y=Y + 0.5)]
+
+
+@case("verify")
+def labels_wrong_count(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X, y=Y[:3])]
+
+
+@case("verify")
+def data_without_x(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", inputs=X)]
+
+
+@case("verify")
+def data_wrong_sample_shape(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X[:, :1], y=Y)]
+
+
+@case("verify")
+def data_empty(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X[:0], y=Y[:0])]
+
+
+@case("verify")
+def data_object_pickle(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    np.savez(d / "d.npz", x=np.array([_Evil()] * 6, dtype=object), y=Y)
+    return ["verify", model, onnx_path, "--data", str(d / "d.npz")]
+
+
+@case("verify")
+def data_is_random(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    (d / "d.npz").write_bytes(np.random.default_rng(4).bytes(999))
+    return ["verify", model, onnx_path, "--data", str(d / "d.npz")]
+
+
+@case("verify")
+def data_fifo(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    os.mkfifo(d / "d.npz")
+    return ["verify", model, onnx_path, "--data", str(d / "d.npz")]
+
+
+@case("verify")
+def pack_not_a_pack(d, fx):
+    model, onnx_path, data = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", data, "--pack", data]
+
+
+@case("verify")
+def pack_corrupt(d, fx):
+    model, data, skeleton, pack = use(d, fx, "model.pt", "data.npz", "skeleton.onnx",
+                                      "model.snnpack")
+    blob = bytearray(Path(pack).read_bytes())
+    blob[-5] ^= 0xFF
+    Path(pack).write_bytes(bytes(blob))
+    return ["verify", model, skeleton, "--data", data, "--pack", pack]
+
+
+@case("verify")
+def skeleton_without_pack(d, fx):
+    model, data, skeleton = use(d, fx, "model.pt", "data.npz", "skeleton.onnx")
+    return ["verify", model, skeleton, "--data", data]
+
+
+@case("verify")
+def batch_size_zero(d, fx):
+    model, onnx_path, data = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", data, "--batch-size", "0"]
+
+
+# ------------------------------------------------------------------------------------ quantize
+
+def _quantize_files(d, fx):
+    return use(d, fx, "float_ckpt.pt", "config.json")
+
+
+@case("quantize")
+def output_is_input(d, fx):
+    model, config = _quantize_files(d, fx)
+    return ["quantize", model, "--config", config, "-o", model]
+
+
+@case("quantize")
+def output_is_config(d, fx):
+    model, config = _quantize_files(d, fx)
+    return ["quantize", model, "--config", config, "-o", config]
+
+
+@case("quantize")
+def config_missing(d, fx):
+    model, _ = _quantize_files(d, fx)
+    return ["quantize", model, "--config", str(d / "none.json"), "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def config_not_json(d, fx):
+    model, config = _quantize_files(d, fx)
+    Path(config).write_text("{conv1: uniform")
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def config_a_list(d, fx):
+    model, config = _quantize_files(d, fx)
+    Path(config).write_text("[1, 2]")
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def config_bad_bits(d, fx):
+    model, config = _quantize_files(d, fx)
+    Path(config).write_text(json.dumps({"conv1": {"scheme": "pot", "bits": 9}}))
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def model_is_archive(d, fx):
+    model, config = use(d, fx, "model.pt", "config.json")
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def model_is_onnx(d, fx):
+    model, config = use(d, fx, "model.onnx", "config.json")
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def factory_os_system(d, fx):
+    _, config = _quantize_files(d, fx)
+    path = checkpoint(d, "c.pt", "os:system", {"command": "touch PWNED"})
+    return ["quantize", path, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def factory_not_allowlisted(d, fx):
+    _, config = _quantize_files(d, fx)
+    path = checkpoint(d, "c.pt", "some_pkg:net")
+    return ["quantize", path, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def nan_weights(d, fx):
+    _, config = _quantize_files(d, fx)
+    path = checkpoint(d, "c.pt", model=with_nan())
+    return ["quantize", path, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def nan_in_a_float_layer(d, fx):
+    _, config = _quantize_files(d, fx)
+    model = conv_snn()
+    with torch.no_grad():
+        model.bn1.running_var[0] = float("inf")
+    path = checkpoint(d, "c.pt", model=model)
+    return ["quantize", path, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def calibration_nan(d, fx):
+    model, config = _quantize_files(d, fx)
+    x = X.copy()
+    x[0, 0, 0, 0] = np.nan
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt"), "--calibration",
+            npz(d, "c.npz", x=x)]
+
+
+@case("quantize")
+def calibration_not_npz(d, fx):
+    model, config = _quantize_files(d, fx)
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt"), "--calibration",
+            config]
+
+
+@case("quantize")
+def already_quantized(d, fx):
+    model, config = _quantize_files(d, fx)
+    quantized = checkpoint(d, "q0.pt", quantization={"config": CONFIG, "method": "mse"})
+    return ["quantize", quantized, "--config", config, "-o", str(d / "q.pt")]
+
+
+# ------------------------------------------------------------------------------------- inspect
+
+@case("inspect")
+def missing_pack(d, fx):
+    return ["inspect", str(d / "none.snnpack")]
+
+
+@case("inspect")
+def onnx_as_pack(d, fx):
+    onnx_path, = use(d, fx, "model.onnx")
+    return ["inspect", onnx_path]
+
+
+@case("inspect")
+def truncated_pack(d, fx):
+    pack, = use(d, fx, "model.snnpack")
+    Path(pack).write_bytes(Path(pack).read_bytes()[:100])
+    return ["inspect", pack]
+
+
+@case("inspect")
+def checksum_mismatch(d, fx):
+    pack, = use(d, fx, "model.snnpack")
+    blob = bytearray(Path(pack).read_bytes())
+    blob[200] ^= 1
+    Path(pack).write_bytes(bytes(blob))
+    return ["inspect", pack]
+
+
+@case("inspect")
+def pack_fifo(d, fx):
+    os.mkfifo(d / "p.snnpack")
+    return ["inspect", str(d / "p.snnpack")]
+
+
+@case("inspect")
+def pack_directory(d, fx):
+    (d / "p.snnpack").mkdir()
+    return ["inspect", str(d / "p.snnpack"), "--json"]
+
+
+# ------------------------------------------------------------------------------------ the check
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under root: its type and, for files, a digest of its bytes."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                with open(path, "rb") as f:
+                    out[path] = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(mode):
+                out[path] = "link -> " + os.readlink(path)
+            else:
+                out[path] = stat.filemode(mode)
+    return out
+
+
+def check_refusal(exit_code: int, stderr: str, before: dict, after: dict) -> None:
+    assert exit_code in (1, 2), f"exit {exit_code} (3 is an internal error)\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    errors = stderr[stderr.find("snnc: error:"):]
+    assert stderr.count("snnc: error:") == 1 and "\n\n" not in errors.strip(), stderr
+    assert "internal error" not in stderr, stderr
+    assert after == before, {k: (before.get(k), after.get(k))
+                             for k in set(before) | set(after) if before.get(k) != after.get(k)}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_refused_cleanly(name, fx, tmp_path, monkeypatch):
+    d = tmp_path / "case"
+    d.mkdir()
+    monkeypatch.chdir(d)  # a command run by a hostile factory would land here
+    args = CASES[name](d, fx)
+    before = snapshot(d)
+    result = CliRunner().invoke(main, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    check_refusal(result.exit_code, result.stderr, before, snapshot(d))
+    assert not (d / "PWNED").exists()
+
+
+def test_there_are_enough_cases():
+    per_command = {}
+    for name in CASES:
+        per_command[name.split("-")[0]] = per_command.get(name.split("-")[0], 0) + 1
+    assert sum(per_command.values()) >= 50 and set(per_command) == {
+        "compile", "verify", "quantize", "inspect"}, per_command
+
+
+@pytest.mark.parametrize("name", ["compile-fifo", "compile-factory_os_system",
+                                  "compile-archive_with_code_in_sample_inputs",
+                                  "verify-other_source", "inspect-truncated_pack",
+                                  "quantize-output_is_input"])
+def test_real_processes_refuse_too(name, fx, tmp_path):
+    """The installed entry point, in a fresh process (a FIFO must not block it)."""
+    d = tmp_path / "case"
+    d.mkdir()
+    args = CASES[name](d, fx)
+    before = snapshot(d)
+    run = subprocess.run([sys.executable, "-m", "snnc", *args], capture_output=True, text=True,
+                         cwd=d, timeout=120)
+    check_refusal(run.returncode, run.stderr, before, snapshot(d))
+    assert not (d / "PWNED").exists()
