@@ -324,7 +324,7 @@ def _judge(verification, min_agreement: float, quiet: bool = False) -> None:
 
 def _write_report(path, result, verification, model, output, quiet) -> None:
     from . import report
-    from .onnx_emit import write_all_atomic
+    from .files import write_all_atomic
 
     extra = {"model": model, "onnx": output, "timesteps": result.graph.time.steps
              if result.graph.time else 1}
@@ -370,7 +370,7 @@ def _quantize(model, config_path, output, method, calibration, trust_code):
     import torch
 
     from . import loader, quant
-    from .onnx_emit import write_atomic
+    from .files import write_atomic
 
     config = _read_config(config_path)
     ckpt = loader.load_checkpoint(model)

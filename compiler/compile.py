@@ -11,7 +11,7 @@ from typing import Callable
 
 import onnx
 
-from . import frontend, loader, mobile, onnx_emit, pack
+from . import files, frontend, loader, mobile, onnx_emit, pack
 from .errors import BadInputError
 from .ir import Graph
 from .options import DEFAULT, Options
@@ -130,5 +130,5 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
         check(result)
     if progress:
         progress("write")
-    onnx_emit.write_all_atomic(outputs)
+    files.write_all_atomic(outputs)
     return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import tempfile
 import zipfile
 from typing import Iterable
 
@@ -121,6 +122,42 @@ def _special_kind(mode: int) -> str:
         if test(mode):
             return name
     return "special file"
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+
+def write_all_atomic(files: list[tuple[str, bytes]]) -> None:
+    """Write several files so that either all are replaced or none is: each goes to a
+    temporary file first, and the renames happen only once every write succeeded."""
+    temps = []
+    try:
+        for path, data in files:
+            directory = os.path.dirname(os.path.abspath(path))
+            fd, tmp = tempfile.mkstemp(prefix=".snnc-", suffix=".tmp", dir=directory)
+            temps.append((tmp, path))
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a user's file is not secret
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    write_all_atomic([(path, data)])
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from snnc.passes import (
 
 from . import ranges
 from .errors import PassError, SnncError
+from .files import write_atomic
 from .ir import Graph
 from .options import DEFAULT, Options
 from .verify import verify
@@ -69,8 +70,8 @@ def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = Non
         if run is check_ranges:  # an analysis: its dump is the membrane table
             if dump_dir is not None:
                 table = ranges.membranes(graph, stream=opts.timesteps == "stream")
-                with open(os.path.join(dump_dir, f"{index:02d}-{name}.txt"), "w") as f:
-                    f.write(ranges.format_table(table) + "\n")
+                write_atomic(os.path.join(dump_dir, f"{index:02d}-{name}.txt"),
+                             (ranges.format_table(table) + "\n").encode())
             continue
         _dump(dump_dir, index, name, graph)
     return graph
@@ -80,5 +81,4 @@ def _dump(dump_dir: str | None, index: int, name: str, graph: Graph) -> None:
     if dump_dir is None:
         return
     os.makedirs(dump_dir, exist_ok=True)
-    with open(os.path.join(dump_dir, f"{index:02d}-{name}.ir"), "w") as f:
-        f.write(str(graph) + "\n")
+    write_atomic(os.path.join(dump_dir, f"{index:02d}-{name}.ir"), (str(graph) + "\n").encode())

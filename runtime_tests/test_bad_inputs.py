@@ -314,7 +314,7 @@ def factory_not_allowlisted(d, fx):
 
 @case("compile")
 def factory_snnc_internal(d, fx):
-    path = checkpoint(d, "c.pt", "snnc.onnx_emit:write_atomic",
+    path = checkpoint(d, "c.pt", "snnc.files:write_atomic",
                       {"path": str(d / "x"), "data": b"x"})
     return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
 

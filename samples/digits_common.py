@@ -220,7 +220,7 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     data), fine-tune, evaluate both, and write float.pt, quantized.pt, test.npz and
     results.json into `here`."""
     from snnc import quant
-    from snnc.onnx_emit import write_all_atomic
+    from snnc.files import write_all_atomic
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
