@@ -8,6 +8,12 @@ layer's weights as float32 (to_ort). The ORT format
 cannot hold int4 tensors (they convert but do not load), so the model must keep its
 quantized weights in int8/int16 containers, and it must be self-contained: minimal builds
 do not support external initializers.
+
+ONNX Runtime writes one part of the ORT-format file, the kernel type string resolver, in the
+iteration order of absl hash maps, which changes from process to process and even from one
+map to the next within a process (absl salts its hashes with addresses), so the .ort bytes
+differed between conversions. to_ort rewrites that part in sorted order (canonical_ort): the
+same model always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -47,6 +53,144 @@ def check_convertible(model: onnx.ModelProto) -> None:
 DISABLED_OPTIMIZERS = ["NchwcTransformer", "ConstantFolding"]
 
 
+# The largest alignment anything in an ORT-format file needs: its widest scalar is 64-bit and
+# its schema (onnxruntime/core/flatbuffers/schema/ort.fbs) has no force_align.
+ORT_ALIGNMENT = 8
+
+
+def _resolver_entries(session) -> list | None:
+    """The kernel type string resolver of an fbs InferenceSession as sorted plain data:
+    [(op id, [(kernel type string, [(arg type, index), ...]), ...]), ...], or None if absent.
+    Both levels are maps (ONNX Runtime loads them into hash maps); the args keep their order."""
+    resolver = session.KernelTypeStrResolver()
+    if resolver is None:
+        return None
+    entries = []
+    for i in range(resolver.OpKernelTypeStrArgsLength()):
+        entry = resolver.OpKernelTypeStrArgs(i)
+        strs = []
+        for j in range(entry.KernelTypeStrArgsLength()):
+            kts = entry.KernelTypeStrArgs(j)
+            args = [(kts.Args(k).ArgType(), kts.Args(k).Index()) for k in range(kts.ArgsLength())]
+            strs.append((kts.KernelTypeStr(), args))
+        entries.append((entry.OpId(), sorted(strs, key=lambda item: item[0])))
+    return sorted(entries, key=lambda item: item[0])
+
+
+def canonical_ort(data: bytes) -> bytes:
+    """The same ORT-format model with its kernel type string resolver written in sorted order.
+
+    ONNX Runtime (InferenceSession::SaveToOrtFormat) builds the flatbuffer back to front: the
+    version string, then the model, then the resolver, then the root InferenceSession table.
+    The model is written deterministically; the resolver is written in the iteration order of
+    two levels of absl hash maps (KernelTypeStrResolver::SaveToOrtFormat), which differs from
+    one map to the next, so its tables and strings land in a different order on every
+    conversion (the vectors that index them are sorted, so the content is the same).
+    Flatbuffer offsets are relative and everything the model holds was built before the
+    resolver, so the model and version string (the buffer's tail, from the model table or its
+    vtable, whichever comes first) are kept byte for byte; the resolver and the root table are
+    rebuilt in front of them in sorted order, with the tail at the same distance from the end
+    of the buffer as before (flatbuffers align relative to the end), so every alignment is
+    kept. Raises SnncError on a layout other than that."""
+    import flatbuffers
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        ArgTypeAndIndex as ArgFbs, InferenceSession as SessionFbs,
+        KernelTypeStrArgsEntry as KtsFbs, KernelTypeStrResolver as ResolverFbs,
+        OpIdKernelTypeStrArgsEntry as OpFbs)
+
+    def unexpected(what: str) -> SnncError:
+        return SnncError(f"cannot make the ORT-format model deterministic: {what} (this "
+                         "onnxruntime writes a layout snnc does not know; docs/mobile.md)")
+
+    if len(data) < 8 or data[4:8] != b"ORTM" or len(data) % 4:
+        raise unexpected("not an ORT-format buffer")
+    session = SessionFbs.InferenceSession.GetRootAs(data, 0)
+    table = session._tab
+    vtable = table.Pos - int.from_bytes(data[table.Pos:table.Pos + 4], "little", signed=True)
+    fields = (int.from_bytes(data[vtable:vtable + 2], "little") - 4) // 2
+    present = {slot for slot in range(fields) if table.Offset(4 + 2 * slot)}
+    # InferenceSession: ort_version (0), model (1), session_state (2, deprecated), resolver (3)
+    if not present <= {0, 1, 3} or 1 not in present:
+        raise unexpected(f"InferenceSession fields {sorted(present)}")
+    model = session.Model()._tab.Pos
+    tail = min(model, model - int.from_bytes(data[model:model + 4], "little", signed=True))
+    version_at = table.Indirect(table.Pos + table.Offset(4)) if 0 in present else None
+    entries = _resolver_entries(session) if 3 in present else None
+
+    blob = data[tail:]
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Prep(1, len(blob))
+    builder.Pad(len(blob))
+    builder.Bytes[builder.Head():builder.Head() + len(blob)] = blob
+    builder.Prep(ORT_ALIGNMENT, 0)
+
+    def kept(position: int) -> int:  # builder offset (from the end) of an object in the tail
+        return len(data) - position
+
+    strings: dict[bytes, int] = {}
+
+    def string(text: bytes) -> int:
+        if text not in strings:
+            strings[text] = builder.CreateString(text)
+        return strings[text]
+
+    def tables(offsets: list[int]) -> int:
+        builder.StartVector(4, len(offsets), 4)
+        for offset in reversed(offsets):
+            builder.PrependUOffsetTRelative(offset)
+        return builder.EndVector()
+
+    resolver = None
+    if entries is not None:
+        ops = []
+        for op_id, strs in entries:
+            kts_offsets = []
+            for kernel_type_str, args in strs:
+                arg_offsets = []
+                for arg_type, index in args:
+                    ArgFbs.ArgTypeAndIndexStart(builder)
+                    ArgFbs.ArgTypeAndIndexAddIndex(builder, index)
+                    ArgFbs.ArgTypeAndIndexAddArgType(builder, arg_type)
+                    arg_offsets.append(ArgFbs.ArgTypeAndIndexEnd(builder))
+                args_vector = tables(arg_offsets)
+                name = string(kernel_type_str)
+                KtsFbs.KernelTypeStrArgsEntryStart(builder)
+                KtsFbs.KernelTypeStrArgsEntryAddArgs(builder, args_vector)
+                KtsFbs.KernelTypeStrArgsEntryAddKernelTypeStr(builder, name)
+                kts_offsets.append(KtsFbs.KernelTypeStrArgsEntryEnd(builder))
+            kts_vector = tables(kts_offsets)
+            name = string(op_id)
+            OpFbs.OpIdKernelTypeStrArgsEntryStart(builder)
+            OpFbs.OpIdKernelTypeStrArgsEntryAddKernelTypeStrArgs(builder, kts_vector)
+            OpFbs.OpIdKernelTypeStrArgsEntryAddOpId(builder, name)
+            ops.append(OpFbs.OpIdKernelTypeStrArgsEntryEnd(builder))
+        ops_vector = tables(ops)
+        ResolverFbs.KernelTypeStrResolverStart(builder)
+        ResolverFbs.KernelTypeStrResolverAddOpKernelTypeStrArgs(builder, ops_vector)
+        resolver = ResolverFbs.KernelTypeStrResolverEnd(builder)
+    if version_at is not None:
+        version = (kept(version_at) if version_at >= tail
+                   else builder.CreateString(session.OrtVersion()))
+    SessionFbs.InferenceSessionStart(builder)
+    if resolver is not None:
+        SessionFbs.InferenceSessionAddKernelTypeStrResolver(builder, resolver)
+    SessionFbs.InferenceSessionAddModel(builder, kept(model))
+    if version_at is not None:
+        SessionFbs.InferenceSessionAddOrtVersion(builder, version)
+    builder.Finish(SessionFbs.InferenceSessionEnd(builder), b"ORTM")
+    out = bytes(builder.Output())
+
+    # the same content: the tail unchanged and at the same distance from the end, the same
+    # version string and resolver
+    check = SessionFbs.InferenceSession.GetRootAs(out, 0)
+    if (len(out) % ORT_ALIGNMENT or out[len(out) - len(blob):] != blob
+            or len(out) - check.Model()._tab.Pos != kept(model)
+            or check.OrtVersion() != session.OrtVersion()
+            or _resolver_entries(check) != entries):
+        raise unexpected("the rewritten model does not read back the same")
+    return out
+
+
 def to_ort(model_bytes: bytes) -> tuple[bytes, str]:
     """(ORT-format model bytes, required operators config text) for a self-contained ONNX
     model: optimized once with ONNX Runtime's optimizers (level "all", as the converter's
@@ -70,6 +214,8 @@ def to_ort(model_bytes: bytes) -> tuple[bytes, str]:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"],
                                      disabled_optimizers=DISABLED_OPTIMIZERS)
+                if ort_file.is_file():
+                    ort_file.write_bytes(canonical_ort(ort_file.read_bytes()))
                 create_config_from_models([ort_file], config, enable_type_reduction=False)
         except Exception as error:
             raise SnncError(f"converting to the ORT format failed: {error}\n"

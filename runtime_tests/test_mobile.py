@@ -1,0 +1,92 @@
+"""--ort: the .ort and its operator config are byte-identical from one compile to the next, also
+across processes (ONNX Runtime writes part of the file in hash-map order; mobile.canonical_ort
+rewrites it sorted), and the .ort gives exactly the .onnx's outputs."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import snnc
+from snnc import mobile
+from snnc.demo import conv_snn, export
+from snnc.errors import SnncError
+from snnc.parity import onnx_session
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """A small quantized conv SNN compiled with --ort by two processes running at once."""
+    root = tmp_path_factory.mktemp("mobile")
+    model = conv_snn()
+    snnc.quantize(model, {"conv1": {"scheme": "uniform", "bits": 4},
+                          "conv2": {"scheme": "pot", "bits": 3},
+                          "head": {"scheme": "pot", "bits": 5}})
+    source = root / "small.pt"
+    torch.export.save(export(model, torch.zeros(1, 2, 12, 12)), str(source))
+    runs = []
+    for name in ("a", "b"):
+        (root / name).mkdir()
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "snnc", "compile", str(source), "-o",
+             str(root / name / "m.onnx"), "--ort"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    return root
+
+
+def test_ort_is_byte_identical_across_processes(compiled):
+    for name in ("m.onnx", "m.ort", "m.required_operators.config"):
+        a, b = (compiled / "a" / name).read_bytes(), (compiled / "b" / name).read_bytes()
+        assert a == b, name
+
+
+def test_ort_outputs_equal_onnx_exactly(compiled):
+    reference = onnx_session(str(compiled / "a" / "m.onnx"))
+    mobile_session = onnx_session(str(compiled / "a" / "m.ort"))
+    name = reference.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((4, 2, 12, 12)).astype(np.float32)
+    expected = reference.run(None, {name: x})
+    got = mobile_session.run(None, {name: x})
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        assert e.dtype == g.dtype and e.shape == g.shape
+        assert np.array_equal(e, g)
+
+
+def onnx_runtime_ort(onnx_path: pathlib.Path) -> bytes:
+    """What ONNX Runtime itself writes for the .onnx, before canonical_ort (as in to_ort)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = pathlib.Path(tmp, "m.ort")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(target)
+        options.add_session_config_entry("session.save_model_format", "ORT")
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=mobile.DISABLED_OPTIMIZERS)
+        return target.read_bytes()
+
+
+def test_canonical_ort_only_reorders_the_resolver(compiled):
+    written = (compiled / "a" / "m.ort").read_bytes()
+    raw = onnx_runtime_ort(compiled / "a" / "m.onnx")
+    assert mobile.canonical_ort(raw) == written
+    assert mobile.canonical_ort(written) == written  # a fixed point
+    # the model (the buffer from the Model table on) keeps ONNX Runtime's own bytes; only the
+    # resolver and the root table in front of it are rewritten
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import (
+        InferenceSession)
+    model_at = InferenceSession.GetRootAs(raw, 0).Model()._tab.Pos
+    assert len(raw) - model_at > 0.9 * len(raw)  # the model is nearly all of the file
+    assert written.endswith(raw[model_at:])
+    with pytest.raises(SnncError):
+        mobile.canonical_ort((compiled / "a" / "m.onnx").read_bytes())
