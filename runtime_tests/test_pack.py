@@ -1,13 +1,17 @@
 """The packed-weight binary: exact round trip, size at the true bit width, the
-external-weights deployment path, inspection, and corrupt files."""
+external-weights deployment path, inspection, corrupt files, format versions, and packs
+that do not fit their model (test_pack_fuzz.py throws thousands of mutants at the reader)."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -123,6 +127,136 @@ def test_corrupt_and_foreign_packs_are_refused(packed, tmp_path):
     run = subprocess.run([sys.executable, "-m", "snnc", "inspect", str(bad)], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode != 0 and "checksum" in run.stderr and "Traceback" not in run.stderr
+
+
+def _resealed(blob: bytes, version: int = pack.VERSION, **fields) -> bytes:
+    """blob with header fields (offset=value as u16/u32) changed and the checksum recomputed
+    the way `version` computes it."""
+    out = bytearray(blob)
+    for at, (fmt, value) in fields.items():
+        struct.pack_into(fmt, out, int(at[1:]), value)
+    struct.pack_into("<I", out, pack.CHECKSUM_AT, pack.checksum(bytes(out), version))
+    return bytes(out)
+
+
+def test_format_version_and_checksum_coverage(packed):
+    """Version 2: the checksum covers the reserved word (bytes 60..63), which must be 0."""
+    blob = open(packed["pack"], "rb").read()
+    assert blob[:8] == b"SNNPACK\0" and struct.unpack_from("<H", blob, 8)[0] == 2
+    assert struct.unpack_from("<I", blob, 56)[0] == pack.checksum(blob)
+    reserved = bytearray(blob)
+    reserved[61] = 1
+    with pytest.raises(BadInputError, match="checksum"):
+        pack.decode(bytes(reserved))
+    with pytest.raises(BadInputError, match=r"reserved is 256, expected 0 \(byte 60\)"):
+        pack.decode(_resealed(bytes(reserved)))
+    with pytest.raises(BadInputError, match="format version 3; this snnc reads versions 1, 2"):
+        pack.decode(_resealed(blob, v8=("<H", 3)))
+    with pytest.raises(BadInputError, match=r"flags is 1, expected 0 .*byte 10.*snnc compile"):
+        pack.decode(_resealed(blob, v10=("<H", 1)))
+
+
+def test_version_1_packs_are_read(packed):
+    """A version-1 file (checksum with bytes 56..63 zero) decodes to the same layers; its
+    reserved word, outside that checksum, must still be 0."""
+    blob = open(packed["pack"], "rb").read()
+    old = _resealed(blob, 1, v8=("<H", 1))
+    assert old != blob
+    for a, b in zip(pack.decode(old), pack.decode(blob)):
+        assert (a.name, a.scale_name, a.scheme, a.bits, a.layout) == \
+            (b.name, b.scale_name, b.scheme, b.bits, b.layout)
+        assert np.array_equal(a.codes, b.codes) and a.scales.tobytes() == b.scales.tobytes()
+    # with the reserved word 0, as every valid file has it, the two checksums coincide
+    assert pack.checksum(old, 1) == pack.checksum(old, 2)
+    with pytest.raises(BadInputError, match="reserved"):
+        pack.decode(_resealed(blob, 1, v8=("<H", 1), v60=("<I", 7)))
+
+
+def test_moved_and_illegal_fields_are_refused(packed):
+    blob = open(packed["pack"], "rb").read()
+    entry = pack.HEADER.size  # layer 0's table entry
+    codes_at, = struct.unpack_from("<Q", blob, entry + 48)
+    for fields, message in [
+            ({f"v{entry + 48}": ("<Q", codes_at + 64)},
+             r"codes offset is 64, expected 0 .*\(layer 0 '.*', byte 112\)"),
+            ({f"v{entry + 17}": ("<B", 9)}, "bits is 9, expected 2..8 for uniform"),
+            ({f"v{entry + 19}": ("<B", 3)}, "layout is 3"),
+            ({f"v{entry + 18}": ("<B", 7)}, "ndim is 7, expected 1..6"),
+            ({f"v{entry + 44}": ("<I", 1)}, "channels is 1"),
+            ({"v16": ("<I", 10 ** 6)}, "layer count is 1000000")]:
+        with pytest.raises(BadInputError, match=message):
+            pack.decode(_resealed(blob, **fields))
+    scales_at, = struct.unpack_from("<Q", blob, entry + 64)
+    data_at, = struct.unpack_from("<Q", blob, 40)
+    for value in (0.5, float("nan"), -0.0):
+        with pytest.raises(BadInputError, match="not a legal layout-2 \\(signed\\) scale"):
+            pack.decode(_resealed(blob, **{f"v{data_at + scales_at}": ("<f", value)}))
+
+
+def test_encoder_refuses_what_the_reader_would(tmp_path):
+    codes = np.zeros((2, 3), np.int32)
+    with pytest.raises(BadInputError, match="positive"):
+        pack.encode([pack.Layer("w", "s", "uniform", 4, codes, np.array([1.0, -2.0], np.float32))])
+    with pytest.raises(BadInputError, match="at least one"):
+        pack.encode([])
+    layer = pack.Layer("w", "s", "uniform", 4, codes, np.array([0.5, 2.0], np.float32))
+    assert pack.decode(pack.encode([layer]))[0].scales.tolist() == [0.5, 2.0]
+
+
+def _edited_skeleton(packed, tmp_path, edit) -> str:
+    model = onnx.load(packed["skeleton"], load_external_data=False)
+    edit(model)
+    path = tmp_path / "edited.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_pack_that_does_not_fit_the_model_is_refused(packed, tmp_path):
+    """Shapes, data types and layouts are checked against the model before ONNX Runtime
+    sees any array; the model's references must name one pack next to it."""
+    def ref(model):
+        return next(t for t in model.graph.initializer
+                    if t.data_location == onnx.TensorProto.EXTERNAL)
+
+    def dims(model):
+        ref(model).dims[0] += 1
+
+    def dtype(model):
+        ref(model).data_type = onnx.TensorProto.INT16
+
+    def cast(model):
+        name = ref(model).name
+        node = next(n for n in model.graph.node if n.input and n.input[0] == name)
+        next(a for a in node.attribute if a.name == "to").i = onnx.TensorProto.INT32
+
+    for edit, message in [(dims, r"as int8 \[.*\], but .* expects int8 \["),
+                          (dtype, "but .* expects int16"),
+                          (cast, "in layout 2 \\(signed\\).* reads it with Cast to int32")]:
+        with pytest.raises(BadInputError, match=message):
+            load_session(_edited_skeleton(packed, tmp_path, edit), packed["pack"])
+
+    def elsewhere(model):
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = "../model.snnpack"
+
+    with pytest.raises(BadInputError, match="not to one .snnpack file next to it"):
+        load_session(_edited_skeleton(packed, tmp_path, elsewhere))
+
+
+def test_table_json(packed):
+    blob = open(packed["pack"], "rb").read()
+    table = pack.table_json(pack.decode(blob), len(blob))
+    json.dumps(table)
+    first = table["layers"][0]
+    assert set(first) == {"name", "scale_name", "scheme", "bits", "shape", "weights",
+                          "packed_bytes", "layout", "channels"}
+    assert {row["layout"] for row in table["layers"]} == {"signed"}
+    totals = table["totals"]
+    assert totals["layers"] == 22 and totals["file_bytes"] == len(blob)
+    assert totals["overhead_bytes"] == pack.overhead(blob)
+    assert totals["weights"] == sum(row["weights"] for row in table["layers"])
 
 
 def test_inspect_prints_the_layer_table(packed):

@@ -1,0 +1,339 @@
+"""Hostile .snnpack files: seeded mutants of a real pack through snnc.pack.decode and
+snnc.runtime.load_session.
+
+The pack: a quantized ConvSNN compiled with external weights and --pot-lowering shift,
+4 layers in this order: conv1 PoT 4-bit folded (layout 2 "signed", with a negative and a
+dead channel: scales +-64 and 0); a layout-0 "levels" uniform 8-bit layer holding the
+head's codes with its quantizer's own positive scales (the model does not refer to it, so
+load_session ignores it); conv2 PoT 3-bit as shifts (layout 1 "codes"); the head uniform
+8-bit folded (layout 2). Mutant kinds: every header and table field overwritten with
+interesting values (0, 1, max, +-1, halves and doubles, other regions' offsets and sizes)
+and table entries copied over each other, resealed (the checksum field itself: not);
+random 1-3 bit flips, unsealed and resealed; truncations and extensions (also with the
+data size made to agree), unsealed and resealed; random byte overwrites, resealed.
+"Resealed" = the checksum recomputed, as a hostile editor would.
+
+What "identical structure" means. decode accepts exactly the bytes `encode` writes for
+some list of layers (canonical layout, zero padding, legal enums, bit widths and
+scales). What it pins down, and an accepted mutant must keep exactly, is the structure:
+the layer count and each layer's scheme, bits, shape and name lengths, hence every offset
+and size in the file; and the layout, but for one look-alike case. Beyond that, an
+accepted mutant must
+- re-encode to itself byte for byte (a version-1 file: with version 1 and its checksum);
+- differ from the original only in the version and checksum words (version 1 is read by
+  design: verdict "identical"), in code bytes (a layer's codes differ only if the mutant
+  changed bytes of that layer's codes), in scale bytes (likewise, and only to another
+  scale that layer's layout can hold: a folded layer's +-unit or +0, a levels layer's
+  positive scale; verdict "values"), in name characters (verdict "names"), or in the
+  layout byte of a PoT layer whose scales are all +unit, swapped between 1 and 2 (verdict
+  "layout": the two look alike in the pack alone).
+No reader can tell a resealed edit of those values or names from the original; the
+checksum protects them against accidents only. Counted per kind: refused
+(BadInputError), identical (every field, code and scale bit-identical), values, names,
+layout. Anything else raised, or accepted, is a failure.
+
+load_session: every accepted field mutant, every names or layout mutant, and a seeded
+sample of the rest (ORT_MUTANTS in all) with the model's skeleton. Nothing but
+BadInputError may escape; a layout mutant must be refused (the model reads the two layouts
+with different casts); an identical mutant gives exactly the original logits on a fixed
+input; a values or names mutant that loads gives exactly the logits of the self-contained
+model holding the decoded weights (the pack's meaning reaches ONNX Runtime as decoded,
+nothing reinterpreted). A renamed weight the model refers to is refused as missing.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+import snnc
+from snnc import BadInputError, pack
+from snnc.compile import compile_program
+from snnc.demo import conv_snn, export, make_firing
+from snnc.options import Options
+from snnc.runtime import load_session
+
+SEED = 20250611
+CONFIG = {"conv1": {"scheme": "pot", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
+          "head": {"scheme": "uniform", "bits": 8}}
+ORT_MUTANTS = 600
+
+
+def reseal(blob: bytearray) -> bytes:
+    """The checksum recomputed the way the (possibly mutated) version field says."""
+    version = struct.unpack_from("<H", blob, 8)[0]
+    version = version if version in pack.CHECKSUM_HOLE else pack.VERSION
+    struct.pack_into("<I", blob, pack.CHECKSUM_AT, pack.checksum(bytes(blob), version))
+    return bytes(blob)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    torch.manual_seed(SEED)
+    model = conv_snn(seed=1)
+    snnc.quantize(model, CONFIG)
+    model = make_firing(model, (8, 2, 12, 12), seed=1)
+    with torch.no_grad():  # a negative and a dead channel: folded scales -unit and 0
+        model.bn1.weight[1] = -0.5
+        model.bn1.weight[2] = 0.0
+    root = tmp_path_factory.mktemp("fuzz")
+    result = compile_program(export(model, torch.zeros(1, 2, 12, 12)),
+                             Options(external_weights=True, pack_location="model.snnpack",
+                                     pot_lowering="shift"))
+    head = result.packed[-1]
+    levels = pack.Layer("levels/head.weight_codes", "levels/head.weight_scale", "uniform", 8,
+                        head.codes, model.head.parametrizations.weight[0].scale.numpy()
+                        .astype(np.float32), pack.LEVELS)
+    layers = result.packed[:1] + [levels] + result.packed[1:]
+    assert [(layer.scheme, layer.bits, layer.layout) for layer in layers] == [
+        ("pot", 4, pack.SIGNED), ("uniform", 8, pack.LEVELS), ("pot", 3, pack.CODES),
+        ("uniform", 8, pack.SIGNED)]
+    assert {-64.0, 0.0, 64.0} <= set(layers[0].scales.tolist())
+    blob = pack.encode(layers)
+    skeleton = root / "model.onnx"
+    skeleton.write_bytes(result.data)
+    (root / "model.snnpack").write_bytes(blob)
+    x = np.random.default_rng(SEED).random((2, 2, 12, 12), dtype=np.float32)
+    logits = load_session(str(skeleton), intra_op_num_threads=1).run(None, {"x": x})[0]
+    assert np.abs(logits).max() > 0
+    return {"blob": blob, "layers": pack.decode(blob), "skeleton": str(skeleton), "x": x,
+            "logits": logits, "root": root}
+
+
+def _entries(blob: bytes) -> list[dict]:
+    count = struct.unpack_from("<I", blob, 16)[0]
+    names = [f for f, _ in pack.ENTRY_FIELDS]
+    return [dict(zip(names, pack.ENTRY.unpack_from(blob, 64 + 72 * i))) for i in range(count)]
+
+
+def _value_regions(blob: bytes) -> list[tuple[range, range]]:
+    """Per layer, (its codes' byte range, its scales' byte range) in the file."""
+    data_at = struct.unpack_from("<Q", blob, 40)[0]
+    return [(range(data_at + e["codes offset"], data_at + e["codes offset"] + e["codes size"]),
+             range(data_at + e["scales offset"], data_at + e["scales offset"] + 4 * e["channels"]))
+            for e in _entries(blob)]
+
+
+def _interesting(original: int, size: int, offsets: list[int]) -> list[int]:
+    top = (1 << (8 * size)) - 1
+    values = {0, 1, 2, 3, 7, 8, 63, 64, 65, 72, 128, 255, top, top - 1, top >> 1,
+              (top >> 1) + 1, original - 1, original + 1, original * 2, original // 2,
+              original ^ 1, original ^ (1 << (8 * size - 1)), original + 64, original - 64}
+    values |= set(offsets)
+    return sorted(v & top for v in values if v != original and 0 <= v)
+
+
+def field_mutants(blob: bytes) -> list[tuple[str, bytes]]:
+    """Every header and table field overwritten with interesting values, resealed; table
+    entries copied over each other, resealed."""
+    entries = _entries(blob)
+    offsets = sorted({64, len(blob), len(blob) - 64} | set(struct.unpack_from("<QQQQ", blob, 24))
+                     | {e[k] for e in entries for k in ("codes offset", "scales offset",
+                                                        "codes size", "name offset")}
+                     | {e[f"dim {d}"] for e in entries for d in range(pack.MAX_DIMS)})
+    out = []
+    header = pack.HEADER.unpack_from(blob)
+    widths = {"Q": 8, "I": 4, "H": 2, "B": 1}
+    for (field, at), fmt, value in zip(pack.HEADER_FIELDS, ["8s", *"HHIIIQQQQII"], header):
+        if field == "magic":
+            for magic in (b"\0" * 8, b"SNNPACK\1", b"snnpack\0", b"SNNPACK", b"\xff" * 8):
+                out.append(("header field", reseal(bytearray(blob[:at]) + magic.ljust(8, b" ")
+                                                   + blob[at + 8:])))
+            continue
+        for new in _interesting(value, widths[fmt], offsets):
+            mutant = bytearray(blob)
+            struct.pack_into("<" + fmt, mutant, at, new)
+            # the checksum field itself: resealing would undo it
+            out.append(("header field", bytes(mutant) if field == "checksum" else reseal(mutant)))
+    entry_formats = "IIIIBBBB" + "I" * pack.MAX_DIMS + "IQQQ"
+    for i, entry in enumerate(entries):
+        base = 64 + 72 * i
+        for (field, at), fmt in zip(pack.ENTRY_FIELDS, entry_formats):
+            for new in _interesting(entry[field], widths[fmt], offsets):
+                mutant = bytearray(blob)
+                struct.pack_into("<" + fmt, mutant, base + at, new)
+                out.append(("table field", reseal(mutant)))
+        for j in range(len(entries)):
+            if j != i:
+                mutant = bytearray(blob)
+                mutant[64 + 72 * j:64 + 72 * (j + 1)] = blob[base:base + 72]
+                out.append(("table field", reseal(mutant)))
+    return out
+
+
+def random_mutants(blob: bytes, rng: np.random.Generator) -> list[tuple[str, bytes]]:
+    out = []
+    for kind, n, sealed in (("bit flips", 800, False), ("bit flips resealed", 1300, True)):
+        for _ in range(n):
+            mutant = bytearray(blob)
+            for bit in rng.choice(8 * len(blob), size=rng.integers(1, 4), replace=False):
+                mutant[bit // 8] ^= 1 << (bit % 8)
+            out.append((kind, reseal(mutant) if sealed else bytes(mutant)))
+    for _ in range(1300):
+        mutant = bytearray(blob)
+        at = int(rng.integers(len(blob)))
+        mutant[at] = (mutant[at] + int(rng.integers(1, 256))) % 256
+        out.append(("bytes resealed", reseal(mutant)))
+    data_at = struct.unpack_from("<Q", blob, 40)[0]
+    cuts = sorted({0, 1, 8, 56, 60, 63, 64, 65, 136, data_at - 1, data_at, data_at + 1,
+                   len(blob) - 1, len(blob) - 4, len(blob) - 64}
+                  | {int(c) for c in rng.integers(0, len(blob), size=60)})
+    for cut in cuts:
+        for tail in (b"", b"\0" * int(rng.integers(1, 200)), rng.bytes(int(rng.integers(1, 200)))):
+            mutant = bytearray(blob[:cut] + tail if tail else blob[:cut])
+            if len(mutant) == len(blob):
+                continue
+            out.append(("truncate/extend", bytes(mutant)))
+            if len(mutant) >= 64:
+                out.append(("truncate/extend", reseal(bytearray(mutant))))
+                struct.pack_into("<Q", mutant, 48, max(0, len(mutant) - data_at))  # size agrees
+                out.append(("truncate/extend", reseal(mutant)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def mutants(real):
+    rng = np.random.default_rng(SEED)
+    blob = real["blob"]
+    every = field_mutants(blob) + random_mutants(blob, rng)
+    return [(kind, m) for kind, m in every if m != blob]  # no-op overwrites say nothing
+
+
+def _structure(layer: pack.Layer) -> tuple:
+    """What decode pins down (with the layout, but for one look-alike case): hence every
+    offset and size in the file."""
+    return (len(layer.name.encode()), len(layer.scale_name.encode()), layer.scheme, layer.bits,
+            layer.codes.shape)
+
+
+def _look_alike(before: pack.Layer, after: pack.Layer) -> bool:
+    """Layouts 1 (codes) and 2 (signed) of a PoT layer whose scales are all +unit differ in
+    the layout byte only: decode cannot tell them apart; load_session can (the model reads
+    them with different casts) and must refuse the swap."""
+    return ({before.layout, after.layout} == {pack.CODES, pack.SIGNED} and after.scheme == "pot"
+            and bool(np.all(after.scales == pack.unit("pot", after.bits))))
+
+
+def classify(real, mutant: bytes) -> tuple[str, list | None]:
+    """'refused', 'identical', 'values' or 'layout', after asserting what an accepted mutant
+    must be (the module doc)."""
+    try:
+        layers = pack.decode(mutant)
+    except BadInputError:
+        return "refused", None
+    blob, original = real["blob"], real["layers"]
+    assert len(mutant) == len(blob) and len(layers) == len(original)
+    again = bytearray(pack.encode(layers))
+    again[8:10] = mutant[8:10]
+    assert reseal(again) == mutant, "accepted bytes that are not what encode writes"
+    changed = set(np.flatnonzero(np.frombuffer(mutant, np.uint8) != np.frombuffer(blob, np.uint8))
+                  .tolist()) - set(range(8, 10)) - set(range(56, 60))
+    strings_at = 64 + 72 * len(layers)
+    allowed = set(range(strings_at, strings_at + struct.unpack_from("<I", blob, 20)[0]))
+    verdicts = {"identical"}
+    for i, (layer, before, (codes, scales)) in enumerate(zip(layers, original,
+                                                             _value_regions(blob))):
+        assert _structure(layer) == _structure(before)
+        if (layer.name, layer.scale_name) != (before.name, before.scale_name):
+            verdicts.add("names")
+        if layer.layout != before.layout:
+            assert _look_alike(before, layer), layer.name
+            allowed.add(64 + 72 * i + 19)
+            verdicts.add("layout")
+        allowed |= set(codes) | set(scales)
+        same_codes = np.array_equal(layer.codes, before.codes)
+        same_scales = layer.scales.tobytes() == before.scales.tobytes()
+        assert same_codes or changed & set(codes), layer.name
+        assert same_scales or changed & set(scales), layer.name
+        if not (same_codes and same_scales):
+            verdicts.add("values")
+    assert changed <= allowed
+    verdict = next(v for v in ("layout", "names", "values", "identical") if v in verdicts)
+    return verdict, layers
+
+
+VERDICTS = ("refused", "identical", "values", "names", "layout")
+
+
+def _print_counts(title: str, judged) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for kind, verdict in judged:
+        row = counts.setdefault(kind, dict.fromkeys(VERDICTS, 0))
+        row[verdict] += 1
+    print(f"\n{title} (kind: total = " + " / ".join(VERDICTS) + "):")
+    for kind, row in counts.items():
+        print(f"  {kind:<20} {sum(row.values()):5} = "
+              + " / ".join(f"{row[v]}" for v in VERDICTS))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def judged(real, mutants):
+    """(kind, mutant, verdict, decoded layers) for every mutant, and the time it took."""
+    start = time.perf_counter()
+    out = [(kind, mutant, *classify(real, mutant)) for kind, mutant in mutants]
+    return out, time.perf_counter() - start
+
+
+def test_mutated_packs_are_refused_or_mean_the_same(real, judged):
+    results, seconds = judged
+    counts = _print_counts(f"decode: {len(results)} mutants of a {len(real['blob'])} B pack in "
+                           f"{seconds:.1f} s", [(kind, verdict) for kind, _, verdict, _ in results])
+    assert len(results) >= 5000
+    # CRC-32 catches every 1- to 3-bit error in a file this size; lengths are exact
+    assert counts["bit flips"]["refused"] == sum(counts["bit flips"].values())
+    assert counts["truncate/extend"]["refused"] == sum(counts["truncate/extend"].values())
+    assert counts["header field"]["identical"] >= 1  # version 1: read by design
+    assert sum(row["layout"] for row in counts.values()) >= 1  # load_session must refuse these
+
+
+def _embedded_logits(real, layers) -> np.ndarray:
+    """The logits of the self-contained model holding these layers' weights."""
+    model = onnx.load(real["skeleton"], load_external_data=False)
+    arrays = pack.onnx_initializers(layers)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name], tensor.name))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": real["x"]})[0]
+
+
+def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
+    """Every accepted mutant of a header or table field and every layout swap, and a seeded
+    sample of the rest: ORT_MUTANTS in all."""
+    results, _ = judged
+    must = [i for i, (kind, _, verdict, _) in enumerate(results)
+            if verdict in ("layout", "names") or (verdict != "refused" and "field" in kind)]
+    rest = sorted(set(range(len(results))) - set(must))
+    rng = np.random.default_rng(SEED + 1)
+    chosen = [results[i] for i in sorted(must + list(rng.choice(rest, ORT_MUTANTS - len(must),
+                                                                 replace=False)))]
+    path = tmp_path / "mutant.snnpack"
+    start = time.perf_counter()
+    seen = []
+    for kind, mutant, verdict, layers in chosen:
+        path.write_bytes(mutant)
+        try:
+            session = load_session(real["skeleton"], str(path), intra_op_num_threads=1)
+        except BadInputError as error:
+            assert verdict != "layout" or "reads it with Cast" in str(error), str(error)
+            seen.append((kind, "refused"))
+            continue
+        assert verdict != "layout", kind
+        logits = session.run(None, {"x": real["x"]})[0]
+        want = real["logits"] if verdict == "identical" else _embedded_logits(real, layers)
+        assert logits.tobytes() == want.tobytes(), kind
+        seen.append((kind, verdict))
+    counts = _print_counts(f"load_session: {len(chosen)} of the mutants in "
+                           f"{time.perf_counter() - start:.1f} s", seen)
+    assert len(chosen) >= 300 and sum(row["values"] for row in counts.values()) >= 1
