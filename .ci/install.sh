@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Install snnc and what it needs on these machines (idempotent). docs/install.md says why
-# each step looks the way it does.
+# Install snnc and what it needs on these machines (idempotent), at the versions the suite
+# is tested with (.ci/constraints.txt, passed to every pip install). docs/install.md says
+# why each step looks the way it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+CONSTRAINTS=.ci/constraints.txt
+pip_q() { "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" "$@"; }
 # torch first: 2.13.0 is a local CPU wheel; any other spec pulls a multi-GB CUDA build.
 "$PY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
   || pip_q torch==2.13.0
 pip_q -e ".[test]"
 # spikingjelly declares torchvision/torchaudio, which have no CPU build here: --no-deps,
 # then what it imports at run time.
-"$PY" -c "import spikingjelly" 2>/dev/null || pip_q --no-deps spikingjelly==2.0.0
+"$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('spikingjelly') != '2.0.0')" \
+  2>/dev/null || pip_q --no-deps spikingjelly==2.0.0
 pip_q loguru h5py
