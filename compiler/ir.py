@@ -1,7 +1,11 @@
 """snnc's graph IR: values, nodes, explicit neuron state, and a time spec.
 
 A `Graph` is inputs, an ordered list of nodes (topological, single assignment), outputs,
-constants and state. Everything is immutable: a pass builds a new graph.
+constants and state. Everything is immutable: a pass builds a new graph. The dataclasses are
+frozen and their sequences tuples; a node's `attrs` and a graph's `constants` and
+`metadata` are read-only mappings (`types.MappingProxyType` over a private copy, attrs in
+the op schema's order, list values as tuples); every constant array is read-only (a
+writeable array is copied when the graph is built, so no caller keeps a way to change it).
 
 Time. A frontend graph is the body of ONE timestep (`graph.time` is a `TimeSpec`): each
 activation has the batch dimension "N" first and no time dimension. A neuron's membrane is
@@ -16,6 +20,7 @@ Values are compared by identity; `Value.hint` is a readable, not necessarily uni
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
@@ -31,6 +36,9 @@ class Value:
     dtype: str  # a key of NUMPY_DTYPES
     shape: Shape
     hint: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
 
     def __repr__(self) -> str:
         return f"Value({self.hint or '?'}: {type_str(self)})"
@@ -49,6 +57,9 @@ class Node:
 
         if self.op not in OPS:
             raise ValueError(f"unknown IR op {self.op!r}")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "attrs", _frozen_attrs(self.attrs, OPS[self.op].attrs))
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +85,10 @@ class TimeSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
 
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+
 
 @dataclass(frozen=True, eq=False)
 class Graph:
@@ -86,6 +101,13 @@ class Graph:
     input_names: tuple[str, ...] = ()
     output_names: tuple[str, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)  # copied into the ONNX file
+
+    def __post_init__(self):
+        for name in ("inputs", "nodes", "outputs", "states", "input_names", "output_names"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        constants = {value: _frozen_array(array) for value, array in self.constants.items()}
+        object.__setattr__(self, "constants", MappingProxyType(constants))
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
     def replace(self, **changes) -> "Graph":
         fields = dict(
@@ -126,6 +148,28 @@ class Graph:
         return format_graph(self)
 
 
+def _frozen_value(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen_value(v) for v in value)
+    return value
+
+
+def _frozen_attrs(attrs: Mapping[str, object], schema: Mapping[str, object]
+                  ) -> Mapping[str, object]:
+    """A read-only copy: the schema's names first, in its order (so equal nodes print
+    equally however their dict was built), then any others (the verifier refuses them)."""
+    names = [k for k in schema if k in attrs] + [k for k in attrs if k not in schema]
+    return MappingProxyType({k: _frozen_value(attrs[k]) for k in names})
+
+
+def _frozen_array(array):
+    """The array itself when already read-only, else a read-only copy."""
+    if isinstance(array, np.ndarray) and array.flags.writeable:
+        array = array.copy(order="K")
+        array.flags.writeable = False
+    return array
+
+
 def type_str(value: Value) -> str:
     return f"{value.dtype}[{','.join(str(d) for d in value.shape)}]"
 
@@ -157,9 +201,16 @@ class Namer:
         return self.names[value]
 
 
+# numpy's defaults, stated: the text must not change with np.set_printoptions elsewhere
+_PRINT_OPTIONS = dict(precision=6, threshold=1000, edgeitems=3, linewidth=75, suppress=False,
+                      nanstr="nan", infstr="inf", sign="-", formatter=None,
+                      floatmode="maxprec", legacy=False)
+
+
 def format_constant(array: np.ndarray) -> str:
     if array.size <= 4:
-        return "const " + np.array2string(array.reshape(-1), separator=",", precision=6)
+        with np.printoptions(**_PRINT_OPTIONS):
+            return "const " + np.array2string(np.asarray(array).reshape(-1), separator=",")
     return "const"
 
 

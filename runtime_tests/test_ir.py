@@ -14,13 +14,14 @@ from snnc.verify import verify
 LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 1.0, "v_reset": 0.0}
 
 
-def one_step_lif() -> Graph:
+def one_step_lif(lif: dict = LIF, bias=None) -> Graph:
     b = Builder()
     x = b.input(("N", 4))
     w = b.const(np.eye(4) * 1.5, "w")
-    y, = b.add("linear", [x, w], source="fc", hint="y")
+    inputs = [x, w] if bias is None else [x, w, b.const(bias, "b")]
+    y, = b.add("linear", inputs, source="fc", hint="y")
     v = b.state(("N", 4), "lif")
-    spike, v_next = b.add("neuron", [y, v], LIF, source="lif", hint="s")
+    spike, v_next = b.add("neuron", [y, v], lif, source="lif", hint="s")
     b.write(v, v_next)
     return b.build([spike], TimeSpec(3, ("repeat",), ("stack",)))
 
@@ -36,7 +37,58 @@ decay_input=True threshold=1.0 v_reset=0.0  # lif
   next %lif.v = %s.1
   return %s.0"""
     assert str(one_step_lif()) == expected
-    assert str(one_step_lif()) == str(one_step_lif())
+
+
+def test_text_form_ignores_construction_details():
+    """Equal graphs print equally: the order an attribute dict was built in, a constant's
+    memory layout and numpy's global print options do not show in the text."""
+    bias = [0.5, 1e-7, 3.0, -2.25]
+    plain = one_step_lif(bias=bias)
+    text = str(plain)
+    assert "  %b: f32[4] = const [ 5.00e-01, 1.00e-07, 3.00e+00,-2.25e+00]\n" in text
+    assert "neuron(%y, %lif.v) leak='div' leak_value=2.0 decay_input=True threshold=1.0 " \
+           "v_reset=0.0  # lif" in text
+    shuffled = one_step_lif(lif=dict(reversed(LIF.items())), bias=bias)
+    strided = np.array([0.5, 9, 1e-7, 9, 3.0, 9, -2.25, 9], np.float32)[::2]  # not contiguous
+    relaid = shuffled.replace(constants={
+        v: strided if v.hint == "b" else np.asfortranarray(a)
+        for v, a in shuffled.constants.items()})
+    with np.printoptions(precision=2, suppress=True, floatmode="fixed", sign="+",
+                         legacy="1.13"):
+        assert str(relaid) == text
+
+
+def test_graphs_are_immutable():
+    """Frozen dataclasses, read-only attrs/constants/metadata, read-only constant arrays;
+    what a caller passed in is copied, so changing it later changes nothing."""
+    g = one_step_lif()
+    lif, (w, array) = g.nodes[1], next(iter(g.constants.items()))
+    with pytest.raises(TypeError):
+        lif.attrs["threshold"] = 2.0
+    with pytest.raises(TypeError):
+        g.constants[w] = np.zeros((4, 4), np.float32)
+    with pytest.raises(TypeError):
+        g.metadata["k"] = "v"
+    with pytest.raises(ValueError, match="read-only"):
+        array[0, 0] = 7.0
+    with pytest.raises(AttributeError):
+        g.nodes = ()
+    assert isinstance(g.replace(nodes=list(g.nodes)).nodes, tuple)
+    attrs = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1}
+    mine = np.ones((2, 1, 1, 1), np.float32)
+    x, k, y = Value("f32", ("N", 1, 2, 2)), Value("f32", (2, 1, 1, 1), "k"), \
+        Value("f32", ("N", 2, 2, 2))
+    conv = Node("conv", (x, k), (y,), attrs)
+    graph = Graph((x,), (conv,), (y,), {k: mine})
+    attrs["groups"] = 2
+    mine[0] = 5.0
+    assert conv.attrs["groups"] == 1 and conv.attrs["stride"] == (1, 1)
+    assert graph.constants[k].max() == 1.0
+    verify(graph, "immutability test")
+    # a pass's copies are writable and build a new graph
+    changed = g.replace(constants={w: array * 2})
+    assert changed.constants[w][0, 0] == 3.0 and array[0, 0] == 1.5
+    assert changed.replace().constants[w] is changed.constants[w]  # no copy of a frozen array
 
 
 def test_interpreter_runs_time():
