@@ -14,15 +14,22 @@ from snnc.options import Options
 
 @pytest.mark.parametrize("kind", ["lif", "if", "plif", "lif_soft", "lif_reset"])
 def test_neuron_variant_matches_pytorch(kind):
+    """ONNX Runtime and the interpreter on the frontend's graph against PyTorch, and ONNX
+    Runtime against the interpreter on the graph it was emitted from (after all passes).
+    Measured (4 input seeds, 6 samples each): no sample has a rounding-decided spike and
+    outputs differ by <= 1.8e-7; one perturbed sample of 6 is allowed."""
     model = conv_snn(neuron=kind, seed=3)
     program = export(model, torch.zeros(1, 2, 12, 12))
     result = compile_program(program, Options(debug_outputs=True))
     x = np.random.default_rng(5).random((6, 2, 12, 12), dtype=np.float32)
     reference = H.torch_trace(export(model, torch.zeros(6, 2, 12, 12)), x)
     assert reference.outputs[0].shape == (6, 5)  # mean over time
-    for other in (H.onnx_trace(H.onnx_session(result.data), x), H.interp_trace(result.graph, x)):
-        comparison = H.compare(reference, other, H.Comparison(), batch_axis=0)
+    onnx = H.onnx_trace(H.onnx_session(result.data), x)
+    for ref, other in ((reference, onnx), (reference, H.interp_trace(result.graph, x)),
+                       (H.interp_trace(result.lowered, x), onnx)):
+        comparison = H.compare(ref, other, H.Comparison(), batch_axis=0, max_flips=2)
         assert not comparison.problems, comparison.problems
+        assert comparison.samples == 6 and comparison.perturbed <= 1
         assert comparison.max_logit_diff <= 1e-4
         assert all(0.01 <= r <= 0.6 for r in comparison.layers_firing.values()), \
             comparison.layers_firing
@@ -36,8 +43,10 @@ def test_neuron_variant_matches_pytorch(kind):
 
 
 def test_sequence_input_is_unstacked():
-    """A model that takes [T, B, ...] directly (event frames) gets a seq input."""
-    from spikingjelly.activation_based import layer, neuron
+    """A model that takes [T, B, ...] directly (event frames) gets a seq input; its compiled
+    spikes match PyTorch's under the rounding rule (measured: identical, on 6 inputs), and
+    the module itself gives what its exported program gives."""
+    from spikingjelly.activation_based import functional, layer, neuron
 
     class SeqNet(torch.nn.Module):
         def __init__(self):
@@ -53,17 +62,23 @@ def test_sequence_input_is_unstacked():
 
     model = make_firing(SeqNet(), (3, 4, 2, 8, 8))
     program = export(model, torch.zeros(3, 1, 2, 8, 8))
-    result = compile_program(program)
+    result = compile_program(program, Options(debug_outputs=True))
     assert result.graph.time.inputs == ("seq",)
     x = np.random.default_rng(0).random((3, 5, 2, 8, 8), dtype=np.float32)
+    reference = H.torch_trace(export(model, torch.zeros(3, 5, 2, 8, 8)), x)
     with torch.no_grad():
-        from spikingjelly.activation_based import functional
-
         functional.reset_net(model)
-        expected = model(torch.from_numpy(x)).numpy()
-    got = H.onnx_session(result.data).run(None, {"x": x})[0]
-    assert expected.mean() > 0.01
-    assert (got != expected).mean() < 1e-3
+        assert np.array_equal(model(torch.from_numpy(x)).numpy(), reference.outputs[0])
+    got = H.onnx_trace(H.onnx_session(result.data), x)
+    assert got.outputs[0].shape == (3, 5, 4, 8, 8) and list(got.spikes) == ["lif"]
+    for ref, other in ((reference, got), (H.interp_trace(result.lowered, x), got)):
+        comparison = H.compare(ref, other, H.Comparison(), batch_axis=1, max_flips=2)
+        assert not comparison.problems, comparison.problems
+        assert comparison.samples == 5 and comparison.perturbed <= 1
+        # the output is the spikes: equal wherever the spikes are
+        assert comparison.max_logit_diff == 0.0
+        assert all(0.05 <= r <= 0.5 for r in comparison.layers_firing.values()), \
+            comparison.layers_firing
 
 
 @pytest.mark.parametrize("steps, timesteps", [(1, "unroll"), (3, "unroll"), (3, "stream")])

@@ -22,6 +22,12 @@ from snnc.options import Options
 
 CONFIG = {"conv1": {"scheme": "uniform", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
           "head": {"scheme": "pot", "bits": 5}}
+# The rounding rule's bounds for Spikformer (as in test_spikformer.py; docs/testing.md): at
+# most 4 spikes differ at a perturbed sample's first difference (measured 1-3: a 3x3
+# stride-2 max pool hands one near-threshold value to up to 4 neurons); a perturbed
+# sample's per-step logits within 0.5 (measured <= 0.29) and its spikes >= 85 % equal
+# over all layers (measured >= 92 %).
+MAX_FLIPS, PERTURBED_TOL, MIN_AGREEMENT = 4, 0.5, 0.85
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5])
@@ -115,6 +121,12 @@ def weight_decoders(model) -> int:
 
 
 def test_quantized_model_compiles_and_matches():
+    """ORT and the interpreter on the frontend's graph match the quantized PyTorch model;
+    ORT matches the interpreter on the graph it was emitted from (after all passes) spike
+    for spike and bit for bit: after fold_scales only conv1 (over the real-valued image)
+    rounds, so a spike may differ only by the rounding rule there, and a sample with
+    identical spikes has identical outputs (the PoT head sums integers). Measured (3
+    models x 3 inputs x 2 containers): no perturbed sample, the outputs always equal."""
     model = quantized_conv_snn()
     program = export(model, torch.zeros(1, 2, 12, 12))
     x = np.random.default_rng(0).random((6, 2, 12, 12), dtype=np.float32)
@@ -129,10 +141,14 @@ def test_quantized_model_compiles_and_matches():
         assert weight_decoders(result.model) == 3
         got = H.onnx_trace(H.onnx_session(result.data), x)
         outputs[container] = got.outputs[0]
-        for other in (got, H.interp_trace(result.graph, x)):
-            comparison = H.compare(reference, other, H.Comparison(), batch_axis=0)
+        for ref, other, logit_tol in ((reference, got, 1e-4),
+                                      (reference, H.interp_trace(result.graph, x), 1e-4),
+                                      (H.interp_trace(result.lowered, x), got, 0.0)):
+            comparison = H.compare(ref, other, H.Comparison(), batch_axis=0,
+                                   logit_tol=logit_tol, max_flips=2)
             assert not comparison.problems, comparison.problems
-            assert comparison.max_logit_diff <= 1e-4
+            assert comparison.samples == 6 and comparison.perturbed <= 1
+            assert comparison.max_logit_diff <= logit_tol
             assert all(r > 0.01 for r in comparison.layers_firing.values())
     assert np.array_equal(outputs["int8"], outputs["int4"])
 
@@ -164,9 +180,13 @@ def test_heterogeneous_spikformer_is_folded(folded):
 
 def test_heterogeneous_spikformer_matches_quantized_pytorch(quantized_spikformer, folded):
     """Spikes identical to the quantized PyTorch source except those decided by rounding at
-    a threshold (counted); so top-1 identical on every sample without such a spike (a
+    a threshold (counted; at most MAX_FLIPS at a sample's first difference, its logits
+    within PERTURBED_TOL); so top-1 identical on every sample without such a spike (a
     rounding-decided spike can move a random network's small logit margins: counted and
-    printed); ORT == interpreter exactly; shift lowering == default lowering exactly."""
+    printed). ORT against the interpreter on the graph it was emitted from: every layer but
+    the stem (a conv over the real-valued image) sums integers, so spikes differ only by
+    the rounding rule in the stem and a sample with identical spikes has bit-identical
+    logits. Shift lowering == default lowering exactly."""
     rows, average = quant.report(quantized_spikformer["model"])
     print(f"average bits {average:.2f}")
     assert {r.scheme for r in rows} == {"uniform", "pot"}
@@ -174,30 +194,33 @@ def test_heterogeneous_spikformer_matches_quantized_pytorch(quantized_spikformer
     session = H.onnx_session(folded["result"].data)
     shift_session = H.onnx_session(folded["shift"].data)
     rng = np.random.default_rng(3)
-    comparison, top1_changed = H.Comparison(), 0
+    comparison, emitted = H.Comparison(), H.Comparison()
     for _ in range(4):
         x = rng.random((8, 3, 32, 32), dtype=np.float32)
         reference = H.torch_trace(quantized_spikformer["program_b8"], x)
         got = H.onnx_trace(session, x)
-        first = comparison.samples
-        H.compare(reference, got, comparison)
-        # the prediction: the mean over the T per-step outputs
-        changed = np.flatnonzero(reference.outputs[0].mean(0).argmax(-1)
-                                 != got.outputs[0].mean(0).argmax(-1)) + first
-        assert set(changed.tolist()) <= set(comparison.perturbed_samples)
-        top1_changed += len(changed)
-        if _ == 0:
-            mine = H.interp_trace(folded["result"].lowered, x)
-            assert np.array_equal(mine.outputs[0], got.outputs[0])
-            for layer, spikes in mine.spikes.items():
-                assert np.array_equal(spikes, got.spikes[layer]), layer
+        H.compare(reference, got, comparison, max_flips=MAX_FLIPS, perturbed_tol=PERTURBED_TOL)
+        H.compare(H.interp_trace(folded["result"].lowered, x), got, emitted, logit_tol=0.0,
+                  max_flips=MAX_FLIPS)
         shifted = H.onnx_trace(shift_session, x)
         assert np.array_equal(shifted.outputs[0], got.outputs[0])
         assert all(np.array_equal(shifted.spikes[k], v) for k, v in got.spikes.items())
-    print(comparison.report(), f"; top-1 changed on {top1_changed} perturbed sample(s)")
-    assert comparison.samples == 32 and top1_changed <= 2
+    print(f"ORT vs quantized PyTorch: {comparison.report()}")
+    print(f"ORT vs lowered interpreter: {emitted.report()}")
+    assert comparison.samples == 32 and emitted.samples == 32
     assert not comparison.problems, comparison.problems[:3]
-    assert comparison.max_logit_diff <= 1e-4 and comparison.perturbed <= 16
+    assert not emitted.problems, emitted.problems[:3]
+    assert comparison.max_logit_diff <= 1e-4 and emitted.max_logit_diff == 0.0
+    # measured with onnxruntime 1.32.0 over 6 x 32 images (docs/testing.md): perturbed 5-10
+    # (ORT vs PyTorch) and 0-3 (ORT vs interpreter), top-1 changed on 0-2, all perturbed;
+    # bounds at the 99.9th percentile of a binomial at the measured rates
+    assert comparison.perturbed <= 14 and emitted.perturbed <= 4
+    assert set(comparison.top1_changed) <= set(comparison.perturbed_samples)
+    assert len(comparison.top1_changed) <= 3 and not emitted.top1_changed
+    assert comparison.perturbed_agreement >= MIN_AGREEMENT
+    assert emitted.perturbed_agreement >= MIN_AGREEMENT
+    # the stem is the only layer that rounds differently in ORT and in the interpreter
+    assert {f.layer for f in emitted.first_flips} <= {"patch_embed.stages.0.neuron"}
     assert sum(0.01 <= r <= 0.5 for r in comparison.layers_firing.values()) >= 20
 
 
