@@ -197,14 +197,17 @@ def test_verify_fails_below_min_agreement(small_data):
     run = snnc("compile", os.path.join(SAMPLES, "digits", "float.pt"), "-o", str(out), "-q")
     assert run.returncode == 0, run.stderr
     source = os.path.join(SAMPLES, "digits", "quantized.pt")
-    run = snnc("verify", source, str(out), "--data", str(small_data / "noise.npz"), "--json")
+    run = snnc("verify", source, str(out), "--data", str(small_data / "noise.npz"))
+    assert run.returncode == 1 and "is not the model COMPILED was compiled from" in run.stderr
+    run = snnc("verify", source, str(out), "--data", str(small_data / "noise.npz"), "--json",
+               "--allow-other-source")
     assert run.returncode == 4, run.stderr
     result = json.loads(run.stdout)
     assert result["source_accuracy"] is None and result["top1_agreement"] < 1.0
     assert "verification failed: top-1 agreement" in run.stderr
     agreement = 100 * result["top1_agreement"]
     run = snnc("verify", source, str(out), "--data", str(small_data / "noise.npz"),
-               "--min-agreement", str(max(0.0, agreement - 1)))
+               "--min-agreement", str(max(0.0, agreement - 1)), "--allow-other-source")
     assert run.returncode == 0, run.stderr
 
 
@@ -220,10 +223,12 @@ def test_verify_errors_are_clear(small_data):
         ((source, model, "--data", str(small_data / "nolabels.npz")), "has no array 'x'"),
         ((source, model, "--data", str(small_data / "wrongshape.npz")),
          "x must be [n, ...] (samples first)"),
-        ((source, model, "--data", str(small_data / "missing.npz")), "no such data file"),
-        ((source, str(small_data / "corrupt.onnx"), "--data", small), "not a readable ONNX"),
-        ((events, model, "--data", small), "was COMPILED compiled from SOURCE?"),
-        ((model, source, "--data", small), "looks like a compiled model"),
+        ((source, model, "--data", str(small_data / "missing.npz")), "no such file"),
+        ((source, str(small_data / "corrupt.onnx"), "--data", small), "not a compiled model"),
+        ((events, model, "--data", small), "is not the model COMPILED was compiled from"),
+        ((events, model, "--data", small, "--allow-other-source"),
+         "was COMPILED compiled from SOURCE?"),
+        ((model, source, "--data", small), "the order is snnc verify SOURCE.pt COMPILED.onnx"),
     ]
     for args, phrase in cases:
         run = snnc("verify", *args)
@@ -241,6 +246,6 @@ def test_verify_errors_are_clear(small_data):
                "--weights", "external")
     assert_clean_failure(run, str(out), "cannot load external weights")
     run = snnc("compile", source, "-o", str(small_data / "m.ort"), "--ort")
-    assert_clean_failure(run, str(small_data / "m.ort"), "two outputs would be written")
+    assert_clean_failure(run, str(small_data / "m.ort"), "are the same file")
     run = snnc("compile", source, "-o", str(out), "--report", str(small_data / "r.png"))
     assert_clean_failure(run, str(out), "give the JSON path")
