@@ -186,7 +186,8 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     if not real or x.ndim < 2 or len(x) == 0:
         raise BadInputError(f"{path}: x must be a non-empty array of real numbers (integer or "
                             f"float) with samples on axis 0, got {x.dtype} {list(x.shape)}")
-    x = np.ascontiguousarray(x, dtype=np.float32)  # float64 beyond float32's range -> inf
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused
+        x = np.ascontiguousarray(x, dtype=np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
         samples = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
