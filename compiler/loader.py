@@ -26,9 +26,10 @@ from typing import Any, Iterable
 
 import torch
 
+from . import archive
 from .errors import BadInputError, SnncError, first_line
 from .files import check_input, sniff, wrong_kind
-from .trust import resolve_factory
+from .trust import resolve_factory, short_repr
 
 CHECKPOINT_KEYS = ("factory", "kwargs", "state_dict", "input_shape")
 NEURON_OP_MODULES = ("lif", "if_", "plif", "clif", "eif", "ilif", "qif", "izhikevich", "stbif",
@@ -72,11 +73,28 @@ def load_checkpoint(path: str) -> dict:
             "snnc.quantize(model, config) and export it, or save a checkpoint.")
     if kind not in ("torch", "pickle"):
         raise wrong_kind("MODEL", path, kind, "an snnc checkpoint")
-    obj = _torch_load(path, trust_pickle=False)
+    obj = _torch_load(path, kind, trust_pickle=False)
     if not (isinstance(obj, dict) and all(k in obj for k in CHECKPOINT_KEYS)):
         raise BadInputError(f"{path} is not an snnc checkpoint: it needs the keys "
                             f"{list(CHECKPOINT_KEYS)} (docs/model_files.md)")
+    _check_checkpoint(obj, path)
     return obj
+
+
+def _check_checkpoint(ckpt: dict, path: str) -> None:
+    """The fields of an snnc checkpoint have the types docs/model_files.md gives."""
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise BadInputError(f"{path}: the checkpoint's state_dict must map parameter names to "
+                            "tensors (model.state_dict())")
+    quantization = ckpt.get("quantization")
+    if quantization is not None and not (
+            isinstance(quantization, dict) and isinstance(quantization.get("config"), dict)
+            and quantization.get("method", "minmax") in ("minmax", "mse")):
+        raise BadInputError(f"{path}: the checkpoint's quantization must be "
+                            '{"config": {...}, "method": "mse" or "minmax"} as snnc quantize '
+                            f"writes it, not {short_repr(quantization)}")
 
 
 def build_from_checkpoint(path: str, ckpt: dict, trust_code: bool = False) -> torch.nn.Module:
@@ -97,15 +115,16 @@ def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] |
     if kind not in ("torch", "pickle"):
         raise wrong_kind("MODEL", path, kind, "a model file (a torch.export archive, an snnc "
                          "checkpoint, or with --trust-pickle a pickled nn.Module)")
-    obj = _torch_load(path, trust_pickle)
+    obj = _torch_load(path, kind, trust_pickle)
     if obj is _PICKLED:
         return _load_pickled_module(path, input_shape)
     if isinstance(obj, dict) and all(k in obj for k in CHECKPOINT_KEYS):
+        _check_checkpoint(obj, path)
         model = _model_from_checkpoint(path, obj, trust_code)
         return _export(model, obj["input_shape"], path)
     if isinstance(obj, dict):
         raise BadInputError(
-            f"{path} holds a dict with keys {sorted(map(str, obj))[:8]}, not an snnc "
+            f"{path} holds a dict with keys {short_repr(sorted(map(str, obj))[:8])}, not an snnc "
             f"checkpoint: it needs the keys {list(CHECKPOINT_KEYS)} (docs/model_files.md). A "
             "bare state_dict is not enough: snnc also needs the model's code (a factory).")
     raise BadInputError(f"{path} holds a Python {type(obj).__name__}, not a model file snnc can "
@@ -117,9 +136,11 @@ def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] |
 _PICKLED = object()  # _torch_load's answer for a pickle of objects that the user trusts
 
 
-def _torch_load(path: str, trust_pickle: bool):
+def _torch_load(path: str, kind: str, trust_pickle: bool):
     """torch.load(weights_only=True), which builds only tensors and plain containers; _PICKLED
-    for a pickle of arbitrary objects when the user trusts it; BadInputError otherwise."""
+    for a pickle of arbitrary objects when the user trusts it; BadInputError otherwise. The
+    pickle's nesting and expanded size are bounded first (archive.check_torch_file)."""
+    archive.check_torch_file(path, kind)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
@@ -135,7 +156,7 @@ def _torch_load(path: str, trust_pickle: bool):
             "refuses it. Save the model with torch.export.save or as an snnc checkpoint "
             "(docs/model_files.md), or pass --trust-pickle if you trust this file."
         ) from None
-    except Exception as error:
+    except (Exception, RecursionError) as error:
         raise _unreadable(path, error) from None
 
 
@@ -145,26 +166,23 @@ def _unreadable(path: str, error: Exception) -> BadInputError:
                          "truncated, corrupt, or a plain pickle rather than torch.save output")
 
 
-# Members of a torch.export archive that torch.export.load unpickles as arbitrary objects
-# (torchbind custom objects and opaque objects): never needed by a SpikingJelly model.
-_OBJECT_MEMBERS = ("/data/constants/custom_obj_", "/data/constants/opaque_obj_")
 _UNSAFE_ARCHIVE = ("{path} is a torch.export archive holding pickled Python objects ({what}); "
                    "loading them runs code from the file, so snnc refuses it. Pass "
                    "--trust-pickle if you trust this file.")
 
 
 def _load_export(path: str, trust_pickle: bool) -> torch.export.ExportedProgram:
-    """torch.export.load, which unpickles parts of an archive with weights_only=False (its
-    docs: never load an untrusted file). Unless the user trusts pickles, archives holding
-    pickled objects are refused up front and every torch.load inside is forced to
-    weights_only (TORCH_FORCE_WEIGHTS_ONLY_LOAD), so a crafted archive runs no code."""
-    with zipfile.ZipFile(path) as archive:
-        objects = [n for n in archive.namelist() if any(m in n for m in _OBJECT_MEMBERS)]
-    if objects and not trust_pickle:
-        raise BadInputError(_UNSAFE_ARCHIVE.format(path=path, what=objects[0]))
+    """torch.export.load, which trusts its input (its docs: never load an untrusted file).
+    Unless the user trusts the file, snnc.archive checks every member and every string torch
+    would evaluate first, and every torch.load inside is forced to weights_only
+    (TORCH_FORCE_WEIGHTS_ONLY_LOAD), so a crafted archive runs no code."""
+    if not trust_pickle:
+        archive.check(path)
     try:
-        with open(path, "rb") as f, _weights_only(not trust_pickle):
-            return torch.export.load(f)  # a file object: torch warns on names not ending .pt2
+        with open(path, "rb") as f, _weights_only(not trust_pickle), _quiet_torch():
+            program = torch.export.load(f)  # a file object: torch warns on names not ending .pt2
+    except (SnncError, MemoryError):
+        raise
     except Exception as error:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             found = re.search(r"GLOBAL (\S+)", str(error))
@@ -175,6 +193,42 @@ def _load_export(path: str, trust_pickle: bool) -> torch.export.ExportedProgram:
             f"({type(error).__name__}: {first_line(error)}). If it uses custom ops "
             "other than SpikingJelly's, import their module first; otherwise re-export "
             "it with torch.export.save.") from None
+    _check_consistent(program, path)
+    return program
+
+
+def _check_consistent(program: torch.export.ExportedProgram, path: str) -> None:
+    """Every weight, buffer and constant is a tensor of the shape and dtype the graph says."""
+    signature = program.graph_signature
+    names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
+             **signature.inputs_to_lifted_tensor_constants}
+    tensors = {**program.state_dict, **program.constants}
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in names:
+            continue
+        value, meta = tensors.get(names[node.name]), node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or not isinstance(meta, torch.Tensor) or \
+                tuple(value.shape) != tuple(meta.shape) or value.dtype != meta.dtype:
+            got = (f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
+                   else f"a Python {type(value).__name__}")
+            raise BadInputError(f"{path}: {names[node.name]} is {got}, but the graph uses "
+                                f"{getattr(meta, 'dtype', '?')} {list(getattr(meta, 'shape', []))}"
+                                "; the archive is damaged: re-export the model")
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """torch.export.load logs warnings (with tracebacks) on odd archives; snnc reports one
+    paragraph of its own instead."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -201,7 +255,7 @@ def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.Exp
     if not (isinstance(input_shape, (list, tuple)) and 1 <= len(input_shape) <= 8 and all(
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)) \
             or math.prod(input_shape) > MAX_EXAMPLE_ELEMENTS:
-        raise BadInputError(f"{where}: input shape {input_shape!r} is not a list of 1 to 8 "
+        raise BadInputError(f"{where}: input shape {short_repr(input_shape)} is not a list of 1 to 8 "
                             f"positive sizes of at most {MAX_EXAMPLE_ELEMENTS:,} elements, "
                             "e.g. [1, 3, 32, 32]")
     example = torch.zeros(*input_shape)
@@ -281,20 +335,39 @@ def program_tensors(program: torch.export.ExportedProgram) -> list[tuple[str, An
 
 
 def fingerprint(program: torch.export.ExportedProgram) -> str:
-    """A digest of a program's graph (its operations, in order) and of every weight, buffer
-    and constant (name, dtype, shape, bytes). The same model exported at another batch size
-    has the same fingerprint; another model, or the same graph with other weights, does not.
-    snnc compile stores it in the ONNX metadata; snnc verify checks SOURCE against it."""
-    digest = hashlib.sha256(b"snnc-fingerprint-1\n")
+    """A digest of a program's graph (every operation in order with all its arguments:
+    thresholds, time constants, reset values, shapes, T) and of every weight, buffer and
+    constant (name, dtype, shape, bytes). Another model, the same graph with other weights,
+    or the same model with another neuron setting has another fingerprint. snnc compile
+    stores it in the ONNX metadata; snnc verify checks SOURCE against it."""
+    digest = hashlib.sha256(b"snnc-fingerprint-2\n")
+    index = {node: i for i, node in enumerate(program.graph.nodes)}
     for node in program.graph.nodes:
-        if node.op == "call_function" and "sym_size" not in str(node.target):
-            digest.update(f"{node.target}\n".encode())
+        if node.op == "call_function":
+            args = _canonical((node.args, node.kwargs), index)
+            digest.update(f"{node.target} {args}\n".encode())
     for name, value in program_tensors(program):
         if isinstance(value, torch.Tensor):
             tensor = value.detach().contiguous().cpu()
             digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _canonical(value, index: dict) -> str:
+    """A node's arguments as text: other nodes by position, floats exactly (hex)."""
+    if isinstance(value, torch.fx.Node):
+        return f"%{index[value]}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_canonical(v, index) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_canonical(v, index)}" for k, v in sorted(value.items())) \
+            + "}"
+    if isinstance(value, float):
+        return value.hex()
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    return str(value)  # dtype, device, layout, memory format
 
 
 def save_program_bytes(program: torch.export.ExportedProgram) -> bytes:
