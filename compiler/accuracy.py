@@ -182,10 +182,10 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise
     except Exception as error:
         raise BadInputError(f"cannot read {path} as an .npz of arrays x and y: {error}") from None
-    real = np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
-    if not real or x.ndim < 2 or len(x) == 0:
-        raise BadInputError(f"{path}: x must be a non-empty array of real numbers (integer or "
-                            f"float) with samples on axis 0, got {x.dtype} {list(x.shape)}")
+    if x.dtype.kind not in "biuf" or x.ndim < 2 or len(x) == 0:  # not complex, time, text
+        raise BadInputError(f"{path}: x must be a non-empty array of real numbers (bool, "
+                            f"integer or float) with samples on axis 0, got {x.dtype} "
+                            f"{list(x.shape)}")
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused
         x = np.ascontiguousarray(x, dtype=np.float32)
     bad = ~np.isfinite(x)
@@ -196,9 +196,14 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
                             f"{len(samples):,} sample(s), first {samples[:5].tolist()}; "
                             "inputs must be finite")
     if y is not None:
-        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
             raise BadInputError(f"{path}: y must hold one integer label per sample of x "
                                 f"({len(x)}), got {y.dtype} {list(y.shape)}")
+        huge = y > np.iinfo(np.int64).max if y.dtype.kind == "u" else np.zeros(len(y), bool)
+        if huge.any():
+            raise BadInputError(f"{path}: {int(huge.sum()):,} labels y are beyond any class "
+                                f"(for example {int(y[huge][0])} at sample "
+                                f"{int(np.flatnonzero(huge)[0])})")
         y = y.astype(np.int64)
     return x, y
 
@@ -244,22 +249,14 @@ def check_source(program, session, allow_other: bool = False) -> None:
                             "compare two different models on purpose.")
 
 
-def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
-           y: np.ndarray | None, batch: int = 64,
-           progress: Callable[[int], None] | None = None) -> Verification:
-    """Run `program` (PyTorch) and `session` (ONNX Runtime) on x; compare."""
+def check_inputs(program: torch.export.ExportedProgram, session, x: np.ndarray,
+                 y: np.ndarray | None, batch: int = 64) -> tuple[str, int, int | None]:
+    """Before anything runs: x fits the compiled model, y its classes, SOURCE takes the same
+    input; (input name, batch axis, the source's fixed batch size or None)."""
     input_name, axis = model_input(session, x)
-    output_names = [o.name for o in session.get_outputs()]
-    spike_outputs = [n for n in output_names if n.startswith(SPIKE_PREFIX)]
-    activity = Activity()
-    comparison = Comparison()
-    agree: dict[str, list[int]] = {}
-    source_top, compiled_top = [], []
-    max_diff = 0.0
     classes = model_classes(session)
     if classes is not None:
         check_labels(y, classes)
-    module = program.module()
     source_shape = _check_source_input(program, session, axis)
     static = source_shape[axis] if isinstance(source_shape[axis], int) else None
     if static is not None and (len(x) % static or batch % static):
@@ -268,6 +265,23 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
                             f"({len(x)}) and the batch size ({batch}) must be multiples of it. "
                             "Export the model at batch 1 (torch.export's usual example) or "
                             "trim the data")
+    return input_name, axis, static
+
+
+def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
+           y: np.ndarray | None, batch: int = 64,
+           progress: Callable[[int], None] | None = None) -> Verification:
+    """Run `program` (PyTorch) and `session` (ONNX Runtime) on x; compare."""
+    input_name, axis, static = check_inputs(program, session, x, y, batch)
+    classes = model_classes(session)
+    output_names = [o.name for o in session.get_outputs()]
+    spike_outputs = [n for n in output_names if n.startswith(SPIKE_PREFIX)]
+    activity = Activity()
+    comparison = Comparison()
+    agree: dict[str, list[int]] = {}
+    source_top, compiled_top = [], []
+    max_diff = 0.0
+    module = program.module()
     weights: dict = {}
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]

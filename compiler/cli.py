@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
+import warnings
 
 import click
 
@@ -80,18 +82,27 @@ def _trust_options(fn):
 
 @contextlib.contextmanager
 def _errors(progress: _Progress | None = None, what: str = "no output was written"):
-    """Every failure as one paragraph: SnncError (exit 1), Ctrl-C, or a bug in snnc (exit 3)."""
+    """Every failure as one paragraph: SnncError (exit 1), Ctrl-C (130), or a bug in snnc
+    (exit 3). Library warnings stay off stderr: snnc says what matters itself."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     except SnncError as error:
         _finish(progress)
         _fail(str(error))
     except KeyboardInterrupt:
         _finish(progress)
-        _fail(f"interrupted; {what}")
+        _fail(f"interrupted; {what}", code=130)
     except Exception as error:  # a bug in snnc: short message, full traceback on request
         _finish(progress)
         _internal_error(error)
+
+
+def _not_nan(value: float) -> float:
+    if math.isnan(value):
+        raise click.BadParameter("must be a number from 0 to 100, not nan")
+    return value
 
 
 def _finish(progress: _Progress | None) -> None:
@@ -135,6 +146,7 @@ def _finish(progress: _Progress | None) -> None:
               help="After compiling, run snnc verify on this .npz (x, y): accuracy of the "
                    "source and the compiled model, top-1 agreement.")
 @click.option("--min-agreement", type=click.FloatRange(0, 100), default=100.0,
+              callback=lambda ctx, param, value: _not_nan(value),
               show_default=True, help="With --verify: the top-1 agreement (%) below which "
                                       "snnc exits with status 4.")
 @click.option("--report", "report_path", type=click.Path(),
@@ -178,7 +190,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
             from .mobile import ort_paths
             verification = _verify(result.program, output, pack_path if external else None,
                                    data, quiet, ort_file=ort and ort_paths(output)[0])
-        if report_path:
+        if report_path is not None:
             _write_report(report_path, result, verification, model, output, quiet)
     if verification is not None:
         _judge(verification, min_agreement)
@@ -213,7 +225,7 @@ def _check_compile_paths(model, output, pack_path, ort, report_path, verify_data
     outputs = [("-o", output), ("--pack", pack_path)]
     if ort and output:
         outputs += list(zip((".ort output", "operator config output"), ort_paths(output)))
-    if report_path:
+    if report_path is not None:
         outputs += [("--report", report_path),
                     ("report figure", os.path.splitext(report_path)[0] + ".png")]
     check_paths([("MODEL", model), ("--verify", verify_data)], outputs, dump_dir=dump_ir)
@@ -228,6 +240,7 @@ def _check_compile_paths(model, output, pack_path, ort, report_path, verify_data
               help="The .snnpack of a model compiled with --weights external.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--min-agreement", type=click.FloatRange(0, 100), default=100.0,
+              callback=lambda ctx, param, value: _not_nan(value),
               show_default=True, help="Top-1 agreement (%) below which snnc exits with status 4.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--allow-other-source", is_flag=True,
@@ -242,7 +255,7 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
     has --debug-outputs, the spike agreement per neuron layer. Exit status: 0 when top-1
     agreement reaches --min-agreement, 4 when it does not, 1 on bad input.
     """
-    from . import loader
+    from . import frontend, loader
     from .files import check_paths, sniff, wrong_kind
 
     with _errors(what="nothing was verified"):
@@ -261,6 +274,7 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
         x = _load_data(data)
         program = loader.load_program(source, trust_pickle=trust_pickle,
                                       input_shape=_shape(input_shape), trust_code=trust_code)
+        frontend.lift(program)  # SOURCE runs in PyTorch only if its ops are ones snnc knows
         verification = _verify(program, compiled, pack_path, x, quiet=as_json,
                                batch_size=batch_size, allow_other_source=allow_other_source)
     if as_json:
@@ -298,6 +312,7 @@ def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=
     x, y = data
     session = load_session(onnx_path, pack_path, intra_op_num_threads=2)
     accuracy.check_source(program, session, allow_other_source)
+    accuracy.check_inputs(program, session, x, y, batch_size)
     if quiet or len(x) <= batch_size:
         verification = accuracy.verify(program, session, x, y, batch_size)
     else:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import onnx
 
 from . import files, frontend, loader, mobile, onnx_emit, pack
@@ -79,7 +81,10 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
         return out
 
     graph = stage("trace", frontend.lift, program)
-    lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
+    check_numbers(graph, where, "in the model")
+    with np.errstate(all="ignore"):  # an overflow shows as a non-finite value, refused below
+        lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
+    check_numbers(lowered, where, "after folding BatchNorm and quantization scales")
     packed: list = []
     model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
     entry = model.metadata_props.add()
@@ -87,6 +92,35 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
     data = stage("serialize", onnx_emit.model_bytes, model)
     parameters = sum(p.numel() for p in program.parameters())
     return Result(graph, parameters, lowered, model, data, packed, timings, program)
+
+
+def check_numbers(graph: Graph, where: str, when: str) -> None:
+    """Every number a node or a constant holds is finite: a NaN threshold never fires, and
+    folding can overflow float32 (a weight near 3e38 times a BatchNorm scale)."""
+    readers = {}
+    for node in graph.nodes:
+        for value in node.inputs:
+            readers.setdefault(value, node)
+        bad = [k for k, v in node.attrs.items() if not _finite(v)]
+        if bad:
+            raise BadInputError(f"{where}: {node.source or node.op} has a non-finite {bad[0]} "
+                                f"({node.attrs[bad[0]]}) {when}; snnc needs finite numbers")
+    for value, array in graph.constants.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            node = readers.get(value)
+            layer = node.source if node is not None and node.source else value.hint
+            raise BadInputError(f"{where}: {layer} holds {int((~np.isfinite(array)).sum()):,} "
+                                f"non-finite value(s) {when}; float32 cannot represent them. "
+                                "Check the layer's weights and BatchNorm statistics for "
+                                "extreme values.")
+
+
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
@@ -98,6 +132,9 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     the ORT-format model and its required-operators config next to `output`). `check(result)`
     runs before anything is written (the CLI checks --verify data against the model there);
     every output is written atomically, all or none."""
+    files.check_paths([("MODEL", path)], [("output", output), ("pack", pack_path)]
+                + (list(zip(("ORT model", "operator config"), mobile.ort_paths(output)))
+                   if ort else []), dump_dir=dump_dir)
     if opts.external_weights:
         if pack_path is None:
             raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")

@@ -11,6 +11,7 @@ each kind of wrong file gets its own message (`wrong_kind`).
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import stat
@@ -54,15 +55,28 @@ def check_input(what: str, path: str) -> None:
     _check_input(what, path)
 
 
-def _check_input(what: str, path: str) -> None:
+def _path(what: str, path) -> str:
+    """A path given as str or os.PathLike; empty, non-text and NUL-containing ones refused."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise BadInputError(f"{what}: {type(path).__name__} is not a path") from None
     if not isinstance(path, str) or not path.strip():
         raise BadInputError(f"{what}: the path is empty; give a file name")
+    if "\0" in path:
+        raise BadInputError(f"{what}: the path {path!r} contains a NUL character")
+    return path
+
+
+def _check_input(what: str, path) -> None:
+    path = _path(what, path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise BadInputError(f"{what} {path}: no such file") from None
-    except OSError as error:
-        raise BadInputError(f"{what} {path}: cannot access it ({error.strerror})") from None
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"{what} {path}: cannot access it "
+                            f"({getattr(error, 'strerror', None) or error})") from None
     if stat.S_ISDIR(mode):
         raise BadInputError(f"{what} {path} is a directory, not a file")
     if not stat.S_ISREG(mode):
@@ -72,12 +86,13 @@ def _check_input(what: str, path: str) -> None:
         raise BadInputError(f"{what} {path}: permission denied")
 
 
-def _check_output(what: str, path: str) -> None:
-    if not isinstance(path, str) or not path.strip():
-        raise BadInputError(f"{what}: the path is empty; give a file name")
-    if path.endswith(os.sep) or os.path.isdir(path):
+def _check_output(what: str, path) -> None:
+    path = _path(what, path)
+    if os.path.isdir(path):
         raise BadInputError(f"{what} {path} is a directory; give a file name")
-    directory = os.path.dirname(os.path.abspath(path))
+    if path.endswith(os.sep) or os.path.basename(path) in ("", ".", ".."):
+        raise BadInputError(f"{what} {path} does not end in a file name; give one")
+    directory = os.path.dirname(path) or "."  # not abspath: "missing/../x" must fail here
     if not os.path.isdir(directory):
         raise BadInputError(f"cannot write {what} {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -103,13 +118,19 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _check_dump_dir(dump_dir: str, files: list[tuple[str, str]]) -> None:
-    if not dump_dir.strip():
-        raise BadInputError("--dump-ir: the path is empty; give a directory name")
+    dump_dir = _path("--dump-ir", dump_dir)
     if os.path.exists(dump_dir) and not os.path.isdir(dump_dir):
         raise BadInputError(f"--dump-ir {dump_dir} exists and is not a directory")
+    parent = os.path.dirname(dump_dir.rstrip(os.sep)) or "."
+    if not os.path.isdir(dump_dir) and not os.path.isdir(parent):
+        raise BadInputError(f"--dump-ir {dump_dir}: its parent directory {parent} does not "
+                            "exist")
     root = os.path.realpath(dump_dir)
     for what, path in files:
         real = os.path.realpath(path)
+        if real == root:
+            raise BadInputError(f"--dump-ir {dump_dir} is also {what} {path}; give each its "
+                                "own name")
         if os.path.dirname(real) == root and DUMP_NAME.fullmatch(os.path.basename(real)):
             raise BadInputError(f"--dump-ir {dump_dir} would write over {what} {path}; dump "
                                 "the IR into another directory")
@@ -129,8 +150,9 @@ def _special_kind(mode: int) -> str:
 
 def write_all_atomic(files: list[tuple[str, bytes]]) -> None:
     """Write several files so that either all are replaced or none is: each goes to a
-    temporary file first, and the renames happen only once every write succeeded."""
-    temps = []
+    temporary file first, and the renames happen only once every write succeeded. A write
+    that fails (a full disk, a file size limit) is a BadInputError; nothing is left behind."""
+    temps, renamed, path = [], 0, ""
     try:
         for path, data in files:
             directory = os.path.dirname(os.path.abspath(path))
@@ -143,6 +165,12 @@ def write_all_atomic(files: list[tuple[str, bytes]]) -> None:
                 os.fsync(f.fileno())
         for tmp, path in temps:
             os.replace(tmp, path)
+            renamed += 1
+    except OSError as error:
+        written = f"; {renamed} of {len(files)} outputs were replaced" if renamed else \
+            "; nothing was written"
+        raise BadInputError(f"cannot write {path}: {error.strerror or error}{written}") \
+            from None
     finally:
         for tmp, _ in temps:
             if os.path.exists(tmp):
@@ -185,7 +213,7 @@ def sniff(path: str) -> str:
         head = f.read(4096)
     if not head:
         return "empty"
-    if head[:4] == b"PK\x03\x04":
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip, or an empty one
         return _zip_kind(path) if zipfile.is_zipfile(path) else "broken-zip"
     if head[:8] == b"SNNPACK\0":
         return "snnpack"
@@ -210,7 +238,7 @@ def _zip_kind(path: str) -> str:
         return "export"
     if any(n.endswith("data.pkl") for n in names):
         return "torch"
-    if names and all(n.endswith(".npy") for n in names):
+    if all(n.endswith(".npy") for n in names):  # np.savez() of no arrays is an empty zip
         return "npz"
     return "zip"
 
@@ -230,11 +258,18 @@ def _is_onnx(path: str, head: bytes) -> bool:
 
 
 def _is_text(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
+    """UTF-8 (a character cut at the end of the sample is fine), UTF-16 with a BOM, or a
+    single-byte encoding: no NUL bytes and almost only printable characters."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return True
+    if b"\0" in head:
         return False
-    return all(c.isprintable() or c in "\n\r\t" for c in text)
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
+    except UnicodeDecodeError:
+        text = head.decode("latin-1")
+    printable = sum(c.isprintable() or c in "\n\r\t\f\v\x1b" for c in text)
+    return printable >= 0.95 * len(text)
 
 
 def wrong_kind(what: str, path: str, kind: str, expected: str,
@@ -248,7 +283,7 @@ def wrong_kind(what: str, path: str, kind: str, expected: str,
                "compiled from.",
         "npz": " It looks like a data file (snnc verify --data, snnc quantize --calibration).",
         "snnpack": " It looks like a weight pack (snnc verify --pack, snnc inspect).",
-        "zip": " It is not a torch.export archive: save the model with torch.export.save.",
+        "zip": " It is neither a torch.export archive nor an .npz of arrays.",
         "text": " Is this the right path?",
         "empty": " Was it written completely?",
         "broken-zip": " Write it again (torch.export.save, numpy.savez).",

@@ -136,21 +136,26 @@ def parse_config(config: Mapping[str, object]) -> list[tuple[str, dict | None]]:
         raise BadInputError("the quantization config must be a non-empty JSON object mapping "
                             'module-name globs to {"scheme": ..., "bits": ...} or "float"')
     rules = []
+    from .trust import short_repr
+
     for glob, rule in config.items():
-        if rule == "float":
+        if not isinstance(glob, str):
+            raise BadInputError(f"config key {short_repr(glob)} must be a module-name glob "
+                                "(a string)")
+        if isinstance(rule, str) and rule == "float":
             rules.append((glob, None))
             continue
         if not isinstance(rule, Mapping) or set(rule) != {"scheme", "bits"}:
             raise BadInputError(f'config entry {glob!r}: expected {{"scheme": ..., "bits": ...}} '
-                                f'or "float", got {rule!r}')
+                                f'or "float", got {short_repr(rule)}')
         scheme, bits = rule["scheme"], rule["bits"]
-        if scheme not in SCHEMES:
-            raise BadInputError(f"config entry {glob!r}: unknown scheme {scheme!r}; use "
+        if not isinstance(scheme, str) or scheme not in SCHEMES:
+            raise BadInputError(f"config entry {glob!r}: unknown scheme {short_repr(scheme)}; use "
                                 f"{' or '.join(map(repr, SCHEMES))}")
         allowed = SCHEMES[scheme]
         if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
             raise BadInputError(f"config entry {glob!r}: {scheme} quantization takes bits "
-                                f"{allowed.start}..{allowed.stop - 1}, got {bits!r}")
+                                f"{allowed.start}..{allowed.stop - 1}, got {short_repr(bits)}")
         rules.append((glob, {"scheme": scheme, "bits": bits}))
     return rules
 

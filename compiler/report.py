@@ -159,6 +159,11 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _label(name: str) -> str:
+    """A layer name as literal text on the figure: matplotlib reads $...$ as math."""
+    return _short(name).replace("$", r"\$")
+
+
 def _short(name: str) -> str:
     for noise in ("net.", ".conv_bn.block", ".conv_bn", "patch_embed.", "blocks."):
         name = name.replace(noise, "" if noise != "blocks." else "b")
@@ -180,7 +185,7 @@ def figure_png(report: dict) -> bytes:
     colours = {"uniform": "#4C72B0", "pot": "#DD8452", "float": "#999999"}
     height = max(len(rows), len(neurons), 4) * 0.28 + 1.5
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, height))
-    names = [_short(r["layer"]) for r in rows][::-1]
+    names = [_label(r["layer"]) for r in rows][::-1]
     left.barh(names, [r["bits"] for r in rows][::-1],
               color=[colours.get(r["scheme"], "#999999") for r in rows][::-1])
     left.set_xlabel("weight bits")
@@ -189,7 +194,7 @@ def figure_png(report: dict) -> bytes:
     left.legend(handles=[Patch(color=c, label=k) for k, c in colours.items()
                          if any(r["scheme"] == k for r in rows)], loc="lower right")
     if neurons:
-        right.barh([_short(k) for k in neurons][::-1],
+        right.barh([_label(k) for k in neurons][::-1],
                    [100 * v for v in neurons.values()][::-1], color="#55A868")
         right.set_xlabel("firing rate (%)")
         right.set_title("firing rate per neuron layer (verify data)")

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import BadInputError, first_line
-from .files import check_input
+from .files import check_input, sniff
 from .pack import CODES, LAYOUTS, LEVELS, SIGNED, Layer, decode, onnx_initializers
 
 # how the ONNX backend reads each layout's initializer: (op, Cast's `to` or None)
@@ -129,15 +129,24 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
     names with a dot (session.disable_quant_qdq=1), session config entries.
     """
     check_input("model", onnx_path)
+    onnx_path = os.fspath(onnx_path)
+    if pack_path is not None:
+        check_input("weight pack", pack_path)  # a FIFO or device is never opened
+        pack_path = os.fspath(pack_path)
     options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures reach the user as BadInputError, not ORT's log
     for key, value in session_config.items():
-        if "." in key:
-            options.add_session_config_entry(key, str(value))
-        elif hasattr(options, key):
-            setattr(options, key, value)
-        else:
-            raise BadInputError(f"unknown session option {key!r}")
-    if onnx_path.lower().endswith(".ort"):
+        try:
+            if "." in key:
+                options.add_session_config_entry(key, str(value))
+            elif hasattr(options, key):
+                setattr(options, key, value)
+            else:
+                raise BadInputError(f"unknown session option {key!r}")
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise BadInputError(f"session option {key}={value!r}: {first_line(error)}") \
+                from None
+    if sniff(onnx_path) == "ort":
         refs = {}  # the ORT format holds its weights
     else:
         try:
@@ -153,7 +162,7 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
         if not os.path.exists(pack_path):
             raise BadInputError(f"{pack_path}: no such weight pack (the model's weights are "
                                 "in a separate .snnpack: pass its path)")
-        check_input("weight pack", pack_path)  # a FIFO or device is never opened
+        check_input("weight pack", pack_path)
         arrays = pack_arrays(pack_path, model, onnx_path)
         names = sorted(arrays)
         keep_alive = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arrays[n]))

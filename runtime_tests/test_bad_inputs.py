@@ -249,6 +249,147 @@ def archive_with_nan_weight(d, fx):
     return ["compile", str(d / "nan.pt"), "-o", str(d / "out.onnx")]
 
 
+def _edit_program_json(d: Path, fx: Path, name: str, edit) -> str:
+    """A copy of the good archive whose models/*.json went through edit(dict)."""
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / name, "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if "/models/" in info.filename:
+                program = json.loads(data)
+                edit(program)
+                data = json.dumps(program).encode()
+            out.writestr(info, data)
+    return str(d / name)
+
+
+@case("compile")
+def archive_with_code_in_a_shape_expression(d, fx):
+    def edit(program):
+        values = program["graph_module"]["graph"]["tensor_values"]
+        first = values[next(iter(values))]
+        first["sizes"][0] = {"as_expr": {"expr_str": "__import__('os').system('touch PWNED')",
+                                         "hint": {"as_int": 1}}}
+    return ["compile", _edit_program_json(d, fx, "sym.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_code_in_a_guard(d, fx):
+    def edit(program):
+        program["guards_code"] = ["L['x'].size()[0] == 1 or __import__('os').system('touch PWNED')"]
+    return ["compile", _edit_program_json(d, fx, "guard.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_quote_in_a_guard(d, fx):
+    def edit(program):
+        program["guards_code"] = ["L['x\"); __import__(\"os\").system(\"touch PWNED\"); (\"']"
+                                  ".size()[0] == 1"]
+    return ["compile", _edit_program_json(d, fx, "guard.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_calling_a_python_function(d, fx):
+    def edit(program):
+        program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.save"
+    return ["compile", _edit_program_json(d, fx, "target.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_an_upper_case_object_member(d, fx):
+    path = _archive_with(d, fx, "evil.pt", "", None,
+                         ("archive/data/constants/OPAQUE_OBJ_0", _evil_pickle()))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_native_library(d, fx):
+    path = _archive_with(d, fx, "aoti.pt", "", None,
+                         ("archive/data/aotinductor/m/m.wrapper.so", b"\x7fELF"))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_path_outside(d, fx):
+    path = _archive_with(d, fx, "slip.pt", "", None,
+                         ("archive/data/weights/../../../../PWNED", b"x"))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_weight_bigger_than_its_record(d, fx):
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / "bomb.pt", "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                meta = next(iter(config["config"].values()))["tensor_meta"]
+                meta["sizes"] = [{"as_int": 1 << 29}] + meta["sizes"][1:]
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+    return ["compile", str(d / "bomb.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_weight_of_another_shape(d, fx):
+    model = conv_snn()
+    program = export(model, torch.zeros(1, 2, 12, 12))
+    torch.export.save(program, str(d / "good.pt"))
+    src = zipfile.ZipFile(d / "good.pt")
+    with zipfile.ZipFile(d / "shape.pt", "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                meta = config["config"]["conv1.weight"]["tensor_meta"]
+                meta["sizes"], meta["strides"] = [{"as_int": 16}], [{"as_int": 1}]
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+    (d / "good.pt").unlink()
+    return ["compile", str(d / "shape.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_without_sample_inputs(d, fx):
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / "part.pt", "w") as out:
+        for info in src.infolist():
+            if "sample_inputs" not in info.filename:
+                out.writestr(info, src.read(info.filename))
+    return ["compile", str(d / "part.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def nan_threshold(d, fx):
+    model = conv_snn()
+    model.lif2.v_threshold = float("nan")
+    torch.export.save(export(model, torch.zeros(1, 2, 12, 12)), str(d / "thr.pt"))
+    return ["compile", str(d / "thr.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def batchnorm_fold_overflows(d, fx):
+    model = conv_snn()
+    with torch.no_grad():
+        model.conv2.weight[0, 0, 0, 0] = 3e38
+        model.bn2.weight[0] = 100.0
+    torch.export.save(export(model, torch.zeros(1, 2, 12, 12)), str(d / "big.pt"))
+    return ["compile", str(d / "big.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def utf16_text(d, fx):
+    (d / "notes.pt").write_bytes("a model? no\n".encode("utf-16"))
+    return ["compile", str(d / "notes.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def latin1_text(d, fx):
+    (d / "notes.pt").write_bytes("caf\xe9 cr\xe8me, pas un mod\xe8le\n".encode("latin-1"))
+    return ["compile", str(d / "notes.pt"), "-o", str(d / "out.onnx")]
+
+
 # -------------------------------------------------------------------- compile: checkpoints
 
 @case("compile")
@@ -393,6 +534,90 @@ def checkpoint_nan_weight(d, fx):
 def checkpoint_inf_weight(d, fx):
     path = checkpoint(d, "c.pt", model=with_nan(float("inf")))
     return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+def _pickle_checkpoint(d: Path, name: str, body: bytes) -> str:
+    """A torch.save zip whose data.pkl is `body` (a hand-written pickle)."""
+    buffer = io.BytesIO()
+    torch.save({}, buffer)
+    src = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(d / name, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, body if info.filename.endswith("data.pkl")
+                         else src.read(info.filename))
+    return str(d / name)
+
+
+def _checkpoint_pickle(factory_ops: bytes) -> bytes:
+    def text(s):
+        return b"X" + len(s.encode()).to_bytes(4, "little") + s.encode()
+    return (b"\x80\x02}(" + text("factory") + factory_ops + text("kwargs") + b"}"
+            + text("state_dict") + b"}" + text("input_shape") + b"]K\x01au.")
+
+
+@case("compile")
+def checkpoint_nested_too_deep(d, fx):
+    body = _checkpoint_pickle(b"]" * 5000 + b"a" * 4999)
+    return ["compile", _pickle_checkpoint(d, "deep.pt", body), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_of_shared_tuples(d, fx):
+    laughs = b"]q\x00" + b"".join(b"](h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"eq"
+                                    + bytes([i]) for i in range(1, 41))
+    body = _checkpoint_pickle(laughs)
+    return ["compile", _pickle_checkpoint(d, "laugh.pt", body), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_pretrained_tensor(d, fx):
+    path = checkpoint(d, "c.pt", "spikingjelly.activation_based.model.spikformer:"
+                      "spikformer_cifar10", {"pretrained": torch.zeros(2)})
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_quantization_not_a_dict(d, fx):
+    path = checkpoint(d, "c.pt", quantization=torch.zeros(2))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def factory_sympy_parse_expr(d, fx):
+    path = checkpoint(d, "c.pt", "sympy.parsing.sympy_parser:parse_expr",
+                      {"s": "__import__('os').system('touch PWNED')"})
+    return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
+
+
+@case("compile")
+def output_through_missing_directory(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "nodir" / ".." / "out.onnx")]
+
+
+@case("compile")
+def output_ends_in_dot(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx") + "/."]
+
+
+@case("compile")
+def dump_ir_is_the_pack(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--pack", str(d / "h.snnpack"),
+            "--dump-ir", str(d / "h.snnpack")]
+
+
+@case("compile")
+def dump_ir_parent_missing(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--dump-ir", str(d / "a" / "b" / "c")]
+
+
+@case("compile")
+def empty_report_path(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--report", ""]
 
 
 @case("compile")
@@ -769,6 +994,40 @@ def skeleton_without_pack(d, fx):
 
 
 @case("verify")
+def min_agreement_nan(d, fx):
+    model, onnx_path, data = _verify_files(d, fx)
+    return ["verify", model, onnx_path, "--data", data, "--min-agreement", "nan"]
+
+
+@case("verify")
+def other_source_with_unknown_ops(d, fx):
+    """--allow-other-source compares any SOURCE, but runs it only if snnc knows its ops."""
+    _, onnx_path, data = _verify_files(d, fx)
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return torch.sin(x).flatten(1)[:, :5]
+
+    torch.export.save(export(Odd().eval(), torch.zeros(1, 2, 12, 12)), str(d / "odd.pt"))
+    return ["verify", str(d / "odd.pt"), onnx_path, "--data", data, "--allow-other-source"]
+
+
+@case("verify")
+def data_timedelta(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    x = X.astype(np.int64).astype("timedelta64[s]")
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=x, y=Y)]
+
+
+@case("verify")
+def labels_beyond_int64(d, fx):
+    model, onnx_path, _ = _verify_files(d, fx)
+    y = Y.astype(np.uint64)
+    y[0] = np.iinfo(np.uint64).max
+    return ["verify", model, onnx_path, "--data", npz(d, "d.npz", x=X, y=y)]
+
+
+@case("verify")
 def batch_size_zero(d, fx):
     model, onnx_path, data = _verify_files(d, fx)
     return ["verify", model, onnx_path, "--data", data, "--batch-size", "0"]
@@ -860,6 +1119,13 @@ def nan_in_a_float_layer(d, fx):
         model.bn1.running_var[0] = float("inf")
     path = checkpoint(d, "c.pt", model=model)
     return ["quantize", path, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
+def config_scheme_a_list(d, fx):
+    model, config = _quantize_files(d, fx)
+    Path(config).write_text(json.dumps({"conv1": {"scheme": ["pot"], "bits": 4}}))
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
 
 
 @case("quantize")
@@ -979,6 +1245,9 @@ def test_there_are_enough_cases():
 
 @pytest.mark.parametrize("name", ["compile-fifo", "compile-factory_os_system",
                                   "compile-archive_with_code_in_sample_inputs",
+                                  "compile-archive_with_code_in_a_shape_expression",
+                                  "compile-archive_without_sample_inputs",
+                                  "compile-batchnorm_fold_overflows",
                                   "verify-other_source", "inspect-truncated_pack",
                                   "quantize-output_is_input"])
 def test_real_processes_refuse_too(name, fx, tmp_path):
@@ -991,3 +1260,32 @@ def test_real_processes_refuse_too(name, fx, tmp_path):
                          cwd=d, timeout=120)
     check_refusal(run.returncode, run.stderr, before, snapshot(d))
     assert not (d / "PWNED").exists()
+    # nothing but snnc's own lines: the header, progress, the error (no library warnings)
+    before_error = run.stderr[:run.stderr.find("snnc: error:")].splitlines()
+    assert all(line.startswith(("snnc compile ", "  ")) and "Warning" not in line
+               and "Traceback" not in line for line in before_error), run.stderr
+
+
+def test_archives_torch_writes_pass_the_checks(tmp_path):
+    """The archive checks refuse only what torch.export.save never writes: a dynamic-batch
+    export (shape symbols, Min/Mul expressions, range constraints) and one with lifted
+    constants both pass, and load."""
+    from snnc import archive, loader
+
+    class WithConstant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.ones(3)
+            self.register_buffer("b", torch.zeros(3), persistent=False)
+
+        def forward(self, x):
+            return x * self.c + self.b
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dynamic = torch.export.export(conv_snn(), (torch.zeros(2, 2, 12, 12),),
+                                  dynamic_shapes=({0: batch},))
+    constant = torch.export.export(WithConstant(), (torch.zeros(2, 3),))
+    for name, program in (("dynamic.pt2", dynamic), ("constant.pt2", constant)):
+        torch.export.save(program, str(tmp_path / name))
+        archive.check(str(tmp_path / name))
+        assert loader.load_program(str(tmp_path / name)) is not None
