@@ -94,29 +94,9 @@ def canonical_ort(data: bytes) -> bytes:
     kept. Raises SnncError on a layout other than that."""
     import flatbuffers
     from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
-        ArgTypeAndIndex as ArgFbs, InferenceSession as SessionFbs,
-        KernelTypeStrArgsEntry as KtsFbs, KernelTypeStrResolver as ResolverFbs,
-        OpIdKernelTypeStrArgsEntry as OpFbs)
+        InferenceSession as SessionFbs)
 
-    def unexpected(what: str) -> SnncError:
-        return SnncError(f"cannot make the ORT-format model deterministic: {what} (this "
-                         "onnxruntime writes a layout snnc does not know; docs/mobile.md)")
-
-    if len(data) < 8 or data[4:8] != b"ORTM" or len(data) % 4:
-        raise unexpected("not an ORT-format buffer")
-    session = SessionFbs.InferenceSession.GetRootAs(data, 0)
-    table = session._tab
-    vtable = table.Pos - int.from_bytes(data[table.Pos:table.Pos + 4], "little", signed=True)
-    fields = (int.from_bytes(data[vtable:vtable + 2], "little") - 4) // 2
-    present = {slot for slot in range(fields) if table.Offset(4 + 2 * slot)}
-    # InferenceSession: ort_version (0), model (1), session_state (2, deprecated), resolver (3)
-    if not present <= {0, 1, 3} or 1 not in present:
-        raise unexpected(f"InferenceSession fields {sorted(present)}")
-    model = session.Model()._tab.Pos
-    tail = min(model, model - int.from_bytes(data[model:model + 4], "little", signed=True))
-    version_at = table.Indirect(table.Pos + table.Offset(4)) if 0 in present else None
-    entries = _resolver_entries(session) if 3 in present else None
-
+    session, model, tail, version_at, entries = _ort_layout(data)
     blob = data[tail:]
     builder = flatbuffers.Builder(len(data) + 1024)
     builder.Prep(1, len(blob))
@@ -127,47 +107,7 @@ def canonical_ort(data: bytes) -> bytes:
     def kept(position: int) -> int:  # builder offset (from the end) of an object in the tail
         return len(data) - position
 
-    strings: dict[bytes, int] = {}
-
-    def string(text: bytes) -> int:
-        if text not in strings:
-            strings[text] = builder.CreateString(text)
-        return strings[text]
-
-    def tables(offsets: list[int]) -> int:
-        builder.StartVector(4, len(offsets), 4)
-        for offset in reversed(offsets):
-            builder.PrependUOffsetTRelative(offset)
-        return builder.EndVector()
-
-    resolver = None
-    if entries is not None:
-        ops = []
-        for op_id, strs in entries:
-            kts_offsets = []
-            for kernel_type_str, args in strs:
-                arg_offsets = []
-                for arg_type, index in args:
-                    ArgFbs.ArgTypeAndIndexStart(builder)
-                    ArgFbs.ArgTypeAndIndexAddIndex(builder, index)
-                    ArgFbs.ArgTypeAndIndexAddArgType(builder, arg_type)
-                    arg_offsets.append(ArgFbs.ArgTypeAndIndexEnd(builder))
-                args_vector = tables(arg_offsets)
-                name = string(kernel_type_str)
-                KtsFbs.KernelTypeStrArgsEntryStart(builder)
-                KtsFbs.KernelTypeStrArgsEntryAddArgs(builder, args_vector)
-                KtsFbs.KernelTypeStrArgsEntryAddKernelTypeStr(builder, name)
-                kts_offsets.append(KtsFbs.KernelTypeStrArgsEntryEnd(builder))
-            kts_vector = tables(kts_offsets)
-            name = string(op_id)
-            OpFbs.OpIdKernelTypeStrArgsEntryStart(builder)
-            OpFbs.OpIdKernelTypeStrArgsEntryAddKernelTypeStrArgs(builder, kts_vector)
-            OpFbs.OpIdKernelTypeStrArgsEntryAddOpId(builder, name)
-            ops.append(OpFbs.OpIdKernelTypeStrArgsEntryEnd(builder))
-        ops_vector = tables(ops)
-        ResolverFbs.KernelTypeStrResolverStart(builder)
-        ResolverFbs.KernelTypeStrResolverAddOpKernelTypeStrArgs(builder, ops_vector)
-        resolver = ResolverFbs.KernelTypeStrResolverEnd(builder)
+    resolver = None if entries is None else _build_resolver(builder, entries)
     if version_at is not None:
         version = (kept(version_at) if version_at >= tail
                    else builder.CreateString(session.OrtVersion()))
@@ -187,8 +127,83 @@ def canonical_ort(data: bytes) -> bytes:
             or len(out) - check.Model()._tab.Pos != kept(model)
             or check.OrtVersion() != session.OrtVersion()
             or _resolver_entries(check) != entries):
-        raise unexpected("the rewritten model does not read back the same")
+        raise _unexpected("the rewritten model does not read back the same")
     return out
+
+
+def _unexpected(what: str) -> SnncError:
+    return SnncError(f"cannot make the ORT-format model deterministic: {what} (this "
+                     "onnxruntime writes a layout snnc does not know; docs/mobile.md)")
+
+
+def _ort_layout(data: bytes):
+    """(root session, model table position, start of the kept tail, version string position
+    or None, sorted resolver entries or None) of an ORT-format buffer."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        InferenceSession as SessionFbs)
+
+    if len(data) < 8 or data[4:8] != b"ORTM" or len(data) % 4:
+        raise _unexpected("not an ORT-format buffer")
+    session = SessionFbs.InferenceSession.GetRootAs(data, 0)
+    table = session._tab
+    vtable = table.Pos - int.from_bytes(data[table.Pos:table.Pos + 4], "little", signed=True)
+    fields = (int.from_bytes(data[vtable:vtable + 2], "little") - 4) // 2
+    present = {slot for slot in range(fields) if table.Offset(4 + 2 * slot)}
+    # InferenceSession: ort_version (0), model (1), session_state (2, deprecated), resolver (3)
+    if not present <= {0, 1, 3} or 1 not in present:
+        raise _unexpected(f"InferenceSession fields {sorted(present)}")
+    model = session.Model()._tab.Pos
+    tail = min(model, model - int.from_bytes(data[model:model + 4], "little", signed=True))
+    version_at = table.Indirect(table.Pos + table.Offset(4)) if 0 in present else None
+    entries = _resolver_entries(session) if 3 in present else None
+    return session, model, tail, version_at, entries
+
+
+def _build_resolver(builder, entries: list) -> int:
+    """Write the resolver's tables in the sorted order of `entries`; its offset."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        ArgTypeAndIndex as ArgFbs, KernelTypeStrArgsEntry as KtsFbs,
+        KernelTypeStrResolver as ResolverFbs, OpIdKernelTypeStrArgsEntry as OpFbs)
+
+    strings: dict[bytes, int] = {}
+
+    def string(text: bytes) -> int:
+        if text not in strings:
+            strings[text] = builder.CreateString(text)
+        return strings[text]
+
+    def tables(offsets: list[int]) -> int:
+        builder.StartVector(4, len(offsets), 4)
+        for offset in reversed(offsets):
+            builder.PrependUOffsetTRelative(offset)
+        return builder.EndVector()
+
+    ops = []
+    for op_id, strs in entries:
+        kts_offsets = []
+        for kernel_type_str, args in strs:
+            arg_offsets = []
+            for arg_type, index in args:
+                ArgFbs.ArgTypeAndIndexStart(builder)
+                ArgFbs.ArgTypeAndIndexAddIndex(builder, index)
+                ArgFbs.ArgTypeAndIndexAddArgType(builder, arg_type)
+                arg_offsets.append(ArgFbs.ArgTypeAndIndexEnd(builder))
+            args_vector = tables(arg_offsets)
+            name = string(kernel_type_str)
+            KtsFbs.KernelTypeStrArgsEntryStart(builder)
+            KtsFbs.KernelTypeStrArgsEntryAddArgs(builder, args_vector)
+            KtsFbs.KernelTypeStrArgsEntryAddKernelTypeStr(builder, name)
+            kts_offsets.append(KtsFbs.KernelTypeStrArgsEntryEnd(builder))
+        kts_vector = tables(kts_offsets)
+        name = string(op_id)
+        OpFbs.OpIdKernelTypeStrArgsEntryStart(builder)
+        OpFbs.OpIdKernelTypeStrArgsEntryAddKernelTypeStrArgs(builder, kts_vector)
+        OpFbs.OpIdKernelTypeStrArgsEntryAddOpId(builder, name)
+        ops.append(OpFbs.OpIdKernelTypeStrArgsEntryEnd(builder))
+    ops_vector = tables(ops)
+    ResolverFbs.KernelTypeStrResolverStart(builder)
+    ResolverFbs.KernelTypeStrResolverAddOpKernelTypeStrArgs(builder, ops_vector)
+    return ResolverFbs.KernelTypeStrResolverEnd(builder)
 
 
 def to_ort(model_bytes: bytes) -> tuple[bytes, str]:

@@ -621,23 +621,6 @@ def empty_report_path(d, fx):
 
 
 @case("compile")
-def unsupported_ops(d, fx):
-    from spikingjelly.activation_based import layer, neuron
-
-    class Odd(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = layer.Conv2d(2, 4, 3, padding=1, step_mode="m")
-            self.lif = neuron.LIFNode(step_mode="m")
-
-        def forward(self, x):
-            return torch.cumsum(torch.sin(self.lif(self.conv(x.unsqueeze(0)))), dim=-1)
-
-    torch.export.save(export(Odd().eval(), torch.zeros(1, 2, 8, 8)), str(d / "odd.pt"))
-    return ["compile", str(d / "odd.pt"), "-o", str(d / "out.onnx")]
-
-
-@case("compile")
 def pickle_with_bad_input_shape(d, fx):
     torch.save(conv_snn(), d / "whole.pt")
     return ["compile", str(d / "whole.pt"), "-o", str(d / "out.onnx"), "--trust-pickle",
