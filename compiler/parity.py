@@ -203,59 +203,13 @@ def compare(reference: Trace, other: Trace, comparison: Comparison, tol: float =
     for b in range(batch):
         index = comparison.samples
         comparison.samples += 1
-        flip = None
-        same = total = 0  # spike agreement over every layer, for a perturbed sample
-        for layer in layers:
-            ref, got = reference.spikes[layer][:, b], other.spikes[layer][:, b]
-            diff = ref != got
-            if flip is not None:  # after the first difference: only counted
-                same += int(diff.size - diff.sum())
-                total += diff.size
-                continue
-            comparison.spikes_compared += ref.size
-            same += ref.size
-            total += ref.size
-            if not diff.any():
-                continue
-            first_t = int(np.argmax(diff.reshape(diff.shape[0], -1).any(axis=1)))
-            same -= int(diff.sum())
-            h = reference.membranes[layer][first_t, b]
-            threshold = np.broadcast_to(reference.thresholds[layer], h.shape)
-            distance = np.abs(h - threshold)[diff[first_t]]
-            limit = tol * np.maximum(1.0, np.abs(threshold[diff[first_t]]))
-            count = int(diff[first_t].sum())
-            if (distance > limit).any():
-                comparison.problems.append(
-                    f"sample {index}: layer {layer} step {first_t}: "
-                    f"{count} spike(s) differ, up to {distance.max():.3g} from the threshold "
-                    f"(beyond {tol:g} x max(1, |threshold|): not rounding)")
-            elif max_flips is not None and count > max_flips:
-                comparison.problems.append(
-                    f"sample {index}: layer {layer} step {first_t}: {count} spike(s) differ, "
-                    f"all within {tol:g} of the threshold, but more than {max_flips} cannot "
-                    "be a rounding accident")
-            flip = Flip(index, layer, first_t, count, float(distance.max()))
-        out_diff = 0.0
-        for ref_out, got_out in zip(reference.outputs, other.outputs):
-            r, g = (np.take(o, b, axis=batch_axis) for o in (ref_out, got_out))
-            d = float(np.abs(r - g).max()) if r.size else 0.0
-            out_diff = max(out_diff, d if d == d else np.inf)  # NaN counts as a difference
+        flip, agreement = _first_flip(reference, other, layers, b, comparison, tol, max_flips)
+        out_diff = _output_diff(reference, other, b, batch_axis)
         ref_top, got_top = (_prediction(o.outputs[0], b, batch_axis) for o in (reference, other))
         if ref_top != got_top:
             comparison.top1_changed.append(index)
         if flip is not None:
-            comparison.perturbed += 1
-            comparison.perturbed_samples.append(index)
-            comparison.first_flips.append(flip)
-            comparison.flips += flip.spikes
-            comparison.max_flip_distance = max(comparison.max_flip_distance, flip.distance)
-            comparison.perturbed_logit_diff = max(comparison.perturbed_logit_diff, out_diff)
-            comparison.perturbed_agreement = min(comparison.perturbed_agreement,
-                                                 same / max(total, 1))
-            if perturbed_tol is not None and out_diff > perturbed_tol:
-                comparison.problems.append(
-                    f"sample {index} (rounding-perturbed at {flip.layer} t{flip.step}): "
-                    f"outputs differ by {out_diff:.3g} (> {perturbed_tol})")
+            _record_perturbed(comparison, flip, out_diff, agreement, perturbed_tol)
             continue
         comparison.max_logit_diff = max(comparison.max_logit_diff, out_diff)
         if out_diff > logit_tol:
@@ -263,3 +217,66 @@ def compare(reference: Trace, other: Trace, comparison: Comparison, tol: float =
                 f"sample {index}: identical spikes but outputs differ "
                 f"by {out_diff:.3g} (> {logit_tol})")
     return comparison
+
+
+def _first_flip(reference: Trace, other: Trace, layers: list[str], b: int,
+                comparison: Comparison, tol: float, max_flips: int | None):
+    """(the sample's first differing layer and step as a Flip, or None; its spike agreement
+    over every layer). Differences there must be rounding: within tol x max(1, |threshold|)
+    of the threshold, and at most max_flips of them."""
+    index = comparison.samples - 1
+    flip = None
+    same = total = 0
+    for layer in layers:
+        ref, got = reference.spikes[layer][:, b], other.spikes[layer][:, b]
+        diff = ref != got
+        same += int(diff.size - diff.sum())
+        total += diff.size
+        if flip is not None:  # after the first difference: only counted
+            continue
+        comparison.spikes_compared += ref.size
+        if not diff.any():
+            continue
+        first_t = int(np.argmax(diff.reshape(diff.shape[0], -1).any(axis=1)))
+        h = reference.membranes[layer][first_t, b]
+        threshold = np.broadcast_to(reference.thresholds[layer], h.shape)
+        distance = np.abs(h - threshold)[diff[first_t]]
+        limit = tol * np.maximum(1.0, np.abs(threshold[diff[first_t]]))
+        count = int(diff[first_t].sum())
+        if (distance > limit).any():
+            comparison.problems.append(
+                f"sample {index}: layer {layer} step {first_t}: "
+                f"{count} spike(s) differ, up to {distance.max():.3g} from the threshold "
+                f"(beyond {tol:g} x max(1, |threshold|): not rounding)")
+        elif max_flips is not None and count > max_flips:
+            comparison.problems.append(
+                f"sample {index}: layer {layer} step {first_t}: {count} spike(s) differ, "
+                f"all within {tol:g} of the threshold, but more than {max_flips} cannot "
+                "be a rounding accident")
+        flip = Flip(index, layer, first_t, count, float(distance.max()))
+    return flip, same / max(total, 1)
+
+
+def _output_diff(reference: Trace, other: Trace, b: int, batch_axis: int) -> float:
+    """Largest |difference| of sample b's outputs; NaN counts as infinitely different."""
+    out_diff = 0.0
+    for ref_out, got_out in zip(reference.outputs, other.outputs):
+        r, g = (np.take(o, b, axis=batch_axis) for o in (ref_out, got_out))
+        d = float(np.abs(r - g).max()) if r.size else 0.0
+        out_diff = max(out_diff, d if d == d else np.inf)
+    return out_diff
+
+
+def _record_perturbed(comparison: Comparison, flip: Flip, out_diff: float, agreement: float,
+                      perturbed_tol: float | None) -> None:
+    comparison.perturbed += 1
+    comparison.perturbed_samples.append(flip.sample)
+    comparison.first_flips.append(flip)
+    comparison.flips += flip.spikes
+    comparison.max_flip_distance = max(comparison.max_flip_distance, flip.distance)
+    comparison.perturbed_logit_diff = max(comparison.perturbed_logit_diff, out_diff)
+    comparison.perturbed_agreement = min(comparison.perturbed_agreement, agreement)
+    if perturbed_tol is not None and out_diff > perturbed_tol:
+        comparison.problems.append(
+            f"sample {flip.sample} (rounding-perturbed at {flip.layer} t{flip.step}): "
+            f"outputs differ by {out_diff:.3g} (> {perturbed_tol})")
