@@ -1175,6 +1175,52 @@ def pack_directory(d, fx):
     return ["inspect", str(d / "p.snnpack"), "--json"]
 
 
+def _resealed(d: Path, fx: Path, edit) -> str:
+    """The good pack with `edit(bytearray)` applied and its checksum recomputed."""
+    import struct
+
+    from snnc import pack
+
+    blob = bytearray((fx / "model.snnpack").read_bytes())
+    edit(blob)
+    struct.pack_into("<I", blob, 56, pack.checksum(bytes(blob)))
+    (d / "p.snnpack").write_bytes(bytes(blob))
+    return str(d / "p.snnpack")
+
+
+@case("inspect")
+def future_version(d, fx):
+    return ["inspect", _resealed(d, fx, lambda b: b.__setitem__(slice(8, 10), b"\x63\x00"))]
+
+
+@case("inspect")
+def reserved_bytes_set(d, fx):
+    return ["inspect", _resealed(d, fx, lambda b: b.__setitem__(60, 1))]
+
+
+@case("inspect")
+def bits_out_of_range(d, fx):
+    return ["inspect", _resealed(d, fx, lambda b: b.__setitem__(64 + 17, 9))]
+
+
+@case("inspect")
+def layer_count_beyond_file(d, fx):
+    return ["inspect", _resealed(d, fx, lambda b: b.__setitem__(slice(16, 20),
+                                                                 (10 ** 6).to_bytes(4, "little")))]
+
+
+@case("inspect")
+def random_bytes_named_pack(d, fx):
+    (d / "r.snnpack").write_bytes(np.random.default_rng(5).bytes(4000))
+    return ["inspect", str(d / "r.snnpack"), "--json"]
+
+
+@case("inspect")
+def empty_pack(d, fx):
+    (d / "e.snnpack").write_bytes(b"")
+    return ["inspect", str(d / "e.snnpack")]
+
+
 # ------------------------------------------------------------------------------------ the check
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -1272,3 +1318,49 @@ def test_archives_torch_writes_pass_the_checks(tmp_path):
         torch.export.save(program, str(tmp_path / name))
         archive.check(str(tmp_path / name))
         assert loader.load_program(str(tmp_path / name)) is not None
+
+
+def tally() -> str:
+    """Run every case and count, per subcommand: tried, refused cleanly, raw tracebacks,
+    outputs left, inputs changed (`python3 runtime_tests/test_bad_inputs.py`)."""
+    import tempfile
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    root = Path(tempfile.mkdtemp(prefix="snnc-bad-"))
+    good = root / "good"
+    good.mkdir()
+    fixtures = fx.__wrapped__(type("Factory", (), {"mktemp": lambda self, name: good})())
+    rows: dict[str, list[int]] = {}
+    for name, build in sorted(CASES.items()):
+        d = root / name
+        d.mkdir()
+        os.chdir(d)
+        args = build(d, fixtures)
+        before = snapshot(d)
+        result = CliRunner().invoke(main, args)
+        after = snapshot(d)
+        row = rows.setdefault(name.split("-")[0], [0, 0, 0, 0, 0])
+        traceback = result.exception is not None and not isinstance(result.exception,
+                                                                    SystemExit)
+        try:
+            check_refusal(result.exit_code, result.stderr, before, after)
+            clean = not traceback
+        except AssertionError:
+            clean = False
+        row[0] += 1
+        row[1] += clean
+        row[2] += traceback or "Traceback" in result.stderr
+        row[3] += any(k not in before for k in after)
+        row[4] += any(after.get(k) != v for k, v in before.items())
+    lines = [f"{'subcommand':<10} {'tried':>6} {'refused cleanly':>16} {'raw tracebacks':>15} "
+             f"{'outputs left':>13} {'inputs changed':>15}"]
+    for command, row in rows.items():
+        lines.append(f"{command:<10} {row[0]:>6} {row[1]:>16} {row[2]:>15} {row[3]:>13} "
+                     f"{row[4]:>15}")
+    shutil.rmtree(root, ignore_errors=True)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(tally())
