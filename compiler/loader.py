@@ -137,14 +137,22 @@ _PICKLED = object()  # _torch_load's answer for a pickle of objects that the use
 
 
 def _torch_load(path: str, kind: str, trust_pickle: bool):
-    """torch.load(weights_only=True), which builds only tensors and plain containers; _PICKLED
-    for a pickle of arbitrary objects when the user trusts it; BadInputError otherwise. The
-    pickle's nesting and expanded size are bounded first (archive.check_torch_file)."""
-    archive.check_torch_file(path, kind)
+    """torch.load(weights_only=True), which builds only tensors and plain containers, on a
+    checked copy of the file (archive.check_torch_save); _PICKLED for a pickle of arbitrary
+    objects when the user trusts it; BadInputError otherwise."""
+    if kind == "pickle":  # torch.save's format before PyTorch 1.6, or a plain pickle
+        if trust_pickle:
+            return _PICKLED
+        raise BadInputError(
+            f"{path} is a plain pickle or a torch.save file in the format of PyTorch < 1.6, "
+            "not a model file snnc can read: snnc reads checkpoints in torch.save's zip "
+            "format. Save it again with a current "
+            "torch.save (or pass --trust-pickle if it is a pickled model you trust).")
+    data = archive.check_torch_save(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights_only" not in str(error) and "Unsupported global" not in str(error):
             raise _unreadable(path, error) from None
@@ -173,16 +181,22 @@ _UNSAFE_ARCHIVE = ("{path} is a torch.export archive holding pickled Python obje
 
 def _load_export(path: str, trust_pickle: bool) -> torch.export.ExportedProgram:
     """torch.export.load, which trusts its input (its docs: never load an untrusted file).
-    Unless the user trusts the file, snnc.archive checks every member and every string torch
-    would evaluate first, and every torch.load inside is forced to weights_only
-    (TORCH_FORCE_WEIGHTS_ONLY_LOAD), so a crafted archive runs no code."""
-    if not trust_pickle:
-        archive.check(path)
+    Unless the user trusts the file, snnc.archive checks every member, record, text field and
+    pickle first and torch reads the checked copy it returns, with every torch.load inside
+    forced to weights_only (TORCH_FORCE_WEIGHTS_ONLY_LOAD): a crafted archive runs no code."""
     try:
-        with open(path, "rb") as f, _weights_only(not trust_pickle), _quiet_torch():
-            program = torch.export.load(f)  # a file object: torch warns on names not ending .pt2
-    except (SnncError, MemoryError):
+        with _weights_only(not trust_pickle), _quiet_torch():
+            if trust_pickle:
+                with open(path, "rb") as f:  # a file object: torch warns on names not .pt2
+                    program = torch.export.load(f)
+            else:  # torch reads the checked copy, never the file itself
+                program = torch.export.load(io.BytesIO(archive.check_export(path)))
+    except SnncError:
         raise
+    except (RecursionError, MemoryError) as error:
+        raise BadInputError(f"{path}: loading the archive exceeds this machine's "
+                            f"{'stack' if isinstance(error, RecursionError) else 'memory'}"
+                            ) from None
     except Exception as error:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             found = re.search(r"GLOBAL (\S+)", str(error))
@@ -276,6 +290,7 @@ def _model_from_checkpoint(path: str, ckpt: dict[str, Any],
                            trust_code: bool = False) -> torch.nn.Module:
     factory, kwargs = ckpt["factory"], ckpt["kwargs"]
     build = resolve_factory(factory, kwargs, path, trust_code)
+    _check_model_size(build, kwargs, factory, path)
     try:
         model = build(**kwargs)
         if not isinstance(model, torch.nn.Module):
@@ -295,6 +310,28 @@ def _model_from_checkpoint(path: str, ckpt: dict[str, Any],
         raise BadInputError(f"{path}: building {factory}(**kwargs) and loading its state_dict "
                             f"failed: {type(error).__name__}: {first_line(error)}") from None
     return model
+
+
+MAX_PARAMETERS = 1 << 29  # 2 GiB of float32 weights: far above any spiking network here
+
+
+def _check_model_size(build, kwargs: dict, factory: str, path: str) -> None:
+    """Build the model on PyTorch's meta device first (no memory) and refuse it beyond
+    MAX_PARAMETERS: a 1 KB checkpoint can ask an allowlisted factory for embed_dims=16384.
+    A factory that cannot build on the meta device is built for real, unprobed."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = build(**kwargs)
+        count = sum(t.numel() for t in list(probe.parameters()) + list(probe.buffers()))
+    except SnncError:
+        raise
+    except Exception:
+        return
+    if count > MAX_PARAMETERS:
+        raise BadInputError(f"{path}: {factory}(**kwargs) builds a model of {count:,} weights, "
+                            f"more than snnc compiles ({MAX_PARAMETERS:,}); check the "
+                            "checkpoint's kwargs")
 
 
 def _load_pickled_module(path: str, input_shape) -> torch.export.ExportedProgram:

@@ -390,6 +390,106 @@ def latin1_text(d, fx):
     return ["compile", str(d / "notes.pt"), "-o", str(d / "out.onnx")]
 
 
+@case("compile")
+def archive_with_code_in_an_input_name(d, fx):
+    """torch.fx pastes placeholder names into the forward() it generates and exec's."""
+    def edit(program):
+        spec = program["graph_module"]["signature"]["input_specs"][0]
+        arg = next(iter(spec.values()))["arg"]
+        arg["name"] = "*b, c=__import__('os').system('touch PWNED')"
+    return ["compile", _edit_program_json(d, fx, "name.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_huge_shape_symbol(d, fx):
+    def edit(program):
+        program["range_constraints"]["u100000000000"] = {"min_val": 0, "max_val": 10}
+    return ["compile", _edit_program_json(d, fx, "range.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_huge_power(d, fx):
+    def edit(program):
+        values = program["graph_module"]["graph"]["tensor_values"]
+        values[next(iter(values))]["sizes"][0] = {"as_expr": {
+            "expr_str": "Integer(10)**Integer(10)**Integer(12)", "hint": {"as_int": 1}}}
+    return ["compile", _edit_program_json(d, fx, "pow.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_malformed_program(d, fx):
+    def edit(program):
+        program["graph_module"] = [1]
+    return ["compile", _edit_program_json(d, fx, "bad.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_unknown_text_fields(d, fx):
+    def edit(program):
+        program["graph_module"]["graph"]["nodes"][0]["code"] = "import os"
+    return ["compile", _edit_program_json(d, fx, "text.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_sample_input_bomb(d, fx):
+    nested = [0, 0]
+    for _ in range(40):
+        nested = [nested, nested]
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 2, 12, 12),), {"extra": nested}), buffer)
+    path = _archive_with(d, fx, "sample.pt", "sample_inputs/model.pt", buffer.getvalue())
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_zero_stride_weight(d, fx):
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / "stride.pt", "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                meta = config["config"]["head.bias"]["tensor_meta"]
+                meta["sizes"] = [{"as_int": 1 << 29}, {"as_int": 5}]
+                meta["strides"] = [{"as_int": 0}, {"as_int": 1}]
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+    return ["compile", str(d / "stride.pt"), "-o", str(d / "out.onnx")]
+
+
+def _two_directories(members_torch, members_python) -> bytes:
+    """A zip whose central directory reads differently in Python's zipfile (which adds the
+    'concat' shift) and in torch's miniz reader (which does not)."""
+    import struct
+    import zlib
+
+    def local(name, data):
+        n = name.encode()
+        return struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, 0, 0, 0x21, zlib.crc32(data),
+                           len(data), len(data), len(n), 0) + n + data
+
+    def central(name, data, offset):
+        n = name.encode()
+        return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014b50, 20, 20, 0, 0, 0, 0x21,
+                           zlib.crc32(data), len(data), len(data), len(n), 0, 0, 0, 0, 0,
+                           offset) + n
+
+    blob, torch_at, python_at = b"", [], []
+    for name, data in members_torch:
+        torch_at.append(len(blob))
+        blob += local(name, data)
+    for name, data in members_python:
+        python_at.append(len(blob))
+        blob += local(name, data)
+    for_torch = b"".join(central(n, m, o) for (n, m), o in zip(members_torch, torch_at))
+    shift = len(for_torch)
+    for_python = b"".join(central(n, m, o - shift)
+                          for (n, m), o in zip(members_python, python_at))
+    end = struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, len(members_python),
+                      len(members_python), len(for_python), len(blob), 0)
+    return blob + for_torch + for_python + end
+
+
 # -------------------------------------------------------------------- compile: checkpoints
 
 @case("compile")
@@ -567,6 +667,58 @@ def checkpoint_of_shared_tuples(d, fx):
                                     + bytes([i]) for i in range(1, 41))
     body = _checkpoint_pickle(laughs)
     return ["compile", _pickle_checkpoint(d, "laugh.pt", body), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_in_a_case_trick(d, fx):
+    """The pickle stored as DATA.PKL: torch's reader finds records ignoring case."""
+    buffer = io.BytesIO()
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]), buffer)
+    src = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(d / "case.pt", "w") as out:
+        for info in src.infolist():
+            name = info.filename.replace("data.pkl", "DATA.PKL")
+            out.writestr(name, src.read(info.filename))
+    return ["compile", str(d / "case.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_in_the_legacy_format(d, fx):
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]),
+               d / "old.pt", _use_new_zipfile_serialization=False)
+    return ["compile", str(d / "old.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_filled_after_memoized(d, fx):
+    """Lists memoized while empty and filled afterwards, nested 5,000 deep."""
+    import struct
+
+    buffer = io.BytesIO()
+    ckpt = make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12])
+    ckpt["format"] = "SENTINEL_0123456789"
+    torch.save(ckpt, buffer)
+    base, depth = 1 << 20, 5000
+    chain = b"(" + b"]r" + struct.pack("<I", base)
+    for i in range(1, depth):
+        chain += b"(]r" + struct.pack("<I", base + i) + b"e" + b"j" + struct.pack("<I", base + i)
+    chain += b"t"
+    sentinel = b"X" + struct.pack("<I", 19) + b"SENTINEL_0123456789"
+    src = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(d / "deep.pt", "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            out.writestr(info, data.replace(sentinel, chain) if info.filename.endswith(
+                "data.pkl") else data)
+    return ["compile", str(d / "deep.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_of_a_huge_model(d, fx):
+    path = checkpoint(d, "c.pt", "spikingjelly.activation_based.model.spikformer:Spikformer",
+                      {"embed_dims": 16384, "img_size_h": 32, "img_size_w": 32,
+                       "patch_size": 4})
+    return ["compile", path, "-o", str(d / "out.onnx")]
 
 
 @case("compile")
@@ -1275,6 +1427,8 @@ def test_there_are_enough_cases():
 @pytest.mark.parametrize("name", ["compile-fifo", "compile-factory_os_system",
                                   "compile-archive_with_code_in_sample_inputs",
                                   "compile-archive_with_code_in_a_shape_expression",
+                                  "compile-archive_with_code_in_an_input_name",
+                                  "compile-checkpoint_filled_after_memoized",
                                   "compile-archive_without_sample_inputs",
                                   "compile-batchnorm_fold_overflows",
                                   "verify-other_source", "inspect-truncated_pack",
@@ -1293,6 +1447,31 @@ def test_real_processes_refuse_too(name, fx, tmp_path):
     before_error = run.stderr[:run.stderr.find("snnc: error:")].splitlines()
     assert all(line.startswith(("snnc compile ", "  ")) and "Warning" not in line
                and "Traceback" not in line for line in before_error), run.stderr
+
+
+def test_torch_reads_what_snnc_checked(fx, tmp_path, monkeypatch):
+    """A zip whose central directory reads as the good archive in Python's zipfile and as
+    one whose model.json calls os.system in torch's reader: snnc checks the first and hands
+    torch a copy of exactly that, so the compile succeeds and nothing runs."""
+    monkeypatch.chdir(tmp_path)
+    src = zipfile.ZipFile(fx / "model.pt")
+    good = [(i.filename, src.read(i.filename)) for i in src.infolist()]
+    evil = []
+    for name, data in good:
+        if name.endswith("/models/model.json"):
+            program = json.loads(data)
+            values = program["graph_module"]["graph"]["tensor_values"]
+            values[next(iter(values))]["sizes"][0] = {"as_expr": {
+                "expr_str": "__import__('os').system('touch PWNED')", "hint": {"as_int": 1}}}
+            data = json.dumps(program).encode()
+        evil.append((name, data))
+    (tmp_path / "two.pt").write_bytes(_two_directories(evil, good))
+    result = CliRunner().invoke(main, ["compile", str(tmp_path / "two.pt"), "-o",
+                                       str(tmp_path / "two.onnx"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert not (tmp_path / "PWNED").exists()
+    assert (tmp_path / "two.onnx").read_bytes() == compile_file(
+        str(fx / "model.pt"), str(tmp_path / "ref.onnx")).data
 
 
 def test_archives_torch_writes_pass_the_checks(tmp_path):
@@ -1316,7 +1495,7 @@ def test_archives_torch_writes_pass_the_checks(tmp_path):
     constant = torch.export.export(WithConstant(), (torch.zeros(2, 3),))
     for name, program in (("dynamic.pt2", dynamic), ("constant.pt2", constant)):
         torch.export.save(program, str(tmp_path / name))
-        archive.check(str(tmp_path / name))
+        archive.check_export(str(tmp_path / name))
         assert loader.load_program(str(tmp_path / name)) is not None
 
 
