@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import BadInputError
+from .errors import BadInputError, first_line
 from .frontend import QUANT_OP, source_of
 from .parity import SPIKE_PREFIX, Comparison, Recorder, Trace, compare, regroup
 
@@ -358,8 +358,14 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
     for start in range(0, n, size):
         chunk = np.take(batch_input, range(start, start + size), axis=axis)
         trace = Trace(outputs=[])
-        with torch.no_grad():
-            out = _Recorder(module, trace, activity, size, weights).run(torch.from_numpy(chunk))
+        try:
+            with torch.no_grad():
+                out = _Recorder(module, trace, activity, size, weights).run(
+                    torch.from_numpy(chunk))
+        except Exception as error:  # a hand-edited or damaged program
+            raise BadInputError(f"SOURCE fails to run in PyTorch on this data "
+                                f"({type(error).__name__}: {first_line(error)}); check that "
+                                "it is the model you exported") from None
         outs = out if isinstance(out, (tuple, list)) else [out]
         trace.outputs = [o.detach().numpy() for o in outs]
         parts.append(trace)

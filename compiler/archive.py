@@ -38,7 +38,7 @@ _EXPORT_MEMBER = re.compile(
     rf"|\.data/serialization_id|models/(?P<model>{_ID})\.json"
     rf"|data/weights/(?:weight_\d+|{_ID}_weights_config\.json)"
     rf"|data/constants/(?:tensor_\d+|{_ID}_constants_config\.json)"
-    rf"|data/sample_inputs/{_ID}\.pt|extra/{_ID}\.json)")
+    rf"|data/sample_inputs/{_ID}\.pt)")
 _SAVE_MEMBER = re.compile(
     rf"(?P<root>{_ID})/(?:data\.pkl|data/\d+|version|byteorder|\.format_version"
     rf"|\.storage_alignment|\.data/serialization_id|\.data/version)")
@@ -50,6 +50,7 @@ _ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16
 
 def check_export(path: str) -> bytes:
     """The bytes of a clean copy of a torch.export archive that passes every check."""
+    referenced: set[str] = set()
     with _open(path) as archive:
         members = _members(path, archive, _EXPORT_MEMBER, "torch.export.save")
         _require(path, members)
@@ -57,19 +58,26 @@ def check_export(path: str) -> bytes:
             where = f"{path}: {name}"
             if name.endswith("_weights_config.json") or name.endswith("_constants_config.json"):
                 kind = "weights" if name.endswith("_weights_config.json") else "constants"
-                _check_records(where, name, _json(archive, name, where), kind, members)
+                referenced |= _check_records(where, name, _json(archive, name, where), kind,
+                                             members)
             elif "/models/" in name:
                 program_json.check(_json(archive, name, where), where)
             elif "/data/sample_inputs/" in name:
                 check_torch_save_bytes(archive.read(name), where)
+        unused = [n for n in members if re.search(r"/(weight|tensor)_\d+$", n)
+                  and n not in referenced]
+        if unused:
+            raise BadInputError(f"{path} holds the record {unused[0]}, which no weight or "
+                                "constant uses; torch.export.save writes no such record")
         return _rebuild(archive, members)
 
 
-def check_torch_save(path: str) -> bytes:
-    """The bytes of a clean copy of a torch.save zip file that passes every check."""
+def check_torch_save(path: str, any_global: bool = False) -> bytes:
+    """The bytes of a clean copy of a torch.save zip file that passes every check
+    (`any_global`: the user trusts its pickle to name any global, pickle_scan)."""
     with _open(path) as archive:
         members = _members(path, archive, _SAVE_MEMBER, "torch.save")
-        _check_save_pickle(path, archive, members)
+        _check_save_pickle(path, archive, members, any_global)
         return _rebuild(archive, members)
 
 
@@ -109,6 +117,10 @@ def _members(path: str, archive: zipfile.ZipFile, pattern: re.Pattern,
         seen.add(info.filename.casefold())
         roots.add(match.group("root"))
         members[info.filename] = info.file_size
+        if info.file_size > 16 << 20 and info.file_size > 100 * max(info.compress_size, 1):
+            raise BadInputError(f"{path}: {info.filename} unpacks {info.file_size:,} bytes from "
+                                f"{info.compress_size:,} (torch writes its files uncompressed); "
+                                "refused as a zip bomb")
     if len(roots) != 1:
         raise BadInputError(f"{path} has {len(roots)} top-level folders; a file {writer} "
                             "writes has one")
@@ -135,7 +147,8 @@ def _require(path: str, members: dict[str, int]) -> None:
                             "missing; write it again with torch.export.save")
 
 
-def _check_save_pickle(where: str, archive: zipfile.ZipFile, members: dict[str, int]) -> None:
+def _check_save_pickle(where: str, archive: zipfile.ZipFile, members: dict[str, int],
+                       any_global: bool = False) -> None:
     pickles = [n for n in members if n.endswith("/data.pkl")]
     if len(pickles) != 1:
         raise BadInputError(f"{where} holds {len(pickles)} data.pkl; a torch.save file holds one")
@@ -143,20 +156,24 @@ def _check_save_pickle(where: str, archive: zipfile.ZipFile, members: dict[str, 
         raise BadInputError(f"{where}: its pickle is {members[pickles[0]] / 2**20:.0f} MiB; a "
                             f"model file's is far smaller (limit {pickle_scan.MAX_BYTES >> 20} "
                             "MiB)")
-    pickle_scan.check(archive.read(pickles[0]), where)
+    pickle_scan.check(archive.read(pickles[0]), where, any_global)
 
 
 def _json(archive: zipfile.ZipFile, name: str, where: str):
-    if archive.getinfo(name).file_size > 256 << 20:
-        raise BadInputError(f"{where} is over 256 MiB of JSON")
+    if archive.getinfo(name).file_size > 64 << 20:
+        raise BadInputError(f"{where} is over 64 MiB of JSON; torch.export.save writes far "
+                            "less for any network snnc compiles")
     try:
         return json.loads(archive.read(name))
     except (ValueError, RecursionError) as error:
         raise BadInputError(f"{where} is not valid JSON ({str(error)[:120]})") from None
 
 
-def _check_records(where: str, name: str, config, kind: str, members: dict[str, int]) -> None:
-    """Every entry a plain tensor record whose declared elements fit in its member."""
+def _check_records(where: str, name: str, config, kind: str,
+                   members: dict[str, int]) -> set[str]:
+    """Every entry a plain tensor record whose declared elements fit in its member; the
+    members the config refers to."""
+    referenced = set()
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         raise BadInputError(f"{where} has no 'config' mapping")
@@ -170,12 +187,14 @@ def _check_records(where: str, name: str, config, kind: str, members: dict[str, 
                                 "tensor subclasses and objects are refused: they could run "
                                 "code)")
         member = f"{folder}/{record}"
+        referenced.add(member)
         if member not in members:
             raise BadInputError(f"{here}: its record {record} is missing from the archive")
         need = _extent(entry.get("tensor_meta"), here)
         if need > members[member]:
             raise BadInputError(f"{here} declares {need:,} bytes but its record holds "
                                 f"{members[member]:,}; the archive is damaged")
+    return referenced
 
 
 def _extent(meta, where: str) -> int:
@@ -191,6 +210,9 @@ def _extent(meta, where: str) -> int:
     if not isinstance(meta, dict) or type(meta.get("dtype")) is not int \
             or meta["dtype"] not in _ITEMSIZE:
         raise BadInputError(f"{where} has no tensor metadata of a known dtype")
+    if meta.get("device") != {"type": "cpu", "index": None} or meta.get("layout") != 7:
+        raise BadInputError(f"{where} is not a dense CPU tensor (device "
+                            f"{str(meta.get('device'))[:40]}, layout {str(meta.get('layout'))[:10]})")
     sizes, strides = ints(meta.get("sizes")), ints(meta.get("strides"))
     offset, = ints([meta.get("storage_offset")])
     if len(sizes) != len(strides) or len(sizes) > 16:

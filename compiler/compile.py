@@ -105,6 +105,10 @@ def check_numbers(graph: Graph, where: str, when: str) -> None:
         if bad:
             raise BadInputError(f"{where}: {node.source or node.op} has a non-finite {bad[0]} "
                                 f"({node.attrs[bad[0]]}) {when}; snnc needs finite numbers")
+    for state in graph.states:
+        if not _finite(state.init):
+            raise BadInputError(f"{where}: a neuron state starts at {state.init} {when}; snnc "
+                                "needs finite numbers")
     for value, array in graph.constants.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             node = readers.get(value)
@@ -116,7 +120,7 @@ def check_numbers(graph: Graph, where: str, when: str) -> None:
 
 
 def _finite(value) -> bool:
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return math.isfinite(value)
     if isinstance(value, (tuple, list)):
         return all(_finite(v) for v in value)

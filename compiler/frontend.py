@@ -71,6 +71,19 @@ class _Unsupported(Exception):
     pass
 
 
+# What lifting a node can raise when its arguments are not what torch.export writes for the
+# op (a file edited by hand, say): reported as that node's unsupported use, not as a crash.
+_MALFORMED = (_Unsupported, TypeError, ValueError, KeyError, IndexError, AttributeError,
+              ZeroDivisionError, ArithmeticError, RuntimeError)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, _Unsupported):
+        return str(error)
+    return f"its arguments are not what snnc can read ({type(error).__name__}: " \
+           f"{str(error).splitlines()[0][:160] if str(error) else ''})"
+
+
 def source_of(node: torch.fx.Node) -> str:
     """`module.path (Class) file.py:line` for error messages and ONNX names."""
     stack = node.meta.get("nn_module_stack") or {}
@@ -199,7 +212,11 @@ class _Lifter:
         output_names: list[str] = []
         for node in self.program.graph.nodes:
             if node.op == "placeholder":
-                self.placeholder(node, kinds[node.name])
+                try:
+                    self.placeholder(node, kinds[node.name])
+                except _MALFORMED as why:
+                    raise UnsupportedOpError([(f"input {node.name}: {_reason(why)}",
+                                               source_of(node))]) from None
                 continue
             if node.op == "output":
                 for i, ret in enumerate(node.args[0]):
@@ -223,8 +240,9 @@ class _Lifter:
                 continue
             try:
                 self.env[node] = self.call(node)
-            except _Unsupported as why:
-                self.unsupported.append((f"{_op_name(node)}: {why}", source_of(node)))
+            except _MALFORMED as why:  # an operation used as snnc cannot read it
+                self.unsupported.append((f"{_op_name(node)}: {_reason(why)}",
+                                         source_of(node)))
                 self.env[node] = None
         if self.unsupported:
             raise UnsupportedOpError(self.unsupported)

@@ -148,7 +148,7 @@ def _torch_load(path: str, kind: str, trust_pickle: bool):
             "not a model file snnc can read: snnc reads checkpoints in torch.save's zip "
             "format. Save it again with a current "
             "torch.save (or pass --trust-pickle if it is a pickled model you trust).")
-    data = archive.check_torch_save(path)
+    data = archive.check_torch_save(path, any_global=trust_pickle)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
@@ -208,6 +208,13 @@ def _load_export(path: str, trust_pickle: bool) -> torch.export.ExportedProgram:
             "other than SpikingJelly's, import their module first; otherwise re-export "
             "it with torch.export.save.") from None
     _check_consistent(program, path)
+    try:  # torch.fx generates and exec's the module's code from the graph's names
+        with _quiet_torch():
+            program.module()
+    except Exception as error:
+        raise BadInputError(f"{path}: torch cannot rebuild a module from the archive's "
+                            f"program ({type(error).__name__}: {first_line(error)}); the "
+                            "archive is damaged: re-export the model") from None
     return program
 
 

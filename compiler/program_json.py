@@ -38,6 +38,7 @@ TARGET = re.compile(
     r"|torch\.sym_(max|min|not|float|int|ite|sqrt|sum)|math\.(ceil|floor|trunc|sqrt)")
 NUMBER = re.compile(r"-?\d{1,20}(\.\d{0,20})?([eE][-+]?\d{1,2})?")
 MAX_INT = 1 << 63
+MAX_SYMBOLS = 16  # dynamic dimensions: batch, perhaps time
 
 # sympy names a shape expression may use: torch's shape functions (serialize.py
 # sympy_functions), sympy's arithmetic, relations and constants. No powers or shifts: they
@@ -67,8 +68,23 @@ def _expression(text: str) -> bool:
     return _tree_ok(text, _expression_node)
 
 
+_INPUT_PATH = re.compile(r"L(\[('[A-Za-z_][A-Za-z0-9_]*'|\d+)\])+")
+
+
 def _guard(text: str) -> bool:
-    return _tree_ok(text, _guard_node)
+    """Input paths L['x'][0] become one name first, so no other text constant remains."""
+    return _tree_ok(_INPUT_PATH.sub("L_", text), _guard_node)
+
+
+def _state_name(text: str) -> bool:
+    """A parameter, buffer or constant name: dotted identifiers, none of them a dunder or an
+    nn.Module attribute (torch sets each along its path on the module it rebuilds)."""
+    import torch
+
+    parts = text.split(".")
+    return bool(FQN.fullmatch(text)) and text != "" and not any(
+        (p.startswith("__") and p.endswith("__")) or hasattr(torch.nn.Module, p)
+        for p in parts)
 
 
 def _spec(text: str) -> bool:
@@ -96,11 +112,12 @@ def _metadata(text: str) -> bool:
 TEXT_RULES = {
     "name": IDENT, "as_name": IDENT, "user_input_name": IDENT, "forward_arg_names": IDENT,
     "field_names": IDENT, "input_names": IDENT, "output_names": IDENT,
-    "parameter_name": FQN, "buffer_name": FQN, "tensor_constant_name": FQN,
-    "custom_obj_name": FQN, "fqn": FQN, "class_fqn": FQN,
+    "parameter_name": _state_name, "buffer_name": _state_name,
+    "tensor_constant_name": _state_name, "custom_obj_name": _state_name, "fqn": FQN,
+    "class_fqn": FQN,
     "target": TARGET, "as_operator": TARGET, "expr_str": _expression, "guards_code": _guard,
     "in_spec": _spec, "out_spec": _spec,
-    "as_string": WORD, "as_strings": WORD, "type": WORD, "torch_version": WORD,
+    "as_string": WORD, "as_strings": WORD, "type": re.compile("cpu"), "torch_version": WORD,
     "verifiers": WORD,
 }
 # mapping field -> rule for its keys
@@ -126,6 +143,11 @@ def check(program, where: str) -> None:
             raise BadInputError(f"{where}: the program defines namedtuple types, which snnc "
                                 "does not load")
         _walk(program, None, where, 0)
+        symbols = set(re.findall(r"Symbol\('([a-z]+\d+)'", json.dumps(program))) | set(
+            program.get("range_constraints") or {})
+        if len(symbols) > MAX_SYMBOLS:
+            raise BadInputError(f"{where}: the program has {len(symbols)} shape symbols; a "
+                                f"network's dynamic dimensions are a few (limit {MAX_SYMBOLS})")
     except (AttributeError, TypeError, ValueError, KeyError, RecursionError) as error:
         raise BadInputError(f"{where} is not a program torch.export.save writes "
                             f"({type(error).__name__}: {str(error)[:100]})") from None
@@ -178,7 +200,7 @@ def _safe(rule, text: str) -> bool:
 
 
 def _tree_ok(text: str, allowed) -> bool:
-    if len(text) > 4000:
+    if len(text) > 1000:
         return False
     tree = ast.parse(text, mode="eval")
     return all(allowed(node) for node in ast.walk(tree))
@@ -205,9 +227,12 @@ def _expression_node(node) -> bool:
                     and bool(SYMBOL.fullmatch(node.args[0].value))
                     and all(k.arg in ASSUMPTIONS and isinstance(k.value, ast.Constant)
                             and isinstance(k.value.value, bool) for k in node.keywords))
-        if node.func.id == "Float":  # Float('1.5', precision=53)
-            return all(k.arg == "precision" for k in node.keywords)
-        return node.func.id in EXPR_NAMES and not node.keywords
+        if node.func.id == "Float":  # Float('1.5', precision=53): sympy computes to it
+            extra = node.args[1:] + [k.value for k in node.keywords]
+            return len(node.args) in (1, 2) and all(k.arg == "precision" for k in node.keywords) \
+                and all(isinstance(e, ast.Constant) and type(e.value) is int
+                        and 1 <= e.value <= 64 for e in extra) and len(extra) <= 1
+        return node.func.id in EXPR_NAMES and not node.keywords and len(node.args) <= 8
     if isinstance(node, ast.Name):
         return node.id == "Symbol" or node.id in EXPR_NAMES or bool(SYMBOL.fullmatch(node.id))
     if isinstance(node, ast.Constant):
@@ -219,22 +244,21 @@ def _expression_node(node) -> bool:
 
 
 def _guard_node(node) -> bool:
-    """Comparisons of L['input'].size()[i] (and stride, dim) with integers."""
+    """Comparisons of L_.size()[i] (and stride, dim) with numbers; L_ is an input path."""
     if isinstance(node, ast.Name):
-        return node.id in ("L", "math")
+        return node.id in ("L_", "math")
     if isinstance(node, ast.Attribute):
-        return (node.attr in GUARD_METHODS and not isinstance(node.value, ast.Name)) or (
+        return (node.attr in GUARD_METHODS and not (isinstance(node.value, ast.Name)
+                                                    and node.value.id == "math")) or (
             isinstance(node.value, ast.Name) and node.value.id == "math" and node.attr in MATH)
     if isinstance(node, ast.Call):
-        return isinstance(node.func, ast.Attribute) and not node.keywords and all(
-            isinstance(a, ast.Constant) and type(a.value) is int and abs(a.value) < MAX_INT
-            for a in node.args)
+        return isinstance(node.func, ast.Attribute) and not node.keywords and len(
+            node.args) <= 2 and all(isinstance(a, ast.Constant) and type(a.value) is int
+                                    and abs(a.value) < MAX_INT for a in node.args)
     if isinstance(node, ast.Subscript):
-        return isinstance(node.slice, ast.Constant) and (
-            (type(node.slice.value) is int and abs(node.slice.value) < MAX_INT)
-            or (isinstance(node.slice.value, str) and bool(IDENT.fullmatch(node.slice.value))))
+        return isinstance(node.slice, ast.Constant) and type(node.slice.value) is int \
+            and abs(node.slice.value) < MAX_INT
     if isinstance(node, ast.Constant):
-        return (type(node.value) in (int, float, bool) and _number_ok(node.value)) or (
-            isinstance(node.value, str) and bool(IDENT.fullmatch(node.value)))
+        return type(node.value) in (int, float, bool) and _number_ok(node.value)
     return isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp,
                              ast.Compare) + OPERATORS)

@@ -490,6 +490,81 @@ def _two_directories(members_torch, members_python) -> bytes:
     return blob + for_torch + for_python + end
 
 
+@case("compile")
+def archive_with_an_extra_member(d, fx):
+    path = _archive_with(d, fx, "extra.pt", "", None, ("archive/extra/x.json", b"{}"))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_zip_bomb_record(d, fx):
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / "bomb.pt", "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("/weight_0"):
+                out.writestr(info.filename, b"\0" * (40 << 20), zipfile.ZIP_DEFLATED)
+            else:
+                out.writestr(info, data)
+    return ["compile", str(d / "bomb.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_high_precision_float(d, fx):
+    def edit(program):
+        values = program["graph_module"]["graph"]["tensor_values"]
+        values[next(iter(values))]["sizes"][0] = {"as_expr": {
+            "expr_str": "Float('1.5', precision=100000000)", "hint": {"as_int": 1}}}
+    return ["compile", _edit_program_json(d, fx, "float.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_max_of_many_symbols(d, fx):
+    def edit(program):
+        values = program["graph_module"]["graph"]["tensor_values"]
+        values[next(iter(values))]["sizes"][0] = {"as_expr": {
+            "expr_str": "Max(" + ",".join(f"s{i}" for i in range(200)) + ")",
+            "hint": {"as_int": 1}}}
+    return ["compile", _edit_program_json(d, fx, "max.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_meta_device_record(d, fx):
+    src = zipfile.ZipFile(fx / "model.pt")
+    with zipfile.ZipFile(d / "meta.pt", "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                for entry in config["config"].values():
+                    entry["tensor_meta"]["device"] = {"type": "meta", "index": None}
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+    return ["compile", str(d / "meta.pt"), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_parameter_named_forward(d, fx):
+    def edit(program):
+        for spec in program["graph_module"]["signature"]["input_specs"]:
+            if "parameter" in spec:
+                spec["parameter"]["parameter_name"] = "__class__.forward"
+                break
+    return ["compile", _edit_program_json(d, fx, "fqn.pt", edit), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_with_a_zero_stride_conv(d, fx):
+    def edit(program):
+        for node in program["graph_module"]["graph"]["nodes"]:
+            if node["target"] == "torch.ops.aten.conv2d.default":
+                for arg in node["inputs"]:
+                    if arg["name"] == "stride":
+                        arg["arg"] = {"as_ints": [0, 0]}
+                break
+    return ["compile", _edit_program_json(d, fx, "stride.pt", edit), "-o", str(d / "out.onnx")]
+
+
 # -------------------------------------------------------------------- compile: checkpoints
 
 @case("compile")
@@ -718,6 +793,19 @@ def checkpoint_of_a_huge_model(d, fx):
     path = checkpoint(d, "c.pt", "spikingjelly.activation_based.model.spikformer:Spikformer",
                       {"embed_dims": 16384, "img_size_h": 32, "img_size_w": 32,
                        "patch_size": 4})
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_calling_bytearray(d, fx):
+    """bytearray(n) is on torch's weights-only allowlist; bytearray(4e9) takes 4 GB."""
+    return ["compile", checkpoint(d, "c.pt", kwargs={"x": bytearray(8)}), "-o",
+            str(d / "out.onnx")]
+
+
+@case("compile")
+def checkpoint_with_a_big_dict_key(d, fx):
+    path = checkpoint(d, "c.pt", kwargs={}, extra_key={tuple(range(100)): 1})
     return ["compile", path, "-o", str(d / "out.onnx")]
 
 
