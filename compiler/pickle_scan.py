@@ -98,16 +98,9 @@ def _object_graph(ops, where: str, any_global: bool) -> tuple[list[list[int]], s
         if name == "STOP":
             break
         if name in ("GLOBAL", "STACK_GLOBAL") and not any_global:
-            target = (arg.replace(" ", ".") if name == "GLOBAL" else
-                      f"{strings.get(stack[-2], '?')}.{strings.get(stack[-1], '?')}")
-            if not GLOBALS.fullmatch(target):
-                raise BadInputError(
-                    f"{where} is a pickled Python object: its pickle calls {target[:80]} (a "
-                    "model file needs only tensors, storages and OrderedDict; a whole "
-                    "nn.Module saved with torch.save(model) names its classes). Loading it "
-                    "runs arbitrary code from the file, so snnc refuses it. Save the model "
-                    "with torch.export.save or as an snnc checkpoint (docs/model_files.md), "
-                    "or pass --trust-pickle if you trust this file.")
+            _check_global(arg.replace(" ", ".") if name == "GLOBAL" else
+                          f"{strings.get(stack[-2], '?')}.{strings.get(stack[-1], '?')}",
+                          where)
         if name == "MARK":
             marks.append(len(stack))
         elif name in _PUT or name == "MEMOIZE":
@@ -139,6 +132,16 @@ def _object_graph(ops, where: str, any_global: bool) -> tuple[list[list[int]], s
                 if name in _STRINGS:
                     strings[stack[-1]] = str(arg)
     return children, hashed
+
+
+def _check_global(target: str, where: str) -> None:
+    if not GLOBALS.fullmatch(target):
+        raise BadInputError(
+            f"{where} is a pickled Python object: its pickle calls {target[:80]} (a model file "
+            "needs only tensors, storages and OrderedDict; a whole nn.Module saved with "
+            "torch.save(model) names its classes). Loading it runs arbitrary code from the "
+            "file, so snnc refuses it. Save the model with torch.export.save or as an snnc "
+            "checkpoint (docs/model_files.md), or pass --trust-pickle if you trust this file.")
 
 
 def _measure(children: list[list[int]], where: str) -> tuple[list[int], list[int]]:
