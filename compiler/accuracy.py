@@ -86,7 +86,7 @@ class _Recorder(Recorder):
         return layer
 
     def _layer(self, n, name, result) -> None:
-        layer = source_of(n).split(" ")[0]
+        layer = source_of(n).layer
         if name == "aten.matmul.default":
             index = sum(1 for k in self.seen if k.startswith(layer + " (matmul"))
             layer = f"{layer} (matmul {index + 1})"

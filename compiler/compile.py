@@ -112,7 +112,7 @@ def check_numbers(graph: Graph, where: str, when: str) -> None:
     for value, array in graph.constants.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             node = readers.get(value)
-            layer = node.source if node is not None and node.source else value.hint
+            layer = str(node.source) if node is not None and node.source else value.hint
             raise BadInputError(f"{where}: {layer} holds {int((~np.isfinite(array)).sum()):,} "
                                 f"non-finite value(s) {when}; float32 cannot represent them. "
                                 "Check the layer's weights and BatchNorm statistics for "

@@ -21,39 +21,63 @@ def run(graph: Graph, inputs: Sequence[np.ndarray], observe: Observer | None = N
     """
     inputs = [np.asarray(x, dtype=np.float32) for x in inputs]
     if graph.time is None:
-        return _run_body(graph, inputs, {}, observe, 0)[0]
+        return _run_body(graph.nodes, graph, inputs, {}, observe, 0)[0]
     spec = graph.time
+    post = after_time(graph)
+    body = [n for n in graph.nodes if n not in post]
     batch = inputs[0].shape[1 if spec.inputs[0] == "seq" else 0]
     env_state = {s.read: np.full(concrete_shape(s.read.shape, batch), s.init, np.float32)
                  for s in graph.states}
-    per_step = []
+    per_step, env = [], {}
     for t in range(spec.steps):
         step_inputs = [x[t] if mode == "seq" else x for x, mode in zip(inputs, spec.inputs)]
-        outputs, env = _run_body(graph, step_inputs, env_state, observe, t)
+        _, env = _run_body(body, graph, step_inputs, env_state, observe, t)
         env_state = {s.read: env[s.write] for s in graph.states}
-        per_step.append(outputs)
-    results = []
-    for i, mode in enumerate(spec.outputs):
-        stacked = np.stack([outs[i] for outs in per_step])
-        if mode == "stack":
-            results.append(stacked)
-        elif mode == "mean":
-            results.append(stacked.mean(axis=0, dtype=np.float32))
-        elif mode == "sum":
-            results.append(stacked.sum(axis=0, dtype=np.float32))
+        per_step.append(env)
+    for node in (n for n in graph.nodes if n in post):  # once, after the last step
+        if node.op == "time_reduce":
+            args = [np.stack([e[node.inputs[0]] for e in per_step])]
         else:
-            raise ValueError(f"unknown time output mode {mode!r}")
-    return results
+            args = [env[v] for v in node.inputs]
+        outs = OPS[node.op].evaluate(args, node.attrs)
+        if observe is not None:
+            observe(node, args, outs, spec.steps - 1)
+        env.update(zip(node.outputs, outs))
+    return [_output(v, mode, per_step, env) for v, mode in zip(graph.outputs, spec.outputs)]
 
 
-def _run_body(graph: Graph, inputs, state_values, observe, step):
+def _output(value, mode: str, per_step: list[dict], env: dict) -> np.ndarray:
+    if mode == "once":
+        return env[value]
+    stacked = np.stack([e[value] for e in per_step])
+    if mode == "stack":
+        return stacked
+    if mode == "mean":
+        return stacked.mean(axis=0, dtype=np.float32)
+    if mode == "sum":
+        return stacked.sum(axis=0, dtype=np.float32)
+    raise ValueError(f"unknown time output mode {mode!r}")
+
+
+def after_time(graph: Graph) -> set[Node]:
+    """The time_reduce nodes of a one-step graph and every node computed from them."""
+    late: set[Value] = set()
+    found: set[Node] = set()
+    for node in graph.nodes:
+        if node.op == "time_reduce" or any(v in late for v in node.inputs):
+            found.add(node)
+            late.update(node.outputs)
+    return found
+
+
+def _run_body(nodes, graph: Graph, inputs, state_values, observe, step):
     env: dict[Value, np.ndarray] = dict(zip(graph.inputs, inputs))
     env.update(graph.constants)
     env.update(state_values)
-    for node in graph.nodes:
+    for node in nodes:
         args = [env[v] for v in node.inputs]
         outs = OPS[node.op].evaluate(args, node.attrs)
         if observe is not None:
             observe(node, args, outs, step)
         env.update(zip(node.outputs, outs))
-    return [env[v] for v in graph.outputs], env
+    return [env[v] for v in graph.outputs if v in env], env

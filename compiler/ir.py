@@ -44,13 +44,45 @@ class Value:
         return f"Value({self.hint or '?'}: {type_str(self)})"
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a node comes from: the user's module and source line, or, for a node a pass
+    made, a note ("time", "output (over time)"). Printed as
+    `blocks.0.attn.qkv_lif (LIFNode) spikformer.py:216`."""
+
+    module: str = ""  # the module path in the model; "" with a class: the model itself
+    cls: str = ""
+    file: str = ""
+    line: int = 0
+    note: str = ""
+
+    @property
+    def layer(self) -> str:
+        """The module path (`<model>` for the top level), or the note's first word."""
+        if self.module or self.cls:
+            return self.module or "<model>"
+        return self.note.split(" ")[0] if self.note else ""
+
+    def __bool__(self) -> bool:
+        return bool(self.module or self.cls or self.file or self.note)
+
+    def __str__(self) -> str:
+        if not (self.module or self.cls or self.file):
+            return self.note
+        parts = [f"{self.module or '<model>'} ({self.cls})" if self.cls else
+                 (self.module or "<model>")]
+        if self.file:
+            parts.append(f"{self.file}:{self.line}")
+        return " ".join(parts)
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     op: str
     inputs: tuple[Value, ...]
     outputs: tuple[Value, ...]
     attrs: Mapping[str, object] = field(default_factory=dict)
-    source: str = ""  # the user's module path and source line this node came from
+    source: Provenance = Provenance()  # where it came from; a str becomes a note
 
     def __post_init__(self):
         from .ops import OPS  # the vocabulary: unknown ops fail when a node is built
@@ -59,6 +91,8 @@ class Node:
             raise ValueError(f"unknown IR op {self.op!r}")
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "outputs", tuple(self.outputs))
+        if not isinstance(self.source, Provenance):
+            object.__setattr__(self, "source", Provenance(note=str(self.source or "")))
         object.__setattr__(self, "attrs", _frozen_attrs(self.attrs, OPS[self.op].attrs))
 
 
@@ -78,7 +112,8 @@ class TimeSpec:
 
     inputs: per graph input, "repeat" (the same tensor every step, e.g. a static image) or
     "seq" (the user passes [T, N, ...] and step t reads slice t).
-    outputs: per graph output, "stack" ([T, N, ...]), or "mean" / "sum" (reduced over time).
+    outputs: per graph output, "stack" ([T, N, ...]), "mean" / "sum" (reduced over time), or
+    "once" (computed once, after a `time_reduce` node or in a one-step program).
     """
 
     steps: int

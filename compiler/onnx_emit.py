@@ -23,7 +23,7 @@ IR_VERSION = 10  # the IR version onnx pairs with opset 21; ONNX Runtime 1.31 lo
 
 
 def module_of(node: Node) -> str:
-    return node.source.split(" ")[0] if node.source else "graph"
+    return node.source.layer if node.source else "graph"
 
 
 def step_of(value: Value) -> int | None:
@@ -171,9 +171,11 @@ def _linear(e, node, ins, outs, module):
     if len(node.inputs[0].shape) == 2:
         e.add("Gemm", ins, outs, module, transB=1)
         return
-    if weight is None:
-        raise PassError(f"linear at {node.source} has a non-constant weight")
-    wt = e.const(np.ascontiguousarray(weight.T), f"{ins[1]}.T")
+    if weight is not None:
+        wt = e.const(np.ascontiguousarray(weight.T), f"{ins[1]}.T")
+    else:  # a dequantized weight: transposed in the graph, as Gemm's transB does
+        wt = e.temp(module, "weight_t")
+        e.add("Transpose", [ins[1]], [wt], module, perm=[1, 0])
     if len(ins) == 2:
         e.add("MatMul", [ins[0], wt], outs, module)
         return

@@ -367,6 +367,17 @@ def neuron_eval(args, attrs):
 
 # ----------------------------------------------------------------------------- the table
 
+def _time_reduce_infer(types, attrs):
+    if attrs["mode"] not in ("mean", "sum"):
+        raise ShapeError(f"time_reduce mode must be 'mean' or 'sum', got {attrs['mode']!r}")
+    return [types[0]]
+
+
+def _time_reduce_eval(args, attrs):
+    reduce = np.mean if attrs["mode"] == "mean" else np.sum
+    return [reduce(args[0], axis=0, dtype=F32)]
+
+
 _INT_LIST = (list, tuple)
 _add = _binary(lambda a, b: (a + b).astype(F32))
 _sub = _binary(lambda a, b: (a - b).astype(F32))
@@ -407,6 +418,10 @@ OPS: dict[str, OpDef] = {
               lambda a, at: [np.ascontiguousarray(p) for p in np.split(a[0], at["count"],
                                                                         axis=at["axis"])],
               (1, 1)),
+        # The mean or sum over all timesteps of a step value (a model's `x.mean(0)` before
+        # its head). Its output and everything computed from it exist once, after the last
+        # step; evaluated on the T step values stacked on a leading axis.
+        OpDef("time_reduce", {"mode": str}, _time_reduce_infer, _time_reduce_eval, (1, 1)),
         # Weights from per-output-channel quantization codes (scheme "uniform" or "pot").
         OpDef("dequantize", {"scheme": str, "bits": int}, _dequantize_infer, dequantize_eval,
               (2, 2)),

@@ -55,9 +55,13 @@ class Recorder(torch.fx.Interpreter):
         return result
 
     def record_neuron(self, n, name, result) -> str:
-        layer = source_of(n).split(" ")[0]
-        self.trace.spikes[layer] = result[0].detach().numpy().copy()
-        self.trace.membranes[layer] = result[2].detach().numpy().copy()
+        layer = source_of(n).layer
+        spikes, membranes = (result[i].detach().numpy().copy() for i in (0, 2))
+        if layer in self.trace.spikes:  # a single-step loop calls the layer once per step
+            spikes = np.concatenate([self.trace.spikes[layer], spikes])
+            membranes = np.concatenate([self.trace.membranes[layer], membranes])
+        self.trace.spikes[layer] = spikes
+        self.trace.membranes[layer] = membranes
         self.trace.thresholds[layer] = float(n.args[4] if "lif" in name else n.args[2])
         return layer
 
@@ -110,7 +114,7 @@ def interp_trace(graph, x: np.ndarray) -> Trace:
 
     def observe(node, ins, outs, step):
         if node.op == "neuron":
-            layer = node.source.split(" ")[0]
+            layer = node.source.layer
             spikes.setdefault(layer, []).append(outs[0])
             membranes.setdefault(layer, []).append(neuron_charge(ins[0], ins[1], node.attrs))
             thresholds[layer] = neuron_threshold(ins, node.attrs)

@@ -74,7 +74,14 @@ def analyze(graph: Graph) -> dict[Value, Range]:
         ranges[v] = _of_array(a)
     for s in graph.states:
         ranges[s.read] = UNKNOWN
+    steps = graph.time.steps if graph.time is not None else 1
     for node in graph.nodes:
+        if node.op == "time_reduce":  # the mean keeps the range; the sum grows T times
+            x = ranges[node.inputs[0]]
+            k = steps if node.attrs["mode"] == "sum" else 1
+            ranges[node.outputs[0]] = Range(x.lo * k, x.hi * k,
+                                            x.integer and node.attrs["mode"] == "sum")
+            continue
         for value, r in zip(node.outputs, _infer(node, ranges, values)):
             ranges[value] = r
     return ranges
@@ -211,8 +218,8 @@ def membranes(graph: Graph, stream: bool = False,
         # the reset keeps |v| within |h| (hard) or |h| + threshold (soft)
         if a["v_reset"] is None and not math.isinf(bound):
             bound += theta
-        layer = node.source.split(" ")[0] or node.outputs[0].hint
-        result.append(Membrane(layer, node.source, x, bound, _bits(bound), _fractional_bits(a),
+        layer = node.source.layer or node.outputs[0].hint
+        result.append(Membrane(layer, str(node.source), x, bound, _bits(bound), _fractional_bits(a),
                                steps))
     return result
 

@@ -59,7 +59,7 @@ def weight_layers(graph: Graph) -> list[Row]:
             packed = -(-n * bits // 8) + 4 * weight.shape[0]
         else:
             scheme, bits, packed = "float", 32, 4 * n
-        rows.append(Row(node.source.split(" ")[0], node.op, scheme, bits, n, packed))
+        rows.append(Row(node.source.layer, node.op, scheme, bits, n, packed))
     return rows
 
 

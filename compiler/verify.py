@@ -82,6 +82,8 @@ def verify(graph: Graph, stage: str) -> None:
     if graph.time is None:
         if graph.states:
             fail("a graph without a time spec cannot carry state")
+        if any(n.op == "time_reduce" for n in graph.nodes):
+            fail("a graph without a time spec cannot reduce over time")
     else:
         if len(graph.time.inputs) != len(graph.inputs):
             fail("time spec and graph disagree on the number of inputs")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 
+from snnc.errors import BadInputError
 from snnc.ir import Graph
 from snnc.options import DEFAULT, Options
 
@@ -33,6 +34,7 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
     spec = graph.time
     if spec is None:
         return graph
+    _check_streamable(graph)
     names_in = list(graph.input_names or [v.hint for v in graph.inputs])
     names_out = list(graph.output_names or [f"output{i}" for i in range(len(graph.outputs))])
     states = []
@@ -49,3 +51,14 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
         outputs=graph.outputs + tuple(s.write for s in graph.states),
         states=(), time=None, input_names=tuple(names_in), output_names=tuple(names_out),
         metadata={**graph.metadata, "snnc.stream": json.dumps(contract)})
+
+
+def _check_streamable(graph: Graph) -> None:
+    """Stream mode returns each step's outputs: a program that reduces over time before
+    more layers, or passes membranes itself (a single-step loop in forward), has no such
+    step (re-rolling is not done)."""
+    if any(n.op == "time_reduce" for n in graph.nodes) or "once" in graph.time.outputs:
+        raise BadInputError(
+            "--timesteps stream: this model computes layers after averaging over time (or "
+            "runs its own time loop in forward), so it has no per-step outputs to stream; "
+            "compile it without --timesteps stream (all steps unrolled)")

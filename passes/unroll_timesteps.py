@@ -11,7 +11,10 @@ all-zero tensors are stored). Every other node appears once:
   as SpikingJelly's multi-step layers do; a neuron's T inputs are `chunk`s of such a
   tensor and its T spike outputs are `concat`enated back.
 "seq" inputs [T, N, ...] become [TN, ...]; "stack" outputs are reshaped to [T, N, ...];
-"mean"/"sum" outputs are reduced over that axis. Meaning is preserved exactly: every
+"mean"/"sum" outputs are reduced over that axis, and so is the input of a `time_reduce` node:
+its result and the nodes computed from it (a head after `x.mean(0)`) run once; "once"
+outputs are such values. A neuron whose membrane input is not a state (a single-step
+program, steps = 1) reads that value. Meaning is preserved exactly: every
 sample of every step sees the same operations in the same order.
 
 This is valid because no value flows from one step to the next except through a neuron's
@@ -62,6 +65,7 @@ class _Unroller:
         self.batched: dict[Value, Value] = {}  # body value -> its [TN, ...] value
         self.per_step: dict[Value, list[Value]] = {}  # body value -> T values [N, ...]
         self.state_now: dict[Value, Value] = {}
+        self.calls: dict[str, int] = {}
 
     def emit(self, op: str, inputs, attrs, source: str, hints) -> list[Value]:
         types = OPS[op].infer([(v.dtype, v.shape) for v in inputs], attrs)
@@ -87,7 +91,10 @@ class _Unroller:
             self.constants[const] = np.array(state.init, np.float32)
             self.state_now[state.read] = const
         for node in g.nodes:
-            if all(v in self.invariant for v in node.inputs):
+            if node.op == "time_reduce":  # its result, and all that uses it, exists once
+                self.invariant[node.outputs[0]] = self.over_time(
+                    node.inputs[0], node.attrs["mode"], node.source, node.outputs[0].hint)
+            elif all(v in self.invariant for v in node.inputs):
                 outs = self.emit(node.op, [self.invariant[v] for v in node.inputs], node.attrs,
                                  node.source, [v.hint for v in node.outputs])
                 self.invariant.update(zip(node.outputs, outs))
@@ -133,24 +140,47 @@ class _Unroller:
     def neuron(self, node: Node) -> None:
         x, read, *params = node.inputs  # params: a per-channel threshold (constant)
         params = [self.invariant[v] for v in params]
-        spikes = []
+        spikes, membranes = [], []
         for t, x_t in enumerate(self.step_values(x)):
-            hints = [f"{v.hint}.t{t}" for v in node.outputs]
-            spike, v_next = self.emit("neuron", [x_t, self.state_now[read], *params],
+            step = t if read in self.state_now else self.call(node)
+            hints = [f"{v.hint}.t{step}" for v in node.outputs]
+            if read in self.state_now:
+                v_now = self.state_now[read]
+            else:  # a single-step program passes the membrane on as a value
+                v_now = self.step_values(read)[t]
+            spike, v_next = self.emit("neuron", [x_t, v_now, *params],
                                       node.attrs, node.source, hints)
-            self.state_now[read] = v_next
+            if read in self.state_now:
+                self.state_now[read] = v_next
             spikes.append(spike)
+            membranes.append(v_next)
         self.per_step[node.outputs[0]] = spikes
+        self.per_step[node.outputs[1]] = membranes
+
+    def call(self, node: Node) -> int:
+        """A single-step program calls a neuron layer once per step: this call's step."""
+        layer = node.source.layer
+        self.calls[layer] = self.calls.get(layer, -1) + 1
+        return self.calls[layer]
 
     def output(self, value: Value, mode: str) -> Value:
-        steps = self.steps
-        whole = self.all_steps(value)
-        shape = [steps, *(BATCH if batch_factor(d) == steps else d for d in whole.shape)]
-        hint = value.hint if mode == "stack" else f"{value.hint}.steps"
-        stacked, = self.emit("reshape", [whole], {"shape": shape}, "output (over time)", [hint])
+        if mode == "once":  # computed after the steps (or the program has one step)
+            return self.invariant[value] if value in self.invariant else self.all_steps(value)
         if mode == "stack":
-            return stacked
+            return self.stacked(value, "output (over time)", value.hint)
+        return self.over_time(value, mode, "output (over time)", value.hint)
+
+    def stacked(self, value: Value, source, hint: str) -> Value:
+        """[T, N, ...]: the value of every step, stacked."""
+        whole = self.all_steps(value)
+        shape = [self.steps, *(BATCH if batch_factor(d) == self.steps else d
+                               for d in whole.shape)]
+        stacked, = self.emit("reshape", [whole], {"shape": shape}, source, [hint])
+        return stacked
+
+    def over_time(self, value: Value, mode: str, source, hint: str) -> Value:
+        """The mean or sum over all steps of `value`: [N, ...]."""
+        stacked = self.stacked(value, source, f"{hint}.steps")
         op = "reduce_mean" if mode == "mean" else "reduce_sum"
-        reduced, = self.emit(op, [stacked], {"axes": [0], "keepdims": False},
-                             "output (over time)", [value.hint])
+        reduced, = self.emit(op, [stacked], {"axes": [0], "keepdims": False}, source, [hint])
         return reduced
