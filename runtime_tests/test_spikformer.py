@@ -174,7 +174,7 @@ def test_loaded_program_keeps_source_paths(spikformer):
     from snnc.frontend import lift
 
     graph = lift(program)
-    sources = {n.source.split(" ")[0] for n in graph.nodes if n.op == "neuron"}
+    sources = {n.source.layer for n in graph.nodes if n.op == "neuron"}
     assert "blocks.3.mlp.neuron2" in sources
 
 
