@@ -230,7 +230,7 @@ def model_classes(session) -> int | None:
 def check_source(program, session, allow_other: bool = False) -> None:
     """SOURCE must be the model COMPILED was compiled from: its fingerprint (weights and graph,
     loader.fingerprint) must equal the one compile recorded in the ONNX metadata."""
-    from .compile import FINGERPRINT_KEY
+    from .driver import FINGERPRINT_KEY
     from .loader import fingerprint
 
     if allow_other:

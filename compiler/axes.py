@@ -150,15 +150,18 @@ def _prefixes(time_size: int | None, batch):
     return found
 
 
-def reshape(layout: Layout, in_shape, out_shape, batch) -> Layout:
+def reshape(layout: Layout, in_shape, out_shape, batch, want: str | None = None) -> Layout:
     """view/reshape: the time and batch axes must stay leading, as T, B or TB.
 
     The rule: the output's leading axes are one of [T, B], [T*B] (or [B] without time),
     the rest are features holding the same number of elements as the input's features.
-    Where two readings both fit (batch 1 makes [T, 1, C] both [T, B, C] and [T*B, 1, C]),
-    the one that leaves the feature shape unchanged wins, then the one that keeps the
-    input's leading form: a reshape regroups features or regroups time and batch, and
-    the batch size is never inferred from a dimension that happens to equal it."""
+    Only a static batch of 1 lets two readings fit ([T, 1, C] is [T, B, F] and
+    [TB, F, F]); both put the same numbers in the same order, and the batch is never
+    inferred from a dimension that happens to equal it. The reading is then the one the
+    op that reads the result needs (`want`: "split" for [T, B, ...] as a neuron or
+    flatten(0, 1) needs it, "merged" for [T*B, ...] as a convolution needs it), else the
+    one that keeps the input's feature shape (a view that only regroups time and batch),
+    else the one that keeps the input's leading form."""
     lead = layout.roles[:2] if layout.roles[:2] == (T, B) else layout.roles[:1]
     if lead not in ((T, B), (TB,), (B,)):
         raise AxisError(f"reshapes a tensor with axes {layout}; the time and batch axes must "
@@ -177,12 +180,13 @@ def reshape(layout: Layout, in_shape, out_shape, batch) -> Layout:
             continue
         rest = tuple(out_shape[k:])
         if math.prod(rest) == math.prod(features):
-            fits.append((rest != features, roles != lead, roles))
+            wanted = {"split": (T, B), "merged": (TB,)}.get(want or "")
+            fits.append((roles != wanted, rest != features, roles != lead, roles))
     if not fits:
         raise AxisError(f"reshapes {list(in_shape)} (axes {layout}) to {list(out_shape)}, "
                         "which moves the time or batch axis; keep [T, B, ...] or [T*B, ...] "
                         "leading and reshape only the feature axes")
-    roles = min(fits, key=lambda f: f[:2])[2]
+    roles = min(fits, key=lambda f: f[:3])[3]
     return Layout(roles + (F,) * (len(out_shape) - len(roles)))
 
 

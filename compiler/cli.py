@@ -157,7 +157,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
                 weight_container, pack_path, weights, timesteps, pot_lowering, ort, verify_data,
                 min_agreement, report_path, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
-    from .compile import compile_file
+    from .driver import compile_file
 
     progress = _Progress(quiet)
     verification = None

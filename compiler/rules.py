@@ -364,8 +364,8 @@ def _pool(lx, node, a):
     return lx.new_act(value, x.layout, x.post)
 
 
-@rule("aten.adaptive_avg_pool2d.default", ir="reduce_mean, avg_pool",
-      note="to 1x1, or to a size that divides the input")
+@rule("aten.adaptive_avg_pool2d.default", ir="reduce_mean, avg_pool, matmul",
+      note="1x1: a mean; dividing sizes: average pooling; else a constant window matrix")
 def _adaptive_avg_pool(lx, node, a):
     x = lx.act(a.get("self"))
     _image(x, (4,), "adaptive pooling")
@@ -377,10 +377,26 @@ def _adaptive_avg_pool(lx, node, a):
         k = [h // oh, w // ow]
         value, = lx.emit("avg_pool", [x.value], {"kernel": k, "stride": k, "padding": [0, 0]},
                          node)
-    else:
-        raise Unsupported(f"adaptive pooling {h}x{w} -> {oh}x{ow}, which does not divide; use "
-                          "AvgPool2d with an explicit kernel or an output size that divides")
+    else:  # overlapping or uneven windows: a constant averaging matrix
+        n, c = x.value.shape[:2]
+        flat, = lx.emit("reshape", [x.value], {"shape": [n, c, h * w]}, node)
+        pool = lx.constant(_adaptive_matrix(h, w, oh, ow), f"{node.name}.windows")
+        mixed, = lx.emit("matmul", [flat, pool], {}, node)
+        value, = lx.emit("reshape", [mixed], {"shape": [n, c, oh, ow]}, node)
     return lx.new_act(value, x.layout, x.post)
+
+
+def _adaptive_matrix(h: int, w: int, oh: int, ow: int) -> np.ndarray:
+    """[h*w, oh*ow]: column (i, j) averages PyTorch's adaptive window of output cell (i, j),
+    rows floor(i*h/oh) .. ceil((i+1)*h/oh) - 1 (columns likewise)."""
+    matrix = np.zeros((h, w, oh, ow), np.float32)
+    for i in range(oh):
+        rows = slice(i * h // oh, -(-(i + 1) * h // oh))
+        for j in range(ow):
+            cols = slice(j * w // ow, -(-(j + 1) * w // ow))
+            window = matrix[rows, cols, i, j]
+            matrix[rows, cols, i, j] = 1.0 / window.size
+    return matrix.reshape(h * w, oh * ow)
 
 
 @rule("aten.linear.default", ir="linear", note="on any rank (tokens too)")
@@ -520,8 +536,42 @@ def _permute(lx, node, a):
       note="time and batch stay leading as [T, B, ...] or [T*B, ...] (docs/ir.md)")
 def _view(lx, node, a):
     x = lx.act(node.args[0])
-    layout = axes.reshape(x.layout, dims(node.args[0]), dims(node), lx.batch)
+    layout = axes.reshape(x.layout, dims(node.args[0]), dims(node), lx.batch,
+                          _want(lx, node))
     return _reshaped(lx, node, x, layout)
+
+
+_PASS_THROUGH = ("aten.clone.default", "aten.alias.default", "aten.detach.default",
+                 "aten.contiguous.default", "aten.dropout.default", "aten.relu.default",
+                 "aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor",
+                 "aten.add.Scalar", "aten.sub.Scalar", "aten.mul.Scalar", "aten.div.Scalar",
+                 "aten.rsub.Scalar")
+
+
+def _want(lx, node, depth: int = 6) -> str | None:
+    """How the ops reading a view's result need its time and batch: "split" ([T, B, ...]:
+    a neuron, flatten(0, 1), a returned sequence) or "merged" ([T*B, ...]: convolution,
+    batch norm, pooling, unflatten(0)); an elementwise op wants its other operand's form,
+    and is looked through. Decides between the readings a batch-1 export leaves open
+    (axes.reshape)."""
+    for user in node.users:
+        for other in user.all_input_nodes if op_name(user) in _PASS_THROUGH else ():
+            got = lx.env.get(other)
+            if other is not node and isinstance(got, Act) and got.layout.time_axis == 0:
+                return "split" if got.layout.roles[0] == T else "merged"
+        name = op_name(user)
+        if name in NEURON_OPS or user.op == "output" or (
+                name == "aten.flatten.using_ints" and user.args[1:3] == (0, 1)):
+            return "split"
+        if name.startswith(("aten.conv", "aten.batch_norm", "aten.max_pool", "aten.avg_pool",
+                            "aten.adaptive_avg_pool")) or (
+                name == "aten.unflatten.int" and user.args[1] == 0):
+            return "merged"
+        if name in _PASS_THROUGH and depth > 0:
+            found = _want(lx, user, depth - 1)
+            if found:
+                return found
+    return None
 
 
 @rule("aten.flatten.using_ints", ir="reshape", note="flatten(0, 1) merges time and batch")

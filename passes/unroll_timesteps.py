@@ -94,12 +94,12 @@ class _Unroller:
             if node.op == "time_reduce":  # its result, and all that uses it, exists once
                 self.invariant[node.outputs[0]] = self.over_time(
                     node.inputs[0], node.attrs["mode"], node.source, node.outputs[0].hint)
+            elif node.op == "neuron":
+                self.neuron(node)
             elif all(v in self.invariant for v in node.inputs):
                 outs = self.emit(node.op, [self.invariant[v] for v in node.inputs], node.attrs,
                                  node.source, [v.hint for v in node.outputs])
                 self.invariant.update(zip(node.outputs, outs))
-            elif node.op == "neuron":
-                self.neuron(node)
             else:
                 ins = [self.all_steps(v) for v in node.inputs]
                 attrs = dict(node.attrs)

@@ -1,4 +1,5 @@
-"""compile_file: model file -> ONNX file, the whole pipeline top to bottom."""
+"""The whole pipeline top to bottom: `compile_model` (a module or program in memory, the
+Python API `snnc.compile`), `compile_file` (a model file -> ONNX file, the CLI)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+import torch
 
 from . import files, frontend, loader, mobile, onnx_emit, pack
 from .errors import BadInputError
@@ -31,6 +33,10 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     program: object = None  # the torch.export program compiled
     ort: bytes | None = None  # the ORT-format model (compile_file with ort=True)
+
+    def pack_bytes(self) -> bytes | None:
+        """The packed-weight file (docs/binary_format.md), or None without quantized weights."""
+        return pack.encode(self.packed) if self.packed else None
 
     def summary(self) -> str:
         g = self.graph
@@ -127,6 +133,82 @@ def _finite(value) -> bool:
     return True
 
 
+def compile_model(model, example_input=None, path: str | None = None, *,
+                  pack_path: str | None = None, ort: bool = False, **options) -> Result:
+    """Compile a SpikingJelly model in memory, as torch.onnx.export does: `model` is an
+    nn.Module (traced with torch.export on `example_input`, e.g. torch.zeros(1, 3, 32, 32))
+    or a torch.export.ExportedProgram. `options` are those of snnc.options.Options
+    (timesteps="stream", weight_container="int4", ...). With `path`, writes the ONNX model
+    there (and the pack to `pack_path`, and with `ort` the ORT-format model beside it),
+    atomically; without, returns everything in the Result (`model`, `data`,
+    `pack_bytes()`, `summary()`, and `ort` when asked for)."""
+    opts = _options(options)
+    if path is None and pack_path is not None:
+        raise BadInputError("pack_path needs path: the pack is written beside the model")
+    outputs = _output_paths(path, pack_path, ort)
+    if path is not None:
+        files.check_paths([], outputs)
+    program = model if isinstance(model, torch.export.ExportedProgram) else \
+        export_module(model, example_input)
+    result = compile_program(program, opts, where=type(model).__name__)
+    if ort:
+        mobile.check_convertible(result.model)
+        result.ort, config = mobile.to_ort(result.data)
+    if path is not None:
+        _write(result, path, pack_path, ort, config if ort else "", type(model).__name__)
+    return result
+
+
+def _options(options: dict) -> Options:
+    known = [f.name for f in dataclasses.fields(Options) if f.name != "pack_location"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise BadInputError(f"unknown option(s) {', '.join(unknown)}; snnc.compile takes "
+                            f"{', '.join(known)}")
+    return dataclasses.replace(DEFAULT, **options)
+
+
+def export_module(model, example_input) -> "torch.export.ExportedProgram":
+    """torch.export of a SpikingJelly module at its example input, memories reset."""
+    if not isinstance(model, torch.nn.Module):
+        raise BadInputError(f"snnc.compile takes a torch.nn.Module or a "
+                            f"torch.export.ExportedProgram, not {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor):
+        raise BadInputError("snnc.compile needs an example input tensor for a module, e.g. "
+                            "snnc.compile(model, torch.zeros(1, 3, 32, 32))")
+    from .demo import export
+
+    model.eval()
+    try:
+        return export(model, example_input)
+    except Exception as error:  # torch.export's own message says what failed to trace
+        raise BadInputError(f"torch.export could not trace the model on an input of shape "
+                            f"{list(example_input.shape)} ({type(error).__name__}: "
+                            f"{str(error).splitlines()[0][:300] if str(error) else ''})") \
+            from None
+
+
+def _output_paths(path, pack_path, ort) -> list[tuple[str, str | None]]:
+    found = [("output", path), ("pack", pack_path)]
+    if ort and path is not None:
+        found += list(zip(("ORT model", "operator config"), mobile.ort_paths(path)))
+    return found
+
+
+def _write(result: Result, path: str, pack_path: str | None, ort: bool, config: str,
+           where: str) -> None:
+    outputs = [(path, result.data)]
+    if pack_path is not None:
+        if not result.packed:
+            raise BadInputError(f"{where} has no quantized weights to pack (quantize it first: "
+                                "snnc quantize or snnc.quantize)")
+        outputs.append((pack_path, result.pack_bytes()))
+    if ort:
+        ort_path, config_path = mobile.ort_paths(path)
+        outputs += [(ort_path, result.ort), (config_path, config.encode())]
+    files.write_all_atomic(outputs)
+
+
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
                  trust_pickle: bool = False, input_shape: list[int] | None = None,
                  progress: Callable[[str], None] | None = None,
@@ -136,9 +218,8 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     the ORT-format model and its required-operators config next to `output`). `check(result)`
     runs before anything is written (the CLI checks --verify data against the model there);
     every output is written atomically, all or none."""
-    files.check_paths([("MODEL", path)], [("output", output), ("pack", pack_path)]
-                + (list(zip(("ORT model", "operator config"), mobile.ort_paths(output)))
-                   if ort else []), dump_dir=dump_dir)
+    files.check_paths([("MODEL", path)], _output_paths(output, pack_path, ort),
+                      dump_dir=dump_dir)
     if opts.external_weights:
         if pack_path is None:
             raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
@@ -152,12 +233,7 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     load_time = time.perf_counter() - start
     result = compile_program(program, opts, dump_dir, progress, where=path)
     result.timings = {"load": load_time, **result.timings}
-    outputs = [(output, result.data)]
-    if pack_path is not None:
-        if not result.packed:
-            raise BadInputError(f"{path} has no quantized weights to pack (quantize it first: "
-                                "snnc quantize or snnc.quantize)")
-        outputs.append((pack_path, pack.encode(result.packed)))
+    config = ""
     if ort:
         mobile.check_convertible(result.model)
         if progress:
@@ -165,11 +241,12 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
         start = time.perf_counter()
         result.ort, config = mobile.to_ort(result.data)
         result.timings["ort"] = time.perf_counter() - start
-        ort_path, config_path = mobile.ort_paths(output)
-        outputs += [(ort_path, result.ort), (config_path, config.encode())]
+    if pack_path is not None and not result.packed:
+        raise BadInputError(f"{path} has no quantized weights to pack (quantize it first: "
+                            "snnc quantize or snnc.quantize)")
     if check is not None:
         check(result)
     if progress:
         progress("write")
-    files.write_all_atomic(outputs)
+    _write(result, output, pack_path, ort, config, path)
     return result
