@@ -147,6 +147,7 @@ class Lifter:
         self.unsupported: list[tuple[str, str]] = []
         self.scalars: dict[float, Value] = {}
         self.reduced: dict[int, Act] = {}
+        self.weights: dict[tuple, Value] = {}  # dequantized weights, one per quantized layer
         self.input_modes: list[str] = []
         self.input_names: list[str] = []
         neurons = [n for n in program.graph.nodes if op_name(n) in NEURON_OPS]
@@ -184,7 +185,7 @@ class Lifter:
 
     def new_act(self, value: Value, layout: Layout, post: bool = False) -> Act:
         """An activation, refusing layouts the time-major unroll cannot carry."""
-        if not self.explicit and not post and layout.step_roles[0] != axes.B:
+        if self.steps > 1 and not post and layout.step_roles[0] != axes.B:
             raise Unsupported(f"moves the batch axis (axes {layout}); in a multi-step model "
                               "keep [T, B, ...], [T*B, ...] or [B, ...] leading")
         return Act(value, layout, post)

@@ -8,6 +8,8 @@ the symbolic "N" on every input and output.
 
 from __future__ import annotations
 
+import hashlib
+
 
 import numpy as np
 import onnx
@@ -78,13 +80,14 @@ class _Emitter:
                                            name=self.unique(f"{module}/{op}_{k}"), **attrs))
 
     def const(self, array: np.ndarray, base: str) -> str:
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if array.size <= 8 and key in self.scalars:
+        """An initializer; equal arrays share one (a single-step loop's T calls of a layer
+        fold to T equal weights)."""
+        key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
+        if key in self.scalars:
             return self.scalars[key]
         name = self.unique(base)
         self.initializers.append(numpy_helper.from_array(array, name))
-        if array.size <= 8:
-            self.scalars[key] = name
+        self.scalars[key] = name
         return name
 
     def ints(self, values, base: str) -> str:

@@ -69,7 +69,6 @@ SUGGEST = {
     "aten.bmm.default": "use torch.matmul (x @ y)",
     "aten.einsum.default": "write the product with matmul / transpose",
     "aten.index.Tensor": "index with slicing on feature axes (x[..., i]) or split/chunk",
-    "aten.slice.Tensor": "use chunk/split on a feature axis",
     "aten.expand.default": "for time: x.unsqueeze(0).repeat(T, 1, ...)",
 }
 
@@ -154,8 +153,7 @@ def _getitem(lx, node, a):
     return got[index]
 
 
-@rule("aten.clone.default", "aten.alias.default", "aten.detach.default",
-      "aten.contiguous.default", "aten.lift_fresh_copy.default", note="nothing")
+@rule("aten.clone.default", "aten.detach.default", "aten.contiguous.default")
 def _identity(lx, node, a):
     return lx.env[node.args[0]] if isinstance(node.args[0], torch.fx.Node) else \
         lx.operand(node.args[0])
@@ -168,19 +166,8 @@ def _dropout(lx, node, a):
     return lx.env[node.args[0]]
 
 
-@rule("aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
-      "aten.sym_constrain_range_for_size.default", note="checks torch.export adds: nothing")
-def _no_result(lx, node, a):
-    return Marker("none")
-
-
-@rule("aten.sym_size.int", "operator.mul", "operator.add", "operator.sub",
-      "operator.floordiv", note="sizes of a dynamic batch (for view arguments)")
+@rule("aten.sym_size.int", note="the size of a dynamic batch (in view arguments)")
 def _shape_value(lx, node, a):
-    for arg in node.all_input_nodes:
-        if op_name(node) != "aten.sym_size.int" and not (
-                isinstance(lx.env.get(arg), Marker) and lx.env[arg].kind == "shape"):
-            raise Unsupported("Python arithmetic on a tensor; use torch operations")
     return Marker("shape")
 
 
@@ -234,8 +221,7 @@ def _neuron_attrs(lx, node, a) -> dict:
     return attrs
 
 
-@rule("aten.full_like.default", "aten.zeros_like.default",
-      note="only as a neuron's initial membrane")
+@rule("aten.full_like.default", note="only as a neuron's initial membrane")
 def _fill(lx, node, a):
     fill = _float(a, "fill_value") if "fill_value" in a else 0.0
     got = lx.env.get(node.args[0])
@@ -271,13 +257,39 @@ def _select(lx, node, a):
             return Marker("first_step", x)
         raise Unsupported(f"reads timestep {index} of a multi-step tensor; a multi-step model "
                           "is compiled whole: return [T, B, ...] or reduce over time")
+    return _reshaped(lx, node, _part(lx, node, x, axis, index, index + 1, size),
+                     x.layout.drop(axis))
+
+
+def _part(lx, node, x: Act, axis: int, start: int, end: int, size: int) -> Act:
+    """x[..., start:end] along feature axis `axis` (of `size`): a split, its middle part."""
     step = x.layout.step_axis(axis)
-    part = x
-    if size > 1:
-        sizes = [s for s in (index, 1, size - index - 1) if s]
-        outs = lx.emit("split", [x.value], {"axis": step, "sizes": sizes}, node)
-        part = Act(outs[0 if index == 0 else 1], x.layout, x.post)
-    return _reshaped(lx, node, part, x.layout.drop(axis))
+    if (start, end) == (0, size):
+        return x
+    sizes = [s for s in (start, end - start, size - end) if s]
+    outs = lx.emit("split", [x.value], {"axis": step, "sizes": sizes}, node)
+    return lx.new_act(outs[1 if start else 0], x.layout, x.post)
+
+
+@rule("aten.slice.Tensor", ir="split", note="x[..., a:b] on a feature axis (step 1); the "
+      "whole of any axis")
+def _slice(lx, node, a):
+    x = lx.act(a.get("self"))
+    axis = x.layout.axis(_int(a, "dim"))
+    start, end = (a.get(k) for k in ("start", "end"))
+    if start in (None, 0) and (end is None or isinstance(end, int) and end >= 1 << 31):
+        return x  # x[:, ...]: the whole axis, whatever it is
+    size = dims(node.args[0])[axis]
+    x.layout.step_axis(axis)  # only a feature axis can be cut
+    start = 0 if start is None else _int(a, "start")
+    end = size if end is None else _int(a, "end")
+    start, end = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
+    if (start, end) == (0, size):
+        return x
+    if _int(a, "step") != 1 or end <= start:
+        raise Unsupported(f"slices {start}:{end}:{a.get('step')}; only step-1, non-empty "
+                          "slices of a feature axis")
+    return _part(lx, node, x, axis, start, end, size)
 
 
 @rule("aten.mean.dim", "aten.sum.dim_IntList", ir="reduce_mean, reduce_sum, time_reduce",
@@ -420,13 +432,17 @@ def _fake_quant(lx, node, a):
     weight, scale = lx.const(a.get("weight")), lx.const(a.get("scale"))
     consts = lx.builder.constants
     scheme, bits = str(a.get("scheme")), _int(a, "bits")
+    key = (weight, scale, scheme, bits)  # a layer a single-step loop calls T times: once
+    if key in lx.weights:
+        return lx.weights[key]
     codes = quant.codes(torch.from_numpy(np.asarray(consts[weight])),
                         torch.from_numpy(np.asarray(consts[scale])), scheme, bits).numpy()
     module = source_of(node).layer.split(".parametrizations.")[0]  # the layer, not its quantizer
     code_value = lx.constant(codes, f"{module}.weight_codes", "i32")
     scale_value = lx.constant(consts[scale], f"{module}.weight_scale")
-    return lx.emit("dequantize", [code_value, scale_value], {"scheme": scheme, "bits": bits},
-                   node, f"{module}.weight")[0]
+    lx.weights[key], = lx.emit("dequantize", [code_value, scale_value],
+                               {"scheme": scheme, "bits": bits}, node, f"{module}.weight")
+    return lx.weights[key]
 
 
 # -- elementwise and products ------------------------------------------------------------
@@ -434,8 +450,8 @@ def _fake_quant(lx, node, a):
 _BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "rsub": "sub"}
 
 
-@rule(*(f"aten.{op}.{kind}" for op in ("add", "sub", "mul", "div") for kind in
-        ("Tensor", "Scalar")), "aten.rsub.Scalar", ir="add, sub, mul, div",
+@rule("aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor",
+      "aten.rsub.Scalar", ir="add, sub, mul, div",
       note="with tensors or scalars (SEW ADD, AND = a*b, IAND = (1-a)*b); alpha 1")
 def _binary(lx, node, a):
     op = op_name(node).split(".")[1]
@@ -532,7 +548,7 @@ def _permute(lx, node, a):
     return _permuted(lx, node, x, _ints(a, "dims"))
 
 
-@rule("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", ir="reshape",
+@rule("aten.view.default", "aten.reshape.default", ir="reshape",
       note="time and batch stay leading as [T, B, ...] or [T*B, ...] (docs/ir.md)")
 def _view(lx, node, a):
     x = lx.act(node.args[0])
@@ -541,11 +557,9 @@ def _view(lx, node, a):
     return _reshaped(lx, node, x, layout)
 
 
-_PASS_THROUGH = ("aten.clone.default", "aten.alias.default", "aten.detach.default",
-                 "aten.contiguous.default", "aten.dropout.default", "aten.relu.default",
-                 "aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor",
-                 "aten.add.Scalar", "aten.sub.Scalar", "aten.mul.Scalar", "aten.div.Scalar",
-                 "aten.rsub.Scalar")
+_PASS_THROUGH = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
+                 "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
+                 "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar")
 
 
 def _want(lx, node, depth: int = 6) -> str | None:
@@ -681,5 +695,17 @@ def ops_table() -> str:
 SUPPORTED_OPS = frozenset(RULES)
 
 
-if __name__ == "__main__":  # python3 -m snnc.rules: the table for docs/ops.md
-    print(ops_table())
+def write_docs(path: str) -> None:
+    """Put ops_table() between docs/ops.md's `<!-- rules: begin/end -->` markers."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, rest = text.split("<!-- rules: begin -->\n")
+    tail = rest.split("\n<!-- rules: end -->")[1]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}<!-- rules: begin -->\n{ops_table()}\n<!-- rules: end -->{tail}")
+
+
+if __name__ == "__main__":  # python3 -m snnc.rules [docs/ops.md]: print or rewrite the table
+    import sys
+
+    write_docs(sys.argv[1]) if len(sys.argv) > 1 else print(ops_table())

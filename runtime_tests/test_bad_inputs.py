@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 import snnc
 from snnc.cli import main
-from snnc.compile import compile_file
+from snnc.driver import compile_file
 from snnc.demo import conv_snn, export
 from snnc.loader import make_checkpoint
 from snnc.options import Options

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from snnc import parity as H
-from snnc.compile import compile_program
+from snnc.driver import compile_program
 from snnc.demo import conv_snn, export
 from snnc.options import Options
 

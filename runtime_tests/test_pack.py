@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from snnc import BadInputError, pack, quant
-from snnc.compile import compile_file
+from snnc.driver import compile_file
 from snnc.options import Options
 from snnc.runtime import load_session
 

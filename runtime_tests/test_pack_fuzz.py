@@ -55,7 +55,7 @@ from onnx import numpy_helper
 
 import snnc
 from snnc import BadInputError, pack
-from snnc.compile import compile_program
+from snnc.driver import compile_program
 from snnc.demo import conv_snn, export, make_firing
 from snnc.options import Options
 from snnc.runtime import load_session

@@ -15,7 +15,7 @@ import torch
 import snnc
 from snnc import BadInputError, quant
 from snnc import parity as H
-from snnc.compile import compile_program
+from snnc.driver import compile_program
 from snnc.demo import conv_snn, export, make_firing
 from snnc.ops import dequantize_eval
 from snnc.options import Options

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from snnc import accuracy, loader, pack, report
-from snnc.compile import compile_file, compile_program
+from snnc.driver import compile_file, compile_program
 from snnc.mobile import ort_paths
 from snnc.options import Options
 from snnc.parity import onnx_session

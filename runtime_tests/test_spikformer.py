@@ -9,7 +9,7 @@ import torch
 
 from snnc import parity as H
 from snnc import loader
-from snnc.compile import compile_file, compile_program
+from snnc.driver import compile_file, compile_program
 from snnc.options import Options
 
 SAMPLES, BATCH = 32, 8

@@ -108,7 +108,7 @@ def main() -> None:
 
     from spikingjelly.activation_based import functional
 
-    from snnc.compile import compile_file
+    from snnc.driver import compile_file
     from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
     from snnc.options import Options
     from snnc.parity import onnx_session

@@ -33,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(2)
 
     from snnc import pack, quant
-    from snnc.compile import compile_file
+    from snnc.driver import compile_file
     from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
     from snnc.options import Options
 

@@ -43,7 +43,7 @@ def spikformer_files(work: str) -> tuple[str, str]:
 
 def bench(name: str, float_pt: str, quant_pt: str, x: np.ndarray, work: str, runs: int) -> dict:
     from snnc import loader
-    from snnc.compile import compile_file
+    from snnc.driver import compile_file
 
     def path(suffix):
         return os.path.join(work, f"{name}{suffix}")

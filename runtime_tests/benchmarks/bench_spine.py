@@ -33,7 +33,7 @@ def conv_floor_model(program_path: str, out: str) -> None:
     Shows how much of the run time is the convolutions and matmuls, which both exports
     compute in float32 the same way."""
     from snnc import onnx_emit
-    from snnc.compile import compile_file
+    from snnc.driver import compile_file
 
     def minimal(e, node, ins, outs, module):
         h, fired = e.temp(module, "h"), e.temp(module, "fired")
@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from snnc.compile import compile_file
+    from snnc.driver import compile_file
     from snnc.demo import firing_spikformer
 
     work = tempfile.mkdtemp(prefix="snnc-bench-")

@@ -27,7 +27,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=16)
     args = parser.parse_args()
     from snnc import parity
-    from snnc.compile import compile_program
+    from snnc.driver import compile_program
     from snnc.loader import load_program
     from snnc.options import Options
 

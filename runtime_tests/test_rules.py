@@ -1,0 +1,205 @@
+"""The frontend's rule table (compiler/rules.py), rule by rule.
+
+Every rule has a case here: a small firing network that uses the op, exported at batch 1,
+lifted, and run by the interpreter on a batch of 3 against PyTorch. `test_every_rule_has_a
+_case` fails when a rule is added without one. Also: docs/ops.md's table is the table's,
+the frontend has no function over 60 lines, and refusals say what to change.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import torch
+from spikingjelly.activation_based import functional, layer, neuron
+from torch import nn
+
+import zoo
+from snnc import UnsupportedOpError, frontend, interp, rules
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+T = 2
+
+
+class Stem(nn.Module):
+    """image -> [T, B, 4, 6, 6] spikes (conv-BN-LIF), then `tail` (spikes -> output)."""
+
+    def __init__(self, tail, neuron_kind=neuron.LIFNode, **neuron_kwargs):
+        super().__init__()
+        self.conv = layer.Conv2d(3, 4, 3, padding=1, step_mode="m")
+        self.bn = layer.BatchNorm2d(4, step_mode="m")
+        self.sn = neuron_kind(step_mode="m", **neuron_kwargs)
+        self.tail = tail
+
+    def forward(self, x):
+        x = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+        return self.tail(self.sn(self.bn(self.conv(x))))
+
+
+class Tail(nn.Module):
+    """A tail from a function of (self, spikes), with a linear layer and a second LIF."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.fc = nn.Linear(6, 6)
+        self.lin = nn.Linear(4 * 6 * 6, 5)
+        self.lif = neuron.LIFNode(step_mode="m")
+
+    def forward(self, s):
+        return self.fn(self, s)
+
+
+def tail(fn):
+    return lambda: Stem(Tail(fn))
+
+
+def _single_step():
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.sn = neuron.IFNode(step_mode="s")
+            self.sn2 = neuron.ParametricLIFNode(step_mode="s")
+
+        def forward(self, x):
+            out = [self.sn2(2 * self.sn(self.bn(self.conv(x)))) for _ in range(T)]
+            return torch.cat(out, 1).mean((2, 3))
+
+    return Loop()
+
+
+def _sequence_select():
+    class Frames(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.sn = neuron.LIFNode(step_mode="s")
+
+        def forward(self, x):  # x: [T, B, 3, 6, 6]
+            return torch.stack([self.sn(self.bn(self.conv(x[t]))) for t in range(T)]).sum(0)
+
+    return Frames()
+
+
+CASES = {  # id -> (builder, example input shape at batch 1)
+    "lif_mean_over_time": (tail(lambda m, s: s.mean(0)), (1, 3, 6, 6)),
+    "if_sum_over_time": (lambda: Stem(Tail(lambda m, s: s.sum(0)), neuron.IFNode),
+                         (1, 3, 6, 6)),
+    "plif_soft_reset": (lambda: Stem(Tail(lambda m, s: s), neuron.ParametricLIFNode,
+                                     v_reset=None), (1, 3, 6, 6)),
+    "linear_on_tokens": (tail(lambda m, s: m.lif(4 * m.fc(s.clone().detach()) + 1)),
+                         (1, 3, 6, 6)),
+    "head_after_mean": (tail(lambda m, s: m.lin(s.mean(0).flatten(1))), (1, 3, 6, 6)),
+    "arithmetic": (tail(lambda m, s: ((1 - s) * s + s / 2 - 0.25 + s.mul(2.0)).mean(0)),
+                   (1, 3, 6, 6)),
+    "relu_dropout": (tail(lambda m, s: torch.nn.functional.dropout(torch.relu(s - 0.5),
+                                                                   training=False)),
+                     (1, 3, 6, 6)),
+    "matmul_transpose": (tail(lambda m, s: m.lif(s @ s.transpose(-2, -1))), (1, 3, 6, 6)),
+    "permute": (tail(lambda m, s: s.permute(0, 1, 3, 4, 2).contiguous()), (1, 3, 6, 6)),
+    "view_reshape": (tail(lambda m, s: m.lif(2 * s.reshape(T, -1, 2, 72).view(T, -1, 144)
+                                             .unsqueeze(2).squeeze(2)
+                                             .unsqueeze(3).unsqueeze(4).squeeze((3, 4)))),
+                     (1, 3, 6, 6)),
+    "flatten_unflatten_pool": (tail(lambda m, s: torch.nn.functional.max_pool2d(
+        s.flatten(0, 1), 2).unflatten(0, (T, -1))), (1, 3, 6, 6)),
+    "avg_pools": (tail(lambda m, s: (torch.nn.functional.avg_pool2d(s.flatten(0, 1), 2)
+                       + torch.nn.functional.adaptive_avg_pool2d(s.flatten(0, 1), 3)
+                       ).unflatten(0, (T, -1))),
+                  (1, 3, 6, 6)),
+    "features_reduced": (tail(lambda m, s: s.sum(-1, keepdim=True) + s.mean((3, 4),
+                                                                           keepdim=True)),
+                         (1, 3, 6, 6)),
+    "split_chunk_select": (tail(lambda m, s: s.chunk(2, 2)[0] + s.split(2, 2)[1]
+                                + s.split_with_sizes([1, 3], 2)[1][:, :, :2]
+                                + s[:, :, 1:2]), (1, 3, 6, 6)),
+    "select_feature": (tail(lambda m, s: s.select(2, 1)), (1, 3, 6, 6)),
+    "conv1d_tokens": (lambda: Stem(nn.Sequential(
+        layer.SeqToANNContainer(nn.Flatten(2), nn.Conv1d(4, 4, 1), nn.BatchNorm1d(4)),
+        neuron.LIFNode(step_mode="m"))), (1, 3, 6, 6)),
+    "zeros_like_init": (tail(lambda m, s: m.lif(s * 2.0)), (1, 3, 6, 6)),
+    "single_step_cat": (_single_step, (1, 3, 6, 6)),
+    "sequence_stack": (_sequence_select, (T, 1, 3, 6, 6)),
+}
+
+
+def _export(model, shape):
+    zoo.make_firing(model, (4, *shape[1:]) if len(shape) == 4 else (T, 4, *shape[2:]))
+    return zoo.export(model, shape)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rule_case(case):
+    build, shape = CASES[case]
+    torch.manual_seed(0)
+    model = build().eval()
+    program = _export(model, shape)
+    graph = frontend.lift(program)
+    batch = (shape[0], 3, *shape[2:]) if len(shape) == 5 else (3, *shape[1:])
+    x = torch.rand(*batch, generator=torch.Generator().manual_seed(1))
+    functional.reset_net(model)
+    with torch.no_grad():
+        want = model(x).numpy()
+    functional.reset_net(model)
+    got = interp.run(graph, [x.numpy()])[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(want).max() > 0  # something fired
+
+
+def test_every_rule_has_a_case():
+    seen = set()
+    for build, shape in CASES.values():
+        torch.manual_seed(0)
+        seen |= {frontend.op_name(n) for n in zoo.export(build().eval(), shape).graph.nodes
+                 if n.op == "call_function"}
+    dim = torch.export.Dim("batch", min=1, max=8)
+    model = CASES["lif_mean_over_time"][0]().eval()
+    seen |= {frontend.op_name(n) for n in torch.export.export(
+        model, (torch.zeros(2, 3, 6, 6),), dynamic_shapes=({0: dim},)).graph.nodes}
+    functional.reset_net(model)
+    quantized = {"snnc.fake_quant.default"}  # test_quant.py and test_zoo.py
+    missing = set(rules.RULES) - seen - quantized
+    assert not missing, f"rules without a case in test_rules.py: {sorted(missing)}"
+
+
+def test_docs_table_is_the_rule_table():
+    doc = (ROOT / "docs" / "ops.md").read_text()
+    table = doc.split("<!-- rules: begin -->\n")[1].split("\n<!-- rules: end -->")[0]
+    assert table == rules.ops_table(), "regenerate it: python3 -m snnc.rules docs/ops.md"
+
+
+def test_frontend_functions_are_short():
+    for name in ("frontend.py", "rules.py", "axes.py"):
+        tree = ast.parse((ROOT / "compiler" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                lines = node.end_lineno - node.lineno + 1
+                limit = 60 if isinstance(node, ast.FunctionDef) else 400
+                assert lines <= limit, f"{name}: {node.name} is {lines} lines"
+
+
+def test_refusals_say_what_to_change():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sn = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            s = self.sn(x.unsqueeze(0).repeat(T, 1, 1))
+            return torch.softmax(s, -1) + torch.sin(s) + s[:, 0:1].sum()
+
+    with pytest.raises(UnsupportedOpError) as error:
+        frontend.lift(zoo.export(Odd().eval(), (1, 4)))
+    text = str(error.value)
+    assert "aten.softmax.int: has no snnc lowering; spiking self-attention has no softmax" \
+        in text
+    assert re.search(r"aten\.sin\.default: has no snnc lowering \(docs/ops.md", text)
+    assert "test_rules.py:" in text  # the user's line
