@@ -86,20 +86,21 @@ class Layout:
         axis = axis % (self.rank + 1)
         return Layout(self.roles[:axis] + (role,) + self.roles[axis:])
 
-    def permute(self, dims) -> tuple["Layout", list[int]]:
-        """The permuted layout and the permutation of the IR value's axes."""
-        dims = [self.axis(d) for d in dims]
-        if sorted(dims) != list(range(self.rank)):
-            raise AxisError(f"{dims} is not a permutation of {self.rank} axes")
-        step_index = {a: i for i, a in enumerate(a for a in range(self.rank)
-                                                   if self.roles[a] != T)}
-        return (Layout(tuple(self.roles[d] for d in dims)),
-                [step_index[d] for d in dims if self.roles[d] != T])
-
     def step_shape(self, shape, batch_symbol: str):
         """The IR shape of a torch tensor of this layout: no T axis, N for the batch."""
         return tuple(batch_symbol if r in (B, TB) else _static(d, r)
                      for r, d in zip(self.roles, shape) if r != T)
+
+
+def permute(layout: Layout, dims) -> tuple[Layout, list[int]]:
+    """The permuted layout and the permutation of the IR value's axes."""
+    dims = [layout.axis(d) for d in dims]
+    if sorted(dims) != list(range(layout.rank)):
+        raise AxisError(f"{dims} is not a permutation of {layout.rank} axes")
+    step_index = {a: i for i, a in enumerate(a for a in range(layout.rank)
+                                               if layout.roles[a] != T)}
+    return (Layout(tuple(layout.roles[d] for d in dims)),
+            [step_index[d] for d in dims if layout.roles[d] != T])
 
 
 def _static(dim, role: str) -> int:

@@ -137,38 +137,13 @@ def _dim(d):
     return int(expr) if getattr(expr, "is_number", False) else expr
 
 
-class Lifter:
-    """The state of one lift; rules (compiler/rules.py) call its helpers."""
+class Values:
+    """Building the IR: nodes with the fx node's provenance, constants, activations."""
 
-    def __init__(self, program: torch.export.ExportedProgram):
-        self.program = program
+    def __init__(self, steps: int):
         self.builder = Builder()
-        self.env: dict[torch.fx.Node, Any] = {}
-        self.unsupported: list[tuple[str, str]] = []
+        self.steps = steps
         self.scalars: dict[float, Value] = {}
-        self.reduced: dict[int, Act] = {}
-        self.weights: dict[tuple, Value] = {}  # dequantized weights, one per quantized layer
-        self.input_modes: list[str] = []
-        self.input_names: list[str] = []
-        neurons = [n for n in program.graph.nodes if op_name(n) in NEURON_OPS]
-        if not neurons:
-            raise BadInputError(
-                "the model has no SpikingJelly neuron layer (IFNode, LIFNode or "
-                "ParametricLIFNode): snnc compiles spiking networks.")
-        # A membrane passed from one neuron call to the next: the time loop is in forward.
-        self.explicit = any(_membrane_of(n.args[1]) for n in neurons)
-        self.steps = 1 if self.explicit else self._steps(neurons[0])
-        self.batch = None  # the example batch: an int, or a sympy symbol (dynamic batch)
-
-    @staticmethod
-    def _steps(neuron: torch.fx.Node) -> int:
-        steps = dims(neuron.args[0])[0] if isinstance(neuron.args[0], torch.fx.Node) else None
-        if not isinstance(steps, int) or steps < 1:
-            raise BadInputError("the first neuron's input has no static time axis; export "
-                                "with a fixed number of timesteps T")
-        return steps
-
-    # -- values ------------------------------------------------------------------------
 
     def emit(self, op: str, inputs, attrs: dict, node: torch.fx.Node, hint: str = ""
              ) -> list[Value]:
@@ -190,12 +165,34 @@ class Lifter:
                               "keep [T, B, ...], [T*B, ...] or [B, ...] leading")
         return Act(value, layout, post)
 
+
+class Lifter(Values):
+    """The state of one lift; rules (compiler/rules.py) read their arguments with it."""
+
+    def __init__(self, program: torch.export.ExportedProgram):
+        neurons = [n for n in program.graph.nodes if op_name(n) in NEURON_OPS]
+        if not neurons:
+            raise BadInputError(
+                "the model has no SpikingJelly neuron layer (IFNode, LIFNode or "
+                "ParametricLIFNode): snnc compiles spiking networks.")
+        # A membrane passed from one neuron call to the next: the time loop is in forward.
+        self.explicit = any(_membrane_of(n.args[1]) for n in neurons)
+        super().__init__(1 if self.explicit else _time_steps(neurons[0]))
+        self.program = program
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.unsupported: list[tuple[str, str]] = []
+        self.reduced: dict[int, Act] = {}  # time_reduce nodes made, by fx node
+        self.weights: dict[tuple, Value] = {}  # dequantized weights, one per quantized layer
+        self.input_modes: list[str] = []
+        self.input_names: list[str] = []
+        self.batch = None  # the example batch: an int, or a sympy symbol (dynamic batch)
+
     def operand(self, arg) -> Act | Value:
         """An activation, a constant tensor, or a Python number (as a constant)."""
         if isinstance(arg, torch.fx.Node):
             got = self.env[arg]
             if isinstance(got, Marker) and got.kind == "time_reduce":
-                return self.time_reduce(arg, *got.payload)
+                return _reduced(self, arg, *got.payload)
             if isinstance(got, (Act, Value)):
                 return got
             raise Unsupported(f"uses {arg.name} ({getattr(got, 'kind', type(got).__name__)}) "
@@ -216,138 +213,154 @@ class Lifter:
             raise Unsupported("needs a constant (parameter or buffer) here, got an activation")
         return got
 
-    def time_reduce(self, node: torch.fx.Node, x: Act, mode: str) -> Act:
-        """x.mean(0) / x.sum(0) over time, used by another op: a time_reduce node."""
-        if id(node) not in self.reduced:
-            value, = self.emit("time_reduce", [x.value], {"mode": mode}, node)
-            self.reduced[id(node)] = Act(value, x.layout.drop(x.layout.time_axis), post=True)
-        return self.reduced[id(node)]
 
-    # -- the walk ----------------------------------------------------------------------
+def _time_steps(neuron: torch.fx.Node) -> int:
+    steps = dims(neuron.args[0])[0] if isinstance(neuron.args[0], torch.fx.Node) else None
+    if not isinstance(steps, int) or steps < 1:
+        raise BadInputError("the first neuron's input has no static time axis; export "
+                            "with a fixed number of timesteps T")
+    return steps
 
-    def lift(self) -> Graph:
-        from . import rules
 
-        kinds = {spec.arg.name: spec for spec in self.program.graph_signature.input_specs}
-        user_inputs = [n for n in self.program.graph.nodes if n.op == "placeholder"
-                       and kinds[n.name].kind.name == "USER_INPUT"]
-        self.batch = self._find_batch(user_inputs)
-        outputs: list[tuple[str, Value]] = []
-        for node in self.program.graph.nodes:
-            if node.op == "placeholder":
-                self._guard(node, f"input {node.name}", self.placeholder, node,
-                            kinds[node.name])
-            elif node.op == "output":
-                outputs = self.outputs(node.args[0])
-            elif node.op != "call_function":
-                self.unsupported.append((f"{node.op} {node.target}", str(source_of(node))))
-                self.env[node] = REPORTED
-            elif any(self.env.get(a) is REPORTED for a in node.all_input_nodes):
-                if op_name(node) not in rules.RULES:  # downstream of a reported op
-                    self.unsupported.append((rules.no_rule(node), str(source_of(node))))
-                self.env[node] = REPORTED
-            else:
-                self._guard(node, op_name(node), rules.apply, self, node)
-        if self.unsupported:
-            raise UnsupportedOpError(self.unsupported)
-        spec = TimeSpec(self.steps, tuple(self.input_modes), tuple(m for m, _ in outputs))
-        names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
-        return self.builder.build([v for _, v in outputs], spec, self.input_names, names)
+def _reduced(lx: Lifter, node: torch.fx.Node, x: Act, mode: str) -> Act:
+    """x.mean(0) / x.sum(0) over time, used by another op: a time_reduce node, once."""
+    if id(node) not in lx.reduced:
+        value, = lx.emit("time_reduce", [x.value], {"mode": mode}, node)
+        lx.reduced[id(node)] = Act(value, x.layout.drop(x.layout.time_axis), post=True)
+    return lx.reduced[id(node)]
 
-    def _guard(self, node, label: str, fn, *args) -> None:
-        """Run a rule; an unsupported use is collected, not raised."""
+
+# -- the walk ------------------------------------------------------------------------------
+
+def lift(program: torch.export.ExportedProgram) -> Graph:
+    """The IR graph of an exported SpikingJelly program."""
+    from . import rules
+
+    lx = Lifter(program)
+    kinds = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
+    lx.batch = _find_batch(lx, [n for n in program.graph.nodes if n.op == "placeholder"
+                                and kinds[n.name].kind.name == "USER_INPUT"])
+    outputs: list[tuple[str, Value]] = []
+    for node in program.graph.nodes:
+        if node.op == "placeholder":
+            _guard(lx, node, f"input {node.name}", _placeholder, lx, node, kinds[node.name])
+        elif node.op == "output":
+            outputs = _outputs(lx, node.args[0])
+        elif node.op != "call_function":
+            lx.unsupported.append((f"{node.op} {node.target}", str(source_of(node))))
+            lx.env[node] = REPORTED
+        elif any(lx.env.get(a) is REPORTED for a in node.all_input_nodes):
+            if op_name(node) not in rules.RULES:  # downstream of a reported op
+                lx.unsupported.append((rules.no_rule(node), str(source_of(node))))
+            lx.env[node] = REPORTED
+        else:
+            _guard(lx, node, op_name(node), rules.apply, lx, node)
+    if lx.unsupported:
+        raise UnsupportedOpError(lx.unsupported)
+    spec = TimeSpec(lx.steps, tuple(lx.input_modes), tuple(m for m, _ in outputs))
+    names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
+    return lx.builder.build([v for _, v in outputs], spec, lx.input_names, names)
+
+
+def _guard(lx: Lifter, node, label: str, fn, *args) -> None:
+    """Run a rule; an unsupported use is collected, not raised."""
+    try:
+        result = fn(*args)
+    except (Unsupported, AxisError) as why:
+        lx.unsupported.append((f"{label}: {why}", str(source_of(node))))
+        lx.env[node] = REPORTED
+        return
+    if node.op != "placeholder":
+        lx.env[node] = result
+
+
+# -- inputs and outputs --------------------------------------------------------------------
+
+def _find_batch(lx: Lifter, inputs: list[torch.fx.Node]):
+    if not inputs:
+        raise BadInputError("the exported program has no input")
+    shape = dims(inputs[0])
+    return shape[_batch_axis(lx, inputs[0], shape)]
+
+
+def _batch_axis(lx: Lifter, node: torch.fx.Node, shape: tuple) -> int:
+    """Where the batch is in a model input. A dynamic size is the batch. Otherwise a
+    multi-step model takes an image [B, ...] (repeated over time) or a sequence
+    [T, B, ...]: a sequence starts with T, has rank >= 3, and is not what unsqueeze(0)
+    or an image layer reads first. A single-step model takes [B, ...], or [T, B, ...]
+    when it indexes x[t]."""
+    symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if symbolic:
+        return symbolic[0]
+    users = [op_name(u) for u in node.users]
+    if lx.explicit:
+        return 1 if "aten.select.int" in users and len(shape) >= 2 else 0
+    image_first = any(u.startswith(("aten.conv", "aten.batch_norm", "aten.max_pool",
+                                    "aten.avg_pool")) for u in users) or any(
+        op_name(u) == "aten.unsqueeze.default" and u.args[1] == 0 for u in node.users)
+    return 1 if shape[0] == lx.steps and len(shape) >= 3 and not image_first else 0
+
+
+def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:
+    kind = spec.kind.name
+    if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+        tensor = lx.program.state_dict.get(spec.target)
+        if tensor is None:
+            tensor = lx.program.constants.get(spec.target)
+        if not isinstance(tensor, torch.Tensor):
+            raise BadInputError(f"the exported program has no data for {spec.target!r}")
+        data = tensor.detach().to(torch.float32).numpy() if tensor.is_floating_point() \
+            else tensor.detach().numpy()
+        lx.env[node] = lx.constant(data, spec.target) if data.dtype == np.float32 else data
+        return
+    if kind != "USER_INPUT":
+        raise Unsupported(f"is a program input of kind {kind}")
+    shape = dims(node)
+    axis = _batch_axis(lx, node, shape)
+    if shape[axis] != lx.batch:
+        raise Unsupported(f"has batch {shape[axis]}, the first input {lx.batch}")
+    roles = [axes.F] * len(shape)
+    roles[axis] = axes.B
+    if axis == 1 and not lx.explicit:
+        roles[0] = axes.T
+    layout = Layout(tuple(roles))
+    value = Value("f32", layout.step_shape(shape, BATCH), node.name)
+    lx.env[node] = lx.new_act(value, layout)
+    lx.builder.inputs.append(value)
+    lx.input_names.append(node.name)
+    lx.input_modes.append("seq" if axes.T in roles else "repeat")
+
+
+def _outputs(lx: Lifter, rets) -> list[tuple[str, Value]]:
+    found = []
+    for ret in rets:
+        if isinstance(ret, torch.fx.Node) and lx.env.get(ret) is REPORTED:
+            continue  # its cause is reported already
         try:
-            result = fn(*args)
+            found.append(_output(lx, ret))
         except (Unsupported, AxisError) as why:
-            self.unsupported.append((f"{label}: {why}", str(source_of(node))))
-            self.env[node] = REPORTED
-            return
-        if node.op != "placeholder":
-            self.env[node] = result
+            where = str(source_of(ret)) if isinstance(ret, torch.fx.Node) else "return"
+            lx.unsupported.append((f"output {getattr(ret, 'name', ret)!r}: {why}", where))
+    return found
 
-    # -- inputs and outputs ------------------------------------------------------------
 
-    def _find_batch(self, inputs: list[torch.fx.Node]):
-        if not inputs:
-            raise BadInputError("the exported program has no input")
-        shape = dims(inputs[0])
-        return shape[self._batch_axis(inputs[0], shape)]
-
-    def _batch_axis(self, node: torch.fx.Node, shape: tuple) -> int:
-        """Where the batch is in a model input. A dynamic size is the batch. Otherwise a
-        multi-step model takes an image [B, ...] (repeated over time) or a sequence
-        [T, B, ...]: a sequence starts with T, has rank >= 3, and is not what unsqueeze(0)
-        or an image layer reads first. A single-step model takes [B, ...], or [T, B, ...]
-        when it indexes x[t]."""
-        symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
-        if symbolic:
-            return symbolic[0]
-        users = [op_name(u) for u in node.users]
-        if self.explicit:
-            return 1 if "aten.select.int" in users and len(shape) >= 2 else 0
-        image_first = any(u.startswith(("aten.conv", "aten.batch_norm", "aten.max_pool",
-                                        "aten.avg_pool")) for u in users) or any(
-            op_name(u) == "aten.unsqueeze.default" and u.args[1] == 0 for u in node.users)
-        return 1 if shape[0] == self.steps and len(shape) >= 3 and not image_first else 0
-
-    def placeholder(self, node: torch.fx.Node, spec) -> None:
-        kind = spec.kind.name
-        if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
-            tensor = self.program.state_dict.get(spec.target)
-            if tensor is None:
-                tensor = self.program.constants.get(spec.target)
-            if not isinstance(tensor, torch.Tensor):
-                raise BadInputError(f"the exported program has no data for {spec.target!r}")
-            data = tensor.detach().to(torch.float32).numpy() if tensor.is_floating_point() \
-                else tensor.detach().numpy()
-            self.env[node] = self.constant(data, spec.target) if data.dtype == np.float32 \
-                else data
-            return
-        if kind != "USER_INPUT":
-            raise Unsupported(f"is a program input of kind {kind}")
-        shape = dims(node)
-        axis = self._batch_axis(node, shape)
-        if shape[axis] != self.batch:
-            raise Unsupported(f"has batch {shape[axis]}, the first input {self.batch}")
-        roles = [axes.F] * len(shape)
-        roles[axis] = axes.B
-        if axis == 1 and not self.explicit:
-            roles[0] = axes.T
-        layout = Layout(tuple(roles))
-        value = Value("f32", layout.step_shape(shape, BATCH), node.name)
-        self.env[node] = self.new_act(value, layout)
-        self.builder.inputs.append(value)
-        self.input_names.append(node.name)
-        self.input_modes.append("seq" if axes.T in roles else "repeat")
-
-    def outputs(self, rets) -> list[tuple[str, Value]]:
-        found = []
-        for ret in rets:
-            if isinstance(ret, torch.fx.Node) and self.env.get(ret) is REPORTED:
-                continue  # its cause is reported already
-            try:
-                found.append(self.output(ret))
-            except (Unsupported, AxisError) as why:
-                where = str(source_of(ret)) if isinstance(ret, torch.fx.Node) else "return"
-                self.unsupported.append((f"output {getattr(ret, 'name', ret)!r}: {why}", where))
-        return found
-
-    def output(self, ret) -> tuple[str, Value]:
-        got = self.env.get(ret) if isinstance(ret, torch.fx.Node) else None
-        if isinstance(got, Marker) and got.kind == "time_reduce" and id(ret) not in self.reduced:
-            x, mode = got.payload
-            return mode, x.value
-        got = self.operand(ret) if isinstance(ret, torch.fx.Node) else None
-        if not isinstance(got, Act):
-            raise Unsupported("is not an activation of the model")
-        if self.explicit or got.post or got.layout.time_axis is None:
-            return "once", got.value
-        if got.layout.roles[:2] == (axes.T, axes.B):
-            if dims(ret)[0] != self.steps:
-                raise Unsupported(f"has {dims(ret)[0]} timesteps, not T={self.steps}")
-            return "stack", got.value
-        raise Unsupported(f"has axes {got.layout}; return [T, B, ...], or reduce over time "
-                          "with .mean(0) / .sum(0)")
+def _output(lx: Lifter, ret) -> tuple[str, Value]:
+    """(time mode, value) of a model output."""
+    got = lx.env.get(ret) if isinstance(ret, torch.fx.Node) else None
+    if isinstance(got, Marker) and got.kind == "time_reduce" and id(ret) not in lx.reduced:
+        x, mode = got.payload
+        return mode, x.value
+    got = lx.operand(ret) if isinstance(ret, torch.fx.Node) else None
+    if not isinstance(got, Act):
+        raise Unsupported("is not an activation of the model")
+    if lx.explicit or got.post or got.layout.time_axis is None:
+        return "once", got.value
+    if got.layout.roles[:2] == (axes.T, axes.B):
+        if dims(ret)[0] != lx.steps:
+            raise Unsupported(f"has {dims(ret)[0]} timesteps, not T={lx.steps}")
+        return "stack", got.value
+    raise Unsupported(f"has axes {got.layout}; return [T, B, ...], or reduce over time "
+                      "with .mean(0) / .sum(0)")
 
 
 def _membrane_of(arg) -> bool:
@@ -355,8 +368,3 @@ def _membrane_of(arg) -> bool:
     return (isinstance(arg, torch.fx.Node) and arg.target is operator.getitem
             and isinstance(arg.args[0], torch.fx.Node) and op_name(arg.args[0]) in NEURON_OPS
             and arg.args[1] == 1)
-
-
-def lift(program: torch.export.ExportedProgram) -> Graph:
-    """The IR graph of an exported SpikingJelly program."""
-    return Lifter(program).lift()

@@ -526,7 +526,7 @@ def _matmul(lx, node, a):
 # -- axes --------------------------------------------------------------------------------
 
 def _permuted(lx, node, x: Act, order) -> Act:
-    layout, perm = x.layout.permute(order)
+    layout, perm = axes.permute(x.layout, order)
     value = x.value
     if perm != sorted(perm):
         value, = lx.emit("transpose", [value], {"perm": perm}, node)
