@@ -293,8 +293,9 @@ def _batch_axis(lx: Lifter, node: torch.fx.Node, shape: tuple) -> int:
     if symbolic:
         return symbolic[0]
     users = [op_name(u) for u in node.users]
-    if lx.explicit:
-        return 1 if "aten.select.int" in users and len(shape) >= 2 else 0
+    if lx.explicit:  # x[t] selects along axis 0
+        return 1 if len(shape) >= 2 and any(op_name(u) == "aten.select.int" and u.args[1] == 0
+                                            for u in node.users) else 0
     image_first = any(u.startswith(("aten.conv", "aten.batch_norm", "aten.max_pool",
                                     "aten.avg_pool")) for u in users) or any(
         op_name(u) == "aten.unsqueeze.default" and u.args[1] == 0 for u in node.users)

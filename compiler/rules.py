@@ -9,6 +9,7 @@ the unsupported-op message and the table in docs/ops.md all come from this table
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -74,10 +75,19 @@ SUGGEST = {
 
 
 def _no_rule_text(name: str) -> str:
-    hint = SUGGEST.get(name)
-    return f"has no snnc lowering; {hint}" if hint else (
-        "has no snnc lowering (docs/ops.md lists what snnc compiles; write it with those "
-        "operations)")
+    """What to write instead: a known alternative, else the nearest supported op by name
+    (conv3d -> conv2d, max_pool1d -> max_pool2d), else the list in docs/ops.md."""
+    if name in SUGGEST:
+        return f"has no snnc lowering; {SUGGEST[name]}"
+    base = lambda op: op.split(".")[1] if op.count(".") >= 1 else op  # aten.conv3d.x: conv3d
+    known = {base(n): n for n in RULES if n.startswith("aten.")}
+    near = difflib.get_close_matches(base(name), list(known), 1, 0.75)
+    if near:
+        op = known[near[0]]
+        return (f"has no snnc lowering; the closest supported op is {op}"
+                + (f" ({RULES[op].note})" if RULES[op].note else ""))
+    return ("has no snnc lowering (docs/ops.md lists what snnc compiles; write it with those "
+            "operations)")
 
 
 def no_rule(node) -> str:
