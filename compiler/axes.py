@@ -162,7 +162,8 @@ def reshape(layout: Layout, in_shape, out_shape, batch, want: str | None = None)
     op that reads the result needs (`want`: "split" for [T, B, ...] as a neuron or
     flatten(0, 1) needs it, "merged" for [T*B, ...] as a convolution needs it), else the
     one that keeps the input's feature shape (a view that only regroups time and batch),
-    else the one that keeps the input's leading form."""
+    else [T, B, ...]: a unit axis right after time is the batch (code writes
+    view(T, B, ...), hardly ever a unit feature axis after T*B)."""
     lead = layout.roles[:2] if layout.roles[:2] == (T, B) else layout.roles[:1]
     if lead not in ((T, B), (TB,), (B,)):
         raise AxisError(f"reshapes a tensor with axes {layout}; the time and batch axes must "
@@ -182,7 +183,7 @@ def reshape(layout: Layout, in_shape, out_shape, batch, want: str | None = None)
         rest = tuple(out_shape[k:])
         if math.prod(rest) == math.prod(features):
             wanted = {"split": (T, B), "merged": (TB,)}.get(want or "")
-            fits.append((roles != wanted, rest != features, roles != lead, roles))
+            fits.append((roles != wanted, rest != features, roles != (T, B), roles))
     if not fits:
         raise AxisError(f"reshapes {list(in_shape)} (axes {layout}) to {list(out_shape)}, "
                         "which moves the time or batch axis; keep [T, B, ...] or [T*B, ...] "

@@ -70,6 +70,14 @@ class Marker:
 
 
 REPORTED = Marker("reported")  # the node was reported as unsupported
+_NOT_A_TENSOR = {
+    "membrane": "reads a multi-step neuron's membrane potential (v_seq); only its spikes "
+                "can be compiled: read spikes, or write the model single-step",
+    "first_step": "uses x[0] of a [T, B, ...] tensor; a multi-step model is compiled whole "
+                  "(x[0] only starts a neuron's membrane)",
+    "shape": "uses a tensor size as a tensor",
+    "none": "uses the result of an op that has none",
+}
 
 
 def source_of(node: torch.fx.Node) -> Provenance:
@@ -170,11 +178,7 @@ class Lifter(Values):
     """The state of one lift; rules (compiler/rules.py) read their arguments with it."""
 
     def __init__(self, program: torch.export.ExportedProgram):
-        neurons = [n for n in program.graph.nodes if op_name(n) in NEURON_OPS]
-        if not neurons:
-            raise BadInputError(
-                "the model has no SpikingJelly neuron layer (IFNode, LIFNode or "
-                "ParametricLIFNode): snnc compiles spiking networks.")
+        neurons = _neurons(program)
         # A membrane passed from one neuron call to the next: the time loop is in forward.
         self.explicit = any(_membrane_of(n.args[1]) for n in neurons)
         super().__init__(1 if self.explicit else _time_steps(neurons[0]))
@@ -193,10 +197,12 @@ class Lifter(Values):
             got = self.env[arg]
             if isinstance(got, Marker) and got.kind == "time_reduce":
                 return _reduced(self, arg, *got.payload)
+            if isinstance(got, Marker) and got.kind == "init":  # full_like: a constant
+                return self.scalar(got.payload)
             if isinstance(got, (Act, Value)):
                 return got
-            raise Unsupported(f"uses {arg.name} ({getattr(got, 'kind', type(got).__name__)}) "
-                              "as a tensor")
+            raise Unsupported(_NOT_A_TENSOR.get(getattr(got, "kind", ""), f"uses {arg.name} "
+                                                "as a tensor, which it is not"))
         if isinstance(arg, (int, float)) and not isinstance(arg, bool):
             return self.scalar(arg)
         raise Unsupported(f"has an operand of unsupported kind {type(arg).__name__}")
@@ -212,6 +218,27 @@ class Lifter(Values):
         if not isinstance(got, Value):
             raise Unsupported("needs a constant (parameter or buffer) here, got an activation")
         return got
+
+
+def _neurons(program) -> list[torch.fx.Node]:
+    """The neuron calls; refuses programs without any, and multi-step neurons reused with
+    their membrane carried over (one module called for two layers)."""
+    calls = [n for n in program.graph.nodes if op_name(n) in NEURON_OPS]
+    other = sorted({op_name(n).split(".")[0] for n in program.graph.nodes
+                    if op_name(n).startswith("sj_") and op_name(n) not in NEURON_OPS})
+    if not calls:
+        raise BadInputError(
+            "the model has no SpikingJelly neuron layer snnc compiles (IFNode, LIFNode or "
+            "ParametricLIFNode" + (f"; it uses {', '.join(other)}, which snnc does not "
+                                    "compile" if other else "") + ").")
+    for n in calls:
+        if _membrane_of(n.args[1]) and isinstance(n.args[0], torch.fx.Node) \
+                and dims(n.args[0])[0] != 1:
+            raise BadInputError(
+                f"the neuron {source_of(n)} starts from another multi-step call's final "
+                "membrane: one neuron module is used for two layers. Give each layer its "
+                "own neuron module.")
+    return calls
 
 
 def _time_steps(neuron: torch.fx.Node) -> int:
@@ -284,22 +311,45 @@ def _find_batch(lx: Lifter, inputs: list[torch.fx.Node]):
 
 
 def _batch_axis(lx: Lifter, node: torch.fx.Node, shape: tuple) -> int:
-    """Where the batch is in a model input. A dynamic size is the batch. Otherwise a
-    multi-step model takes an image [B, ...] (repeated over time) or a sequence
-    [T, B, ...]: a sequence starts with T, has rank >= 3, and is not what unsqueeze(0)
-    or an image layer reads first. A single-step model takes [B, ...], or [T, B, ...]
-    when it indexes x[t]."""
+    """Where the batch is in a model input. A dynamic size is the batch. Otherwise what the
+    model does with the input decides, following it through ops that keep its leading
+    axis: a multi-step model that reaches unsqueeze(0) (to repeat it over time) takes an
+    image [B, ...], else a sequence [T, B, ...] when it starts with T and has rank >= 3; a
+    single-step model that indexes x[t] (select or unbind on axis 0) takes [T, B, ...],
+    else [B, ...]."""
     symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
     if symbolic:
         return symbolic[0]
-    users = [op_name(u) for u in node.users]
-    if lx.explicit:  # x[t] selects along axis 0
-        return 1 if len(shape) >= 2 and any(op_name(u) == "aten.select.int" and u.args[1] == 0
-                                            for u in node.users) else 0
-    image_first = any(u.startswith(("aten.conv", "aten.batch_norm", "aten.max_pool",
-                                    "aten.avg_pool")) for u in users) or any(
-        op_name(u) == "aten.unsqueeze.default" and u.args[1] == 0 for u in node.users)
-    return 1 if shape[0] == lx.steps and len(shape) >= 3 and not image_first else 0
+    first = _first_use(node)
+    if lx.explicit:
+        return 1 if len(shape) >= 2 and first == "index" else 0
+    return 1 if shape[0] == lx.steps and len(shape) >= 3 and first != "repeat" else 0
+
+
+_KEEPS_LEADING = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
+                  "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
+                  "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar",
+                  "aten.linear.default", "aten.conv1d.default", "aten.conv2d.default",
+                  "aten.batch_norm.default", "aten.max_pool2d.default",
+                  "aten.avg_pool2d.default", "snnc.fake_quant.default")
+
+
+def _first_use(node: torch.fx.Node, depth: int = 32) -> str | None:
+    """How an input is first used along ops that keep its leading axis: "repeat"
+    (unsqueeze(0) or stack on 0: a static input fed every step), "index" (x[t]: select or
+    unbind on axis 0), or None."""
+    for user in node.users:
+        name = op_name(user)
+        if name in ("aten.unsqueeze.default", "aten.stack.default") and \
+                (user.args[1:2] or (0,))[0] == 0:
+            return "repeat"
+        if name in ("aten.select.int", "aten.unbind.int") and (user.args[1:2] or (0,))[0] == 0:
+            return "index"
+        if name in _KEEPS_LEADING and depth > 0:
+            found = _first_use(user, depth - 1)
+            if found:
+                return found
+    return None
 
 
 def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:

@@ -70,7 +70,8 @@ SUGGEST = {
     "aten.bmm.default": "use torch.matmul (x @ y)",
     "aten.einsum.default": "write the product with matmul / transpose",
     "aten.index.Tensor": "index with slicing on feature axes (x[..., i]) or split/chunk",
-    "aten.expand.default": "for time: x.unsqueeze(0).repeat(T, 1, ...)",
+    "aten.constant_pad_nd.default": "pad inside the convolution (Conv2d(padding=...))",
+    "aten.pad.default": "pad inside the convolution (Conv2d(padding=...))",
 }
 
 
@@ -176,8 +177,14 @@ def _dropout(lx, node, a):
     return lx.env[node.args[0]]
 
 
-@rule("aten.sym_size.int", note="the size of a dynamic batch (in view arguments)")
+@rule("aten.sym_size.int", "operator.mul", note="sizes of a dynamic batch and arithmetic on them (view arguments; "
+      "views read their output shape)")
 def _shape_value(lx, node, a):
+    for arg in node.all_input_nodes:
+        got = lx.env.get(arg)
+        if op_name(node) != "aten.sym_size.int" and not (
+                isinstance(got, Marker) and got.kind == "shape"):
+            raise Unsupported("Python arithmetic on a tensor; use torch operations")
     return Marker("shape")
 
 
@@ -231,7 +238,8 @@ def _neuron_attrs(lx, node, a) -> dict:
     return attrs
 
 
-@rule("aten.full_like.default", note="only as a neuron's initial membrane")
+@rule("aten.full_like.default", "aten.zeros_like.default", note="a neuron's initial "
+      "membrane, or a constant in arithmetic (a recurrent state's start)")
 def _fill(lx, node, a):
     fill = _float(a, "fill_value") if "fill_value" in a else 0.0
     got = lx.env.get(node.args[0])
@@ -240,16 +248,22 @@ def _fill(lx, node, a):
     raise Unsupported("fills a tensor that is not an activation")
 
 
-@rule("aten.repeat.default", note="x.unsqueeze(0).repeat(T, 1, ...): a static input fed "
-                                 "every step")
+@rule("aten.repeat.default", "aten.expand.default", note="x.unsqueeze(0).repeat(T, 1, ...), "
+      "x.repeat(T, 1, ...) or .expand(T, ...): a static input fed every step")
 def _repeat(lx, node, a):
     x = lx.act(node.args[0])
-    reps = _ints(a, "repeats")
-    unit = x.layout.roles[0] == T and dims(node.args[0])[0] == 1
-    if not unit or reps != [lx.steps] + [1] * (len(reps) - 1) or lx.explicit:
-        raise Unsupported(f"repeats {reps}; snnc lifts only x.unsqueeze(0).repeat(T={lx.steps}, "
-                          "1, ...), feeding the same tensor every step")
-    return lx.new_act(x.value, x.layout, x.post)
+    expand = "size" in a
+    sizes = _ints(a, "size" if expand else "repeats")
+    shape = dims(node.args[0])
+    added = len(sizes) == x.layout.rank + 1  # onto a new first axis
+    unit = x.layout.roles[0] == T and shape[0] == 1  # onto x.unsqueeze(0)'s unit time
+    kept = all(s in (-1, d) if expand else s == 1
+               for s, d in zip(sizes[1:], shape if added else shape[1:]))
+    if lx.explicit or x.post or not (added and x.layout.time_axis is None or unit) or \
+            sizes[0] != lx.steps or not kept:
+        raise Unsupported(f"repeats to {sizes}; snnc lifts only repeating a static input over "
+                          f"time: x.unsqueeze(0).repeat(T={lx.steps}, 1, ...)")
+    return lx.new_act(x.value, x.layout.insert(0, T) if added else x.layout, x.post)
 
 
 @rule("aten.select.int", ir="split, reshape", note="x[0] of time only for a neuron's "
@@ -265,8 +279,10 @@ def _select(lx, node, a):
             return lx.new_act(x.value, x.layout.drop(axis), x.post)
         if index == 0:
             return Marker("first_step", x)
-        raise Unsupported(f"reads timestep {index} of a multi-step tensor; a multi-step model "
-                          "is compiled whole: return [T, B, ...] or reduce over time")
+        raise Unsupported(f"reads timestep {index} of a multi-step tensor (a per-step loop, "
+                          "e.g. layer.MultiStepContainer); a multi-step model is compiled "
+                          "whole: wrap stateless layers in layer.SeqToANNContainer, or write "
+                          "the loop with step_mode='s' neurons")
     return _reshaped(lx, node, _part(lx, node, x, axis, index, index + 1, size),
                      x.layout.drop(axis))
 
@@ -364,15 +380,15 @@ def _batch_norm(lx, node, a):
 
 @rule("aten.max_pool2d.default", "aten.avg_pool2d.default", ir="max_pool, avg_pool",
       note="no ceil mode; average pooling unpadded")
-def _pool(lx, node, a):
-    x = lx.act(a.get("self"))
+def _pool(lx, node, a, x: Act | None = None, name: str = ""):
+    x = x or lx.act(a.get("self"))
     _image(x, (4,), "pooling")
     kernel = _positive(_ints(a, "kernel_size", 2), "kernel size")
     stride = _positive(_ints(a, "stride", 2), "stride") if a.get("stride") else kernel
     padding = _ints(a, "padding", 2)
     if a.get("ceil_mode"):
         raise Unsupported("ceil_mode=True pooling; use ceil_mode=False")
-    if op_name(node).startswith("aten.max"):
+    if (name or op_name(node)).startswith("aten.max"):
         if _ints(a, "dilation", 2) != [1, 1]:
             raise Unsupported("dilated max pooling")
         op = "max_pool"
@@ -386,10 +402,33 @@ def _pool(lx, node, a):
     return lx.new_act(value, x.layout, x.post)
 
 
+@rule("aten.max_pool1d.default", "aten.avg_pool1d.default", "aten.adaptive_avg_pool1d.default",
+      ir="reshape, the 2-D pooling", note="as 2-D pooling over a unit height")
+def _pool1d(lx, node, a):
+    x = lx.act(a.get("self"))
+    _image(x, (3,), "1-D pooling")
+    n, c, length = x.value.shape
+    tall, = lx.emit("reshape", [x.value], {"shape": [n, c, 1, length]}, node)
+    wide = Act(tall, Layout((x.layout.roles[0], axes.F, axes.F, axes.F)), x.post)
+    name = op_name(node)
+    if "adaptive" in name:
+        pooled = _adaptive_avg_pool(lx, node, {"output_size": [1] + _ints(a, "output_size", 1)},
+                                    wide)
+    else:
+        kernel = _ints(a, "kernel_size", 1)
+        pooled = _pool(lx, node, {
+            "kernel_size": [1] + kernel, "padding": [0] + _ints(a, "padding", 1),
+            "stride": [1] + (_ints(a, "stride", 1) if a.get("stride") else kernel),
+            "dilation": [1] + (_ints(a, "dilation", 1) if "dilation" in a else [1]),
+            "ceil_mode": a.get("ceil_mode")}, wide, name.replace("1d", "2d"))
+    value, = lx.emit("reshape", [pooled.value], {"shape": [n, c, pooled.value.shape[3]]}, node)
+    return lx.new_act(value, x.layout, x.post)
+
+
 @rule("aten.adaptive_avg_pool2d.default", ir="reduce_mean, avg_pool, matmul",
       note="1x1: a mean; dividing sizes: average pooling; else a constant window matrix")
-def _adaptive_avg_pool(lx, node, a):
-    x = lx.act(a.get("self"))
+def _adaptive_avg_pool(lx, node, a, x: Act | None = None):
+    x = x or lx.act(a.get("self"))
     _image(x, (4,), "adaptive pooling")
     h, w = x.value.shape[2:]
     oh, ow = _positive(_ints(a, "output_size", 2), "output size")
@@ -471,8 +510,13 @@ def _binary(lx, node, a):
     if op == "rsub":
         x, y = y, x
     acts = [v for v in (x, y) if isinstance(v, Act)]
-    if not acts:
-        raise Unsupported("arithmetic on constants only")
+    if not acts:  # constants only (a recurrent state's zero start): folded
+        from .ops import OPS
+
+        if not all(v in lx.builder.constants for v in (x, y)):
+            raise Unsupported("arithmetic on a quantized weight; quantize the result instead")
+        arrays = [np.asarray(lx.builder.constants[v]) for v in (x, y)]
+        return lx.constant(OPS[_BINARY[op]].evaluate(arrays, {})[0], node.name)
     post = _post(acts)
     layout = axes.broadcast([v.layout for v in acts])
     ins = [v.value if isinstance(v, Act) else _step_constant(lx, v, layout) for v in (x, y)]
@@ -569,7 +613,14 @@ def _view(lx, node, a):
 
 _PASS_THROUGH = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
                  "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
-                 "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar")
+                 "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar",
+                 "aten.linear.default")
+
+
+def _axes_arg(node) -> list:
+    """The axis argument(s) of a reduction or index node, as a list."""
+    value = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _want(lx, node, depth: int = 6) -> str | None:
@@ -579,11 +630,14 @@ def _want(lx, node, depth: int = 6) -> str | None:
     and is looked through. Decides between the readings a batch-1 export leaves open
     (axes.reshape)."""
     for user in node.users:
-        for other in user.all_input_nodes if op_name(user) in _PASS_THROUGH else ():
+        name = op_name(user)
+        if name in ("aten.mean.dim", "aten.sum.dim_IntList", "aten.select.int",
+                    "aten.unbind.int") and 0 in _axes_arg(user):
+            return "split"  # over time (x.mean(0), x[t])
+        for other in user.all_input_nodes if name in _PASS_THROUGH else ():
             got = lx.env.get(other)
             if other is not node and isinstance(got, Act) and got.layout.time_axis == 0:
                 return "split" if got.layout.roles[0] == T else "merged"
-        name = op_name(user)
         if name in NEURON_OPS or user.op == "output" or (
                 name == "aten.flatten.using_ints" and user.args[1:3] == (0, 1)):
             return "split"
@@ -666,6 +720,34 @@ def _split(lx, node, a):
     return [lx.new_act(v, x.layout, x.post) for v in outs]
 
 
+@rule("aten.unbind.int", ir="split, reshape", note="for x in seq: a single-step loop over "
+      "a sequence, or feature axes")
+def _unbind(lx, node, a):
+    x = lx.act(a.get("self"))
+    axis = x.layout.axis(_int(a, "dim"))
+    if x.layout.roles[axis] == T:
+        raise Unsupported("iterates over the time axis of a multi-step tensor; a multi-step "
+                          "model is compiled whole (use SeqToANNContainer for stateless layers)")
+    size = dims(node.args[0])[axis]
+    step = x.layout.step_axis(axis)
+    parts = lx.emit("split", [x.value], {"axis": step, "sizes": [1] * size}, node) \
+        if size > 1 else [x.value]
+    layout = x.layout.drop(axis)
+    shape = list(layout.step_shape(dims(node.args[0])[:axis] + dims(node.args[0])[axis + 1:],
+                                   BATCH))
+    return [lx.new_act(lx.emit("reshape", [p], {"shape": shape}, node)[0], layout, x.post)
+            for p in parts]
+
+
+def _stacked_over_time(lx, parts: list[Act], axis: int) -> Act | None:
+    """torch.stack([x] * T): the same value every step, as x.unsqueeze(0).repeat(T)."""
+    x = parts[0]
+    if (axis == 0 and len(parts) == lx.steps > 1 and all(p is x for p in parts)
+            and x.layout.time_axis is None and not x.post and x.layout.roles[0] == axes.B):
+        return lx.new_act(x.value, x.layout.insert(0, T))
+    return None
+
+
 @rule("aten.stack.default", "aten.cat.default", ir="reshape, concat",
       note="equal parts along a feature axis (stacking a single-step loop's outputs)")
 def _join(lx, node, a):
@@ -676,6 +758,9 @@ def _join(lx, node, a):
     first = parts[0].layout
     stack = op_name(node) == "aten.stack.default"
     axis = _int(a, "dim") % (first.rank + stack)
+    repeated = _stacked_over_time(lx, parts, axis) if stack else None
+    if repeated is not None:
+        return repeated
     layout = first.insert(axis, axes.F) if stack else first
     step = layout.step_axis(axis)
     values = [p.value for p in parts]

@@ -74,7 +74,7 @@ def _single_step():
     return Loop()
 
 
-def _sequence_select():
+def _sequence_select(scale: float = 1.0):
     class Frames(nn.Module):
         def __init__(self):
             super().__init__()
@@ -82,13 +82,77 @@ def _sequence_select():
             self.bn = nn.BatchNorm2d(4)
             self.sn = neuron.LIFNode(step_mode="s")
 
-        def forward(self, x):  # x: [T, B, 3, 6, 6]
+        def forward(self, x):  # x: [T, B, 3, 6, 6]; scaled first: still a sequence
+            x = x * scale if scale != 1.0 else x
             return torch.stack([self.sn(self.bn(self.conv(x[t]))) for t in range(T)]).sum(0)
 
     return Frames()
 
 
-CASES = {  # id -> (builder, example input shape at batch 1)
+class Encode(nn.Module):
+    """image -> [T, B, ...] by `encode`, then conv-BN-LIF (layer.* in multi-step), mean."""
+
+    def __init__(self, encode):
+        super().__init__()
+        self.encode = encode
+        self.conv = layer.SeqToANNContainer(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.sn = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        return self.sn(self.conv(self.encode(x))).mean(0)
+
+
+class Dynamic(nn.Module):
+    """view(T * B, ...) and reshape(T, TB // T, ...): size arithmetic in the export when
+    the batch is dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.sn = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        b = x.shape[0]
+        y = self.bn(self.conv(x.unsqueeze(0).repeat(T, 1, 1, 1, 1).view(T * b, 3, 6, 6)))
+        return self.sn(y.reshape(T, y.shape[0] // T, 4, 6, 6)).sum(0)
+
+
+class Tokens(nn.Module):
+    """[B, C, L] audio-style: conv1d, 1-D pooling of three kinds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = layer.SeqToANNContainer(nn.Conv1d(3, 4, 3, padding=1), nn.BatchNorm1d(4))
+        self.sn = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        s = self.sn(self.conv(x.unsqueeze(0).repeat(T, 1, 1, 1))).flatten(0, 1)
+        f = torch.nn.functional
+        y = f.max_pool1d(s, 2) + f.avg_pool1d(s, 2) + f.adaptive_avg_pool1d(s, 4)
+        return y.unflatten(0, (T, -1)).mean(0)
+
+
+def _recurrent():
+    class Recurrent(nn.Module):  # for x_t in x (unbind), state from zeros_like
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 6)
+            self.bn = nn.BatchNorm1d(6)
+            self.sn = neuron.LIFNode(step_mode="s")
+
+        def forward(self, x):  # x: [T, B, 5]
+            y = torch.zeros_like(self.fc(x[0]))
+            out = []
+            for xt in x:
+                y = self.sn(self.bn(self.fc(xt)) + 0.5 * y)
+                out.append(y)
+            return torch.stack(out, 1)
+
+    return Recurrent()
+
+
+CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "lif_mean_over_time": (tail(lambda m, s: s.mean(0)), (1, 3, 6, 6)),
     "if_sum_over_time": (lambda: Stem(Tail(lambda m, s: s.sum(0)), neuron.IFNode),
                          (1, 3, 6, 6)),
@@ -127,22 +191,47 @@ CASES = {  # id -> (builder, example input shape at batch 1)
     "zeros_like_init": (tail(lambda m, s: m.lif(s * 2.0)), (1, 3, 6, 6)),
     "single_step_cat": (_single_step, (1, 3, 6, 6)),
     "sequence_stack": (_sequence_select, (T, 1, 3, 6, 6)),
+    "scaled_sequence_stack": (lambda: _sequence_select(2.0), (T, 1, 3, 6, 6)),
+    "expand_encoder": (lambda: Encode(lambda x: x.unsqueeze(0).expand(T, -1, -1, -1, -1)),
+                       (1, 3, 6, 6)),
+    "repeat_encoder": (lambda: Encode(lambda x: x.repeat(T, 1, 1, 1, 1)), (1, 3, 6, 6)),
+    "stack_encoder": (lambda: Encode(lambda x: torch.stack([x] * T)), (1, 3, 6, 6)),
+    "dynamic_batch_sizes": (Dynamic, (2, 3, 6, 6), True),
+    "pool1d": (Tokens, (1, 3, 8)),
+    "unbind_recurrent": (_recurrent, (T, 1, 5)),
+    # exported at batch T: the input is an image because it is repeated over time
+    "normalized_image_at_batch_T": (lambda: Encode(lambda x: (2 * x - 1).unsqueeze(0).repeat(
+        T, 1, 1, 1, 1)), (T, 3, 6, 6)),
+    # [T*B, C, 1, 1].view(T, B, -1) at batch 1: [T, 1, C] read as [T, B, C] for mean(0)
+    "pooled_view_then_time_mean": (tail(lambda m, s: torch.nn.functional.adaptive_avg_pool2d(
+        s.flatten(0, 1), 1).view(T, s.shape[1], -1).mean(0)), (1, 3, 6, 6)),
 }
 
 
-def _export(model, shape):
-    zoo.make_firing(model, (4, *shape[1:]) if len(shape) == 4 else (T, 4, *shape[2:]))
-    return zoo.export(model, shape)
+def _sequence(shape) -> bool:
+    return shape[0] == T and shape[1] == 1
+
+
+def _export(model, shape, dynamic=False):
+    zoo.make_firing(model, (T, 4, *shape[2:]) if _sequence(shape) else (4, *shape[1:]))
+    if not dynamic:
+        return zoo.export(model, shape)
+    functional.reset_net(model)
+    with torch.no_grad():
+        program = torch.export.export(model, (torch.zeros(*shape),), dynamic_shapes=(
+            {0: torch.export.Dim("batch", min=1, max=16)},))
+    functional.reset_net(model)
+    return program
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_rule_case(case):
-    build, shape = CASES[case]
+    build, shape, *dynamic = CASES[case]
     torch.manual_seed(0)
     model = build().eval()
-    program = _export(model, shape)
+    program = _export(model, shape, *dynamic)
     graph = frontend.lift(program)
-    batch = (shape[0], 3, *shape[2:]) if len(shape) == 5 else (3, *shape[1:])
+    batch = (shape[0], 3, *shape[2:]) if _sequence(shape) else (3, *shape[1:])
     x = torch.rand(*batch, generator=torch.Generator().manual_seed(1))
     functional.reset_net(model)
     with torch.no_grad():
@@ -156,15 +245,10 @@ def test_rule_case(case):
 
 def test_every_rule_has_a_case():
     seen = set()
-    for build, shape in CASES.values():
+    for build, shape, *dynamic in CASES.values():
         torch.manual_seed(0)
-        seen |= {frontend.op_name(n) for n in zoo.export(build().eval(), shape).graph.nodes
-                 if n.op == "call_function"}
-    dim = torch.export.Dim("batch", min=1, max=8)
-    model = CASES["lif_mean_over_time"][0]().eval()
-    seen |= {frontend.op_name(n) for n in torch.export.export(
-        model, (torch.zeros(2, 3, 6, 6),), dynamic_shapes=({0: dim},)).graph.nodes}
-    functional.reset_net(model)
+        seen |= {frontend.op_name(n) for n in _export(build().eval(), shape, *dynamic)
+                 .graph.nodes if n.op == "call_function"}
     quantized = {"snnc.fake_quant.default"}  # test_quant.py and test_zoo.py
     missing = set(rules.RULES) - seen - quantized
     assert not missing, f"rules without a case in test_rules.py: {sorted(missing)}"
