@@ -2,7 +2,7 @@
 
 Per model: parameters, T, whether snnc compiles it, parity with PyTorch on 16 inputs
 (top-1 agreement, median over samples of the largest |logit difference|, samples with a
-rounding-decided spike), snnc compile time (median of --repeats), ONNX Runtime latency at
+rounding-decided spike, and top-1 changes on samples without one, which must be 0), snnc compile time (median of --repeats), ONNX Runtime latency at
 batch 1 (2 threads, medians, interleaved) against torch.onnx.export(dynamo=True) of the
 same exported program when that export succeeds (ratio snnc / dynamo, measured in this
 run), and file sizes (snnc's ONNX, its weight pack, dynamo's ONNX with its .data). The
@@ -32,11 +32,13 @@ warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
 HEADER = ("model", "q", "params", "T", "compiles", "top-1", "med max|dlogit|", "rounding",
+          "top-1 off rounding",
           "compile s", "ORT ms", "dynamo ms", "ratio", "onnx KB", "pack KB", "dynamo KB")
 
 
 def parity(result, model, shape, samples: int = 16):
-    """(top-1 agreement, median of per-sample max |logit diff|, rounding-decided samples)."""
+    """(top-1 agreement, median of per-sample max |logit diff|, rounding-decided samples,
+    top-1 changes on samples without a rounding-decided spike: a bug if not 0)."""
     from snnc import parity as H
 
     x = np.random.default_rng(11).random((samples, *shape[1:]), dtype=np.float32)
@@ -49,7 +51,8 @@ def parity(result, model, shape, samples: int = 16):
                     == out[i].reshape(-1, out.shape[-1]).mean(0).argmax()
                     for i in range(samples)])
     diff = statistics.median(float(np.abs(ref[i] - out[i]).max()) for i in range(samples))
-    return top1, diff, comparison.perturbed
+    off = len(set(comparison.top1_changed) - set(comparison.perturbed_samples))
+    return top1, diff, comparison.perturbed, off + len(comparison.problems)
 
 
 def dynamo(program, shape, path: str) -> bool:
@@ -75,8 +78,8 @@ def row(name: str, quantized: bool, steps: int, repeats: int, runs: int, tmp: st
         result = compile_program(program, Options(debug_outputs=True))
     except snnc.SnncError as error:
         return (name, "q" if quantized else "", f"{params:,}", steps,
-                f"no: {str(error).splitlines()[0][:40]}") + ("",) * 10
-    top1, diff, rounding = parity(result, model, shape)
+                f"no: {str(error).splitlines()[0][:40]}") + ("",) * 11
+    top1, diff, rounding, off = parity(result, model, shape)
     plain = compile_program(program)
     ours, theirs = os.path.join(tmp, f"{name}.onnx"), os.path.join(tmp, f"{name}.dynamo.onnx")
     with open(ours, "wb") as f:
@@ -89,7 +92,7 @@ def row(name: str, quantized: bool, steps: int, repeats: int, runs: int, tmp: st
     base = latency.get("dynamo")
     pack = plain.pack_bytes()
     return (name, "q" if quantized else "", f"{params:,}", steps, "yes", f"{top1:.3f}",
-            f"{diff:.1e}", rounding, f"{seconds:.2f}", f"{latency['snnc'] * 1e3:.2f}",
+            f"{diff:.1e}", rounding, off, f"{seconds:.2f}", f"{latency['snnc'] * 1e3:.2f}",
             f"{base * 1e3:.2f}" if base else "n/a",
             f"{latency['snnc'] / base:.2f}x" if base else "n/a", f"{len(plain.data) / 1e3:.0f}",
             f"{len(pack) / 1e3:.1f}" if pack else "-",
