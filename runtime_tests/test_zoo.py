@@ -10,7 +10,8 @@ docs/testing.md); batch 1 and 4 from the one file give the same spikes; several 
 between 1 % and 60 %. Measured (onnxruntime 1.32.0; 4 samples per run): at T = 4, one
 rounding-perturbed sample in 1 of the 56 small-model runs and in 3 of the 8 default-
 configuration runs (batch 4); at T = 1 and 8, one in 2 of 112 runs; never more than one per
-run, flipping one spike. The tests allow one per run.
+run, flipping one spike. Small models may have one per run (the 99.9th percentile of a
+binomial at that rate); the defaults, see test_default_configuration.
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def test_other_timesteps(name, steps):
 
 @pytest.mark.parametrize("name", sorted(zoo.BIG - {"spikformer_cifar10"}))  # test_spikformer
 def test_default_configuration(name):
-    check(name, quantized=True, batch=2)
+    """Measured by bench_zoo on 16 inputs: 2 (sdt_8_384, qkformer_10_384) and 6
+    (maxformer_cifar) rounding-perturbed samples; at batch 2 the 99.9th percentile of a
+    binomial at those rates is 2, so both may be: each still first differs in a spike
+    within rounding of its threshold, and its outputs and prediction are checked."""
+    check(name, quantized=True, batch=2, perturbed=2)
 
 
 def _ir_text(program) -> str:
