@@ -194,7 +194,7 @@ class Lifter(Values):
     def operand(self, arg) -> Act | Value:
         """An activation, a constant tensor, or a Python number (as a constant)."""
         if isinstance(arg, torch.fx.Node):
-            got = self.env[arg]
+            got = self.value_of(arg)
             if isinstance(got, Marker) and got.kind == "time_reduce":
                 return _reduced(self, arg, *got.payload)
             if isinstance(got, Marker) and got.kind == "init":  # full_like: a constant
@@ -206,6 +206,11 @@ class Lifter(Values):
         if isinstance(arg, (int, float)) and not isinstance(arg, bool):
             return self.scalar(arg)
         raise Unsupported(f"has an operand of unsupported kind {type(arg).__name__}")
+
+    def value_of(self, node: torch.fx.Node):
+        if node not in self.env:
+            raise Unsupported(f"reads {node.name}, which is not computed before it")
+        return self.env[node]
 
     def act(self, arg, what: str = "input") -> Act:
         got = self.operand(arg)

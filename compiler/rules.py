@@ -158,15 +158,17 @@ def _image(x: Act, rank: tuple[int, ...], what: str) -> None:
 @rule("getitem", note="of a neuron's outputs, or of split/chunk parts")
 def _getitem(lx, node, a):
     container, index = node.args
-    got = lx.env[container]
-    if not isinstance(got, (tuple, list)) or not isinstance(index, int):
-        raise Unsupported("indexes something that is not a list of tensors")
+    got = lx.value_of(container) if isinstance(container, torch.fx.Node) else None
+    if not isinstance(got, (tuple, list)) or not isinstance(index, int) or \
+            not -len(got) <= index < len(got):
+        raise Unsupported(f"takes item {index!r} of something that is not a list of tensors "
+                          "that long")
     return got[index]
 
 
 @rule("aten.clone.default", "aten.detach.default", "aten.contiguous.default")
 def _identity(lx, node, a):
-    return lx.env[node.args[0]] if isinstance(node.args[0], torch.fx.Node) else \
+    return lx.value_of(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else \
         lx.operand(node.args[0])
 
 
@@ -174,7 +176,7 @@ def _identity(lx, node, a):
 def _dropout(lx, node, a):
     if a.get("train"):
         raise Unsupported("dropout in training mode; call model.eval() before export")
-    return lx.env[node.args[0]]
+    return lx.operand(node.args[0])
 
 
 @rule("aten.sym_size.int", "operator.mul", note="sizes of a dynamic batch and arithmetic on them (view arguments; "
@@ -255,6 +257,8 @@ def _repeat(lx, node, a):
     expand = "size" in a
     sizes = _ints(a, "size" if expand else "repeats")
     shape = dims(node.args[0])
+    if not sizes or not shape:
+        raise Unsupported(f"repeats a tensor of shape {list(shape)} to {sizes}")
     added = len(sizes) == x.layout.rank + 1  # onto a new first axis
     unit = x.layout.roles[0] == T and shape[0] == 1  # onto x.unsqueeze(0)'s unit time
     kept = all(s in (-1, d) if expand else s == 1
@@ -432,6 +436,9 @@ def _adaptive_avg_pool(lx, node, a, x: Act | None = None):
     _image(x, (4,), "adaptive pooling")
     h, w = x.value.shape[2:]
     oh, ow = _positive(_ints(a, "output_size", 2), "output size")
+    if oh > h or ow > w:
+        raise Unsupported(f"adaptive pooling {h}x{w} up to {oh}x{ow}; pool to at most the "
+                          "input's size")
     if (oh, ow) == (1, 1):
         value, = lx.emit("reduce_mean", [x.value], {"axes": [2, 3], "keepdims": True}, node)
     elif h % oh == 0 and w % ow == 0:
@@ -662,7 +669,10 @@ def _flatten(lx, node, a):
 @rule("aten.unflatten.int", ir="reshape", note="[T*B, ...] -> [T, B, ...], or features")
 def _unflatten(lx, node, a):
     x = lx.act(a.get("self"))
-    sizes = [_dim_arg(s) for s in a.get("sizes") or ()]
+    given = a.get("sizes")
+    if not isinstance(given, (list, tuple)):
+        raise Unsupported(f"its sizes argument {given!r} is not a list")
+    sizes = [_dim_arg(s) for s in given]
     return _reshaped(lx, node, x, axes.unflatten(x.layout, _int(a, "dim"), sizes, lx.steps,
                                                  lx.batch))
 
@@ -751,7 +761,10 @@ def _stacked_over_time(lx, parts: list[Act], axis: int) -> Act | None:
 @rule("aten.stack.default", "aten.cat.default", ir="reshape, concat",
       note="equal parts along a feature axis (stacking a single-step loop's outputs)")
 def _join(lx, node, a):
-    parts = [lx.act(p) for p in a.get("tensors") or ()]
+    given = a.get("tensors")
+    if not isinstance(given, (list, tuple)):
+        raise Unsupported(f"its tensors argument {given!r} is not a list")
+    parts = [lx.act(p) for p in given]
     if not parts or any(p.layout != parts[0].layout or p.value.shape != parts[0].value.shape
                         for p in parts):
         raise Unsupported("joins tensors of different shapes or axes; snnc joins equal parts")

@@ -286,3 +286,41 @@ def test_refusals_say_what_to_change():
         in text
     assert re.search(r"aten\.sin\.default: has no snnc lowering \(docs/ops.md", text)
     assert "test_rules.py:" in text  # the user's line
+
+
+def test_malformed_arguments_are_refused_cleanly():
+    """A hand-edited program (an argument replaced by a wrong number, list, string, another
+    node, ...) is lifted or refused with snnc's error, never a raw exception: 800 seeded
+    mutants over the cases' programs (measured: none raw in 10,500 at several seeds)."""
+    import random
+
+    from snnc import SnncError
+
+    rng = random.Random(11)
+    programs = []
+    for name in ("arithmetic", "single_step_cat", "pool1d", "split_chunk_select",
+                 "head_after_mean", "view_reshape", "avg_pools", "dynamic_batch_sizes"):
+        build, shape, *dynamic = CASES[name]
+        torch.manual_seed(0)
+        programs.append(_export(build().eval(), shape, *dynamic))
+    values = [0, -1, 2, 10 ** 9, 1.5, float("nan"), None, True, "x", [], [0], [-1, 5],
+              [1, 2, 3]]
+    raw = []
+    for _ in range(800):
+        program = rng.choice(programs)
+        nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.args]
+        node = rng.choice(nodes)
+        old, new = node.args, list(node.args)
+        others = [n for n in program.graph.nodes if n.op != "output" and n is not node]
+        i = rng.randrange(len(new))
+        new[i] = rng.choice(values) if rng.random() < 0.6 else rng.choice(others)
+        node.args = tuple(new)
+        try:
+            frontend.lift(program)
+        except SnncError:
+            pass
+        except Exception as error:  # noqa: BLE001 - what the test looks for
+            raw.append(f"{frontend.op_name(node)} arg {i} = {new[i]!r}: {error!r}")
+        finally:
+            node.args = old
+    assert not raw, raw[:5]
