@@ -328,6 +328,8 @@ def _batch_axis(lx: Lifter, node: torch.fx.Node, shape: tuple) -> int:
     first = _first_use(node)
     if lx.explicit:
         return 1 if len(shape) >= 2 and first == "index" else 0
+    if first == "batch_first" and len(shape) >= 3 and shape[1] == lx.steps:
+        return 0  # [B, T, ...], transposed to [T, B, ...] by the model
     return 1 if shape[0] == lx.steps and len(shape) >= 3 and first != "repeat" else 0
 
 
@@ -342,9 +344,13 @@ _KEEPS_LEADING = ("aten.clone.default", "aten.detach.default", "aten.contiguous.
 def _first_use(node: torch.fx.Node, depth: int = 32) -> str | None:
     """How an input is first used along ops that keep its leading axis: "repeat"
     (unsqueeze(0) or stack on 0: a static input fed every step), "index" (x[t]: select or
-    unbind on axis 0), or None."""
+    unbind on axis 0), "batch_first" (transpose(0, 1) or a permute starting (1, 0)), or
+    None."""
     for user in node.users:
         name = op_name(user)
+        if (name == "aten.transpose.int" and sorted(user.args[1:3]) == [0, 1]) or (
+                name == "aten.permute.default" and list(user.args[1][:2]) == [1, 0]):
+            return "batch_first"
         if name in ("aten.unsqueeze.default", "aten.stack.default") and \
                 (user.args[1:2] or (0,))[0] == 0:
             return "repeat"
@@ -377,14 +383,17 @@ def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:
         raise Unsupported(f"has batch {shape[axis]}, the first input {lx.batch}")
     roles = [axes.F] * len(shape)
     roles[axis] = axes.B
-    if axis == 1 and not lx.explicit:
-        roles[0] = axes.T
+    batch_first = axis == 0 and not lx.explicit and _first_use(node) == "batch_first" \
+        and len(shape) >= 3 and shape[1] == lx.steps
+    if (axis == 1 and not lx.explicit) or batch_first:
+        roles[1 - axis] = axes.T
     layout = Layout(tuple(roles))
     value = Value("f32", layout.step_shape(shape, BATCH), node.name)
     lx.env[node] = lx.new_act(value, layout)
     lx.builder.inputs.append(value)
     lx.input_names.append(node.name)
-    lx.input_modes.append("seq" if axes.T in roles else "repeat")
+    lx.input_modes.append("seq_batch_first" if batch_first else
+                          "seq" if axes.T in roles else "repeat")
 
 
 def _outputs(lx: Lifter, rets) -> list[tuple[str, Value]]:

@@ -26,11 +26,13 @@ def run(graph: Graph, inputs: Sequence[np.ndarray], observe: Observer | None = N
     post = after_time(graph)
     body = [n for n in graph.nodes if n not in post]
     batch = inputs[0].shape[1 if spec.inputs[0] == "seq" else 0]
+    pick = {"seq": lambda x, t: x[t], "seq_batch_first": lambda x, t: x[:, t],
+            "repeat": lambda x, t: x}
     env_state = {s.read: np.full(concrete_shape(s.read.shape, batch), s.init, np.float32)
                  for s in graph.states}
     per_step, env = [], {}
     for t in range(spec.steps):
-        step_inputs = [x[t] if mode == "seq" else x for x, mode in zip(inputs, spec.inputs)]
+        step_inputs = [pick[mode](x, t) for x, mode in zip(inputs, spec.inputs)]
         _, env = _run_body(body, graph, step_inputs, env_state, observe, t)
         env_state = {s.read: env[s.write] for s in graph.states}
         per_step.append(env)

@@ -111,7 +111,8 @@ class TimeSpec:
     """How a one-step body maps to the whole run.
 
     inputs: per graph input, "repeat" (the same tensor every step, e.g. a static image) or
-    "seq" (the user passes [T, N, ...] and step t reads slice t).
+    "seq" (the user passes [T, N, ...] and step t reads slice t) or "seq_batch_first" (the
+    user passes [N, T, ...] and step t reads x[:, t]).
     outputs: per graph output, "stack" ([T, N, ...]), "mean" / "sum" (reduced over time), or
     "once" (computed once, after a `time_reduce` node or in a one-step program).
     """

@@ -2,7 +2,7 @@
 
 Requires: a verified graph with a time spec (`graph.time`), as the frontend makes it.
 Ensures: `graph.time is None` and no state. Inputs are the original inputs (one step's
-input: the static image for "repeat" inputs, one [N, ...] slice for "seq" inputs)
+input: the static image for "repeat" inputs, one [N, ...] slice for "seq" and "seq_batch_first" inputs)
 followed by each state's membrane, in `graph.states` order; outputs are the original
 outputs for this step (before any reduction over time) followed by each membrane's next
 value, in the same order. `graph.metadata["snnc.stream"]` records the contract: steps,

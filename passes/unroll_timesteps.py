@@ -10,7 +10,8 @@ all-zero tensors are stored). Every other node appears once:
 - time-varying nodes run on all steps at once, on [TN, ...] (T batches of N, time-major),
   as SpikingJelly's multi-step layers do; a neuron's T inputs are `chunk`s of such a
   tensor and its T spike outputs are `concat`enated back.
-"seq" inputs [T, N, ...] become [TN, ...]; "stack" outputs are reshaped to [T, N, ...];
+"seq" inputs [T, N, ...] (and "seq_batch_first" ones [N, T, ...], transposed) become
+[TN, ...]; "stack" outputs are reshaped to [T, N, ...];
 "mean"/"sum" outputs are reduced over that axis, and so is the input of a `time_reduce` node:
 its result and the nodes computed from it (a head after `x.mean(0)`) run once; "once"
 outputs are such values. A neuron whose membrane input is not a state (a single-step
@@ -82,8 +83,15 @@ class _Unroller:
                 self.invariant[value] = new
             else:
                 new = Value(value.dtype, (steps, *value.shape), value.hint)
+                time_major = new
+                if mode == "seq_batch_first":  # [N, T, ...] -> [T, N, ...]
+                    new = Value(value.dtype, (value.shape[0], steps, *value.shape[1:]),
+                                value.hint)
+                    perm = [1, 0, *range(2, len(new.shape))]
+                    time_major, = self.emit("transpose", [new], {"perm": perm},
+                                            f"input {value.hint}", [f"{value.hint}.time_major"])
                 flat = _batched_shape(value.shape, steps)
-                self.batched[value], = self.emit("reshape", [new], {"shape": list(flat)},
+                self.batched[value], = self.emit("reshape", [time_major], {"shape": list(flat)},
                                                  f"input {value.hint}", [f"{value.hint}.steps"])
             inputs.append(new)
         for state in g.states:

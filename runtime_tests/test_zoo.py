@@ -89,6 +89,7 @@ def _ir_text(program) -> str:
 
 
 @pytest.mark.parametrize("name", ["vgg_bn_maxpool", "sew_iand", "single_step_mixed",
+                                  "dvs_batch_first",
                                   "sdt_small", "qkformer_small", "maxformer_small",
                                   "adaptive_avgpool2x2_head"])
 def test_same_ir_at_any_batch(name):

@@ -2,7 +2,8 @@
 
     MODELS    name -> builder(T=4, seed=0) -> (model, input_shape): an eval-mode nn.Module
               with random weights (torch.manual_seed(seed)) and the shape of one example
-              input at batch 1, a static image [1, C, H, W] the model repeats over T steps
+              input at batch 1: a static image [1, C, H, W] the model repeats over T steps
+              (dvs_batch_first: event frames [1, T, 2, H, W])
     TAKES_T   names whose model depends on T (all of them: every model runs T steps)
     BIG       names with more than ~2 M parameters (the zoo transformers' defaults)
     firing_rates(model, x) -> {neuron module name: fraction of spikes}
@@ -309,6 +310,24 @@ class SingleStep(nn.Module):
 
 # ---------------------------------------------------------------- builders
 
+class BatchFirstDVS(nn.Module):
+    """Event frames batch-first [B, T, 2, H, W] (as a DataLoader stacks them), transposed to
+    [T, B, ...] inside forward: SeqToANNContainer conv-BN, LIF, max pool, linear, mean."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.conv = layer.SeqToANNContainer(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.sn1 = neuron.LIFNode(step_mode="m")
+        self.pool = layer.SeqToANNContainer(nn.MaxPool2d(2))
+        self.conv2 = layer.SeqToANNContainer(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.sn2 = neuron.LIFNode(step_mode="m")
+        self.fc = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x):
+        s = self.sn2(self.conv2(self.pool(self.sn1(self.conv(x.transpose(0, 1))))))
+        return self.fc(s.flatten(2)).mean(0)
+
+
 IMAGE16 = (1, 3, 16, 16)
 IMAGE32 = (1, 3, 32, 32)
 
@@ -392,6 +411,8 @@ MODELS: dict[str, Builder] = {
     "vreset_nonzero": partial(neuron_net, "lif", v_reset=-0.2),
     "vreset_positive": partial(neuron_net, "lif", tau=3.0, v_reset=0.1),
     # single-step
+    "dvs_batch_first": lambda T=4, seed=0: _firing(lambda: BatchFirstDVS(T), (1, T, 2, 16, 16),
+                                                    seed),
     "single_step_conv": partial(single_step, mixed=False),
     "single_step_mixed": partial(single_step, mixed=True),
     # zoo transformers
