@@ -187,6 +187,7 @@ class Lifter(Values):
         self.unsupported: list[tuple[str, str]] = []
         self.reduced: dict[int, Act] = {}  # time_reduce nodes made, by fx node
         self.weights: dict[tuple, Value] = {}  # dequantized weights, one per quantized layer
+        self.loops: dict = {}  # per-step loops: stack node -> {t: (x_seq[t] node, its uses)}
         self.input_modes: list[str] = []
         self.input_names: list[str] = []
         self.batch = None  # the example batch: an int, or a sympy symbol (dynamic batch)

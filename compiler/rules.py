@@ -270,8 +270,9 @@ def _repeat(lx, node, a):
     return lx.new_act(x.value, x.layout.insert(0, T) if added else x.layout, x.post)
 
 
-@rule("aten.select.int", ir="split, reshape", note="x[0] of time only for a neuron's "
-      "initial membrane; x[t] of a single-step loop; x[..., i] on a feature axis")
+@rule("aten.select.int", ir="split, reshape", note="x[0] of time for a neuron's initial "
+      "membrane; x_seq[t] of a per-step loop stacked over time (MultiStepContainer); x[t] of "
+      "a single-step loop; x[..., i] on a feature axis")
 def _select(lx, node, a):
     x = lx.act(a.get("self"))
     axis = x.layout.axis(_int(a, "dim"))
@@ -281,14 +282,81 @@ def _select(lx, node, a):
     if role == T:
         if size == 1:
             return lx.new_act(x.value, x.layout.drop(axis), x.post)
+        loop = _per_step_loop(node)
+        if loop is not None and axis == 0 and not x.post:  # x_seq[t] of a per-step loop
+            lx.loops.setdefault(loop[0], {})[index] = (node, loop[1])
+            return lx.new_act(x.value, x.layout.drop(axis), x.post)
         if index == 0:
             return Marker("first_step", x)
-        raise Unsupported(f"reads timestep {index} of a multi-step tensor (a per-step loop, "
-                          "e.g. layer.MultiStepContainer); a multi-step model is compiled "
-                          "whole: wrap stateless layers in layer.SeqToANNContainer, or write "
-                          "the loop with step_mode='s' neurons")
+        raise Unsupported(f"reads timestep {index} of a multi-step tensor outside a per-step "
+                          "loop that stacks every step; a multi-step model is compiled whole: "
+                          "return [T, B, ...] or reduce over time, wrap stateless layers in "
+                          "layer.SeqToANNContainer, or write the loop with step_mode='s'")
     return _reshaped(lx, node, _part(lx, node, x, axis, index, index + 1, size),
                      x.layout.drop(axis))
+
+
+def _per_step_loop(node) -> tuple | None:
+    """(the stack, the nodes computed from x_seq[t]) when everything computed from the
+    select `node` flows only into one stack over dim 0 with no neuron on the way: a
+    per-step loop over stateless layers (layer.MultiStepContainer)."""
+    seen, found, todo = set(), None, list(node.users)
+    while todo:
+        user = todo.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if op_name(user) == "aten.stack.default" and (list(user.args[1:2]) or [0])[0] == 0:
+            if found not in (None, user):
+                return None
+            found = user
+        elif user.op == "output" or op_name(user) in NEURON_OPS:
+            return None
+        else:
+            todo.extend(user.users)
+    return (found, seen) if found is not None else None
+
+
+def _loop_steps(lx, node, parts: list[Act]) -> Act | None:
+    """stack([f(x_seq[0]), ..., f(x_seq[T-1])]): T-axis values, when part t is computed from
+    x_seq[t] alone (no other activation) and every part by the same IR computation, so the
+    one-step body's copy computes f(x_t) at step t."""
+    loop = lx.loops.get(node)
+    if loop is None:
+        return None
+    given = list(node.args[0])
+    if sorted(loop) != list(range(lx.steps)) or len(given) != lx.steps or any(
+            not _reads_only(lx, given[t], *loop[t]) for t in range(lx.steps)):
+        raise Unsupported("stacks a per-step loop whose step t does not read exactly x_seq[t]; "
+                          "use layer.SeqToANNContainer for stateless layers")
+    producers = {out: n for n in lx.builder.nodes for out in n.outputs}
+    if any(not _same_computation(parts[0].value, p.value, producers) for p in parts[1:]):
+        raise Unsupported("stacks a per-step loop whose steps compute different things")
+    return lx.new_act(parts[0].value, parts[0].layout.insert(0, T), parts[0].post)
+
+
+def _reads_only(lx, part, select, derived: set) -> bool:
+    """Whether the fx node `part` reads no activation but those computed from `select`."""
+    todo, seen = [part], set()
+    while todo:
+        n = todo.pop()
+        if n in seen or n is select:
+            continue
+        seen.add(n)
+        if n is not part and n not in derived and isinstance(lx.env.get(n), Act):
+            return False
+        if n is part or n in derived:
+            todo.extend(n.all_input_nodes)
+    return part is select or part in derived
+
+
+def _same_computation(a, b, producers: dict) -> bool:
+    if a is b:
+        return True
+    pa, pb = producers.get(a), producers.get(b)
+    return (pa is not None and pb is not None and pa.op == pb.op and dict(pa.attrs) == dict(pb.attrs)
+            and len(pa.inputs) == len(pb.inputs) and pa.outputs.index(a) == pb.outputs.index(b)
+            and all(_same_computation(x, y, producers) for x, y in zip(pa.inputs, pb.inputs)))
 
 
 def _part(lx, node, x: Act, axis: int, start: int, end: int, size: int) -> Act:
@@ -759,7 +827,8 @@ def _stacked_over_time(lx, parts: list[Act], axis: int) -> Act | None:
 
 
 @rule("aten.stack.default", "aten.cat.default", ir="reshape, concat",
-      note="equal parts along a feature axis (stacking a single-step loop's outputs)")
+      note="equal parts along a feature axis (stacking a single-step loop's outputs); a "
+      "per-step loop's steps over time")
 def _join(lx, node, a):
     given = a.get("tensors")
     if not isinstance(given, (list, tuple)):
@@ -772,6 +841,8 @@ def _join(lx, node, a):
     stack = op_name(node) == "aten.stack.default"
     axis = _int(a, "dim") % (first.rank + stack)
     repeated = _stacked_over_time(lx, parts, axis) if stack else None
+    if repeated is None and stack and axis == 0:
+        repeated = _loop_steps(lx, node, parts)
     if repeated is not None:
         return repeated
     layout = first.insert(axis, axes.F) if stack else first

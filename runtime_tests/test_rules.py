@@ -152,6 +152,27 @@ def _recurrent():
     return Recurrent()
 
 
+class PerStep(nn.Module):
+    """A per-step loop over a multi-step tensor (layer.MultiStepContainer around stateless
+    layers), then a neuron. `steps` picks which x_seq[t] each step reads; `shared` False
+    gives every step its own conv."""
+
+    def __init__(self, steps=None, shared=True):
+        super().__init__()
+        self.steps = steps or list(range(T))
+        self.stem = layer.SeqToANNContainer(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.sn = neuron.LIFNode(step_mode="m")
+        self.per_step = nn.ModuleList([nn.Conv2d(4, 4, 1) for _ in range(1 if shared else T)])
+        self.container = layer.MultiStepContainer(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+        self.sn2 = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        s = self.sn(self.stem(x.unsqueeze(0).repeat(T, 1, 1, 1, 1)))
+        mixed = torch.stack([self.per_step[min(t, len(self.per_step) - 1)](s[t])
+                             for t in self.steps])
+        return self.sn2(self.container(s) + mixed).mean(0)
+
+
 CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "lif_mean_over_time": (tail(lambda m, s: s.mean(0)), (1, 3, 6, 6)),
     "if_sum_over_time": (lambda: Stem(Tail(lambda m, s: s.sum(0)), neuron.IFNode),
@@ -199,6 +220,7 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "dynamic_batch_sizes": (Dynamic, (2, 3, 6, 6), True),
     "pool1d": (Tokens, (1, 3, 8)),
     "unbind_recurrent": (_recurrent, (T, 1, 5)),
+    "per_step_loops": (PerStep, (1, 3, 6, 6)),
     # exported at batch T: the input is an image because it is repeated over time
     "normalized_image_at_batch_T": (lambda: Encode(lambda x: (2 * x - 1).unsqueeze(0).repeat(
         T, 1, 1, 1, 1)), (T, 3, 6, 6)),
@@ -324,3 +346,14 @@ def test_malformed_arguments_are_refused_cleanly():
         finally:
             node.args = old
     assert not raw, raw[:5]
+
+
+@pytest.mark.parametrize("model", [lambda: PerStep(steps=[0] * T),
+                                   lambda: PerStep(steps=list(reversed(range(T)))),
+                                   lambda: PerStep(shared=False)],
+                         ids=["first-step-repeated", "reversed", "own-layer-per-step"])
+def test_per_step_loops_that_are_not_one_layer_are_refused(model):
+    """A loop is lifted only when step t reads x_seq[t] and every step computes the same."""
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedOpError, match="per-step loop"):
+        frontend.lift(_export(model().eval(), (1, 3, 6, 6)))
