@@ -142,20 +142,18 @@ def compile_model(model, example_input=None, path: str | None = None, *,
     there (and the pack to `pack_path`, and with `ort` the ORT-format model beside it),
     atomically; without, returns everything in the Result (`model`, `data`,
     `pack_bytes()`, `summary()`, and `ort` when asked for)."""
-    opts = _options(options)
     if path is None and pack_path is not None:
         raise BadInputError("pack_path needs path: the pack is written beside the model")
-    outputs = _output_paths(path, pack_path, ort)
+    opts = _external(_options(options), pack_path)
     if path is not None:
-        files.check_paths([], outputs)
+        files.check_paths([], _output_paths(path, pack_path, ort))
     program = model if isinstance(model, torch.export.ExportedProgram) else \
         export_module(model, example_input)
-    result = compile_program(program, opts, where=type(model).__name__)
-    if ort:
-        mobile.check_convertible(result.model)
-        result.ort, config = mobile.to_ort(result.data)
+    where = type(model).__name__
+    result = compile_program(program, opts, where=where)
+    config = _finish(result, pack_path, ort, where)
     if path is not None:
-        _write(result, path, pack_path, ort, config if ort else "", type(model).__name__)
+        _write(result, path, pack_path, config)
     return result
 
 
@@ -195,15 +193,39 @@ def _output_paths(path, pack_path, ort) -> list[tuple[str, str | None]]:
     return found
 
 
-def _write(result: Result, path: str, pack_path: str | None, ort: bool, config: str,
-           where: str) -> None:
+def _external(opts: Options, pack_path: str | None) -> Options:
+    """External weights name the pack by its file name, next to the model."""
+    if not opts.external_weights:
+        return opts
+    if pack_path is None:
+        raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
+    return dataclasses.replace(opts, pack_location=os.path.basename(pack_path))
+
+
+def _finish(result: Result, pack_path: str | None, ort: bool, where: str,
+            progress: Callable[[str], None] | None = None) -> str:
+    """Checks a pack can be written and converts to ORT format when asked (result.ort);
+    returns the ORT operator config ("" without ort)."""
+    if pack_path is not None and not result.packed:
+        raise BadInputError(f"{where} has no quantized weights to pack (quantize it first: "
+                            "snnc quantize or snnc.quantize)")
+    if not ort:
+        return ""
+    mobile.check_convertible(result.model)
+    if progress:
+        progress("ort")
+    start = time.perf_counter()
+    result.ort, config = mobile.to_ort(result.data)
+    result.timings["ort"] = time.perf_counter() - start
+    return config
+
+
+def _write(result: Result, path: str, pack_path: str | None, config: str) -> None:
+    """The model, its pack and its ORT form (when made), all or none."""
     outputs = [(path, result.data)]
     if pack_path is not None:
-        if not result.packed:
-            raise BadInputError(f"{where} has no quantized weights to pack (quantize it first: "
-                                "snnc quantize or snnc.quantize)")
         outputs.append((pack_path, result.pack_bytes()))
-    if ort:
+    if result.ort is not None:
         ort_path, config_path = mobile.ort_paths(path)
         outputs += [(ort_path, result.ort), (config_path, config.encode())]
     files.write_all_atomic(outputs)
@@ -220,11 +242,7 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     every output is written atomically, all or none."""
     files.check_paths([("MODEL", path)], _output_paths(output, pack_path, ort),
                       dump_dir=dump_dir)
-    if opts.external_weights:
-        if pack_path is None:
-            raise BadInputError("external weights need a pack: pass --pack PATH.snnpack")
-        # the skeleton names the pack by its file name, next to the model
-        opts = dataclasses.replace(opts, pack_location=os.path.basename(pack_path))
+    opts = _external(opts, pack_path)
     start = time.perf_counter()
     if progress:
         progress("load")
@@ -233,20 +251,10 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     load_time = time.perf_counter() - start
     result = compile_program(program, opts, dump_dir, progress, where=path)
     result.timings = {"load": load_time, **result.timings}
-    config = ""
-    if ort:
-        mobile.check_convertible(result.model)
-        if progress:
-            progress("ort")
-        start = time.perf_counter()
-        result.ort, config = mobile.to_ort(result.data)
-        result.timings["ort"] = time.perf_counter() - start
-    if pack_path is not None and not result.packed:
-        raise BadInputError(f"{path} has no quantized weights to pack (quantize it first: "
-                            "snnc quantize or snnc.quantize)")
+    config = _finish(result, pack_path, ort, path, progress)
     if check is not None:
         check(result)
     if progress:
         progress("write")
-    _write(result, output, pack_path, ort, config, path)
+    _write(result, output, pack_path, config)
     return result

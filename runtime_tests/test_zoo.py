@@ -128,6 +128,14 @@ def test_python_api(tmp_path):
         functional.reset_net(model)
         want = model(torch.from_numpy(x)).numpy()
     assert np.abs(got - want).max() < 1e-4
+    skeleton = snnc.compile(model, torch.zeros(*shape), str(tmp_path / "s.onnx"),
+                            pack_path=str(tmp_path / "s.snnpack"), external_weights=True)
+    from snnc import runtime
+
+    assert {entry.value for tensor in skeleton.model.graph.initializer
+            for entry in tensor.external_data if entry.key == "location"} == {"s.snnpack"}
+    session = runtime.load_session(str(tmp_path / "s.onnx"))
+    assert np.array_equal(session.run(None, {session.get_inputs()[0].name: x})[0], got)
     with pytest.raises(snnc.BadInputError, match="example input"):
         snnc.compile(model)
     with pytest.raises(snnc.BadInputError, match="unknown option"):
