@@ -175,6 +175,7 @@ def reshape(layout: Layout, in_shape, out_shape, batch, want: str | None = None)
     features = tuple(in_shape[len(lead):])
     if any(not isinstance(d, int) for d in features + tuple(out_shape[2:])):
         raise AxisError("reshapes with a dynamic size on a feature axis")
+    wanted = {"split": (T, B), "merged": (TB,)}.get(want or "")
     fits = []
     for roles, sizes in _prefixes(time_size, batch):
         k = len(roles)
@@ -182,7 +183,6 @@ def reshape(layout: Layout, in_shape, out_shape, batch, want: str | None = None)
             continue
         rest = tuple(out_shape[k:])
         if math.prod(rest) == math.prod(features):
-            wanted = {"split": (T, B), "merged": (TB,)}.get(want or "")
             fits.append((roles != wanted, rest != features, roles != (T, B), roles))
     if not fits:
         raise AxisError(f"reshapes {list(in_shape)} (axes {layout}) to {list(out_shape)}, "

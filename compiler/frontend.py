@@ -312,55 +312,81 @@ def _guard(lx: Lifter, node, label: str, fn, *args) -> None:
 def _find_batch(lx: Lifter, inputs: list[torch.fx.Node]):
     if not inputs:
         raise BadInputError("the exported program has no input")
-    shape = dims(inputs[0])
-    return shape[_batch_axis(lx, inputs[0], shape)]
+    try:
+        shape = dims(inputs[0])
+    except Unsupported as why:
+        raise BadInputError(f"the model's input {inputs[0].name} {why}") from None
+    return shape[_input_layout(lx, inputs[0], shape)[0].batch_axis]
 
 
-def _batch_axis(lx: Lifter, node: torch.fx.Node, shape: tuple) -> int:
-    """Where the batch is in a model input. A dynamic size is the batch. Otherwise what the
-    model does with the input decides, following it through ops that keep its leading
-    axis: a multi-step model that reaches unsqueeze(0) (to repeat it over time) takes an
-    image [B, ...], else a sequence [T, B, ...] when it starts with T and has rank >= 3; a
-    single-step model that indexes x[t] (select or unbind on axis 0) takes [T, B, ...],
-    else [B, ...]."""
-    symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
-    if symbolic:
-        return symbolic[0]
+def _input_layout(lx: Lifter, node: torch.fx.Node, shape: tuple) -> tuple[Layout, str]:
+    """The axes of a model input and its time mode. A dynamic size is the batch. Otherwise
+    what the model does with the input decides, following it through ops that keep its
+    leading axis: a multi-step model that reaches unsqueeze(0) (to repeat it over time)
+    takes an image [B, ...] ("repeat"), one that transposes it to time-major first takes
+    [B, T, ...] ("seq_batch_first"), else a sequence [T, B, ...] ("seq") when it starts
+    with T and has rank >= 3; a single-step model that indexes x[t] (select or unbind on
+    axis 0) takes [T, B, ...] as a plain tensor, else [B, ...]."""
     first = _first_use(node)
-    if lx.explicit:
-        return 1 if len(shape) >= 2 and first == "index" else 0
-    if first == "batch_first" and len(shape) >= 3 and shape[1] == lx.steps:
-        return 0  # [B, T, ...], transposed to [T, B, ...] by the model
-    return 1 if shape[0] == lx.steps and len(shape) >= 3 and first != "repeat" else 0
+    symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    batch_first = not lx.explicit and first == "batch_first" and len(shape) >= 3 \
+        and shape[1] == lx.steps
+    if symbolic:
+        batch = symbolic[0]
+    elif lx.explicit:
+        batch = 1 if len(shape) >= 2 and first == "index" else 0
+    elif batch_first:
+        batch = 0
+    else:
+        batch = 1 if shape[0] == lx.steps and len(shape) >= 3 and first != "repeat" else 0
+    roles = [axes.F] * len(shape)
+    roles[batch] = axes.B
+    mode = "repeat"
+    if not lx.explicit and (batch == 1 or (batch == 0 and batch_first)):
+        roles[1 - batch] = axes.T
+        mode = "seq" if batch == 1 else "seq_batch_first"
+    return Layout(tuple(roles)), mode
 
 
-_KEEPS_LEADING = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
-                  "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
-                  "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar",
-                  "aten.linear.default", "aten.conv1d.default", "aten.conv2d.default",
-                  "aten.batch_norm.default", "aten.max_pool2d.default",
-                  "aten.avg_pool2d.default", "snnc.fake_quant.default")
+# Ops a value is followed through to find how it is used: elementwise ones keep every
+# axis (rules._want looks through them too); layers keep the leading axis.
+ELEMENTWISE = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
+               "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
+               "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar",
+               "aten.linear.default")
+_KEEPS_LEADING = ELEMENTWISE + ("aten.conv1d.default", "aten.conv2d.default",
+                                "aten.batch_norm.default", "aten.max_pool2d.default",
+                                "aten.avg_pool2d.default", "snnc.fake_quant.default")
 
 
-def _first_use(node: torch.fx.Node, depth: int = 32) -> str | None:
+def axis_args(node: torch.fx.Node) -> list:
+    """The axis argument(s) of an index, reduction or permute node, as a list."""
+    value = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _first_use(node: torch.fx.Node) -> str | None:
     """How an input is first used along ops that keep its leading axis: "repeat"
     (unsqueeze(0) or stack on 0: a static input fed every step), "index" (x[t]: select or
     unbind on axis 0), "batch_first" (transpose(0, 1) or a permute starting (1, 0)), or
     None."""
-    for user in node.users:
+    todo, seen = list(node.users), set()
+    while todo:
+        user = todo.pop(0)
+        if user in seen:
+            continue
+        seen.add(user)
         name = op_name(user)
-        if (name == "aten.transpose.int" and sorted(user.args[1:3]) == [0, 1]) or (
-                name == "aten.permute.default" and list(user.args[1][:2]) == [1, 0]):
+        if (name == "aten.transpose.int" and list(user.args[1:3]) in ([0, 1], [1, 0])) or (
+                name == "aten.permute.default" and axis_args(user)[:2] == [1, 0]):
             return "batch_first"
         if name in ("aten.unsqueeze.default", "aten.stack.default") and \
-                (user.args[1:2] or (0,))[0] == 0:
+                axis_args(user)[:1] == [0]:
             return "repeat"
-        if name in ("aten.select.int", "aten.unbind.int") and (user.args[1:2] or (0,))[0] == 0:
+        if name in ("aten.select.int", "aten.unbind.int") and axis_args(user)[:1] == [0]:
             return "index"
-        if name in _KEEPS_LEADING and depth > 0:
-            found = _first_use(user, depth - 1)
-            if found:
-                return found
+        if name in _KEEPS_LEADING:
+            todo.extend(user.users)
     return None
 
 
@@ -379,22 +405,14 @@ def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:
     if kind != "USER_INPUT":
         raise Unsupported(f"is a program input of kind {kind}")
     shape = dims(node)
-    axis = _batch_axis(lx, node, shape)
-    if shape[axis] != lx.batch:
-        raise Unsupported(f"has batch {shape[axis]}, the first input {lx.batch}")
-    roles = [axes.F] * len(shape)
-    roles[axis] = axes.B
-    batch_first = axis == 0 and not lx.explicit and _first_use(node) == "batch_first" \
-        and len(shape) >= 3 and shape[1] == lx.steps
-    if (axis == 1 and not lx.explicit) or batch_first:
-        roles[1 - axis] = axes.T
-    layout = Layout(tuple(roles))
+    layout, mode = _input_layout(lx, node, shape)
+    if shape[layout.batch_axis] != lx.batch:
+        raise Unsupported(f"has batch {shape[layout.batch_axis]}, the first input {lx.batch}")
     value = Value("f32", layout.step_shape(shape, BATCH), node.name)
     lx.env[node] = lx.new_act(value, layout)
     lx.builder.inputs.append(value)
     lx.input_names.append(node.name)
-    lx.input_modes.append("seq_batch_first" if batch_first else
-                          "seq" if axes.T in roles else "repeat")
+    lx.input_modes.append(mode)
 
 
 def _outputs(lx: Lifter, rets) -> list[tuple[str, Value]]:

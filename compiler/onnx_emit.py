@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -43,7 +42,7 @@ class _Emitter:
         self.names: dict[Value, str] = {}
         self.taken: set[str] = set()
         self.node_count: dict[str, int] = {}
-        self.scalars: dict[tuple, str] = {}
+        self.shared: dict[tuple, str] = {}  # content key -> initializer name
         self.used = graph.live_values()
         self.debug: list[tuple[str, Value]] = []
         self.packed: list = []  # a pack.Layer per quantized weight (to_onnx passes its list)
@@ -83,11 +82,11 @@ class _Emitter:
         """An initializer; equal arrays share one (a single-step loop's T calls of a layer
         fold to T equal weights)."""
         key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
-        if key in self.scalars:
-            return self.scalars[key]
+        if key in self.shared:
+            return self.shared[key]
         name = self.unique(base)
         self.initializers.append(numpy_helper.from_array(array, name))
-        self.scalars[key] = name
+        self.shared[key] = name
         return name
 
     def ints(self, values, base: str) -> str:

@@ -19,10 +19,10 @@ import torch
 
 from . import axes
 from .axes import T, Layout
-from .frontend import (NEURON_OPS, QUANT_OP, Act, Lifter, Marker, Unsupported, bind, dims,
-                       op_name, source_of)
-from .ir import BATCH, State
-from .ops import ShapeError
+from .frontend import (ELEMENTWISE, NEURON_OPS, QUANT_OP, Act, Lifter, Marker, Unsupported,
+                       axis_args, bind, dims, op_name, source_of)
+from .ir import BATCH, State, Value
+from .ops import OPS, ShapeError
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,8 @@ def _dropout(lx, node, a):
     return lx.operand(node.args[0])
 
 
-@rule("aten.sym_size.int", "operator.mul", note="sizes of a dynamic batch and arithmetic on them (view arguments; "
-      "views read their output shape)")
+@rule("aten.sym_size.int", "operator.mul", note="sizes of a dynamic batch and arithmetic on "
+      "them (view arguments; views read their output shape)")
 def _shape_value(lx, node, a):
     for arg in node.all_input_nodes:
         got = lx.env.get(arg)
@@ -213,8 +213,6 @@ def _neuron(lx, node, a):
         spike, v_next = lx.emit("neuron", [x.value, v], attrs, node)
         return (lx.new_act(spike, x.layout), lx.new_act(v_next, x.layout.drop(0)),
                 Marker("none"))
-    from .ir import Value
-
     read = Value("f32", x.value.shape, f"{module}.v")
     spike, v_next = lx.emit("neuron", [x.value, read], attrs, node)
     taken = {s.name for s in lx.builder.states}
@@ -586,8 +584,6 @@ def _binary(lx, node, a):
         x, y = y, x
     acts = [v for v in (x, y) if isinstance(v, Act)]
     if not acts:  # constants only (a recurrent state's zero start): folded
-        from .ops import OPS
-
         if not all(v in lx.builder.constants for v in (x, y)):
             raise Unsupported("arithmetic on a quantized weight; quantize the result instead")
         arrays = [np.asarray(lx.builder.constants[v]) for v in (x, y)]
@@ -686,18 +682,6 @@ def _view(lx, node, a):
     return _reshaped(lx, node, x, layout)
 
 
-_PASS_THROUGH = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
-                 "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
-                 "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar",
-                 "aten.linear.default")
-
-
-def _axes_arg(node) -> list:
-    """The axis argument(s) of a reduction or index node, as a list."""
-    value = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def _want(lx, node, depth: int = 6) -> str | None:
     """How the ops reading a view's result need its time and batch: "split" ([T, B, ...]:
     a neuron, flatten(0, 1), a returned sequence) or "merged" ([T*B, ...]: convolution,
@@ -707,9 +691,9 @@ def _want(lx, node, depth: int = 6) -> str | None:
     for user in node.users:
         name = op_name(user)
         if name in ("aten.mean.dim", "aten.sum.dim_IntList", "aten.select.int",
-                    "aten.unbind.int") and 0 in _axes_arg(user):
+                    "aten.unbind.int") and 0 in axis_args(user):
             return "split"  # over time (x.mean(0), x[t])
-        for other in user.all_input_nodes if name in _PASS_THROUGH else ():
+        for other in user.all_input_nodes if name in ELEMENTWISE else ():
             got = lx.env.get(other)
             if other is not node and isinstance(got, Act) and got.layout.time_axis == 0:
                 return "split" if got.layout.roles[0] == T else "merged"
@@ -718,9 +702,9 @@ def _want(lx, node, depth: int = 6) -> str | None:
             return "split"
         if name.startswith(("aten.conv", "aten.batch_norm", "aten.max_pool", "aten.avg_pool",
                             "aten.adaptive_avg_pool")) or (
-                name == "aten.unflatten.int" and user.args[1] == 0):
+                name == "aten.unflatten.int" and axis_args(user)[:1] == [0]):
             return "merged"
-        if name in _PASS_THROUGH and depth > 0:
+        if name in ELEMENTWISE and depth > 0:
             found = _want(lx, user, depth - 1)
             if found:
                 return found
@@ -870,8 +854,6 @@ def ops_table() -> str:
         lines.append(f"| {ops} | {r.ir or 'nothing'} | {r.note} |")
     return "\n".join(lines)
 
-
-SUPPORTED_OPS = frozenset(RULES)
 
 
 def write_docs(path: str) -> None:

@@ -149,16 +149,14 @@ class _Unroller:
         x, read, *params = node.inputs  # params: a per-channel threshold (constant)
         params = [self.invariant[v] for v in params]
         spikes, membranes = [], []
+        stateful = read in self.state_now  # else a single-step program's membrane value
         for t, x_t in enumerate(self.step_values(x)):
-            step = t if read in self.state_now else self.call(node)
+            step = t if stateful else self.call(node)
             hints = [f"{v.hint}.t{step}" for v in node.outputs]
-            if read in self.state_now:
-                v_now = self.state_now[read]
-            else:  # a single-step program passes the membrane on as a value
-                v_now = self.step_values(read)[t]
+            v_now = self.state_now[read] if stateful else self.step_values(read)[t]
             spike, v_next = self.emit("neuron", [x_t, v_now, *params],
                                       node.attrs, node.source, hints)
-            if read in self.state_now:
+            if stateful:
                 self.state_now[read] = v_next
             spikes.append(spike)
             membranes.append(v_next)
