@@ -263,14 +263,22 @@ def _edit_program_json(d: Path, fx: Path, name: str, edit) -> str:
     return str(d / name)
 
 
+def _set_first_size(program: dict, expr: str) -> None:
+    """Make the first tensor's first size the shape expression `expr`."""
+    values = program["graph_module"]["graph"]["tensor_values"]
+    values[next(iter(values))]["sizes"][0] = {"as_expr": {"expr_str": expr,
+                                                          "hint": {"as_int": 1}}}
+
+
+def _size_expression_case(d: Path, fx: Path, name: str, expr: str) -> list[str]:
+    """compile an archive whose first tensor has the shape expression `expr`."""
+    path = _edit_program_json(d, fx, name, lambda program: _set_first_size(program, expr))
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
 @case("compile")
 def archive_with_code_in_a_shape_expression(d, fx):
-    def edit(program):
-        values = program["graph_module"]["graph"]["tensor_values"]
-        first = values[next(iter(values))]
-        first["sizes"][0] = {"as_expr": {"expr_str": "__import__('os').system('touch PWNED')",
-                                         "hint": {"as_int": 1}}}
-    return ["compile", _edit_program_json(d, fx, "sym.pt", edit), "-o", str(d / "out.onnx")]
+    return _size_expression_case(d, fx, "sym.pt", "__import__('os').system('touch PWNED')")
 
 
 @case("compile")
@@ -409,11 +417,7 @@ def archive_with_a_huge_shape_symbol(d, fx):
 
 @case("compile")
 def archive_with_a_huge_power(d, fx):
-    def edit(program):
-        values = program["graph_module"]["graph"]["tensor_values"]
-        values[next(iter(values))]["sizes"][0] = {"as_expr": {
-            "expr_str": "Integer(10)**Integer(10)**Integer(12)", "hint": {"as_int": 1}}}
-    return ["compile", _edit_program_json(d, fx, "pow.pt", edit), "-o", str(d / "out.onnx")]
+    return _size_expression_case(d, fx, "pow.pt", "Integer(10)**Integer(10)**Integer(12)")
 
 
 @case("compile")
@@ -511,21 +515,13 @@ def archive_with_a_zip_bomb_record(d, fx):
 
 @case("compile")
 def archive_with_a_high_precision_float(d, fx):
-    def edit(program):
-        values = program["graph_module"]["graph"]["tensor_values"]
-        values[next(iter(values))]["sizes"][0] = {"as_expr": {
-            "expr_str": "Float('1.5', precision=100000000)", "hint": {"as_int": 1}}}
-    return ["compile", _edit_program_json(d, fx, "float.pt", edit), "-o", str(d / "out.onnx")]
+    return _size_expression_case(d, fx, "float.pt", "Float('1.5', precision=100000000)")
 
 
 @case("compile")
 def archive_with_a_max_of_many_symbols(d, fx):
-    def edit(program):
-        values = program["graph_module"]["graph"]["tensor_values"]
-        values[next(iter(values))]["sizes"][0] = {"as_expr": {
-            "expr_str": "Max(" + ",".join(f"s{i}" for i in range(200)) + ")",
-            "hint": {"as_int": 1}}}
-    return ["compile", _edit_program_json(d, fx, "max.pt", edit), "-o", str(d / "out.onnx")]
+    return _size_expression_case(d, fx, "max.pt",
+                                 "Max(" + ",".join(f"s{i}" for i in range(200)) + ")")
 
 
 @case("compile")
@@ -1548,9 +1544,7 @@ def test_torch_reads_what_snnc_checked(fx, tmp_path, monkeypatch):
     for name, data in good:
         if name.endswith("/models/model.json"):
             program = json.loads(data)
-            values = program["graph_module"]["graph"]["tensor_values"]
-            values[next(iter(values))]["sizes"][0] = {"as_expr": {
-                "expr_str": "__import__('os').system('touch PWNED')", "hint": {"as_int": 1}}}
+            _set_first_size(program, "__import__('os').system('touch PWNED')")
             data = json.dumps(program).encode()
         evil.append((name, data))
     (tmp_path / "two.pt").write_bytes(_two_directories(evil, good))

@@ -58,13 +58,20 @@ def tail(fn):
     return lambda: Stem(Tail(fn))
 
 
+class _ConvBN(nn.Module):
+    """conv-BN on [B, 3, 6, 6] and a single-step neuron `sn` (step_mode="s")."""
+
+    def __init__(self, sn: nn.Module):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.sn = sn
+
+
 def _single_step():
-    class Loop(nn.Module):
+    class Loop(_ConvBN):
         def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.bn = nn.BatchNorm2d(4)
-            self.sn = neuron.IFNode(step_mode="s")
+            super().__init__(neuron.IFNode(step_mode="s"))
             self.sn2 = neuron.ParametricLIFNode(step_mode="s")
 
         def forward(self, x):
@@ -75,12 +82,9 @@ def _single_step():
 
 
 def _sequence_select(scale: float = 1.0):
-    class Frames(nn.Module):
+    class Frames(_ConvBN):
         def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.bn = nn.BatchNorm2d(4)
-            self.sn = neuron.LIFNode(step_mode="s")
+            super().__init__(neuron.LIFNode(step_mode="s"))
 
         def forward(self, x):  # x: [T, B, 3, 6, 6]; scaled first: still a sequence
             x = x * scale if scale != 1.0 else x
