@@ -25,10 +25,10 @@ from typing import Mapping
 
 import numpy as np
 
-BATCH = "N"  # the symbolic batch dimension
+from .ops import OPS
+from .shapes import BATCH, Dim, Shape, batch_factor, concrete_shape, times_batch  # noqa: F401
+
 NUMPY_DTYPES = {"f32": np.float32, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
-Dim = int | str
-Shape = tuple[Dim, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,8 +85,6 @@ class Node:
     source: Provenance = Provenance()  # where it came from; a str becomes a note
 
     def __post_init__(self):
-        from .ops import OPS  # the vocabulary: unknown ops fail when a node is built
-
         if self.op not in OPS:
             raise ValueError(f"unknown IR op {self.op!r}")
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -282,25 +280,3 @@ def format_graph(graph: Graph, mark: Node | None = None, around: int | None = No
         lines.append(f"  next %{name(s.read)} = %{name(s.write)}")
     lines.append("  return " + ", ".join(f"%{name(v)}" for v in graph.outputs))
     return "\n".join(lines)
-
-
-def batch_factor(dim: Dim) -> int | None:
-    """k for a symbolic batch dimension "kN" (1 for "N"); None for a static size.
-
-    "kN" is k batches of N samples, time-major: what a layer sees when it runs on all
-    k = T timesteps at once (unroll_timesteps)."""
-    if isinstance(dim, int):
-        return None
-    if dim == BATCH:
-        return 1
-    if dim.endswith(BATCH) and dim[:-1].isdigit():
-        return int(dim[:-1])
-    raise ValueError(f"bad symbolic dimension {dim!r}")
-
-
-def times_batch(k: int) -> str:
-    return BATCH if k == 1 else f"{k}{BATCH}"
-
-
-def concrete_shape(shape: Shape, batch: int) -> tuple[int, ...]:
-    return tuple(int(d) if batch_factor(d) is None else batch * batch_factor(d) for d in shape)

@@ -18,6 +18,7 @@ from .errors import PassError
 from .ir import Graph, Node, Value
 from .options import DEFAULT, Options
 from .pack import CODES, SIGNED, Layer
+from .weights import container, pot_shift, signed_container
 
 DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64}
 IR_VERSION = 10  # the IR version onnx pairs with opset 21; ONNX Runtime 1.31 loads it
@@ -302,26 +303,6 @@ def _neuron(e, node, ins, outs, module):
     e.add("Add", [refill, kept], [outs[1]], module)
 
 
-def container(codes: np.ndarray, scheme: str, bits: int, allow_int4: bool
-              ) -> tuple[np.ndarray, int, int]:
-    """(integers, ONNX element type, log2 of the scale divisor) that DequantizeLinear turns
-    into exactly the quantized weights: uniform codes as they are; PoT codes c as
-    sign * 2^(e_max - (|c| - 1)) with the scale divided by 2^e_max (exact: powers of two).
-    The smallest container that holds them: int4 (if allowed), int8, int16."""
-    if scheme == "uniform":
-        values, shift = codes, 0
-    else:
-        e_max = 2 ** (bits - 1) - 2
-        magnitude = np.where(codes == 0, 0, 2 ** (e_max + 1 - np.abs(codes).astype(np.int64)))
-        values, shift = np.sign(codes) * magnitude, e_max
-    peak_low, peak_high = int(values.min(initial=0)), int(values.max(initial=0))
-    if allow_int4 and -8 <= peak_low and peak_high <= 7:
-        return values.astype(np.int8), TensorProto.INT4, shift
-    if -128 <= peak_low and peak_high <= 127:
-        return values.astype(np.int8), TensorProto.INT8, shift
-    return values.astype(np.int16), TensorProto.INT16, shift
-
-
 def _dequantize(e, node, ins, outs, module):
     codes = e.graph.constants.get(node.inputs[0])
     scale = e.graph.constants.get(node.inputs[1])
@@ -329,17 +310,6 @@ def _dequantize(e, node, ins, outs, module):
         raise PassError(f"dequantize at {node.source} needs constant codes and scales")
     _weights(e, codes, scale, node.attrs["scheme"], node.attrs["bits"], node.inputs[0].hint,
              node.inputs[1].hint, outs[0], module)
-
-
-def signed_container(codes: np.ndarray, scheme: str, bits: int, scales: np.ndarray
-                     ) -> np.ndarray:
-    """The integer weights of a folded layer (its scales +-1 or 0 after the container's
-    power-of-two shift): container levels times each channel's sign, int8 if they fit."""
-    values, _, shift = container(codes, scheme, bits, False)
-    sign = np.sign(scales.astype(np.float64) * 2.0 ** -shift).astype(np.int64)
-    signed = values.astype(np.int64) * sign.reshape((-1,) + (1,) * (values.ndim - 1))
-    small = -128 <= signed.min(initial=0) and signed.max(initial=0) <= 127
-    return signed.astype(np.int8 if small else np.int16)
 
 
 def _weights(e, codes, scale, scheme, bits, codes_hint, scale_hint, out, module) -> None:
@@ -350,6 +320,8 @@ def _weights(e, codes, scale, scheme, bits, codes_hint, scale_hint, out, module)
     time, so the layer cannot prepack its weights)."""
     values, element, shift = container(codes, scheme, bits,
                                        e.opts.weight_container == "int4" and bits <= 4)
+    element = {"int4": TensorProto.INT4, "int8": TensorProto.INT8,
+               "int16": TensorProto.INT16}[element]
     name = e.unique(codes_hint or f"{module}.weight_codes")
     unit = scale.astype(np.float64) * 2.0 ** -shift
     if element != TensorProto.INT4 and np.all(np.isin(unit, (-1.0, 0.0, 1.0))):
@@ -381,10 +353,11 @@ def _shift_weights(e, node, module) -> str:
     codes = e.graph.constants.get(node.inputs[1])
     if codes is None:
         raise PassError(f"{node.op} at {node.source} needs constant codes")
-    bits = (node.attrs["shift"] + 2).bit_length()  # shift = 2^(bits-1) - 2
+    bits = node.attrs["bits"]
+    shift = pot_shift(bits)
     out = e.temp(module, "weight")
     if e.opts.pot_lowering != "shift":
-        unit = np.full(codes.shape[0], 2.0 ** node.attrs["shift"], np.float32)
+        unit = np.full(codes.shape[0], 2.0 ** shift, np.float32)
         hint = node.inputs[1].hint
         scale_hint = hint.replace("weight_codes", "weight_unit_scale") \
             if "weight_codes" in hint else f"{hint}.unit_scale"
@@ -393,9 +366,9 @@ def _shift_weights(e, node, module) -> str:
     name = e.unique(node.inputs[1].hint or f"{module}.weight_codes")
     e.initializers.append(numpy_helper.from_array(codes.astype(np.int8), name))
     e.packed.append(Layer(name, "", "pot", bits, codes,
-                          np.full(codes.shape[0], 2.0 ** node.attrs["shift"], np.float32),
+                          np.full(codes.shape[0], 2.0 ** shift, np.float32),
                           layout=CODES))
-    top = node.attrs["shift"] + 1
+    top = shift + 1
     wide = top >= 8
     as_int, magnitude, sign, exponent, narrow, power, power_f, sign_f = (
         e.temp(module, k) for k in ("codes_i32", "magnitude", "sign", "exponent",

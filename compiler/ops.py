@@ -13,7 +13,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .ir import Shape, batch_factor, times_batch
+from . import weights
+from .shapes import Shape, batch_factor, times_batch
 
 F32 = np.float32
 Type = tuple[str, Shape]
@@ -280,14 +281,9 @@ def _dequantize_infer(types, attrs):
 
 
 def dequantize_eval(args, attrs):
-    """Weights from integer codes, as snnc.quant.dequantize rounds them (docs/quantization.md):
-    uniform q * scale; PoT sign(c) * 2^(1 - |c|) * scale, zero for c = 0."""
+    """Weights from integer codes (snnc.weights.dequantize)."""
     codes, scale = args
-    s = scale.astype(F32).reshape((-1,) + (1,) * (codes.ndim - 1))
-    if attrs["scheme"] == "uniform":
-        return [codes.astype(F32) * s]
-    magnitude = np.exp2(F32(1) - np.abs(codes).astype(F32)) * s
-    return [np.where(codes == 0, F32(0), np.sign(codes).astype(F32) * magnitude).astype(F32)]
+    return [weights.dequantize(codes, scale, attrs["scheme"])]
 
 
 # ----------------------------------------------------------------------------- shifts
@@ -301,21 +297,14 @@ def _shift_infer(layer_infer):
     return infer
 
 
-def shift_terms(codes: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sign, exponent) of each PoT code: the weight is sign * 2^exponent (sign 0 for c = 0)."""
-    magnitude = np.abs(codes.astype(np.int64))
-    return np.sign(codes).astype(np.int64), np.where(magnitude == 0, 0, shift + 1 - magnitude)
-
-
 def _shift_eval(layer_eval):
     def evaluate(args, attrs):
         x, codes = args
         xi = x.astype(np.int64)
         if not np.array_equal(xi, x):
             raise ValueError("shift layer input holds non-integers")
-        sign, exponent = shift_terms(codes, attrs["shift"])
-        weights = sign * np.left_shift(np.int64(1), exponent)
-        return layer_eval([xi, weights], attrs)  # int64 sums, then float32 (range-checked)
+        return layer_eval([xi, weights.shift_weights(codes, weights.pot_shift(attrs["bits"]))],
+                          attrs)  # int64 sums, then float32 (range-checked)
     return evaluate
 
 
@@ -432,13 +421,13 @@ OPS: dict[str, OpDef] = {
         OpDef("neuron", {"leak": str, "leak_value": float, "decay_input": bool,
                          "threshold": (float, type(None)), "v_reset": (float, type(None))},
               _neuron_infer, neuron_eval, (2, 3)),
-        # Power-of-two weights as shifts (pot_to_shift): y = sum(sign(c) * (x << (shift + 1
-        # - |c|))) over the layer's window, c the PoT codes (c = 0 adds nothing); x holds
-        # integers. Evaluated in int64.
+        # Power-of-two weights as shifts (pot_to_shift): y = sum(sign(c) * (x << (E + 1 - |c|)))
+        # over the layer's window, c the `bits`-bit PoT codes (c = 0 adds nothing),
+        # E = weights.pot_shift(bits); x holds integers. Evaluated in int64.
         OpDef("shift_conv", {"stride": _INT_LIST, "padding": _INT_LIST, "dilation": _INT_LIST,
-                             "groups": int, "shift": int}, _shift_infer(_conv_infer),
+                             "groups": int, "bits": int}, _shift_infer(_conv_infer),
               _shift_eval(_conv_eval), (2, 2)),
-        OpDef("shift_linear", {"shift": int}, _shift_infer(_linear_infer),
+        OpDef("shift_linear", {"bits": int}, _shift_infer(_linear_infer),
               _shift_eval(_linear_eval), (2, 2)),
     ]
 }

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BadInputError
+from .weights import container, signed_container, unit
 
 MAGIC = b"SNNPACK\0"
 VERSION = 2
@@ -66,12 +67,6 @@ LAYOUTS = {LEVELS: "levels", CODES: "codes", SIGNED: "signed"}
 
 def _align(n: int) -> int:
     return -n % ALIGN
-
-
-def unit(scheme: str, bits: int) -> float:
-    """The scale of a folded channel: 1 (uniform) or 2^(2^(k-1) - 2) (PoT, the container's
-    shift); a folded layer's scales are +-unit, or +0 for a dead channel."""
-    return 2.0 ** (2 ** (bits - 1) - 2) if scheme == "pot" else 1.0
 
 
 def legal_scales(scales: np.ndarray, scheme: str, bits: int, layout: int) -> np.ndarray:
@@ -343,8 +338,6 @@ def overhead(blob: bytes) -> int:
 def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
     """{initializer name: integer array} exactly as the ONNX backend stores these weights
     (int8/int16 containers: the external-weights path does not use int4)."""
-    from .onnx_emit import container, signed_container
-
     arrays = {}
     for layer in layers:
         if layer.layout == CODES:

@@ -18,7 +18,8 @@ import numpy as np
 
 from .errors import BadInputError
 from .ir import Graph, Node, Value
-from .ops import dequantize_eval, shift_terms
+from .ops import dequantize_eval
+from .weights import pot_shift, shift_terms
 
 FLOAT32_EXACT_BITS = 24  # float32 holds every integer of magnitude <= 2^24
 INF = math.inf
@@ -133,7 +134,7 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         codes = values.get(node.inputs[1])
         if codes is None:
             return [UNKNOWN]
-        sign, exponent = shift_terms(codes, node.attrs["shift"])
+        sign, exponent = shift_terms(codes, pot_shift(node.attrs["bits"]))
         return [_layer(ins[0], (sign * np.left_shift(np.int64(1), exponent)).astype(np.float64),
                        None)]
     return [UNKNOWN] * len(node.outputs)  # batch_norm, div: real-valued

@@ -53,13 +53,9 @@ import numpy as np
 
 from snnc.ir import Graph, Node, Value
 from snnc.options import DEFAULT, Options
+from snnc.weights import pot_shift
 
 LAYERS = ("conv", "linear")
-
-
-def pot_shift(bits: int) -> int:
-    """E: PoT codes are the integers sign * 2^(E + 1 - |c|) times scale / 2^E."""
-    return 2 ** (bits - 1) - 2
 
 
 def is_power_of_two(x: float) -> bool:

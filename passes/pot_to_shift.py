@@ -10,7 +10,7 @@ leaving its bit width); the interpreter evaluates them in int64.
 Requires: a verified graph; `dequantize(codes, scale) scheme='pot'` read only by a conv or
 linear (no bias), every scale exactly +2^E, -2^E or 0, codes constant; the layer's input
 integer-valued.
-Ensures: no such pair remains; `shift_conv(x, codes') shift=E` (or `shift_linear`) computes
+Ensures: no such pair remains; `shift_conv(x, codes') bits=k` (or `shift_linear`) computes
 the same integers exactly (so meaning is preserved bit for bit: both sum the same integers,
 below 2^24, snnc.ranges.check).
 
@@ -19,7 +19,7 @@ Before:
     %y: f32[N,16,64] = conv(%s, %w) stride=[1] padding=[0] dilation=[1] groups=1
 After:
     %y: f32[N,16,64] = shift_conv(%s, %codes_signed) stride=[1] padding=[0] dilation=[1]
-        groups=1 shift=6
+        groups=1 bits=4
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from snnc.ir import Graph, Node, Value
 from snnc.options import DEFAULT, Options
 from snnc.ranges import analyze
 
-from .fold_scales import pot_shift
+from snnc.weights import pot_shift
 
 
 def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
@@ -64,7 +64,7 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
         op = "shift_conv" if layer.op == "conv" else "shift_linear"
         replace[dq] = None
         replace[layer] = Node(op, (layer.inputs[0], signed), layer.outputs,
-                              {**layer.attrs, "shift": shift}, layer.source)
+                              {**layer.attrs, "bits": dq.attrs["bits"]}, layer.source)
     if not replace:
         return graph
     nodes = (replace.get(n, n) for n in graph.nodes if replace.get(n, n) is not None)

@@ -160,7 +160,7 @@ def test_pot_to_shift_fires_and_is_exact():
     verify(after, "pot_to_shift")
     text = str(after)
     assert "= shift_conv(%s0.0, %conv.weight_codes) stride=[1,1] padding=[1,1] " \
-           "dilation=[1,1] groups=1 shift=6  # conv" in text
+           "dilation=[1,1] groups=1 bits=4  # conv" in text
     assert "dequantize" not in text
     for seed in range(3):
         x = np.random.default_rng(seed).random((4, 3, 6, 6), dtype=np.float32) * 2
