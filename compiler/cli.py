@@ -139,6 +139,11 @@ def _finish(progress: _Progress | None) -> None:
               help="How power-of-two layers reach ONNX: int8 containers (ONNX Runtime's fast "
                    "path) or their sign and exponent codes decoded in the graph with BitShift "
                    "(docs/onnx.md). Both compute the same numbers.")
+@click.option("--kernels", type=click.Choice(["integer", "float"]), default="integer",
+              show_default=True,
+              help="integer: spike-input layers run as exact uint8 x int8 GEMMs (ONNX Runtime's "
+                   "integer kernels); float: every layer on float kernels, as before 0.2 "
+                   "(docs/onnx.md). Both compute the same numbers.")
 @click.option("--ort", is_flag=True,
               help="Also write OUT.ort (ORT format, for ONNX Runtime Mobile) and "
                    "OUT.required_operators.config (for a reduced ORT build); docs/mobile.md.")
@@ -154,7 +159,7 @@ def _finish(progress: _Progress | None) -> None:
                    "next to it (REPORT.png); firing rates and energy need --verify.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
-                weight_container, pack_path, weights, timesteps, pot_lowering, ort, verify_data,
+                weight_container, pack_path, weights, timesteps, pot_lowering, kernels, ort, verify_data,
                 min_agreement, report_path, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from .driver import compile_file
@@ -171,7 +176,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         data = _load_data(verify_data) if verify_data else None
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
                        external_weights=external, timesteps=timesteps,
-                       pot_lowering=pot_lowering)
+                       pot_lowering=pot_lowering, integer_kernels=kernels == "integer")
         check = None
         if data is not None:
             from .accuracy import check_data

@@ -52,10 +52,17 @@ class Result:
                          f"average {bits:.2f} bits")
         lowered = self.lowered.nodes
         folded = {n.source for n in lowered if n.op == "neuron" and n.attrs["threshold"] is None}
-        shifts = {n.source for n in lowered if n.op in ("shift_conv", "shift_linear")}
+        shifts = {n.source for n in lowered if n.op in ("shift_conv", "shift_linear") or
+                  (n.op == "int_weights" and n.attrs["scheme"] == "pot")}
         if folded or shifts:
             quantized += (f"\nfolded        {len(folded)} neuron layers with per-channel "
-                          f"thresholds, {len(shifts)} PoT layers as shifts")
+                          f"thresholds, {len(shifts)} PoT layers summing integers")
+        integer = sum(n.op == "int_matmul" for n in lowered)
+        floating = sum(n.op in ("conv", "linear", "matmul", "shift_conv", "shift_linear")
+                       for n in lowered)
+        layout = (f"\nkernels       {integer} integer GEMMs (u8/i8 x int8, int32 sums), "
+                  f"{floating} float layers; {sum(n.op == 'transpose' for n in lowered)} "
+                  "transposes")
         return "\n".join([
             f"timesteps     {g.time.steps if g.time else 1}",
             f"parameters    {self.parameters:,} ({neurons} neuron layers)",
@@ -64,7 +71,7 @@ class Result:
             f"({', '.join(f'{k} {v}' for k, v in onnx_ops.most_common(6))})",
             f"output size   {len(self.data) / 1e6:.2f} MB",
             "time          " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
-        ]) + quantized
+        ]) + quantized + layout
 
 
 FINGERPRINT_KEY = "snnc.source_fingerprint"  # ONNX metadata: loader.fingerprint(source)

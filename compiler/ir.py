@@ -28,7 +28,8 @@ import numpy as np
 from .ops import OPS
 from .shapes import BATCH, Dim, Shape, batch_factor, concrete_shape, times_batch  # noqa: F401
 
-NUMPY_DTYPES = {"f32": np.float32, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+NUMPY_DTYPES = {"f32": np.float32, "i32": np.int32, "i64": np.int64, "bool": np.bool_,
+                "u8": np.uint8, "i8": np.int8}
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,10 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import PassError
 from .ir import Graph, Node, Value
 from .options import DEFAULT, Options
-from .pack import CODES, SIGNED, Layer
-from .weights import container, pot_shift, signed_container
+from .pack import CODES, GEMM, SIGNED, Layer
+from .weights import channel_signs, container, gemm_matrix, pot_shift, signed_container, signed_levels, unit
 
-DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64}
+DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64,
+          "i32": TensorProto.INT32, "u8": TensorProto.UINT8, "i8": TensorProto.INT8}
+NUMPY = {"u8": np.uint8, "i8": np.int8}
 IR_VERSION = 10  # the IR version onnx pairs with opset 21; ONNX Runtime 1.31 loads it
 
 
@@ -368,24 +370,63 @@ def _shift_weights(e, node, module) -> str:
     e.packed.append(Layer(name, "", "pot", bits, codes,
                           np.full(codes.shape[0], 2.0 ** shift, np.float32),
                           layout=CODES))
-    top = shift + 1
+    _decode_shifts(e, name, bits, out, module, TensorProto.FLOAT)
+    return out
+
+
+def _decode_shifts(e, codes: str, bits: int, out: str, module: str, to: int) -> None:
+    """PoT codes (int8, sign * c) -> the integers sign * 2^(E + 1 - |c|) as `to` (float32 or
+    int8), in the graph: 2^e = BitShift(1, e) on uint8 (uint32 when e can reach 8: ONNX
+    Runtime has unsigned BitShift kernels for uint8/32/64 only at opset 21), times the sign
+    (c = 0: sign 0 makes the weight 0). Every input is a constant: ONNX Runtime folds it at
+    load."""
+    top = pot_shift(bits) + 1
     wide = top >= 8
-    as_int, magnitude, sign, exponent, narrow, power, power_f, sign_f = (
+    as_int, magnitude, sign, exponent, narrow, power, power_t, sign_t = (
         e.temp(module, k) for k in ("codes_i32", "magnitude", "sign", "exponent",
-                                    "exponent_u", "power", "power_f32", "sign_f32"))
+                                    "exponent_u", "power", "power_t", "sign_t"))
     shift_type = TensorProto.UINT32 if wide else TensorProto.UINT8
     one = e.const(np.array(1, np.uint32 if wide else np.uint8), "one_u32" if wide else "one_u8")
-    e.add("Cast", [name], [as_int], module, to=TensorProto.INT32)
+    e.add("Cast", [codes], [as_int], module, to=TensorProto.INT32)
     e.add("Abs", [as_int], [magnitude], module)
     e.add("Sign", [as_int], [sign], module)
     e.add("Sub", [e.const(np.array(top, np.int32), f"c{top}_i32"), magnitude], [exponent],
           module)
     e.add("Cast", [exponent], [narrow], module, to=shift_type)
     e.add("BitShift", [one, narrow], [power], module, direction="LEFT")
-    e.add("Cast", [power], [power_f], module, to=TensorProto.FLOAT)
-    e.add("Cast", [sign], [sign_f], module, to=TensorProto.FLOAT)
-    e.add("Mul", [power_f, sign_f], [out], module)  # c = 0: sign 0 makes the weight 0
-    return out
+    if to == TensorProto.FLOAT:
+        e.add("Cast", [power], [power_t], module, to=TensorProto.FLOAT)
+        e.add("Cast", [sign], [sign_t], module, to=TensorProto.FLOAT)
+        e.add("Mul", [power_t, sign_t], [out], module)
+        return
+    e.add("Cast", [power], [power_t], module, to=TensorProto.INT32)
+    e.add("Mul", [power_t, sign], [out], module)
+
+
+def _digits_in_graph(e, matrix: str, count: int, out: str, module: str) -> None:
+    """An int32 matrix -> its `count` balanced base-128 int8 digits side by side
+    (snnc.weights.digits): d = Mod(v + 64, 128) - 64, v' = (v - d) / 128, exact in int32."""
+    def i32(x):
+        return e.const(np.array(x, np.int32), f"c{x}_i32")
+
+    parts, v = [], matrix
+    for k in range(count):
+        if count == 1:
+            e.add("Cast", [v], [out], module, to=TensorProto.INT8)
+            return
+        shifted, mod, digit, part = (e.temp(module, f"{w}{k}") for w in
+                                     ("shifted", "mod", "digit", "digit_i8_"))
+        e.add("Add", [v, i32(64)], [shifted], module)
+        e.add("Mod", [shifted, i32(128)], [mod], module)
+        e.add("Sub", [mod, i32(64)], [digit], module)
+        e.add("Cast", [digit], [part], module, to=TensorProto.INT8)
+        parts.append(part)
+        if k < count - 1:
+            rest, nxt = e.temp(module, f"rest{k}"), e.temp(module, f"high{k}")
+            e.add("Sub", [v, digit], [rest], module)
+            e.add("Div", [rest, i32(128)], [nxt], module)
+            v = nxt
+    e.add("Concat", parts, [out], module, axis=1)
 
 
 def _shift_conv(e, node, ins, outs, module):
@@ -402,6 +443,106 @@ def _shift_linear(e, node, ins, outs, module):
     e.add("MatMul", [ins[0], wt], outs, module)
 
 
+# ----------------------------------------------------------------------------- integer kernels
+
+def _cast(e, node, ins, outs, module):
+    e.add("Cast", ins, outs, module, to=DTYPES[node.attrs["to"]])
+
+
+def _int_weights(e, node, ins, outs, module):
+    """The int8 [K, M] GEMM matrix of a folded layer, recorded for the pack (layout gemm).
+    With --pot-lowering shift, a PoT layer stores its signed codes and decodes them in the
+    graph (BitShift; all constant, so ONNX Runtime computes it once at load)."""
+    codes = e.graph.constants.get(node.inputs[0])
+    scale = e.graph.constants.get(node.inputs[1])
+    if codes is None or scale is None:
+        raise PassError(f"int_weights at {node.source} needs constant codes and scales")
+    scheme, bits = node.attrs["scheme"], node.attrs["bits"]
+    u = np.float32(unit(scheme, bits))
+    name = e.unique(node.inputs[0].hint or f"{module}.weight_codes")
+    if scheme == "pot" and e.opts.pot_lowering == "shift":
+        signed = codes.astype(np.int64) * channel_signs(scale).reshape(
+            (-1,) + (1,) * (codes.ndim - 1))
+        e.initializers.append(numpy_helper.from_array(signed.astype(np.int8), name))
+        e.packed.append(Layer(name, "", "pot", bits, signed.astype(np.int32),
+                              np.full(codes.shape[0], u, np.float32), layout=CODES))
+        decoded = e.temp(module, "weight_i32")
+        _decode_shifts(e, name, bits, decoded, module, TensorProto.INT32)
+        order = [*range(2, codes.ndim), 1, 0] if codes.ndim > 2 else [1, 0]
+        moved, matrix = e.temp(module, "weight_moved"), e.temp(module, "weight_matrix")
+        e.add("Transpose", [decoded], [moved], module, perm=order)
+        e.add("Reshape", [moved, e.ints([-1, codes.shape[0]], f"{module}/gemm_shape")],
+              [matrix], module)
+        _digits_in_graph(e, matrix, node.attrs["digits"], outs[0], module)
+        return
+    matrix = gemm_matrix(signed_levels(codes, scheme, bits, scale / u))
+    e.initializers.append(numpy_helper.from_array(matrix, name))
+    e.packed.append(Layer(name, "", scheme, bits, codes, scale.astype(np.float32), layout=GEMM))
+    e.names[node.outputs[0]] = name  # the initializer is the value itself
+
+
+def _int_matmul(e, node, ins, outs, module):
+    """DequantizeLinear (scale 1, zero point 0) on both operands into a MatMul with no
+    QuantizeLinear after it: ONNX Runtime fuses this into an integer GEMM that accumulates
+    in int32 and converts the sums to float (MatMulIntegerToFloat), exactly. On [N, K] rows
+    ONNX Runtime would first fuse MatMul + Add into a float Gemm (its level-1 fusions run
+    before the QDQ ones), so there: MatMulInteger (int32 sums) and a Cast."""
+    if len(node.inputs[0].shape) == 2:
+        sums = e.temp(module, "sums_i32")
+        e.add("MatMulInteger", ins, [sums], module)
+        e.add("Cast", [sums], outs, module, to=TensorProto.FLOAT)
+        return
+    deq = []
+    for value, name in zip(node.inputs, ins):
+        zero = e.const(np.array(0, NUMPY[value.dtype]), f"zero_{value.dtype}")
+        out = e.temp(module, f"{name.rsplit('/', 1)[-1]}_dq")
+        e.add("DequantizeLinear", [name, _f32(e, 1.0), zero], [out], module)
+        deq.append(out)
+    e.add("MatMul", deq, outs, module)
+
+
+def _digits_sum(e, node, ins, outs, module):
+    """Split the digit blocks, then b_0 + b_1 * 128 (+ b_2 * 16384 ...), in this order."""
+    count = node.attrs["count"]
+    parts = [e.temp(module, f"digit{k}") for k in range(count)]
+    e.add("Split", [ins[0]], parts, module, axis=len(node.inputs[0].shape) - 1,
+          num_outputs=count)
+    total = parts[0]
+    for k in range(1, count):
+        term = e.temp(module, f"digit{k}_scaled")
+        e.add("Mul", [parts[k], _f32(e, float(128 ** k))], [term], module)
+        target = outs[0] if k == count - 1 else e.temp(module, f"digits_acc{k}")
+        e.add("Add", [total, term], [target], module)
+        total = target
+
+
+def _im2col(e, node, ins, outs, module):
+    """Pad (zeros), one strided Slice per kernel tap, Concat along the channels."""
+    a = node.attrs
+    x, shape = ins[0], node.inputs[0].shape
+    spatial = len(shape) - 2
+    if any(a["padding"]):
+        pads = [0, *a["padding"], 0] * 2
+        padded = e.temp(module, "padded")
+        e.add("Pad", [x, e.ints(pads, f"{module}/pads")], [padded], module)
+        x = padded
+    out_sizes = node.outputs[0].shape[1:-1]
+    axes = e.ints(list(range(1, spatial + 1)), f"{module}/axes")
+    steps = e.ints(list(a["stride"]), f"{module}/steps")
+    taps = []
+    for offsets in np.ndindex(*a["kernel"]):
+        starts = [o * d for o, d in zip(offsets, a["dilation"])]
+        ends = [b + (n - 1) * s + 1 for b, n, s in zip(starts, out_sizes, a["stride"])]
+        tap = e.temp(module, "tap")
+        e.add("Slice", [x, e.ints(starts, f"{module}/starts"), e.ints(ends, f"{module}/ends"),
+                        axes, steps], [tap], module)
+        taps.append(tap)
+    if len(taps) == 1:
+        e.add("Identity", taps, outs, module)
+        return
+    e.add("Concat", taps, outs, module, axis=spatial + 1)
+
+
 LOWER = {
     "add": _simple("Add"), "sub": _simple("Sub"), "mul": _simple("Mul"), "div": _simple("Div"),
     "relu": _simple("Relu"), "matmul": _simple("MatMul"),
@@ -411,6 +552,8 @@ LOWER = {
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
     "concat": _concat, "chunk": _chunk, "neuron": _neuron, "dequantize": _dequantize,
     "shift_conv": _shift_conv, "shift_linear": _shift_linear,
+    "cast": _cast, "int_weights": _int_weights, "int_matmul": _int_matmul, "im2col": _im2col,
+    "digits_sum": _digits_sum,
 }
 
 

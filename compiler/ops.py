@@ -308,6 +308,117 @@ def _shift_eval(layer_eval):
     return evaluate
 
 
+# ----------------------------------------------------------------------------- integer kernels
+
+INTEGER_TYPES = {"u8": (np.uint8, 0, 255), "i8": (np.int8, -128, 127)}
+FLOAT32_EXACT = 2 ** 24  # float32 holds every integer of magnitude <= 2^24
+
+
+def _cast_infer(types, attrs):
+    (dx, sx), = types
+    if attrs["to"] not in ("f32", *INTEGER_TYPES):
+        raise ShapeError(f"cast to {attrs['to']!r}: snnc casts to f32, u8 or i8")
+    return [(attrs["to"], sx)]
+
+
+def _cast_eval(args, attrs):
+    """A cast changes no value: casting a non-integer or out-of-range value to u8/i8 is an
+    error (snnc.ranges proves it cannot happen; the interpreter checks it)."""
+    x, to = args[0], attrs["to"]
+    if to == "f32":
+        return [x.astype(F32)]
+    dtype, low, high = INTEGER_TYPES[to]
+    if x.size and (not np.array_equal(np.round(x), x) or x.min() < low or x.max() > high):
+        raise ValueError(f"cast to {to} of values outside its integers "
+                         f"[{float(x.min())}, {float(x.max())}]")
+    return [x.astype(dtype)]
+
+
+def _int_weights_infer(types, attrs):
+    (dc, sc), (ds, ss) = types
+    if dc != "i32" or ds != "f32" or ss != (sc[0],) or len(sc) < 2:
+        raise ShapeError(f"int_weights needs i32 codes [M, ...] and one f32 scale per output "
+                         f"channel, got {dc}{list(sc)} and {ds}{list(ss)}")
+    k = int(np.prod(sc[1:]))
+    return [("i8", (k, attrs["digits"] * sc[0]))]
+
+
+def _int_weights_eval(args, attrs):
+    codes, scale = args
+    values = weights.signed_levels(codes, attrs["scheme"], attrs["bits"],
+                                   scale / np.float32(weights.unit(attrs["scheme"], attrs["bits"])))
+    matrix = weights.gemm_matrix(values)
+    if matrix.shape[1] != attrs["digits"] * codes.shape[0]:
+        raise ValueError(f"int_weights: the layer's integers need "
+                         f"{matrix.shape[1] // codes.shape[0]} int8 digits, not {attrs['digits']}")
+    return [matrix]
+
+
+def _int_matmul_infer(types, attrs):
+    (da, sa), (db, sb) = types
+    if da not in INTEGER_TYPES or db not in INTEGER_TYPES:
+        raise ShapeError(f"int_matmul takes u8/i8 operands, got {da} and {db}")
+    return [("f32", _matmul_infer([("f32", sa), ("f32", sb)], attrs)[0][1])]
+
+
+def _int_matmul_eval(args, attrs):
+    """The exact integer sums, as float32: an error if one is not a float32 integer."""
+    y = np.matmul(args[0].astype(np.int64), args[1].astype(np.int64))
+    if y.size and np.abs(y).max() > FLOAT32_EXACT:
+        raise ValueError(f"int_matmul sum {int(np.abs(y).max())} exceeds 2^24")
+    return [y.astype(F32)]
+
+
+def _digits_sum_infer(types, attrs):
+    (dx, sx), = types
+    count = attrs["count"]
+    if dx != "f32" or count < 2 or not isinstance(sx[-1], int) or sx[-1] % count:
+        raise ShapeError(f"digits_sum of {count} digit blocks on {dx}{list(sx)}")
+    return [(dx, (*sx[:-1], sx[-1] // count))]
+
+
+def _digits_sum_eval(args, attrs):
+    """sum_k block_k * 128^k over the last axis's `count` blocks, in float32: an error if a
+    partial sum is not an exact float32 integer."""
+    parts = np.split(args[0], attrs["count"], axis=-1)
+    total = parts[0]
+    for k, part in enumerate(parts[1:], start=1):
+        total = (total + part * F32(weights.DIGIT_BASE ** k)).astype(F32)
+        if total.size and np.abs(total).max() > FLOAT32_EXACT:
+            raise ValueError("digits_sum: a partial sum exceeds 2^24")
+    return [np.ascontiguousarray(total)]
+
+
+def _im2col_infer(types, attrs):
+    (dx, sx), = types
+    spatial = len(sx) - 2
+    if spatial < 1 or any(len(attrs[k]) != spatial for k in ("kernel", "stride", "padding",
+                                                             "dilation")):
+        raise ShapeError(f"im2col on {sx}: kernel, stride, padding and dilation need one entry "
+                         "per spatial axis")
+    out = [_window_out(sx[1 + i], attrs["kernel"][i], attrs["stride"][i], attrs["padding"][i],
+                       attrs["dilation"][i]) for i in range(spatial)]
+    taps = int(np.prod(attrs["kernel"]))
+    return [(dx, (sx[0], *out, taps * sx[-1]))]
+
+
+def _im2col_eval(args, attrs):
+    """Channel-last windows: [N, *S, C] -> [N, *S', taps * C], taps in row-major order, each
+    tap's C channels together; zero padding."""
+    x = args[0]
+    spatial = x.ndim - 2
+    pad = [(0, 0)] + [(p, p) for p in attrs["padding"]] + [(0, 0)]
+    xp = np.pad(x, pad)
+    out = _im2col_infer([(None, x.shape)], attrs)[0][1][1:-1]
+    taps = []
+    for offsets in np.ndindex(*attrs["kernel"]):
+        index = tuple(slice(o * d, o * d + (n - 1) * s + 1, s) for o, d, s, n in
+                      zip(offsets, attrs["dilation"], attrs["stride"], out))
+        taps.append(xp[(slice(None),) + index + (slice(None),)])
+    assert len(taps[0].shape) == spatial + 2
+    return [np.ascontiguousarray(np.concatenate(taps, axis=-1))]
+
+
 # ----------------------------------------------------------------------------- neurons
 
 def neuron_charge(x: np.ndarray, v: np.ndarray, attrs) -> np.ndarray:
@@ -427,6 +538,22 @@ OPS: dict[str, OpDef] = {
         OpDef("shift_conv", {"stride": _INT_LIST, "padding": _INT_LIST, "dilation": _INT_LIST,
                              "groups": int, "bits": int}, _shift_infer(_conv_infer),
               _shift_eval(_conv_eval), (2, 2)),
+        # A value in another element type (f32, u8, i8); values never change (checked).
+        OpDef("cast", {"to": str}, _cast_infer, _cast_eval, (1, 1)),
+        # A folded quantized layer's integer weights as the int8 [K, digits * M] matrix of
+        # a token-major GEMM (snnc.weights.gemm_matrix): codes [M, ...], scales +-unit or 0;
+        # weights wider than int8 as `digits` base-128 digits side by side.
+        OpDef("int_weights", {"scheme": str, "bits": int, "digits": int}, _int_weights_infer,
+              _int_weights_eval, (2, 2)),
+        # u8/i8 x u8/i8 matrix product with exact integer sums, as f32 (like matmul; b may be
+        # the [K, M] weights of a layer).
+        OpDef("int_matmul", {}, _int_matmul_infer, _int_matmul_eval, (2, 2)),
+        # The GEMM of a layer whose weights are `count` int8 digits, recombined: the last
+        # axis holds the digit blocks [b_0 | ... | b_{count-1}]; sum_k b_k * 128^k.
+        OpDef("digits_sum", {"count": int}, _digits_sum_infer, _digits_sum_eval, (1, 1)),
+        # Channel-last convolution windows [N, *S, C] -> [N, *S', taps * C] (zero padding).
+        OpDef("im2col", {"kernel": _INT_LIST, "stride": _INT_LIST, "padding": _INT_LIST,
+                         "dilation": _INT_LIST}, _im2col_infer, _im2col_eval, (1, 1)),
         OpDef("shift_linear", {"bits": int}, _shift_infer(_linear_infer),
               _shift_eval(_linear_eval), (2, 2)),
     ]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BadInputError
-from .weights import container, signed_container, unit
+from .weights import (INT8, container, fits, gemm_matrix, signed_container, signed_levels,
+                      unit)
 
 MAGIC = b"SNNPACK\0"
 VERSION = 2
@@ -62,7 +63,8 @@ class Layer:
 LEVELS = 0  # DequantizeLinear input: container(codes) levels, scaled by the scale initializer
 CODES = 1  # the codes themselves as int8, decoded in the graph (--pot-lowering shift)
 SIGNED = 2  # integer weights levels * sign(scale) (scale +-1 or 0 after fold_scales), Cast
-LAYOUTS = {LEVELS: "levels", CODES: "codes", SIGNED: "signed"}
+GEMM = 3  # the signed integer weights as an int8 [K, M] GEMM matrix (weights.gemm_matrix)
+LAYOUTS = {LEVELS: "levels", CODES: "codes", SIGNED: "signed", GEMM: "gemm"}
 
 
 def _align(n: int) -> int:
@@ -77,7 +79,7 @@ def legal_scales(scales: np.ndarray, scheme: str, bits: int, layout: int) -> np.
     zero = (scales == 0) & ~np.signbit(scales)
     if layout == CODES:
         return scales == u
-    if layout == SIGNED:
+    if layout in (SIGNED, GEMM):
         return zero | (np.abs(scales) == u)
     return zero | (scales == -u) | ((scales > 0) & np.isfinite(scales))
 
@@ -342,6 +344,13 @@ def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
     for layer in layers:
         if layer.layout == CODES:
             arrays[layer.name] = layer.codes.astype(np.int8)
+        elif layer.layout == GEMM:
+            u = np.float32(unit(layer.scheme, layer.bits))
+            signed = signed_levels(layer.codes, layer.scheme, layer.bits, layer.scales / u)
+            if not fits(signed, INT8):
+                raise BadInputError(f"layer {layer.name!r} is in layout 3 (gemm) but its "
+                                    "integer weights do not fit int8. " + FIX)
+            arrays[layer.name] = gemm_matrix(signed)
         elif layer.layout == SIGNED:
             arrays[layer.name] = signed_container(layer.codes, layer.scheme, layer.bits,
                                                   layer.scales)

@@ -13,6 +13,8 @@ from snnc.passes import (
     expose_state,
     fold_batchnorm,
     fold_scales,
+    layout,
+    lower_integer,
     merge_reshapes,
     pot_to_shift,
     remove_dead_nodes,
@@ -39,15 +41,18 @@ _FRONT: tuple[tuple[str, Callable[..., Graph]], ...] = (
     ("fold_scales", fold_scales.run),
     ("merge_reshapes", merge_reshapes.run),
     ("pot_to_shift", pot_to_shift.run),
+    ("lower_integer", lower_integer.run),
     ("check_ranges", check_ranges),
 )
 PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("unroll_timesteps", unroll_timesteps.run),
+    ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )
 # --timesteps stream: one step, with the membranes as inputs and outputs.
 STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("expose_state", expose_state.run),
+    ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import BadInputError
 from .ir import Graph, Node, Value
-from .ops import dequantize_eval
+from .ops import INTEGER_TYPES, OPS, dequantize_eval
 from .weights import pot_shift, shift_terms
 
 FLOAT32_EXACT_BITS = 24  # float32 holds every integer of magnitude <= 2^24
@@ -90,7 +90,7 @@ def analyze(graph: Graph) -> dict[Value, Range]:
 
 def _infer(node: Node, ranges, values) -> list[Range]:
     op, ins = node.op, [ranges[v] for v in node.inputs]
-    same = ("reshape", "transpose", "max_pool", "chunk", "split")
+    same = ("reshape", "transpose", "max_pool", "chunk", "split", "cast")
     if op in same:
         return [ins[0]] * len(node.outputs)
     if op == "concat":
@@ -137,7 +137,39 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         sign, exponent = shift_terms(codes, pot_shift(node.attrs["bits"]))
         return [_layer(ins[0], (sign * np.left_shift(np.int64(1), exponent)).astype(np.float64),
                        None)]
+    if op == "im2col":  # windows of the input, zero padding
+        return [Range(min(ins[0].lo, 0.0), max(ins[0].hi, 0.0), ins[0].integer)]
+    if op == "int_weights" and all(v in values for v in node.inputs):
+        w = OPS["int_weights"].evaluate([values[v] for v in node.inputs], node.attrs)[0]
+        values[node.outputs[0]] = w
+        return [_of_array(w)]
+    if op == "int_matmul":
+        w = values.get(node.inputs[1])
+        if w is not None and len(node.inputs[1].shape) == 2:  # a layer: per output column
+            values[node.outputs[0]] = (ins[0], w)  # for a digits_sum after it
+            return [_layer(ins[0], w.T, None)]
+        k = node.inputs[0].shape[-1]
+        r = _mul(ins[0], ins[1])
+        return [Range(min(r.lo * k, 0.0), max(r.hi * k, 0.0), True)]
+    if op == "digits_sum":
+        gemm = values.get(node.inputs[0])
+        if gemm is None:
+            return [UNKNOWN]
+        x, w = gemm
+        return [_layer(x, recombined(w, node.attrs["count"]).T, None)]
     return [UNKNOWN] * len(node.outputs)  # batch_norm, div: real-valued
+
+
+def recombined(matrix: np.ndarray, count: int) -> np.ndarray:
+    """The integer weights [K, M] of a digit matrix [K, count * M] (float64)."""
+    blocks = np.split(matrix.astype(np.float64), count, axis=1)
+    return sum(b * 128.0 ** k for k, b in enumerate(blocks))
+
+
+def digits_partial_bound(x: Range, matrix: np.ndarray, count: int) -> float:
+    """The largest magnitude digits_sum's running sum can reach: sum_k 128^k |x @ b_k|."""
+    blocks = np.split(matrix.astype(np.float64), count, axis=1)
+    return sum(_layer(x, b.T, None).magnitude * 128.0 ** k for k, b in enumerate(blocks))
 
 
 # ----------------------------------------------------------------------------- membranes
@@ -227,9 +259,12 @@ def membranes(graph: Graph, stream: bool = False,
 
 def integer_sums(graph: Graph, ranges: dict[Value, Range] | None = None
                  ) -> list[tuple[Node, Range]]:
-    """Layers whose outputs are integer sums (conv/linear/shift over integers)."""
+    """Nodes whose float32 outputs are integer sums: conv/linear/shift/matmul over integers,
+    integer GEMMs, and adds, subtractions and products of integers (a GEMM's digits
+    recombined, summed spikes)."""
     ranges = ranges or analyze(graph)
-    layers = ("conv", "linear", "shift_conv", "shift_linear", "matmul")
+    layers = ("conv", "linear", "shift_conv", "shift_linear", "matmul", "int_matmul", "add",
+              "sub", "mul")
     return [(n, ranges[n.outputs[0]]) for n in graph.nodes
             if n.op in layers and ranges[n.outputs[0]].integer]
 
@@ -238,15 +273,47 @@ class RangeError(BadInputError):
     pass
 
 
+def _span(r: Range) -> str:
+    kind = "integers" if r.integer else "real values"
+    return f"{kind} in [{r.lo:.4g}, {r.hi:.4g}]"
+
+
 def check(graph: Graph, stream: bool = False) -> list[Membrane]:
     """Refuse a graph whose integer sums or integer-input membranes could leave float32's
     exact integers; return the membrane table (docs/ranges.md)."""
     limit = 2.0 ** FLOAT32_EXACT_BITS
     ranges = analyze(graph)
+    for node in graph.nodes:
+        if node.op == "cast" and node.attrs["to"] in INTEGER_TYPES:
+            _, low, high = INTEGER_TYPES[node.attrs["to"]]
+            r = ranges[node.inputs[0]]
+            if not (r.integer and low <= r.lo and r.hi <= high):
+                raise RangeError(
+                    f"{node.source or node.op}: a value cast to {node.attrs['to']} for an "
+                    f"integer kernel can be {_span(r)}, not only integers in [{low}, {high}]. "
+                    "This is a bug in snnc's integer lowering; please report it with the model.")
+    for node in graph.nodes:
+        if node.op == "digits_sum":
+            producer = graph.producers().get(node.inputs[0])
+            w = graph.constants.get(producer.inputs[1]) if producer is not None else None
+            bound = INF
+            if producer is not None and producer.op == "int_matmul":
+                wnode = graph.producers().get(producer.inputs[1])
+                if wnode is not None and all(v in graph.constants for v in wnode.inputs):
+                    w = OPS["int_weights"].evaluate([graph.constants[v] for v in wnode.inputs],
+                                                    wnode.attrs)[0]
+                if w is not None:
+                    bound = digits_partial_bound(ranges[producer.inputs[0]], w,
+                                                 node.attrs["count"])
+            if bound > limit:
+                raise RangeError(
+                    f"{node.source or node.op}: this layer's int8 digit sums can reach "
+                    f"{bound:.4g}, beyond the 2^24 that float32 holds exactly. This is a bug "
+                    "in snnc's integer lowering; please report it with the model.")
     for node, r in integer_sums(graph, ranges):
         if r.magnitude > limit:
             raise RangeError(
-                f"{node.source or node.op}: this layer's integer sums can reach "
+                f"{node.source or node.op}: this {node.op}'s integer sums can reach "
                 f"{r.magnitude:.4g} = 2^{math.log2(r.magnitude):.1f}, beyond the 2^24 that "
                 "float32 holds exactly. Use fewer weight bits or a smaller fan-in for this "
                 "layer, or compile it unfolded.")

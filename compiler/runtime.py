@@ -21,11 +21,13 @@ import onnxruntime as ort
 
 from .errors import BadInputError, first_line
 from .files import check_input, sniff
-from .pack import CODES, LAYOUTS, LEVELS, SIGNED, Layer, decode, onnx_initializers
+from .pack import CODES, GEMM, LAYOUTS, LEVELS, SIGNED, Layer, decode, onnx_initializers
 
 # how the ONNX backend reads each layout's initializer: (op, Cast's `to` or None)
-READERS = {LEVELS: ("DequantizeLinear", None), CODES: ("Cast", onnx.TensorProto.INT32),
-           SIGNED: ("Cast", onnx.TensorProto.FLOAT)}
+# (a GEMM matrix: input 0 of a DequantizeLinear, or input 1 of a MatMulInteger)
+READERS = {LEVELS: {("DequantizeLinear", None)}, CODES: {("Cast", onnx.TensorProto.INT32)},
+           SIGNED: {("Cast", onnx.TensorProto.FLOAT)},
+           GEMM: {("DequantizeLinear", None), ("MatMulInteger", None)}}
 
 
 def external_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -58,15 +60,15 @@ def _check_readers(layers: list[Layer], model: onnx.ModelProto, pack_path: str,
     of a PoT layer can look alike; the model tells them apart)."""
     by_name = {layer.name: layer for layer in layers}
     for node in model.graph.node:
-        for name in node.input[:1]:
+        for index, name in enumerate(node.input):
             layer = by_name.get(name)
-            if layer is None:
+            if layer is None or index != (node.op_type == "MatMulInteger"):
                 continue
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             reads = (node.op_type, to if node.op_type == "Cast" else None)
             scale = node.input[1] if node.op_type == "DequantizeLinear" and len(node.input) > 1 \
-                else ""
-            if reads != READERS[layer.layout] or scale != layer.scale_name:
+                and layer.layout == LEVELS else ""
+            if reads not in READERS[layer.layout] or scale != layer.scale_name:
                 op = f"Cast to {_type_name(to)}" if node.op_type == "Cast" else node.op_type
                 raise BadInputError(
                     f"{pack_path} holds {name!r} in layout {layer.layout} "

@@ -107,12 +107,33 @@ def fits(array: np.ndarray, bounds: tuple[int, int]) -> bool:
     return bool(array.size == 0 or (bounds[0] <= array.min() and array.max() <= bounds[1]))
 
 
+DIGIT_BASE = 128  # int8 digits of wider integer weights: w = sum_k d_k * 128^k
+
+
+def digits(values: np.ndarray) -> list[np.ndarray]:
+    """Integer weights as int8 digits, least significant first: the values themselves if
+    they fit int8, else balanced base-128 digits in [-64, 63] (2^14, PoT-5's largest level,
+    is three digits; an 8-bit code 128 after a sign flip two)."""
+    v = np.asarray(values).astype(np.int64)
+    if fits(v, INT8):
+        return [v.astype(np.int8)]
+    out = []
+    while np.any(v != 0):
+        d = (v + DIGIT_BASE // 2) % DIGIT_BASE - DIGIT_BASE // 2
+        out.append(d.astype(np.int8))
+        v = (v - d) // DIGIT_BASE
+    return out
+
+
 def gemm_matrix(weights: np.ndarray) -> np.ndarray:
-    """A layer's integer weights [M, Cin, *kernel] (conv) or [M, K] (linear) as the [K, M]
-    matrix of a token-major GEMM: row index (kernel tap, input channel), taps in row-major
-    order, which is how snnc's im2col lays out a window. int8: the caller checks `fits`."""
+    """A layer's integer weights [M, Cin, *kernel] (conv) or [M, K] (linear) as the int8
+    [K, D * M] matrix of a token-major GEMM, D = len(digits(weights)): row index (kernel tap,
+    input channel), taps in row-major order (how snnc's im2col lays out a window); the
+    columns digit by digit, least significant first."""
     w = np.asarray(weights)
     if w.ndim == 2:
-        return np.ascontiguousarray(w.T).astype(np.int8)
-    order = tuple(range(2, w.ndim)) + (1, 0)
-    return np.ascontiguousarray(w.transpose(order).reshape(-1, w.shape[0])).astype(np.int8)
+        matrix = w.T
+    else:
+        order = tuple(range(2, w.ndim)) + (1, 0)
+        matrix = w.transpose(order).reshape(-1, w.shape[0])
+    return np.ascontiguousarray(np.concatenate(digits(matrix), axis=1))

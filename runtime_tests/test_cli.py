@@ -50,8 +50,9 @@ def test_compile_prints_summary_and_dumps_ir(small):
         assert word in run.stdout
     names = sorted(os.listdir(dump))
     assert names == ["00-frontend.ir", "01-fold_batchnorm.ir", "02-fold_scales.ir",
-                     "03-merge_reshapes.ir", "04-pot_to_shift.ir", "05-check_ranges.txt",
-                     "06-unroll_timesteps.ir", "07-remove_dead_nodes.ir"]
+                     "03-merge_reshapes.ir", "04-pot_to_shift.ir", "05-lower_integer.ir",
+                     "06-check_ranges.txt", "07-unroll_timesteps.ir", "08-layout.ir",
+                     "09-remove_dead_nodes.ir"]
     assert "neuron(" in (dump / "00-frontend.ir").read_text()
 
 
