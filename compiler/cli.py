@@ -121,9 +121,10 @@ def _finish(progress: _Progress | None) -> None:
 @_trust_options
 @click.option("--weight-container", type=click.Choice(["int8", "int4"]), default="int8",
               show_default=True,
-              help="Integer type holding quantized weights in the ONNX file; int4 keeps <= 4-bit "
-                   "layers in native int4 (full ORT packages only: the .ort format cannot "
-                   "hold int4).")
+              help="Integer type holding quantized weights of float-kernel layers in the ONNX "
+                   "file; int4 keeps <= 4-bit layers in native int4 (full ORT packages only: "
+                   "the .ort format cannot hold int4). Integer-kernel layers always hold int8 "
+                   "GEMM matrices.")
 @click.option("--pack", "pack_path", type=click.Path(),
               help="Also write the quantized weights at their true bit width to this .snnpack.")
 @click.option("--weights", type=click.Choice(["embedded", "external"]), default="embedded",

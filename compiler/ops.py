@@ -362,8 +362,10 @@ def _int_matmul_infer(types, attrs):
 
 
 def _int_matmul_eval(args, attrs):
-    """The exact integer sums, as float32: an error if one is not a float32 integer."""
-    y = np.matmul(args[0].astype(np.int64), args[1].astype(np.int64))
+    """The exact integer sums, as float32: an error if one is not a float32 integer. Summed
+    in float64 (BLAS): products of 8-bit integers and their sums stay far below 2^53, so
+    every partial sum is exact in any order."""
+    y = np.matmul(args[0].astype(np.float64), args[1].astype(np.float64))
     if y.size and np.abs(y).max() > FLOAT32_EXACT:
         raise ValueError(f"int_matmul sum {int(np.abs(y).max())} exceeds 2^24")
     return [y.astype(F32)]

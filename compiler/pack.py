@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BadInputError
-from .weights import (INT8, container, fits, gemm_matrix, signed_container, signed_levels,
-                      unit)
+from .weights import container, gemm_matrix, signed_container, signed_levels, unit
 
 MAGIC = b"SNNPACK\0"
 VERSION = 2
@@ -346,11 +345,8 @@ def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
             arrays[layer.name] = layer.codes.astype(np.int8)
         elif layer.layout == GEMM:
             u = np.float32(unit(layer.scheme, layer.bits))
-            signed = signed_levels(layer.codes, layer.scheme, layer.bits, layer.scales / u)
-            if not fits(signed, INT8):
-                raise BadInputError(f"layer {layer.name!r} is in layout 3 (gemm) but its "
-                                    "integer weights do not fit int8. " + FIX)
-            arrays[layer.name] = gemm_matrix(signed)
+            arrays[layer.name] = gemm_matrix(signed_levels(layer.codes, layer.scheme,
+                                                           layer.bits, layer.scales / u))
         elif layer.layout == SIGNED:
             arrays[layer.name] = signed_container(layer.codes, layer.scheme, layer.bits,
                                                   layer.scales)

@@ -292,13 +292,14 @@ def check(graph: Graph, stream: bool = False) -> list[Membrane]:
                     f"{node.source or node.op}: a value cast to {node.attrs['to']} for an "
                     f"integer kernel can be {_span(r)}, not only integers in [{low}, {high}]. "
                     "This is a bug in snnc's integer lowering; please report it with the model.")
+    producers = graph.producers()
     for node in graph.nodes:
         if node.op == "digits_sum":
-            producer = graph.producers().get(node.inputs[0])
+            producer = producers.get(node.inputs[0])
             w = graph.constants.get(producer.inputs[1]) if producer is not None else None
             bound = INF
             if producer is not None and producer.op == "int_matmul":
-                wnode = graph.producers().get(producer.inputs[1])
+                wnode = producers.get(producer.inputs[1])
                 if wnode is not None and all(v in graph.constants for v in wnode.inputs):
                     w = OPS["int_weights"].evaluate([graph.constants[v] for v in wnode.inputs],
                                                     wnode.attrs)[0]

@@ -93,10 +93,8 @@ class _Layout:
             if rule is None or not rule(node):
                 self._logical(node)
         outputs = [self.to(v, _identity(len(v.shape)), None) for v in self.graph.outputs]
-        return self.graph.replace(nodes=tuple(self.nodes), outputs=tuple(outputs),
-                                  constants={v: a for v, a in self.consts.items()
-                                             if v in {i for n in self.nodes for i in n.inputs}
-                                             or v in outputs})
+        graph = self.graph.replace(outputs=tuple(outputs))
+        return graph.with_nodes(self.nodes, self.consts)
 
     # -- values
 

@@ -63,6 +63,18 @@ def test_ort_outputs_equal_onnx_exactly(compiled):
         assert np.array_equal(e, g)
 
 
+def test_config_lists_the_integer_kernels(compiled):
+    """conv2 (PoT-3 on spikes, a 3x3 conv) runs as an im2col and an integer GEMM on 4-D
+    rows (MatMulIntegerToFloat); the head (PoT-5 digits on the flattened spikes, rank 2) as
+    MatMulInteger; a reduced build needs both, and the uint8 data movement of the im2col."""
+    config = (compiled / "a" / "m.required_operators.config").read_text()
+    ops = {(line.split(";")[0], op) for line in config.splitlines()
+           if line and not line.startswith("#") for op in line.split(";")[2].split(",")}
+    assert {("com.microsoft", "MatMulIntegerToFloat"), ("ai.onnx", "MatMulInteger"),
+            ("ai.onnx", "Pad"), ("ai.onnx", "Slice"), ("ai.onnx", "Cast")} <= ops
+    assert ("ai.onnx", "DequantizeLinear") not in ops  # every one fused into its GEMM
+
+
 def onnx_runtime_ort(onnx_path: pathlib.Path) -> bytes:
     """What ONNX Runtime itself writes for the .onnx, before canonical_ort (as in to_ort)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ The pack: a quantized ConvSNN compiled with external weights and --pot-lowering 
 dead channel: scales +-64 and 0); a layout-0 "levels" uniform 8-bit layer holding the
 head's codes with its quantizer's own positive scales (the model does not refer to it, so
 load_session ignores it); conv2 PoT 3-bit as shifts (layout 1 "codes"); the head uniform
-8-bit folded (layout 2). Mutant kinds: every header and table field overwritten with
+8-bit folded, an integer GEMM on spikes (layout 3 "gemm"). Mutant kinds: every header and table field overwritten with
 interesting values (0, 1, max, +-1, halves and doubles, other regions' offsets and sizes)
 and table entries copied over each other, resealed (the checksum field itself: not);
 random 1-3 bit flips, unsealed and resealed; truncations and extensions (also with the
@@ -17,7 +17,7 @@ What "identical structure" means. decode accepts exactly the bytes `encode` writ
 some list of layers (canonical layout, zero padding, legal enums, bit widths and
 scales). What it pins down, and an accepted mutant must keep exactly, is the structure:
 the layer count and each layer's scheme, bits, shape and name lengths, hence every offset
-and size in the file; and the layout, but for one look-alike case. Beyond that, an
+and size in the file; and the layout, but for the look-alike folded layouts. Beyond that, an
 accepted mutant must
 - re-encode to itself byte for byte (a version-1 file: with version 1 and its checksum);
 - differ from the original only in the version and checksum words (version 1 is read by
@@ -25,8 +25,8 @@ accepted mutant must
   changed bytes of that layer's codes), in scale bytes (likewise, and only to another
   scale that layer's layout can hold: a folded layer's +-unit or +0, a levels layer's
   positive scale; verdict "values"), in name characters (verdict "names"), or in the
-  layout byte of a PoT layer whose scales are all +unit, swapped between 1 and 2 (verdict
-  "layout": the two look alike in the pack alone).
+  layout byte of a folded layer swapped among 1, 2 and 3 where its scales are legal in
+  both (verdict "layout": they look alike in the pack alone).
 No reader can tell a resealed edit of those values or names from the original; the
 checksum protects them against accidents only. Counted per kind: refused
 (BadInputError), identical (every field, code and scale bit-identical), values, names,
@@ -94,7 +94,7 @@ def real(tmp_path_factory):
     layers = result.packed[:1] + [levels] + result.packed[1:]
     assert [(layer.scheme, layer.bits, layer.layout) for layer in layers] == [
         ("pot", 4, pack.SIGNED), ("uniform", 8, pack.LEVELS), ("pot", 3, pack.CODES),
-        ("uniform", 8, pack.SIGNED)]
+        ("uniform", 8, pack.GEMM)]
     assert {-64.0, 0.0, 64.0} <= set(layers[0].scales.tolist())
     blob = pack.encode(layers)
     skeleton = root / "model.onnx"
@@ -207,18 +207,21 @@ def mutants(real):
 
 
 def _structure(layer: pack.Layer) -> tuple:
-    """What decode pins down (with the layout, but for one look-alike case): hence every
+    """What decode pins down (with the layout, but for the look-alike folded layouts): hence every
     offset and size in the file."""
     return (len(layer.name.encode()), len(layer.scale_name.encode()), layer.scheme, layer.bits,
             layer.codes.shape)
 
 
 def _look_alike(before: pack.Layer, after: pack.Layer) -> bool:
-    """Layouts 1 (codes) and 2 (signed) of a PoT layer whose scales are all +unit differ in
-    the layout byte only: decode cannot tell them apart; load_session can (the model reads
-    them with different casts) and must refuse the swap."""
-    return ({before.layout, after.layout} == {pack.CODES, pack.SIGNED} and after.scheme == "pot"
-            and bool(np.all(after.scales == pack.unit("pot", after.bits))))
+    """Layouts 1 (codes), 2 (signed) and 3 (gemm) of a folded layer differ in the layout
+    byte only when its scales are legal in both (2 and 3: +-unit or 0, always; 1: a PoT
+    layer's +unit only): decode cannot tell them apart; load_session can (the model reads
+    them with other ops, in other shapes) and must refuse the swap."""
+    folded = (pack.CODES, pack.SIGNED, pack.GEMM)
+    return (before.layout in folded and after.layout in folded and
+            all(bool(np.all(pack.legal_scales(after.scales, after.scheme, after.bits, k)))
+                for k in (before.layout, after.layout)))
 
 
 def classify(real, mutant: bytes) -> tuple[str, list | None]:
@@ -326,7 +329,7 @@ def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
         try:
             session = load_session(real["skeleton"], str(path), intra_op_num_threads=1)
         except BadInputError as error:
-            assert verdict != "layout" or "reads it with Cast" in str(error), str(error)
+            assert verdict != "layout" or "reads it with" in str(error), str(error)
             seen.append((kind, "refused"))
             continue
         assert verdict != "layout", kind

@@ -135,10 +135,11 @@ def test_quantized_model_compiles_and_matches():
     for container in ("int8", "int4"):
         result = compile_program(program, Options(debug_outputs=True, weight_container=container))
         types = {i.name: i.data_type for i in result.model.graph.initializer if "codes" in i.name}
-        expected = {"int8": {"conv1": 3, "conv2": 3, "head": 5},
-                    "int4": {"conv1": 22, "conv2": 22, "head": 5}}[container]
+        # conv2 and the head read spikes: int8 GEMM matrices (the PoT-5 head as digits)
+        expected = {"int8": {"conv1": 3, "conv2": 3, "head": 3},
+                    "int4": {"conv1": 22, "conv2": 3, "head": 3}}[container]
         assert {k.split(".")[0]: v for k, v in types.items()} == expected, types
-        assert weight_decoders(result.model) == 3
+        assert weight_decoders(result.model) == 2  # conv1's and conv2's; the head: MatMulInteger
         got = H.onnx_trace(H.onnx_session(result.data), x)
         outputs[container] = got.outputs[0]
         for ref, other, logit_tol in ((reference, got, 1e-4),
@@ -172,7 +173,9 @@ def test_heterogeneous_spikformer_is_folded(folded):
     assert body.count("threshold=None") == 21  # every conv -> BN -> LIF chain
     assert body.count("= shift_conv(") == 8  # qkv (PoT 4) and fc1 (PoT 3) of 4 blocks
     assert body.count("threshold=4.0") == 4  # attn_lif: 0.5 / 0.125
-    table = ir["05-check_ranges.txt"]
+    lowered = ir["05-lower_integer.ir"]  # qkv, proj, fc1, fc2, 4 stem convs, 8 attention
+    assert "shift_conv(" not in lowered and lowered.count("= int_matmul(") == 28
+    table = ir["06-check_ranges.txt"]
     assert "blocks.0.attn.attn_lif" in table and "25 membranes, 4 exact" in table
     ops = {n.op_type for n in folded["shift"].model.graph.node}
     assert "BitShift" in ops and "BatchNormalization" not in ops
@@ -244,9 +247,13 @@ def test_cli_quantize_then_compile(tmp_path):
     run = snnc_cli("compile", str(out), "-o", str(onnx_path), "--weight-container", "int4")
     assert run.returncode == 0, run.stderr
     model = onnx.load(str(onnx_path))
-    assert weight_decoders(model) == 3
-    # int4 layers keep a DequantizeLinear (scale +-1 after folding); the 8-bit head a Cast
-    assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) == 2
+    # conv1 (on the image) stays a float layer, int4: a DequantizeLinear (scale +-1 after
+    # folding); conv2 and the head read spikes: integer GEMMs over int8 matrices (int4 is
+    # for float layers), conv2's weights and spikes through DequantizeLinear into
+    # MatMulIntegerToFloat, the rank-2 head MatMulInteger on its three PoT-5 digits
+    assert weight_decoders(model) == 2
+    assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) == 3
+    assert sum(n.op_type == "MatMulInteger" for n in model.graph.node) == 1
 
 
 @pytest.mark.parametrize("config, nan", [
