@@ -49,6 +49,16 @@ class _Emitter:
         self.used = graph.live_values()
         self.debug: list[tuple[str, Value]] = []
         self.packed: list = []  # a pack.Layer per quantized weight (to_onnx passes its list)
+        # a neuron's spikes read by a cast to uint8: the neuron makes them as uint8 itself
+        self.users = users = graph.users()
+        self.byte_spikes: dict[Value, Node] = {}
+        for node in graph.nodes:
+            if node.op == "neuron":
+                casts = [u for u in users.get(node.outputs[0], [])
+                         if u.op == "cast" and u.attrs["to"] == "u8"]
+                if casts:
+                    self.byte_spikes[node.outputs[0]] = casts[0]
+        self.fused_casts: set[Node] = set(self.byte_spikes.values())
 
     def unique(self, base: str) -> str:
         name, k = base, 1
@@ -278,7 +288,16 @@ def _neuron(e, node, ins, outs, module):
     threshold = ins[2] if a["threshold"] is None else _f32(e, a["threshold"])
     fired = e.temp(module, "fired")
     e.add("GreaterOrEqual", [h, threshold], [fired], module)
-    e.add("Cast", [fired], [outs[0]], module, to=TensorProto.FLOAT)
+    cast = e.byte_spikes.get(node.outputs[0])
+    if cast is None:
+        e.add("Cast", [fired], [outs[0]], module, to=TensorProto.FLOAT)
+    else:  # uint8 spikes for an integer layer; float ones, if needed, from those bytes
+        as_bytes = e.name(cast.outputs[0], module_of(cast))
+        e.add("Cast", [fired], [as_bytes], module, to=TensorProto.UINT8)
+        if node.outputs[1] in e.used or e.opts.debug_outputs or \
+                any(u is not cast for u in e.users.get(node.outputs[0], [])) or \
+                node.outputs[0] in e.graph.outputs:
+            e.add("Cast", [as_bytes], [outs[0]], module, to=TensorProto.FLOAT)
     if e.opts.debug_outputs:
         step = step_of(node.outputs[0])
         name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
@@ -446,6 +465,8 @@ def _shift_linear(e, node, ins, outs, module):
 # ----------------------------------------------------------------------------- integer kernels
 
 def _cast(e, node, ins, outs, module):
+    if node in e.fused_casts:
+        return  # made by the neuron (uint8 spikes)
     e.add("Cast", ins, outs, module, to=DTYPES[node.attrs["to"]])
 
 

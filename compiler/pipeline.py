@@ -12,6 +12,7 @@ from typing import Callable
 from snnc.passes import (
     expose_state,
     fold_batchnorm,
+    cast_spikes,
     fold_scales,
     layout,
     lower_integer,
@@ -46,6 +47,7 @@ _FRONT: tuple[tuple[str, Callable[..., Graph]], ...] = (
 )
 PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("unroll_timesteps", unroll_timesteps.run),
+    ("cast_spikes", cast_spikes.run),
     ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )

@@ -51,8 +51,8 @@ def test_compile_prints_summary_and_dumps_ir(small):
     names = sorted(os.listdir(dump))
     assert names == ["00-frontend.ir", "01-fold_batchnorm.ir", "02-fold_scales.ir",
                      "03-merge_reshapes.ir", "04-pot_to_shift.ir", "05-lower_integer.ir",
-                     "06-check_ranges.txt", "07-unroll_timesteps.ir", "08-layout.ir",
-                     "09-remove_dead_nodes.ir"]
+                     "06-check_ranges.txt", "07-unroll_timesteps.ir", "08-cast_spikes.ir",
+                     "09-layout.ir", "10-remove_dead_nodes.ir"]
     assert "neuron(" in (dump / "00-frontend.ir").read_text()
 
 

@@ -29,7 +29,7 @@ from snnc.driver import compile_program
 from snnc.interp import run
 from snnc.ops import OPS
 from snnc.options import Options
-from snnc.passes import layout, lower_integer, unroll_timesteps
+from snnc.passes import cast_spikes, layout, lower_integer, remove_dead_nodes, unroll_timesteps
 from snnc.ranges import RangeError, check
 from snnc.verify import verify
 
@@ -336,3 +336,64 @@ def test_pot_lowering_shift_gives_the_same_outputs():
     for p, q in zip(a.run(None, {a.get_inputs()[0].name: x}),
                     b.run(None, {b.get_inputs()[0].name: x})):
         assert np.array_equal(p, q)
+
+
+# ----------------------------------------------------------------------------- cast_spikes
+
+def unrolled_block():
+    return unroll_timesteps.run(lower_integer.run(one_step_block()))
+
+
+def one_step_block():
+    """One step of x -> neuron -> 1x1 conv on its spikes -> neuron, T = 3."""
+    from snnc.ir import TimeSpec
+
+    b = Builder()
+    x = b.input(("N", 4, 5))
+    v0 = b.state(("N", 4, 5), "lif0")
+    s, v0n = b.add("neuron", [x, v0], LIF, "lif0", "s")
+    b.write(v0, v0n)
+    codes = b.const(RNG.integers(-3, 4, (6, 4, 1)), "fc.weight_codes", "i32")
+    w, = b.add("dequantize", [codes, b.const(np.ones(6), "fc.scale")],
+               {"scheme": "uniform", "bits": 3}, "fc", "w")
+    y, = b.add("conv", [s, w], {"stride": [1], "padding": [0], "dilation": [1], "groups": 1},
+               "fc", "y")
+    v1 = b.state(("N", 6, 5), "lif1")
+    t, v1n = b.add("neuron", [y, v1], LIF, "lif1", "t")
+    b.write(v1, v1n)
+    return b.build([t], TimeSpec(3, ("repeat",), ("stack",)))
+
+
+def test_cast_spikes_fires():
+    before = unrolled_block()
+    after = cast_spikes.run(before)
+    verify(after, "cast_spikes")
+    text = str(after)
+    assert "%s.0.t0_u8: u8[N,4,5] = cast(%s.0.t0) to='u8'" in text
+    assert "%s.0_u8: u8[3N,4,5] = concat(%s.0.t0_u8, %s.0.t1_u8, %s.0.t2_u8) axis=0" in text
+    assert "= cast(%s.0) to='u8'" not in text
+
+
+def test_cast_spikes_near_miss():
+    g = lower_integer.run(spike_layer_graph(real_input=True))  # no concat of spikes
+    assert cast_spikes.run(g) is g
+
+
+def test_cast_spikes_preserves_meaning_exactly():
+    before = unrolled_block()
+    after = remove_dead_nodes.run(cast_spikes.run(before))
+    verify(after, "cast_spikes")
+    x = RNG.normal(0.6, 1.0, (2, 4, 5)).astype(np.float32)
+    expected, got = run(before, [x])[0], run(after, [x])[0]
+    assert 0 < expected.mean() < 1 and np.array_equal(expected, got)
+    # in ONNX the neurons make uint8 spikes themselves: no Cast from float to uint8 remains
+    from snnc.onnx_emit import to_onnx
+
+    model = to_onnx(layout.run(after))
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    assert {a.i for n in casts for a in n.attribute} == {onnx.TensorProto.UINT8,
+                                                         onnx.TensorProto.FLOAT}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    for n in casts:
+        if n.attribute[0].i == onnx.TensorProto.UINT8:
+            assert produced[n.input[0]].op_type == "GreaterOrEqual"

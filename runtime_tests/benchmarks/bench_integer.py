@@ -59,28 +59,23 @@ def quantize_static(float_path: str, out: str, calibration: list[np.ndarray]) ->
                         weight_type=QuantType.QInt8)
 
 
-def export_float(program_path: str, out: str, batch: int, sample_shape, sequence: bool):
-    if not sequence:
-        dynamo_export(program_path, out, batch, sample_shape)
-        return
-    from snnc.loader import register_spikingjelly_ops
-
-    register_spikingjelly_ops()
-    with open(program_path, "rb") as f:
-        program = torch.export.load(f)
-    steps, rest = sample_shape[0], sample_shape[1:]
-    torch.onnx.export(program, (torch.zeros(steps, batch, *rest),), out, dynamo=True,
-                      verbose=False)
+def predictions(outputs: np.ndarray) -> np.ndarray:
+    """Top-1 from [B, classes] or per-step [T, B, classes] outputs (the mean over time)."""
+    return (outputs.mean(0) if outputs.ndim == 3 else outputs).argmax(-1)
 
 
-def predictions(outputs: np.ndarray, sequence_out: bool) -> np.ndarray:
-    return (outputs.mean(0) if sequence_out else outputs).argmax(-1)
+def eager(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(module)
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
 
 
-def bench(name: str, float_pt: str, quant_pt: str, data: np.ndarray, sequence: bool,
-          work: str, runs: int) -> list[dict]:
-    """data: [samples, *sample_shape] (sequences: [samples, T, ...], fed as [T, B, ...])."""
-    from snnc import loader
+def bench(name: str, float_model, quant_model, data: np.ndarray, sequence: bool, work: str,
+          runs: int) -> list[dict]:
+    """data: [samples, *sample_shape] (sequences [samples, T, ...], fed as [T, B, ...])."""
+    from snnc.demo import export
     from snnc.driver import compile_file
     from snnc.options import Options
 
@@ -90,57 +85,81 @@ def bench(name: str, float_pt: str, quant_pt: str, data: np.ndarray, sequence: b
     def feed(x):
         return np.ascontiguousarray(np.moveaxis(x, 0, 1) if sequence else x)
 
+    def save(model, batch, suffix):
+        torch.export.save(export(model.eval(), torch.from_numpy(feed(data[:batch]))),
+                          path(suffix))
+        return path(suffix)
+
+    quant_pt = save(quant_model, 1, "_q.pt2")
     compile_file(quant_pt, path("_int.onnx"))
     compile_file(quant_pt, path("_float_kernels.onnx"), Options(integer_kernels=False))
-    float_program = path("_float.pt2")
-    with open(float_program, "wb") as f:
-        f.write(loader.save_program_bytes(loader.load_program(float_pt)))
-    quant_module = loader.load_program(quant_pt).module()
-    float_module = loader.load_program(float_pt).module()
     rows = []
     for batch in (1, 8):
-        export_float(float_program, path(f"_export_b{batch}.onnx"), batch, data.shape[1:],
-                     sequence)
+        exported = path(f"_export_b{batch}.onnx")
+        program = save(float_model, batch, f"_float_b{batch}.pt2")
+        if sequence:
+            _dynamo_sequence(program, exported, feed(data[:batch]).shape)
+        else:
+            dynamo_export(program, exported, batch, data.shape[1:])
         calibration = [feed(data[i:i + batch]) for i in range(0, 8 * batch, batch)]
-        quantize_static(path(f"_export_b{batch}.onnx"), path(f"_static_b{batch}.onnx"),
-                        calibration)
+        quantize_static(exported, path(f"_static_b{batch}.onnx"), calibration)
         sessions = {k: session(path(f"_{k}.onnx")) for k in ("int", "float_kernels")}
-        sessions["export"] = session(path(f"_export_b{batch}.onnx"))
+        sessions["export"] = session(exported)
         sessions["static"] = session(path(f"_static_b{batch}.onnx"))
         x = feed(data[:batch])
         t = interleaved_latency(sessions, x, runs)
-        tensor = torch.from_numpy(x)
-        with torch.no_grad():
-            quant_module(tensor)
-            t["eager"] = median_time(lambda: quant_module(tensor), max(6, runs // 2))
+        eager(quant_model, x)
+        t["eager"] = median_time(lambda: eager(quant_model, x), max(6, runs // 2))
         # spikes kept: outputs against the float-kernel lowering and the quantized source
         same, changed, static_changed, count = True, 0, 0, 0
         for i in range(0, min(len(data), 64) - batch + 1, batch):
             xi = feed(data[i:i + batch])
             outs = {k: s.run(None, {s.get_inputs()[0].name: xi})[0] for k, s in sessions.items()}
             same &= bool(np.array_equal(outs["int"], outs["float_kernels"]))
-            with torch.no_grad():
-                q = quant_module(torch.from_numpy(xi)).numpy()
-                f = float_module(torch.from_numpy(xi)).numpy()
-            seq = q.ndim == 3
-            changed += int((predictions(outs["int"], seq) != predictions(q, seq)).sum())
-            static_changed += int((predictions(outs["static"], seq) != predictions(f, seq)).sum())
+            changed += int((predictions(outs["int"]) != predictions(eager(quant_model, xi))).sum())
+            static_changed += int((predictions(outs["static"]) !=
+                                   predictions(eager(float_model, xi))).sum())
             count += batch
         rows.append({"model": name, "batch": batch, "t": t, "same": same, "changed": changed,
                      "static_changed": static_changed, "count": count})
     return rows
 
 
-def spikformer(work: str) -> tuple[str, str, np.ndarray]:
-    from common import save_spikformer
+def _dynamo_sequence(program_path: str, out: str, shape) -> None:
+    """torch.onnx.export(dynamo=True) of a sequence model at input shape [T, B, ...]."""
+    from snnc.loader import register_spikingjelly_ops
 
-    from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
+    register_spikingjelly_ops()
+    with open(program_path, "rb") as f:
+        program = torch.export.load(f)
+    torch.onnx.export(program, (torch.zeros(*shape),), out, dynamo=True, verbose=False)
 
-    paths = tuple(save_spikformer(firing_spikformer(steps=4, quantization=config),
-                                  os.path.join(work, f"spikformer_{kind}.pt2"))
-                  for kind, config in (("float", None), ("quantized", SPIKFORMER_HETEROGENEOUS)))
-    data = np.random.default_rng(0).random((64, 3, 32, 32), dtype=np.float32)
-    return paths[0], paths[1], data
+
+def digits_models(sample: str):
+    """The sample's float and quantized models, rebuilt with its archives' weights (the
+    archives are exported at batch 1; the batch-8 baselines need the modules)."""
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "samples"))
+    import digits_common as common
+
+    from snnc import loader, quant
+
+    here = os.path.join(ROOT, "samples", sample)
+    args = (4, 1, 16) if sample == "digits" else (8, 2, 16)
+    with open(os.path.join(here, "results.json")) as f:
+        config = json.load(f)["config"]
+    models = []
+    for kind in ("float", "quantized"):
+        program = loader.load_program(os.path.join(here, f"{kind}.pt"))
+        model = common.DigitsSpikformer(*args)
+        if kind == "quantized":
+            quant.quantize(model, config)
+        state = dict(program.state_dict)
+        state.update({k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)})
+        model.load_state_dict(state, strict=True)
+        models.append(model.eval())
+    return models
 
 
 def main() -> None:
@@ -150,17 +169,19 @@ def main() -> None:
     torch.set_num_threads(2)
     from snnc.accuracy import load_data
 
+    from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
+
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        float_pt, quant_pt, data = spikformer(work)
-        rows += bench("spikformer_cifar10", float_pt, quant_pt, data, False, work, args.runs)
+        data = np.random.default_rng(0).random((64, 3, 32, 32), dtype=np.float32)
+        models = (firing_spikformer(steps=4),
+                  firing_spikformer(steps=4, quantization=SPIKFORMER_HETEROGENEOUS))
+        rows += bench("spikformer_cifar10", *models, data, False, work, args.runs)
         int_model = os.path.join(work, "spikformer_cifar10_int.onnx")
         profiles = {b: kernel_times(int_model, data[:b]) for b in (1, 8)}
         for sample in ("digits", "digits_events"):
-            here = os.path.join(ROOT, "samples", sample)
-            x, _ = load_data(os.path.join(here, "test.npz"))
-            rows += bench(sample, os.path.join(here, "float.pt"),
-                          os.path.join(here, "quantized.pt"), x, x.ndim == 5, work, args.runs)
+            x, _ = load_data(os.path.join(ROOT, "samples", sample, "test.npz"))
+            rows += bench(sample, *digits_models(sample), x, x.ndim == 5, work, args.runs)
     print(f"ONNX Runtime 2 threads; latency in ms, medians of {args.runs} runs in interleaved "
           "blocks; ratios against (a) the float torch.onnx.export(dynamo=True) export at the "
           "same batch, measured in this run")
