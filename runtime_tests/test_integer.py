@@ -374,6 +374,30 @@ def test_cast_spikes_fires():
     assert "= cast(%s.0) to='u8'" not in text
 
 
+def test_cast_spikes_moves_casts_through_copies():
+    """Attention's path: the steps joined, reshaped into heads, split into q and k, each
+    cast for its GEMM: the casts move up to the neurons, the copies move bytes."""
+    b = Builder()
+    x = b.input(("N", 8))
+    s0, v0 = b.add("neuron", [x, b.const(0.0, "v")], LIF, "lif", "s0")
+    s1, _ = b.add("neuron", [x, v0], LIF, "lif", "s1")
+    joined, = b.add("concat", [s0, s1], {"axis": 0}, "time", "s")
+    heads, = b.add("reshape", [joined], {"shape": ["2N", 2, 4]}, "attn", "heads")
+    q, k = b.add("split", [heads], {"axis": 1, "sizes": [1, 1]}, "attn", "qk")
+    qb, = b.add("cast", [q], {"to": "u8"}, "attn", "q_u8")
+    kb, = b.add("cast", [k], {"to": "u8"}, "attn", "k_u8")
+    before = b.build([qb, kb, joined], None)  # the float join is an output too
+    after = cast_spikes.run(before)
+    verify(after, "cast_spikes")
+    ops = [(n.op, n.outputs[0].dtype) for n in after.nodes]
+    assert ("split", "u8") in ops and ("reshape", "u8") in ops and ("concat", "u8") in ops
+    assert ("concat", "f32") in ops and ("reshape", "f32") not in ops  # the float join stays
+    assert [n.inputs[0].hint for n in after.nodes if n.op == "cast"] == ["s0.0", "s1.0"]
+    x = RNG.normal(0.6, 1.0, (3, 8)).astype(np.float32)
+    for e, g in zip(run(before, [x]), run(remove_dead_nodes.run(after), [x])):
+        assert e.dtype == g.dtype and np.array_equal(e, g)
+
+
 def test_cast_spikes_near_miss():
     g = lower_integer.run(spike_layer_graph(real_input=True))  # no concat of spikes
     assert cast_spikes.run(g) is g
