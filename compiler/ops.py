@@ -226,7 +226,7 @@ def _transpose_infer(types, attrs):
 
 def _split_infer(types, attrs):
     dx, sx = types[0]
-    axis, sizes = attrs["axis"], attrs["sizes"]
+    axis, sizes = attrs["axis"] % max(len(sx), 1), attrs["sizes"]
     if sum(sizes) != sx[axis]:
         raise ShapeError(f"split sizes {sizes} do not add up to {sx[axis]}")
     return [(dx, tuple(s if i != axis else k for i, s in enumerate(sx))) for k in sizes]
@@ -249,7 +249,7 @@ def _concat_infer(types, attrs):
     d, s = types[0]
     if any(t != types[0] for t in types):
         raise ShapeError("concat inputs differ in type")  # snnc concatenates equal parts
-    axis = attrs["axis"]
+    axis = attrs["axis"] % max(len(s), 1)
     k = batch_factor(s[axis])
     size = len(types) * s[axis] if k is None else times_batch(len(types) * k)
     return [(d, (*s[:axis], size, *s[axis + 1:]))]
@@ -257,7 +257,7 @@ def _concat_infer(types, attrs):
 
 def _chunk_infer(types, attrs):
     d, s = types[0]
-    axis, count = attrs["axis"], attrs["count"]
+    axis, count = attrs["axis"] % max(len(s), 1), attrs["count"]
     k = batch_factor(s[axis])
     if k is None:
         if s[axis] % count:

@@ -19,7 +19,8 @@ did not match, e.g. a single-step model's shared weights) sums its codes' levels
 multiplies each channel by its real scale once after, as fold_scales does for a layer that
 feeds no neuron. Everything else stays as it is: real-valued inputs (an image, a mean over
 time), grouped convs (a depthwise conv is no GEMM), a layer whose digit sums could pass
-2^24 on its input's range.
+2^24 on its input's range, and one whose input and weights are so large that two products
+could pass 2^15 (x86 CPUs without VNNI add pairs of products in int16: `pairs_fit_int16`).
 
 Requires: a verified graph (one-step or unrolled), after fold_scales and pot_to_shift.
 Ensures: a layer with unit scales computes the same float32 numbers as before, bit for bit:
@@ -63,6 +64,18 @@ def integer_type(r: Range) -> str | None:
     return None
 
 
+PAIR_LIMIT = 2 ** 15 - 1
+
+
+def pairs_fit_int16(x: Range, largest_weight: float) -> bool:
+    """x86 CPUs without VNNI multiply uint8 by int8 with vpmaddubsw, which adds two products
+    in int16 with saturation (ONNX Runtime's quantization docs call this the U8S8 saturation
+    issue): exact only if |x_a w_a + x_b w_b| <= 2^15 - 1. True for spikes and small counts;
+    an input near 255 times weights near 128 would saturate there, so such a layer stays
+    float."""
+    return 2 * max(abs(x.lo), abs(x.hi)) * largest_weight <= PAIR_LIMIT
+
+
 def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
     if not opts.integer_kernels:
         return graph
@@ -90,7 +103,9 @@ class _Lowering:
                     (node.op in ("linear", "shift_linear") or node.attrs["groups"] == 1):
                 lowered[node] = plan
             elif node.op == "matmul" and all(self.input_type(v) for v in node.inputs) and \
-                    not any(v in self.consts for v in node.inputs):
+                    not any(v in self.consts for v in node.inputs) and \
+                    pairs_fit_int16(self.ranges[node.inputs[0]],
+                                    self.ranges[node.inputs[1]].magnitude):
                 lowered[node] = None
         if not lowered:
             return self.graph
@@ -134,7 +149,10 @@ class _Lowering:
         x = self.ranges[layer.inputs[0]]
         bound = sum(_layer(x, d.astype(np.float64), None).magnitude * weights.DIGIT_BASE ** k
                     for k, d in enumerate(parts))
-        return None if bound > ops.FLOAT32_EXACT else (dq, wnode)
+        largest = max(int(np.abs(d.astype(np.int64)).max(initial=0)) for d in parts)
+        if bound > ops.FLOAT32_EXACT or not pairs_fit_int16(x, largest):
+            return None
+        return dq, wnode
 
     def int_weights(self, dq: Node | None, layer: Node) -> Node | None:
         """The int_weights node for this layer's weights (their codes' integer levels; real

@@ -161,6 +161,26 @@ def test_lower_integer_keeps_sums_it_cannot_prove_on_float():
         check(before)
 
 
+@pytest.mark.parametrize("gain,lowered", [(100.0, True), (200.0, False)])
+def test_lower_integer_keeps_pairs_that_could_saturate(gain, lowered):
+    """Spikes times `gain` (integers in [0, gain]) into 8-bit weights (up to 127): two
+    products could pass 2^15 - 1 at gain 200, which x86 CPUs without VNNI would saturate
+    (vpmaddubsw), so that layer stays on float kernels; at gain 100 it is lowered."""
+    b = Builder()
+    x = b.input(("N", 6))
+    s, _ = b.add("neuron", [x, b.const(0.0, "v")], LIF, "lif", "s")
+    counts, = b.add("mul", [s, b.const(gain, "gain")], {}, "gain", "counts")
+    codes = b.const(np.full((4, 6), 127), "fc.weight_codes", "i32")
+    w, = b.add("dequantize", [codes, b.const(np.ones(4), "fc.scale")],
+               {"scheme": "uniform", "bits": 8}, "fc", "w")
+    y, = b.add("linear", [counts, w], {}, "fc", "y")
+    g = b.build([y], None)
+    after = lower_integer.run(g)
+    assert ("int_matmul" in {n.op for n in after.nodes}) == lowered
+    xs = RNG.normal(0.8, 1.0, (3, 6)).astype(np.float32)
+    assert np.array_equal(run(g, [xs])[0], run(after, [xs])[0])
+
+
 # ----------------------------------------------------------------------------- layout
 
 def block_graph():

@@ -134,3 +134,16 @@ def test_verifier_catches_bad_attributes_and_double_definition():
 def test_verifier_catches_state_without_time():
     with pytest.raises(VerificationError, match="cannot carry state"):
         verify(one_step_lif().replace(time=None), "pass time")
+
+
+def test_negative_axes_infer_like_positive_ones():
+    """concat, split and chunk along axis -1 infer the shapes of axis rank-1 (found by a
+    review: concat's inferred shape repeated the tail)."""
+    from snnc.ops import OPS
+
+    t = ("f32", ("N", 8, 5))
+    assert OPS["concat"].infer([t, t], {"axis": -1}) == [("f32", ("N", 8, 10))]
+    assert OPS["split"].infer([t], {"axis": -1, "sizes": [2, 3]}) == [
+        ("f32", ("N", 8, 2)), ("f32", ("N", 8, 3))]
+    assert OPS["chunk"].infer([("f32", ("N", 8, 6))], {"axis": -1, "count": 2}) == [
+        ("f32", ("N", 8, 3))] * 2
