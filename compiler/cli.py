@@ -160,8 +160,8 @@ def _finish(progress: _Progress | None) -> None:
                    "next to it (REPORT.png); firing rates and energy need --verify.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
-                weight_container, pack_path, weights, timesteps, pot_lowering, kernels, ort, verify_data,
-                min_agreement, report_path, quiet):
+                weight_container, pack_path, weights, timesteps, pot_lowering, kernels, ort,
+                verify_data, min_agreement, report_path, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from .driver import compile_file
 

@@ -18,7 +18,8 @@ from .errors import PassError
 from .ir import Graph, Node, Value
 from .options import DEFAULT, Options
 from .pack import CODES, GEMM, SIGNED, Layer
-from .weights import channel_signs, container, gemm_matrix, pot_shift, signed_container, signed_levels, unit
+from .weights import (channel_signs, container, gemm_matrix, pot_shift, signed_container,
+                      signed_levels, unit)
 
 DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64,
           "i32": TensorProto.INT32, "u8": TensorProto.UINT8, "i8": TensorProto.INT8}
