@@ -54,6 +54,7 @@ PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
 # --timesteps stream: one step, with the membranes as inputs and outputs.
 STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("expose_state", expose_state.run),
+    ("cast_spikes", cast_spikes.run),
     ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
 )

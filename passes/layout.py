@@ -6,9 +6,10 @@ a logical transpose costs a copy. This pass gives every value a physical layout:
 permutation `p` of its logical axes (the tensor in memory is `transpose(logical, p)`):
 
 - a `transpose` node costs nothing: its output keeps its input's memory and a new `p`;
-- elementwise ops (add, sub, mul, div, relu, cast, neuron) run in their inputs' layout,
-  the first non-identity one among their same-rank inputs (constants are permuted to it,
-  other inputs converted);
+- elementwise ops (add, sub, mul, div, relu, cast, neuron) run in the layout that needs
+  the fewest conversions: of their same-rank inputs, and the logical one for each of their
+  outputs that is a graph output (a stream-mode neuron's membrane); a tie goes to the first
+  non-identity layout. Constants are permuted to it, other inputs converted;
 - split, chunk and concat run along the permuted axis;
 - a reshape keeps the layout when each group of axes it merges or splits stays contiguous
   and in order in memory (a channel axis split into heads);
@@ -78,6 +79,7 @@ class _Layout:
         self.debug = opts.debug_outputs  # neurons' spikes are outputs: keep their layout
         self.consts = dict(graph.constants)
         self.env: dict[Value, tuple[Value, Perm]] = {}
+        self.outputs = set(graph.outputs)
         self.converted: dict[tuple[Value, Perm], Value] = {}
         self.nodes: list[Node] = []
 
@@ -162,15 +164,28 @@ class _Layout:
         rank = len(node.outputs[0].shape)
         perms = [self.perm(v) for v in node.inputs
                  if v not in self.consts and len(v.shape) == rank]
-        p = next((q for q in perms if q != _identity(rank)), None)
-        if p is None or any(len(v.shape) != rank and v not in self.consts
-                            for v in node.inputs):
+        p = self.vote(perms, node, rank)
+        if p == _identity(rank) or any(len(v.shape) != rank and v not in self.consts
+                                       for v in node.inputs):
             return False
         ins = [self.to(v, p, node) if len(v.shape) == rank or v not in self.consts
                else self.const_in(v, p) for v in node.inputs]
         outs = [self.define(v, p) for v in node.outputs]
         self.nodes.append(Node(node.op, ins, outs, dict(node.attrs), node.source))
         return True
+
+    def vote(self, perms: list[Perm], node: Node, rank: int) -> Perm:
+        """The layout that needs the fewest conversions: inputs already in it, plus graph
+        outputs among the node's outputs for the logical layout (a stream-mode neuron reads
+        and writes its membrane there); a tie goes to the first non-identity layout (the
+        next integer GEMM wants it)."""
+        identity = _identity(rank)
+        pinned = sum(v in self.outputs for v in node.outputs)
+        scores = {q: perms.count(q) + (pinned if q == identity else 0)
+                  for q in [*perms, identity]}
+        best = max(scores.values())
+        return next((q for q in [*perms, identity] if scores[q] == best and q != identity),
+                    identity)
 
     def _along_axis(self, node: Node) -> bool:
         if any(v in self.consts for v in node.inputs):
