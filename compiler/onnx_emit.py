@@ -15,15 +15,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import PassError
-from .ir import Graph, Node, Value
+from .ir import NUMPY_DTYPES, Graph, Node, Value
 from .options import DEFAULT, Options
 from .pack import CODES, GEMM, SIGNED, Layer
-from .weights import (channel_signs, container, gemm_matrix, pot_shift, signed_container,
-                      signed_levels, unit)
+from .weights import channel_signs, container, gemm_weights, pot_shift, signed_container, unit
 
 DTYPES = {"f32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "i64": TensorProto.INT64,
           "i32": TensorProto.INT32, "u8": TensorProto.UINT8, "i8": TensorProto.INT8}
-NUMPY = {"u8": np.uint8, "i8": np.int8}
 IR_VERSION = 10  # the IR version onnx pairs with opset 21; ONNX Runtime 1.31 loads it
 
 
@@ -396,7 +394,7 @@ def _shift_weights(e, node, module) -> str:
 
 def _decode_shifts(e, codes: str, bits: int, out: str, module: str, to: int) -> None:
     """PoT codes (int8, sign * c) -> the integers sign * 2^(E + 1 - |c|) as `to` (float32 or
-    int8), in the graph: 2^e = BitShift(1, e) on uint8 (uint32 when e can reach 8: ONNX
+    int32), in the graph: 2^e = BitShift(1, e) on uint8 (uint32 when e can reach 8: ONNX
     Runtime has unsigned BitShift kernels for uint8/32/64 only at opset 21), times the sign
     (c = 0: sign 0 makes the weight 0). Every input is a constant: ONNX Runtime folds it at
     load."""
@@ -429,11 +427,11 @@ def _digits_in_graph(e, matrix: str, count: int, out: str, module: str) -> None:
     def i32(x):
         return e.const(np.array(x, np.int32), f"c{x}_i32")
 
+    if count == 1:
+        e.add("Cast", [matrix], [out], module, to=TensorProto.INT8)
+        return
     parts, v = [], matrix
     for k in range(count):
-        if count == 1:
-            e.add("Cast", [v], [out], module, to=TensorProto.INT8)
-            return
         shifted, mod, digit, part = (e.temp(module, f"{w}{k}") for w in
                                      ("shifted", "mod", "digit", "digit_i8_"))
         e.add("Add", [v, i32(64)], [shifted], module)
@@ -480,14 +478,14 @@ def _int_weights(e, node, ins, outs, module):
     if codes is None or scale is None:
         raise PassError(f"int_weights at {node.source} needs constant codes and scales")
     scheme, bits = node.attrs["scheme"], node.attrs["bits"]
-    u = np.float32(unit(scheme, bits))
     name = e.unique(node.inputs[0].hint or f"{module}.weight_codes")
     if scheme == "pot" and e.opts.pot_lowering == "shift":
         signed = codes.astype(np.int64) * channel_signs(scale).reshape(
             (-1,) + (1,) * (codes.ndim - 1))
         e.initializers.append(numpy_helper.from_array(signed.astype(np.int8), name))
         e.packed.append(Layer(name, "", "pot", bits, signed.astype(np.int32),
-                              np.full(codes.shape[0], u, np.float32), layout=CODES))
+                              np.full(codes.shape[0], unit(scheme, bits), np.float32),
+                              layout=CODES))
         decoded = e.temp(module, "weight_i32")
         _decode_shifts(e, name, bits, decoded, module, TensorProto.INT32)
         order = [*range(2, codes.ndim), 1, 0] if codes.ndim > 2 else [1, 0]
@@ -497,7 +495,7 @@ def _int_weights(e, node, ins, outs, module):
               [matrix], module)
         _digits_in_graph(e, matrix, node.attrs["digits"], outs[0], module)
         return
-    matrix = gemm_matrix(signed_levels(codes, scheme, bits, scale / u))
+    matrix = gemm_weights(codes, scheme, bits, scale)
     e.initializers.append(numpy_helper.from_array(matrix, name))
     e.packed.append(Layer(name, "", scheme, bits, codes, scale.astype(np.float32), layout=GEMM))
     e.names[node.outputs[0]] = name  # the initializer is the value itself
@@ -516,7 +514,7 @@ def _int_matmul(e, node, ins, outs, module):
         return
     deq = []
     for value, name in zip(node.inputs, ins):
-        zero = e.const(np.array(0, NUMPY[value.dtype]), f"zero_{value.dtype}")
+        zero = e.const(np.array(0, NUMPY_DTYPES[value.dtype]), f"zero_{value.dtype}")
         out = e.temp(module, f"{name.rsplit('/', 1)[-1]}_dq")
         e.add("DequantizeLinear", [name, _f32(e, 1.0), zero], [out], module)
         deq.append(out)

@@ -345,9 +345,7 @@ def _int_weights_infer(types, attrs):
 
 def _int_weights_eval(args, attrs):
     codes, scale = args
-    values = weights.signed_levels(codes, attrs["scheme"], attrs["bits"],
-                                   scale / np.float32(weights.unit(attrs["scheme"], attrs["bits"])))
-    matrix = weights.gemm_matrix(values)
+    matrix = weights.gemm_weights(codes, attrs["scheme"], attrs["bits"], scale)
     if matrix.shape[1] != attrs["digits"] * codes.shape[0]:
         raise ValueError(f"int_weights: the layer's integers need "
                          f"{matrix.shape[1] // codes.shape[0]} int8 digits, not {attrs['digits']}")
@@ -408,7 +406,6 @@ def _im2col_eval(args, attrs):
     """Channel-last windows: [N, *S, C] -> [N, *S', taps * C], taps in row-major order, each
     tap's C channels together; zero padding."""
     x = args[0]
-    spatial = x.ndim - 2
     pad = [(0, 0)] + [(p, p) for p in attrs["padding"]] + [(0, 0)]
     xp = np.pad(x, pad)
     out = _im2col_infer([(None, x.shape)], attrs)[0][1][1:-1]
@@ -417,7 +414,6 @@ def _im2col_eval(args, attrs):
         index = tuple(slice(o * d, o * d + (n - 1) * s + 1, s) for o, d, s, n in
                       zip(offsets, attrs["dilation"], attrs["stride"], out))
         taps.append(xp[(slice(None),) + index + (slice(None),)])
-    assert len(taps[0].shape) == spatial + 2
     return [np.ascontiguousarray(np.concatenate(taps, axis=-1))]
 
 

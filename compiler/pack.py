@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BadInputError
-from .weights import container, gemm_matrix, signed_container, signed_levels, unit
+from .weights import container, gemm_weights, signed_container, unit
 
 MAGIC = b"SNNPACK\0"
 VERSION = 2
@@ -344,9 +344,8 @@ def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
         if layer.layout == CODES:
             arrays[layer.name] = layer.codes.astype(np.int8)
         elif layer.layout == GEMM:
-            u = np.float32(unit(layer.scheme, layer.bits))
-            arrays[layer.name] = gemm_matrix(signed_levels(layer.codes, layer.scheme,
-                                                           layer.bits, layer.scales / u))
+            arrays[layer.name] = gemm_weights(layer.codes, layer.scheme, layer.bits,
+                                              layer.scales)
         elif layer.layout == SIGNED:
             arrays[layer.name] = signed_container(layer.codes, layer.scheme, layer.bits,
                                                   layer.scales)

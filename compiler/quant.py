@@ -23,6 +23,7 @@ from typing import Iterable, Mapping
 import torch
 
 from .errors import BadInputError
+from .weights import pot_shift
 
 SCHEMES = {"uniform": range(2, 9), "pot": range(2, 6)}
 QUANTIZABLE = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
@@ -30,10 +31,6 @@ QUANTIZABLE = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
 
 def _channel_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return scale.reshape((-1,) + (1,) * (weight.dim() - 1))
-
-
-def pot_max_exponent(bits: int) -> int:
-    return 2 ** (bits - 1) - 2
 
 
 def codes(weight: torch.Tensor, scale: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
@@ -44,7 +41,7 @@ def codes(weight: torch.Tensor, scale: torch.Tensor, scheme: str, bits: int) -> 
         low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         return torch.clamp(torch.round(w / s), low, high).to(torch.int32)
     if scheme == "pot":
-        e_max = pot_max_exponent(bits)
+        e_max = pot_shift(bits)
         ratio = (w.abs() / s).clamp(max=1.0)
         # The nearest level in the linear domain: between 2^-e and 2^-(e+1) the midpoint is
         # 0.75 * 2^-e; between the smallest level 2^-e_max and zero it is 0.5 * 2^-e_max.

@@ -166,10 +166,17 @@ def recombined(matrix: np.ndarray, count: int) -> np.ndarray:
     return sum(b * 128.0 ** k for k, b in enumerate(blocks))
 
 
-def digits_partial_bound(x: Range, matrix: np.ndarray, count: int) -> float:
-    """The largest magnitude digits_sum's running sum can reach: sum_k 128^k |x @ b_k|."""
-    blocks = np.split(matrix.astype(np.float64), count, axis=1)
-    return sum(_layer(x, b.T, None).magnitude * 128.0 ** k for k, b in enumerate(blocks))
+def digit_sums_bound(x: Range, parts: list[np.ndarray]) -> float:
+    """The largest magnitude a layer's GEMM over int8 digits d_k (each [M, ...], least
+    significant first) and digits_sum's running sum can reach on x: sum_k 128^k |x @ d_k|."""
+    return sum(_layer(x, d.astype(np.float64), None).magnitude * 128.0 ** k
+               for k, d in enumerate(parts))
+
+
+def holds(r: Range, dtype: str) -> bool:
+    """Whether every value of the range is an integer of that type (u8, i8)."""
+    _, low, high = INTEGER_TYPES[dtype]
+    return r.integer and low <= r.lo and r.hi <= high
 
 
 # ----------------------------------------------------------------------------- membranes
@@ -273,6 +280,18 @@ class RangeError(BadInputError):
     pass
 
 
+def _int_weights(graph: Graph, producers, value: Value) -> np.ndarray | None:
+    """The GEMM matrix `value` holds: a constant, or what an int_weights node of constants
+    makes; None otherwise."""
+    if value in graph.constants:
+        return graph.constants[value]
+    node = producers.get(value)
+    if node is None or node.op != "int_weights" or \
+            not all(v in graph.constants for v in node.inputs):
+        return None
+    return OPS["int_weights"].evaluate([graph.constants[v] for v in node.inputs], node.attrs)[0]
+
+
 def _span(r: Range) -> str:
     kind = "integers" if r.integer else "real values"
     return f"{kind} in [{r.lo:.4g}, {r.hi:.4g}]"
@@ -283,29 +302,22 @@ def check(graph: Graph, stream: bool = False) -> list[Membrane]:
     exact integers; return the membrane table (docs/ranges.md)."""
     limit = 2.0 ** FLOAT32_EXACT_BITS
     ranges = analyze(graph)
-    for node in graph.nodes:
-        if node.op == "cast" and node.attrs["to"] in INTEGER_TYPES:
-            _, low, high = INTEGER_TYPES[node.attrs["to"]]
-            r = ranges[node.inputs[0]]
-            if not (r.integer and low <= r.lo and r.hi <= high):
-                raise RangeError(
-                    f"{node.source or node.op}: a value cast to {node.attrs['to']} for an "
-                    f"integer kernel can be {_span(r)}, not only integers in [{low}, {high}]. "
-                    "This is a bug in snnc's integer lowering; please report it with the model.")
     producers = graph.producers()
     for node in graph.nodes:
+        if node.op == "cast" and node.attrs["to"] in INTEGER_TYPES:
+            to, r = node.attrs["to"], ranges[node.inputs[0]]
+            if not holds(r, to):
+                raise RangeError(
+                    f"{node.source or node.op}: a value cast to {to} for an integer kernel "
+                    f"can be {_span(r)}, not only integers in {list(INTEGER_TYPES[to][1:])}. "
+                    "This is a bug in snnc's integer lowering; please report it with the model.")
         if node.op == "digits_sum":
-            producer = producers.get(node.inputs[0])
-            w = graph.constants.get(producer.inputs[1]) if producer is not None else None
-            bound = INF
-            if producer is not None and producer.op == "int_matmul":
-                wnode = producers.get(producer.inputs[1])
-                if wnode is not None and all(v in graph.constants for v in wnode.inputs):
-                    w = OPS["int_weights"].evaluate([graph.constants[v] for v in wnode.inputs],
-                                                    wnode.attrs)[0]
-                if w is not None:
-                    bound = digits_partial_bound(ranges[producer.inputs[0]], w,
-                                                 node.attrs["count"])
+            gemm = producers.get(node.inputs[0])
+            matrix = _int_weights(graph, producers, gemm.inputs[1]) \
+                if gemm is not None and gemm.op == "int_matmul" else None
+            bound = INF if matrix is None else digit_sums_bound(
+                ranges[gemm.inputs[0]],
+                [b.T for b in np.split(matrix, node.attrs["count"], axis=1)])
             if bound > limit:
                 raise RangeError(
                     f"{node.source or node.op}: this layer's int8 digit sums can reach "

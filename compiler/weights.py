@@ -137,3 +137,9 @@ def gemm_matrix(weights: np.ndarray) -> np.ndarray:
         order = tuple(range(2, w.ndim)) + (1, 0)
         matrix = w.transpose(order).reshape(-1, w.shape[0])
     return np.ascontiguousarray(np.concatenate(digits(matrix), axis=1))
+
+
+def gemm_weights(codes: np.ndarray, scheme: str, bits: int, scales: np.ndarray) -> np.ndarray:
+    """A folded layer's GEMM matrix (its scales +-unit or 0): `gemm_matrix` of its
+    `signed_levels`. What int_weights means, the ONNX backend stores and the pack rebuilds."""
+    return gemm_matrix(signed_levels(codes, scheme, bits, scales))

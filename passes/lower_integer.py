@@ -46,22 +46,15 @@ import numpy as np
 
 from snnc import ops, weights
 from snnc.ir import Graph, Node, Value
-from snnc.ops import INTEGER_TYPES
 from snnc.options import DEFAULT, Options
-from snnc.ranges import Range, _layer, analyze
+from snnc.ranges import Range, analyze, digit_sums_bound, holds
 
 LAYERS = ("conv", "linear", "shift_conv", "shift_linear")
 
 
 def integer_type(r: Range) -> str | None:
     """u8 or i8 if every value of the range is an integer of that type (u8 preferred)."""
-    if not r.integer:
-        return None
-    for name in ("u8", "i8"):
-        _, low, high = INTEGER_TYPES[name]
-        if low <= r.lo and r.hi <= high:
-            return name
-    return None
+    return next((name for name in ("u8", "i8") if holds(r, name)), None)
 
 
 PAIR_LIMIT = 2 ** 15 - 1
@@ -90,7 +83,7 @@ class _Lowering:
         self.ranges = analyze(graph)
         self.casts: dict[tuple[Value, str], Value] = {}
         self.wnodes: dict[Value, Node | None] = {}  # a layer's weight value -> int_weights
-        self.int_levels: dict[Node, np.ndarray] = {}  # int_weights -> its integers [M, K]
+        self.digits: dict[Node, list] = {}  # int_weights -> its int8 digits, each [M, K]
         self.scale_after: dict[Node, np.ndarray] = {}  # int_weights -> real scale per channel
         self.nodes: list[Node] = []
 
@@ -145,12 +138,10 @@ class _Lowering:
         wnode = self.wnodes[weight]
         if wnode is None:
             return None
-        parts = weights.digits(self.int_levels[wnode])
+        parts = self.digits[wnode]
         x = self.ranges[layer.inputs[0]]
-        bound = sum(_layer(x, d.astype(np.float64), None).magnitude * weights.DIGIT_BASE ** k
-                    for k, d in enumerate(parts))
         largest = max(int(np.abs(d.astype(np.int64)).max(initial=0)) for d in parts)
-        if bound > ops.FLOAT32_EXACT or not pairs_fit_int16(x, largest):
+        if digit_sums_bound(x, parts) > ops.FLOAT32_EXACT or not pairs_fit_int16(x, largest):
             return None
         return dq, wnode
 
@@ -158,6 +149,7 @@ class _Lowering:
         """The int_weights node for this layer's weights (their codes' integer levels; real
         per-channel scales are kept for a multiply after the sum), or None if they are not
         constant."""
+        after = None
         if layer.op.startswith("shift_"):
             codes = layer.inputs[1]
             if codes not in self.consts:
@@ -166,9 +158,7 @@ class _Lowering:
             scale = Value("f32", (codes.shape[0],), f"{codes.hint}.unit_scale")
             self.consts[scale] = np.full(codes.shape[0], weights.unit("pot", bits), np.float32)
             hint, source = codes.hint, layer.source
-            after = None
         else:
-            after = None
             if dq is None or dq.op != "dequantize" or \
                     not all(v in self.consts for v in dq.inputs):
                 return None
@@ -186,14 +176,13 @@ class _Lowering:
                 self.consts[scale] = np.full(codes.shape[0], unit, np.float32)
                 after = real / unit
             hint, source = dq.outputs[0].hint, dq.source
-        signed = weights.signed_levels(self.consts[codes], scheme, bits,
-                                       self.consts[scale] / np.float32(weights.unit(scheme, bits)))
-        levels = signed.reshape(signed.shape[0], -1)
-        count = len(weights.digits(levels))
-        out = Value("i8", (levels.shape[1], count * codes.shape[0]), f"{hint or 'weight'}.gemm")
+        signed = weights.signed_levels(self.consts[codes], scheme, bits, self.consts[scale])
+        parts = weights.digits(signed.reshape(signed.shape[0], -1))
+        out = Value("i8", (parts[0].shape[1], len(parts) * codes.shape[0]),
+                    f"{hint or 'weight'}.gemm")
         node = Node("int_weights", (codes, scale), (out,),
-                    {"scheme": scheme, "bits": bits, "digits": count}, source)
-        self.int_levels[node] = levels
+                    {"scheme": scheme, "bits": bits, "digits": len(parts)}, source)
+        self.digits[node] = parts
         if after is not None:
             self.scale_after[node] = after.astype(np.float32)
         return node
