@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 import torch
 from common import (dynamo_export, interleaved_latency, kernel_times, median_time,
-                    save_spikformer, session)
+                    quantize_static, save_spikformer, session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -68,31 +68,10 @@ print(json.dumps({"peak_mb": peak, "run_mb": peak - before, "seconds": sorted(ti
 """
 
 
-class _Images:
+def random_images(batch: int, count: int = 8) -> list[np.ndarray]:
     """Calibration data for quantize_static: random images, as the tests use."""
-
-    def __init__(self, name: str, batch: int, count: int = 8):
-        rng = np.random.default_rng(11)
-        self.batches = iter([{name: rng.random((batch, 3, 32, 32), dtype=np.float32)}
-                             for _ in range(count)])
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
-def quantize_static(float_path: str, out: str, batch: int) -> None:
-    """ONNX Runtime's static int8 QDQ quantization (per-channel int8 weights, uint8
-    activations, calibrated on random images) of the float export."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
-
-    embedded = out + ".float.onnx"  # the export keeps its weights in a .data file
-    onnx.save(onnx.load(float_path), embedded)
-    name = session(embedded).get_inputs()[0].name
-    ort_quantize_static(embedded, out, _Images(name, batch), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+    rng = np.random.default_rng(11)
+    return [rng.random((batch, 3, 32, 32), dtype=np.float32) for _ in range(count)]
 
 
 def top1(outputs: np.ndarray) -> np.ndarray:
@@ -123,7 +102,8 @@ def main() -> None:
     for batch in (1, 8):
         save_spikformer(float_model, path(f"float_b{batch}.pt2"), batch)
         dynamo_export(path(f"float_b{batch}.pt2"), path(f"float_b{batch}.onnx"), batch)
-        quantize_static(path(f"float_b{batch}.onnx"), path(f"static_b{batch}.onnx"), batch)
+        quantize_static(path(f"float_b{batch}.onnx"), path(f"static_b{batch}.onnx"),
+                        random_images(batch))
 
     print("spikformer_cifar10 T=4, heterogeneous quantization (stem u8, qkv PoT4, proj u3, "
           "fc1 PoT3, fc2 u2, head u8), all passes")

@@ -28,35 +28,13 @@ import warnings
 
 import numpy as np
 import torch
-from common import dynamo_export, interleaved_latency, kernel_times, median_time, session
+from common import (dynamo_export, interleaved_latency, kernel_times, median_time,
+                    quantize_static, session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class _Feeds:
-    def __init__(self, name: str, batches: list[np.ndarray]):
-        self.items = iter([{name: b} for b in batches])
-
-    def get_next(self):
-        return next(self.items, None)
-
-
-def quantize_static(float_path: str, out: str, calibration: list[np.ndarray]) -> None:
-    """ONNX Runtime's static int8 QDQ quantization of the float export (per-channel int8
-    weights, uint8 activations)."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
-
-    embedded = out + ".float.onnx"  # the export may keep its weights in a .data file
-    onnx.save(onnx.load(float_path), embedded)
-    name = session(embedded).get_inputs()[0].name
-    ort_quantize_static(embedded, out, _Feeds(name, calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
 
 
 def predictions(outputs: np.ndarray) -> np.ndarray:
@@ -97,10 +75,7 @@ def bench(name: str, float_model, quant_model, data: np.ndarray, sequence: bool,
     for batch in (1, 8):
         exported = path(f"_export_b{batch}.onnx")
         program = save(float_model, batch, f"_float_b{batch}.pt2")
-        if sequence:
-            _dynamo_sequence(program, exported, feed(data[:batch]).shape)
-        else:
-            dynamo_export(program, exported, batch, data.shape[1:])
+        dynamo_export(program, exported, batch, data.shape[1:], sequence)
         calibration = [feed(data[i:i + batch]) for i in range(0, 8 * batch, batch)]
         quantize_static(exported, path(f"_static_b{batch}.onnx"), calibration)
         sessions = {k: session(path(f"_{k}.onnx")) for k in ("int", "float_kernels")}
@@ -124,16 +99,6 @@ def bench(name: str, float_model, quant_model, data: np.ndarray, sequence: bool,
         rows.append({"model": name, "batch": batch, "t": t, "same": same, "changed": changed,
                      "static_changed": static_changed, "count": count})
     return rows
-
-
-def _dynamo_sequence(program_path: str, out: str, shape) -> None:
-    """torch.onnx.export(dynamo=True) of a sequence model at input shape [T, B, ...]."""
-    from snnc.loader import register_spikingjelly_ops
-
-    register_spikingjelly_ops()
-    with open(program_path, "rb") as f:
-        program = torch.export.load(f)
-    torch.onnx.export(program, (torch.zeros(*shape),), out, dynamo=True, verbose=False)
 
 
 def digits_models(sample: str):

@@ -55,8 +55,7 @@ def bench(name: str, float_pt: str, quant_pt: str, x: np.ndarray, work: str, run
         compile_times.append(time.perf_counter() - start)
     sequence = x.ndim == 5
     sample_shape = x.shape[1:]
-    dynamo_export(float_pt, path("_float_export.onnx"), 1, sample_shape) if not sequence else \
-        _dynamo_sequence(float_pt, path("_float_export.onnx"), sample_shape)
+    dynamo_export(float_pt, path("_float_export.onnx"), 1, sample_shape, sequence)
     feed = np.ascontiguousarray(np.moveaxis(x[:1], 0, 1) if sequence else x[:1])
     sessions = {"onnx": session(path(".onnx")), "ort": session(path(".ort")),
                 "float_export": session(path("_float_export.onnx"))}
@@ -75,17 +74,6 @@ def bench(name: str, float_pt: str, quant_pt: str, x: np.ndarray, work: str, run
             "onnx": file_size(path(".onnx")), "ort": file_size(path(".ort")),
             "pack": file_size(path(".snnpack")), "float_export": file_size(path("_float_export.onnx")),
             "float32": float32, "bits": bits, "weights": weights}
-
-
-def _dynamo_sequence(program_path: str, out: str, sample_shape) -> None:
-    """torch.onnx.export(dynamo=True) of a sequence model: input [T, 1, ...]."""
-    from snnc.loader import register_spikingjelly_ops
-
-    register_spikingjelly_ops()
-    with open(program_path, "rb") as f:
-        program = torch.export.load(f)
-    steps, rest = sample_shape[0], sample_shape[1:]
-    torch.onnx.export(program, (torch.zeros(steps, 1, *rest),), out, dynamo=True, verbose=False)
 
 
 def main() -> None:

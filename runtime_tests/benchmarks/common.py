@@ -61,16 +61,43 @@ def save_spikformer(model: torch.nn.Module, path: str, batch: int = 1) -> str:
     return path
 
 
-def dynamo_export(program_path: str, out: str, batch: int, sample_shape=(3, 32, 32)) -> None:
+def dynamo_export(program_path: str, out: str, batch: int, sample_shape=(3, 32, 32),
+                  sequence: bool = False) -> None:
     """What a user has today: torch.onnx.export(dynamo=True) of the same saved program
-    (input [batch, *sample_shape])."""
+    (input [batch, *sample_shape]; a sequence model's sample_shape [T, ...]: input
+    [T, batch, ...])."""
     from snnc.loader import register_spikingjelly_ops
 
     register_spikingjelly_ops()
     with open(program_path, "rb") as f:
         program = torch.export.load(f)
-    torch.onnx.export(program, (torch.zeros(batch, *sample_shape),), out, dynamo=True,
-                      verbose=False)
+    shape = (sample_shape[0], batch, *sample_shape[1:]) if sequence else (batch, *sample_shape)
+    torch.onnx.export(program, (torch.zeros(*shape),), out, dynamo=True, verbose=False)
+
+
+class _Feeds:
+    """quantize_static's calibration reader over a list of input batches."""
+
+    def __init__(self, name: str, batches: list[np.ndarray]):
+        self.items = iter([{name: b} for b in batches])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def quantize_static(float_path: str, out: str, calibration: list[np.ndarray]) -> None:
+    """ONNX Runtime's static int8 QDQ quantization (per-channel int8 weights, uint8
+    activations, calibrated on these batches) of a float export."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    embedded = out + ".float.onnx"  # the export may keep its weights in a .data file
+    onnx.save(onnx.load(float_path), embedded)
+    name = session(embedded).get_inputs()[0].name
+    ort_quantize_static(embedded, out, _Feeds(name, calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
 
 
 def kernel_times(path: str, x: np.ndarray, runs: int = 10) -> tuple[float, list]:
