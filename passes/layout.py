@@ -125,20 +125,23 @@ class _Layout:
         return self.converted[key]
 
     def const_in(self, value: Value, target: Perm) -> Value:
-        """A constant broadcast against a tensor of rank len(target), in that layout."""
+        """A constant broadcast against a tensor of rank len(target), in that layout (made
+        once: a threshold read by every step of its neuron is one constant)."""
         array = self.consts[value]
         if array.ndim == 0:
             return value  # a scalar broadcasts in any layout
-        rank = len(target)
-        full = array.reshape((1,) * (rank - array.ndim) + array.shape)
-        moved = np.ascontiguousarray(full.transpose(target))
-        out = Value(value.dtype, moved.shape, value.hint)
-        self.consts[out] = moved
-        return out
+        key = (value, target)
+        if key not in self.converted:
+            full = array.reshape((1,) * (len(target) - array.ndim) + array.shape)
+            moved = np.ascontiguousarray(full.transpose(target))
+            self.converted[key] = Value(value.dtype, moved.shape, value.hint)
+            self.consts[self.converted[key]] = moved
+        return self.converted[key]
 
-    def define(self, old: Value, new_shape_perm: Perm) -> Value:
-        new = Value(old.dtype, _permuted(old.shape, new_shape_perm), old.hint)
-        self.env[old] = (new, new_shape_perm)
+    def define(self, old: Value, p: Perm) -> Value:
+        """A new value holding `old` in layout p."""
+        new = Value(old.dtype, _permuted(old.shape, p), old.hint)
+        self.env[old] = (new, p)
         return new
 
     def _logical(self, node: Node) -> None:
@@ -168,8 +171,7 @@ class _Layout:
         if p == _identity(rank) or any(len(v.shape) != rank and v not in self.consts
                                        for v in node.inputs):
             return False
-        ins = [self.to(v, p, node) if len(v.shape) == rank or v not in self.consts
-               else self.const_in(v, p) for v in node.inputs]
+        ins = [self.to(v, p, node) for v in node.inputs]
         outs = [self.define(v, p) for v in node.outputs]
         self.nodes.append(Node(node.op, ins, outs, dict(node.attrs), node.source))
         return True

@@ -102,8 +102,10 @@ def spike_layer_graph(real_input: bool = False, scheme: str = "uniform", bits: i
     top = 2 ** (bits - 1) - 1
     low = -top - (scheme == "uniform")
     shape = (8, fan_in, 3, 3) if conv else (8, fan_in)
-    codes = b.const(RNG.integers(low, top + 1, shape) if code is None else np.full(shape, code),
-                    "layer.weight_codes", "i32")
+    values = RNG.integers(low, top + 1, shape) if code is None else np.full(shape, code)
+    if code is None:  # whatever the draw: PoT's largest level (code 1) in channel 0, and the
+        values[0].flat[0], values[1].flat[0] = 1, low  # lowest code in negated channel 1
+    codes = b.const(values, "layer.weight_codes", "i32")
     scale = b.const(np.array([unit, -unit] * 4), "layer.weight_unit_scale")
     w, = b.add("dequantize", [codes, scale], {"scheme": scheme, "bits": bits}, "layer.q", "w")
     attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1} \
