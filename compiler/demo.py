@@ -122,3 +122,32 @@ def conv_snn(steps: int = 4, neuron: str = "lif", seed: int = 0, **kwargs) -> Co
     torch.manual_seed(seed)
     model = ConvSNN(steps=steps, neuron=neuron, **kwargs)
     return make_firing(model, (8, model.conv1.in_channels, 12, 12), seed=seed)
+
+
+class TimeMeanClassifier(torch.nn.Module):
+    """SpikingJelly's Spikformer (`spikingjelly.activation_based.model.spikformer.Spikformer`)
+    whose per-step logits [T, N, classes] are averaged over time into [N, classes].
+
+    Static input: an image [N, C, H, W] that Spikformer repeats T times. Event input: frames
+    [T, N, C, H, W]. The bundled digits samples are this model.
+    """
+
+    def __init__(self, steps: int, channels: int, size: int, embed: int = 64, heads: int = 4,
+                 depth: int = 2, mlp_ratio: float = 4.0, classes: int = 10,
+                 patch_size: int = 4):
+        super().__init__()
+        from spikingjelly.activation_based.model.spikformer import Spikformer
+
+        self.net = Spikformer(T=steps, in_channels=channels, img_size_h=size, img_size_w=size,
+                              patch_size=patch_size, num_classes=classes, embed_dims=embed,
+                              num_heads=heads, mlp_ratio=mlp_ratio, depths=depth)
+
+    def forward(self, x):
+        return self.net(x).mean(0)
+
+
+def spikformer_classifier(steps: int = 4, channels: int = 1, size: int = 16,
+                          **kwargs) -> TimeMeanClassifier:
+    """A TimeMeanClassifier (factory usable in snnc checkpoints:
+    "snnc.demo:spikformer_classifier"); weights come from the checkpoint's state_dict."""
+    return TimeMeanClassifier(steps, channels, size, **kwargs)

@@ -21,6 +21,8 @@ warnings.filterwarnings("ignore")
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
+VAL_SEED = 1  # the validation split (snnc search's --val) of the training split
+VAL_FRACTION = 0.2
 
 # Both samples' quantization: each layer uniform or power-of-two with its own bit width
 # (SpikeHQ's search space), 3.33 bits on average. 8 bits for the first conv (72-144 weights,
@@ -50,6 +52,15 @@ def digits_split():
     train, test = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION,
                                    random_state=SPLIT_SEED, stratify=labels)
     return images[train], labels[train], images[test], labels[test]
+
+
+def train_val_split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices) of the training split: 20 % for validation, stratified,
+    random_state 1. Models train on the first; snnc search chooses on the second."""
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(np.arange(len(y)), test_size=VAL_FRACTION, random_state=VAL_SEED,
+                            stratify=y)
 
 
 def upscale(images: np.ndarray, size: int) -> np.ndarray:
@@ -115,25 +126,16 @@ def emulate_events(images: np.ndarray, steps: int = 8, digit: int = 12, canvas: 
     return out
 
 
-class DigitsSpikformer(torch.nn.Module):
-    """A small Spikformer (SpikingJelly's Spikformer: conv stem with LIF neurons, spiking
-    self-attention blocks, linear head) whose logits are averaged over the T timesteps.
+def make_model(steps: int, channels: int, size: int) -> torch.nn.Module:
+    """The samples' model: a small Spikformer (SpikingJelly's, embed 64, 4 heads, 2 blocks)
+    whose logits are averaged over the T timesteps, built by the factory the checkpoints
+    name (snnc.demo:spikformer_classifier, on snnc's allowlist)."""
+    from snnc.demo import spikformer_classifier
 
-    Static input: an image [N, C, H, W] that the model repeats T times. Event input: a
-    sequence of frames [T, N, C, H, W].
-    """
+    return spikformer_classifier(steps, channels, size)
 
-    def __init__(self, steps: int, channels: int, size: int, embed: int = 64, heads: int = 4,
-                 depth: int = 2, mlp_ratio: float = 4.0, classes: int = 10):
-        super().__init__()
-        from spikingjelly.activation_based.model.spikformer import Spikformer
 
-        self.net = Spikformer(T=steps, in_channels=channels, img_size_h=size, img_size_w=size,
-                              patch_size=4, num_classes=classes, embed_dims=embed,
-                              num_heads=heads, mlp_ratio=mlp_ratio, depths=depth)
-
-    def forward(self, x):
-        return self.net(x).mean(0)
+FACTORY = "snnc.demo:spikformer_classifier"
 
 
 def _batches(n: int, size: int, generator: torch.Generator):
@@ -203,21 +205,31 @@ def shift_augment(max_shift: int):
     return augment
 
 
-def export(model, example: torch.Tensor) -> bytes:
-    """The torch.export.save archive of the model at batch 1."""
-    from snnc.demo import export as export_program
-    from snnc.loader import save_program_bytes
+def checkpoint(model, kwargs: dict, input_shape: list[int], config: dict | None = None) -> bytes:
+    """The snnc checkpoint of the model (factory, kwargs, state_dict; the quantization config
+    if quantized): snnc compile, quantize and search all read it."""
+    from snnc.loader import make_checkpoint
 
-    # clone: a slice of the test set is a view, and torch.export.save would store the whole
-    # test set with it as the example input
-    return save_program_bytes(export_program(model.eval(), example.clone()))
+    ckpt = make_checkpoint(FACTORY, kwargs, model, input_shape)
+    if config is not None:
+        ckpt["quantization"] = {"config": config, "method": "mse"}
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def npz(x: np.ndarray, y: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=x, y=y)
+    return buffer.getvalue()
 
 
 def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: bool,
-        make_model, config: dict, float_epochs: int, qat_epochs: int, lr: float,
+        kwargs: dict, config: dict, float_epochs: int, qat_epochs: int, lr: float,
         qat_lr: float, augment=None, seed: int = 0) -> dict:
-    """Train float, quantize per `config` (snnc.quantize, scales calibrated on training
-    data), fine-tune, evaluate both, and write float.pt, quantized.pt, test.npz and
+    """Hold out the validation split, train float on the rest, quantize per `config`
+    (snnc.quantize, scales calibrated on training data), fine-tune, evaluate both, and write
+    float.pt, quantized.pt (snnc checkpoints), train.npz, val.npz, test.npz and
     results.json into `here`."""
     from snnc import quant
     from snnc.files import write_all_atomic
@@ -225,16 +237,20 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     start = time.perf_counter()
+    fit, val = train_val_split(y_train)
+    x_val, y_val = x_train[val], y_train[val]
+    x_train, y_train = x_train[fit], y_train[fit]
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     xv, yv = torch.from_numpy(x_test), torch.from_numpy(y_test)
-    model = make_model()
+    model = make_model(**kwargs)
     print(f"{name}: train float ({sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{len(xt)} train / {len(xv)} test samples)")
+          f"{len(xt)} train / {len(y_val)} val / {len(xv)} test samples)")
     train(model, xt, yt, sequence, float_epochs, lr, seed, augment)
     float_accuracy = evaluate(model, xv, yv, sequence)
     print(f"{name}: float test accuracy {float_accuracy:.4f}")
-    example = to_model_input(xv[:1], sequence)
-    float_pt = export(model, example)
+    # batch 1: snnc verify runs the source at its example batch
+    shape = list(to_model_input(xv[:1], sequence).shape)
+    float_pt = checkpoint(model, kwargs, shape)
 
     quant.quantize(model, config, calibration=to_model_input(xt[:256], sequence))
     ptq_accuracy = evaluate(model, xv, yv, sequence)
@@ -244,17 +260,18 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     rows, average = quant.report(model)
     print(quant.format_report(rows, average))
     print(f"{name}: quantized test accuracy {quant_accuracy:.4f} at {average:.2f} average bits")
-    quantized_pt = export(model, example)
-    test = io.BytesIO()
-    np.savez_compressed(test, x=x_test, y=y_test)
+    quantized_pt = checkpoint(model, kwargs, shape, config)
     results = {"float_accuracy": float_accuracy, "quantized_before_finetune": ptq_accuracy,
                "quantized_accuracy": quant_accuracy, "average_bits": round(average, 4),
-               "test_samples": len(yv), "train_samples": len(yt),
-               "train_seconds": round(time.perf_counter() - start, 1), "config": config}
-    # all four files or none: an interrupted run leaves the old, matching set
+               "test_samples": len(yv), "val_samples": len(y_val), "train_samples": len(yt),
+               "train_seconds": round(time.perf_counter() - start, 1),
+               "quantized_by": "the hand-set configuration below", "config": config}
+    # all files or none: an interrupted run leaves the old, matching set
     write_all_atomic([(os.path.join(here, "float.pt"), float_pt),
                       (os.path.join(here, "quantized.pt"), quantized_pt),
-                      (os.path.join(here, "test.npz"), test.getvalue()),
+                      (os.path.join(here, "train.npz"), npz(x_train, y_train)),
+                      (os.path.join(here, "val.npz"), npz(x_val, y_val)),
+                      (os.path.join(here, "test.npz"), npz(x_test, y_test)),
                       (os.path.join(here, "results.json"),
                        (json.dumps(results, indent=2) + "\n").encode())])
     return results

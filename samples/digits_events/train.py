@@ -5,9 +5,9 @@ counts, 2 channels), and a small Spikformer that reads one frame per timestep.
 
     python3 samples/digits_events/train.py   # about 8 minutes on 2 CPU cores
 
-Writes float.pt and quantized.pt (torch.export archives snnc compile accepts; input
-[T=8, N, 2, 16, 16]), test.npz (x: [360, 8, 2, 16, 16] float32, samples first; y: labels)
-and results.json next to this file. Fixed seeds and a fixed split.
+Writes float.pt and quantized.pt (snnc checkpoints that snnc compile, quantize and search
+accept; input [T=8, N, 2, 16, 16]), train.npz, val.npz, test.npz (x: [n, 8, 2, 16, 16]
+float32, samples first; y: labels) and results.json next to this file. Fixed seeds and a fixed split.
 """
 
 import os
@@ -26,7 +26,7 @@ def main() -> None:
     x_train = common.emulate_events(x_train, steps=STEPS, canvas=SIZE, seed=1)
     x_test = common.emulate_events(x_test, steps=STEPS, canvas=SIZE, seed=2)
     common.run("digits_events", HERE, x_train, y_train, x_test, y_test, sequence=True,
-               make_model=lambda: common.DigitsSpikformer(STEPS, 2, SIZE),
+               kwargs={"steps": STEPS, "channels": 2, "size": SIZE},
                config=common.HETEROGENEOUS,
                float_epochs=30, qat_epochs=8, lr=3e-3, qat_lr=5e-4)
 
