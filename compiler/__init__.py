@@ -4,7 +4,7 @@ from .errors import BadInputError, PassError, SnncError, UnsupportedOpError, Ver
 
 __version__ = "0.1.0"
 __all__ = ["BadInputError", "PassError", "SnncError", "UnsupportedOpError",
-           "VerificationError", "__version__", "compile", "quantize"]
+           "VerificationError", "__version__", "compile", "quantize", "search"]
 
 
 def compile(model, example_input=None, path=None, *, pack_path=None, ort=False, **options):
@@ -22,3 +22,28 @@ def quantize(model, config, calibration=None, method: str = "mse"):
     from .quant import quantize as _quantize  # imports torch only when used
 
     return _quantize(model, config, calibration=calibration, method=method)
+
+
+def search(model, train, val, *, method: str = "sensitivity", max_bits: float | None = None,
+           max_drop: float | None = None, input_shape=None, progress: bool = False,
+           state_path: str | None = None, resume: bool = False, **options):
+    """Search a model's per-layer quantization under a budget (docs/search.md), then
+    fine-tune it. `train` and `val` are (x, y) pairs of samples-first arrays or .npz paths;
+    `options` are snnc.qsearch.Options fields (seed, finetune_epochs, allow_float, ...).
+    Returns a snnc.qsearch.Result: `config` (what snnc.quantize takes), the fine-tuned
+    quantized `model`, the per-layer `rows`, `average_bits` and validation accuracies."""
+    import numpy as np
+
+    from . import qsearch  # imports torch only when used
+    from .accuracy import load_data
+
+    def data(d):
+        if isinstance(d, str):
+            return qsearch.Data(*load_data(d))
+        x, y = d
+        return qsearch.Data(np.ascontiguousarray(np.asarray(x), dtype=np.float32),
+                            np.asarray(y).astype(np.int64))
+
+    opts = qsearch.Options(method=method, max_bits=max_bits, max_drop=max_drop, **options)
+    return qsearch.search(model, data(train), data(val), opts, input_shape=input_shape,
+                          progress=progress, state_path=state_path, resume=resume)

@@ -428,6 +428,187 @@ def _read_config(path: str) -> dict:
     return config
 
 
+@main.command("search")
+@click.argument("model", type=click.Path())
+@click.option("--train", "train_path", required=True, type=click.Path(),
+              help="An .npz with x (inputs, samples first) and y (labels) to fine-tune on.")
+@click.option("--val", "val_path", required=True, type=click.Path(),
+              help="An .npz with x and y on which the search measures accuracy.")
+@click.option("--method", required=True, type=click.Choice(["sensitivity", "gumbel"]),
+              help="sensitivity: QSViT's sweep + guided greedy; gumbel: SpikeHQ's "
+                   "Gumbel-softmax search (docs/search.md).")
+@click.option("--max-bits", type=float, help="Budget: average bits per weight, weighted by "
+                                              "parameters (float layers count 32).")
+@click.option("--max-drop", type=float, help="Budget: validation accuracy points below float "
+                                              "(before fine-tuning).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Where to write the configuration JSON (snnc quantize --config reads it).")
+@click.option("--quantized", "quantized_path", type=click.Path(),
+              help="Also write the fine-tuned quantized model (an snnc checkpoint).")
+@click.option("--report", "report_path", type=click.Path(),
+              help="A PNG of accuracy vs bits and vs energy of every configuration visited "
+                   "(its points also go to the same name with .json).")
+@click.option("--allow-float", is_flag=True, help="Let layers stay float (32 bits).")
+@click.option("--seed", type=click.IntRange(0, 2 ** 31 - 1), default=0, show_default=True)
+@click.option("--finetune-epochs", type=click.IntRange(0), default=8, show_default=True)
+@click.option("--search-epochs", type=click.IntRange(1), default=3, show_default=True,
+              help="gumbel: training epochs per lambda trial.")
+@click.option("--trials", type=click.IntRange(1), default=6, show_default=True,
+              help="gumbel: lambda trials at most.")
+@click.option("--energy-weight", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="gumbel: the energy's share of the hardware cost (the rest is bits).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Global batch size (split across torchrun processes).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True,
+              help="Learning rate of the weights (QAT).")
+@click.option("--state", "state_path", type=click.Path(),
+              help="The search state file [default: OUTPUT.state].")
+@click.option("--resume", is_flag=True, help="Continue the search recorded in the state file.")
+@click.option("--trust-code", is_flag=True,
+              help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
+                   "and calls it; docs/model_files.md).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
+def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
+               report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
+               energy_weight, batch_size, lr, state_path, resume, trust_code, quiet):
+    """Search each layer's quantization (uniform or PoT, 2-8 bits) under a budget, then
+    fine-tune (docs/search.md). Data-parallel under torchrun."""
+
+    state_path = state_path or f"{output}.state"
+    with _errors():
+        _search(model, train_path, val_path, method, max_bits, max_drop, output,
+                quantized_path, report_path, allow_float, seed, finetune_epochs,
+                search_epochs, trials, energy_weight, batch_size, lr, state_path, resume,
+                trust_code, quiet)
+
+
+def _search(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
+            report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
+            energy_weight, batch_size, lr, state_path, resume, trust_code, quiet):
+    import hashlib
+    import io
+    import json
+
+    import torch
+
+    from . import loader, pareto
+    from . import qsearch as search
+    from .accuracy import load_data
+    from .distributed import Context
+    from .files import check_paths, sniff, write_all_atomic
+
+    for name, value in (("--max-bits", max_bits), ("--max-drop", max_drop), ("--lr", lr),
+                        ("--energy-weight", energy_weight)):
+        if value is not None and not math.isfinite(value):
+            raise SnncError(f"{name} must be a finite number, not {value}")
+    report_json = os.path.splitext(report_path)[0] + ".json" if report_path else None
+    check_paths([("MODEL", model), ("--train", train_path), ("--val", val_path)],
+                [("-o", output), ("--quantized", quantized_path), ("--report", report_path),
+                 ("--report's JSON", report_json), ("--state", state_path)])
+    if sniff(model) == "export":
+        raise SnncError(
+            f"{model} is a torch.export archive: a traced graph with its batch size fixed and "
+            "no conv/linear modules to quantize, which snnc search cannot fine-tune. Give an "
+            "snnc checkpoint (the model's factory and state_dict: snnc.loader.make_checkpoint, "
+            "docs/model_files.md); snnc compile accepts it too.")
+    ckpt = loader.load_checkpoint(model)
+    net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code)
+    train, val = (search.Data(*load_data(p)) for p in (train_path, val_path))
+    ctx = Context.from_environment()
+    opts = search.Options(method=method, max_bits=max_bits, max_drop=max_drop,
+                          allow_float=allow_float, seed=seed, batch_size=batch_size,
+                          finetune_epochs=finetune_epochs, finetune_lr=lr,
+                          search_epochs=search_epochs, trials=trials,
+                          energy_weight=energy_weight)
+    with open(model, "rb") as f:
+        model_digest = hashlib.sha256(f.read()).hexdigest()
+    data_key = search.digest(val.x, *([val.y] if val.y is not None else []))
+    try:
+        result = search.search(net, train, val, opts, input_shape=ckpt["input_shape"],
+                               ctx=ctx, state_path=state_path, resume=resume,
+                               progress=not quiet)
+    except search.SearchInterrupted as stop:
+        ctx.close(wait=False)
+        if ctx.main:
+            _interrupted(stop, output, state_path)
+        sys.exit(130)
+    except BaseException:
+        ctx.close(wait=False)  # the other processes may never reach a barrier
+        raise
+    try:
+        if not ctx.main:
+            return
+        files = [(output, (json.dumps(result.config, indent=2) + "\n").encode())]
+        if quantized_path:
+            buffer = io.BytesIO()
+            torch.save(dict(ckpt, state_dict=result.model.state_dict(),
+                            quantization={"config": result.config, "method": "mse"}), buffer)
+            files.append((quantized_path, buffer.getvalue()))
+        if report_path:
+            entry = _report_entry(result, opts)
+            report = pareto.merge(report_json, hashlib.sha256(
+                (model_digest + data_key).encode()).hexdigest(), method, entry)
+            files += [(report_path, pareto.png(report)), (report_json, pareto.dumps(report))]
+        write_all_atomic(files)
+    finally:
+        ctx.close()
+    if quiet:
+        return
+    click.echo(_search_table(result))
+    t = sum(r.parameters for r in result.rows)
+    click.echo(f"{method}: {result.average_bits:.2f} average bits ({32 / result.average_bits:.1f}x "
+               f"smaller than float32), energy {result.energy_nj:.1f} nJ/sample vs "
+               f"{result.float_energy_nj:.1f} float ({t:,} weights)")
+    click.echo(f"validation accuracy: float {100 * result.float_accuracy:.2f} %, searched "
+               f"{100 * result.searched_accuracy:.2f} % before fine-tuning, "
+               f"{100 * result.accuracy:.2f} % after; {result.seconds:.0f} s")
+    written = [output] + [p for p in (quantized_path, report_path, report_json) if p]
+    click.echo("wrote " + ", ".join(written))
+
+
+def _report_entry(result, opts) -> dict:
+    return {"points": [vars(p) for p in result.points], "max_bits": opts.max_bits,
+            "max_drop": opts.max_drop, "float_accuracy": result.float_accuracy,
+            "final": {"bits": result.average_bits, "energy_nj": result.energy_nj,
+                      "accuracy": result.accuracy, "config": result.config},
+            "seconds": round(result.seconds, 1)}
+
+
+def _search_table(result) -> str:
+    from . import quant
+
+    lines = [quant.format_report(result.rows, result.average_bits)]
+    extra = []
+    for row in result.rows:
+        d = result.details.get(row.name, {})
+        if "solo_divergence" in d:
+            extra.append(f"  {row.name}: alone {100 * d['solo_accuracy']:.2f} % "
+                         f"(KL {d['solo_divergence']:.2g}), base {d['base']}")
+        elif "probability" in d:
+            extra.append(f"  {row.name}: probability {d['probability']:.2f}")
+    if extra:
+        lines.append(f"{result.method} per layer:")
+        lines += extra
+    return "\n".join(lines)
+
+
+def _interrupted(stop, output, state_path) -> None:
+    import json
+
+    from .files import write_atomic
+    from .qsearch import to_rules
+
+    if stop.best is not None:
+        write_atomic(output, (json.dumps(to_rules(stop.best.config), indent=2) + "\n").encode())
+        _fail(f"interrupted; wrote the best configuration within the budget found so far to "
+              f"{output} ({stop.best.bits:.2f} bits, validation accuracy "
+              f"{100 * stop.best.accuracy:.2f} % before fine-tuning); the search state is in "
+              f"{state_path}: rerun with --resume to continue", code=130)
+    _fail(f"interrupted before any configuration within the budget was found; nothing was "
+          f"written to {output}. The search state is in {state_path}: rerun with --resume to "
+          "continue", code=130)
+
+
 @main.command("inspect")
 @click.argument("pack_file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the layer table as one JSON object.")

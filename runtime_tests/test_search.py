@@ -1,0 +1,330 @@
+"""snnc search (docs/search.md): both methods end to end on a small trained SNN, compiled and
+verified; torchrun with 2 processes against 1; Ctrl-C and --resume; the errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import snnc
+from snnc import qsearch
+
+ENV = dict(os.environ, PYTHONWARNINGS="ignore")
+LAYERS = {"conv1": 144, "conv2": 1152, "head": 2880}  # conv_snn's weights per layer
+
+
+def snnc_cli(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "snnc", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=ENV, timeout=timeout)
+
+
+def blobs(n: int, seed: int):
+    """Five classes: a brighter 4x4 patch at one of five places in noise."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, 2, 12, 12)) * 0.6).astype(np.float32)
+    y = rng.integers(0, 5, n)
+    places = [(1, 1), (1, 7), (7, 1), (7, 7), (4, 4)]
+    for i in range(n):
+        r, c = places[y[i]]
+        x[i, :, r:r + 4, c:c + 4] += 0.35
+    return x, y.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """snnc.demo:conv_snn trained (float) on the blobs; its checkpoint and the data."""
+    from spikingjelly.activation_based import functional
+
+    from snnc import demo
+    from snnc.loader import make_checkpoint
+
+    d = tmp_path_factory.mktemp("search")
+    (xt, yt), (xv, yv) = blobs(384, 0), blobs(192, 1)
+    np.savez(d / "train.npz", x=xt, y=yt)
+    np.savez(d / "val.npz", x=xv, y=yv)
+    torch.manual_seed(0)
+    model = demo.conv_snn()
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(5):
+        model.train()
+        order = torch.randperm(len(yt))
+        for i in range(0, len(yt), 32):
+            index = order[i:i + 32]
+            functional.reset_net(model)
+            loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xt[index])),
+                                                     torch.from_numpy(yt[index]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    functional.reset_net(model)
+    model.eval()
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, model, [1, 2, 12, 12]),
+               d / "float.pt")
+    return {"dir": d, "model": model, "train": (xt, yt), "val": (xv, yv)}
+
+
+def average(config: dict) -> float:
+    return sum(config[n]["bits"] * p for n, p in LAYERS.items()) / sum(LAYERS.values())
+
+
+def search(d, method, *extra, out="cfg.json"):
+    return snnc_cli("search", d / "float.pt", "--train", d / "train.npz", "--val",
+                    d / "val.npz", "--method", method, "-o", d / out, *extra)
+
+
+@pytest.mark.parametrize("method", ["sensitivity", "gumbel"])
+def test_search_meets_the_budget_and_compiles(trained, method):
+    """The configuration meets the budget, the fine-tuned checkpoint compiles and agrees
+    100 % with its PyTorch source, snnc quantize reads the configuration, and the report
+    keeps both methods' points."""
+    d = trained["dir"]
+    run = search(d, method, "--max-bits", "2.6", "--quantized", d / f"{method}.pt",
+                 "--report", d / "search.png", "--finetune-epochs", "2", "--search-epochs", "1",
+                 out=f"{method}.json")
+    assert run.returncode == 0, run.stderr
+    assert f"{method}: " in run.stdout and "average bits" in run.stdout
+    config = json.loads((d / f"{method}.json").read_text())
+    assert set(config) == set(LAYERS)
+    assert average(config) <= 2.6
+    compiled = snnc_cli("compile", d / f"{method}.pt", "-o", d / f"{method}.onnx", "--verify",
+                        d / "val.npz")
+    assert compiled.returncode == 0, compiled.stderr
+    assert "top-1 agreement      100.00 %" in compiled.stdout
+    # the searched configuration is what the compiled model holds
+    assert f"average {average(config):.2f} bits" in compiled.stdout
+    again = snnc_cli("quantize", d / "float.pt", "--config", d / f"{method}.json", "-o",
+                     d / f"{method}_again.pt")
+    assert again.returncode == 0, again.stderr
+    report = json.loads((d / "search.json").read_text())
+    assert method in report["methods"] and report["methods"][method]["points"]
+    assert (d / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_both_methods_share_one_figure(trained):
+    d = trained["dir"]
+    for method in ("sensitivity", "gumbel"):
+        run = search(d, method, "--max-bits", "3", "--report", d / "both.png",
+                     "--finetune-epochs", "0", "--search-epochs", "1", "--trials", "2",
+                     "-q", out=f"both_{method}.json")
+        assert run.returncode == 0, run.stderr
+    report = json.loads((d / "both.json").read_text())
+    assert set(report["methods"]) == {"sensitivity", "gumbel"}
+
+
+@pytest.mark.parametrize("method", ["sensitivity", "gumbel"])
+def test_two_processes_search_as_one(trained, method):
+    """torchrun --nproc_per_node 2 (gloo): every configuration evaluated, in the same order,
+    with the same accuracy, and the same result as one process."""
+    d = trained["dir"]
+    args = ["search", d / "float.pt", "--train", d / "train.npz", "--val", d / "val.npz",
+            "--method", method, "--max-bits", "2.6", "--finetune-epochs", "1",
+            "--search-epochs", "1", "--trials", "3", "-q"]
+    one = snnc_cli(*args, "-o", d / f"one_{method}.json", "--report", d / f"one_{method}_r.png")
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "-m", "snnc", *map(str, args), "-o", d / f"two_{method}.json",
+                          "--report", d / f"two_{method}_r.png"],
+                         capture_output=True, text=True, env=ENV, timeout=600)
+    assert two.returncode == 0, two.stderr
+    assert (d / f"one_{method}.json").read_text() == (d / f"two_{method}.json").read_text()
+    reports = [json.loads((d / f"{w}_{method}_r.json").read_text())
+               ["methods"][method]["points"] for w in ("one", "two")]
+    assert len(reports[0]) == len(reports[1]) >= 1
+    for p, q in zip(*reports):
+        assert p["config"] == q["config"] and p["accuracy"] == q["accuracy"]
+        assert p["divergence"] == pytest.approx(q["divergence"], rel=1e-4, abs=1e-9)
+
+
+def test_ctrl_c_keeps_the_best_and_resume_finishes(trained):
+    """SIGINT mid-search: exit 130, the best configuration within the budget so far written
+    (atomically), the state kept; --resume then finishes with the configuration an
+    uninterrupted search chooses."""
+    d = trained["dir"]
+    args = ["--max-bits", "2.6", "--finetune-epochs", "1", "--search-epochs", "2", "--trials",
+            "4", "-q"]
+    whole = search(d, "gumbel", *args, out="whole.json")
+    assert whole.returncode == 0, whole.stderr
+    state = d / "cut.json.state"
+    proc = subprocess.Popen([sys.executable, "-m", "snnc", "search", str(d / "float.pt"),
+                             "--train", str(d / "train.npz"), "--val", str(d / "val.npz"),
+                             "--method", "gumbel", "-o", str(d / "cut.json"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    done = torch.load(state, weights_only=True)
+    assert 1 <= len(done["trials"]) < 4 and "result" not in done
+    within = [t["point"] for t in done["trials"] if t["point"]["bits"] <= 2.6]
+    if within:  # the best committed trial within the budget is what Ctrl-C writes
+        assert "wrote the best configuration" in err
+        best = max(within, key=lambda p: (p["accuracy"], -p["bits"]))
+        cut = json.loads((d / "cut.json").read_text())
+        assert cut == qsearch.to_rules(best["config"]) and average(cut) <= 2.6
+    else:
+        assert "nothing was written" in err and not (d / "cut.json").exists()
+    resumed = search(d, "gumbel", *args, "--resume", out="cut.json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (d / "cut.json").read_text() == (d / "whole.json").read_text()
+    # a state from other options is refused
+    other = search(d, "gumbel", "--max-bits", "2.5", "-q", "--resume", out="cut.json")
+    assert other.returncode == 1 and "another search" in other.stderr
+
+
+def test_ctrl_c_in_fine_tuning_resumes_to_the_same_model(trained):
+    """Interrupted between fine-tuning epochs, the resumed search ends with exactly the model
+    an uninterrupted one trains (weights, optimizer and schedule restored per epoch)."""
+    d = trained["dir"]
+    args = ["--max-bits", "2.6", "--finetune-epochs", "12", "-q"]
+    whole = search(d, "sensitivity", *args, "--quantized", d / "ft_whole.pt", out="ft_w.json")
+    assert whole.returncode == 0, whole.stderr
+    state = d / "ft.json.state"
+    proc = subprocess.Popen([sys.executable, "-m", "snnc", "search", str(d / "float.pt"),
+                             "--train", str(d / "train.npz"), "--val", str(d / "val.npz"),
+                             "--method", "sensitivity", "-o", str(d / "ft.json"), "--quantized",
+                             str(d / "ft.pt"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if torch.load(state, weights_only=True).get("finetune", {}).get("epoch", 0) >= 2:
+                break
+        except Exception:  # not written yet
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    epoch = torch.load(state, weights_only=True)["finetune"]["epoch"]
+    assert 2 <= epoch < 12 and not (d / "ft.pt").exists()
+    resumed = search(d, "sensitivity", *args, "--quantized", d / "ft.pt", "--resume",
+                     out="ft.json")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (torch.load(d / n, weights_only=True)["state_dict"] for n in ("ft_whole.pt", "ft.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gumbel_under_an_accuracy_budget(trained):
+    """--max-drop: the fewest bits among the trials within the drop."""
+    model = snnc.demo.conv_snn()
+    model.load_state_dict(trained["model"].state_dict())
+    result = snnc.search(model, trained["train"], trained["val"], method="gumbel",
+                         max_drop=2.0, finetune_epochs=1, search_epochs=1, trials=3)
+    assert 100 * (result.float_accuracy - result.searched_accuracy) <= 2.0
+    trials = [p for p in result.points if p.stage.startswith("gumbel")]
+    within = [p for p in trials if 100 * (result.float_accuracy - p.accuracy) <= 2.0]
+    assert result.average_bits == pytest.approx(min(p.bits for p in within))
+
+
+def test_python_api(trained, tmp_path):
+    """snnc.search; the sweep's "float" candidate reproduces the float model exactly (nothing
+    the search does to the model, such as a training-mode check, leaks into evaluation)."""
+    model = snnc.demo.conv_snn()
+    model.load_state_dict(trained["model"].state_dict())
+    result = snnc.search(model, trained["train"], trained["val"], method="sensitivity",
+                         max_drop=1.0, finetune_epochs=1, allow_float=True,
+                         state_path=str(tmp_path / "state"))
+    assert 100 * (result.float_accuracy - result.searched_accuracy) <= 1.0
+    sweep = torch.load(tmp_path / "state", weights_only=True)["sweep"]
+    assert set(sweep) == set(LAYERS)
+    for row in sweep.values():
+        assert row["float"] == [result.float_accuracy, 0.0]
+        assert len(row) == 12 and max(kl for _, kl in row.values()) > 0
+    assert result.average_bits < 8
+    assert snnc.quant.report(result.model)[1] == pytest.approx(result.average_bits)
+    assert result.model is not model and not any(  # the caller's model stays float
+        "parametrizations" in name for name, _ in model.named_parameters())
+    # a state is resumed only by the search that wrote it
+    other = snnc.demo.conv_snn(seed=1)
+    with pytest.raises(snnc.BadInputError, match="another search"):
+        snnc.search(other, trained["train"], trained["val"], method="sensitivity",
+                    max_drop=1.0, finetune_epochs=1, allow_float=True,
+                    state_path=str(tmp_path / "state"), resume=True)
+
+
+@pytest.fixture(scope="module")
+def bad(trained, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (xt, yt) = trained["train"]
+    np.savez(d / "shape.npz", x=xt[:, :, :10], y=yt)
+    np.savez(d / "labels.npz", x=xt, y=yt + 3)
+    np.savez(d / "nolabels.npz", x=xt)
+    from snnc.demo import export
+
+    torch.export.save(export(trained["model"], torch.zeros(1, 2, 12, 12)), str(d / "export.pt"))
+    (d / "frozen_model.py").write_text(
+        "import torch\n"
+        "class Step(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(2, 4, 3)\n"
+        "        self.head = torch.nn.Linear(4 * 10 * 10, 5)\n"
+        "    def forward(self, x):\n"
+        "        return self.head((self.conv(x) > 0).float().flatten(1))\n")
+    sys.path.insert(0, str(d))
+    try:
+        import frozen_model
+        from snnc.loader import make_checkpoint
+
+        torch.save(make_checkpoint("frozen_model:Step", {}, frozen_model.Step(), [1, 2, 12, 12]),
+                   d / "step.pt")
+    finally:
+        sys.path.remove(str(d))
+    return d
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("unreachable", ["--max-bits", "1.5"], "smallest average any configuration reaches is 2.00"),
+    ("negative drop", ["--max-drop", "-1"], "must be 0 or more"),
+    ("two budgets", ["--max-bits", "3", "--max-drop", "1"], "exactly one budget"),
+    ("no budget", [], "exactly one budget"),
+    ("nan budget", ["--max-bits", "nan"], "finite"),
+    ("shape", ["--max-bits", "3", "--train", "{bad}/shape.npz", "--val", "{bad}/shape.npz"],
+     "samples of shape [2, 10, 12]"),
+    ("train vs val", ["--max-bits", "3", "--train", "{bad}/shape.npz"], "both must be"),
+    ("labels", ["--max-bits", "3", "--val", "{bad}/labels.npz"], "outside the model's 5 classes"),
+    ("no labels", ["--max-bits", "3", "--train", "{bad}/nolabels.npz"], "need labels y"),
+    ("export", ["--max-bits", "3", "--model", "{bad}/export.pt"], "torch.export archive"),
+    ("untrusted", ["--max-bits", "3", "--model", "{bad}/step.pt"], "--trust-code"),
+    ("untrainable", ["--max-bits", "3", "--model", "{bad}/step.pt", "--trust-code"],
+     "no gradient reaches"),
+    ("resume nothing", ["--max-bits", "3", "--resume"], "no search state"),
+])
+def test_clear_errors(trained, bad, case, args, message):
+    d = trained["dir"]
+    args = [a.replace("{bad}", str(bad)) for a in args]
+    opts = {"--model": str(d / "float.pt"), "--train": str(d / "train.npz"),
+            "--val": str(d / "val.npz")}
+    rest = []
+    it = iter(args)
+    for a in it:
+        if a in opts:
+            opts[a] = next(it)
+        else:
+            rest.append(a)
+    env = dict(ENV, PYTHONPATH=str(bad) + os.pathsep + ENV.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-m", "snnc", "search", opts["--model"], "--train",
+                          opts["--train"], "--val", opts["--val"], "--method", "sensitivity",
+                          "-o", str(bad / f"{case}.json"), "--finetune-epochs", "0", *rest],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode in (1, 2), (run.stdout, run.stderr)
+    assert run.stderr.startswith("snnc: error:") and "Traceback" not in run.stderr
+    assert message in run.stderr, run.stderr
+    assert not (bad / f"{case}.json").exists()
+
+
+def test_energy_model_prefers_shifts_to_multiplies():
+    u, p = qsearch.Choice("uniform", 4), qsearch.Choice("pot", 4)
+    assert qsearch.energy_pj(p, spiking=False) < qsearch.energy_pj(u, spiking=False) < 4.6
+    assert qsearch.energy_pj(qsearch.Choice("uniform", 2), True) < qsearch.energy_pj(u, True) < 0.9
