@@ -1,5 +1,5 @@
 """The bundled samples trained on real data (samples/digits, samples/digits_events): the
-quantized model keeps the float model's accuracy at <= 4 average bits, the compiled model
+quantized model (found by snnc search) keeps the float model's accuracy at <= 3 average bits, the compiled model
 agrees with its PyTorch source on every test sample, spike for spike, the .ort agrees with
 the .onnx exactly, and snnc verify / compile --verify / --report / --ort behave."""
 
@@ -52,15 +52,16 @@ def sample(request, tmp_path_factory):
             "sequence": x.ndim == 5}
 
 
-def test_quantized_keeps_float_accuracy_at_four_bits(sample):
-    """The first paper's bar: within 1 point of float at <= 4 average bits."""
+def test_quantized_keeps_float_accuracy_at_three_bits(sample):
+    """Issue 13's bar (the first paper reports 3.14-3.67 bits): within 1 point of float at
+    <= 3 average bits, with the configuration snnc search chose."""
     float_program = loader.load_program(os.path.join(sample["here"], "float.pt"))
     float_accuracy = torch_accuracy(float_program, sample["x"], sample["y"], sample["sequence"])
     quantized = sample["verification"].source_accuracy
     layers = sample["result"].packed
     bits = sum(layer.codes.size * layer.bits for layer in layers) / \
         sum(layer.codes.size for layer in layers)
-    assert bits <= 4.0
+    assert bits <= 3.0
     assert {layer.scheme for layer in layers} == {"uniform", "pot"}  # heterogeneous
     assert float_accuracy > 0.9, "the sample should be a trained model"
     assert quantized >= float_accuracy - 0.01, (quantized, float_accuracy)
@@ -68,6 +69,8 @@ def test_quantized_keeps_float_accuracy_at_four_bits(sample):
         recorded = json.load(f)
     assert recorded["quantized_accuracy"] == pytest.approx(quantized)
     assert recorded["float_accuracy"] == pytest.approx(float_accuracy)
+    assert recorded["average_bits"] == pytest.approx(bits, abs=1e-4)
+    assert recorded["quantized_by"].startswith("snnc search")
 
 
 def test_compiled_agrees_with_source_on_the_whole_test_split(sample):
@@ -112,8 +115,8 @@ def test_report(sample):
     data = report.build(result.graph, v, {})
     totals = data["totals"]
     assert totals["packed_bytes"] == sum(pack.payload_bytes(layer) for layer in result.packed)
-    assert totals["average_bits"] <= 4.0
-    assert totals["compression"] > 7.5
+    assert totals["average_bits"] <= 3.0
+    assert totals["compression"] > 10
     weights = [r for r in data["layers"] if r["bits"] is not None]
     assert len(weights) == 14 and all(r["sops"] > 0 for r in data["layers"])
     stem = weights[0]

@@ -328,3 +328,17 @@ def test_energy_model_prefers_shifts_to_multiplies():
     u, p = qsearch.Choice("uniform", 4), qsearch.Choice("pot", 4)
     assert qsearch.energy_pj(p, spiking=False) < qsearch.energy_pj(u, spiking=False) < 4.6
     assert qsearch.energy_pj(qsearch.Choice("uniform", 2), True) < qsearch.energy_pj(u, True) < 0.9
+
+
+@pytest.mark.parametrize("sample", ["digits", "digits_events"])
+def test_samples_are_searchable(sample, tmp_path):
+    """The samples' float.pt, train.npz and val.npz load, fit each other and the model
+    (batch axis found, labels in range), and a budget below 2 bits is refused as such."""
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "samples", sample)
+    run = snnc_cli("search", os.path.join(here, "float.pt"), "--train",
+                   os.path.join(here, "train.npz"), "--val", os.path.join(here, "val.npz"),
+                   "--method", "gumbel", "--max-bits", "1.9", "-o", tmp_path / "c.json")
+    assert run.returncode == 1 and "the smallest average any configuration reaches is 2.00" \
+        in run.stderr, run.stderr
+    assert not (tmp_path / "c.json").exists()
