@@ -1,10 +1,10 @@
 """Data parallelism for snnc search on torch.distributed (docs/search.md).
 
 Under `torchrun --nproc_per_node N -m snnc search ...` every process reads the same files and
-runs the same search; `Context` gives each its share of every batch (samples rank, rank +
-world, ...) and sums gradients and evaluation counts across processes (gloo: the search
-runs on CPU tensors), so every process takes the same decisions, and one process the same
-as N.
+runs the same search. `Context` gathers what each process computed on its share (training
+chunks k = rank, rank + N, ...; validation samples likewise) so that every process can add
+the parts in one fixed order (gloo: the search runs on CPU tensors): every process takes the
+same decisions, and one process the same as N, bit for bit (snnc.qsearch.Runner).
 """
 
 from __future__ import annotations
@@ -55,30 +55,41 @@ class Context:
         dist.all_reduce(t)
         return t.tolist()
 
-    def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum the trainable parameters' gradients over the processes. A parameter without a
-        gradient in this process (its share of the batch was empty) gets one if another
-        process has it; one no process has stays without (the optimizer skips it)."""
-        params = [p for p in params if p.requires_grad]
-        if self.world == 1 or not params:
-            return
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's `values` (a 1-D float64 tensor of its share: samples rank, rank +
+        world, ...) back in the global sample order."""
+        if self.world == 1:
+            return values
         import torch.distributed as dist
 
-        present = torch.tensor([0.0 if p.grad is None else 1.0 for p in params])
-        flat = torch.cat([torch.zeros(p.numel()) if p.grad is None else
-                          p.grad.detach().reshape(-1).float() for p in params])
-        dist.all_reduce(present)
-        dist.all_reduce(flat)
-        offset = 0
-        for p, have in zip(params, present.tolist()):
-            n = p.numel()
-            if have:
-                grad = flat[offset:offset + n].view_as(p).to(p.dtype)
-                if p.grad is None:
-                    p.grad = grad.clone()
-                else:
-                    p.grad.copy_(grad)
-            offset += n
+        counts = torch.tensor([len(values)], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(sizes, counts)
+        longest = int(max(int(s) for s in sizes))
+        padded = torch.zeros(longest, dtype=values.dtype)
+        padded[:len(values)] = values
+        parts = [torch.zeros(longest, dtype=values.dtype) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        total = sum(int(s) for s in sizes)
+        out = torch.empty(total, dtype=values.dtype)
+        for rank, (part, size) in enumerate(zip(parts, sizes)):
+            out[rank::self.world] = part[:int(size)]
+        return out
+
+    def gather_rows(self, rows: list[torch.Tensor], count: int, width: int) -> list[torch.Tensor]:
+        """The `count` rows dealt round-robin (row k computed by process k % world), from
+        every process, in row order."""
+        if self.world == 1:
+            return rows
+        import torch.distributed as dist
+
+        per = -(-count // self.world)
+        mine = torch.zeros(per, width)
+        for i, row in enumerate(rows):
+            mine[i] = row
+        parts = [torch.zeros(per, width) for _ in range(self.world)]
+        dist.all_gather(parts, mine)
+        return [parts[k % self.world][k // self.world] for k in range(count)]
 
     def broadcast(self, module: torch.nn.Module) -> None:
         """Process 0's parameters and buffers to every process."""

@@ -23,6 +23,7 @@ within the budget found so far.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -242,49 +243,100 @@ class Runner:
         logits = self.logits(data.x)
         y = torch.from_numpy(data.y[self.ctx.rank::self.ctx.world])
         correct = float((logits.argmax(1) == y).sum()) if len(y) else 0.0
-        kl = 0.0
+        kl = torch.zeros(len(y), dtype=torch.float64)
         if reference is not None and len(y):
             p = torch.log_softmax(reference, 1)
             q = torch.log_softmax(logits, 1)
-            kl = float((p.exp() * (p - q)).sum())
-        correct, kl = self.ctx.sum([correct, kl])
-        return correct / len(data.y), kl / len(data.y)
+            kl = (p.exp() * (p - q)).sum(1)
+        correct = self.ctx.sum([correct])[0]
+        # math.fsum of every sample's divergence: exactly rounded, so the same whichever
+        # process computed which sample (a sample's logits do not depend on its batch)
+        return correct / len(data.y), math.fsum(self.ctx.gather(kl).tolist()) / len(data.y)
 
     def train_epoch(self, data: Data, params: list[torch.nn.Parameter], optimizer, schedule,
                     seed: int, extra: Callable[[], torch.Tensor] | None = None,
                     before_step: Callable[[int], None] | None = None, tick=None) -> float:
         """One epoch over `data` in global batches (the same order in every process, from
-        `seed`); each process runs its share of a batch, gradients are summed across them.
-        BatchNorm keeps its statistics (eval mode): the quantized model folds them."""
+        `seed`). BatchNorm keeps its statistics (eval mode): the quantized model folds them.
+
+        A batch is cut into chunks of CHUNK samples whatever the number of processes; the
+        chunks go round-robin to the processes, each chunk's gradient is computed alone
+        (backward on one thread: a weight gradient's reduction order depends on the thread
+        count), and every process adds all chunks' gradients in chunk order, then the
+        hardware cost's. So the update is the same bits in 1 process as in N, and so is the
+        search's outcome (a sample's forward pass does not depend on its batch)."""
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(data.y), generator=generator).numpy()
         train_mode(self.model)
+        params = [p for p in params if p.requires_grad]
         total = 0.0
-        steps = range(0, len(order), self.batch_size)
-        for step, start in enumerate(steps):
+        for step, start in enumerate(range(0, len(order), self.batch_size)):
             batch = order[start:start + self.batch_size]
-            mine = batch[self.ctx.rank::self.ctx.world]
+            chunks = [batch[i:i + CHUNK] for i in range(0, len(batch), CHUNK)]
             if before_step is not None:
                 before_step(step)
-            optimizer.zero_grad(set_to_none=False)
-            loss = torch.zeros((), dtype=torch.float32)
-            if len(mine):
-                out = self.forward(data.x[mine])
+            mine, losses = [], []
+            for chunk in chunks[self.ctx.rank::self.ctx.world]:
+                optimizer.zero_grad(set_to_none=True)
                 loss = torch.nn.functional.cross_entropy(
-                    out, torch.from_numpy(data.y[mine]), reduction="sum") / len(batch)
-            cost = extra() / self.ctx.world if extra is not None else None
-            objective = loss + cost if cost is not None else loss
-            if objective.requires_grad:
-                objective.backward()
-            self.ctx.sum_grads(params)
+                    self.forward(data.x[chunk]), torch.from_numpy(data.y[chunk]),
+                    reduction="sum") / len(batch)
+                with _threads(1):
+                    loss.backward()
+                mine.append(_flat_grads(params))
+                losses.append(float(loss.detach()))
+            grads = self.ctx.gather_rows(mine, len(chunks), _numel(params) + len(params))
+            gradient = grads[0].clone()
+            for row in grads[1:]:  # in chunk order
+                gradient += row
+            optimizer.zero_grad(set_to_none=True)
+            if extra is not None:  # the same on every process, added once
+                with _threads(1):
+                    extra().backward()
+                gradient += _flat_grads(params)
+            _set_grads(params, gradient)
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-            total += float(self.ctx.sum([float(loss.detach()) * len(batch)])[0])
+            total += math.fsum(self.ctx.gather(torch.tensor(losses, dtype=torch.float64))
+                               .tolist()) * len(batch)
             if tick is not None:
                 tick()
         self.model.eval()
         return total / len(order)
+
+
+CHUNK = 16  # samples per gradient computation: fixed, so N processes add the same terms as 1
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(n, old))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _numel(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+def _flat_grads(params) -> torch.Tensor:
+    """Every gradient in one row, then one flag per parameter: has it a gradient at all?"""
+    return torch.cat([torch.zeros(p.numel()) if p.grad is None else
+                      p.grad.detach().reshape(-1).float() for p in params]
+                     + [torch.tensor([0.0 if p.grad is None else 1.0 for p in params])])
+
+
+def _set_grads(params, flat: torch.Tensor) -> None:
+    """Gradients from a summed row; a parameter no chunk reached keeps none (the optimizer
+    leaves it alone, weight decay included)."""
+    offset, flags = 0, flat[-len(params):]
+    for p, flag in zip(params, flags.tolist()):
+        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype).clone() if flag else None
+        offset += p.numel()
 
 
 def train_mode(model: torch.nn.Module) -> None:
@@ -842,11 +894,18 @@ class Mixer(torch.nn.Module):
                                     for l in layers], dtype=torch.float32)
         self.energy_8 = max(sum(l.ops * energy_pj(eight, l.spiking) for l in layers), 1e-12)
         self.energy_weight = opts.energy_weight
-        self.current: torch.Tensor | None = None
+        self.noise, self.tau = torch.zeros(self.logits.shape), 1.0
 
     def sample(self, generator: torch.Generator, tau: float) -> None:
+        """This step's Gumbel noise and temperature (every chunk of the step uses them)."""
         u = torch.rand(self.logits.shape, generator=generator).clamp(1e-10, 1 - 1e-10)
-        self.current = torch.softmax((self.logits - torch.log(-torch.log(u))) / tau, dim=1)
+        self.noise, self.tau = -torch.log(-torch.log(u)), tau
+
+    @property
+    def current(self) -> torch.Tensor:
+        """The mixture weights, a fresh autograd graph on each use (each chunk's backward
+        frees its own)."""
+        return torch.softmax((self.logits + self.noise) / self.tau, dim=1)
 
     def cost(self) -> torch.Tensor:
         """Hardware cost of the current mixture: (1 - w) x expected bits / 8 + w x expected
