@@ -759,14 +759,33 @@ class Search:
                 break
             trials.append(self._trial(lam, len(trials)))
             self.commit()
-        ok = [t for t in trials if self.within(Point(**t["point"]))]
+        ok = [t for t in trials if self.within(Point(**t["candidate"]))]
         if not ok:
             return None, {}, None
-        chosen = max(ok, key=lambda t: self.rank(Point(**t["point"])))
+        chosen = max(ok, key=lambda t: self.rank(Point(**t["candidate"])))
         self.state.data["chosen_trial"] = trials.index(chosen)
         details = {name: {"probability": chosen["probabilities"][name],
-                          "lambda": chosen["lambda"]} for name in chosen["point"]["config"]}
-        return chosen["point"]["config"], details, Point(**chosen["point"])
+                          "lambda": chosen["lambda"]} for name in chosen["candidate"]["config"]}
+        return chosen["candidate"]["config"], details, Point(**chosen["candidate"])
+
+    def _repair(self, config: dict[str, str], logp: torch.Tensor) -> dict[str, str]:
+        """An argmax configuration over the bit budget, brought within it: repeatedly the
+        move to fewer bits that costs the least log-probability (under the trial's logits)
+        per bit saved."""
+        config = dict(config)
+        index = {label: i for i, label in enumerate(self.labels)}
+        while average_bits(self.layers, config) > self.opts.max_bits + 1e-9:
+            moves = []
+            for i, layer in enumerate(self.layers):
+                now = config[layer.name]
+                for label in self.labels:
+                    saved = choice_of(now).bits - choice_of(label).bits
+                    if saved > 0:
+                        cost = float(logp[i, index[now]] - logp[i, index[label]])
+                        moves.append((cost / (saved * layer.parameters), layer.name, label))
+            _, name, label = min(moves)
+            config[name] = label
+        return config
 
     def _next_lambda(self, trials: list) -> float | None:
         """Geometric bisection of lambda: more weight on the hardware cost while the argmax
@@ -827,18 +846,21 @@ class Search:
             for layer in self.layers:
                 parametrize.remove_parametrizations(layer.module, "weight",
                                                     leave_parametrized=False)
-        config = {l.name: self.labels[int(mixer.logits[i].argmax())]
-                  for i, l in enumerate(self.layers)}
-        probabilities = {l.name: float(torch.softmax(mixer.logits[i].detach(), 0).max())
-                         for i, l in enumerate(self.layers)}
-        trained = copy.deepcopy(self.model.state_dict())
+        logp = torch.log_softmax(mixer.logits.detach(), 1)
+        config = {l.name: self.labels[int(logp[i].argmax())] for i, l in enumerate(self.layers)}
         self.weights = Weights(self.layers)  # quantize the weights this trial trained
         point = self.evaluate(config, f"gumbel lambda {lam:.3g}")
+        candidate = point
+        if self.opts.max_bits is not None and not self.within(point):
+            candidate = self.evaluate(self._repair(config, logp),
+                                      f"gumbel lambda {lam:.3g}, repaired")
         self.model.load_state_dict(self.initial)
         self.weights = Weights(self.layers)
+        probabilities = {l.name: float(logp[i, self.labels.index(candidate.config[l.name])]
+                                       .exp()) for i, l in enumerate(self.layers)}
         self.progress.tick(0, f"{point.bits:.2f} bits, val {100 * point.accuracy:.1f} %")
-        return {"lambda": lam, "point": vars(point), "probabilities": probabilities,
-                "state_dict": trained}
+        return {"lambda": lam, "point": vars(point), "candidate": vars(candidate),
+                "probabilities": probabilities}
 
     # -- fine-tuning
     def finetune(self, config: dict[str, str], start: dict) -> tuple[torch.nn.Module, float]:
@@ -992,11 +1014,7 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
             engine.commit()
         config, details = state.data["result"]["config"], state.data["result"]["details"]
         searched = Point(**state.data["result"]["point"])
-        if opts.method == "gumbel":
-            start_weights = state.data["trials"][state.data["chosen_trial"]]["state_dict"]
-        else:
-            start_weights = engine.initial
-        tuned, _ = engine.finetune(config, start_weights)
+        tuned, _ = engine.finetune(config, engine.initial)  # from the float weights
     except KeyboardInterrupt:  # everything finished is already in the state file
         bar.end()
         raise SearchInterrupted(engine.best(), state_path) from None

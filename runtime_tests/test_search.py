@@ -169,8 +169,8 @@ def test_ctrl_c_keeps_the_best_and_resume_finishes(trained):
     assert "interrupted" in err and "--resume" in err
     done = torch.load(state, weights_only=True)
     assert 1 <= len(done["trials"]) < 4 and "result" not in done
-    within = [t["point"] for t in done["trials"] if t["point"]["bits"] <= 2.6]
-    if within:  # the best committed trial within the budget is what Ctrl-C writes
+    within = [p for p in done["points"] if p["bits"] <= 2.6]
+    if within:  # the best committed configuration within the budget is what Ctrl-C writes
         assert "wrote the best configuration" in err
         best = max(within, key=lambda p: (p["accuracy"], -p["bits"]))
         cut = json.loads((d / "cut.json").read_text())

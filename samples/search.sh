@@ -11,7 +11,7 @@ OUT=${OUT:-out/search}
 BITS=${BITS:-3.0}
 for s in ${SAMPLES:-digits digits_events}; do
   mkdir -p "$OUT/$s"
-  for m in sensitivity gumbel; do
+  for m in ${METHODS:-sensitivity gumbel}; do
     echo "== $s: snnc search --method $m --max-bits $BITS"
     "$PY" -m snnc search "samples/$s/float.pt" \
       --train "samples/$s/train.npz" --val "samples/$s/val.npz" --method "$m" \
