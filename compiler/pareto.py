@@ -41,8 +41,6 @@ COLORS = {"sensitivity": "tab:blue", "gumbel": "tab:orange"}
 
 
 def png(report: dict) -> bytes:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,11 +72,9 @@ def png(report: dict) -> bytes:
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("snnc search: configurations evaluated (before fine-tuning; stars after); "
                  "dotted line: float", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    from .report import figure_bytes
+
+    return figure_bytes(fig, 110)
 
 
 def dumps(report: dict) -> bytes:

@@ -172,8 +172,6 @@ def _short(name: str) -> str:
 
 def figure_png(report: dict) -> bytes:
     """One PNG: bits per weight layer coloured by scheme, and firing rate per neuron layer."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,9 +202,18 @@ def figure_png(report: dict) -> bytes:
         right.set_axis_off()
     for axis in (left, right):
         axis.tick_params(axis="y", labelsize=7)
+    return figure_bytes(fig, 100)
+
+
+def figure_bytes(fig, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out, then closed)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     return buffer.getvalue()
 
