@@ -115,5 +115,5 @@ class Context:
 
             if dist.is_initialized():
                 if wait:
-                    dist.barrier()
+                    self.barrier()
                 dist.destroy_process_group()

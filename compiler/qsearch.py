@@ -12,9 +12,10 @@ budget, by one of the two methods of ../shared/design/seeds.md (docs/search.md):
   energy, `energy_pj`); lambda bisected until the argmax configuration lands on the bit
   budget; then quantization-aware fine-tuning of the argmax configuration.
 
-Data-parallel under torchrun (`snnc.distributed`): every process reads the same files, takes
-its share of each batch, and gradients and evaluation counts are summed across processes,
-so one process and two choose the same configuration for the same seed.
+Data-parallel under torchrun (`snnc.distributed`): every process reads the same files and
+computes its share of each batch (fixed 16-sample chunks) and of the validation samples;
+the parts are gathered and added in one fixed order, so one process and N give the same
+result bit for bit (Runner.train_epoch).
 
 Every unit of work (a sweep layer, a greedy step, a lambda trial, a fine-tuning epoch) is
 recorded in a state file; a search resumes from it, and Ctrl-C writes the best configuration
@@ -74,9 +75,6 @@ def choice_of(label: str) -> Choice:
 # we can do about it)", ISSCC 2014: integer add 0.03 pJ (8 bits) to 0.1 pJ (32 bits), about
 # linear in the width; integer multiply 0.2 pJ (8 bits) to 3.1 pJ (32 bits), about quadratic;
 # float32 add 0.9 pJ and multiply 3.7 pJ (the report's AC and MAC: snnc.report).
-ENERGY_SOURCE = ("Horowitz, ISSCC 2014, 45 nm: int add 0.1 pJ at 32 bits (linear in width), "
-                 "int multiply 3.1 pJ at 32 bits (quadratic in width), float32 add 0.9 pJ, "
-                 "multiply 3.7 pJ")
 ADD_PJ_PER_BIT = 0.1 / 32
 MUL_PJ_PER_BIT2 = 3.1 / 32 ** 2
 INPUT_BITS = 8  # a real-valued input (the image) as 8-bit activations for the integer MAC
@@ -188,11 +186,6 @@ def energy_nj(layers: list[Layer], config: dict[str, str]) -> float:
     return sum(l.ops * energy_pj(choice_of(config[l.name]), l.spiking) for l in layers) / 1e3
 
 
-def smallest_bits(layers: list[Layer], choices: list[Choice]) -> float:
-    low = min(c.bits for c in choices)
-    return float(low)
-
-
 def to_rules(config: dict[str, str]) -> dict:
     return {name: choice_of(label).rule() for name, label in config.items()}
 
@@ -211,6 +204,17 @@ def strip_quantization(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def run(model: torch.nn.Module, x: np.ndarray, axis: int) -> torch.Tensor:
+    """The model on samples-first `x`, its batch moved to `axis`, neuron memories reset
+    before and after."""
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+    out = model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, 0, axis))))
+    functional.reset_net(model)
+    return out
+
+
 class Runner:
     """Evaluation and data-parallel training of one model on samples-first data."""
 
@@ -221,12 +225,7 @@ class Runner:
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, 0, self.axis)))
 
     def forward(self, x: np.ndarray) -> torch.Tensor:
-        from spikingjelly.activation_based import functional
-
-        functional.reset_net(self.model)
-        out = self.model(self.inputs(x))
-        functional.reset_net(self.model)
-        return out
+        return run(self.model, x, self.axis)
 
     def logits(self, x: np.ndarray) -> torch.Tensor:
         """This process's share of the data (every world-th sample), eval mode, float64."""
@@ -238,20 +237,24 @@ class Runner:
                 outs.append(self.forward(mine[i:i + 128]).double())
         return torch.cat(outs) if outs else torch.zeros(0, 0, dtype=torch.float64)
 
+    def accuracy(self, logits: torch.Tensor, data: Data) -> float:
+        """Accuracy over all processes of this process's `logits` (from `logits`)."""
+        y = torch.from_numpy(data.y[self.ctx.rank::self.ctx.world])
+        correct = float((logits.argmax(1) == y).sum()) if len(y) else 0.0
+        return self.ctx.sum([correct])[0] / len(data.y)
+
     def score(self, data: Data, reference: torch.Tensor | None = None) -> tuple[float, float]:
         """(accuracy, mean KL divergence from `reference` logits) over all processes."""
         logits = self.logits(data.x)
-        y = torch.from_numpy(data.y[self.ctx.rank::self.ctx.world])
-        correct = float((logits.argmax(1) == y).sum()) if len(y) else 0.0
-        kl = torch.zeros(len(y), dtype=torch.float64)
-        if reference is not None and len(y):
+        kl = torch.zeros(len(logits), dtype=torch.float64)
+        if reference is not None and len(logits):
             p = torch.log_softmax(reference, 1)
             q = torch.log_softmax(logits, 1)
             kl = (p.exp() * (p - q)).sum(1)
-        correct = self.ctx.sum([correct])[0]
         # math.fsum of every sample's divergence: exactly rounded, so the same whichever
         # process computed which sample (a sample's logits do not depend on its batch)
-        return correct / len(data.y), math.fsum(self.ctx.gather(kl).tolist()) / len(data.y)
+        return (self.accuracy(logits, data),
+                math.fsum(self.ctx.gather(kl).tolist()) / len(data.y))
 
     def train_epoch(self, data: Data, params: list[torch.nn.Parameter], optimizer, schedule,
                     seed: int, extra: Callable[[], torch.Tensor] | None = None,
@@ -381,9 +384,10 @@ def check_trains(runner: Runner, data: Data, layers: list[Layer]) -> None:
 
 
 def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndarray,
-               where: str) -> int:
-    """The model input's batch axis: where inserting the samples-first data's batch gives a
-    shape the model runs on, with one output row per sample."""
+               where: str) -> tuple[int, int]:
+    """(the model input's batch axis, the number of classes): the axis where inserting the
+    samples-first data's batch gives a shape the model runs on, with one output row of
+    logits per sample."""
     sample = list(x.shape[1:])
     axes = [a for a in range(len(sample) + 1)
             if input_shape is None or input_shape[:a] + input_shape[a + 1:] == sample]
@@ -391,18 +395,14 @@ def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndar
         raise BadInputError(f"{where}: x has samples of shape {sample}, but the model takes "
                             f"{input_shape} (its checkpoint's input_shape); x must hold samples "
                             "first, each shaped as the model's input without its batch axis")
-    from spikingjelly.activation_based import functional
-
     errors = []
     for axis in axes:
         try:
             with torch.no_grad():
                 model.eval()
-                functional.reset_net(model)
-                out = model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x[:3], 0, axis))))
-                functional.reset_net(model)
+                out = run(model, x[:3], axis)
             if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == len(x[:3]):
-                return axis
+                return axis, int(out.shape[1])
             errors.append(f"batch at axis {axis}: output shape "
                           f"{list(out.shape) if isinstance(out, torch.Tensor) else type(out)}")
         except Exception as error:  # the model refuses the shape: try the next axis
@@ -410,19 +410,6 @@ def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndar
     raise BadInputError(f"{where}: the model does not run on x's samples {sample} as a batch "
                         f"with one row of logits [n, classes] per sample ("
                         + "; ".join(errors[:3]) + ")")
-
-
-def check_data(model, data: Data, axis: int, where: str) -> None:
-    with torch.no_grad():
-        model.eval()
-        from spikingjelly.activation_based import functional
-
-        functional.reset_net(model)
-        out = model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(data.x[:1], 0, axis))))
-        functional.reset_net(model)
-    from .accuracy import check_labels
-
-    check_labels(data.y, int(out.shape[-1]), f"{where}'s y")
 
 
 def measure_ops(runner: Runner, layers: list[Layer], x: np.ndarray) -> None:
@@ -469,9 +456,8 @@ class Weights:
         if (name, label) not in self.cache:
             c = choice_of(label)
             w = self.original[name]
-            scale = quant.mse_scale(w, c.scheme, c.bits)
-            self.cache[name, label] = quant.dequantize(quant.codes(w, scale, c.scheme, c.bits),
-                                                       scale, c.scheme, c.bits).to(w.dtype)
+            self.cache[name, label] = quant.fake_quant(
+                w, quant.mse_scale(w, c.scheme, c.bits), c.scheme, c.bits)
         return self.cache[name, label]
 
     def apply(self, config: dict[str, str]) -> None:
@@ -585,12 +571,6 @@ class Progress:
             self.stream.flush()
         self.label = ""
 
-    def say(self, text: str) -> None:
-        if self.enabled:
-            self.end()
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
 
 # ------------------------------------------------------------------------------------------
 # The search
@@ -609,7 +589,7 @@ class Search:
         self.weights = Weights(self.layers)
         measure_ops(self.runner, self.layers, val.x[:64])
         self.reference = self.runner.logits(val.x)
-        self.float_accuracy, _ = self.runner.score(val)
+        self.float_accuracy = self.runner.accuracy(self.reference, val)
         self.points: list[Point] = [Point(**p) for p in state.data.get("points", [])]
 
     # -- budget
@@ -630,14 +610,18 @@ class Search:
         ok = [p for p in self.points if self.within(p)]
         return max(ok, key=self.rank) if ok else None
 
-    def evaluate(self, config: dict[str, str], stage: str) -> Point:
+    def score(self, config: dict[str, str]) -> tuple[float, float]:
         """The configuration's validation accuracy and divergence, on quantized copies of
-        the float weights (no fine-tuning)."""
+        the weights (no fine-tuning); layers not in `config` stay float."""
         self.weights.apply(config)
         try:
-            accuracy, kl = self.runner.score(self.val, self.reference)
+            return self.runner.score(self.val, self.reference)
         finally:
             self.weights.restore()
+
+    def evaluate(self, config: dict[str, str], stage: str) -> Point:
+        """score(config), recorded as a point of the search."""
+        accuracy, kl = self.score(config)
         point = Point(dict(config), average_bits(self.layers, config),
                       energy_nj(self.layers, config), accuracy, kl, stage)
         self.points.append(point)
@@ -660,10 +644,8 @@ class Search:
                 continue
             row = {}
             for label in self.labels:
-                self.weights.apply({layer.name: label})
-                row[label] = list(self.runner.score(self.val, self.reference))
+                row[label] = list(self.score({layer.name: label}))
                 self.progress.tick(note=layer.name)
-            self.weights.restore()
             sweep[layer.name] = row
             self.commit()
         # Base settings: per layer the fewest bits that alone lose no validation sample.
@@ -863,14 +845,13 @@ class Search:
                 "probabilities": probabilities}
 
     # -- fine-tuning
-    def finetune(self, config: dict[str, str], start: dict) -> tuple[torch.nn.Module, float]:
+    def finetune(self, config: dict[str, str], start: dict) -> torch.nn.Module:
         """Quantization-aware fine-tuning of `config` from the weights `start`, with scales
         chosen on the weights and refined on 256 training inputs (snnc.quantize)."""
         model = self.model
         model.load_state_dict(start)
         calibration = self.runner.inputs(self.train.x[:256])
         quant.quantize(model, to_rules(config), calibration=calibration)
-        before, _ = self.runner.score(self.val)
         epochs = self.opts.finetune_epochs
         steps = epochs * math.ceil(len(self.train.y) / self.opts.batch_size)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -895,7 +876,7 @@ class Search:
                  "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
             self.commit()
         self.progress.end()
-        return model, before
+        return model
 
 
 class Mixer(torch.nn.Module):
@@ -985,13 +966,14 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
                             f"samples {list(val.x.shape[1:])}; both must be the model's input")
     torch.manual_seed(opts.seed)
     model = strip_quantization(copy.deepcopy(model)).float()  # the caller's model is left alone
-    layers = quantizable(model)
-    choices = candidates(opts.allow_float)
-    axis = batch_axis(model, input_shape, train.x, "--train")
-    check_data(model, train, axis, "--train")
-    check_data(model, val, axis, "--val")
+    quantizable(model)  # refuses a model with nothing to quantize before any work
+    axis, classes = batch_axis(model, input_shape, train.x, "--train")  # val: same shape
+    from .accuracy import check_labels
+
+    check_labels(train.y, classes, "--train's y")
+    check_labels(val.y, classes, "--val's y")
     if opts.max_bits is not None:
-        low = smallest_bits(layers, choices)
+        low = float(min(c.bits for c in candidates(opts.allow_float)))
         if not (opts.max_bits >= low):
             raise BadInputError(f"--max-bits {opts.max_bits:g} cannot be met: the smallest "
                                 f"average any configuration reaches is {low:.2f} bits (every "
@@ -1014,14 +996,12 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
             engine.commit()
         config, details = state.data["result"]["config"], state.data["result"]["details"]
         searched = Point(**state.data["result"]["point"])
-        tuned, _ = engine.finetune(config, engine.initial)  # from the float weights
+        tuned = engine.finetune(config, engine.initial)  # from the float weights
     except KeyboardInterrupt:  # everything finished is already in the state file
         bar.end()
         raise SearchInterrupted(engine.best(), state_path) from None
     accuracy, _ = engine.runner.score(val)
     rows, average = quant.report(tuned)
-    state.data["done"] = True
-    state.save()
     float_config = {l.name: "float" for l in engine.layers}
     return Result(opts.method, to_rules(config), rows, average,
                   energy_nj(engine.layers, config), energy_nj(engine.layers, float_config),

@@ -39,7 +39,7 @@ def epoch_seconds(sample: str, runs: int = 3) -> float:
     train = qsearch.Data(*load_data(os.path.join(here, "train.npz")))
     with open(os.path.join(here, "results.json")) as f:
         config = json.load(f)["config"]
-    axis = qsearch.batch_axis(model, ckpt["input_shape"], train.x, "train")
+    axis, _ = qsearch.batch_axis(model, ckpt["input_shape"], train.x, "train")
     quant.quantize(model, config)
     runner = qsearch.Runner(model, axis, Context.single(), 64)
     params = [p for p in model.parameters() if p.requires_grad]
