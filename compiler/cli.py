@@ -386,8 +386,6 @@ def quantize_cmd(model, config_path, output, method, calibration, trust_code):
 
 
 def _quantize(model, config_path, output, method, calibration, trust_code):
-    import io
-
     import torch
 
     from . import loader, quant
@@ -404,11 +402,7 @@ def _quantize(model, config_path, output, method, calibration, trust_code):
         batches = torch.from_numpy(x)
     quant.quantize(net, config, calibration=batches, method=method)
     rows, average = quant.report(net)
-    out = dict(ckpt, state_dict=net.state_dict(),
-               quantization={"config": config, "method": method})
-    buffer = io.BytesIO()
-    torch.save(out, buffer)
-    write_atomic(output, buffer.getvalue())
+    write_atomic(output, loader.checkpoint_bytes(ckpt, net, config, method))
     return rows, average
 
 
@@ -486,16 +480,13 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
             report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
             energy_weight, batch_size, lr, state_path, resume, trust_code, quiet):
     import hashlib
-    import io
     import json
-
-    import torch
 
     from . import loader, pareto
     from . import qsearch as search
     from .accuracy import load_data
     from .distributed import Context
-    from .files import check_paths, sniff, write_all_atomic
+    from .files import check_paths, write_all_atomic
 
     for name, value in (("--max-bits", max_bits), ("--max-drop", max_drop), ("--lr", lr),
                         ("--energy-weight", energy_weight)):
@@ -505,13 +496,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     check_paths([("MODEL", model), ("--train", train_path), ("--val", val_path)],
                 [("-o", output), ("--quantized", quantized_path), ("--report", report_path),
                  ("--report's JSON", report_json), ("--state", state_path)])
-    if sniff(model) == "export":
-        raise SnncError(
-            f"{model} is a torch.export archive: a traced graph with its batch size fixed and "
-            "no conv/linear modules to quantize, which snnc search cannot fine-tune. Give an "
-            "snnc checkpoint (the model's factory and state_dict: snnc.loader.make_checkpoint, "
-            "docs/model_files.md); snnc compile accepts it too.")
-    ckpt = loader.load_checkpoint(model)
+    ckpt = loader.load_checkpoint(model, "snnc search")
     net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code)
     train, val = (search.Data(*load_data(p)) for p in (train_path, val_path))
     ctx = Context.from_environment()
@@ -540,10 +525,8 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
             return
         files = [(output, (json.dumps(result.config, indent=2) + "\n").encode())]
         if quantized_path:
-            buffer = io.BytesIO()
-            torch.save(dict(ckpt, state_dict=result.model.state_dict(),
-                            quantization={"config": result.config, "method": "mse"}), buffer)
-            files.append((quantized_path, buffer.getvalue()))
+            files.append((quantized_path,
+                          loader.checkpoint_bytes(ckpt, result.model, result.config)))
         if report_path:
             entry = _report_entry(result, opts)
             report = pareto.merge(report_json, hashlib.sha256(

@@ -61,16 +61,35 @@ def make_checkpoint(factory: str, kwargs: dict, model: torch.nn.Module,
             "input_shape": list(input_shape)}
 
 
-def load_checkpoint(path: str) -> dict:
-    """An snnc checkpoint dict, or BadInputError saying why `path` is not one."""
+def checkpoint_bytes(ckpt: dict, model: torch.nn.Module | None = None,
+                     config: dict | None = None, method: str = "mse") -> bytes:
+    """The torch.save bytes of `ckpt`, with `model`'s state_dict and, given a `config`, the
+    quantization record that makes loading re-apply snnc.quantize (docs/model_files.md)."""
+    import io
+
+    out = dict(ckpt)
+    if model is not None:
+        out["state_dict"] = model.state_dict()
+    if config is not None:
+        out["quantization"] = {"config": config, "method": method}
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(path: str, command: str = "snnc quantize") -> dict:
+    """An snnc checkpoint dict, or BadInputError saying why `path` is not one (for
+    `command`, which changes or trains the model's weights)."""
     check_input("MODEL", path)
     kind = sniff(path)
     if kind == "export":
         raise BadInputError(
-            f"{path} is a torch.export archive; snnc quantize needs an snnc checkpoint (the "
+            f"{path} is a torch.export archive; {command} needs an snnc checkpoint (the "
             "model's factory and state_dict, docs/model_files.md) because it changes the "
-            "model's weights before export. Quantize the model in Python with "
-            "snnc.quantize(model, config) and export it, or save a checkpoint.")
+            "model's weights: an archive is a traced graph whose batch size is fixed and "
+            "whose convolutions are not modules to quantize or fine-tune. Save a checkpoint "
+            "(snnc.loader.make_checkpoint; snnc compile accepts it too), or quantize the model "
+            "in Python with snnc.quantize(model, config) and export it.")
     if kind not in ("torch", "pickle"):
         raise wrong_kind("MODEL", path, kind, "an snnc checkpoint")
     obj = _torch_load(path, kind, trust_pickle=False)

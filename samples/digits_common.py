@@ -208,14 +208,9 @@ def shift_augment(max_shift: int):
 def checkpoint(model, kwargs: dict, input_shape: list[int], config: dict | None = None) -> bytes:
     """The snnc checkpoint of the model (factory, kwargs, state_dict; the quantization config
     if quantized): snnc compile, quantize and search all read it."""
-    from snnc.loader import make_checkpoint
+    from snnc.loader import checkpoint_bytes, make_checkpoint
 
-    ckpt = make_checkpoint(FACTORY, kwargs, model, input_shape)
-    if config is not None:
-        ckpt["quantization"] = {"config": config, "method": "mse"}
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
-    return buffer.getvalue()
+    return checkpoint_bytes(make_checkpoint(FACTORY, kwargs, model, input_shape), config=config)
 
 
 def npz(x: np.ndarray, y: np.ndarray) -> bytes:
