@@ -6,6 +6,7 @@ validation data, so running both methods with the same --report puts both on one
 from __future__ import annotations
 
 import json
+import math
 import os
 
 
@@ -19,12 +20,28 @@ def merge(path_json: str, key: str, method: str, entry: dict) -> dict:
                 old = json.load(f)
             if isinstance(old, dict) and old.get("key") == key and \
                     isinstance(old.get("methods"), dict):
-                report["methods"] = {m: e for m, e in old["methods"].items() if m != method
-                                     and isinstance(e, dict) and isinstance(e.get("points"), list)}
+                report["methods"] = {m: e for m, e in old["methods"].items()
+                                     if m != method and _plottable(e)}
         except (OSError, ValueError, RecursionError):
             pass  # an unreadable old report is replaced
     report["methods"][method] = entry
     return report
+
+
+def _plottable(entry) -> bool:
+    """An old report's entry png() can draw: points (and the final point) with real-number
+    bits, energy and accuracy. The file is a user's; anything else is dropped, not drawn."""
+    def point(p) -> bool:
+        return isinstance(p, dict) and all(
+            isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)
+            and math.isfinite(p[k]) for k in ("bits", "energy_nj", "accuracy"))
+
+    return isinstance(entry, dict) and isinstance(entry.get("points"), list) \
+        and all(point(p) for p in entry["points"]) \
+        and (entry.get("final") is None or point(entry["final"])) \
+        and all(entry.get(k) is None or (isinstance(entry[k], (int, float))
+                                         and math.isfinite(entry[k]))
+                for k in ("float_accuracy", "max_bits"))
 
 
 def frontier(points: list[dict], x: str) -> list[dict]:

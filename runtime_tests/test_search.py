@@ -345,3 +345,25 @@ def test_samples_are_searchable(sample, tmp_path):
     assert run.returncode == 1 and "the smallest average any configuration reaches is 2.00" \
         in run.stderr, run.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
+    """--report merges the other method's entry from an existing JSON (a user's file): an
+    entry whose points are not numbers is dropped, and the figure is still drawn."""
+    from snnc import pareto
+
+    good = {"points": [{"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}], "max_bits": 3.0,
+            "float_accuracy": 0.95, "final": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}}
+    old = tmp_path / "r.json"
+    for bad in ({"points": [{"bits": "x", "energy_nj": 1, "accuracy": 0.5}]},
+                {"points": [None]}, {"points": [], "final": {"bits": 1}},
+                {"points": [], "max_bits": "3"}):
+        old.write_text(json.dumps({"key": "k", "methods": {"gumbel": bad}}))
+        report = pareto.merge(str(old), "k", "sensitivity", good)
+        assert set(report["methods"]) == {"sensitivity"}
+        assert pareto.png(report)[:4] == b"\x89PNG"
+    old.write_text(json.dumps({"key": "k", "methods": {"gumbel": good}}))
+    assert set(pareto.merge(str(old), "k", "sensitivity", good)["methods"]) == \
+        {"sensitivity", "gumbel"}
+    assert set(pareto.merge(str(old), "other", "sensitivity", good)["methods"]) == \
+        {"sensitivity"}
