@@ -37,6 +37,11 @@ def main() -> None:
     head = ["sample", "test n", "float PyTorch %", "float ORT %", "quantized PyTorch %",
             "quantized ORT %", "top-1 agreement", ".ort vs .onnx", "avg bits",
             "packed / float32"]
+    print_table(head, rows)
+
+
+def print_table(head: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell (samples/search_table.py prints with it too)."""
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from accuracy_table import print_table  # samples/ is this script's directory
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -46,9 +48,7 @@ def main() -> None:
                          f"{seconds.get(method, float('nan')) / 60:.1f} min"])
     if not rows:
         sys.exit(f"no search results under {out}: run bash samples/search.sh first")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    for r in [head] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print_table(head, rows)
 
 
 if __name__ == "__main__":
