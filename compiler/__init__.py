@@ -1,6 +1,6 @@
 """snnc: compile quantized spiking neural networks to ONNX for ONNX Runtime (and Mobile)."""
 
-from .errors import BadInputError, PassError, SnncError, UnsupportedOpError, VerificationError
+from snnc.errors import BadInputError, PassError, SnncError, UnsupportedOpError, VerificationError
 
 __version__ = "0.1.0"
 __all__ = ["BadInputError", "PassError", "SnncError", "UnsupportedOpError",
@@ -12,14 +12,14 @@ def compile(model, example_input=None, path=None, *, pack_path=None, ort=False, 
     torch.export.ExportedProgram) to ONNX, as torch.onnx.export does; returns the
     snnc.driver.Result (ONNX model and bytes, packed weights, summary). With `path`, writes
     the files. See snnc.driver.compile_model."""
-    from .driver import compile_model  # imports torch only when used
+    from snnc.driver import compile_model  # imports torch only when used
 
     return compile_model(model, example_input, path, pack_path=pack_path, ort=ort, **options)
 
 
 def quantize(model, config, calibration=None, method: str = "mse"):
     """Quantize a model's conv/linear weights per layer: see snnc.quant.quantize."""
-    from .quant import quantize as _quantize  # imports torch only when used
+    from snnc.quant.quantize import quantize as _quantize  # imports torch only when used
 
     return _quantize(model, config, calibration=calibration, method=method)
 
@@ -29,13 +29,13 @@ def search(model, train, val, *, method: str = "sensitivity", max_bits: float | 
            state_path: str | None = None, resume: bool = False, **options):
     """Search a model's per-layer quantization under a budget (docs/search.md), then
     fine-tune it. `train` and `val` are (x, y) pairs of samples-first arrays or .npz paths;
-    `options` are snnc.qsearch.Options fields (seed, finetune_epochs, allow_float, ...).
-    Returns a snnc.qsearch.Result: `config` (what snnc.quantize takes), the fine-tuned
+    `options` are snnc.quant.search.engine.Options fields (seed, finetune_epochs, allow_float, ...).
+    Returns a snnc.quant.search.engine.Result: `config` (what snnc.quantize takes), the fine-tuned
     quantized `model`, the per-layer `rows`, `average_bits` and validation accuracies."""
     import numpy as np
 
-    from . import qsearch  # imports torch only when used
-    from .accuracy import load_data
+    from snnc.files.data import load_data
+    from snnc.quant.search import engine as qsearch  # imports torch only when used
 
     def data(d):
         if isinstance(d, str):

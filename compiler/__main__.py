@@ -1,3 +1,3 @@
-from .cli import main
+from snnc.cli import main
 
 main(prog_name="snnc")

@@ -6,13 +6,13 @@ import contextlib
 import math
 import os
 import sys
-import time
 import warnings
 
 import click
 
-from .errors import SnncError, first_line
-from .options import Options
+from snnc.errors import SnncError, first_line
+from snnc.options import Options
+from snnc.progress import Stages
 
 
 def _shape(text: str | None) -> list[int] | None:
@@ -23,25 +23,6 @@ def _shape(text: str | None) -> list[int] | None:
     except ValueError:
         raise SnncError(f"--input-shape {text!r} is not a list of sizes such as 1,3,32,32") \
             from None
-
-
-class _Progress:
-    """Stage lines on stderr, each with the time the previous stage took."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.last: tuple[str, float] | None = None
-
-    def __call__(self, stage: str) -> None:
-        self.finish()
-        self.last = (stage, time.perf_counter())
-        if not self.quiet:
-            click.echo(f"  {stage} ...", err=True, nl=False)
-
-    def finish(self) -> None:
-        if self.last and not self.quiet:
-            click.echo(f" {time.perf_counter() - self.last[1]:.1f}s", err=True)
-        self.last = None
 
 
 class _Group(click.Group):
@@ -81,7 +62,7 @@ def _trust_options(fn):
 
 
 @contextlib.contextmanager
-def _errors(progress: _Progress | None = None, what: str = "no output was written"):
+def _errors(progress: Stages | None = None, what: str = "no output was written"):
     """Every failure as one paragraph: SnncError (exit 1), Ctrl-C (130), or a bug in snnc
     (exit 3). Library warnings stay off stderr: snnc says what matters itself."""
     try:
@@ -105,7 +86,7 @@ def _not_nan(value: float) -> float:
     return value
 
 
-def _finish(progress: _Progress | None) -> None:
+def _finish(progress: Stages | None) -> None:
     if progress is not None:
         progress.finish()
 
@@ -163,9 +144,9 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
                 weight_container, pack_path, weights, timesteps, pot_lowering, kernels, ort,
                 verify_data, min_agreement, report_path, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
-    from .driver import compile_file
+    from snnc.driver import compile_file
 
-    progress = _Progress(quiet)
+    progress = Stages(quiet)
     verification = None
     if not quiet:
         click.echo(f"snnc compile {model} -> {output}", err=True)
@@ -180,7 +161,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
                        pot_lowering=pot_lowering, integer_kernels=kernels == "integer")
         check = None
         if data is not None:
-            from .accuracy import check_data
+            from snnc.check.accuracy import check_data
 
             def check(result):
                 check_data(result.model, *data)
@@ -193,7 +174,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
             click.echo("wrote " + ", ".join(_model_outputs(output, pack_path, ort)))
     with _errors(progress, "the compiled model was written; verification and report are not"):
         if data is not None:
-            from .mobile import ort_paths
+            from snnc.backend.mobile import ort_paths
             verification = _verify(result.program, output, pack_path if external else None,
                                    data, quiet, ort_file=ort and ort_paths(output)[0])
         if report_path is not None:
@@ -224,9 +205,9 @@ def _check_compile_options(weight_container, external, ort, timesteps, verify_da
 
 def _check_compile_paths(model, output, pack_path, ort, report_path, verify_data,
                          dump_ir) -> None:
-    """Every file compile reads and writes, before any work (snnc.files.check_paths)."""
-    from .files import check_paths
-    from .mobile import ort_paths
+    """Every file compile reads and writes, before any work (snnc.files.paths.check_paths)."""
+    from snnc.backend.mobile import ort_paths
+    from snnc.files.paths import check_paths
 
     outputs = [("-o", output), ("--pack", pack_path)]
     if ort and output:
@@ -261,8 +242,9 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
     has --debug-outputs, the spike agreement per neuron layer. Exit status: 0 when top-1
     agreement reaches --min-agreement, 4 when it does not, 1 on bad input.
     """
-    from . import frontend, loader
-    from .files import check_paths, sniff, wrong_kind
+    from snnc.files import loader
+    from snnc.files.paths import check_paths, sniff, wrong_kind
+    from snnc.frontend.lift import lift
 
     with _errors(what="nothing was verified"):
         check_paths([("SOURCE", source), ("COMPILED", compiled), ("--data", data),
@@ -280,26 +262,26 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
         x = _load_data(data)
         program = loader.load_program(source, trust_pickle=trust_pickle,
                                       input_shape=_shape(input_shape), trust_code=trust_code)
-        frontend.lift(program)  # SOURCE runs in PyTorch only if its ops are ones snnc knows
+        lift(program)  # SOURCE runs in PyTorch only if its ops are ones snnc knows
         verification = _verify(program, compiled, pack_path, x, quiet=as_json,
                                batch_size=batch_size, allow_other_source=allow_other_source)
     if as_json:
-        from .accuracy import write_json
+        from snnc.check.accuracy import write_json
         click.echo(write_json(verification))
     _judge(verification, min_agreement, quiet=as_json)
 
 
 def _model_outputs(output, pack_path, ort) -> list[str]:
     """The model files compile writes (with compile_file)."""
-    from .mobile import ort_paths
+    from snnc.backend.mobile import ort_paths
 
     return [output] + ([pack_path] if pack_path else []) + (list(ort_paths(output)) if ort
                                                           else [])
 
 
 def _load_data(path):
-    from .accuracy import load_data
-    from .files import check_input, sniff, wrong_kind
+    from snnc.files.data import load_data
+    from snnc.files.paths import check_input, sniff, wrong_kind
 
     check_input("--data", path)
     kind = sniff(path)
@@ -312,8 +294,8 @@ def _load_data(path):
 def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=None,
             allow_other_source=True):
     """Verify `onnx_path` against `program` on data = (x, y), printing the result."""
-    from . import accuracy
-    from .runtime import load_session
+    from snnc.backend.runtime import load_session
+    from snnc.check import accuracy
 
     x, y = data
     session = load_session(onnx_path, pack_path, intra_op_num_threads=2)
@@ -344,8 +326,8 @@ def _judge(verification, min_agreement: float, quiet: bool = False) -> None:
 
 
 def _write_report(path, result, verification, model, output, quiet) -> None:
-    from . import report
-    from .files import write_all_atomic
+    from snnc.check import report
+    from snnc.files.paths import write_all_atomic
 
     extra = {"model": model, "onnx": output, "timesteps": result.graph.time.steps
              if result.graph.time else 1}
@@ -373,13 +355,13 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
                    "and calls it; docs/model_files.md).")
 def quantize_cmd(model, config_path, output, method, calibration, trust_code):
     """Quantize an snnc checkpoint's conv/linear weights per layer (docs/quantization.md)."""
-    from .files import check_paths
+    from snnc.files.paths import check_paths
 
     with _errors():
         check_paths([("MODEL", model), ("--config", config_path),
                      ("--calibration", calibration)], [("-o", output)])
         rows, average = _quantize(model, config_path, output, method, calibration, trust_code)
-    from . import quant
+    from snnc.quant import quantize as quant
 
     click.echo(quant.format_report(rows, average))
     click.echo(f"wrote {output}")
@@ -388,8 +370,9 @@ def quantize_cmd(model, config_path, output, method, calibration, trust_code):
 def _quantize(model, config_path, output, method, calibration, trust_code):
     import torch
 
-    from . import loader, quant
-    from .files import write_atomic
+    from snnc.files import loader
+    from snnc.files.paths import write_atomic
+    from snnc.quant import quantize as quant
 
     config = _read_config(config_path)
     ckpt = loader.load_checkpoint(model)
@@ -482,11 +465,12 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     import hashlib
     import json
 
-    from . import loader, pareto
-    from . import qsearch as search
-    from .accuracy import load_data
-    from .distributed import Context
-    from .files import check_paths, write_all_atomic
+    from snnc.files import loader
+    from snnc.files.data import load_data
+    from snnc.files.paths import check_paths, write_all_atomic
+    from snnc.quant import pareto
+    from snnc.quant.distributed import Context
+    from snnc.quant.search import engine as search
 
     for name, value in (("--max-bits", max_bits), ("--max-drop", max_drop), ("--lr", lr),
                         ("--energy-weight", energy_weight)):
@@ -558,7 +542,7 @@ def _report_entry(result, opts) -> dict:
 
 
 def _search_table(result) -> str:
-    from . import quant
+    from snnc.quant import quantize as quant
 
     lines = [quant.format_report(result.rows, result.average_bits)]
     extra = []
@@ -578,8 +562,8 @@ def _search_table(result) -> str:
 def _interrupted(stop, output, state_path) -> None:
     import json
 
-    from .files import write_atomic
-    from .qsearch import to_rules
+    from snnc.files.paths import write_atomic
+    from snnc.quant.search.engine import to_rules
 
     if stop.best is not None:
         write_atomic(output, (json.dumps(to_rules(stop.best.config), indent=2) + "\n").encode())
@@ -599,8 +583,8 @@ def inspect_cmd(pack_file, as_json):
     """Print the layer table of an .snnpack weight pack."""
     import json
 
-    from . import pack
-    from .files import check_input, sniff, wrong_kind
+    from snnc.backend import pack
+    from snnc.files.paths import check_input, sniff, wrong_kind
 
     with _errors(what="nothing was printed"):
         check_input("PACK", pack_file)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .loader import quiet_torch_logs
+from snnc.files.loader import quiet_torch_logs
 
 quiet_torch_logs()
 
@@ -69,7 +69,7 @@ def firing_spikformer(steps: int = 4, seed: int = 0, quantization: dict | None =
     quantized first with `quantization` (a snnc.quantize config) if given."""
     from spikingjelly.activation_based.model import spikformer
 
-    from .quant import quantize
+    from snnc.quant.quantize import quantize
 
     torch.manual_seed(seed)
     model = spikformer.spikformer_cifar10(T=steps)

@@ -15,11 +15,13 @@ import numpy as np
 import onnx
 import torch
 
-from . import files, frontend, loader, mobile, onnx_emit, pack
-from .errors import BadInputError
-from .ir import Graph
-from .options import DEFAULT, Options
-from .pipeline import run_passes
+from snnc.backend import mobile, onnx_emit, pack
+from snnc.errors import BadInputError
+from snnc.files import loader, paths, tensors
+from snnc.frontend.lift import lift
+from snnc.ir.graph import Graph
+from snnc.options import DEFAULT, Options
+from snnc.pipeline import run_passes
 
 
 @dataclass
@@ -74,16 +76,13 @@ class Result:
         ]) + quantized + layout
 
 
-FINGERPRINT_KEY = "snnc.source_fingerprint"  # ONNX metadata: loader.fingerprint(source)
-
-
 def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = None,
                     progress: Callable[[str], None] | None = None,
                     where: str = "the model") -> Result:
     """Compile an ExportedProgram; refuses non-finite weights (naming the layer, in `where`).
-    The ONNX model records the program's fingerprint (loader.fingerprint) in its metadata."""
+    The ONNX model records the program's fingerprint (tensors.fingerprint) in its metadata."""
     timings: dict[str, float] = {}
-    loader.check_finite(loader.program_tensors(program), where)
+    tensors.check_finite(tensors.program_tensors(program), where)
 
     def stage(name: str, fn, *args):
         if progress:
@@ -93,7 +92,7 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
         timings[name] = time.perf_counter() - start
         return out
 
-    graph = stage("trace", frontend.lift, program)
+    graph = stage("trace", lift, program)
     check_numbers(graph, where, "in the model")
     with np.errstate(all="ignore"):  # an overflow shows as a non-finite value, refused below
         lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
@@ -101,7 +100,7 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
     packed: list = []
     model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
     entry = model.metadata_props.add()
-    entry.key, entry.value = FINGERPRINT_KEY, loader.fingerprint(program)
+    entry.key, entry.value = tensors.FINGERPRINT_KEY, tensors.fingerprint(program)
     data = stage("serialize", onnx_emit.model_bytes, model)
     parameters = sum(p.numel() for p in program.parameters())
     return Result(graph, parameters, lowered, model, data, packed, timings, program)
@@ -153,7 +152,7 @@ def compile_model(model, example_input=None, path: str | None = None, *,
         raise BadInputError("pack_path needs path: the pack is written beside the model")
     opts = _external(_options(options), pack_path)
     if path is not None:
-        files.check_paths([], _output_paths(path, pack_path, ort))
+        paths.check_paths([], _output_paths(path, pack_path, ort))
     program = model if isinstance(model, torch.export.ExportedProgram) else \
         export_module(model, example_input)
     where = type(model).__name__
@@ -181,7 +180,7 @@ def export_module(model, example_input) -> "torch.export.ExportedProgram":
     if not isinstance(example_input, torch.Tensor):
         raise BadInputError("snnc.compile needs an example input tensor for a module, e.g. "
                             "snnc.compile(model, torch.zeros(1, 3, 32, 32))")
-    from .demo import export
+    from snnc.demo import export
 
     model.eval()
     try:
@@ -235,7 +234,7 @@ def _write(result: Result, path: str, pack_path: str | None, config: str) -> Non
     if result.ort is not None:
         ort_path, config_path = mobile.ort_paths(path)
         outputs += [(ort_path, result.ort), (config_path, config.encode())]
-    files.write_all_atomic(outputs)
+    paths.write_all_atomic(outputs)
 
 
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
@@ -247,7 +246,7 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     the ORT-format model and its required-operators config next to `output`). `check(result)`
     runs before anything is written (the CLI checks --verify data against the model there);
     every output is written atomically, all or none."""
-    files.check_paths([("MODEL", path)], _output_paths(output, pack_path, ort),
+    paths.check_paths([("MODEL", path)], _output_paths(output, pack_path, ort),
                       dump_dir=dump_dir)
     opts = _external(opts, pack_path)
     start = time.perf_counter()

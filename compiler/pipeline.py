@@ -9,30 +9,20 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from snnc.passes import (
-    expose_state,
-    fold_batchnorm,
-    cast_spikes,
-    fold_scales,
-    layout,
-    lower_integer,
-    merge_reshapes,
-    pot_to_shift,
-    remove_dead_nodes,
-    unroll_timesteps,
-)
-
-from . import ranges
-from .errors import PassError, SnncError
-from .files import write_atomic
-from .ir import Graph
-from .options import DEFAULT, Options
-from .verify import verify
+from snnc.errors import PassError, SnncError
+from snnc.files.paths import write_atomic
+from snnc.ir import ranges
+from snnc.ir.graph import Graph
+from snnc.ir.verify import verify
+from snnc.options import DEFAULT, Options
+from snnc.passes import (cast_spikes, expose_state, fold_batchnorm, fold_scales, layout,
+                         lower_integer, merge_reshapes, pot_to_shift, remove_dead_nodes,
+                         unroll_timesteps)
 
 
 def check_ranges(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
     """An analysis, not a rewrite: refuses the graph if an integer sum or a membrane could
-    leave float32's exact integers (snnc.ranges, docs/ranges.md); returns it unchanged."""
+    leave float32's exact integers (snnc.ir.ranges, docs/ranges.md); returns it unchanged."""
     ranges.check(graph, stream=opts.timesteps == "stream")
     return graph
 

@@ -31,7 +31,7 @@ After:
 
 from __future__ import annotations
 
-from snnc.ir import Graph, Node, Value
+from snnc.ir.graph import Graph, Node, Value
 from snnc.options import DEFAULT, Options
 
 MOVES = ("reshape", "transpose", "split", "chunk", "concat")

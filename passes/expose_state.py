@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 
 from snnc.errors import BadInputError
-from snnc.ir import Graph
+from snnc.ir.graph import Graph
 from snnc.options import DEFAULT, Options
 
 

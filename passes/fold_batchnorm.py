@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from snnc.ir import Graph, Node, Value
+from snnc.ir.graph import Graph, Node, Value
 from snnc.options import DEFAULT, Options
 
 

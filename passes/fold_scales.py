@@ -51,9 +51,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from snnc.ir import Graph, Node, Value
+from snnc.ir.graph import Graph, Node, Value
 from snnc.options import DEFAULT, Options
-from snnc.weights import pot_shift
+from snnc.quant.weights import pot_shift
 
 LAYERS = ("conv", "linear")
 

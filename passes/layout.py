@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from snnc.ir import Graph, Node, Value, batch_factor
+from snnc.ir.graph import Graph, Node, Value, batch_factor
 from snnc.options import DEFAULT, Options
 
 ELEMENTWISE = ("add", "sub", "mul", "div", "relu", "cast", "neuron")

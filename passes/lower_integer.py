@@ -3,7 +3,7 @@
 A quantized layer's weights are integer levels times a per-channel scale; after fold_scales
 the scales are +-unit or 0 and the layer sums integers (pot_to_shift's shift layers state
 the same integers). When its input holds only integers that fit uint8 (spikes, sums of
-spikes: snnc.ranges) or int8, the layer is an integer GEMM with exact sums, which ONNX
+spikes: snnc.ir.ranges) or int8, the layer is an integer GEMM with exact sums, which ONNX
 Runtime runs on its int8 kernels (docs/onnx.md):
 
 - linear / shift_linear on [..., K]: `int_matmul(cast(x, u8), int_weights(codes, scale))`;
@@ -24,7 +24,7 @@ could pass 2^15 (x86 CPUs without VNNI add pairs of products in int16: `pairs_fi
 
 Requires: a verified graph (one-step or unrolled), after fold_scales and pot_to_shift.
 Ensures: a layer with unit scales computes the same float32 numbers as before, bit for bit:
-both are exact integer sums below 2^24 (snnc.ranges.check proves every sum, cast and digit
+both are exact integer sums below 2^24 (snnc.ir.ranges.check proves every sum, cast and digit
 recombination); a layer with real scales computes its exact integer sum times the scale,
 rounded once (the float layer rounded each product and partial sum: within float rounding).
 
@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from snnc import ops, weights
-from snnc.ir import Graph, Node, Value
+from snnc.ir import ops
+from snnc.ir.graph import Graph, Node, Value
+from snnc.ir.ranges import Range, analyze, digit_sums_bound, holds
 from snnc.options import DEFAULT, Options
-from snnc.ranges import Range, analyze, digit_sums_bound, holds
+from snnc.quant import weights
 
 LAYERS = ("conv", "linear", "shift_conv", "shift_linear")
 

@@ -15,7 +15,7 @@ After:
 
 from __future__ import annotations
 
-from snnc.ir import Graph, Node, Value
+from snnc.ir.graph import Graph, Node, Value
 from snnc.options import DEFAULT, Options
 
 

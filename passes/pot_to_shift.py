@@ -2,7 +2,7 @@
 
 After fold_scales a PoT layer's weights are the integers sign * 2^(E + 1 - |c|) (the
 dequantize scale is +-2^E or 0 per channel, E = 2^(bits-1) - 2). When the layer's input
-holds only integers (spikes, or sums of spikes: snnc.ranges), the layer is
+holds only integers (spikes, or sums of spikes: snnc.ir.ranges), the layer is
 y = sum(sign * (x << exponent)), which `shift_conv` / `shift_linear` state directly: their
 inputs are x and the codes (each channel's sign folded in: a PoT code's sign flips without
 leaving its bit width); the interpreter evaluates them in int64.
@@ -12,7 +12,7 @@ linear (no bias), every scale exactly +2^E, -2^E or 0, codes constant; the layer
 integer-valued.
 Ensures: no such pair remains; `shift_conv(x, codes') bits=k` (or `shift_linear`) computes
 the same integers exactly (so meaning is preserved bit for bit: both sum the same integers,
-below 2^24, snnc.ranges.check).
+below 2^24, snnc.ir.ranges.check).
 
 Before:
     %w: f32[16,8,1] = dequantize(%codes, %unit_scale) scheme='pot' bits=4
@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from snnc.ir import Graph, Node, Value
+from snnc.ir.graph import Graph, Node, Value
+from snnc.ir.ranges import analyze
 from snnc.options import DEFAULT, Options
-from snnc.ranges import analyze
-
-from snnc.weights import pot_shift
+from snnc.quant.weights import pot_shift
 
 
 def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:

@@ -15,7 +15,7 @@ After:
 
 from __future__ import annotations
 
-from snnc.ir import Graph
+from snnc.ir.graph import Graph
 from snnc.options import DEFAULT, Options
 
 

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from snnc.ir import BATCH, Graph, Node, Value, batch_factor, times_batch
-from snnc.ops import OPS
+from snnc.ir.graph import BATCH, Graph, Node, Value, batch_factor, times_batch
+from snnc.ir.ops import OPS
 from snnc.options import DEFAULT, Options
 
 

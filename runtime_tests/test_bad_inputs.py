@@ -26,9 +26,9 @@ from click.testing import CliRunner
 
 import snnc
 from snnc.cli import main
-from snnc.driver import compile_file
 from snnc.demo import conv_snn, export
-from snnc.loader import make_checkpoint
+from snnc.driver import compile_file
+from snnc.files.loader import make_checkpoint
 from snnc.options import Options
 
 CONFIG = {"conv1": {"scheme": "uniform", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
@@ -626,7 +626,7 @@ def factory_not_allowlisted(d, fx):
 
 @case("compile")
 def factory_snnc_internal(d, fx):
-    path = checkpoint(d, "c.pt", "snnc.files:write_atomic",
+    path = checkpoint(d, "c.pt", "snnc.files.paths:write_atomic",
                       {"path": str(d / "x"), "data": b"x"})
     return ["compile", path, "-o", str(d / "out.onnx"), "--trust-code"]
 
@@ -1415,7 +1415,7 @@ def _resealed(d: Path, fx: Path, edit) -> str:
     """The good pack with `edit(bytearray)` applied and its checksum recomputed."""
     import struct
 
-    from snnc import pack
+    from snnc.backend import pack
 
     blob = bytearray((fx / "model.snnpack").read_bytes())
     edit(blob)
@@ -1560,7 +1560,7 @@ def test_archives_torch_writes_pass_the_checks(tmp_path):
     """The archive checks refuse only what torch.export.save never writes: a dynamic-batch
     export (shape symbols, Min/Mul expressions, range constraints) and one with lifted
     constants both pass, and load."""
-    from snnc import archive, loader
+    from snnc.files import archive, loader
 
     class WithConstant(torch.nn.Module):
         def __init__(self):

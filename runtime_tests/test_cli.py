@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from snnc import loader
 from snnc.demo import conv_snn, export
+from snnc.files import loader
 
 
 def snnc(*args, env_extra=None):

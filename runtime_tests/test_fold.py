@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from snnc import ranges
-from snnc.builder import Builder
-from snnc.interp import run
-from snnc.ir import TimeSpec
-from snnc.parity import interp_trace
+from snnc.check.parity import interp_trace
+from snnc.ir import ranges
+from snnc.ir.builder import Builder
+from snnc.ir.graph import TimeSpec
+from snnc.ir.interp import run
+from snnc.ir.verify import verify
 from snnc.passes import fold_scales, pot_to_shift, unroll_timesteps
-from snnc.verify import verify
 
 RNG = np.random.default_rng(7)
 LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 1.0, "v_reset": 0.0}

@@ -20,18 +20,19 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import zoo
 
 import snnc
-import zoo
-from snnc import parity, weights
-from snnc.builder import Builder
+from snnc.check import parity
 from snnc.driver import compile_program
-from snnc.interp import run
-from snnc.ops import OPS
+from snnc.ir.builder import Builder
+from snnc.ir.interp import run
+from snnc.ir.ops import OPS
+from snnc.ir.ranges import RangeError, check
+from snnc.ir.verify import verify
 from snnc.options import Options
 from snnc.passes import cast_spikes, layout, lower_integer, remove_dead_nodes, unroll_timesteps
-from snnc.ranges import RangeError, check
-from snnc.verify import verify
+from snnc.quant import weights
 
 RNG = np.random.default_rng(0)
 LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 0.5, "v_reset": 0.0}
@@ -368,7 +369,7 @@ def unrolled_block():
 
 def one_step_block():
     """One step of x -> neuron -> 1x1 conv on its spikes -> neuron, T = 3."""
-    from snnc.ir import TimeSpec
+    from snnc.ir.graph import TimeSpec
 
     b = Builder()
     x = b.input(("N", 4, 5))
@@ -433,7 +434,7 @@ def test_cast_spikes_preserves_meaning_exactly():
     expected, got = run(before, [x])[0], run(after, [x])[0]
     assert 0 < expected.mean() < 1 and np.array_equal(expected, got)
     # in ONNX the neurons make uint8 spikes themselves: no Cast from float to uint8 remains
-    from snnc.onnx_emit import to_onnx
+    from snnc.backend.onnx_emit import to_onnx
 
     model = to_onnx(layout.run(after))
     casts = [n for n in model.graph.node if n.op_type == "Cast"]

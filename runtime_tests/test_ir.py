@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from snnc.builder import Builder
 from snnc.errors import VerificationError
-from snnc.interp import run
-from snnc.ir import Graph, Node, TimeSpec, Value
-from snnc.verify import verify
+from snnc.ir.builder import Builder
+from snnc.ir.graph import Graph, Node, TimeSpec, Value
+from snnc.ir.interp import run
+from snnc.ir.verify import verify
 
 LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 1.0, "v_reset": 0.0}
 
@@ -139,7 +139,7 @@ def test_verifier_catches_state_without_time():
 def test_negative_axes_infer_like_positive_ones():
     """concat, split and chunk along axis -1 infer the shapes of axis rank-1 (found by a
     review: concat's inferred shape repeated the tail)."""
-    from snnc.ops import OPS
+    from snnc.ir.ops import OPS
 
     t = ("f32", ("N", 8, 5))
     assert OPS["concat"].infer([t, t], {"axis": -1}) == [("f32", ("N", 8, 10))]

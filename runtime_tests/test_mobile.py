@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import snnc
-from snnc import mobile
+from snnc.backend import mobile
+from snnc.check.parity import onnx_session
 from snnc.demo import conv_snn, export
 from snnc.errors import SnncError
-from snnc.parity import onnx_session
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,8 @@ def test_canonical_ort_only_reorders_the_resolver(compiled):
     assert mobile.canonical_ort(written) == written  # a fixed point
     # the model (the buffer from the Model table on) keeps ONNX Runtime's own bytes; only the
     # resolver and the root table in front of it are rewritten
-    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import (
-        InferenceSession)
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import \
+        InferenceSession
     model_at = InferenceSession.GetRootAs(raw, 0).Model()._tab.Pos
     assert len(raw) - model_at > 0.9 * len(raw)  # the model is nearly all of the file
     assert written.endswith(raw[model_at:])

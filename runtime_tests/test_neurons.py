@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from snnc import parity as H
-from snnc.driver import compile_program
+from snnc.check import parity as H
 from snnc.demo import conv_snn, export
+from snnc.driver import compile_program
 from snnc.options import Options
 
 

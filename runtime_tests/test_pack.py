@@ -15,10 +15,12 @@ import onnx
 import pytest
 import torch
 
-from snnc import BadInputError, pack, quant
+from snnc import BadInputError
+from snnc.backend import pack
+from snnc.backend.runtime import load_session
 from snnc.driver import compile_file
 from snnc.options import Options
-from snnc.runtime import load_session
+from snnc.quant import quantize as quant
 
 
 @pytest.mark.parametrize("scheme, bits", [("uniform", b) for b in range(2, 9)] +

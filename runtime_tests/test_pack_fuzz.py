@@ -1,4 +1,4 @@
-"""Hostile .snnpack files: seeded mutants of a real pack through snnc.pack.decode and
+"""Hostile .snnpack files: seeded mutants of a real pack through snnc.backend.pack.decode and
 snnc.runtime.load_session.
 
 The pack: a quantized ConvSNN compiled with external weights and --pot-lowering shift,
@@ -54,11 +54,12 @@ import torch
 from onnx import numpy_helper
 
 import snnc
-from snnc import BadInputError, pack
-from snnc.driver import compile_program
+from snnc import BadInputError
+from snnc.backend import pack
+from snnc.backend.runtime import load_session
 from snnc.demo import conv_snn, export, make_firing
+from snnc.driver import compile_program
 from snnc.options import Options
-from snnc.runtime import load_session
 
 SEED = 20250611
 CONFIG = {"conv1": {"scheme": "pot", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},

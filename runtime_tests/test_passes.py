@@ -7,17 +7,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from snnc.builder import Builder
-from snnc.interp import run
-from snnc.ir import TimeSpec
-from snnc.passes import (
-    expose_state,
-    fold_batchnorm,
-    merge_reshapes,
-    remove_dead_nodes,
-    unroll_timesteps,
-)
-from snnc.verify import verify
+from snnc.ir.builder import Builder
+from snnc.ir.graph import TimeSpec
+from snnc.ir.interp import run
+from snnc.ir.verify import verify
+from snnc.passes import (expose_state, fold_batchnorm, merge_reshapes, remove_dead_nodes,
+                         unroll_timesteps)
 
 LIF = {"leak": "div", "leak_value": 2.0, "decay_input": True, "threshold": 1.0, "v_reset": 0.0}
 RNG = np.random.default_rng(0)
@@ -112,7 +107,7 @@ def test_remove_dead_nodes_fires_and_near_miss():
 
 def test_pipeline_on_a_real_model_preserves_meaning(tmp_path):
     from snnc.demo import conv_snn, export
-    from snnc.frontend import lift
+    from snnc.frontend.lift import lift
     from snnc.pipeline import run_passes
 
     program = export(conv_snn(), torch.zeros(1, 2, 12, 12))

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import snnc
-from snnc import BadInputError, quant
-from snnc import parity as H
-from snnc.driver import compile_program
+from snnc import BadInputError
+from snnc.check import parity as H
 from snnc.demo import conv_snn, export, make_firing
-from snnc.ops import dequantize_eval
+from snnc.driver import compile_program
+from snnc.ir.ops import dequantize_eval
 from snnc.options import Options
+from snnc.quant import quantize as quant
 
 CONFIG = {"conv1": {"scheme": "uniform", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
           "head": {"scheme": "pot", "bits": 5}}
@@ -233,7 +234,7 @@ def snnc_cli(*args):
 
 
 def test_cli_quantize_then_compile(tmp_path):
-    from snnc.loader import make_checkpoint
+    from snnc.files.loader import make_checkpoint
 
     ckpt = tmp_path / "float.pt"
     torch.save(make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]), ckpt)
@@ -263,7 +264,7 @@ def test_cli_quantize_then_compile(tmp_path):
     ({"nope": {"scheme": "pot", "bits": 3}}, False),
     ({"conv1": {"scheme": "pot", "bits": 3}}, True)])
 def test_cli_quantize_errors(tmp_path, config, nan):
-    from snnc.loader import make_checkpoint
+    from snnc.files.loader import make_checkpoint
 
     model = conv_snn()
     if nan:

@@ -1,4 +1,4 @@
-"""The frontend's rule table (compiler/rules.py), rule by rule.
+"""The frontend's rule table (compiler/frontend/rules.py), rule by rule.
 
 Every rule has a case here: a small firing network that uses the op, exported at batch 1,
 lifted, and run by the interpreter on a batch of 3 against PyTorch. `test_every_rule_has_a
@@ -15,11 +15,15 @@ import re
 import numpy as np
 import pytest
 import torch
+import zoo
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
-import zoo
-from snnc import UnsupportedOpError, frontend, interp, rules
+from snnc import UnsupportedOpError
+from snnc.frontend import rules
+from snnc.frontend.lift import lift
+from snnc.frontend.lifter import op_name
+from snnc.ir import interp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 T = 2
@@ -256,7 +260,7 @@ def test_rule_case(case):
     torch.manual_seed(0)
     model = build().eval()
     program = _export(model, shape, *dynamic)
-    graph = frontend.lift(program)
+    graph = lift(program)
     batch = (shape[0], 3, *shape[2:]) if _sequence(shape) else (3, *shape[1:])
     x = torch.rand(*batch, generator=torch.Generator().manual_seed(1))
     functional.reset_net(model)
@@ -273,7 +277,7 @@ def test_every_rule_has_a_case():
     seen = set()
     for build, shape, *dynamic in CASES.values():
         torch.manual_seed(0)
-        seen |= {frontend.op_name(n) for n in _export(build().eval(), shape, *dynamic)
+        seen |= {op_name(n) for n in _export(build().eval(), shape, *dynamic)
                  .graph.nodes if n.op == "call_function"}
     quantized = {"snnc.fake_quant.default"}  # test_quant.py and test_zoo.py
     missing = set(rules.RULES) - seen - quantized
@@ -283,12 +287,12 @@ def test_every_rule_has_a_case():
 def test_docs_table_is_the_rule_table():
     doc = (ROOT / "docs" / "ops.md").read_text()
     table = doc.split("<!-- rules: begin -->\n")[1].split("\n<!-- rules: end -->")[0]
-    assert table == rules.ops_table(), "regenerate it: python3 -m snnc.rules docs/ops.md"
+    assert table == rules.ops_table(), "regenerate it: python3 -m snnc.frontend.rules docs/ops.md"
 
 
 def test_frontend_functions_are_short():
-    for name in ("frontend.py", "rules.py", "axes.py"):
-        tree = ast.parse((ROOT / "compiler" / name).read_text())
+    for name in ("lift.py", "lifter.py", "rules.py", "axes.py"):
+        tree = ast.parse((ROOT / "compiler" / "frontend" / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 lines = node.end_lineno - node.lineno + 1
@@ -306,7 +310,7 @@ def test_refusals_say_what_to_change():
             return torch.softmax(s, -1) + torch.sin(s) + s[:, 0:1].sum()
 
     with pytest.raises(UnsupportedOpError) as error:
-        frontend.lift(zoo.export(Odd().eval(), (1, 4)))
+        lift(zoo.export(Odd().eval(), (1, 4)))
     text = str(error.value)
     assert "aten.softmax.int: has no snnc lowering; spiking self-attention has no softmax" \
         in text
@@ -342,11 +346,11 @@ def test_malformed_arguments_are_refused_cleanly():
         new[i] = rng.choice(values) if rng.random() < 0.6 else rng.choice(others)
         node.args = tuple(new)
         try:
-            frontend.lift(program)
+            lift(program)
         except SnncError:
             pass
         except Exception as error:  # noqa: BLE001 - what the test looks for
-            raw.append(f"{frontend.op_name(node)} arg {i} = {new[i]!r}: {error!r}")
+            raw.append(f"{op_name(node)} arg {i} = {new[i]!r}: {error!r}")
         finally:
             node.args = old
     assert not raw, raw[:5]
@@ -360,4 +364,4 @@ def test_per_step_loops_that_are_not_one_layer_are_refused(model):
     """A loop is lifted only when step t reads x_seq[t] and every step computes the same."""
     torch.manual_seed(0)
     with pytest.raises(UnsupportedOpError, match="per-step loop"):
-        frontend.lift(_export(model().eval(), (1, 3, 6, 6)))
+        lift(_export(model().eval(), (1, 3, 6, 6)))

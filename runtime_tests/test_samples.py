@@ -11,15 +11,17 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from snnc import accuracy, loader, pack, report
-from snnc.driver import compile_file, compile_program
-from snnc.mobile import ort_paths
-from snnc.options import Options
-from snnc.parity import onnx_session
-from snnc.runtime import load_session
-
 from test_cli import assert_clean_failure, snnc
+
+from snnc.backend import pack
+from snnc.backend.mobile import ort_paths
+from snnc.backend.runtime import load_session
+from snnc.check import accuracy, report
+from snnc.check.parity import onnx_session
+from snnc.driver import compile_file, compile_program
+from snnc.files import loader
+from snnc.files.data import load_data
+from snnc.options import Options
 
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
 
@@ -41,7 +43,7 @@ def sample(request, tmp_path_factory):
     name = request.param
     here = os.path.join(SAMPLES, name)
     out = tmp_path_factory.mktemp(name)
-    x, y = accuracy.load_data(os.path.join(here, "test.npz"))
+    x, y = load_data(os.path.join(here, "test.npz"))
     onnx_path = str(out / "model.onnx")
     result = compile_file(os.path.join(here, "quantized.pt"), onnx_path,
                           pack_path=str(out / "model.snnpack"), ort=True)
@@ -137,7 +139,7 @@ def test_report(sample):
 def small_data(tmp_path_factory):
     """The first 40 digits test samples, and pure noise of the same shape."""
     root = tmp_path_factory.mktemp("verify")
-    x, y = accuracy.load_data(os.path.join(SAMPLES, "digits", "test.npz"))
+    x, y = load_data(os.path.join(SAMPLES, "digits", "test.npz"))
     np.savez(root / "small.npz", x=x[:40], y=y[:40])
     noise = np.random.default_rng(0).random((40, *x.shape[1:]), dtype=np.float32)
     np.savez(root / "noise.npz", x=noise)

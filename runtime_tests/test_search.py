@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import snnc
-from snnc import qsearch
+from snnc.quant import quantize
+from snnc.quant.search import engine as qsearch
 
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 LAYERS = {"conv1": 144, "conv2": 1152, "head": 2880}  # conv_snn's weights per layer
@@ -44,7 +45,7 @@ def trained(tmp_path_factory):
     from spikingjelly.activation_based import functional
 
     from snnc import demo
-    from snnc.loader import make_checkpoint
+    from snnc.files.loader import make_checkpoint
 
     d = tmp_path_factory.mktemp("search")
     (xt, yt), (xv, yv) = blobs(384, 0), blobs(192, 1)
@@ -245,7 +246,7 @@ def test_python_api(trained, tmp_path):
         assert row["float"] == [result.float_accuracy, 0.0]
         assert len(row) == 12 and max(kl for _, kl in row.values()) > 0
     assert result.average_bits < 8
-    assert snnc.quant.report(result.model)[1] == pytest.approx(result.average_bits)
+    assert quantize.report(result.model)[1] == pytest.approx(result.average_bits)
     assert result.model is not model and not any(  # the caller's model stays float
         "parametrizations" in name for name, _ in model.named_parameters())
     # a state is resumed only by the search that wrote it
@@ -278,7 +279,8 @@ def bad(trained, tmp_path_factory):
     sys.path.insert(0, str(d))
     try:
         import frozen_model
-        from snnc.loader import make_checkpoint
+
+        from snnc.files.loader import make_checkpoint
 
         torch.save(make_checkpoint("frozen_model:Step", {}, frozen_model.Step(), [1, 2, 12, 12]),
                    d / "step.pt")
@@ -350,7 +352,7 @@ def test_samples_are_searchable(sample, tmp_path):
 def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     """--report merges the other method's entry from an existing JSON (a user's file): an
     entry whose points are not numbers is dropped, and the figure is still drawn."""
-    from snnc import pareto
+    from snnc.quant import pareto
 
     good = {"points": [{"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}], "max_bits": 3.0,
             "float_accuracy": 0.95, "final": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}}

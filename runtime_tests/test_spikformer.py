@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from snnc import parity as H
-from snnc import loader
+from snnc.check import parity as H
 from snnc.driver import compile_file, compile_program
+from snnc.files import loader
 from snnc.options import Options
 
 SAMPLES, BATCH = 32, 8
@@ -171,7 +171,7 @@ def test_other_timesteps(steps):
 
 def test_loaded_program_keeps_source_paths(spikformer):
     program = loader.load_program(spikformer["path"])
-    from snnc.frontend import lift
+    from snnc.frontend.lift import lift
 
     graph = lift(program)
     sources = {n.source.layer for n in graph.nodes if n.op == "neuron"}
@@ -179,7 +179,7 @@ def test_loaded_program_keeps_source_paths(spikformer):
 
 
 def test_rounding_rule_refuses_what_is_not_rounding():
-    """snnc.parity.compare on synthetic traces: it accepts a flip at the threshold and
+    """snnc.check.parity.compare on synthetic traces: it accepts a flip at the threshold and
     refuses a flip far from it, too many flips at once, a perturbed sample whose outputs
     run away, and unperturbed outputs that differ (NaN included); thresholds above 1 scale
     the tolerance (folded membranes)."""

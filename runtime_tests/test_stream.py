@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from snnc import parity as H
-from snnc.driver import compile_program
+from snnc.check import parity as H
 from snnc.demo import conv_snn, export, firing_spikformer
+from snnc.driver import compile_program
 from snnc.options import Options
 
 

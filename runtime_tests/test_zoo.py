@@ -21,12 +21,12 @@ import re
 import numpy as np
 import pytest
 import torch
+import zoo
 
 import snnc
-import zoo
-from snnc import frontend
-from snnc import parity as H
+from snnc.check import parity as H
 from snnc.driver import compile_program
+from snnc.frontend.lift import lift
 from snnc.options import Options
 
 SMALL = sorted(set(zoo.MODELS) - zoo.BIG)
@@ -85,7 +85,7 @@ def test_default_configuration(name):
 
 
 def _ir_text(program) -> str:
-    return re.sub(r"%[\w.#]+", "%", str(frontend.lift(program)))
+    return re.sub(r"%[\w.#]+", "%", str(lift(program)))
 
 
 @pytest.mark.parametrize("name", ["vgg_bn_maxpool", "sew_iand", "single_step_mixed",
@@ -130,7 +130,7 @@ def test_python_api(tmp_path):
     assert np.abs(got - want).max() < 1e-4
     skeleton = snnc.compile(model, torch.zeros(*shape), str(tmp_path / "s.onnx"),
                             pack_path=str(tmp_path / "s.snnpack"), external_weights=True)
-    from snnc import runtime
+    from snnc.backend import runtime
 
     assert {entry.value for tensor in skeleton.model.graph.initializer
             for entry in tensor.external_data if entry.key == "location"} == {"s.snnpack"}

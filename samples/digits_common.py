@@ -208,7 +208,7 @@ def shift_augment(max_shift: int):
 def checkpoint(model, kwargs: dict, input_shape: list[int], config: dict | None = None) -> bytes:
     """The snnc checkpoint of the model (factory, kwargs, state_dict; the quantization config
     if quantized): snnc compile, quantize and search all read it."""
-    from snnc.loader import checkpoint_bytes, make_checkpoint
+    from snnc.files.loader import checkpoint_bytes, make_checkpoint
 
     return checkpoint_bytes(make_checkpoint(FACTORY, kwargs, model, input_shape), config=config)
 
@@ -226,8 +226,8 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     (snnc.quantize, scales calibrated on training data), fine-tune, evaluate both, and write
     float.pt, quantized.pt (snnc checkpoints), train.npz, val.npz, test.npz and
     results.json into `here`."""
-    from snnc import quant
-    from snnc.files import write_all_atomic
+    from snnc.files.paths import write_all_atomic
+    from snnc.quant import quantize as quant
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)

@@ -28,8 +28,8 @@ import warnings
 
 import numpy as np
 import torch
-from common import (dynamo_export, interleaved_latency, kernel_times, median_time,
-                    quantize_static, save_spikformer, session)
+from common import (dynamo_export, interleaved_latency, kernel_times, median_time, quantize_static,
+                    save_spikformer, session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -87,10 +87,10 @@ def main() -> None:
 
     from spikingjelly.activation_based import functional
 
-    from snnc.driver import compile_file
+    from snnc.check.parity import onnx_session
     from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
+    from snnc.driver import compile_file
     from snnc.options import Options
-    from snnc.parity import onnx_session
 
     work = tempfile.mkdtemp(prefix="snnc-bench-fold-")
     path = lambda name: os.path.join(work, name)  # noqa: E731

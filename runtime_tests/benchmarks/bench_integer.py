@@ -28,8 +28,8 @@ import warnings
 
 import numpy as np
 import torch
-from common import (dynamo_export, interleaved_latency, kernel_times, median_time,
-                    quantize_static, session)
+from common import (dynamo_export, interleaved_latency, kernel_times, median_time, quantize_static,
+                    session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -109,7 +109,8 @@ def digits_models(sample: str):
     sys.path.insert(0, os.path.join(ROOT, "samples"))
     import digits_common as common
 
-    from snnc import loader, quant
+    from snnc.files import loader
+    from snnc.quant import quantize as quant
 
     here = os.path.join(ROOT, "samples", sample)
     args = (4, 1, 16) if sample == "digits" else (8, 2, 16)
@@ -133,9 +134,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=24)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from snnc.accuracy import load_data
-
     from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
+    from snnc.files.data import load_data
 
     rows = []
     with tempfile.TemporaryDirectory() as work:

@@ -32,10 +32,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from snnc import pack, quant
-    from snnc.driver import compile_file
+    from snnc.backend import pack
     from snnc.demo import SPIKFORMER_HETEROGENEOUS, firing_spikformer
+    from snnc.driver import compile_file
     from snnc.options import Options
+    from snnc.quant import quantize as quant
 
     work = tempfile.mkdtemp(prefix="snnc-bench-quant-")
     path = lambda name: os.path.join(work, name)  # noqa: E731

@@ -24,8 +24,8 @@ import warnings
 
 import numpy as np
 import torch
-from common import (dynamo_export, file_size, interleaved_latency, median_time,
-                    save_spikformer, session)
+from common import (dynamo_export, file_size, interleaved_latency, median_time, save_spikformer,
+                    session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -42,8 +42,8 @@ def spikformer_files(work: str) -> tuple[str, str]:
 
 
 def bench(name: str, float_pt: str, quant_pt: str, x: np.ndarray, work: str, runs: int) -> dict:
-    from snnc import loader
     from snnc.driver import compile_file
+    from snnc.files import loader
 
     def path(suffix):
         return os.path.join(work, f"{name}{suffix}")
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=60)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from snnc.accuracy import load_data
+    from snnc.files.data import load_data
 
     rows = {}
     with tempfile.TemporaryDirectory() as work:

@@ -27,9 +27,11 @@ def epoch_seconds(sample: str, runs: int = 3) -> float:
     """Median time of one QAT epoch of the sample's hand-set configuration."""
     import torch
 
-    from snnc import loader, qsearch, quant
-    from snnc.accuracy import load_data
-    from snnc.distributed import Context
+    from snnc.files import loader
+    from snnc.files.data import load_data
+    from snnc.quant import quantize as quant
+    from snnc.quant.distributed import Context
+    from snnc.quant.search import engine as qsearch
 
     torch.set_num_threads(2)
     here = os.path.join(ROOT, "samples", sample)

@@ -32,7 +32,7 @@ def conv_floor_model(program_path: str, out: str) -> None:
 
     Shows how much of the run time is the convolutions and matmuls, which both exports
     compute in float32 the same way."""
-    from snnc import onnx_emit
+    from snnc.backend import onnx_emit
     from snnc.driver import compile_file
 
     def minimal(e, node, ins, outs, module):
@@ -60,8 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from snnc.driver import compile_file
     from snnc.demo import firing_spikformer
+    from snnc.driver import compile_file
 
     work = tempfile.mkdtemp(prefix="snnc-bench-")
     steps_list = [int(s) for s in args.steps.split(",")]

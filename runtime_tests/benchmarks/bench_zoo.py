@@ -39,7 +39,7 @@ HEADER = ("model", "q", "params", "T", "compiles", "top-1", "med max|dlogit|", "
 def parity(result, model, shape, samples: int = 16):
     """(top-1 agreement, median of per-sample max |logit diff|, rounding-decided samples,
     top-1 changes on samples without a rounding-decided spike: a bug if not 0)."""
-    from snnc import parity as H
+    from snnc.check import parity as H
 
     x = np.random.default_rng(11).random((samples, *shape[1:]), dtype=np.float32)
     reference = H.torch_trace(zoo.export(model, (samples, *shape[1:])), x)

@@ -66,7 +66,7 @@ def dynamo_export(program_path: str, out: str, batch: int, sample_shape=(3, 32, 
     """What a user has today: torch.onnx.export(dynamo=True) of the same saved program
     (input [batch, *sample_shape]; a sequence model's sample_shape [T, ...]: input
     [T, batch, ...])."""
-    from snnc.loader import load_program
+    from snnc.files.loader import load_program
 
     program = load_program(program_path)  # an archive or a checkpoint (the digits samples)
     shape = (sample_shape[0], batch, *sample_shape[1:]) if sequence else (batch, *sample_shape)

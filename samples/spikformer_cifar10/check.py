@@ -26,9 +26,9 @@ def main() -> int:
     parser.add_argument("onnx")
     parser.add_argument("-n", type=int, default=16)
     args = parser.parse_args()
-    from snnc import parity
+    from snnc.check import parity
     from snnc.driver import compile_program
-    from snnc.loader import load_program
+    from snnc.files.loader import load_program
     from snnc.options import Options
 
     torch.set_num_threads(2)

@@ -1,0 +1,1 @@
+"""Backends: verified, lowered IR -> ONNX, the ORT format, the weight pack; and loading them."""

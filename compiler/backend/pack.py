@@ -1,0 +1,391 @@
+"""The packed-weight binary (.snnpack): every quantized weight at its true bit width.
+
+Format version 2, little-endian; the spec is docs/binary_format.md. `encode` builds a
+pack from the layers the ONNX backend reports (`to_onnx(..., packed=[])`); `decode` reads
+one back and validates all of it: it accepts exactly the bytes `encode` writes (the
+canonical layout, zero padding, legal enums, bit widths and scales) and raises
+BadInputError naming the field, layer and byte offset for anything else. Version-1 files
+(the same layout, with a checksum that left out the reserved word) are read too.
+`onnx_initializers` turns decoded layers into exactly the integer containers and scales
+that the ONNX backend would have stored, for ONNX Runtime's external initializers.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from snnc.errors import BadInputError
+from snnc.quant.weights import container, gemm_weights, signed_container, unit
+
+MAGIC = b"SNNPACK\0"
+VERSION = 2
+ALIGN = 64
+HEADER = struct.Struct("<8sHHIIIQQQQII")  # 64 bytes, see docs/binary_format.md
+ENTRY = struct.Struct("<IIIIBBBB6IIQQQ")  # 72 bytes per layer
+SCHEMES = {"uniform": 0, "pot": 1}
+BITS = {"uniform": range(2, 9), "pot": range(2, 6)}
+MAX_DIMS = 6
+CHECKSUM_AT = 56
+CHECKSUM_HOLE = {1: 8, 2: 4}  # bytes from 56 zeroed for the CRC: version 1 also left out 60..63
+assert HEADER.size == 64 and ENTRY.size == 72
+
+# (field, byte offset) in struct order: the names of decode's messages
+HEADER_FIELDS = (("magic", 0), ("version", 8), ("flags", 10), ("header size", 12),
+                 ("layer count", 16), ("string table size", 20), ("layer table offset", 24),
+                 ("string table offset", 32), ("data offset", 40), ("data size", 48),
+                 ("checksum", 56), ("reserved", 60))
+ENTRY_FIELDS = (("name offset", 0), ("name length", 4), ("scale-name offset", 8),
+                ("scale-name length", 12), ("scheme", 16), ("bits", 17), ("ndim", 18),
+                ("layout", 19)) + tuple((f"dim {i}", 20 + 4 * i) for i in range(MAX_DIMS)) + (
+                ("channels", 44), ("codes offset", 48), ("codes size", 56),
+                ("scales offset", 64))
+FIX = "recompile the model with `snnc compile MODEL --pack PACK.snnpack` to write a valid pack"
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str  # the ONNX initializer holding the integer weights
+    scale_name: str  # the ONNX initializer holding the per-channel scales
+    scheme: str
+    bits: int
+    codes: np.ndarray  # int32, the quantizer's codes (uniform q, PoT sign * c)
+    scales: np.ndarray  # float32, one per output channel (the quantizer's scale)
+    layout: int = 0  # how the ONNX file holds them: LEVELS, CODES or SIGNED (below)
+
+
+# Layouts (the entry's layout byte): what the ONNX initializer named `name` holds.
+LEVELS = 0  # DequantizeLinear input: container(codes) levels, scaled by the scale initializer
+CODES = 1  # the codes themselves as int8, decoded in the graph (--pot-lowering shift)
+SIGNED = 2  # integer weights levels * sign(scale) (scale +-1 or 0 after fold_scales), Cast
+GEMM = 3  # the signed integer weights as an int8 [K, M] GEMM matrix (weights.gemm_matrix)
+LAYOUTS = {LEVELS: "levels", CODES: "codes", SIGNED: "signed", GEMM: "gemm"}
+
+
+def _align(n: int) -> int:
+    return -n % ALIGN
+
+
+def legal_scales(scales: np.ndarray, scheme: str, bits: int, layout: int) -> np.ndarray:
+    """Which scales a layer of this layout can hold (bool per channel): CODES exactly +unit;
+    SIGNED +-unit or +0; LEVELS a positive finite quantizer scale, or (an int4 layer that
+    fold_scales folded) -unit or +0. -0.0, NaN and infinities never."""
+    u = np.float32(unit(scheme, bits))
+    zero = (scales == 0) & ~np.signbit(scales)
+    if layout == CODES:
+        return scales == u
+    if layout in (SIGNED, GEMM):
+        return zero | (np.abs(scales) == u)
+    return zero | (scales == -u) | ((scales > 0) & np.isfinite(scales))
+
+
+def pack_bits(codes: np.ndarray, scheme: str, bits: int) -> bytes:
+    """k-bit fields, LSB first: uniform two's complement; PoT sign bit (k-1) over c."""
+    flat = codes.reshape(-1).astype(np.int64)
+    if scheme == "uniform":
+        fields = flat & ((1 << bits) - 1)
+    else:
+        fields = (np.abs(flat) & ((1 << (bits - 1)) - 1)) | ((flat < 0).astype(np.int64)
+                                                             << (bits - 1))
+    bit_matrix = ((fields[:, None] >> np.arange(bits)) & 1).astype(np.uint8)
+    return np.packbits(bit_matrix.reshape(-1), bitorder="little").tobytes()
+
+
+def _fields(data: bytes, count: int, bits: int) -> np.ndarray:
+    """The count k-bit fields of an LSB-first stream, as unsigned integers (int32)."""
+    stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[:count * bits]
+    matrix = stream.reshape(count, bits)
+    fields = np.zeros(count, np.int32)
+    for j in range(bits):
+        fields |= matrix[:, j].astype(np.int32) << j
+    return fields
+
+
+def _values(fields: np.ndarray, scheme: str, bits: int) -> np.ndarray:
+    if scheme == "uniform":
+        sign = 1 << (bits - 1)
+        return ((fields ^ sign) - sign).astype(np.int32)
+    magnitude = fields & ((1 << (bits - 1)) - 1)
+    return np.where(fields >> (bits - 1), -magnitude, magnitude).astype(np.int32)
+
+
+def unpack_bits(data: bytes, count: int, scheme: str, bits: int) -> np.ndarray:
+    return _values(_fields(data, count, bits), scheme, bits)
+
+
+def checksum(blob: bytes, version: int = VERSION) -> int:
+    """CRC-32 of the file with the checksum word (version 1: and the reserved word) zero."""
+    hole = CHECKSUM_HOLE[version]
+    view = memoryview(blob)
+    crc = zlib.crc32(view[:CHECKSUM_AT])
+    crc = zlib.crc32(b"\0" * hole, crc)
+    return zlib.crc32(view[CHECKSUM_AT + hole:], crc)
+
+
+def encode(layers: list[Layer]) -> bytes:
+    if not layers:
+        raise BadInputError("a weight pack needs at least one quantized layer")
+    strings = bytearray()
+    entries = []
+    data = bytearray()
+    for layer in layers:
+        if not 1 <= layer.codes.ndim <= MAX_DIMS:
+            raise BadInputError(f"{layer.name}: a packed weight has 1 to {MAX_DIMS} dimensions")
+        bad = np.flatnonzero(~legal_scales(layer.scales, layer.scheme, layer.bits, layer.layout))
+        if bad.size:
+            raise BadInputError(f"{layer.name}: scale {float(layer.scales[bad[0]])!r} of channel "
+                                f"{bad[0]} cannot be packed (quantizer scales must be positive "
+                                "and finite)")
+        name, scale_name = layer.name.encode(), layer.scale_name.encode()
+        name_at = len(strings)
+        strings += name + scale_name
+        data += b"\0" * _align(len(data))
+        codes_at = len(data)
+        data += pack_bits(layer.codes, layer.scheme, layer.bits)
+        codes_size = len(data) - codes_at
+        data += b"\0" * _align(len(data))
+        scales_at = len(data)
+        data += layer.scales.astype("<f4").tobytes()
+        dims = list(layer.codes.shape) + [0] * (MAX_DIMS - layer.codes.ndim)
+        entries.append(ENTRY.pack(name_at, len(name), name_at + len(name), len(scale_name),
+                                  SCHEMES[layer.scheme], layer.bits, layer.codes.ndim,
+                                  layer.layout,
+                                  *dims, len(layer.scales), codes_at, codes_size, scales_at))
+    table_at = HEADER.size
+    strings_at = table_at + ENTRY.size * len(entries)
+    data_at = strings_at + len(strings)
+    data_at += _align(data_at)
+    body = b"".join(entries) + bytes(strings)
+    body += b"\0" * (data_at - HEADER.size - len(body))
+    header = HEADER.pack(MAGIC, VERSION, 0, HEADER.size, len(entries), len(strings), table_at,
+                         strings_at, data_at, len(data), 0, 0)
+    blob = bytearray(header + body + bytes(data))
+    struct.pack_into("<I", blob, CHECKSUM_AT, checksum(blob))
+    return bytes(blob)
+
+
+class _Reader:
+    """decode's state: the blob, where it came from, and the refusal every check raises."""
+
+    def __init__(self, blob: bytes, where: str):
+        self.blob, self.where = blob, where
+
+    def refuse(self, what: str, offset: int, layer: str = "") -> None:
+        at = f"{layer}, byte {offset}" if layer else f"byte {offset}"
+        raise BadInputError(f"{self.where} is not a valid snnc weight pack: {what} ({at}); "
+                            f"{FIX}")
+
+    def require(self, rules, values: dict, fields, base: int = 0, layer: str = "") -> None:
+        """rules: (field, ok, what was expected); refuses the first that fails."""
+        offsets = dict(fields)
+        for field, ok, expected in rules:
+            if not ok:
+                self.refuse(f"{field} is {values[field]}, expected {expected}",
+                            base + offsets[field], layer)
+
+    def zeros(self, start: int, end: int, what: str) -> None:
+        """Padding must be zero bytes."""
+        nonzero = np.flatnonzero(np.frombuffer(self.blob, np.uint8, end - start, start))
+        if nonzero.size:
+            self.refuse(f"{what} is not zero", start + int(nonzero[0]))
+
+
+def decode(blob: bytes, where: str = "pack") -> list[Layer]:
+    """Layers of a pack; BadInputError if it is not exactly a pack `encode` writes."""
+    blob = bytes(blob)
+    r = _Reader(blob, where)
+    if len(blob) < HEADER.size or blob[:8] != MAGIC:
+        raise BadInputError(f"{where} is not an snnc weight pack (bad magic); {FIX}")
+    h = dict(zip([f for f, _ in HEADER_FIELDS], HEADER.unpack_from(blob)))
+    if h["version"] not in CHECKSUM_HOLE:
+        r.refuse(f"format version {h['version']}; this snnc reads versions "
+                 f"{', '.join(map(str, CHECKSUM_HOLE))}", 8)
+    if h["data offset"] + h["data size"] != len(blob):
+        r.refuse(f"truncated or has trailing bytes: the header says {h['data offset']:,} + "
+                 f"{h['data size']:,} bytes, the file has {len(blob):,}", 48)
+    if checksum(blob, h["version"]) != h["checksum"]:
+        r.refuse("corrupt (checksum mismatch)", CHECKSUM_AT)
+    count = h["layer count"]
+    strings_at = HEADER.size + ENTRY.size * count
+    strings_end = strings_at + h["string table size"]
+    r.require((("flags", h["flags"] == 0, 0),
+               ("header size", h["header size"] == HEADER.size, HEADER.size),
+               ("reserved", h["reserved"] == 0, 0),
+               ("layer count", count >= 1 and strings_end <= len(blob),
+                "at least 1, with the table inside the file"),
+               ("layer table offset", h["layer table offset"] == HEADER.size, HEADER.size),
+               ("string table offset", h["string table offset"] == strings_at,
+                f"{strings_at} (right after the layer table)"),
+               ("data offset", h["data offset"] == strings_end + _align(strings_end),
+                f"{strings_end + _align(strings_end)} (the string table's end, 64-aligned)")),
+              h, HEADER_FIELDS)
+    r.zeros(strings_end, h["data offset"], "alignment padding after the string table")
+    strings = blob[strings_at:strings_end]
+    cursor = {"strings": 0, "strings_at": strings_at, "data": 0, "names": set()}
+    entries = [_entry(r, i, strings, cursor, h) for i in range(count)]
+    r.require((("string table size", cursor["strings"] == len(strings),
+                f"{cursor['strings']} (the names' total length)"),
+               ("data size", cursor["data"] == h["data size"],
+                f"{cursor['data']} (the end of the last layer's scales)")), h, HEADER_FIELDS)
+    return [_layer(r, e, h["data offset"]) for e in entries]
+
+
+def _names(r: _Reader, e: dict, base: int, label: str, strings: bytes, cursor: dict
+           ) -> list[str]:
+    """The entry's name and scale name: next in the string table, UTF-8, unique; the scale
+    name is present exactly for layout 0 (levels)."""
+    at, name_len, scale_len = cursor["strings"], e["name length"], e["scale-name length"]
+    r.require((("name offset", e["name offset"] == at, f"{at} (right after the previous names)"),
+               ("name length", 1 <= name_len <= len(strings) - at, "1 or more, inside the table"),
+               ("scale-name offset", e["scale-name offset"] == at + name_len,
+                f"{at + name_len} (right after the name)"),
+               ("scale-name length", (scale_len >= 1) == (e["layout"] == LEVELS)
+                and scale_len <= len(strings) - at - name_len,
+                "1 or more for layout 0 (levels), 0 for layouts 1 and 2")),
+              e, ENTRY_FIELDS, base, label)
+    names = []
+    for field, start, size in (("name", at, name_len), ("scale name", at + name_len, scale_len)):
+        try:
+            names.append(strings[start:start + size].decode())
+        except UnicodeDecodeError:
+            r.refuse(f"the {field} of {label} is not UTF-8", cursor["strings_at"] + start)
+        if names[-1] in cursor["names"]:
+            r.refuse(f"the {field} {names[-1]!r} of {label} is used twice",
+                     cursor["strings_at"] + start)
+        cursor["names"] |= {names[-1]} - {""}
+    cursor["strings"] = at + name_len + scale_len
+    return names
+
+
+def _entry(r: _Reader, i: int, strings: bytes, cursor: dict, h: dict) -> dict:
+    """Layer i's table entry, checked against the canonical layout; advances the cursor."""
+    base = HEADER.size + i * ENTRY.size
+    e = dict(zip([f for f, _ in ENTRY_FIELDS], ENTRY.unpack_from(r.blob, base)))
+    names = _names(r, e, base, f"layer {i}", strings, cursor)
+    label = f"layer {i} {names[0]!r}"
+    scheme = {v: k for k, v in SCHEMES.items()}.get(e["scheme"], "")
+    ndim, dims = e["ndim"], [e[f"dim {d}"] for d in range(MAX_DIMS)]
+    codes_at = cursor["data"] + _align(cursor["data"])
+    codes_size = -(-math.prod(dims[:ndim]) * e["bits"] // 8)
+    scales_at = codes_at + codes_size + _align(codes_at + codes_size)
+    r.require((("scheme", scheme != "", "0 (uniform) or 1 (pot)"),
+               ("bits", e["bits"] in BITS.get(scheme, ()), "2..8 for uniform, 2..5 for pot"),
+               ("layout", e["layout"] in LAYOUTS and (e["layout"] != CODES or scheme == "pot"),
+                "0 (levels), 1 (codes, pot only) or 2 (signed)"),
+               ("ndim", 1 <= ndim <= MAX_DIMS, f"1..{MAX_DIMS}"))
+              + tuple((f"dim {d}", (dims[d] >= 1) == (d < ndim), "positive when used, else 0")
+                      for d in range(MAX_DIMS))
+              + (("channels", e["channels"] == dims[0], f"{dims[0]} (dim 0)"),
+                 ("codes offset", e["codes offset"] == codes_at,
+                  f"{codes_at} (the next 64-byte boundary)"),
+                 ("codes size", e["codes size"] == codes_size, f"{codes_size} (ceil(n * k / 8))"),
+                 ("scales offset", e["scales offset"] == scales_at,
+                  f"{scales_at} (the 64-byte boundary after the codes)"),
+                 ("dim 0", scales_at + 4 * dims[0] <= h["data size"],
+                  "a shape whose codes and scales end inside the data")),
+              e, ENTRY_FIELDS, base, label)
+    data_at = h["data offset"]
+    r.zeros(data_at + cursor["data"], data_at + codes_at, f"alignment padding before {label}")
+    r.zeros(data_at + codes_at + codes_size, data_at + scales_at,
+            f"alignment padding after the codes of {label}")
+    cursor["data"] = scales_at + 4 * dims[0]
+    return {**e, "label": label, "names": names, "scheme_name": scheme,
+            "shape": tuple(dims[:ndim])}
+
+
+def _layer(r: _Reader, e: dict, data_at: int) -> Layer:
+    """Layer e's codes and scales, with their values checked."""
+    scheme, bits, layout, label = e["scheme_name"], e["bits"], e["layout"], e["label"]
+    count, start = math.prod(e["shape"]), data_at + e["codes offset"]
+    raw = r.blob[start:start + e["codes size"]]
+    used = count * bits % 8
+    if used and raw[-1] >> used:
+        r.refuse(f"the padding bits of the last code byte of {label} are not zero",
+                 start + len(raw) - 1)
+    fields = _fields(raw, count, bits)
+    if scheme == "pot":  # sign bit over code 0: a -0 the encoder never writes
+        bad = np.flatnonzero(fields == 1 << (bits - 1))
+        if bad.size:
+            r.refuse(f"PoT code {int(bad[0])} of {label} is -0 (sign bit on a zero code)",
+                     start + int(bad[0]) * bits // 8)
+    at = data_at + e["scales offset"]
+    scales = np.frombuffer(r.blob, "<f4", e["channels"], at).astype(np.float32)
+    bad = np.flatnonzero(~legal_scales(scales, scheme, bits, layout))
+    if bad.size:
+        r.refuse(f"scale {float(scales[bad[0]])!r} of channel {int(bad[0])} of {label} is not "
+                 f"a legal layout-{layout} ({LAYOUTS[layout]}) scale", at + 4 * int(bad[0]))
+    return Layer(e["names"][0], e["names"][1], scheme, bits,
+                 _values(fields, scheme, bits).reshape(e["shape"]), scales, layout)
+
+
+def code_bytes(layer: Layer) -> int:
+    return -(-layer.codes.size * layer.bits // 8)
+
+
+def payload_bytes(layer: Layer) -> int:
+    """A layer's codes at their bit width plus its float32 scales."""
+    return code_bytes(layer) + 4 * layer.scales.size
+
+
+def overhead(blob: bytes) -> int:
+    """Bytes that are neither codes nor scales: header, table, strings and alignment."""
+    return len(blob) - sum(payload_bytes(layer) for layer in decode(blob))
+
+
+def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
+    """{initializer name: integer array} exactly as the ONNX backend stores these weights
+    (int8/int16 containers: the external-weights path does not use int4)."""
+    arrays = {}
+    for layer in layers:
+        if layer.layout == CODES:
+            arrays[layer.name] = layer.codes.astype(np.int8)
+        elif layer.layout == GEMM:
+            arrays[layer.name] = gemm_weights(layer.codes, layer.scheme, layer.bits,
+                                              layer.scales)
+        elif layer.layout == SIGNED:
+            arrays[layer.name] = signed_container(layer.codes, layer.scheme, layer.bits,
+                                                  layer.scales)
+        else:
+            arrays[layer.name] = container(layer.codes, layer.scheme, layer.bits, False)[0]
+    return arrays
+
+
+def table_json(layers: list[Layer], total_bytes: int) -> dict:
+    """The layer table as JSON-able data (`snnc inspect --json`): one dict per layer and the
+    totals of `format_table`."""
+    rows = [{"name": layer.name, "scale_name": layer.scale_name, "scheme": layer.scheme,
+             "bits": layer.bits, "shape": [int(d) for d in layer.codes.shape],
+             "weights": int(layer.codes.size), "packed_bytes": code_bytes(layer),
+             "layout": LAYOUTS[layer.layout], "channels": int(layer.scales.size)}
+            for layer in layers]
+    weights = sum(row["weights"] for row in rows)
+    payload = sum(payload_bytes(layer) for layer in layers)
+    bits = sum(row["weights"] * row["bits"] for row in rows)
+    return {"layers": rows, "totals": {
+        "layers": len(rows), "weights": weights,
+        "average_bits": round(bits / max(weights, 1), 4), "file_bytes": total_bytes,
+        "payload_bytes": payload, "overhead_bytes": total_bytes - payload,
+        "float32_ratio": round(32 * weights / 8 / max(total_bytes, 1), 4)}}
+
+
+def format_table(layers: list[Layer], total_bytes: int) -> str:
+    table = table_json(layers, total_bytes)
+    rows, totals = table["layers"], table["totals"]
+    width = max([len(row["name"]) for row in rows] + [5])
+    lines = [f"{'layer':<{width}}  {'scheme':<7}  {'bits':>4}  {'shape':<18}  {'weights':>10}  "
+             f"{'packed B':>9}  layout"]
+    for row in rows:
+        shape = "x".join(map(str, row["shape"]))
+        lines.append(f"{row['name']:<{width}}  {row['scheme']:<7}  {row['bits']:>4}  "
+                     f"{shape:<18}  {row['weights']:>10,}  {row['packed_bytes']:>9,}  "
+                     f"{row['layout']}")
+    lines.append(f"{totals['layers']} layers, {totals['weights']:,} weights, average "
+                 f"{totals['average_bits']:.2f} bits; file {total_bytes:,} B = codes and scales "
+                 f"{totals['payload_bytes']:,} B + header, table and alignment "
+                 f"{totals['overhead_bytes']:,} B; {totals['float32_ratio']:.2f}x smaller than "
+                 "float32")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Checking the compiled model against its source: accuracy, spike parity, reports."""

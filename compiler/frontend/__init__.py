@@ -1,0 +1,1 @@
+"""Frontends: a model (a torch.export program of a SpikingJelly network) -> an IR graph."""

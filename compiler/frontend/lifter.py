@@ -1,0 +1,272 @@
+"""The lifter's state and the types its walk (lift.py) and its rules (rules.py) share.
+
+A lifted activation is an `Act`: its IR value at one timestep and a `Layout` (axes.py) saying
+which torch axis is time, batch, time x batch or a feature. A fact that is not a tensor is a
+`Marker`. A use snnc cannot lift raises `Unsupported`, which the walk collects. The `Lifter`
+holds one lift's state: the IR being built, what each fx node became, the example batch.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from snnc.errors import BadInputError
+from snnc.frontend import axes
+from snnc.frontend.axes import Layout
+from snnc.ir.builder import Builder
+from snnc.ir.graph import Provenance, Value
+
+NEURON_OPS = ("sj_lif.forward.default", "sj_if.forward.default", "sj_plif.forward.default")
+QUANT_OP = "snnc.fake_quant.default"
+
+# Frames inside these files are library plumbing, not the line of the model's code.
+_LIBRARY_FRAMES = (f"{os.sep}torch{os.sep}", os.path.join("spikingjelly", "_ops"),
+                   os.path.join("activation_based", "base.py"),
+                   os.path.join("activation_based", "neuron"),
+                   os.path.join("activation_based", "layer"))
+
+
+class Unsupported(Exception):
+    """A use of an op snnc cannot lift; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Act:
+    """A lifted activation: its one-step IR value and the roles of its torch axes. `post`:
+    computed once, after a reduction over time (multi-step programs only)."""
+
+    value: Value
+    layout: Layout
+    post: bool = False
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A fact that is not a tensor of the IR: `kind` is "init" (a membrane's constant
+    initial fill, payload the float), "first_step" (x[0] of a [T, B, ...] tensor, only for
+    full_like), "time_reduce" (payload (Act, "mean" | "sum"): emitted when used),
+    "shape" (a size, for view arguments) or "none" (an op with no result)."""
+
+    kind: str
+    payload: Any = None
+
+
+REPORTED = Marker("reported")  # the node was reported as unsupported
+_NOT_A_TENSOR = {
+    "membrane": "reads a multi-step neuron's membrane potential (v_seq); only its spikes "
+                "can be compiled: read spikes, or write the model single-step",
+    "first_step": "uses x[0] of a [T, B, ...] tensor; a multi-step model is compiled whole "
+                  "(x[0] only starts a neuron's membrane)",
+    "shape": "uses a tensor size as a tensor",
+    "none": "uses the result of an op that has none",
+}
+
+
+def source_of(node: torch.fx.Node) -> Provenance:
+    """The module path, class, file and line of the user's code that made `node`."""
+    stack = node.meta.get("nn_module_stack") or {}
+    module = cls_name = ""
+    if stack:
+        module, cls = list(stack.values())[-1]
+        cls_name = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", "")
+        cls_name = cls_name or "?"
+    file, line = _user_frame(node.meta.get("stack_trace") or "")
+    return Provenance(module=module, cls=cls_name, file=file, line=line)
+
+
+def _user_frame(trace: str) -> tuple[str, int]:
+    frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
+    user = [f for f in frames if not any(part in f for part in _LIBRARY_FRAMES)]
+    if not user:
+        return "", 0
+    try:  # File "path", line N, in fn
+        path = user[-1].split('"')[1]
+        return os.path.basename(path), int(user[-1].split(", line ")[1].split(",")[0])
+    except (IndexError, ValueError):
+        return "", 0
+
+
+def op_name(node: torch.fx.Node) -> str:
+    target = node.target
+    if target is operator.getitem:
+        return "getitem"
+    if getattr(target, "__module__", None) in ("_operator", "operator"):
+        return f"operator.{target.__name__}"
+    name = str(target)
+    return name[len("torch.ops."):] if name.startswith("torch.ops.") else name
+
+
+def bind(node: torch.fx.Node) -> dict[str, Any]:
+    """The op's arguments by schema name, defaults filled in."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return {f"arg{i}": a for i, a in enumerate(node.args)}
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            bound[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            bound[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+    return bound
+
+
+def dims(node: torch.fx.Node) -> tuple:
+    """The torch shape of a node's value: ints, or sympy expressions for dynamic sizes."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise Unsupported("has no tensor shape in the exported program")
+    return tuple(_dim(d) for d in val.shape)
+
+
+def _dim(d):
+    if isinstance(d, int):
+        return d
+    expr = d.node.expr if isinstance(d, torch.SymInt) else d
+    return int(expr) if getattr(expr, "is_number", False) else expr
+
+
+class Values:
+    """Building the IR: nodes with the fx node's provenance, constants, activations."""
+
+    def __init__(self, steps: int):
+        self.builder = Builder()
+        self.steps = steps
+        self.scalars: dict[float, Value] = {}
+
+    def emit(self, op: str, inputs, attrs: dict, node: torch.fx.Node, hint: str = ""
+             ) -> list[Value]:
+        return self.builder.add(op, inputs, attrs, source_of(node), hint or node.name)
+
+    def constant(self, array: np.ndarray, hint: str, dtype: str = "f32") -> Value:
+        return self.builder.const(array, hint, dtype)
+
+    def scalar(self, x: float) -> Value:
+        key = float(np.float32(x))
+        if key not in self.scalars:
+            self.scalars[key] = self.constant(np.array(key, np.float32), f"c{key:g}")
+        return self.scalars[key]
+
+    def new_act(self, value: Value, layout: Layout, post: bool = False) -> Act:
+        """An activation, refusing layouts the time-major unroll cannot carry."""
+        if self.steps > 1 and not post and layout.step_roles[0] != axes.B:
+            raise Unsupported(f"moves the batch axis (axes {layout}); in a multi-step model "
+                              "keep [T, B, ...], [T*B, ...] or [B, ...] leading")
+        return Act(value, layout, post)
+
+
+class Lifter(Values):
+    """The state of one lift; rules (compiler/rules.py) read their arguments with it."""
+
+    def __init__(self, program: torch.export.ExportedProgram):
+        neurons = _neurons(program)
+        # A membrane passed from one neuron call to the next: the time loop is in forward.
+        self.explicit = any(_membrane_of(n.args[1]) for n in neurons)
+        super().__init__(1 if self.explicit else _time_steps(neurons[0]))
+        self.program = program
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.unsupported: list[tuple[str, str]] = []
+        self.reduced: dict[int, Act] = {}  # time_reduce nodes made, by fx node
+        self.weights: dict[tuple, Value] = {}  # dequantized weights, one per quantized layer
+        self.loops: dict = {}  # per-step loops: stack node -> {t: (x_seq[t] node, its uses)}
+        self.input_modes: list[str] = []
+        self.input_names: list[str] = []
+        self.batch = None  # the example batch: an int, or a sympy symbol (dynamic batch)
+
+    def operand(self, arg) -> Act | Value:
+        """An activation, a constant tensor, or a Python number (as a constant)."""
+        if isinstance(arg, torch.fx.Node):
+            got = self.value_of(arg)
+            if isinstance(got, Marker) and got.kind == "time_reduce":
+                return _reduced(self, arg, *got.payload)
+            if isinstance(got, Marker) and got.kind == "init":  # full_like: a constant
+                return self.scalar(got.payload)
+            if isinstance(got, (Act, Value)):
+                return got
+            raise Unsupported(_NOT_A_TENSOR.get(getattr(got, "kind", ""), f"uses {arg.name} "
+                                                "as a tensor, which it is not"))
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            return self.scalar(arg)
+        raise Unsupported(f"has an operand of unsupported kind {type(arg).__name__}")
+
+    def value_of(self, node: torch.fx.Node):
+        if node not in self.env:
+            raise Unsupported(f"reads {node.name}, which is not computed before it")
+        return self.env[node]
+
+    def act(self, arg, what: str = "input") -> Act:
+        got = self.operand(arg)
+        if not isinstance(got, Act):
+            raise Unsupported(f"expects an activation as its {what}, got a constant")
+        return got
+
+    def const(self, arg) -> Value:
+        got = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
+        if not isinstance(got, Value):
+            raise Unsupported("needs a constant (parameter or buffer) here, got an activation")
+        return got
+
+
+def _neurons(program) -> list[torch.fx.Node]:
+    """The neuron calls; refuses programs without any, and multi-step neurons reused with
+    their membrane carried over (one module called for two layers)."""
+    calls = [n for n in program.graph.nodes if op_name(n) in NEURON_OPS]
+    other = sorted({op_name(n).split(".")[0] for n in program.graph.nodes
+                    if op_name(n).startswith("sj_") and op_name(n) not in NEURON_OPS})
+    if not calls:
+        raise BadInputError(
+            "the model has no SpikingJelly neuron layer snnc compiles (IFNode, LIFNode or "
+            "ParametricLIFNode" + (f"; it uses {', '.join(other)}, which snnc does not "
+                                    "compile" if other else "") + ").")
+    for n in calls:
+        if _membrane_of(n.args[1]) and isinstance(n.args[0], torch.fx.Node) \
+                and dims(n.args[0])[0] != 1:
+            raise BadInputError(
+                f"the neuron {source_of(n)} starts from another multi-step call's final "
+                "membrane: one neuron module is used for two layers. Give each layer its "
+                "own neuron module.")
+    return calls
+
+
+def _time_steps(neuron: torch.fx.Node) -> int:
+    steps = dims(neuron.args[0])[0] if isinstance(neuron.args[0], torch.fx.Node) else None
+    if not isinstance(steps, int) or steps < 1:
+        raise BadInputError("the first neuron's input has no static time axis; export "
+                            "with a fixed number of timesteps T")
+    return steps
+
+
+def _reduced(lx: Lifter, node: torch.fx.Node, x: Act, mode: str) -> Act:
+    """x.mean(0) / x.sum(0) over time, used by another op: a time_reduce node, once."""
+    if id(node) not in lx.reduced:
+        value, = lx.emit("time_reduce", [x.value], {"mode": mode}, node)
+        lx.reduced[id(node)] = Act(value, x.layout.drop(x.layout.time_axis), post=True)
+    return lx.reduced[id(node)]
+
+
+# Ops that keep every axis of their input: the walk follows a model input through them to
+# see how it is used (lift._first_use), and rules._want looks through them too.
+ELEMENTWISE = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
+               "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
+               "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar",
+               "aten.linear.default")
+
+
+def axis_args(node: torch.fx.Node) -> list:
+    """The axis argument(s) of an index, reduction or permute node, as a list."""
+    value = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _membrane_of(arg) -> bool:
+    """Whether a neuron's initial membrane is another neuron call's membrane output."""
+    return (isinstance(arg, torch.fx.Node) and arg.target is operator.getitem
+            and isinstance(arg.args[0], torch.fx.Node) and op_name(arg.args[0]) in NEURON_OPS
+            and arg.args[1] == 1)

@@ -1,0 +1,1 @@
+"""The IR: graph, op vocabulary, builder, verifier, reference interpreter, shapes, ranges."""

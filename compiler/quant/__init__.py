@@ -1,0 +1,1 @@
+"""Quantization beside the pipeline: per-layer weight quantizers, weight formats, the search."""

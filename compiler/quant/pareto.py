@@ -1,0 +1,98 @@
+"""snnc search --report: every configuration a search evaluated, as JSON and one PNG with
+validation accuracy against average bits and against estimated energy, and each method's
+Pareto frontier. A report file keeps the other method's points for the same model and
+validation data, so running both methods with the same --report puts both on one figure."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+
+def merge(path_json: str, key: str, method: str, entry: dict) -> dict:
+    """The report's JSON with `method`'s entry replaced; other methods' entries kept when they
+    searched the same model on the same validation data (`key`)."""
+    report = {"format": "snnc-search-report", "key": key, "methods": {}}
+    if os.path.isfile(path_json):
+        try:
+            with open(path_json, encoding="utf-8") as f:
+                old = json.load(f)
+            if isinstance(old, dict) and old.get("key") == key and \
+                    isinstance(old.get("methods"), dict):
+                report["methods"] = {m: e for m, e in old["methods"].items()
+                                     if m != method and _plottable(e)}
+        except (OSError, ValueError, RecursionError):
+            pass  # an unreadable old report is replaced
+    report["methods"][method] = entry
+    return report
+
+
+def _plottable(entry) -> bool:
+    """An old report's entry png() can draw: points (and the final point) with real-number
+    bits, energy and accuracy. The file is a user's; anything else is dropped, not drawn."""
+    def point(p) -> bool:
+        return isinstance(p, dict) and all(
+            isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)
+            and math.isfinite(p[k]) for k in ("bits", "energy_nj", "accuracy"))
+
+    return isinstance(entry, dict) and isinstance(entry.get("points"), list) \
+        and all(point(p) for p in entry["points"]) \
+        and (entry.get("final") is None or point(entry["final"])) \
+        and all(entry.get(k) is None or (isinstance(entry[k], (int, float))
+                                         and math.isfinite(entry[k]))
+                for k in ("float_accuracy", "max_bits"))
+
+
+def frontier(points: list[dict], x: str) -> list[dict]:
+    """Points no other point beats: fewer (or equal) `x` and higher accuracy."""
+    best, out = -1.0, []
+    for p in sorted(points, key=lambda p: (p[x], -p["accuracy"])):
+        if p["accuracy"] > best:
+            out.append(p)
+            best = p["accuracy"]
+    return out
+
+
+COLORS = {"sensitivity": "tab:blue", "gumbel": "tab:orange"}
+
+
+def png(report: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, x, label in ((axes[0], "bits", "average bits per weight (weighted by parameters)"),
+                         (axes[1], "energy_nj", "estimated energy per sample (nJ, SOP model)")):
+        for method, entry in sorted(report["methods"].items()):
+            color = COLORS.get(method, "tab:gray")
+            points = entry["points"]
+            ax.scatter([p[x] for p in points], [100 * p["accuracy"] for p in points], s=10,
+                       alpha=0.35, color=color, label=f"{method}: visited ({len(points)})")
+            front = frontier(points, x)
+            ax.step([p[x] for p in front], [100 * p["accuracy"] for p in front], where="post",
+                    color=color, lw=1.5, label=f"{method}: frontier")
+            final = entry.get("final")
+            if final:
+                ax.scatter([final[x]], [100 * final["accuracy"]], marker="*", s=160,
+                           color=color, edgecolor="black", zorder=5,
+                           label=f"{method}: chosen, fine-tuned")
+            if entry.get("float_accuracy") is not None:
+                ax.axhline(100 * entry["float_accuracy"], color="gray", ls=":", lw=1)
+            if x == "bits" and entry.get("max_bits"):
+                ax.axvline(entry["max_bits"], color=color, ls="--", lw=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("snnc search: configurations evaluated (before fine-tuning; stars after); "
+                 "dotted line: float", fontsize=9)
+    from snnc.check.report import figure_bytes
+
+    return figure_bytes(fig, 110)
+
+
+def dumps(report: dict) -> bytes:
+    return (json.dumps(report, indent=1) + "\n").encode()

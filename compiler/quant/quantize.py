@@ -1,0 +1,287 @@
+"""Per-layer weight quantization: uniform or power-of-two (PoT), 2-8 bits, per output channel.
+
+Code tables (docs/quantization.md):
+- uniform k-bit, k = 2..8: integer code q in [-2^(k-1), 2^(k-1) - 1]; weight = q * scale.
+- PoT k-bit, k = 2..5: a sign and an exponent code c in [0, 2^(k-1) - 1]; c = 0 is zero,
+  c >= 1 is the magnitude scale * 2^-(c - 1). Codes are stored as the signed integer
+  sign * c, so the largest magnitude is `scale` and the smallest nonzero one is
+  scale * 2^-(2^(k-1) - 2).
+
+`fake_quant(weight, scale, scheme, bits)` is a registered custom op (`snnc::fake_quant`):
+torch.export shows each quantized weight as ONE node, and the snnc frontend reads its
+scheme, bits, codes and scales from it. Its gradient is the straight-through estimator,
+so a quantized model can be fine-tuned (QAT).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+
+from snnc.errors import BadInputError
+from snnc.files.tensors import check_finite
+from snnc.files.trust import short_repr
+from snnc.quant.weights import pot_shift
+
+SCHEMES = {"uniform": range(2, 9), "pot": range(2, 6)}
+QUANTIZABLE = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
+
+
+def _channel_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+
+
+def codes(weight: torch.Tensor, scale: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
+    """Integer codes (int32) of `weight` with per-output-channel `scale` (see module doc)."""
+    w = weight.detach().float()
+    s = _channel_view(scale.detach().float(), w)
+    if scheme == "uniform":
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return torch.clamp(torch.round(w / s), low, high).to(torch.int32)
+    if scheme == "pot":
+        e_max = pot_shift(bits)
+        ratio = (w.abs() / s).clamp(max=1.0)
+        # The nearest level in the linear domain: between 2^-e and 2^-(e+1) the midpoint is
+        # 0.75 * 2^-e; between the smallest level 2^-e_max and zero it is 0.5 * 2^-e_max.
+        e = torch.floor(-torch.log2(ratio.clamp(min=2.0 ** -(e_max + 2)))).clamp(0, e_max)
+        upper = torch.exp2(-e)
+        midpoint = torch.where(e >= e_max, 0.5 * upper, 0.75 * upper)
+        e = torch.where(ratio < midpoint, e + 1, e)
+        code = torch.where(e > e_max, torch.zeros_like(e), e + 1)
+        return (torch.sign(w) * code).to(torch.int32)
+    raise ValueError(f"unknown scheme {scheme!r}")
+
+
+def dequantize(code: torch.Tensor, scale: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
+    """float32 weights from codes, rounded exactly as snnc's IR and ONNX do it."""
+    s = _channel_view(scale.float(), code)
+    if scheme == "uniform":
+        return code.float() * s
+    magnitude = torch.exp2(1.0 - code.abs().float()) * s  # exact: a power of two times s
+    return torch.where(code == 0, torch.zeros_like(magnitude), torch.sign(code.float()) * magnitude)
+
+
+@torch.library.custom_op("snnc::fake_quant", mutates_args=())
+def fake_quant(weight: torch.Tensor, scale: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
+    return dequantize(codes(weight, scale, scheme, bits), scale, scheme, bits).to(weight.dtype)
+
+
+@fake_quant.register_fake
+def _fake_quant_meta(weight, scale, scheme, bits):
+    return torch.empty_like(weight)
+
+
+def _fake_quant_setup(ctx, inputs, output):
+    pass
+
+
+def _fake_quant_backward(ctx, grad):
+    return grad, None, None, None  # straight-through: d(quantized)/d(weight) = 1
+
+
+fake_quant.register_autograd(_fake_quant_backward, setup_context=_fake_quant_setup)
+
+
+class WeightQuantizer(torch.nn.Module):
+    """A parametrization: module.weight becomes fake_quant(original weight)."""
+
+    def __init__(self, scheme: str, bits: int, out_channels: int):
+        super().__init__()
+        self.scheme, self.bits = scheme, bits
+        self.register_buffer("scale", torch.ones(out_channels))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return fake_quant(weight, self.scale, self.scheme, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme}, bits={self.bits}"
+
+
+def minmax_scale(weight: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
+    peak = weight.detach().float().abs().reshape(weight.shape[0], -1).amax(dim=1)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return peak / (2 ** (bits - 1) - 1) if scheme == "uniform" else peak
+
+
+def mse_scale(weight: torch.Tensor, scheme: str, bits: int, grid: int = 40) -> torch.Tensor:
+    """Per channel, the clipping ratio of the min-max scale that minimizes the weight error."""
+    base = minmax_scale(weight, scheme, bits)
+    w = weight.detach().float()
+    best, best_err = base.clone(), torch.full_like(base, math.inf)
+    for ratio in torch.linspace(0.3, 1.0, grid):
+        s = base * ratio
+        err = ((dequantize(codes(w, s, scheme, bits), s, scheme, bits) - w) ** 2) \
+            .reshape(w.shape[0], -1).sum(dim=1)
+        better = err < best_err
+        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
+    return best
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    name: str
+    scheme: str  # "uniform", "pot" or "float"
+    bits: int  # 32 for float
+    parameters: int
+
+
+def parse_config(config: Mapping[str, object]) -> list[tuple[str, dict | None]]:
+    """Validate a config: glob -> {"scheme", "bits"} or "float". Raises BadInputError."""
+    if not isinstance(config, Mapping) or not config:
+        raise BadInputError("the quantization config must be a non-empty JSON object mapping "
+                            'module-name globs to {"scheme": ..., "bits": ...} or "float"')
+    rules = []
+    for glob, rule in config.items():
+        if not isinstance(glob, str):
+            raise BadInputError(f"config key {short_repr(glob)} must be a module-name glob "
+                                "(a string)")
+        if isinstance(rule, str) and rule == "float":
+            rules.append((glob, None))
+            continue
+        if not isinstance(rule, Mapping) or set(rule) != {"scheme", "bits"}:
+            raise BadInputError(f'config entry {glob!r}: expected {{"scheme": ..., "bits": ...}} '
+                                f'or "float", got {short_repr(rule)}')
+        scheme, bits = rule["scheme"], rule["bits"]
+        if not isinstance(scheme, str) or scheme not in SCHEMES:
+            raise BadInputError(f"config entry {glob!r}: unknown scheme {short_repr(scheme)}; use "
+                                f"{' or '.join(map(repr, SCHEMES))}")
+        allowed = SCHEMES[scheme]
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
+            raise BadInputError(f"config entry {glob!r}: {scheme} quantization takes bits "
+                                f"{allowed.start}..{allowed.stop - 1}, got {short_repr(bits)}")
+        rules.append((glob, {"scheme": scheme, "bits": bits}))
+    return rules
+
+
+def plan(model: torch.nn.Module, config: Mapping[str, object]) -> list[tuple[str, dict | None]]:
+    """(module name, rule) for every layer with weights; first matching glob wins."""
+    rules = parse_config(config)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+    used = {glob: False for glob, _ in rules}
+    result = []
+    for name, _ in layers:
+        matching = [(glob, rule) for glob, rule in rules if fnmatch.fnmatchcase(name, glob)]
+        for glob, _ in matching:
+            used[glob] = True
+        result.append((name, matching[0][1] if matching else None))
+    unused = [g for g, hit in used.items() if not hit]
+    if unused:
+        names = ", ".join(n for n, _ in layers[:6]) + (", ..." if len(layers) > 6 else "")
+        raise BadInputError(f"config glob(s) {unused} match no conv/linear layer of the model "
+                            f"(its layers: {names})")
+    return result
+
+
+def quantize(model: torch.nn.Module, config: Mapping[str, object],
+             calibration: Iterable[torch.Tensor] | torch.Tensor | None = None,
+             method: str = "mse") -> torch.nn.Module:
+    """Quantize `model`'s conv/linear weights in place, per `config`; returns the model.
+
+    config maps module-name globs (fnmatch) to {"scheme": "uniform"|"pot", "bits": k} or
+    "float"; the first matching glob wins and unmatched layers stay float. Scales come from
+    the weights ("minmax": the largest magnitude; "mse": the clipping that minimizes the
+    weight error) and, with `calibration` inputs, are refined per layer to minimize the
+    error of the layer's output on them.
+    """
+    from torch.nn.utils import parametrize
+
+    if method not in ("minmax", "mse"):
+        raise BadInputError(f"unknown scale method {method!r}; use 'minmax' or 'mse'")
+    modules = dict(model.named_modules())
+    chosen = [(name, rule) for name, rule in plan(model, config) if rule is not None]
+    check_finite(list(model.named_parameters()) + list(model.named_buffers()), "the model")
+    for name, rule in chosen:
+        module = modules[name]
+        if parametrize.is_parametrized(module, "weight"):
+            raise BadInputError(f"layer {name} is already quantized")
+        weight = module.weight.detach()
+        quantizer = WeightQuantizer(rule["scheme"], rule["bits"], weight.shape[0])
+        pick = minmax_scale if method == "minmax" else mse_scale
+        quantizer.scale.copy_(pick(weight, rule["scheme"], rule["bits"]))
+        parametrize.register_parametrization(module, "weight", quantizer, unsafe=True)
+    if calibration is not None:
+        _refine_on_calibration(model, [modules[n] for n, _ in chosen], calibration)
+    return model
+
+
+def _refine_on_calibration(model, layers, calibration, grid: int = 24) -> None:
+    """Per layer and output channel, pick the scale (a ratio of the current one) that
+    minimizes the squared error of the layer's output on the calibration inputs."""
+    from spikingjelly.activation_based import functional
+
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    captured: dict[torch.nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: captured[mod].append(args[0].detach()))
+             for m in layers]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                functional.reset_net(model)
+                model(x)
+            functional.reset_net(model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        for module in layers:
+            quantizer = module.parametrizations.weight[0]
+            original = module.parametrizations.weight.original
+            inputs = torch.cat([x.reshape(-1, *x.shape[-(original.dim() - 1):])
+                                if not isinstance(module, torch.nn.Linear)
+                                else x.reshape(-1, x.shape[-1]) for x in captured[module]])
+            reference = _apply(module, inputs, original)
+            base = quantizer.scale.clone()
+            best, best_err = base.clone(), torch.full_like(base, math.inf)
+            for ratio in torch.linspace(0.6, 1.15, grid):
+                s = base * ratio
+                w = dequantize(codes(original, s, quantizer.scheme, quantizer.bits), s,
+                               quantizer.scheme, quantizer.bits)
+                err = ((_apply(module, inputs, w) - reference) ** 2)
+                err = err.transpose(0, 1).reshape(base.shape[0], -1).sum(dim=1) \
+                    if not isinstance(module, torch.nn.Linear) else err.sum(dim=0)
+                better = err < best_err
+                best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
+            quantizer.scale.copy_(best)
+
+
+def _apply(module, x, weight):
+    if isinstance(module, torch.nn.Linear):
+        return torch.nn.functional.linear(x, weight)
+    conv = torch.nn.functional.conv1d if isinstance(module, torch.nn.Conv1d) \
+        else torch.nn.functional.conv2d
+    return conv(x, weight, None, module.stride, module.padding, module.dilation, module.groups)
+
+
+def report(model: torch.nn.Module) -> tuple[list[LayerQuant], float]:
+    """Per layer with weights: scheme, bits, parameters; and the parameter-weighted average
+    bits over those layers (float layers count as 32)."""
+    from torch.nn.utils import parametrize
+
+    rows = []
+    for name, module in model.named_modules():
+        if not isinstance(module, QUANTIZABLE):
+            continue
+        if parametrize.is_parametrized(module, "weight"):
+            quantizer = module.parametrizations.weight[0]
+            count = module.parametrizations.weight.original.numel()
+            rows.append(LayerQuant(name, quantizer.scheme, quantizer.bits, count))
+        else:
+            rows.append(LayerQuant(name, "float", 32, module.weight.numel()))
+    total = sum(r.parameters for r in rows)
+    average = sum(r.bits * r.parameters for r in rows) / total if total else 0.0
+    return rows, average
+
+
+def format_report(rows: list[LayerQuant], average: float) -> str:
+    width = max([len(r.name) for r in rows] + [5])
+    lines = [f"{'layer':<{width}}  {'scheme':<7}  {'bits':>4}  {'parameters':>11}"]
+    for r in rows:
+        lines.append(f"{r.name:<{width}}  {r.scheme:<7}  {r.bits:>4}  {r.parameters:>11,}")
+    total = sum(r.parameters for r in rows)
+    lines.append(f"{'total':<{width}}  {'':<7}  {average:>4.2f}  {total:>11,}   "
+                 "(average bits weighted by parameters)")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""snnc search: the per-layer quantization search (docs/search.md), one module per part."""
