@@ -29,21 +29,22 @@ def search(model, train, val, *, method: str = "sensitivity", max_bits: float | 
            state_path: str | None = None, resume: bool = False, **options):
     """Search a model's per-layer quantization under a budget (docs/search.md), then
     fine-tune it. `train` and `val` are (x, y) pairs of samples-first arrays or .npz paths;
-    `options` are snnc.quant.search.engine.Options fields (seed, finetune_epochs, allow_float, ...).
-    Returns a snnc.quant.search.engine.Result: `config` (what snnc.quantize takes), the fine-tuned
-    quantized `model`, the per-layer `rows`, `average_bits` and validation accuracies."""
+    `options` are snnc.quant.search.engine.Options fields (seed, finetune_epochs,
+    allow_float, ...). Returns a snnc.quant.search.engine.Result: `config` (what
+    snnc.quantize takes), the fine-tuned quantized `model`, the per-layer `rows`,
+    `average_bits` and validation accuracies."""
     import numpy as np
 
     from snnc.files.data import load_data
-    from snnc.quant.search import engine as qsearch  # imports torch only when used
+    from snnc.quant.search import api  # imports torch only when used
 
     def data(d):
         if isinstance(d, str):
-            return qsearch.Data(*load_data(d))
+            return api.Data(*load_data(d))
         x, y = d
-        return qsearch.Data(np.ascontiguousarray(np.asarray(x), dtype=np.float32),
-                            np.asarray(y).astype(np.int64))
+        return api.Data(np.ascontiguousarray(np.asarray(x), dtype=np.float32),
+                        np.asarray(y).astype(np.int64))
 
-    opts = qsearch.Options(method=method, max_bits=max_bits, max_drop=max_drop, **options)
-    return qsearch.search(model, data(train), data(val), opts, input_shape=input_shape,
-                          progress=progress, state_path=state_path, resume=resume)
+    opts = api.Options(method=method, max_bits=max_bits, max_drop=max_drop, **options)
+    return api.search(model, data(train), data(val), opts, input_shape=input_shape,
+                      progress=progress, state_path=state_path, resume=resume)

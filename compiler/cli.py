@@ -470,7 +470,8 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     from snnc.files.paths import check_paths, write_all_atomic
     from snnc.quant import pareto
     from snnc.quant.distributed import Context
-    from snnc.quant.search import engine as search
+    from snnc.quant.search.api import Data, Options, SearchInterrupted, search
+    from snnc.quant.search.state import digest
 
     for name, value in (("--max-bits", max_bits), ("--max-drop", max_drop), ("--lr", lr),
                         ("--energy-weight", energy_weight)):
@@ -482,21 +483,19 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
                  ("--report's JSON", report_json), ("--state", state_path)])
     ckpt = loader.load_checkpoint(model, "snnc search")
     net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code)
-    train, val = (search.Data(*load_data(p)) for p in (train_path, val_path))
+    train, val = (Data(*load_data(p)) for p in (train_path, val_path))
     ctx = Context.from_environment()
-    opts = search.Options(method=method, max_bits=max_bits, max_drop=max_drop,
-                          allow_float=allow_float, seed=seed, batch_size=batch_size,
-                          finetune_epochs=finetune_epochs, finetune_lr=lr,
-                          search_epochs=search_epochs, trials=trials,
-                          energy_weight=energy_weight)
+    opts = Options(method=method, max_bits=max_bits, max_drop=max_drop,
+                   allow_float=allow_float, seed=seed, batch_size=batch_size,
+                   finetune_epochs=finetune_epochs, finetune_lr=lr, search_epochs=search_epochs,
+                   trials=trials, energy_weight=energy_weight)
     with open(model, "rb") as f:
         model_digest = hashlib.sha256(f.read()).hexdigest()
-    data_key = search.digest(val.x, *([val.y] if val.y is not None else []))
+    data_key = digest(val.x, *([val.y] if val.y is not None else []))
     try:
-        result = search.search(net, train, val, opts, input_shape=ckpt["input_shape"],
-                               ctx=ctx, state_path=state_path, resume=resume,
-                               progress=not quiet)
-    except search.SearchInterrupted as stop:
+        result = search(net, train, val, opts, input_shape=ckpt["input_shape"], ctx=ctx,
+                        state_path=state_path, resume=resume, progress=not quiet)
+    except SearchInterrupted as stop:
         ctx.close(wait=False)
         if ctx.main:
             _interrupted(stop, output, state_path)
@@ -542,9 +541,9 @@ def _report_entry(result, opts) -> dict:
 
 
 def _search_table(result) -> str:
-    from snnc.quant import quantize as quant
+    from snnc.quant.quantize import format_report
 
-    lines = [quant.format_report(result.rows, result.average_bits)]
+    lines = [format_report(result.rows, result.average_bits)]
     extra = []
     for row in result.rows:
         d = result.details.get(row.name, {})
@@ -563,7 +562,7 @@ def _interrupted(stop, output, state_path) -> None:
     import json
 
     from snnc.files.paths import write_atomic
-    from snnc.quant.search.engine import to_rules
+    from snnc.quant.search.space import to_rules
 
     if stop.best is not None:
         write_atomic(output, (json.dumps(to_rules(stop.best.config), indent=2) + "\n").encode())

@@ -16,7 +16,7 @@ import torch
 
 import snnc
 from snnc.quant import quantize
-from snnc.quant.search import engine as qsearch
+from snnc.quant.search import space
 
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 LAYERS = {"conv1": 144, "conv2": 1152, "head": 2880}  # conv_snn's weights per layer
@@ -175,7 +175,7 @@ def test_ctrl_c_keeps_the_best_and_resume_finishes(trained):
         assert "wrote the best configuration" in err
         best = max(within, key=lambda p: (p["accuracy"], -p["bits"]))
         cut = json.loads((d / "cut.json").read_text())
-        assert cut == qsearch.to_rules(best["config"]) and average(cut) <= 2.6
+        assert cut == space.to_rules(best["config"]) and average(cut) <= 2.6
     else:
         assert "nothing was written" in err and not (d / "cut.json").exists()
     resumed = search(d, "gumbel", *args, "--resume", out="cut.json")
@@ -330,9 +330,9 @@ def test_clear_errors(trained, bad, case, args, message):
 
 
 def test_energy_model_prefers_shifts_to_multiplies():
-    u, p = qsearch.Choice("uniform", 4), qsearch.Choice("pot", 4)
-    assert qsearch.energy_pj(p, spiking=False) < qsearch.energy_pj(u, spiking=False) < 4.6
-    assert qsearch.energy_pj(qsearch.Choice("uniform", 2), True) < qsearch.energy_pj(u, True) < 0.9
+    u, p = space.Choice("uniform", 4), space.Choice("pot", 4)
+    assert space.energy_pj(p, spiking=False) < space.energy_pj(u, spiking=False) < 4.6
+    assert space.energy_pj(space.Choice("uniform", 2), True) < space.energy_pj(u, True) < 0.9
 
 
 @pytest.mark.parametrize("sample", ["digits", "digits_events"])
@@ -369,3 +369,12 @@ def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
         {"sensitivity", "gumbel"}
     assert set(pareto.merge(str(old), "other", "sensitivity", good)["methods"]) == \
         {"sensitivity"}
+
+
+def test_cli_offers_every_method_of_the_table():
+    """A method is one module plus its entry in api.METHODS; the CLI offers exactly those."""
+    from snnc.cli import main
+    from snnc.quant.search.api import METHODS
+
+    option = next(p for p in main.commands["search"].params if p.name == "method")
+    assert list(option.type.choices) == list(METHODS)

@@ -556,7 +556,7 @@ def _fake_quant(lx, node, a):
     if key in lx.weights:
         return lx.weights[key]
     codes = quantize.codes(torch.from_numpy(np.asarray(consts[weight])),
-                        torch.from_numpy(np.asarray(consts[scale])), scheme, bits).numpy()
+                           torch.from_numpy(np.asarray(consts[scale])), scheme, bits).numpy()
     module = source_of(node).layer.split(".parametrizations.")[0]  # the layer, not its quantizer
     code_value = lx.constant(codes, f"{module}.weight_codes", "i32")
     scale_value = lx.constant(consts[scale], f"{module}.weight_scale")

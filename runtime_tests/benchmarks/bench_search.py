@@ -31,19 +31,19 @@ def epoch_seconds(sample: str, runs: int = 3) -> float:
     from snnc.files.data import load_data
     from snnc.quant import quantize as quant
     from snnc.quant.distributed import Context
-    from snnc.quant.search import engine as qsearch
+    from snnc.quant.search.runner import Data, Runner, batch_axis
 
     torch.set_num_threads(2)
     here = os.path.join(ROOT, "samples", sample)
     path = os.path.join(here, "float.pt")
     ckpt = loader.load_checkpoint(path)
     model = loader.build_from_checkpoint(path, ckpt)
-    train = qsearch.Data(*load_data(os.path.join(here, "train.npz")))
+    train = Data(*load_data(os.path.join(here, "train.npz")))
     with open(os.path.join(here, "results.json")) as f:
         config = json.load(f)["config"]
-    axis, _ = qsearch.batch_axis(model, ckpt["input_shape"], train.x, "train")
+    axis, _ = batch_axis(model, ckpt["input_shape"], train.x, "train")
     quant.quantize(model, config)
-    runner = qsearch.Runner(model, axis, Context.single(), 64)
+    runner = Runner(model, axis, Context.single(), 64)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-4)
     times = []

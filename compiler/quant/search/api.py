@@ -1,0 +1,132 @@
+"""snnc search: choose each layer's quantization (uniform or power-of-two, 2-8 bits) under a
+budget, by one of the two methods of ../shared/design/seeds.md (docs/search.md):
+
+- "sensitivity" (QSViT): every layer alone at every candidate, the rest float, on the
+  validation data (accuracy and the divergence of the logits from the float model's); base
+  settings from that sweep; guided greedy steps on the whole configuration (the step that
+  costs the least divergence per bit saved, or, under the budget, gains the most per bit
+  spent) until the budget is met; then quantization-aware fine-tuning.
+- "gumbel" (SpikeHQ): per-layer logits over the candidates, a Gumbel-softmax mixture of the
+  candidates' quantized weights with an annealed temperature, trained (straight-through
+  quantizers) on the task loss + lambda x hardware cost (expected bits and the estimated
+  energy, `energy_pj`); lambda bisected until the argmax configuration lands on the bit
+  budget; then quantization-aware fine-tuning of the argmax configuration.
+
+Data-parallel under torchrun (`snnc.quant.distributed`): every process reads the same files and
+computes its share of each batch (fixed 16-sample chunks) and of the validation samples;
+the parts are gathered and added in one fixed order, so one process and N give the same
+result bit for bit (runner.Runner.train_epoch).
+
+Every unit of work (a sweep layer, a greedy step, a lambda trial, a fine-tuning epoch) is
+recorded in a state file; a search resumes from it, and Ctrl-C writes the best configuration
+within the budget found so far.
+
+The parts: space.py (candidates, hardware cost), runner.py (evaluation, training), state.py
+(the state file), engine.py (what every method shares, fine-tuning), one module per method
+(sensitivity.py, gumbel.py: a third method is one more module and one entry in METHODS),
+and this entry point.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+
+from snnc.check.accuracy import check_labels
+from snnc.errors import BadInputError
+from snnc.progress import Bar
+from snnc.quant import quantize
+from snnc.quant.distributed import Context
+from snnc.quant.search import gumbel, sensitivity
+from snnc.quant.search.engine import Options, Point, Result, Search, SearchInterrupted
+from snnc.quant.search.runner import Data, batch_axis, check_trains, strip_quantization
+from snnc.quant.search.space import candidates, energy_nj, quantizable, to_rules
+from snnc.quant.search.state import State, default_key
+
+# A method explores configurations through the engine and returns (config, details, point).
+METHODS = {"sensitivity": sensitivity.run, "gumbel": gumbel.run}
+
+
+def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
+           input_shape: list[int] | None = None, ctx: Context | None = None,
+           state_path: str | None = None, resume: bool = False, key: str = "",
+           progress: bool = False) -> Result:
+    """Search `model`'s per-layer quantization (docs/search.md). `model` is a float model (a
+    quantized one is searched from its float weights); train/val hold samples-first x and
+    labels y. Raises BadInputError for a budget no configuration meets, data that do not fit
+    the model, or a model that cannot be trained; SearchInterrupted on Ctrl-C."""
+    ctx = ctx or Context.single()
+    start = time.time()
+    if opts.method not in METHODS:
+        raise BadInputError(f"unknown search method {opts.method!r}: use "
+                            + " or ".join(METHODS))
+    if (opts.max_bits is None) == (opts.max_drop is None):
+        raise BadInputError("give exactly one budget: --max-bits B (average bits per weight) "
+                            "or --max-drop POINTS (validation accuracy points below float)")
+    for name, data in (("--train", train), ("--val", val)):
+        if data.y is None or len(data.y) == 0:
+            raise BadInputError(f"{name}: the data need labels y (one integer class per sample "
+                                "of x) to train and to measure accuracy")
+    if train.x.shape[1:] != val.x.shape[1:]:
+        raise BadInputError(f"--train samples are shaped {list(train.x.shape[1:])} but --val "
+                            f"samples {list(val.x.shape[1:])}; both must be the model's input")
+    torch.manual_seed(opts.seed)
+    model = strip_quantization(copy.deepcopy(model)).float()  # the caller's model is left alone
+    quantizable(model)  # refuses a model with nothing to quantize before any work
+    axis, classes = batch_axis(model, input_shape, train.x, "--train")  # val: same shape
+    check_labels(train.y, classes, "--train's y")
+    check_labels(val.y, classes, "--val's y")
+    if opts.max_bits is not None:
+        low = float(min(c.bits for c in candidates(opts.allow_float)))
+        if not (opts.max_bits >= low):
+            raise BadInputError(f"--max-bits {opts.max_bits:g} cannot be met: the smallest "
+                                f"average any configuration reaches is {low:.2f} bits (every "
+                                "layer at 2 bits: uniform 2-bit or ternary PoT-2)")
+    elif not opts.max_drop >= 0:
+        raise BadInputError(f"--max-drop {opts.max_drop:g} must be 0 or more accuracy points")
+    ctx.broadcast(model)
+    key = key or default_key(model, train, val, opts)
+    state = State(state_path, key, ctx, resume)
+    bar = Bar(progress and ctx.main)
+    engine = Search(model, axis, train, val, opts, ctx, state, bar)
+    check_trains(engine.runner, train, engine.layers)
+    try:
+        if "result" not in state.data:
+            config, details, point = METHODS[opts.method](engine)
+            if point is None or not engine.within(point):
+                raise _unreachable(engine)
+            state.data["result"] = {"config": config, "details": details, "point": vars(point)}
+            engine.commit()
+        config, details = state.data["result"]["config"], state.data["result"]["details"]
+        searched = Point(**state.data["result"]["point"])
+        tuned = engine.finetune(config, engine.initial)  # from the float weights
+    except KeyboardInterrupt:  # everything finished is already in the state file
+        bar.end()
+        raise SearchInterrupted(engine.best(), state_path) from None
+    accuracy, _ = engine.runner.score(val)
+    rows, average = quantize.report(tuned)
+    float_config = {l.name: "float" for l in engine.layers}
+    return Result(opts.method, to_rules(config), rows, average,
+                  energy_nj(engine.layers, config), energy_nj(engine.layers, float_config),
+                  engine.float_accuracy, searched.accuracy, accuracy, time.time() - start,
+                  tuned, engine.points, details)
+
+
+def _unreachable(engine: Search) -> BadInputError:
+    opts = engine.opts
+    closest = min(engine.points, key=lambda p: 100 * (engine.float_accuracy - p.accuracy)) \
+        if engine.points else None
+    if opts.max_drop is not None and closest is not None:
+        return BadInputError(
+            f"no configuration kept validation accuracy within --max-drop {opts.max_drop:g} "
+            f"points of float ({100 * engine.float_accuracy:.2f} %): the closest reached "
+            f"{100 * closest.accuracy:.2f} % at {closest.bits:.2f} bits (before fine-tuning). "
+            "Allow a larger drop, or --allow-float for the most sensitive layers")
+    lowest = min((p.bits for p in engine.points), default=math.nan)
+    return BadInputError(
+        f"the {opts.method} search found no configuration within --max-bits "
+        f"{opts.max_bits:g}; the fewest bits it reached were {lowest:.2f}. Give more lambda "
+        "trials (--trials) or a larger budget")

@@ -1,0 +1,112 @@
+"""QSViT's sensitivity-guided search: every layer alone at every candidate, the rest float, on
+the validation data (accuracy, and the divergence of the logits from the float model's);
+base settings from that sweep (per layer the fewest bits that alone lose no validation
+sample); then guided greedy steps on the whole configuration (the move that costs the least
+divergence per bit saved or, under the budget, gains the most per bit spent; the sweep
+shortlists the moves and each is evaluated on the whole model) until the budget is met.
+"""
+
+from __future__ import annotations
+
+import math
+
+from snnc.quant.search.engine import Point, Search
+from snnc.quant.search.space import choice_of
+
+
+def run(engine: Search) -> tuple[dict[str, str], dict, Point]:
+    sweep: dict = engine.state.data.setdefault("sweep", {})
+    engine.progress.begin("sensitivity sweep", len(engine.layers) * len(engine.labels))
+    engine.progress.tick(len(sweep) * len(engine.labels))
+    for layer in engine.layers:
+        if layer.name in sweep:
+            continue
+        row = {}
+        for label in engine.labels:
+            row[label] = list(engine.score({layer.name: label}))
+            engine.progress.tick(note=layer.name)
+        sweep[layer.name] = row
+        engine.commit()
+    # Base settings: per layer the fewest bits that alone lose no validation sample.
+    base = {}
+    for layer in engine.layers:
+        row = sweep[layer.name]
+        lossless = [l for l in engine.labels if row[l][0] >= engine.float_accuracy - 1e-12]
+        pool = lossless or engine.labels
+        base[layer.name] = min(pool, key=lambda l: (choice_of(l).bits, row[l][1])
+                               if lossless else (row[l][1], choice_of(l).bits))
+    trail: list = engine.state.data.setdefault("trail", [])
+    if not trail:
+        point = engine.evaluate(base, "base")
+        trail.append(vars(point))
+        engine.commit()
+    current = Point(**trail[-1])
+    engine.progress.begin("guided greedy", len(engine.layers) * 4)
+    engine.progress.tick(len(trail) - 1)
+    bit_mode = engine.opts.max_bits is not None
+    phase = engine.state.data.get("phase") or (
+        "lower" if bit_mode or engine.within(current) else "raise")
+    while phase != "done":
+        move = _greedy_step(engine, current, sweep, phase)
+        if move is None:
+            if bit_mode:
+                phase = "raise" if phase == "lower" else "done"
+            else:
+                phase = "lower" if phase == "raise" and engine.within(current) else "done"
+        else:
+            current = move
+            trail.append(vars(current))
+            engine.progress.tick(note=f"{current.bits:.2f} bits, "
+                                 f"val {100 * current.accuracy:.1f} %")
+        engine.state.data["phase"] = phase
+        engine.commit()
+    details = {layer.name: {"base": base[layer.name],
+                            "solo_accuracy": sweep[layer.name][current.config[layer.name]][0],
+                            "solo_divergence": sweep[layer.name][current.config[layer.name]][1]}
+               for layer in engine.layers}
+    return current.config, details, current
+
+def _greedy_step(engine: Search, current: Point, sweep: dict, phase: str) -> Point | None:
+    """One step of the guided greedy search, or None when `phase` has no step left.
+
+    "lower" (while over the bit budget, or while within the accuracy budget): the move
+    to fewer bits that adds the least divergence per bit saved. "raise" (while the bit
+    budget has room, or outside the accuracy budget): the move to more bits that removes
+    the most divergence per bit spent. The sweep's solo divergences shortlist the moves;
+    the shortlist is evaluated on the whole model."""
+    bit_mode, lower = engine.opts.max_bits is not None, phase == "lower"
+    if engine.within(current) and (lower if bit_mode else not lower):
+        return None
+    total = sum(l.parameters for l in engine.layers)
+    moves = []
+    for layer in engine.layers:
+        now = current.config[layer.name]
+        row = sweep[layer.name]
+        for label in engine.labels:
+            delta = choice_of(label).bits - choice_of(now).bits
+            if delta == 0 or (delta < 0) != lower:
+                continue
+            if bit_mode and not lower and \
+                    current.bits + delta * layer.parameters / total > engine.opts.max_bits + 1e-9:
+                continue
+            per_bit = (row[label][1] - row[now][1]) / (abs(delta) * layer.parameters)
+            moves.append((per_bit, layer.name, label))
+    moves.sort()
+    best, best_score, fitting = None, math.inf, 0
+    # the best `shortlist` moves; lowering under --max-drop goes further down the list
+    # (up to 4x) for moves that keep the accuracy budget
+    for _, name, label in moves[:engine.opts.shortlist * (4 if lower and not bit_mode else 1)]:
+        if fitting == engine.opts.shortlist:
+            break
+        point = engine.evaluate(dict(current.config, **{name: label}), "greedy")
+        if not bit_mode and lower and not engine.within(point):
+            continue
+        fitting += 1
+        # divergence added per bit saved (lower), or removed per bit spent (raise: < 0)
+        score = (point.divergence - current.divergence) / (abs(point.bits - current.bits)
+                                                           * total)
+        if score < best_score:
+            best, best_score = point, score
+    if best is None or (bit_mode and not lower and best_score >= 0):
+        return None
+    return best
