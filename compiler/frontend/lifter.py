@@ -1,9 +1,11 @@
-"""The lifter's state and the types its walk (lift.py) and its rules (rules.py) share.
+"""The lifter's state and what its walk (lift.py) and its rules (rules_*.py) share.
 
 A lifted activation is an `Act`: its IR value at one timestep and a `Layout` (axes.py) saying
 which torch axis is time, batch, time x batch or a feature. A fact that is not a tensor is a
 `Marker`. A use snnc cannot lift raises `Unsupported`, which the walk collects. The `Lifter`
 holds one lift's state: the IR being built, what each fx node became, the example batch.
+Rule modules register their rules in a `Rules` table and read arguments with the readers
+below (a malformed argument is an unsupported use, never a crash).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import operator
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from snnc.errors import BadInputError
 from snnc.frontend import axes
 from snnc.frontend.axes import Layout
 from snnc.ir.builder import Builder
-from snnc.ir.graph import Provenance, Value
+from snnc.ir.graph import BATCH, Provenance, Value
 
 NEURON_OPS = ("sj_lif.forward.default", "sj_if.forward.default", "sj_plif.forward.default")
 QUANT_OP = "snnc.fake_quant.default"
@@ -270,3 +272,108 @@ def _membrane_of(arg) -> bool:
     return (isinstance(arg, torch.fx.Node) and arg.target is operator.getitem
             and isinstance(arg.args[0], torch.fx.Node) and op_name(arg.args[0]) in NEURON_OPS
             and arg.args[1] == 1)
+
+
+# -- rule tables ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    fn: Callable
+    ir: str  # the IR ops it makes, for docs/ops.md
+    note: str
+
+
+class Rules(dict):
+    """Rules by op name. Each rule module fills its own table with `@RULES.rule(name, ...,
+    ir=..., note=...)`; rules.RULES is their union."""
+
+    def rule(self, *names: str, ir: str = "", note: str = ""):
+        def register(fn):
+            for name in names:
+                self[name] = Rule(fn, ir, note)
+            return fn
+        return register
+
+    @classmethod
+    def union(cls, *tables: "Rules") -> "Rules":
+        merged = cls()
+        for table in tables:
+            both = set(merged) & set(table)
+            assert not both, f"two rule modules lift {sorted(both)}"
+            merged.update(table)
+        return merged
+
+
+# -- argument readers: a malformed argument is an unsupported use, never a crash ---------
+
+def int_arg(a: dict, name: str) -> int:
+    value = a.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Unsupported(f"its {name} argument {value!r} is not an integer")
+    return value
+
+
+def ints_arg(a: dict, name: str, n: int | None = None) -> list[int]:
+    value = a.get(name)
+    values = [value] if isinstance(value, int) else value
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise Unsupported(f"its {name} argument {value!r} is not a list of integers")
+    values = list(values)
+    if n is not None and len(values) == 1:
+        values = values * n
+    if n is not None and len(values) != n:
+        raise Unsupported(f"its {name} argument {value!r} does not have {n} values")
+    return values
+
+
+def float_arg(a: dict, name: str) -> float:
+    value = a.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Unsupported(f"its {name} argument is {type(value).__name__}, not a number")
+    return float(value)
+
+
+def positive(values: list[int], name: str) -> list[int]:
+    if any(v < 1 for v in values):
+        raise Unsupported(f"its {name} {values} has a value below 1")
+    return values
+
+
+# -- values rules share --------------------------------------------------------------------
+
+def reshaped(lx: Lifter, node, x: Act, layout: Layout) -> Act:
+    """x with a new layout and the torch shape of `node`: a reshape if the step value's
+    shape changes."""
+    shape = layout.step_shape(dims(node), BATCH)
+    value = x.value
+    if tuple(shape) != tuple(value.shape):
+        value, = lx.emit("reshape", [value], {"shape": list(shape)}, node)
+    return lx.new_act(value, layout, x.post)
+
+
+def image_input(x: Act, rank: tuple[int, ...], what: str) -> None:
+    roles = x.layout.roles
+    if x.layout.rank not in rank or roles[0] not in (axes.B, axes.TB) or any(
+            r != axes.F for r in roles[1:]):
+        want = " or ".join(f"{k}-D" for k in rank)
+        raise Unsupported(f"{what} expects a {want} [B or T*B, C, ...] tensor, got axes "
+                          f"{x.layout}; flatten time into the batch first (x.flatten(0, 1), "
+                          "or SeqToANNContainer)")
+
+
+def part(lx, node, x: Act, axis: int, start: int, end: int, size: int) -> Act:
+    """x[..., start:end] along feature axis `axis` (of `size`): a split, its middle part."""
+    step = x.layout.step_axis(axis)
+    if (start, end) == (0, size):
+        return x
+    sizes = [s for s in (start, end - start, size - end) if s]
+    outs = lx.emit("split", [x.value], {"axis": step, "sizes": sizes}, node)
+    return lx.new_act(outs[1 if start else 0], x.layout, x.post)
+
+
+def post_of(acts: list[Act]) -> bool:
+    if any(v.post for v in acts) and any(not v.post and v.layout.time_axis is not None
+                                         for v in acts):
+        raise Unsupported("combines a value reduced over time with one that still has time")
+    return any(v.post for v in acts)

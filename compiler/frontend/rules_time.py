@@ -1,0 +1,207 @@
+"""Lifting rules for time: a static input repeated over time, timestep and per-step-loop
+indexing (x[t], for x in seq, stacking a loop's steps), and reductions (over features, or
+over time with x.mean(0)).
+"""
+
+from __future__ import annotations
+
+from snnc.frontend import axes
+from snnc.frontend.axes import Layout, T
+from snnc.frontend.lifter import (NEURON_OPS, Act, Marker, Rules, Unsupported, dims, int_arg,
+                                  ints_arg, op_name, part, post_of, reshaped)
+from snnc.ir.graph import BATCH
+
+RULES = Rules()
+rule = RULES.rule
+
+
+@rule("aten.repeat.default", "aten.expand.default", note="x.unsqueeze(0).repeat(T, 1, ...), "
+      "x.repeat(T, 1, ...) or .expand(T, ...): a static input fed every step")
+def _repeat(lx, node, a):
+    x = lx.act(node.args[0])
+    expand = "size" in a
+    sizes = ints_arg(a, "size" if expand else "repeats")
+    shape = dims(node.args[0])
+    if not sizes or not shape:
+        raise Unsupported(f"repeats a tensor of shape {list(shape)} to {sizes}")
+    added = len(sizes) == x.layout.rank + 1  # onto a new first axis
+    unit = x.layout.roles[0] == T and shape[0] == 1  # onto x.unsqueeze(0)'s unit time
+    kept = all(s in (-1, d) if expand else s == 1
+               for s, d in zip(sizes[1:], shape if added else shape[1:]))
+    if lx.explicit or x.post or not (added and x.layout.time_axis is None or unit) or \
+            sizes[0] != lx.steps or not kept:
+        raise Unsupported(f"repeats to {sizes}; snnc lifts only repeating a static input over "
+                          f"time: x.unsqueeze(0).repeat(T={lx.steps}, 1, ...)")
+    return lx.new_act(x.value, x.layout.insert(0, T) if added else x.layout, x.post)
+
+
+@rule("aten.select.int", ir="split, reshape", note="x[0] of time for a neuron's initial "
+      "membrane; x_seq[t] of a per-step loop stacked over time (MultiStepContainer); x[t] of "
+      "a single-step loop; x[..., i] on a feature axis")
+def _select(lx, node, a):
+    x = lx.act(a.get("self"))
+    axis = x.layout.axis(int_arg(a, "dim"))
+    size = dims(node.args[0])[axis]
+    index = int_arg(a, "index") % size
+    role = x.layout.roles[axis]
+    if role == T:
+        if size == 1:
+            return lx.new_act(x.value, x.layout.drop(axis), x.post)
+        loop = _per_step_loop(node)
+        if loop is not None and axis == 0 and not x.post:  # x_seq[t] of a per-step loop
+            lx.loops.setdefault(loop[0], {})[index] = (node, loop[1])
+            return lx.new_act(x.value, x.layout.drop(axis), x.post)
+        if index == 0:
+            return Marker("first_step", x)
+        raise Unsupported(f"reads timestep {index} of a multi-step tensor outside a per-step "
+                          "loop that stacks every step; a multi-step model is compiled whole: "
+                          "return [T, B, ...] or reduce over time, wrap stateless layers in "
+                          "layer.SeqToANNContainer, or write the loop with step_mode='s'")
+    return reshaped(lx, node, part(lx, node, x, axis, index, index + 1, size),
+                    x.layout.drop(axis))
+
+
+def _per_step_loop(node) -> tuple | None:
+    """(the stack, the nodes computed from x_seq[t]) when everything computed from the
+    select `node` flows only into one stack over dim 0 with no neuron on the way: a
+    per-step loop over stateless layers (layer.MultiStepContainer)."""
+    seen, found, todo = set(), None, list(node.users)
+    while todo:
+        user = todo.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if op_name(user) == "aten.stack.default" and (list(user.args[1:2]) or [0])[0] == 0:
+            if found not in (None, user):
+                return None
+            found = user
+        elif user.op == "output" or op_name(user) in NEURON_OPS:
+            return None
+        else:
+            todo.extend(user.users)
+    return (found, seen) if found is not None else None
+
+
+def _loop_steps(lx, node, parts: list[Act]) -> Act | None:
+    """stack([f(x_seq[0]), ..., f(x_seq[T-1])]): T-axis values, when part t is computed from
+    x_seq[t] alone (no other activation) and every part by the same IR computation, so the
+    one-step body's copy computes f(x_t) at step t."""
+    loop = lx.loops.get(node)
+    if loop is None:
+        return None
+    given = list(node.args[0])
+    if sorted(loop) != list(range(lx.steps)) or len(given) != lx.steps or any(
+            not _reads_only(lx, given[t], *loop[t]) for t in range(lx.steps)):
+        raise Unsupported("stacks a per-step loop whose step t does not read exactly x_seq[t]; "
+                          "use layer.SeqToANNContainer for stateless layers")
+    producers = {out: n for n in lx.builder.nodes for out in n.outputs}
+    if any(not _same_computation(parts[0].value, p.value, producers) for p in parts[1:]):
+        raise Unsupported("stacks a per-step loop whose steps compute different things")
+    return lx.new_act(parts[0].value, parts[0].layout.insert(0, T), parts[0].post)
+
+
+def _reads_only(lx, part, select, derived: set) -> bool:
+    """Whether the fx node `part` reads no activation but those computed from `select`."""
+    todo, seen = [part], set()
+    while todo:
+        n = todo.pop()
+        if n in seen or n is select:
+            continue
+        seen.add(n)
+        if n is not part and n not in derived and isinstance(lx.env.get(n), Act):
+            return False
+        if n is part or n in derived:
+            todo.extend(n.all_input_nodes)
+    return part is select or part in derived
+
+
+def _same_computation(a, b, producers: dict) -> bool:
+    if a is b:
+        return True
+    pa, pb = producers.get(a), producers.get(b)
+    return (pa is not None and pb is not None and pa.op == pb.op and dict(pa.attrs) == dict(pb.attrs)
+            and len(pa.inputs) == len(pb.inputs) and pa.outputs.index(a) == pb.outputs.index(b)
+            and all(_same_computation(x, y, producers) for x, y in zip(pa.inputs, pb.inputs)))
+
+
+@rule("aten.mean.dim", "aten.sum.dim_IntList", ir="reduce_mean, reduce_sum, time_reduce",
+      note="over feature axes; over time (x.mean(0)) as the output or before a head")
+def _reduce(lx, node, a):
+    x = lx.act(a.get("self"))
+    mode = "mean" if op_name(node).startswith("aten.mean") else "sum"
+    given = a.get("dim")
+    if not given:
+        raise Unsupported("reduces over every axis, batch included; name the feature axes")
+    picked = sorted({x.layout.axis(d) for d in ints_arg(a, "dim")})
+    keep = bool(a.get("keepdim"))
+    t = x.layout.time_axis
+    if t in picked:
+        if picked != [t] or x.layout.roles[t] != T or keep:
+            raise Unsupported(f"reduces axes {picked} of a tensor with axes {x.layout}; reduce "
+                              "over time alone, without keepdim (x.mean(0))")
+        if dims(node.args[0])[t] == 1:
+            return lx.new_act(x.value, x.layout.drop(t), x.post)
+        return Marker("time_reduce", (x, mode))
+    step_axes = [x.layout.step_axis(d) for d in picked]
+    layout = x.layout if keep else Layout(tuple(r for i, r in enumerate(x.layout.roles)
+                                                if i not in picked))
+    value, = lx.emit(f"reduce_{mode}", [x.value], {"axes": step_axes, "keepdims": keep}, node)
+    return lx.new_act(value, layout, x.post)
+
+
+@rule("aten.unbind.int", ir="split, reshape", note="for x in seq: a single-step loop over "
+      "a sequence, or feature axes")
+def _unbind(lx, node, a):
+    x = lx.act(a.get("self"))
+    axis = x.layout.axis(int_arg(a, "dim"))
+    if x.layout.roles[axis] == T:
+        raise Unsupported("iterates over the time axis of a multi-step tensor; a multi-step "
+                          "model is compiled whole (use SeqToANNContainer for stateless layers)")
+    size = dims(node.args[0])[axis]
+    step = x.layout.step_axis(axis)
+    parts = lx.emit("split", [x.value], {"axis": step, "sizes": [1] * size}, node) \
+        if size > 1 else [x.value]
+    layout = x.layout.drop(axis)
+    shape = list(layout.step_shape(dims(node.args[0])[:axis] + dims(node.args[0])[axis + 1:],
+                                   BATCH))
+    return [lx.new_act(lx.emit("reshape", [p], {"shape": shape}, node)[0], layout, x.post)
+            for p in parts]
+
+
+def _stacked_over_time(lx, parts: list[Act], axis: int) -> Act | None:
+    """torch.stack([x] * T): the same value every step, as x.unsqueeze(0).repeat(T)."""
+    x = parts[0]
+    if (axis == 0 and len(parts) == lx.steps > 1 and all(p is x for p in parts)
+            and x.layout.time_axis is None and not x.post and x.layout.roles[0] == axes.B):
+        return lx.new_act(x.value, x.layout.insert(0, T))
+    return None
+
+
+@rule("aten.stack.default", "aten.cat.default", ir="reshape, concat",
+      note="equal parts along a feature axis (stacking a single-step loop's outputs); a "
+      "per-step loop's steps over time")
+def _join(lx, node, a):
+    given = a.get("tensors")
+    if not isinstance(given, (list, tuple)):
+        raise Unsupported(f"its tensors argument {given!r} is not a list")
+    parts = [lx.act(p) for p in given]
+    if not parts or any(p.layout != parts[0].layout or p.value.shape != parts[0].value.shape
+                        for p in parts):
+        raise Unsupported("joins tensors of different shapes or axes; snnc joins equal parts")
+    first = parts[0].layout
+    stack = op_name(node) == "aten.stack.default"
+    axis = int_arg(a, "dim") % (first.rank + stack)
+    repeated = _stacked_over_time(lx, parts, axis) if stack else None
+    if repeated is None and stack and axis == 0:
+        repeated = _loop_steps(lx, node, parts)
+    if repeated is not None:
+        return repeated
+    layout = first.insert(axis, axes.F) if stack else first
+    step = layout.step_axis(axis)
+    values = [p.value for p in parts]
+    if stack:
+        shape = list(parts[0].value.shape)
+        shape.insert(step, 1)
+        values = [lx.emit("reshape", [v], {"shape": shape}, node)[0] for v in values]
+    value, = lx.emit("concat", values, {"axis": step}, node)
+    return lx.new_act(value, layout, post_of(parts))
