@@ -33,6 +33,14 @@ SMALL = sorted(set(zoo.MODELS) - zoo.BIG)
 heterogeneous = zoo.heterogeneous
 
 
+def unread_initializers(model) -> list[str]:
+    """Initializers no node and no graph output reads: a compiled file holds only what its
+    graph reads (ONNX Runtime would warn and drop them)."""
+    read = {i for node in model.graph.node for i in node.input}
+    read |= {o.name for o in model.graph.output}
+    return [t.name for t in model.graph.initializer if t.name not in read]
+
+
 def check(name: str, steps: int = 4, quantized: bool = False, batch: int = 4,
           perturbed: int = 1) -> H.Comparison:
     model, shape = zoo.MODELS[name](T=steps)
@@ -41,6 +49,7 @@ def check(name: str, steps: int = 4, quantized: bool = False, batch: int = 4,
     result = compile_program(zoo.export(model, shape), Options(debug_outputs=True))
     if quantized:
         assert len(result.packed) == len(heterogeneous(model))
+    assert unread_initializers(result.model) == []
     x = np.random.default_rng(7).random((batch, *shape[1:]), dtype=np.float32)
     reference = H.torch_trace(zoo.export(model, (batch, *shape[1:])), x)
     session = H.onnx_session(result.data)

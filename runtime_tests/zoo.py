@@ -264,6 +264,95 @@ class NeuronNet(nn.Module):
         return self.fc2(x).unflatten(0, (T, -1)).mean(0)
 
 
+# ---------------------------------------------------------------- the authors' layout
+
+class TokenSSA(nn.Module):
+    """Spikformer's self-attention as its authors wrote it (ZK-Zhou/spikformer, cifar10/
+    model.py, MIT licence): token-major Linear layers, BatchNorm1d over channels through a
+    transpose, q k^T v * 0.125 and an attention LIF at threshold 0.5."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        for name in ("q", "k", "v", "proj"):
+            setattr(self, f"{name}_linear", nn.Linear(dim, dim))
+            setattr(self, f"{name}_bn", nn.BatchNorm1d(dim))
+            setattr(self, f"{name}_lif", _sn("lif", tau=2.0, detach_reset=True))
+        self.attn_lif = _sn("lif", tau=2.0, v_threshold=0.5, detach_reset=True)
+
+    def _branch(self, name: str, x: torch.Tensor, shape) -> torch.Tensor:
+        y = getattr(self, f"{name}_linear")(x)
+        y = getattr(self, f"{name}_bn")(y.transpose(-1, -2)).transpose(-1, -2)
+        return getattr(self, f"{name}_lif")(y.reshape(*shape).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, C = x.shape
+        flat = x.flatten(0, 1)
+        q, k, v = (self._branch(n, flat, (T, B, N, C)).reshape(
+            T, B, N, self.heads, C // self.heads).permute(0, 1, 3, 2, 4).contiguous()
+            for n in ("q", "k", "v"))
+        y = ((q @ k.transpose(-2, -1)) * 0.125) @ v
+        y = self.attn_lif(y.transpose(2, 3).reshape(T, B, N, C).contiguous()).flatten(0, 1)
+        return self._branch("proj", y, (T, B, N, C))
+
+
+class TokenBlock(nn.Module):
+    """An attention block and an MLP of token Linear + BatchNorm1d layers; like the authors'
+    Block, it keeps two LayerNorms its forward never uses."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = TokenSSA(dim, heads)
+        self.fc1_linear, self.fc1_bn = nn.Linear(dim, hidden), nn.BatchNorm1d(hidden)
+        self.fc2_linear, self.fc2_bn = nn.Linear(hidden, dim), nn.BatchNorm1d(dim)
+        self.fc1_lif, self.fc2_lif = (_sn("lif", tau=2.0, detach_reset=True) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, C = x.shape
+        x = x + self.attn(x)
+        y = self.fc1_linear(x.flatten(0, 1))
+        y = self.fc1_lif(self.fc1_bn(y.transpose(-1, -2)).transpose(-1, -2).reshape(T, B, N, -1))
+        y = self.fc2_linear(y.flatten(0, 1))
+        y = self.fc2_lif(self.fc2_bn(y.transpose(-1, -2)).transpose(-1, -2).reshape(T, B, N, C))
+        return x + y
+
+
+class AuthorsSpikformer(nn.Module):
+    """Spikformer in its authors' layout: a conv-BN-LIF stem with max pools and a relative
+    position conv added to its input, token blocks (TokenBlock), head on x.mean(2).mean(0)."""
+
+    def __init__(self, T: int = 4, dim: int = 64, heads: int = 4, depth: int = 1,
+                 classes: int = 10):
+        super().__init__()
+        self.T = T
+        widths = (3, dim // 4, dim // 2, dim)
+        self.stem = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False),
+                                                nn.BatchNorm2d(b))
+                                  for a, b in zip(widths, widths[1:]))
+        self.stem_lif = nn.ModuleList(_sn("lif", tau=2.0, detach_reset=True) for _ in widths[1:])
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.rpe = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(dim))
+        self.rpe_lif = _sn("lif", tau=2.0, detach_reset=True)
+        self.blocks = nn.ModuleList(TokenBlock(dim, heads, 4 * dim) for _ in range(depth))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B = self.T, x.shape[0]
+        x = _repeat(x, T).flatten(0, 1)
+        for i, (conv, lif) in enumerate(zip(self.stem, self.stem_lif)):
+            y = conv(x)
+            x = lif(y.reshape(T, B, *y.shape[1:]).contiguous()).flatten(0, 1)
+            x = self.pool(x) if i >= 1 else x
+        feat = x.reshape(T, B, *x.shape[1:]).contiguous()
+        x = self.rpe_lif(self.rpe(x).reshape(T, B, *x.shape[1:]).contiguous()) + feat
+        x = x.flatten(-2).transpose(-1, -2)  # T, B, N, C
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(2).mean(0))
+
+
 # ---------------------------------------------------------------- single-step models
 
 class SingleStep(nn.Module):
@@ -436,6 +525,10 @@ MODELS: dict[str, Builder] = {
     "maxformer_small_cifar": partial(transformer, "maxformer", qkv_bias=1.0, num_classes=10,
                                      embed_dims=64, depths=(1, 1, 1), cifar=True),
     "maxformer_cifar": partial(transformer, "maxformer"),
+    # a transformer written as its authors wrote it, not from SpikingJelly's zoo
+    "spikformer_authors_small": lambda T=4, seed=0: _firing(
+        lambda: AuthorsSpikformer(T, dim=64, heads=4, depth=1), IMAGE32, seed,
+        biases={"attn": 1.0}),
 }
 
 TAKES_T: set[str] = set(MODELS)

@@ -123,7 +123,7 @@ class _Emitter:
         for name, value in self.debug:
             graph_outputs.append(self.value_info(value, name))
         graph = helper.make_graph(self.nodes, "snnc", graph_inputs, graph_outputs,
-                                  initializer=self.initializers)
+                                  initializer=self._read(graph_outputs))
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opts.opset)],
                                   producer_name="snnc", producer_version="0.1.0")
         model.ir_version = IR_VERSION
@@ -131,6 +131,18 @@ class _Emitter:
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         return model
+
+    def _read(self, graph_outputs) -> list[onnx.TensorProto]:
+        """The initializers some node or graph output reads: a lowering may make a constant
+        it then replaces (a transposed or re-encoded copy), and a compiled file holds only
+        what its graph reads. Every packed weight is read (it is made for a node)."""
+        read = {name for node in self.nodes for name in node.input}
+        read |= {output.name for output in graph_outputs}
+        unread = {t.name for t in self.initializers} - read
+        if unread & {layer.name for layer in self.packed}:
+            raise PassError(f"packed weight(s) {sorted(unread)[:3]} are read by no node; this "
+                            "is a bug in snnc's ONNX backend")
+        return [t for t in self.initializers if t.name in read]
 
     def value_info(self, value: Value, name: str) -> onnx.ValueInfoProto:
         dims = [d if isinstance(d, int) else str(d) for d in value.shape]
@@ -186,8 +198,8 @@ def _linear(e, node, ins, outs, module):
     if len(node.inputs[0].shape) == 2:
         e.add("Gemm", ins, outs, module, transB=1)
         return
-    if weight is not None:
-        wt = e.const(np.ascontiguousarray(weight.T), f"{ins[1]}.T")
+    if weight is not None:  # named after the weight, which itself never reaches the file
+        wt = e.const(np.ascontiguousarray(weight.T), f"{node.inputs[1].hint or 'weight'}.T")
     else:  # a dequantized weight: transposed in the graph, as Gemm's transB does
         wt = e.temp(module, "weight_t")
         e.add("Transpose", [ins[1]], [wt], module, perm=[1, 0])
