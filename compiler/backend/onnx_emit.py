@@ -44,6 +44,7 @@ class _Emitter:
         self.initializers: list[onnx.TensorProto] = []
         self.names: dict[Value, str] = {}
         self.taken: set[str] = set()
+        self.suffix: dict[str, int] = {}  # base -> the last k tried for it (unique)
         self.node_count: dict[str, int] = {}
         self.shared: dict[tuple, str] = {}  # content key -> initializer name
         self.used = graph.live_values()
@@ -61,10 +62,16 @@ class _Emitter:
         self.fused_casts: set[Node] = set(self.byte_spikes.values())
 
     def unique(self, base: str) -> str:
-        name, k = base, 1
+        """`base`, else the first of base_2, base_3, ... not taken. Names are only ever
+        added, so the search for a base resumes where it last stopped (a neuron's T steps
+        ask for the same bases T times: linear, not quadratic, in T)."""
+        name, k = base, self.suffix.get(base, 1)
+        if k > 1:
+            name = f"{base}_{k}"
         while name in self.taken:
             k += 1
             name = f"{base}_{k}"
+        self.suffix[base] = k
         self.taken.add(name)
         return name
 
