@@ -29,9 +29,12 @@ class _Group(click.Group):
     """Usage errors (a missing option, a bad choice) as one paragraph like every other error."""
 
     def main(self, args=None, prog_name=None, **extra):
+        from snnc.files.outputs import pinned_outputs
+
         extra.pop("standalone_mode", None)
         try:
-            code = super().main(args, prog_name, standalone_mode=False, **extra)
+            with pinned_outputs():  # every output is written where it was checked
+                code = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = error.ctx.command_path if error.ctx else "snnc"
             _fail(f"{error.format_message()} (see {where} --help)", code=2)
@@ -327,7 +330,7 @@ def _judge(verification, min_agreement: float, quiet: bool = False) -> None:
 
 def _write_report(path, result, verification, model, output, quiet) -> None:
     from snnc.check import report
-    from snnc.files.paths import write_all_atomic
+    from snnc.files.outputs import write_all_atomic
 
     extra = {"model": model, "onnx": output, "timesteps": result.graph.time.steps
              if result.graph.time else 1}
@@ -371,7 +374,7 @@ def _quantize(model, config_path, output, method, calibration, trust_code):
     import torch
 
     from snnc.files import loader
-    from snnc.files.paths import write_atomic
+    from snnc.files.outputs import write_atomic
     from snnc.quant import quantize as quant
 
     config = _read_config(config_path)
@@ -467,7 +470,8 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
 
     from snnc.files import loader
     from snnc.files.data import load_data
-    from snnc.files.paths import check_paths, write_all_atomic
+    from snnc.files.outputs import write_all_atomic
+    from snnc.files.paths import check_paths
     from snnc.quant import pareto
     from snnc.quant.distributed import Context
     from snnc.quant.search.api import Data, Options, SearchInterrupted, search
@@ -561,7 +565,7 @@ def _search_table(result) -> str:
 def _interrupted(stop, output, state_path) -> None:
     import json
 
-    from snnc.files.paths import write_atomic
+    from snnc.files.outputs import write_atomic
     from snnc.quant.search.space import to_rules
 
     if stop.best is not None:

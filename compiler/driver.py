@@ -17,7 +17,7 @@ import torch
 
 from snnc.backend import mobile, onnx_emit, pack
 from snnc.errors import BadInputError
-from snnc.files import loader, paths, tensors
+from snnc.files import loader, outputs, paths, tensors
 from snnc.frontend.lift import lift
 from snnc.ir.graph import Graph
 from snnc.options import DEFAULT, Options
@@ -139,6 +139,7 @@ def _finite(value) -> bool:
     return True
 
 
+@outputs.pinned_outputs()
 def compile_model(model, example_input=None, path: str | None = None, *,
                   pack_path: str | None = None, ort: bool = False, **options) -> Result:
     """Compile a SpikingJelly model in memory, as torch.onnx.export does: `model` is an
@@ -146,8 +147,8 @@ def compile_model(model, example_input=None, path: str | None = None, *,
     or a torch.export.ExportedProgram. `options` are those of snnc.options.Options
     (timesteps="stream", weight_container="int4", ...). With `path`, writes the ONNX model
     there (and the pack to `pack_path`, and with `ort` the ORT-format model beside it),
-    atomically; without, returns everything in the Result (`model`, `data`,
-    `pack_bytes()`, `summary()`, and `ort` when asked for)."""
+    atomically and only where they were checked; without, returns everything in the Result
+    (`model`, `data`, `pack_bytes()`, `summary()`, and `ort` when asked for)."""
     if path is None and pack_path is not None:
         raise BadInputError("pack_path needs path: the pack is written beside the model")
     opts = _external(_options(options), pack_path)
@@ -228,15 +229,16 @@ def _finish(result: Result, pack_path: str | None, ort: bool, where: str,
 
 def _write(result: Result, path: str, pack_path: str | None, config: str) -> None:
     """The model, its pack and its ORT form (when made), all or none."""
-    outputs = [(path, result.data)]
+    files = [(path, result.data)]
     if pack_path is not None:
-        outputs.append((pack_path, result.pack_bytes()))
+        files.append((pack_path, result.pack_bytes()))
     if result.ort is not None:
         ort_path, config_path = mobile.ort_paths(path)
-        outputs += [(ort_path, result.ort), (config_path, config.encode())]
-    paths.write_all_atomic(outputs)
+        files += [(ort_path, result.ort), (config_path, config.encode())]
+    outputs.write_all_atomic(files)
 
 
+@outputs.pinned_outputs()
 def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str | None = None,
                  trust_pickle: bool = False, input_shape: list[int] | None = None,
                  progress: Callable[[str], None] | None = None,
@@ -245,7 +247,8 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     """Compile a model file to `output` (and the weight pack to `pack_path`, and with `ort`
     the ORT-format model and its required-operators config next to `output`). `check(result)`
     runs before anything is written (the CLI checks --verify data against the model there);
-    every output is written atomically, all or none."""
+    every output is written atomically, all or none, and only where it was checked (a
+    directory swapped or a target replaced meanwhile is refused: snnc.files.outputs)."""
     paths.check_paths([("MODEL", path)], _output_paths(output, pack_path, ort),
                       dump_dir=dump_dir)
     opts = _external(opts, pack_path)

@@ -10,7 +10,7 @@ import os
 from typing import Callable
 
 from snnc.errors import PassError, SnncError
-from snnc.files.paths import write_atomic
+from snnc.files.outputs import make_directory, write_atomic
 from snnc.ir import ranges
 from snnc.ir.graph import Graph
 from snnc.ir.verify import verify
@@ -68,6 +68,7 @@ def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = Non
         if run is check_ranges:  # an analysis: its dump is the membrane table
             if dump_dir is not None:
                 table = ranges.membranes(graph, stream=opts.timesteps == "stream")
+                make_directory("--dump-ir", dump_dir)
                 write_atomic(os.path.join(dump_dir, f"{index:02d}-{name}.txt"),
                              (ranges.format_table(table) + "\n").encode())
             continue
@@ -78,5 +79,5 @@ def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = Non
 def _dump(dump_dir: str | None, index: int, name: str, graph: Graph) -> None:
     if dump_dir is None:
         return
-    os.makedirs(dump_dir, exist_ok=True)
+    make_directory("--dump-ir", dump_dir)  # where check_paths checked it
     write_atomic(os.path.join(dump_dir, f"{index:02d}-{name}.ir"), (str(graph) + "\n").encode())

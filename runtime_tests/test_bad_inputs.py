@@ -1457,6 +1457,145 @@ def empty_pack(d, fx):
     return ["inspect", str(d / "e.snnpack")]
 
 
+# ---- issue 20: outputs that stay where they were checked
+# An output whose last component is a symbolic link is refused before any work: the atomic
+# rename would replace the link, not write where it points (as root, `-o /dev/stdout` with
+# stdout redirected replaced the machine's /dev/stdout). The links here stay inside the case
+# directory; /dev/stdout is modelled by d/dev/stdout -> ../proc/self/fd/1 -> a regular file.
+# Swaps between the check and the write are in test_outputs.py (a CLI case cannot time them).
+
+def _elsewhere(d: Path, name: str, exists: bool = True) -> Path:
+    (d / "elsewhere").mkdir(exist_ok=True)
+    if exists:
+        (d / "elsewhere" / name).write_bytes(b"a file the link points to")
+    return d / "elsewhere" / name
+
+
+def _link(d: Path, name: str, to: Path | str) -> str:
+    os.symlink(to, d / name)
+    return str(d / name)
+
+
+def _fake_dev_stdout(d: Path) -> str:
+    (d / "dev").mkdir()
+    (d / "proc" / "self" / "fd").mkdir(parents=True)
+    (d / "captured.txt").write_text("stdout, redirected to a file\n")
+    os.symlink(d / "captured.txt", d / "proc" / "self" / "fd" / "1")
+    return _link(d, "dev/stdout", "../proc/self/fd/1")
+
+
+def _compile(d: Path, fx: Path, *args: str) -> list[str]:
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, *args]
+
+
+@case("compile")
+def output_link_to_a_file_elsewhere(d, fx):
+    return _compile(d, fx, "-o", _link(d, "out.onnx", _elsewhere(d, "real.onnx")))
+
+
+@case("compile")
+def output_relative_link(d, fx):
+    _elsewhere(d, "real.onnx")
+    return _compile(d, fx, "-o", _link(d, "out.onnx", "elsewhere/real.onnx"))
+
+
+@case("compile")
+def output_dangling_link(d, fx):
+    return _compile(d, fx, "-o", _link(d, "out.onnx", _elsewhere(d, "gone.onnx", False)))
+
+
+@case("compile")
+def output_link_like_dev_stdout(d, fx):
+    return _compile(d, fx, "-o", _fake_dev_stdout(d))
+
+
+@case("compile")
+def output_link_in_a_linked_directory(d, fx):
+    (d / "real").mkdir()
+    os.symlink(d / "real", d / "linked")
+    os.symlink(_elsewhere(d, "real.onnx"), d / "real" / "out.onnx")
+    return _compile(d, fx, "-o", str(d / "linked" / "out.onnx"))
+
+
+@case("compile")
+def pack_link(d, fx):
+    return _compile(d, fx, "-o", str(d / "out.onnx"), "--pack",
+                    _link(d, "out.snnpack", _elsewhere(d, "real.snnpack")))
+
+
+@case("compile")
+def ort_output_link(d, fx):
+    _link(d, "out.ort", _elsewhere(d, "real.ort"))
+    return _compile(d, fx, "-o", str(d / "out.onnx"), "--ort")
+
+
+@case("compile")
+def operator_config_link(d, fx):
+    _link(d, "out.required_operators.config", _elsewhere(d, "ops.config", False))
+    return _compile(d, fx, "-o", str(d / "out.onnx"), "--ort")
+
+
+@case("compile")
+def report_link(d, fx):
+    return _compile(d, fx, "-o", str(d / "out.onnx"), "--report",
+                    _link(d, "r.json", _elsewhere(d, "r.json")))
+
+
+@case("compile")
+def report_figure_link(d, fx):
+    _link(d, "r.png", _fake_dev_stdout(d))
+    return _compile(d, fx, "-o", str(d / "out.onnx"), "--report", str(d / "r.json"))
+
+
+@case("compile")
+def dump_ir_file_link(d, fx):
+    (d / "dump").mkdir()
+    _link(d, "dump/00-frontend.ir", _elsewhere(d, "notes.txt"))
+    return _compile(d, fx, "-o", str(d / "out.onnx"), "--dump-ir", str(d / "dump"))
+
+
+@case("quantize")
+def output_link(d, fx):
+    ckpt, config = use(d, fx, "float_ckpt.pt", "config.json")
+    return ["quantize", ckpt, "--config", config, "-o",
+            _link(d, "q.pt", _elsewhere(d, "real.pt"))]
+
+
+@case("quantize")
+def output_link_like_dev_stdout(d, fx):
+    ckpt, config = use(d, fx, "float_ckpt.pt", "config.json")
+    return ["quantize", ckpt, "--config", config, "-o", _fake_dev_stdout(d)]
+
+
+def _search(d: Path, fx: Path, *args: str) -> list[str]:
+    ckpt, data = use(d, fx, "float_ckpt.pt", "data.npz")
+    return ["search", ckpt, "--train", data, "--val", data, "--method", "sensitivity",
+            "--max-bits", "8", "--finetune-epochs", "0", "-q", *args]
+
+
+@case("search")
+def output_link(d, fx):
+    return _search(d, fx, "-o", _link(d, "cfg.json", _elsewhere(d, "cfg.json")))
+
+
+@case("search")
+def quantized_dangling_link(d, fx):
+    return _search(d, fx, "-o", str(d / "cfg.json"), "--quantized",
+                   _link(d, "q.pt", _elsewhere(d, "q.pt", False)))
+
+
+@case("search")
+def report_link(d, fx):
+    return _search(d, fx, "-o", str(d / "cfg.json"), "--report",
+                   _link(d, "pareto.png", _elsewhere(d, "pareto.png")))
+
+
+@case("search")
+def state_link_like_dev_stdout(d, fx):
+    return _search(d, fx, "-o", str(d / "cfg.json"), "--state", _fake_dev_stdout(d))
+
+
 # ------------------------------------------------------------------------------------ the check
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -1505,7 +1644,7 @@ def test_there_are_enough_cases():
     for name in CASES:
         per_command[name.split("-")[0]] = per_command.get(name.split("-")[0], 0) + 1
     assert sum(per_command.values()) >= 50 and set(per_command) == {
-        "compile", "verify", "quantize", "inspect"}, per_command
+        "compile", "verify", "quantize", "inspect", "search"}, per_command
 
 
 @pytest.mark.parametrize("name", ["compile-fifo", "compile-factory_os_system",

@@ -1,9 +1,13 @@
-"""The files a command reads and writes: checked before any work, and told apart by content.
+"""The files a command reads and writes: checked before any work, written only where they
+were checked, and told apart by content.
 
 `check_paths` refuses, before anything is read or written: an empty path; an input that is
 missing, a directory or a special file (FIFO, device, socket: never opened, so a FIFO cannot
-block); an output in a missing directory, or an existing output that is not a regular file;
-and any output that resolves (symlinks, hard links, `..`) to an input or to another output.
+block); an output in a missing directory, in /dev, /proc or /sys or on a kernel file system,
+an output that is a symbolic link, or an existing output that is not a regular file; and any
+output that resolves (symlinks, hard links, `..`) to an input or to another output.
+Inside `pinned_outputs` it also records where each output is, and the writers of
+snnc.files.outputs write there or nowhere (docs/model_files.md, "Where outputs go").
 
 `sniff` names what a file is from its first bytes (and, for zips, its member names), so that
 each kind of wrong file gets its own message (`wrong_kind`).
@@ -15,11 +19,13 @@ import codecs
 import os
 import re
 import stat
-import tempfile
 import zipfile
 from typing import Iterable
 
 from snnc.errors import BadInputError
+from snnc.files.outputs import check_place, link_error, pin_checked, special_kind
+# The writers live in snnc.files.outputs; their old names here stay.
+from snnc.files.outputs import write_all_atomic, write_atomic  # noqa: F401
 
 # --dump-ir writes files named like this into its directory (snnc.pipeline).
 DUMP_NAME = re.compile(r"\d\d-[A-Za-z_]+\.(ir|txt)")
@@ -35,7 +41,8 @@ def check_paths(inputs: Iterable[tuple[str, str | None]],
     for what, path in inputs:
         _check_input(what, path)
     seen: dict[str, str] = {}
-    for what, path in outputs:
+
+    def check(what: str, path: str) -> None:
         _check_output(what, path)
         key = os.path.realpath(path)
         if key in seen:
@@ -46,8 +53,14 @@ def check_paths(inputs: Iterable[tuple[str, str | None]],
             if _same_file(path, in_path):
                 raise BadInputError(f"{what} {path} is the input {in_what} {in_path}: snnc "
                                     "never writes over its input. Choose another output name.")
+
+    for what, path in outputs:
+        path = _path(what, path)
+        pin_checked(what, path, lambda: check(what, path))
     if dump_dir is not None:
-        _check_dump_dir(dump_dir, inputs + outputs)
+        dump_dir = _path("--dump-ir", dump_dir)
+        pin_checked("--dump-ir", dump_dir, lambda: _check_dump_dir(dump_dir, inputs + outputs),
+                     is_dir=True)
 
 
 def check_input(what: str, path: str) -> None:
@@ -80,7 +93,7 @@ def _check_input(what: str, path) -> None:
     if stat.S_ISDIR(mode):
         raise BadInputError(f"{what} {path} is a directory, not a file")
     if not stat.S_ISREG(mode):
-        raise BadInputError(f"{what} {path} is a {_special_kind(mode)}, not a regular file; "
+        raise BadInputError(f"{what} {path} is a {special_kind(mode)}, not a regular file; "
                             "snnc reads only regular files")
     if not os.access(path, os.R_OK):
         raise BadInputError(f"{what} {path}: permission denied")
@@ -95,17 +108,19 @@ def _check_output(what: str, path) -> None:
     directory = os.path.dirname(path) or "."  # not abspath: "missing/../x" must fail here
     if not os.path.isdir(directory):
         raise BadInputError(f"cannot write {what} {path}: directory {directory} does not exist")
+    check_place(what, path, directory, os.stat(directory).st_dev)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise BadInputError(f"cannot write {what} {path}: directory {directory} is not "
                             "writable")
-    if os.path.lexists(path):
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:  # a dangling symlink: the atomic write replaces the link
-            return
-        if not stat.S_ISREG(mode):
-            raise BadInputError(f"{what} {path} exists and is a {_special_kind(mode)}; snnc "
-                                "writes only regular files")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise link_error(what, path)
+    if not stat.S_ISREG(mode):
+        raise BadInputError(f"{what} {path} exists and is a {special_kind(mode)}; snnc "
+                            "writes only regular files")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -118,13 +133,30 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _check_dump_dir(dump_dir: str, files: list[tuple[str, str]]) -> None:
-    dump_dir = _path("--dump-ir", dump_dir)
     if os.path.exists(dump_dir) and not os.path.isdir(dump_dir):
         raise BadInputError(f"--dump-ir {dump_dir} exists and is not a directory")
     parent = os.path.dirname(dump_dir.rstrip(os.sep)) or "."
     if not os.path.isdir(dump_dir) and not os.path.isdir(parent):
         raise BadInputError(f"--dump-ir {dump_dir}: its parent directory {parent} does not "
                             "exist")
+    for directory in (parent, dump_dir) if os.path.isdir(dump_dir) else (parent,):
+        check_place("--dump-ir", dump_dir, directory, os.stat(directory).st_dev)
+    try:
+        names = sorted(os.listdir(dump_dir)) if os.path.isdir(dump_dir) else []
+    except OSError as error:
+        raise BadInputError(f"--dump-ir {dump_dir}: cannot list it "
+                            f"({error.strerror or error})") from None
+    for name in filter(DUMP_NAME.fullmatch, names):
+        old = os.path.join(dump_dir, name)  # an earlier compile's dump, to be replaced
+        try:
+            mode = os.lstat(old).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise link_error("--dump-ir file", old)
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"--dump-ir file {old} exists and is a {special_kind(mode)}; "
+                                "snnc writes only regular files")
     root = os.path.realpath(dump_dir)
     for what, path in files:
         real = os.path.realpath(path)
@@ -134,58 +166,6 @@ def _check_dump_dir(dump_dir: str, files: list[tuple[str, str]]) -> None:
         if os.path.dirname(real) == root and DUMP_NAME.fullmatch(os.path.basename(real)):
             raise BadInputError(f"--dump-ir {dump_dir} would write over {what} {path}; dump "
                                 "the IR into another directory")
-
-
-def _special_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISDIR, "directory")):
-        if test(mode):
-            return name
-    return "special file"
-
-
-# ------------------------------------------------------------------------------------------
-# Writing
-
-def write_all_atomic(files: list[tuple[str, bytes]]) -> None:
-    """Write several files so that either all are replaced or none is: each goes to a
-    temporary file first, and the renames happen only once every write succeeded. A write
-    that fails (a full disk, a file size limit) is a BadInputError; nothing is left behind."""
-    temps, renamed, path = [], 0, ""
-    try:
-        for path, data in files:
-            directory = os.path.dirname(os.path.abspath(path))
-            fd, tmp = tempfile.mkstemp(prefix=".snnc-", suffix=".tmp", dir=directory)
-            temps.append((tmp, path))
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a user's file is not secret
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            os.replace(tmp, path)
-            renamed += 1
-    except OSError as error:
-        written = f"; {renamed} of {len(files)} outputs were replaced" if renamed else \
-            "; nothing was written"
-        raise BadInputError(f"cannot write {path}: {error.strerror or error}{written}") \
-            from None
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
-    write_all_atomic([(path, data)])
 
 
 # ------------------------------------------------------------------------------------------
