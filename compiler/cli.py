@@ -64,6 +64,17 @@ def _trust_options(fn):
                              "runs code from the file).")(fn)
 
 
+def _steps_option(fn):
+    """--max-neuron-steps: how much work per sample a model file may ask for."""
+    from snnc.options import DEFAULT
+
+    return click.option(
+        "--max-neuron-steps", type=click.IntRange(1), default=DEFAULT.max_neuron_steps,
+        show_default=True,
+        help="Refuse a model of more neuron steps per sample (timesteps x neuron layers): a "
+             "small file can ask for T=10**7 (docs/model_files.md, size limits).")(fn)
+
+
 @contextlib.contextmanager
 def _errors(progress: Stages | None = None, what: str = "no output was written"):
     """Every failure as one paragraph: SnncError (exit 1), Ctrl-C (130), or a bug in snnc
@@ -142,10 +153,11 @@ def _finish(progress: Stages | None) -> None:
 @click.option("--report", "report_path", type=click.Path(),
               help="Write a per-layer report (JSON) here, its table to stdout and a PNG figure "
                    "next to it (REPORT.png); firing rates and energy need --verify.")
+@_steps_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
                 weight_container, pack_path, weights, timesteps, pot_lowering, kernels, ort,
-                verify_data, min_agreement, report_path, quiet):
+                verify_data, min_agreement, report_path, max_neuron_steps, quiet):
     """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
     from snnc.driver import compile_file
 
@@ -161,7 +173,8 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         data = _load_data(verify_data) if verify_data else None
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
                        external_weights=external, timesteps=timesteps,
-                       pot_lowering=pot_lowering, integer_kernels=kernels == "integer")
+                       pot_lowering=pot_lowering, integer_kernels=kernels == "integer",
+                       max_neuron_steps=max_neuron_steps)
         check = None
         if data is not None:
             from snnc.check.accuracy import check_data
@@ -237,8 +250,9 @@ def _check_compile_paths(model, output, pack_path, ort, report_path, verify_data
               help="Compare even if SOURCE is not the model COMPILED was compiled from (its "
                    "weights or graph differ from the fingerprint compile recorded).")
 @_trust_options
+@_steps_option
 def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_size,
-               allow_other_source, trust_pickle, trust_code, input_shape):
+               allow_other_source, trust_pickle, trust_code, input_shape, max_neuron_steps):
     """Run SOURCE in PyTorch and COMPILED in ONNX Runtime on DATA; compare accuracy.
 
     Reports both accuracies, top-1 agreement, the largest logit difference and, if COMPILED
@@ -264,7 +278,8 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
                              doc="docs/binary_format.md")
         x = _load_data(data)
         program = loader.load_program(source, trust_pickle=trust_pickle,
-                                      input_shape=_shape(input_shape), trust_code=trust_code)
+                                      input_shape=_shape(input_shape), trust_code=trust_code,
+                                      max_neuron_steps=max_neuron_steps)
         lift(program)  # SOURCE runs in PyTorch only if its ops are ones snnc knows
         verification = _verify(program, compiled, pack_path, x, quiet=as_json,
                                batch_size=batch_size, allow_other_source=allow_other_source)
@@ -356,21 +371,23 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
 @click.option("--trust-code", is_flag=True,
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
                    "and calls it; docs/model_files.md).")
-def quantize_cmd(model, config_path, output, method, calibration, trust_code):
+@_steps_option
+def quantize_cmd(model, config_path, output, method, calibration, trust_code, max_neuron_steps):
     """Quantize an snnc checkpoint's conv/linear weights per layer (docs/quantization.md)."""
     from snnc.files.paths import check_paths
 
     with _errors():
         check_paths([("MODEL", model), ("--config", config_path),
                      ("--calibration", calibration)], [("-o", output)])
-        rows, average = _quantize(model, config_path, output, method, calibration, trust_code)
+        rows, average = _quantize(model, config_path, output, method, calibration, trust_code,
+                                  max_neuron_steps)
     from snnc.quant import quantize as quant
 
     click.echo(quant.format_report(rows, average))
     click.echo(f"wrote {output}")
 
 
-def _quantize(model, config_path, output, method, calibration, trust_code):
+def _quantize(model, config_path, output, method, calibration, trust_code, max_neuron_steps):
     import torch
 
     from snnc.files import loader
@@ -381,7 +398,8 @@ def _quantize(model, config_path, output, method, calibration, trust_code):
     ckpt = loader.load_checkpoint(model)
     if ckpt.get("quantization"):
         raise SnncError(f"{model} is already quantized")
-    net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code)
+    net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code,
+                                       max_neuron_steps=max_neuron_steps)
     batches = None
     if calibration:
         x, _ = _load_data(calibration)
@@ -447,10 +465,12 @@ def _read_config(path: str) -> dict:
 @click.option("--trust-code", is_flag=True,
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
                    "and calls it; docs/model_files.md).")
+@_steps_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
                report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
-               energy_weight, batch_size, lr, state_path, resume, trust_code, quiet):
+               energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
+               quiet):
     """Search each layer's quantization (uniform or PoT, 2-8 bits) under a budget, then
     fine-tune (docs/search.md). Data-parallel under torchrun."""
 
@@ -459,12 +479,13 @@ def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, 
         _search(model, train_path, val_path, method, max_bits, max_drop, output,
                 quantized_path, report_path, allow_float, seed, finetune_epochs,
                 search_epochs, trials, energy_weight, batch_size, lr, state_path, resume,
-                trust_code, quiet)
+                trust_code, max_neuron_steps, quiet)
 
 
 def _search(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
             report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
-            energy_weight, batch_size, lr, state_path, resume, trust_code, quiet):
+            energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
+            quiet):
     import hashlib
     import json
 
@@ -486,7 +507,8 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
                 [("-o", output), ("--quantized", quantized_path), ("--report", report_path),
                  ("--report's JSON", report_json), ("--state", state_path)])
     ckpt = loader.load_checkpoint(model, "snnc search")
-    net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code)
+    net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code,
+                                       max_neuron_steps=max_neuron_steps)
     train, val = (Data(*load_data(p)) for p in (train_path, val_path))
     ctx = Context.from_environment()
     opts = Options(method=method, max_bits=max_bits, max_drop=max_drop,

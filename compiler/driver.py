@@ -18,6 +18,7 @@ import torch
 from snnc.backend import mobile, onnx_emit, pack
 from snnc.errors import BadInputError
 from snnc.files import loader, outputs, paths, tensors
+from snnc.frontend import budget
 from snnc.frontend.lift import lift
 from snnc.ir.graph import Graph
 from snnc.options import DEFAULT, Options
@@ -82,6 +83,7 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
     """Compile an ExportedProgram; refuses non-finite weights (naming the layer, in `where`).
     The ONNX model records the program's fingerprint (tensors.fingerprint) in its metadata."""
     timings: dict[str, float] = {}
+    budget.check(program, opts.max_neuron_steps, where, one_step=opts.timesteps == "stream")
     tensors.check_finite(tensors.program_tensors(program), where)
 
     def stage(name: str, fn, *args):
@@ -256,7 +258,8 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
     if progress:
         progress("load")
     program = loader.load_program(path, trust_pickle=trust_pickle, input_shape=input_shape,
-                                  trust_code=trust_code)
+                                  trust_code=trust_code, max_neuron_steps=opts.max_neuron_steps,
+                                  one_step=opts.timesteps == "stream")
     load_time = time.perf_counter() - start
     result = compile_program(program, opts, dump_dir, progress, where=path)
     result.timings = {"load": load_time, **result.timings}

@@ -15,6 +15,7 @@ class Options:
     pot_lowering: str = "int8"  # "shift": PoT codes decoded in the graph with BitShift
     external_weights: bool = False  # quantized weights as references into the pack file
     pack_location: str = ""  # the pack's file name in those references (set by compile_file)
+    max_neuron_steps: int = 20_000  # per sample, T x neuron layers (snnc.frontend.budget)
 
 
 DEFAULT = Options()

@@ -1596,6 +1596,94 @@ def state_link_like_dev_stdout(d, fx):
     return _search(d, fx, "-o", str(d / "cfg.json"), "--state", _fake_dev_stdout(d))
 
 
+# ---- issue 20: unbounded work from a small file (docs/model_files.md, size limits)
+
+# Allowlisted factories asked for a huge number of timesteps: a 1 KB checkpoint each. snnc
+# counts neuron steps on the model traced on the meta device, before building it for real
+# (snnc's demo factories calibrate BatchNorm by running the model when they build it).
+_HUGE_T = {
+    "demo_conv_snn": ("snnc.demo:conv_snn", {"steps": 10 ** 7}, [1, 2, 12, 12]),
+    "demo_ConvSNN": ("snnc.demo:ConvSNN", {"steps": 10 ** 6, "neuron": "plif"},
+                     [1, 2, 12, 12]),
+    "demo_spikformer": ("snnc.demo:spikformer_classifier", {"steps": 30_000, "depth": 1},
+                        [1, 1, 16, 16]),
+    "zoo_spikformer": ("spikingjelly.activation_based.model.spikformer:Spikformer",
+                       {"T": 10 ** 5, "img_size_h": 32, "img_size_w": 32, "embed_dims": 64,
+                        "num_heads": 2, "depths": 1}, [1, 3, 32, 32]),
+}
+
+
+def _huge_t(name: str):
+    factory, kwargs, shape = _HUGE_T[name]
+
+    def build(d, fx):
+        return ["compile", checkpoint(d, "t.pt", factory, kwargs, shape), "-o",
+                str(d / "out.onnx")]
+    build.__name__ = f"timesteps_{name}"
+    return build
+
+
+for _name in _HUGE_T:
+    case("compile")(_huge_t(_name))
+
+
+def _time_axis(steps: int):
+    """An edit of the archive's program: every tensor whose first size is the model's T = 4
+    gets `steps` instead (the graph is traced; it is never run at that size)."""
+    def edit(program: dict) -> None:
+        for value in program["graph_module"]["graph"]["tensor_values"].values():
+            if value["sizes"] and value["sizes"][0] == {"as_int": 4}:
+                value["sizes"][0] = {"as_int": steps}
+    return edit
+
+
+@pytest.mark.parametrize("steps", [20_001, 10 ** 6, 10 ** 12])
+def test_an_archive_of_huge_t_is_refused_before_the_lift(fx, tmp_path, steps, monkeypatch):
+    """A small torch.export archive whose traced time axis says T = `steps`: refused from
+    the graph before anything is lifted or unrolled, at every size past the limit."""
+    import snnc.driver
+
+    monkeypatch.setattr(snnc.driver, "lift", lambda *a: pytest.fail("lifted"))
+    path = _edit_program_json(tmp_path, fx, "t.pt", _time_axis(steps))
+    result = CliRunner().invoke(main, ["compile", path, "-o", str(tmp_path / "o.onnx")])
+    assert result.exit_code == 1 and "neuron steps per sample" in result.stderr, result.stderr
+    assert f"{2 * steps:,}" in result.stderr and not (tmp_path / "o.onnx").exists()
+
+
+@case("compile")
+def timesteps_huge_in_an_archive(d, fx):
+    return ["compile", _edit_program_json(d, fx, "t.pt", _time_axis(10 ** 9)), "-o",
+            str(d / "out.onnx")]
+
+
+@case("compile")
+def timesteps_over_a_lowered_limit(d, fx):
+    model, = use(d, fx, "model.pt")  # 2 neuron layers at T = 4: 8 steps
+    return ["compile", model, "-o", str(d / "out.onnx"), "--max-neuron-steps", "7"]
+
+
+@case("verify")
+def timesteps_huge_source(d, fx):
+    onnx_path, data = use(d, fx, "model.onnx", "data.npz")
+    return ["verify", checkpoint(d, "t.pt", *_HUGE_T["demo_conv_snn"]), onnx_path,
+            "--data", data]
+
+
+@case("quantize")
+def timesteps_huge(d, fx):
+    _, config = _quantize_files(d, fx)
+    return ["quantize", checkpoint(d, "t.pt", *_HUGE_T["demo_conv_snn"]), "--config", config,
+            "-o", str(d / "q.pt")]
+
+
+@case("search")
+def timesteps_huge(d, fx):
+    data, = use(d, fx, "data.npz")
+    return ["search", checkpoint(d, "t.pt", *_HUGE_T["demo_spikformer"]), "--train", data,
+            "--val", data, "--method", "sensitivity", "--max-bits", "8", "-o",
+            str(d / "cfg.json"), "-q"]
+
+
 # ------------------------------------------------------------------------------------ the check
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -136,3 +136,24 @@ def test_output_directory_missing(small):
     run = snnc("compile", small["path"], "-o", str(small["root"] / "no" / "dir" / "x.onnx"))
     assert run.returncode != 0 and "does not exist" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_max_neuron_steps_counts_what_the_compile_unrolls(small, tmp_path):
+    """The conv SNN runs 2 neuron layers at T = 4: 8 steps per sample unrolled, 2 per call
+    streamed. --max-neuron-steps refuses above that and the flag raises it (the API too)."""
+    import snnc as api
+    from snnc.frontend.budget import neuron_steps
+
+    program = export(small["model"], torch.zeros(1, 2, 12, 12))
+    assert (neuron_steps(program), neuron_steps(program, one_step=True)) == (8, 2)
+    out = str(tmp_path / "m.onnx")
+    assert_clean_failure(snnc("compile", small["path"], "-o", out, "--max-neuron-steps", "7"),
+                         out, "8 neuron steps per sample", "--max-neuron-steps")
+    assert snnc("compile", small["path"], "-o", out, "--max-neuron-steps", "8").returncode == 0
+    stream = str(tmp_path / "s.onnx")
+    ok = snnc("compile", small["path"], "-o", stream, "--timesteps", "stream",
+              "--max-neuron-steps", "2")
+    assert ok.returncode == 0, ok.stderr
+    with pytest.raises(api.BadInputError, match="neuron steps per sample"):
+        api.compile(program, max_neuron_steps=7)
+    assert api.compile(program, max_neuron_steps=8).model is not None

@@ -365,3 +365,23 @@ def test_per_step_loops_that_are_not_one_layer_are_refused(model):
     torch.manual_seed(0)
     with pytest.raises(UnsupportedOpError, match="per-step loop"):
         lift(_export(model().eval(), (1, 3, 6, 6)))
+
+
+@pytest.mark.parametrize("size, out", [(640, 7), (300, 31), (2000, 3)])
+def test_uneven_adaptive_pooling_of_a_large_map_is_refused_before_its_matrix(size, out):
+    """Uneven adaptive pooling is a constant matrix of h*w*oh*ow values, which a size
+    argument alone can make gigabytes: refused above MAX_POOL_MATRIX, before it exists."""
+    from snnc.frontend import rules_layers
+
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sn = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            s = self.sn(x.unsqueeze(0).repeat(T, 1, 1, 1, 1)).flatten(0, 1)
+            return torch.nn.functional.adaptive_avg_pool2d(s, out).mean(0)
+
+    assert size * size * out * out > rules_layers.MAX_POOL_MATRIX
+    with pytest.raises(UnsupportedOpError, match="averaging matrix of"):
+        lift(zoo.export(Pool().eval(), (1, 1, size, size)))

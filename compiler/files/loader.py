@@ -29,6 +29,7 @@ from snnc.files import archive
 from snnc.files.paths import check_input, sniff, wrong_kind
 from snnc.files.tensors import check_finite
 from snnc.files.trust import resolve_factory, short_repr
+from snnc.frontend import budget
 from snnc.quant import quantize  # also registers snnc::fake_quant, which quantized programs use
 
 CHECKPOINT_KEYS = ("factory", "kwargs", "state_dict", "input_shape")
@@ -114,16 +115,31 @@ def _check_checkpoint(ckpt: dict, path: str) -> None:
                             f"writes it, not {short_repr(quantization)}")
 
 
-def build_from_checkpoint(path: str, ckpt: dict, trust_code: bool = False) -> torch.nn.Module:
+def build_from_checkpoint(path: str, ckpt: dict, trust_code: bool = False,
+                          max_neuron_steps: int = budget.MAX_NEURON_STEPS) -> torch.nn.Module:
     """The model an snnc checkpoint describes, weights loaded, in eval mode. Its factory must
-    be on the allowlist unless `trust_code` (snnc.files.trust)."""
-    return _model_from_checkpoint(path, ckpt, trust_code).eval()
+    be on the allowlist unless `trust_code` (snnc.files.trust); a model of more than
+    `max_neuron_steps` per sample is refused (snnc.frontend.budget)."""
+    model, counted = _model_from_checkpoint(path, ckpt, trust_code, max_neuron_steps)
+    if not counted:  # the factory could not be probed: count on the real model's trace
+        budget.check(_export(model, ckpt["input_shape"], path), max_neuron_steps, path)
+    return model.eval()
 
 
 def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] | None = None,
-                 trust_code: bool = False) -> torch.export.ExportedProgram:
+                 trust_code: bool = False, max_neuron_steps: int = budget.MAX_NEURON_STEPS,
+                 one_step: bool = False) -> torch.export.ExportedProgram:
     """The program in a model file (docs/model_files.md). Loading runs no code from the file:
-    pickled objects need `trust_pickle`, a checkpoint factory off the allowlist `trust_code`."""
+    pickled objects need `trust_pickle`, a checkpoint factory off the allowlist `trust_code`.
+    A program of more than `max_neuron_steps` per sample is refused (snnc.frontend.budget;
+    `one_step`: it will run one step per call, --timesteps stream)."""
+    program = _load_program(path, trust_pickle, input_shape, trust_code, max_neuron_steps)
+    budget.check(program, max_neuron_steps, path, one_step)
+    return program
+
+
+def _load_program(path: str, trust_pickle: bool, input_shape: list[int] | None,
+                  trust_code: bool, max_neuron_steps: int) -> torch.export.ExportedProgram:
     check_input("MODEL", path)
     kind = sniff(path)
     register_spikingjelly_ops()
@@ -137,7 +153,7 @@ def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] |
         return _load_pickled_module(path, input_shape)
     if isinstance(obj, dict) and all(k in obj for k in CHECKPOINT_KEYS):
         _check_checkpoint(obj, path)
-        model = _model_from_checkpoint(path, obj, trust_code)
+        model, _ = _model_from_checkpoint(path, obj, trust_code, max_neuron_steps)
         return _export(model, obj["input_shape"], path)
     if isinstance(obj, dict):
         raise BadInputError(
@@ -288,14 +304,18 @@ def _weights_only(force: bool):
 MAX_EXAMPLE_ELEMENTS = 2 ** 27  # a checkpoint's example input: 512 MB of float32 at most
 
 
+def _valid_shape(input_shape) -> bool:
+    return isinstance(input_shape, (list, tuple)) and 1 <= len(input_shape) <= 8 and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape) \
+        and math.prod(input_shape) <= MAX_EXAMPLE_ELEMENTS
+
+
 def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.ExportedProgram:
     model.eval()
-    if not (isinstance(input_shape, (list, tuple)) and 1 <= len(input_shape) <= 8 and all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)) \
-            or math.prod(input_shape) > MAX_EXAMPLE_ELEMENTS:
-        raise BadInputError(f"{where}: input shape {short_repr(input_shape)} is not a list of 1 to 8 "
-                            f"positive sizes of at most {MAX_EXAMPLE_ELEMENTS:,} elements, "
-                            "e.g. [1, 3, 32, 32]")
+    if not _valid_shape(input_shape):
+        raise BadInputError(f"{where}: input shape {short_repr(input_shape)} is not a list of "
+                            f"1 to 8 positive sizes of at most {MAX_EXAMPLE_ELEMENTS:,} "
+                            "elements, e.g. [1, 3, 32, 32]")
     example = torch.zeros(*input_shape)
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -310,11 +330,12 @@ def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.Exp
             "input shape and that the model runs in eval mode.") from None
 
 
-def _model_from_checkpoint(path: str, ckpt: dict[str, Any],
-                           trust_code: bool = False) -> torch.nn.Module:
+def _model_from_checkpoint(path: str, ckpt: dict[str, Any], trust_code: bool,
+                           max_neuron_steps: int) -> tuple[torch.nn.Module, bool]:
+    """(the model, whether its neuron steps were counted before it was built)."""
     factory, kwargs = ckpt["factory"], ckpt["kwargs"]
     build = resolve_factory(factory, kwargs, path, trust_code)
-    _check_model_size(build, kwargs, factory, path)
+    counted = _probe(build, kwargs, factory, path, ckpt["input_shape"], max_neuron_steps)
     try:
         model = build(**kwargs)
         if not isinstance(model, torch.nn.Module):
@@ -331,16 +352,20 @@ def _model_from_checkpoint(path: str, ckpt: dict[str, Any],
     except Exception as error:
         raise BadInputError(f"{path}: building {factory}(**kwargs) and loading its state_dict "
                             f"failed: {type(error).__name__}: {first_line(error)}") from None
-    return model
+    return model, counted
 
 
 MAX_PARAMETERS = 1 << 29  # 2 GiB of float32 weights: far above any spiking network here
 
 
-def _check_model_size(build, kwargs: dict, factory: str, path: str) -> None:
-    """Build the model on PyTorch's meta device first (no memory) and refuse it beyond
-    MAX_PARAMETERS: a 1 KB checkpoint can ask an allowlisted factory for embed_dims=16384.
-    A factory that cannot build on the meta device is built for real, unprobed."""
+def _probe(build, kwargs: dict, factory: str, path: str, input_shape,
+           max_neuron_steps: int) -> bool:
+    """Build the model on PyTorch's meta device first (no memory, no arithmetic) and refuse
+    it beyond MAX_PARAMETERS (a 1 KB checkpoint can ask an allowlisted factory for
+    embed_dims=16384) or, traced there, beyond `max_neuron_steps` (or for T=10**7): before
+    the real build, which may run the model (snnc's demo factories calibrate BatchNorm).
+    Whether the steps were counted; a factory that cannot build or trace on the meta device
+    is built for real, and its steps counted on the real trace."""
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -349,11 +374,22 @@ def _check_model_size(build, kwargs: dict, factory: str, path: str) -> None:
     except SnncError:
         raise
     except Exception:
-        return
+        return False
     if count > MAX_PARAMETERS:
         raise BadInputError(f"{path}: {factory}(**kwargs) builds a model of {count:,} weights, "
                             f"more than snnc compiles ({MAX_PARAMETERS:,}); check the "
                             "checkpoint's kwargs")
+    if not (isinstance(probe, torch.nn.Module) and _valid_shape(input_shape)):
+        return False
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_torch():
+            warnings.simplefilter("ignore")
+            traced = torch.export.export(probe.eval(),
+                                         (torch.zeros(*input_shape, device="meta"),))
+    except Exception:
+        return False
+    budget.check(traced, max_neuron_steps, path)
+    return True
 
 
 def _load_pickled_module(path: str, input_shape) -> torch.export.ExportedProgram:

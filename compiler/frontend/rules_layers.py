@@ -114,6 +114,11 @@ def _adaptive_avg_pool(lx, node, a, x: Act | None = None):
         k = [h // oh, w // ow]
         value, = lx.emit("avg_pool", [x.value], {"kernel": k, "stride": k, "padding": [0, 0]},
                          node)
+    elif h * w * oh * ow > MAX_POOL_MATRIX:
+        raise Unsupported(f"adaptive pooling {h}x{w} to {oh}x{ow} in uneven windows needs an "
+                          f"averaging matrix of {h * w * oh * ow:,} values (at most "
+                          f"{MAX_POOL_MATRIX:,}); pool to a size that divides the input, or "
+                          "pool in stages (an AvgPool2d first)")
     else:  # overlapping or uneven windows: a constant averaging matrix
         n, c = x.value.shape[:2]
         flat, = lx.emit("reshape", [x.value], {"shape": [n, c, h * w]}, node)
@@ -121,6 +126,9 @@ def _adaptive_avg_pool(lx, node, a, x: Act | None = None):
         mixed, = lx.emit("matmul", [flat, pool], {}, node)
         value, = lx.emit("reshape", [mixed], {"shape": [n, c, oh, ow]}, node)
     return lx.new_act(value, x.layout, x.post)
+
+
+MAX_POOL_MATRIX = 1 << 24  # 64 MB of float32: a 100x100 map pooled unevenly to 20x20 is 4 M
 
 
 def _adaptive_matrix(h: int, w: int, oh: int, ow: int) -> np.ndarray:
