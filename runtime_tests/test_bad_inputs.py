@@ -1457,6 +1457,148 @@ def empty_pack(d, fx):
     return ["inspect", str(d / "e.snnpack")]
 
 
+# ---- issue 20: pickles, zip bombs across members, data files, torch's own file names
+
+def _register(subcommand: str, name: str, build) -> None:
+    """A case built in a loop (several sizes or layouts of one class of input)."""
+    build.__name__ = name
+    case(subcommand)(build)
+
+
+def _memo_bomb(levels: int, layout: str) -> bytes:
+    """Pickle opcodes (protocol 2, no PROTO, no STOP) that put into the dict on top of the
+    stack a key holding `levels` tuples, each made of the one before twice through memo
+    references: 2^levels values to hash. `layout`: "setitem" (one SETITEM) or "setitems"
+    (a MARK ... SETITEMS run)."""
+    def slot(i):  # memo slots far beyond any the pickle already uses
+        return ((1 << 20) + i).to_bytes(4, "little")
+    chain = b"K\x00r" + slot(0) + b"".join(
+        b"j" + slot(i - 1) + b"j" + slot(i - 1) + b"\x86r" + slot(i) for i in range(1, levels + 1))
+    key = b"(" + chain + b"t"  # a tuple of every level: hashing it hashes the last
+    return (b"(" + key + b"K\x01u") if layout == "setitems" else key + b"K\x01s"
+
+
+def _checkpoint_bytes(**extra) -> bytes:
+    buffer = io.BytesIO()
+    ckpt = make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12])
+    ckpt.update(extra)
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def _edited_pickle(saved: bytes, edit) -> bytes:
+    """torch.save bytes `saved`, its data.pkl replaced by edit(data.pkl)."""
+    src, buffer = zipfile.ZipFile(io.BytesIO(saved)), io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            out.writestr(info, edit(data) if info.filename.endswith("/data.pkl") else data)
+    return buffer.getvalue()
+
+
+def _edit_pickle(d: Path, name: str, saved: bytes, edit) -> str:
+    (d / name).write_bytes(_edited_pickle(saved, edit))
+    return str(d / name)
+
+
+def _unstopped(levels: int, layout: str, into: bytes = b""):
+    """A real pickle, its STOP replaced by a memo bomb that never ends (into the dict on top
+    of its stack, or `into` b"}" a new one)."""
+    return lambda data: data[:-1] + into + _memo_bomb(levels, layout)
+
+
+for _levels, _layout in ((40, "setitem"), (64, "setitems")):
+    _register("compile", f"checkpoint_pickle_without_stop_{_levels}_{_layout}",
+              lambda d, fx, n=_levels, lay=_layout: [
+                  "compile", _edit_pickle(d, "c.pt", _checkpoint_bytes(), _unstopped(n, lay)),
+                  "-o", str(d / "out.onnx")])
+
+
+@case("compile")
+def checkpoint_pickle_alone_without_stop(d, fx):
+    body = b"\x80\x02}" + _memo_bomb(48, "setitem")
+    return ["compile", _pickle_checkpoint(d, "c.pt", body), "-o", str(d / "out.onnx")]
+
+
+for _junk in (b".", b"\x00" * 3, _memo_bomb(40, "setitem") + b"."):
+    _register("compile", f"checkpoint_with_{len(_junk)}_bytes_after_stop",
+              lambda d, fx, junk=_junk: [
+                  "compile", _edit_pickle(d, "c.pt", _checkpoint_bytes(),
+                                          lambda data: data + junk),
+                  "-o", str(d / "out.onnx")])
+
+
+@case("compile")
+def archive_sample_inputs_without_stop(d, fx):
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 2, 12, 12),), {}), buffer)
+    nested = _edited_pickle(buffer.getvalue(), _unstopped(40, "setitem", b"}"))
+    path = _archive_with(d, fx, "sample.pt", "sample_inputs/model.pt", nested)
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("quantize")
+def checkpoint_pickle_without_stop(d, fx):
+    model = _edit_pickle(d, "c.pt", _checkpoint_bytes(), _unstopped(40, "setitems"))
+    _, config = _quantize_files(d, fx)
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("verify")
+def source_pickle_without_stop(d, fx):
+    _, onnx_path, data = _verify_files(d, fx)
+    model = _edit_pickle(d, "c.pt", _checkpoint_bytes(), _unstopped(40, "setitem"))
+    return ["verify", model, onnx_path, "--data", data]
+
+
+def _search_args(d: Path, fx: Path, model: str | None = None) -> list[str]:
+    model = model or use(d, fx, "float_ckpt.pt")[0]
+    data, = use(d, fx, "data.npz")
+    return ["search", model, "--train", data, "--val", data, "--method", "sensitivity",
+            "--max-bits", "4", "-o", str(d / "s.json"), "--state", str(d / "s.state"), "-q"]
+
+
+@case("search")
+def state_pickle_without_stop(d, fx):
+    saved = io.BytesIO()
+    torch.save({"format": "snnc-search-state", "version": 1, "key": "k", "points": []}, saved)
+    _edit_pickle(d, "s.state", saved.getvalue(), _unstopped(40, "setitem"))
+    return _search_args(d, fx) + ["--resume"]
+
+
+def test_pickles_that_cannot_be_read_to_their_end_are_refused():
+    """Every pickle torch.save writes passes and names exactly its data/ records; the same
+    pickles cut anywhere, or with any bytes after their STOP, are refused."""
+    from snnc.errors import BadInputError
+    from snnc.files import pickle_scan
+
+    rng = np.random.default_rng(20)
+    objects = [make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]),
+               {"w": torch.ones(2, 3), "v": torch.arange(4)[1:], "nested": [{"t": (1, 2.5)}]},
+               [torch.zeros(2)] * 3, {}]
+    for obj in objects:
+        for protocol in (2, 4, 5):
+            buffer = io.BytesIO()
+            torch.save(obj, buffer, pickle_protocol=protocol)
+            saved = zipfile.ZipFile(buffer)
+            data = saved.read("archive/data.pkl")
+            records = {n.rsplit("/", 1)[1] for n in saved.namelist() if "/data/" in n}
+            assert pickle_scan.check(data, "x", any_global=True) == records
+            cuts = {1, len(data) - 1, *rng.integers(2, len(data) - 1, 12).tolist()}
+            for bad in [data[:cut] for cut in sorted(cuts)] + [
+                    data + junk for junk in (b".", b"\x00", b"N.", data, _memo_bomb(3, "setitem"))]:
+                with pytest.raises(BadInputError, match="cannot be read to its end"):
+                    pickle_scan.check(bad, "x", any_global=True)
+
+
+def test_an_unending_pickle_is_refused_in_a_real_process(fx, tmp_path):
+    """The memo bomb without STOP kept torch's unpickler busy for ever: a time bound."""
+    args = CASES["compile-checkpoint_pickle_without_stop_40_setitem"](tmp_path, fx)
+    run = subprocess.run([sys.executable, "-m", "snnc", *args], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert run.returncode == 1 and "cannot be read to its end" in run.stderr, run.stderr
+
+
 # ------------------------------------------------------------------------------------ the check
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -1505,7 +1647,7 @@ def test_there_are_enough_cases():
     for name in CASES:
         per_command[name.split("-")[0]] = per_command.get(name.split("-")[0], 0) + 1
     assert sum(per_command.values()) >= 50 and set(per_command) == {
-        "compile", "verify", "quantize", "inspect"}, per_command
+        "compile", "verify", "quantize", "inspect", "search"}, per_command
 
 
 @pytest.mark.parametrize("name", ["compile-fifo", "compile-factory_os_system",
