@@ -1599,6 +1599,100 @@ def test_an_unending_pickle_is_refused_in_a_real_process(fx, tmp_path):
     assert run.returncode == 1 and "cannot be read to its end" in run.stderr, run.stderr
 
 
+def _rerooted(d: Path, name: str, saved: bytes, roots) -> str:
+    """The zip `saved` as d/name, member i moved from its folder into roots(i)."""
+    src = zipfile.ZipFile(io.BytesIO(saved))
+    with zipfile.ZipFile(d / name, "w") as out:
+        for i, info in enumerate(src.infolist()):
+            out.writestr(f"{roots(i)}/{info.filename.split('/', 1)[1]}", src.read(info.filename))
+    return str(d / name)
+
+
+_PATH_TRICKS = {"absolute": "/archive", "dotdot": "..", "dot": ".", "backslash": "a\\b",
+                "drive": "C:\\model", "nested_dotdot": "archive/.."}
+for _trick, _root in _PATH_TRICKS.items():
+    _register("compile", f"checkpoint_in_a_{_trick}_folder",
+              lambda d, fx, root=_root: [
+                  "compile", _rerooted(d, "c.pt", _checkpoint_bytes(), lambda i: root),
+                  "-o", str(d / "out.onnx")])
+for _trick in ("absolute", "dotdot", "backslash"):
+    _register("compile", f"archive_in_a_{_trick}_folder",
+              lambda d, fx, root=_PATH_TRICKS[_trick]: [
+                  "compile", _rerooted(d, "a.pt", (fx / "model.pt").read_bytes(),
+                                       lambda i: root), "-o", str(d / "out.onnx")])
+
+
+@case("compile")
+def checkpoint_in_two_folders(d, fx):
+    path = _rerooted(d, "c.pt", _checkpoint_bytes(), lambda i: ("my-model", "my-model.v2")[i % 2])
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("quantize")
+def checkpoint_in_a_dotdot_folder(d, fx):
+    _, config = _quantize_files(d, fx)
+    return ["quantize", _rerooted(d, "c.pt", _checkpoint_bytes(), lambda i: ".."), "--config",
+            config, "-o", str(d / "q.pt")]
+
+
+# names torch turns into the zip's folder (the name before the extension): '-', '.', spaces,
+# non-ASCII (torch.save then writes through Python and names the folder 'archive')
+TORCH_FILE_NAMES = ["my-model.pt", "model.v2.pt", "my model (1).pt2", "modèle v2.pt",
+                    "模型-1.0.pt2", "..model.pt", "no_extension", "a:b@2024-01-01T10.00.pt"]
+
+
+def _written(path: Path, how: str, write) -> Path:
+    """`write(target)` to `path` given as a str, a Path, a file object or through a BytesIO."""
+    if how in ("str", "path"):
+        write(str(path) if how == "str" else path)
+    elif how == "file":
+        with open(path, "wb") as f:
+            write(f)
+    else:
+        buffer = io.BytesIO()
+        write(buffer)
+        path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_files_torch_writes_under_any_name_are_read(tmp_path):
+    """torch.save and torch.export.save name the zip's folder after the file they write
+    ('my-model' for my-model.pt, 'archive' for a file object): snnc reads every such file
+    (each name with each writer, written through a str, a Path, a file object, a BytesIO),
+    and compile gives the same model whatever the name."""
+    from snnc.files.loader import load_checkpoint, load_program
+
+    model = conv_snn()
+    ckpt = make_checkpoint("snnc.demo:conv_snn", {}, model, [2, 2, 12, 12])
+    program = export(model, torch.zeros(1, 2, 12, 12))
+    hows, folders, files = ("str", "path", "file", "bytes"), set(), {}
+    for i, name in enumerate(TORCH_FILE_NAMES):
+        for writer, write in (("save", lambda f: torch.save(ckpt, f)),
+                              ("export", lambda f: torch.export.save(program, f))):
+            how = hows[(i + (writer == "export")) % 4]
+            (tmp_path / f"{writer}{i}").mkdir()
+            path = _written(tmp_path / f"{writer}{i}" / name, how, write)
+            folders.add(zipfile.ZipFile(path).namelist()[0].split("/")[0])
+            files[writer, how] = path
+            if writer == "save":
+                loaded = load_checkpoint(str(path))
+                assert all(torch.equal(loaded["state_dict"][k], v)
+                           for k, v in ckpt["state_dict"].items())
+            else:
+                assert load_program(str(path)).state_dict.keys() == program.state_dict.keys()
+    assert {"archive", "my-model", "model.v2", "modèle v2", "..model"} <= folders, folders
+    # the whole command, for both writers: the name changes nothing in what is compiled
+    compiled = {"save": set(), "export": set()}
+    for writer, how in (("save", "str"), ("save", "file"), ("export", "path"),
+                        ("export", "bytes")):
+        out = tmp_path / f"{writer}-{how}.onnx"
+        result = CliRunner().invoke(main, ["compile", str(files[writer, how]), "-o", str(out),
+                                           "-q"])
+        assert result.exit_code == 0, result.stderr
+        compiled[writer].add(out.read_bytes())
+    assert [len(outputs) for outputs in compiled.values()] == [1, 1]
+
+
 # ------------------------------------------------------------------------------------ the check
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -7,18 +7,21 @@ AOTInductor shared libraries it finds and unpacks them to disk. torch.load's wei
 unpickler builds only tensors and containers, but of any depth and size. So, unless the
 user trusts the file, snnc reads it with Python's zipfile and accepts it only if:
 
-- its members are exactly what torch writes, each once (letter case included), no path
-  tricks, at most MAX_UNCOMPRESSED bytes in all; for an archive: models/<name>.json,
+- its members are exactly what torch writes, each once (letter case included), in one
+  top folder, at most MAX_UNCOMPRESSED bytes in all; for an archive: models/<name>.json,
   data/weights/weight_<i> and their config, data/constants/tensor_<i> and their config,
   data/sample_inputs/<name>.pt, the version files; for a torch.save file: data.pkl,
-  data/<i> and the version files;
+  data/<i> and the version files. torch names the folder after the file it writes
+  ('my-model.v2' for my-model.v2.pt, 'archive' for a file object), so it may have any
+  name but a path trick: '', '.', '..' or one holding a backslash;
 - each weight and constant record is a plain tensor (no pickled tensor subclasses, custom or
   opaque objects) whose declared elements fit in its record's bytes;
 - every models/*.json passes program_json.check, and every pickle pickle_scan.check.
 
-It then hands torch a new zip holding exactly the members it checked (`check_export`,
-`check_torch_save` return its bytes): torch's zip reader and Python's need not agree on
-which bytes a damaged or crafted file holds, so torch never reads the original.
+It then hands torch a new zip holding exactly the members it checked, in a folder named
+ROOT (`check_export`, `check_torch_save` return its bytes): torch's zip reader and
+Python's need not agree on which bytes a damaged or crafted file holds, so torch never
+reads the original.
 """
 
 from __future__ import annotations
@@ -32,16 +35,18 @@ from snnc.errors import BadInputError
 from snnc.files import pickle_scan, program_json
 
 MAX_UNCOMPRESSED = 4 << 30  # 4 GiB: far above any spiking network snnc targets
+ROOT = "archive"  # the folder of the copy torch reads (torch.save's for a file object)
 _ID = r"[A-Za-z_][A-Za-z0-9_]*"
+# a member's name after its top folder
 _EXPORT_MEMBER = re.compile(
-    rf"(?P<root>{_ID})/(?:archive_format|archive_version|byteorder|\.data/version"
+    rf"archive_format|archive_version|byteorder|\.data/version"
     rf"|\.data/serialization_id|models/(?P<model>{_ID})\.json"
     rf"|data/weights/(?:weight_\d+|{_ID}_weights_config\.json)"
     rf"|data/constants/(?:tensor_\d+|{_ID}_constants_config\.json)"
-    rf"|data/sample_inputs/{_ID}\.pt)")
+    rf"|data/sample_inputs/{_ID}\.pt")
 _SAVE_MEMBER = re.compile(
-    rf"(?P<root>{_ID})/(?:data\.pkl|data/\d+|version|byteorder|\.format_version"
-    rf"|\.storage_alignment|\.data/serialization_id|\.data/version)")
+    r"data\.pkl|data/\d+|version|byteorder|\.format_version"
+    r"|\.storage_alignment|\.data/serialization_id|\.data/version")
 _RECORD = {"weights": re.compile(r"weight_\d+"), "constants": re.compile(r"tensor_\d+")}
 # torch._export.serde.schema.ScalarType -> bytes per element (unknown codes refused)
 _ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1,
@@ -105,25 +110,33 @@ def _members(path: str, archive: zipfile.ZipFile, pattern: re.Pattern,
     members: dict[str, int] = {}
     seen, roots = set(), set()
     for info in archive.infolist():
-        match = pattern.fullmatch(info.filename)
-        if match is None:
+        root, slash, rest = info.filename.partition("/")
+        if not slash or pattern.fullmatch(rest) is None:
             raise BadInputError(
                 f"{path} holds {info.filename[:120]!r}, which {writer} does not write "
                 "(native libraries, pickled objects and files outside the archive's folder "
                 f"are refused: loading them could run code); write the file again with {writer}")
+        if root in ("", ".", "..") or "\\" in root:
+            raise BadInputError(
+                f"{path} holds {info.filename[:120]!r}, a path outside the archive's folder "
+                "(an absolute path, '.', '..' or a backslash), which could land anywhere once "
+                f"unpacked. {writer} names the folder after the file it writes: write it "
+                "again to a file whose name before the extension is not '.' or '..'")
         if info.filename.casefold() in seen:
             raise BadInputError(f"{path} holds {info.filename!r} twice (letter case aside); "
                                 f"write the file again with {writer}")
         seen.add(info.filename.casefold())
-        roots.add(match.group("root"))
+        roots.add(root)
         members[info.filename] = info.file_size
         if info.file_size > 16 << 20 and info.file_size > 100 * max(info.compress_size, 1):
             raise BadInputError(f"{path}: {info.filename} unpacks {info.file_size:,} bytes from "
                                 f"{info.compress_size:,} (torch writes its files uncompressed); "
                                 "refused as a zip bomb")
     if len(roots) != 1:
-        raise BadInputError(f"{path} has {len(roots)} top-level folders; a file {writer} "
-                            "writes has one")
+        raise BadInputError(f"{path} has {len(roots)} top-level folders "
+                            f"({', '.join(sorted(repr(r[:40]) for r in roots)[:3])}"
+                            f"{', ...' if len(roots) > 3 else ''}); a file {writer} writes "
+                            "has one")
     total = sum(members.values())
     if total > MAX_UNCOMPRESSED:
         raise BadInputError(f"{path} unpacks to {total / 2**30:.1f} GiB, more than snnc reads "
@@ -134,8 +147,8 @@ def _members(path: str, archive: zipfile.ZipFile, pattern: re.Pattern,
 def _require(path: str, members: dict[str, int]) -> None:
     """Every model of an archive comes with its sample inputs and weight/constant configs."""
     root = next(iter(members)).split("/", 1)[0]
-    models = [m.group("model") for m in map(_EXPORT_MEMBER.fullmatch, members)
-              if m.group("model")]
+    models = [m.group("model") for m in (_EXPORT_MEMBER.fullmatch(n.split("/", 1)[1])
+                                         for n in members) if m.group("model")]
     needed = [f"{root}/archive_format"] + [
         f"{root}/{part.format(model)}" for model in models
         for part in ("data/sample_inputs/{}.pt", "data/weights/{}_weights_config.json",
@@ -227,11 +240,13 @@ def _extent(meta, where: str) -> int:
 
 
 def _rebuild(archive: zipfile.ZipFile, members: dict[str, int]) -> bytes:
-    """A new zip of exactly these members, stored uncompressed, as Python's zipfile read them."""
+    """A new zip of exactly these members, in the folder ROOT, stored uncompressed, as
+    Python's zipfile read them."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as out:
         for name in members:
-            with archive.open(name) as source, out.open(name, "w", force_zip64=True) as target:
+            copy = f"{ROOT}/{name.split('/', 1)[1]}"
+            with archive.open(name) as source, out.open(copy, "w", force_zip64=True) as target:
                 while chunk := source.read(1 << 24):
                     target.write(chunk)
     return buffer.getvalue()
