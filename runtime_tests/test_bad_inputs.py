@@ -7,15 +7,19 @@ Cases run in-process (click's CliRunner, the same `main`), a few also as real pr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -1634,6 +1638,191 @@ def checkpoint_in_a_dotdot_folder(d, fx):
     return ["quantize", _rerooted(d, "c.pt", _checkpoint_bytes(), lambda i: ".."), "--config",
             config, "-o", str(d / "q.pt")]
 
+
+@functools.lru_cache(maxsize=None)
+def _deflated_zeros(size: int) -> tuple[bytes, int]:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(bytes(size)) + packer.flush(), zlib.crc32(bytes(size))
+
+
+def _zip_of(entries) -> bytes:
+    """A zip of (name, bytes) members stored as they are and (name, n) members of n zero
+    bytes deflated (packed once per size: hundreds of them cost nothing to build)."""
+    blob, central = b"", b""
+    for name, data in entries:
+        if isinstance(data, int):
+            (payload, crc), method, size = _deflated_zeros(data), 8, data
+        else:
+            payload, crc, method, size = data, zlib.crc32(data), 0, len(data)
+        n = name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0x800, method, 0,
+                               0x21, crc, len(payload), size, len(n), 0, 0, 0, 0, 0,
+                               len(blob)) + n
+        blob += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0x800, method, 0, 0x21, crc,
+                            len(payload), size, len(n), 0) + n + payload
+    count = len(entries)
+    return blob + central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count,
+                                        len(central), len(blob), 0)
+
+
+def _members_of(saved: bytes) -> list[tuple[str, bytes]]:
+    src = zipfile.ZipFile(io.BytesIO(saved))
+    return [(info.filename, src.read(info.filename)) for info in src.infolist()]
+
+
+# members nothing reads: (how many, bytes each), packed tight (zeros deflated) from small to
+# 600 MiB in all, or stored as they are
+UNREFERENCED = {"2x4KiB": (2, 4 << 10), "100x1MiB": (100, 1 << 20), "40x15MiB": (40, 15 << 20),
+                "3x2MiB_stored": (3, 2 << 20)}
+
+
+def _with_unreferenced(saved: bytes, size: str) -> bytes:
+    count, each = UNREFERENCED[size]
+    root = zipfile.ZipFile(io.BytesIO(saved)).namelist()[0].split("/")[0]
+    data = bytes(each) if size.endswith("stored") else each
+    return _zip_of(_members_of(saved) + [(f"{root}/data/{1000 + i}", data)
+                                         for i in range(count)])
+
+
+for _size in UNREFERENCED:
+    _register("compile", f"checkpoint_with_unreferenced_records_{_size}",
+              lambda d, fx, size=_size: [
+                  "compile", _write(d / "c.pt", _with_unreferenced(_checkpoint_bytes(), size)),
+                  "-o", str(d / "out.onnx")])
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+@case("compile")
+def checkpoint_whose_records_are_all_bombs(d, fx):
+    """Eight 12 MiB tensors of zeros the pickle names, each deflated (under the 16 MiB a
+    single member may reach at any ratio): the file as a whole is the bomb."""
+    each = 12 << 20
+    members = [(name, each if len(data) == each else data) for name, data in _members_of(
+        _checkpoint_bytes(extra=[torch.zeros(each // 4) for _ in range(8)]))]
+    return ["compile", _write(d / "c.pt", _zip_of(members)), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_whose_weight_records_are_bombs(d, fx):
+    members = [(name, 12 << 20 if re.search(r"/weight_\d+$", name) else data)
+               for name, data in _members_of((fx / "model.pt").read_bytes())]
+    return ["compile", _write(d / "a.pt", _zip_of(members)), "-o", str(d / "out.onnx")]
+
+
+def _sample_inputs_with_unreferenced(d: Path, fx: Path, size: str) -> str:
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 2, 12, 12),), {}), buffer)
+    nested = _with_unreferenced(buffer.getvalue(), size)
+    return _archive_with(d, fx, "sample.pt", "sample_inputs/model.pt", nested)
+
+
+for _size in ("2x4KiB", "40x15MiB"):
+    _register("compile", f"archive_sample_inputs_with_unreferenced_records_{_size}",
+              lambda d, fx, size=_size: [
+                  "compile", _sample_inputs_with_unreferenced(d, fx, size),
+                  "-o", str(d / "out.onnx")])
+
+
+@case("quantize")
+def checkpoint_with_unreferenced_records(d, fx):
+    _, config = _quantize_files(d, fx)
+    model = _write(d / "c.pt", _with_unreferenced(_checkpoint_bytes(), "100x1MiB"))
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("verify")
+def source_with_unreferenced_records(d, fx):
+    _, onnx_path, data = _verify_files(d, fx)
+    model = _sample_inputs_with_unreferenced(d, fx, "100x1MiB")
+    return ["verify", model, onnx_path, "--data", data]
+
+
+@case("search")
+def model_with_unreferenced_records(d, fx):
+    model = _write(d / "c.pt", _with_unreferenced(_checkpoint_bytes(), "2x4KiB"))
+    return _search_args(d, fx, model)
+
+
+@case("search")
+def state_with_unreferenced_records(d, fx):
+    saved = io.BytesIO()
+    torch.save({"format": "snnc-search-state", "version": 1, "key": "k", "points": []}, saved)
+    _write(d / "s.state", _with_unreferenced(saved.getvalue(), "100x1MiB"))
+    return _search_args(d, fx) + ["--resume"]
+
+
+def test_torch_reads_the_sample_inputs_snnc_checked(fx, tmp_path, monkeypatch):
+    """Sample inputs whose zip directory reads as good ones in Python's zipfile and, in
+    torch's reader, as a pickle that never ends: torch reads snnc's rebuilt copy of the
+    sample inputs too, so the compile finishes with the model of the good archive."""
+    monkeypatch.chdir(tmp_path)
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 2, 12, 12),), {}), buffer)
+    good = _members_of(buffer.getvalue())
+    evil = _members_of(_edited_pickle(buffer.getvalue(), _unstopped(40, "setitem", b"}")))
+    path = _archive_with(tmp_path, fx, "two.pt", "sample_inputs/model.pt",
+                         _two_directories(evil, good))
+    result = CliRunner().invoke(main, ["compile", path, "-o", str(tmp_path / "two.onnx"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "two.onnx").read_bytes() == compile_file(
+        str(fx / "model.pt"), str(tmp_path / "ref.onnx")).data
+
+
+def test_a_search_state_gets_the_checks_of_a_model_file(tmp_path):
+    """--resume reads the state through archive.check_torch_save: records its pickle never
+    names, a pickle without STOP and a zip bomb are refused; the state snnc wrote loads."""
+    from snnc.errors import BadInputError
+    from snnc.quant.search.state import load_state
+
+    saved = io.BytesIO()
+    torch.save({"format": "snnc-search-state", "version": 1, "key": "k", "points": [],
+                "finetune": {"state": conv_snn().state_dict(), "epoch": 2}}, saved)
+    path = _write(tmp_path / "good.state", saved.getvalue())
+    assert load_state(path, "k")["finetune"]["epoch"] == 2
+    for name, data, said in (
+            ("records", _with_unreferenced(saved.getvalue(), "3x2MiB_stored"), "never uses"),
+            ("bomb", _with_unreferenced(saved.getvalue(), "40x15MiB"), "zip bomb"),
+            ("unstopped", _edited_pickle(saved.getvalue(), _unstopped(40, "setitem")),
+             "read to its end")):
+        with pytest.raises(BadInputError, match=said):
+            load_state(_write(tmp_path / f"{name}.state", data), "k")
+
+
+def test_the_unpacking_limits_are_set_by_the_environment(fx, tmp_path, monkeypatch):
+    """A genuine checkpoint packed tight (zero weights, deflated) passes once SNNC_MAX_RATIO
+    allows its ratio; SNNC_MAX_UNPACKED below its size refuses it; bad values are refused."""
+    model = conv_snn()
+    ckpt = make_checkpoint("snnc.demo:conv_snn", {}, model, [2, 2, 12, 12])
+    ckpt["zeros"] = torch.zeros(20 << 20)  # 80 MiB that deflate 1,000 times
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, data in _members_of(buffer.getvalue()):
+            out.writestr(name, data)
+    path = _write(tmp_path / "packed.pt", packed.getvalue())
+    out = str(tmp_path / "out.onnx")
+
+    def run(**env):
+        for key in ("SNNC_MAX_RATIO", "SNNC_MAX_UNPACKED"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return CliRunner().invoke(main, ["compile", path, "-o", out, "-q"])
+
+    refused = run()
+    assert refused.exit_code == 1 and "SNNC_MAX_RATIO" in refused.stderr, refused.stderr
+    assert run(SNNC_MAX_RATIO="2000").exit_code == 0
+    for env, said in (({"SNNC_MAX_RATIO": "2000", "SNNC_MAX_UNPACKED": "64M"},
+                       "SNNC_MAX_UNPACKED=1G"),
+                      ({"SNNC_MAX_UNPACKED": "lots"}, "not a positive size"),
+                      ({"SNNC_MAX_RATIO": "nan"}, "not a finite number")):
+        result = run(**env)
+        assert result.exit_code == 1 and said in result.stderr, (env, result.stderr)
 
 # names torch turns into the zip's folder (the name before the extension): '-', '.', spaces,
 # non-ASCII (torch.save then writes through Python and names the folder 'archive')
