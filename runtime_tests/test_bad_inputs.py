@@ -1640,17 +1640,29 @@ def checkpoint_in_a_dotdot_folder(d, fx):
 
 
 @functools.lru_cache(maxsize=None)
-def _deflated_zeros(size: int) -> tuple[bytes, int]:
-    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
-    return packer.compress(bytes(size)) + packer.flush(), zlib.crc32(bytes(size))
+def _deflated_zeros(size: int, head: bytes = b"") -> tuple[bytes, int]:
+    """(`head` and `size` zero bytes deflated, their CRC). Each full flush resets the
+    compressor, so one 1 MiB block of zeros packs the same every time: it is packed once."""
+    packer, chunk = zlib.compressobj(9, zlib.DEFLATED, -15), 1 << 20
+    payload = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(bytes(chunk)) + packer.flush(zlib.Z_FULL_FLUSH)
+    payload += block * (size // chunk) + packer.compress(bytes(size % chunk)) + packer.flush()
+    crc, zeros = zlib.crc32(head), bytes(16 << 20)
+    for start in range(0, size, len(zeros)):
+        crc = zlib.crc32(zeros[:size - start], crc)
+    return payload, crc
 
 
 def _zip_of(entries) -> bytes:
-    """A zip of (name, bytes) members stored as they are and (name, n) members of n zero
-    bytes deflated (packed once per size: hundreds of them cost nothing to build)."""
+    """A zip of (name, bytes) members stored as they are, and (name, n) or (name, (head, n))
+    members of `head` and n zero bytes deflated (packed once per size: hundreds of them
+    cost nothing to build)."""
     blob, central = b"", b""
     for name, data in entries:
-        if isinstance(data, int):
+        if isinstance(data, tuple):
+            (payload, crc), method = _deflated_zeros(data[1], data[0]), 8
+            size = len(data[0]) + data[1]
+        elif isinstance(data, int):
             (payload, crc), method, size = _deflated_zeros(data), 8, data
         else:
             payload, crc, method, size = data, zlib.crc32(data), 0, len(data)
@@ -1753,6 +1765,109 @@ def state_with_unreferenced_records(d, fx):
     torch.save({"format": "snnc-search-state", "version": 1, "key": "k", "points": []}, saved)
     _write(d / "s.state", _with_unreferenced(saved.getvalue(), "100x1MiB"))
     return _search_args(d, fx) + ["--resume"]
+
+
+def _npy_head(shape, dtype="<f4") -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False,
+                                                  "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+# data files that unpack far beyond their size: x itself, or arrays nothing reads beside a
+# good x and y (one big, or many small); all zeros deflated
+DATA_BOMBS = {
+    "x_100MiB": lambda: [("x.npy", (_npy_head((91_000, 2, 12, 12)), 91_000 * 1152)),
+                         ("y.npy", _npy(np.arange(91_000) % 5))],
+    "one_unread_array_of_1GiB": lambda: [("x.npy", _npy(X)), ("y.npy", _npy(Y)),
+                                         ("big.npy", (_npy_head((1 << 28,)), 1 << 30))],
+    "60_unread_arrays_of_2MiB": lambda: [("x.npy", _npy(X)), ("y.npy", _npy(Y))] + [
+        (f"pad{i}.npy", (_npy_head((1 << 19,)), 2 << 20)) for i in range(60)],
+}
+
+
+def _data_bomb(d: Path, layout: str) -> str:
+    return _write(d / "bomb.npz", _zip_of(DATA_BOMBS[layout]()))
+
+
+for _layout in DATA_BOMBS:
+    _register("verify", f"data_bomb_{_layout}", lambda d, fx, layout=_layout: [
+        "verify", *_verify_files(d, fx)[:2], "--data", _data_bomb(d, layout)])
+
+
+@case("compile")
+def verify_data_with_60_unread_arrays(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--verify",
+            _data_bomb(d, "60_unread_arrays_of_2MiB")]
+
+
+@case("quantize")
+def calibration_with_an_unread_array_of_1GiB(d, fx):
+    model, config = _quantize_files(d, fx)
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt"), "--calibration",
+            _data_bomb(d, "one_unread_array_of_1GiB")]
+
+
+@case("search")
+def train_data_with_60_unread_arrays(d, fx):
+    args = _search_args(d, fx)
+    args[args.index("--train") + 1] = _data_bomb(d, "60_unread_arrays_of_2MiB")
+    return args
+
+
+@case("search")
+def val_data_with_x_read_twice(d, fx):
+    """Two members x.npy: np.load reads the last, a checker might read the first."""
+    args = _search_args(d, fx)
+    args[args.index("--val") + 1] = _write(d / "twice.npz", _zip_of(
+        [("x.npy", _npy(X)), ("y.npy", _npy(Y)), ("x.npy", _npy(X[::-1].copy()))]))
+    return args
+
+
+def test_data_files_are_checked_before_any_array_is_unpacked(tmp_path, monkeypatch):
+    """Every data bomb, a header that declares more than its member holds, an array numpy
+    would read in place of x.npy, two members of one name: refused by load_data, having
+    allocated next to nothing; x and y of every dtype numpy.savez writes load."""
+    import tracemalloc
+
+    from snnc.errors import BadInputError
+    from snnc.files.data import load_data
+
+    bad = {name: _zip_of(build()) for name, build in DATA_BOMBS.items()}
+    bad["header_declares_1GiB"] = _zip_of([("x.npy", _npy_head((1 << 20, 2, 12, 12))
+                                            + bytes(4096))])
+    bad["header_declares_less"] = _zip_of([("x.npy", _npy(X) + bytes(1 << 20))])
+    bad["raw_x_beside_x_npy"] = _zip_of([("x", _npy(X * 2)), ("x.npy", _npy(X))])
+    bad["x_twice"] = _zip_of([("x.npy", _npy(X)), ("x.npy", _npy(X + 1))])
+    bad["x_of_objects"] = _zip_of([("x.npy", _npy_head((6, 4), "|O") + bytes(48))])
+    for name, data in bad.items():
+        path = _write(tmp_path / f"{name}.npz", data)
+        tracemalloc.start()
+        try:
+            with pytest.raises(BadInputError):
+                load_data(path)
+            assert tracemalloc.get_traced_memory()[1] < 16 << 20, name
+        finally:
+            tracemalloc.stop()
+    for dtype in (np.float32, ">f8", np.float16, np.uint8, np.int16, bool):
+        x = (np.arange(6 * 8).reshape(6, 2, 4) % 3).astype(dtype)
+        for order, saver in (("C", np.savez), ("F", np.savez_compressed)):
+            path = tmp_path / f"good_{np.dtype(dtype).str[1:]}_{order}.npz"
+            saver(path, x=np.asarray(x, order=order), y=np.arange(6, dtype=np.uint16))
+            got, labels = load_data(str(path))
+            assert got.dtype == np.float32 and np.array_equal(got, x.astype(np.float32))
+            assert labels.dtype == np.int64 and labels.tolist() == list(range(6))
+    monkeypatch.setenv("SNNC_MAX_UNPACKED", "12K")  # x: 8 KiB as read, 16 KiB with float32
+    np.savez(tmp_path / "big.npz", x=np.zeros((16, 2, 8, 8), np.float32))
+    with pytest.raises(BadInputError, match="once read .* SNNC_MAX_UNPACKED=1G"):
+        load_data(str(tmp_path / "big.npz"))
 
 
 def test_torch_reads_the_sample_inputs_snnc_checked(fx, tmp_path, monkeypatch):
