@@ -7,15 +7,19 @@ Cases run in-process (click's CliRunner, the same `main`), a few also as real pr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +43,9 @@ CASES = {}
 def case(subcommand: str):
     """Register `fn(d, fx) -> args`; fn builds its files in the case directory d."""
     def register(fn):
-        CASES[f"{subcommand}-{fn.__name__}"] = fn
+        key = f"{subcommand}-{fn.__name__}"
+        assert key not in CASES, f"two cases are called {key}"  # one would hide the other
+        CASES[key] = fn
         return fn
     return register
 
@@ -1682,6 +1688,540 @@ def timesteps_huge(d, fx):
     return ["search", checkpoint(d, "t.pt", *_HUGE_T["demo_spikformer"]), "--train", data,
             "--val", data, "--method", "sensitivity", "--max-bits", "8", "-o",
             str(d / "cfg.json"), "-q"]
+# ---- issue 20: pickles, zip bombs across members, data files, torch's own file names
+
+def _register(subcommand: str, name: str, build) -> None:
+    """A case built in a loop (several sizes or layouts of one class of input)."""
+    build.__name__ = name
+    case(subcommand)(build)
+
+
+def _memo_bomb(levels: int, layout: str) -> bytes:
+    """Pickle opcodes (protocol 2, no PROTO, no STOP) that put into the dict on top of the
+    stack a key holding `levels` tuples, each made of the one before twice through memo
+    references: 2^levels values to hash. `layout`: "setitem" (one SETITEM) or "setitems"
+    (a MARK ... SETITEMS run)."""
+    def slot(i):  # memo slots far beyond any the pickle already uses
+        return ((1 << 20) + i).to_bytes(4, "little")
+    chain = b"K\x00r" + slot(0) + b"".join(
+        b"j" + slot(i - 1) + b"j" + slot(i - 1) + b"\x86r" + slot(i) for i in range(1, levels + 1))
+    key = b"(" + chain + b"t"  # a tuple of every level: hashing it hashes the last
+    return (b"(" + key + b"K\x01u") if layout == "setitems" else key + b"K\x01s"
+
+
+def _checkpoint_bytes(**extra) -> bytes:
+    buffer = io.BytesIO()
+    ckpt = make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12])
+    ckpt.update(extra)
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def _edited_pickle(saved: bytes, edit) -> bytes:
+    """torch.save bytes `saved`, its data.pkl replaced by edit(data.pkl)."""
+    src, buffer = zipfile.ZipFile(io.BytesIO(saved)), io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            out.writestr(info, edit(data) if info.filename.endswith("/data.pkl") else data)
+    return buffer.getvalue()
+
+
+def _edit_pickle(d: Path, name: str, saved: bytes, edit) -> str:
+    (d / name).write_bytes(_edited_pickle(saved, edit))
+    return str(d / name)
+
+
+def _unstopped(levels: int, layout: str, into: bytes = b""):
+    """A real pickle, its STOP replaced by a memo bomb that never ends (into the dict on top
+    of its stack, or `into` b"}" a new one)."""
+    return lambda data: data[:-1] + into + _memo_bomb(levels, layout)
+
+
+for _levels, _layout in ((40, "setitem"), (64, "setitems")):
+    _register("compile", f"checkpoint_pickle_without_stop_{_levels}_{_layout}",
+              lambda d, fx, n=_levels, lay=_layout: [
+                  "compile", _edit_pickle(d, "c.pt", _checkpoint_bytes(), _unstopped(n, lay)),
+                  "-o", str(d / "out.onnx")])
+
+
+@case("compile")
+def checkpoint_pickle_alone_without_stop(d, fx):
+    body = b"\x80\x02}" + _memo_bomb(48, "setitem")
+    return ["compile", _pickle_checkpoint(d, "c.pt", body), "-o", str(d / "out.onnx")]
+
+
+for _junk in (b".", b"\x00" * 3, _memo_bomb(40, "setitem") + b"."):
+    _register("compile", f"checkpoint_with_{len(_junk)}_bytes_after_stop",
+              lambda d, fx, junk=_junk: [
+                  "compile", _edit_pickle(d, "c.pt", _checkpoint_bytes(),
+                                          lambda data: data + junk),
+                  "-o", str(d / "out.onnx")])
+
+
+@case("compile")
+def archive_sample_inputs_without_stop(d, fx):
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 2, 12, 12),), {}), buffer)
+    nested = _edited_pickle(buffer.getvalue(), _unstopped(40, "setitem", b"}"))
+    path = _archive_with(d, fx, "sample.pt", "sample_inputs/model.pt", nested)
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("quantize")
+def checkpoint_pickle_without_stop(d, fx):
+    model = _edit_pickle(d, "c.pt", _checkpoint_bytes(), _unstopped(40, "setitems"))
+    _, config = _quantize_files(d, fx)
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("verify")
+def source_pickle_without_stop(d, fx):
+    _, onnx_path, data = _verify_files(d, fx)
+    model = _edit_pickle(d, "c.pt", _checkpoint_bytes(), _unstopped(40, "setitem"))
+    return ["verify", model, onnx_path, "--data", data]
+
+
+def _search_args(d: Path, fx: Path, model: str | None = None) -> list[str]:
+    model = model or use(d, fx, "float_ckpt.pt")[0]
+    data, = use(d, fx, "data.npz")
+    return ["search", model, "--train", data, "--val", data, "--method", "sensitivity",
+            "--max-bits", "4", "-o", str(d / "s.json"), "--state", str(d / "s.state"), "-q"]
+
+
+@case("search")
+def state_pickle_without_stop(d, fx):
+    saved = io.BytesIO()
+    torch.save({"format": "snnc-search-state", "version": 1, "key": "k", "points": []}, saved)
+    _edit_pickle(d, "s.state", saved.getvalue(), _unstopped(40, "setitem"))
+    return _search_args(d, fx) + ["--resume"]
+
+
+def test_pickles_that_cannot_be_read_to_their_end_are_refused():
+    """Every pickle torch.save writes passes and names exactly its data/ records; the same
+    pickles cut anywhere, or with any bytes after their STOP, are refused."""
+    from snnc.errors import BadInputError
+    from snnc.files import pickle_scan
+
+    rng = np.random.default_rng(20)
+    objects = [make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]),
+               {"w": torch.ones(2, 3), "v": torch.arange(4)[1:], "nested": [{"t": (1, 2.5)}]},
+               [torch.zeros(2)] * 3, {}]
+    for obj in objects:
+        for protocol in (2, 4, 5):
+            buffer = io.BytesIO()
+            torch.save(obj, buffer, pickle_protocol=protocol)
+            saved = zipfile.ZipFile(buffer)
+            data = saved.read("archive/data.pkl")
+            records = {n.rsplit("/", 1)[1] for n in saved.namelist() if "/data/" in n}
+            assert pickle_scan.check(data, "x", any_global=True) == records
+            cuts = {1, len(data) - 1, *rng.integers(2, len(data) - 1, 12).tolist()}
+            for bad in [data[:cut] for cut in sorted(cuts)] + [
+                    data + junk for junk in (b".", b"\x00", b"N.", data, _memo_bomb(3, "setitem"))]:
+                with pytest.raises(BadInputError, match="cannot be read to its end"):
+                    pickle_scan.check(bad, "x", any_global=True)
+
+
+def test_an_unending_pickle_is_refused_in_a_real_process(fx, tmp_path):
+    """The memo bomb without STOP kept torch's unpickler busy for ever: a time bound."""
+    args = CASES["compile-checkpoint_pickle_without_stop_40_setitem"](tmp_path, fx)
+    run = subprocess.run([sys.executable, "-m", "snnc", *args], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert run.returncode == 1 and "cannot be read to its end" in run.stderr, run.stderr
+
+
+def _rerooted(d: Path, name: str, saved: bytes, roots) -> str:
+    """The zip `saved` as d/name, member i moved from its folder into roots(i)."""
+    src = zipfile.ZipFile(io.BytesIO(saved))
+    with zipfile.ZipFile(d / name, "w") as out:
+        for i, info in enumerate(src.infolist()):
+            out.writestr(f"{roots(i)}/{info.filename.split('/', 1)[1]}", src.read(info.filename))
+    return str(d / name)
+
+
+_PATH_TRICKS = {"absolute": "/archive", "dotdot": "..", "dot": ".", "backslash": "a\\b",
+                "drive": "C:\\model", "nested_dotdot": "archive/.."}
+for _trick, _root in _PATH_TRICKS.items():
+    _register("compile", f"checkpoint_in_a_{_trick}_folder",
+              lambda d, fx, root=_root: [
+                  "compile", _rerooted(d, "c.pt", _checkpoint_bytes(), lambda i: root),
+                  "-o", str(d / "out.onnx")])
+for _trick in ("absolute", "dotdot", "backslash"):
+    _register("compile", f"archive_in_a_{_trick}_folder",
+              lambda d, fx, root=_PATH_TRICKS[_trick]: [
+                  "compile", _rerooted(d, "a.pt", (fx / "model.pt").read_bytes(),
+                                       lambda i: root), "-o", str(d / "out.onnx")])
+
+
+@case("compile")
+def checkpoint_in_two_folders(d, fx):
+    path = _rerooted(d, "c.pt", _checkpoint_bytes(), lambda i: ("my-model", "my-model.v2")[i % 2])
+    return ["compile", path, "-o", str(d / "out.onnx")]
+
+
+@case("quantize")
+def checkpoint_in_a_dotdot_folder(d, fx):
+    _, config = _quantize_files(d, fx)
+    return ["quantize", _rerooted(d, "c.pt", _checkpoint_bytes(), lambda i: ".."), "--config",
+            config, "-o", str(d / "q.pt")]
+
+
+@functools.lru_cache(maxsize=None)
+def _deflated_zeros(size: int, head: bytes = b"") -> tuple[bytes, int]:
+    """(`head` and `size` zero bytes deflated, their CRC). Each full flush resets the
+    compressor, so one 1 MiB block of zeros packs the same every time: it is packed once."""
+    packer, chunk = zlib.compressobj(9, zlib.DEFLATED, -15), 1 << 20
+    payload = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(bytes(chunk)) + packer.flush(zlib.Z_FULL_FLUSH)
+    payload += block * (size // chunk) + packer.compress(bytes(size % chunk)) + packer.flush()
+    crc, zeros = zlib.crc32(head), bytes(16 << 20)
+    for start in range(0, size, len(zeros)):
+        crc = zlib.crc32(zeros[:size - start], crc)
+    return payload, crc
+
+
+def _zip_of(entries) -> bytes:
+    """A zip of (name, bytes) members stored as they are, and (name, n) or (name, (head, n))
+    members of `head` and n zero bytes deflated (packed once per size: hundreds of them
+    cost nothing to build)."""
+    blob, central = b"", b""
+    for name, data in entries:
+        if isinstance(data, tuple):
+            (payload, crc), method = _deflated_zeros(data[1], data[0]), 8
+            size = len(data[0]) + data[1]
+        elif isinstance(data, int):
+            (payload, crc), method, size = _deflated_zeros(data), 8, data
+        else:
+            payload, crc, method, size = data, zlib.crc32(data), 0, len(data)
+        n = name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0x800, method, 0,
+                               0x21, crc, len(payload), size, len(n), 0, 0, 0, 0, 0,
+                               len(blob)) + n
+        blob += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0x800, method, 0, 0x21, crc,
+                            len(payload), size, len(n), 0) + n + payload
+    count = len(entries)
+    return blob + central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count,
+                                        len(central), len(blob), 0)
+
+
+def _members_of(saved: bytes) -> list[tuple[str, bytes]]:
+    src = zipfile.ZipFile(io.BytesIO(saved))
+    return [(info.filename, src.read(info.filename)) for info in src.infolist()]
+
+
+# members nothing reads: (how many, bytes each), packed tight (zeros deflated) from small to
+# 600 MiB in all, or stored as they are
+UNREFERENCED = {"2x4KiB": (2, 4 << 10), "100x1MiB": (100, 1 << 20), "40x15MiB": (40, 15 << 20),
+                "3x2MiB_stored": (3, 2 << 20)}
+
+
+def _with_unreferenced(saved: bytes, size: str) -> bytes:
+    count, each = UNREFERENCED[size]
+    root = zipfile.ZipFile(io.BytesIO(saved)).namelist()[0].split("/")[0]
+    data = bytes(each) if size.endswith("stored") else each
+    return _zip_of(_members_of(saved) + [(f"{root}/data/{1000 + i}", data)
+                                         for i in range(count)])
+
+
+for _size in UNREFERENCED:
+    _register("compile", f"checkpoint_with_unreferenced_records_{_size}",
+              lambda d, fx, size=_size: [
+                  "compile", _write(d / "c.pt", _with_unreferenced(_checkpoint_bytes(), size)),
+                  "-o", str(d / "out.onnx")])
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+@case("compile")
+def checkpoint_whose_records_are_all_bombs(d, fx):
+    """Eight 12 MiB tensors of zeros the pickle names, each deflated (under the 16 MiB a
+    single member may reach at any ratio): the file as a whole is the bomb."""
+    each = 12 << 20
+    members = [(name, each if len(data) == each else data) for name, data in _members_of(
+        _checkpoint_bytes(extra=[torch.zeros(each // 4) for _ in range(8)]))]
+    return ["compile", _write(d / "c.pt", _zip_of(members)), "-o", str(d / "out.onnx")]
+
+
+@case("compile")
+def archive_whose_weight_records_are_bombs(d, fx):
+    members = [(name, 12 << 20 if re.search(r"/weight_\d+$", name) else data)
+               for name, data in _members_of((fx / "model.pt").read_bytes())]
+    return ["compile", _write(d / "a.pt", _zip_of(members)), "-o", str(d / "out.onnx")]
+
+
+def _sample_inputs_with_unreferenced(d: Path, fx: Path, size: str) -> str:
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 2, 12, 12),), {}), buffer)
+    nested = _with_unreferenced(buffer.getvalue(), size)
+    return _archive_with(d, fx, "sample.pt", "sample_inputs/model.pt", nested)
+
+
+for _size in ("2x4KiB", "40x15MiB"):
+    _register("compile", f"archive_sample_inputs_with_unreferenced_records_{_size}",
+              lambda d, fx, size=_size: [
+                  "compile", _sample_inputs_with_unreferenced(d, fx, size),
+                  "-o", str(d / "out.onnx")])
+
+
+@case("quantize")
+def checkpoint_with_unreferenced_records(d, fx):
+    _, config = _quantize_files(d, fx)
+    model = _write(d / "c.pt", _with_unreferenced(_checkpoint_bytes(), "100x1MiB"))
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("verify")
+def source_with_unreferenced_records(d, fx):
+    _, onnx_path, data = _verify_files(d, fx)
+    model = _sample_inputs_with_unreferenced(d, fx, "100x1MiB")
+    return ["verify", model, onnx_path, "--data", data]
+
+
+@case("search")
+def model_with_unreferenced_records(d, fx):
+    model = _write(d / "c.pt", _with_unreferenced(_checkpoint_bytes(), "2x4KiB"))
+    return _search_args(d, fx, model)
+
+
+@case("search")
+def state_with_unreferenced_records(d, fx):
+    saved = io.BytesIO()
+    torch.save({"format": "snnc-search-state", "version": 1, "key": "k", "points": []}, saved)
+    _write(d / "s.state", _with_unreferenced(saved.getvalue(), "100x1MiB"))
+    return _search_args(d, fx) + ["--resume"]
+
+
+def _npy_head(shape, dtype="<f4") -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False,
+                                                  "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+# data files that unpack far beyond their size: x itself, or arrays nothing reads beside a
+# good x and y (one big, or many small); all zeros deflated
+DATA_BOMBS = {
+    "x_100MiB": lambda: [("x.npy", (_npy_head((91_000, 2, 12, 12)), 91_000 * 1152)),
+                         ("y.npy", _npy(np.arange(91_000) % 5))],
+    "one_unread_array_of_1GiB": lambda: [("x.npy", _npy(X)), ("y.npy", _npy(Y)),
+                                         ("big.npy", (_npy_head((1 << 28,)), 1 << 30))],
+    "60_unread_arrays_of_2MiB": lambda: [("x.npy", _npy(X)), ("y.npy", _npy(Y))] + [
+        (f"pad{i}.npy", (_npy_head((1 << 19,)), 2 << 20)) for i in range(60)],
+}
+
+
+def _data_bomb(d: Path, layout: str) -> str:
+    return _write(d / "bomb.npz", _zip_of(DATA_BOMBS[layout]()))
+
+
+for _layout in DATA_BOMBS:
+    _register("verify", f"data_bomb_{_layout}", lambda d, fx, layout=_layout: [
+        "verify", *_verify_files(d, fx)[:2], "--data", _data_bomb(d, layout)])
+
+
+@case("compile")
+def verify_data_with_60_unread_arrays(d, fx):
+    model, = use(d, fx, "model.pt")
+    return ["compile", model, "-o", str(d / "out.onnx"), "--verify",
+            _data_bomb(d, "60_unread_arrays_of_2MiB")]
+
+
+@case("quantize")
+def calibration_with_an_unread_array_of_1GiB(d, fx):
+    model, config = _quantize_files(d, fx)
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt"), "--calibration",
+            _data_bomb(d, "one_unread_array_of_1GiB")]
+
+
+@case("search")
+def train_data_with_60_unread_arrays(d, fx):
+    args = _search_args(d, fx)
+    args[args.index("--train") + 1] = _data_bomb(d, "60_unread_arrays_of_2MiB")
+    return args
+
+
+@case("search")
+def val_data_with_x_read_twice(d, fx):
+    """Two members x.npy: np.load reads the last, a checker might read the first."""
+    args = _search_args(d, fx)
+    args[args.index("--val") + 1] = _write(d / "twice.npz", _zip_of(
+        [("x.npy", _npy(X)), ("y.npy", _npy(Y)), ("x.npy", _npy(X[::-1].copy()))]))
+    return args
+
+
+def test_data_files_are_checked_before_any_array_is_unpacked(tmp_path, monkeypatch):
+    """Every data bomb, a header that declares more than its member holds, an array numpy
+    would read in place of x.npy, two members of one name: refused by load_data, having
+    allocated next to nothing; x and y of every dtype numpy.savez writes load."""
+    import tracemalloc
+
+    from snnc.errors import BadInputError
+    from snnc.files.data import load_data
+
+    bad = {name: _zip_of(build()) for name, build in DATA_BOMBS.items()}
+    bad["header_declares_1GiB"] = _zip_of([("x.npy", _npy_head((1 << 20, 2, 12, 12))
+                                            + bytes(4096))])
+    bad["header_declares_less"] = _zip_of([("x.npy", _npy(X) + bytes(1 << 20))])
+    bad["raw_x_beside_x_npy"] = _zip_of([("x", _npy(X * 2)), ("x.npy", _npy(X))])
+    bad["x_twice"] = _zip_of([("x.npy", _npy(X)), ("x.npy", _npy(X + 1))])
+    bad["x_of_objects"] = _zip_of([("x.npy", _npy_head((6, 4), "|O") + bytes(48))])
+    for name, data in bad.items():
+        path = _write(tmp_path / f"{name}.npz", data)
+        tracemalloc.start()
+        try:
+            with pytest.raises(BadInputError):
+                load_data(path)
+            assert tracemalloc.get_traced_memory()[1] < 16 << 20, name
+        finally:
+            tracemalloc.stop()
+    for dtype in (np.float32, ">f8", np.float16, np.uint8, np.int16, bool):
+        x = (np.arange(6 * 8).reshape(6, 2, 4) % 3).astype(dtype)
+        for order, saver in (("C", np.savez), ("F", np.savez_compressed)):
+            path = tmp_path / f"good_{np.dtype(dtype).str[1:]}_{order}.npz"
+            saver(path, x=np.asarray(x, order=order), y=np.arange(6, dtype=np.uint16))
+            got, labels = load_data(str(path))
+            assert got.dtype == np.float32 and np.array_equal(got, x.astype(np.float32))
+            assert labels.dtype == np.int64 and labels.tolist() == list(range(6))
+    monkeypatch.setenv("SNNC_MAX_UNPACKED", "12K")  # x: 8 KiB as read, 16 KiB with float32
+    np.savez(tmp_path / "big.npz", x=np.zeros((16, 2, 8, 8), np.float32))
+    with pytest.raises(BadInputError, match="once read .* SNNC_MAX_UNPACKED=1G"):
+        load_data(str(tmp_path / "big.npz"))
+
+
+def test_torch_reads_the_sample_inputs_snnc_checked(fx, tmp_path, monkeypatch):
+    """Sample inputs whose zip directory reads as good ones in Python's zipfile and, in
+    torch's reader, as a pickle that never ends: torch reads snnc's rebuilt copy of the
+    sample inputs too, so the compile finishes with the model of the good archive."""
+    monkeypatch.chdir(tmp_path)
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 2, 12, 12),), {}), buffer)
+    good = _members_of(buffer.getvalue())
+    evil = _members_of(_edited_pickle(buffer.getvalue(), _unstopped(40, "setitem", b"}")))
+    path = _archive_with(tmp_path, fx, "two.pt", "sample_inputs/model.pt",
+                         _two_directories(evil, good))
+    result = CliRunner().invoke(main, ["compile", path, "-o", str(tmp_path / "two.onnx"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "two.onnx").read_bytes() == compile_file(
+        str(fx / "model.pt"), str(tmp_path / "ref.onnx")).data
+
+
+def test_a_search_state_gets_the_checks_of_a_model_file(tmp_path):
+    """--resume reads the state through archive.check_torch_save: records its pickle never
+    names, a pickle without STOP and a zip bomb are refused; the state snnc wrote loads."""
+    from snnc.errors import BadInputError
+    from snnc.quant.search.state import load_state
+
+    saved = io.BytesIO()
+    torch.save({"format": "snnc-search-state", "version": 1, "key": "k", "points": [],
+                "finetune": {"state": conv_snn().state_dict(), "epoch": 2}}, saved)
+    path = _write(tmp_path / "good.state", saved.getvalue())
+    assert load_state(path, "k")["finetune"]["epoch"] == 2
+    for name, data, said in (
+            ("records", _with_unreferenced(saved.getvalue(), "3x2MiB_stored"), "never uses"),
+            ("bomb", _with_unreferenced(saved.getvalue(), "40x15MiB"), "zip bomb"),
+            ("unstopped", _edited_pickle(saved.getvalue(), _unstopped(40, "setitem")),
+             "read to its end")):
+        with pytest.raises(BadInputError, match=said):
+            load_state(_write(tmp_path / f"{name}.state", data), "k")
+
+
+def test_the_unpacking_limits_are_set_by_the_environment(fx, tmp_path, monkeypatch):
+    """A genuine checkpoint packed tight (zero weights, deflated) passes once SNNC_MAX_RATIO
+    allows its ratio; SNNC_MAX_UNPACKED below its size refuses it; bad values are refused."""
+    model = conv_snn()
+    ckpt = make_checkpoint("snnc.demo:conv_snn", {}, model, [2, 2, 12, 12])
+    ckpt["zeros"] = torch.zeros(20 << 20)  # 80 MiB that deflate 1,000 times
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, data in _members_of(buffer.getvalue()):
+            out.writestr(name, data)
+    path = _write(tmp_path / "packed.pt", packed.getvalue())
+    out = str(tmp_path / "out.onnx")
+
+    def run(**env):
+        for key in ("SNNC_MAX_RATIO", "SNNC_MAX_UNPACKED"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return CliRunner().invoke(main, ["compile", path, "-o", out, "-q"])
+
+    refused = run()
+    assert refused.exit_code == 1 and "SNNC_MAX_RATIO" in refused.stderr, refused.stderr
+    assert run(SNNC_MAX_RATIO="2000").exit_code == 0
+    for env, said in (({"SNNC_MAX_RATIO": "2000", "SNNC_MAX_UNPACKED": "64M"},
+                       "SNNC_MAX_UNPACKED=1G"),
+                      ({"SNNC_MAX_UNPACKED": "lots"}, "not a positive size"),
+                      ({"SNNC_MAX_RATIO": "nan"}, "not a finite number")):
+        result = run(**env)
+        assert result.exit_code == 1 and said in result.stderr, (env, result.stderr)
+
+# names torch turns into the zip's folder (the name before the extension): '-', '.', spaces,
+# non-ASCII (torch.save then writes through Python and names the folder 'archive')
+TORCH_FILE_NAMES = ["my-model.pt", "model.v2.pt", "my model (1).pt2", "modèle v2.pt",
+                    "模型-1.0.pt2", "..model.pt", "no_extension", "a:b@2024-01-01T10.00.pt"]
+
+
+def _written(path: Path, how: str, write) -> Path:
+    """`write(target)` to `path` given as a str, a Path, a file object or through a BytesIO."""
+    if how in ("str", "path"):
+        write(str(path) if how == "str" else path)
+    elif how == "file":
+        with open(path, "wb") as f:
+            write(f)
+    else:
+        buffer = io.BytesIO()
+        write(buffer)
+        path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_files_torch_writes_under_any_name_are_read(tmp_path):
+    """torch.save and torch.export.save name the zip's folder after the file they write
+    ('my-model' for my-model.pt, 'archive' for a file object): snnc reads every such file
+    (each name with each writer, written through a str, a Path, a file object, a BytesIO),
+    and compile gives the same model whatever the name."""
+    from snnc.files.loader import load_checkpoint, load_program
+
+    model = conv_snn()
+    ckpt = make_checkpoint("snnc.demo:conv_snn", {}, model, [2, 2, 12, 12])
+    program = export(model, torch.zeros(1, 2, 12, 12))
+    hows, folders, files = ("str", "path", "file", "bytes"), set(), {}
+    for i, name in enumerate(TORCH_FILE_NAMES):
+        for writer, write in (("save", lambda f: torch.save(ckpt, f)),
+                              ("export", lambda f: torch.export.save(program, f))):
+            how = hows[(i + (writer == "export")) % 4]
+            (tmp_path / f"{writer}{i}").mkdir()
+            path = _written(tmp_path / f"{writer}{i}" / name, how, write)
+            folders.add(zipfile.ZipFile(path).namelist()[0].split("/")[0])
+            files[writer, how] = path
+            if writer == "save":
+                loaded = load_checkpoint(str(path))
+                assert all(torch.equal(loaded["state_dict"][k], v)
+                           for k, v in ckpt["state_dict"].items())
+            else:
+                assert load_program(str(path)).state_dict.keys() == program.state_dict.keys()
+    assert {"archive", "my-model", "model.v2", "modèle v2", "..model"} <= folders, folders
+    # the whole command, for both writers: the name changes nothing in what is compiled
+    compiled = {"save": set(), "export": set()}
+    for writer, how in (("save", "str"), ("save", "file"), ("export", "path"),
+                        ("export", "bytes")):
+        out = tmp_path / f"{writer}-{how}.onnx"
+        result = CliRunner().invoke(main, ["compile", str(files[writer, how]), "-o", str(out),
+                                           "-q"])
+        assert result.exit_code == 0, result.stderr
+        compiled[writer].add(out.read_bytes())
+    assert [len(outputs) for outputs in compiled.values()] == [1, 1]
 
 
 # ------------------------------------------------------------------------------------ the check

@@ -7,16 +7,24 @@ AOTInductor shared libraries it finds and unpacks them to disk. torch.load's wei
 unpickler builds only tensors and containers, but of any depth and size. So, unless the
 user trusts the file, snnc reads it with Python's zipfile and accepts it only if:
 
-- its members are exactly what torch writes, each once (letter case included), no path
-  tricks, at most MAX_UNCOMPRESSED bytes in all; for an archive: models/<name>.json,
-  data/weights/weight_<i> and their config, data/constants/tensor_<i> and their config,
-  data/sample_inputs/<name>.pt, the version files; for a torch.save file: data.pkl,
-  data/<i> and the version files;
+- its members are exactly what torch writes, each once (letter case included), in one
+  top folder; for an archive: models/<name>.json, data/weights/weight_<i> and their
+  config, data/constants/tensor_<i> and their config, data/sample_inputs/<name>.pt, the
+  version files; for a torch.save file: data.pkl, data/<i> and the version files. torch
+  names the folder after the file it writes ('my-model.v2' for my-model.v2.pt, 'archive'
+  for a file object), so it may have any name but a path trick: '', '.', '..' or one
+  holding a backslash;
+- it unpacks within snnc.files.limits (in all, and relative to its own size), and no
+  member beyond MEMBER_RATIO_FLOOR unpacks more than limits.max_ratio() times its packed
+  size (torch writes its members uncompressed);
 - each weight and constant record is a plain tensor (no pickled tensor subclasses, custom or
-  opaque objects) whose declared elements fit in its record's bytes;
+  opaque objects) whose declared elements fit in its record's bytes, and some weight or
+  constant uses it; each data/<i> of a torch.save file is a storage its pickle names, and
+  every storage it names is there;
 - every models/*.json passes program_json.check, and every pickle pickle_scan.check.
 
-It then hands torch a new zip holding exactly the members it checked (`check_export`,
+It then hands torch a new zip holding exactly the members it checked, in a folder named
+ROOT, the sample inputs inside an archive rebuilt the same way (`check_export`,
 `check_torch_save` return its bytes): torch's zip reader and Python's need not agree on
 which bytes a damaged or crafted file holds, so torch never reads the original.
 """
@@ -25,23 +33,26 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import zipfile
 
 from snnc.errors import BadInputError
-from snnc.files import pickle_scan, program_json
+from snnc.files import limits, pickle_scan, program_json
 
-MAX_UNCOMPRESSED = 4 << 30  # 4 GiB: far above any spiking network snnc targets
+MEMBER_RATIO_FLOOR = 16 << 20  # a member that unpacks to more obeys limits.max_ratio()
+ROOT = "archive"  # the folder of the copy torch reads (torch.save's for a file object)
 _ID = r"[A-Za-z_][A-Za-z0-9_]*"
+# a member's name after its top folder
 _EXPORT_MEMBER = re.compile(
-    rf"(?P<root>{_ID})/(?:archive_format|archive_version|byteorder|\.data/version"
+    rf"archive_format|archive_version|byteorder|\.data/version"
     rf"|\.data/serialization_id|models/(?P<model>{_ID})\.json"
     rf"|data/weights/(?:weight_\d+|{_ID}_weights_config\.json)"
     rf"|data/constants/(?:tensor_\d+|{_ID}_constants_config\.json)"
-    rf"|data/sample_inputs/{_ID}\.pt)")
+    rf"|data/sample_inputs/{_ID}\.pt")
 _SAVE_MEMBER = re.compile(
-    rf"(?P<root>{_ID})/(?:data\.pkl|data/\d+|version|byteorder|\.format_version"
-    rf"|\.storage_alignment|\.data/serialization_id|\.data/version)")
+    r"data\.pkl|data/(?P<record>\d+)|version|byteorder|\.format_version"
+    r"|\.storage_alignment|\.data/serialization_id|\.data/version")
 _RECORD = {"weights": re.compile(r"weight_\d+"), "constants": re.compile(r"tensor_\d+")}
 # torch._export.serde.schema.ScalarType -> bytes per element (unknown codes refused)
 _ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1,
@@ -51,8 +62,10 @@ _ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16
 def check_export(path: str) -> bytes:
     """The bytes of a clean copy of a torch.export archive that passes every check."""
     referenced: set[str] = set()
+    nested: dict[str, bytes] = {}  # the sample inputs, rebuilt
     with _open(path) as archive:
-        members = _members(path, archive, _EXPORT_MEMBER, "torch.export.save")
+        members = _members(path, archive, _EXPORT_MEMBER, "torch.export.save",
+                           os.path.getsize(path))
         _require(path, members)
         for name in members:
             where = f"{path}: {name}"
@@ -63,33 +76,35 @@ def check_export(path: str) -> bytes:
             elif "/models/" in name:
                 program_json.check(_json(archive, name, where), where)
             elif "/data/sample_inputs/" in name:
-                check_torch_save_bytes(archive.read(name), where)
+                nested[name] = check_torch_save_bytes(archive.read(name), where)
         unused = [n for n in members if re.search(r"/(weight|tensor)_\d+$", n)
                   and n not in referenced]
         if unused:
             raise BadInputError(f"{path} holds the record {unused[0]}, which no weight or "
                                 "constant uses; torch.export.save writes no such record")
-        return _rebuild(archive, members)
+        return _rebuild(archive, members, nested)
 
 
 def check_torch_save(path: str, any_global: bool = False) -> bytes:
     """The bytes of a clean copy of a torch.save zip file that passes every check
     (`any_global`: the user trusts its pickle to name any global, pickle_scan)."""
     with _open(path) as archive:
-        members = _members(path, archive, _SAVE_MEMBER, "torch.save")
+        members = _members(path, archive, _SAVE_MEMBER, "torch.save", os.path.getsize(path))
         _check_save_pickle(path, archive, members, any_global)
         return _rebuild(archive, members)
 
 
-def check_torch_save_bytes(data: bytes, where: str) -> None:
-    """A torch.save file held inside an archive (its sample inputs)."""
+def check_torch_save_bytes(data: bytes, where: str) -> bytes:
+    """The bytes of a clean copy of a torch.save file held inside an archive (its sample
+    inputs)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as error:
         raise BadInputError(f"{where} is not a torch.save file ({error})") from None
     with archive:
-        members = _members(where, archive, _SAVE_MEMBER, "torch.save")
+        members = _members(where, archive, _SAVE_MEMBER, "torch.save", len(data))
         _check_save_pickle(where, archive, members)
+        return _rebuild(archive, members)
 
 
 def _open(path: str) -> zipfile.ZipFile:
@@ -99,43 +114,52 @@ def _open(path: str) -> zipfile.ZipFile:
         raise BadInputError(f"{path}: cannot read the zip archive ({error})") from None
 
 
-def _members(path: str, archive: zipfile.ZipFile, pattern: re.Pattern,
-             writer: str) -> dict[str, int]:
-    """{member: uncompressed size}, in archive order, every name one `writer` writes."""
+def _members(path: str, archive: zipfile.ZipFile, pattern: re.Pattern, writer: str,
+             packed: int) -> dict[str, int]:
+    """{member: uncompressed size}, in archive order, every name one `writer` writes, the
+    whole within snnc.files.limits for a zip of `packed` bytes."""
+    limits.check_unpacked(path, sum(i.file_size for i in archive.infolist()), packed,
+                          f"{writer} writes its members uncompressed")
     members: dict[str, int] = {}
-    seen, roots = set(), set()
+    seen, roots, ratio = set(), set(), limits.max_ratio()
     for info in archive.infolist():
-        match = pattern.fullmatch(info.filename)
-        if match is None:
+        root, slash, rest = info.filename.partition("/")
+        if not slash or pattern.fullmatch(rest) is None:
             raise BadInputError(
                 f"{path} holds {info.filename[:120]!r}, which {writer} does not write "
                 "(native libraries, pickled objects and files outside the archive's folder "
                 f"are refused: loading them could run code); write the file again with {writer}")
+        if root in ("", ".", "..") or "\\" in root:
+            raise BadInputError(
+                f"{path} holds {info.filename[:120]!r}, a path outside the archive's folder "
+                "(an absolute path, '.', '..' or a backslash), which could land anywhere once "
+                f"unpacked. {writer} names the folder after the file it writes: write it "
+                "again to a file whose name before the extension is not '.' or '..'")
         if info.filename.casefold() in seen:
             raise BadInputError(f"{path} holds {info.filename!r} twice (letter case aside); "
                                 f"write the file again with {writer}")
         seen.add(info.filename.casefold())
-        roots.add(match.group("root"))
+        roots.add(root)
         members[info.filename] = info.file_size
-        if info.file_size > 16 << 20 and info.file_size > 100 * max(info.compress_size, 1):
+        if info.file_size > MEMBER_RATIO_FLOOR and \
+                info.file_size > ratio * max(info.compress_size, 1):
             raise BadInputError(f"{path}: {info.filename} unpacks {info.file_size:,} bytes from "
-                                f"{info.compress_size:,} (torch writes its files uncompressed); "
-                                "refused as a zip bomb")
+                                f"{info.compress_size:,}, more than {ratio:g} times (torch "
+                                "writes its files uncompressed); refused as a zip bomb. If the "
+                                "file is genuine, raise the limit with SNNC_MAX_RATIO")
     if len(roots) != 1:
-        raise BadInputError(f"{path} has {len(roots)} top-level folders; a file {writer} "
-                            "writes has one")
-    total = sum(members.values())
-    if total > MAX_UNCOMPRESSED:
-        raise BadInputError(f"{path} unpacks to {total / 2**30:.1f} GiB, more than snnc reads "
-                            f"({MAX_UNCOMPRESSED / 2**30:.0f} GiB)")
+        raise BadInputError(f"{path} has {len(roots)} top-level folders "
+                            f"({', '.join(sorted(repr(r[:40]) for r in roots)[:3])}"
+                            f"{', ...' if len(roots) > 3 else ''}); a file {writer} writes "
+                            "has one")
     return members
 
 
 def _require(path: str, members: dict[str, int]) -> None:
     """Every model of an archive comes with its sample inputs and weight/constant configs."""
     root = next(iter(members)).split("/", 1)[0]
-    models = [m.group("model") for m in map(_EXPORT_MEMBER.fullmatch, members)
-              if m.group("model")]
+    models = [m.group("model") for m in (_EXPORT_MEMBER.fullmatch(n.split("/", 1)[1])
+                                         for n in members) if m.group("model")]
     needed = [f"{root}/archive_format"] + [
         f"{root}/{part.format(model)}" for model in models
         for part in ("data/sample_inputs/{}.pt", "data/weights/{}_weights_config.json",
@@ -156,7 +180,18 @@ def _check_save_pickle(where: str, archive: zipfile.ZipFile, members: dict[str, 
         raise BadInputError(f"{where}: its pickle is {members[pickles[0]] / 2**20:.0f} MiB; a "
                             f"model file's is far smaller (limit {pickle_scan.MAX_BYTES >> 20} "
                             "MiB)")
-    pickle_scan.check(archive.read(pickles[0]), where, any_global)
+    named = pickle_scan.check(archive.read(pickles[0]), where, any_global)
+    stored = {m.group("record"): n for n in members
+              if (m := _SAVE_MEMBER.fullmatch(n.split("/", 1)[1])) and m.group("record")}
+    unused = sorted(set(stored) - named, key=int)
+    if unused:
+        raise BadInputError(f"{where} holds {len(unused):,} record(s) its pickle never uses "
+                            f"(first {stored[unused[0]]!r}); torch.save writes a record only "
+                            "for a storage its pickle names: the file was altered")
+    missing = sorted(named - set(stored))
+    if missing:
+        raise BadInputError(f"{where}: its pickle uses the record data/{missing[0][:20]}, "
+                            "which the file lacks; the file is truncated or damaged")
 
 
 def _json(archive: zipfile.ZipFile, name: str, where: str):
@@ -226,12 +261,18 @@ def _extent(meta, where: str) -> int:
     return max(numel, reach) * _ITEMSIZE[meta["dtype"]]
 
 
-def _rebuild(archive: zipfile.ZipFile, members: dict[str, int]) -> bytes:
-    """A new zip of exactly these members, stored uncompressed, as Python's zipfile read them."""
+def _rebuild(archive: zipfile.ZipFile, members: dict[str, int],
+             replaced: dict[str, bytes] | None = None) -> bytes:
+    """A new zip of exactly these members, in the folder ROOT, stored uncompressed, as
+    Python's zipfile read them (or as `replaced` gives them)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as out:
         for name in members:
-            with archive.open(name) as source, out.open(name, "w", force_zip64=True) as target:
+            copy = f"{ROOT}/{name.split('/', 1)[1]}"
+            if replaced and name in replaced:
+                out.writestr(copy, replaced[name])
+                continue
+            with archive.open(name) as source, out.open(copy, "w", force_zip64=True) as target:
                 while chunk := source.read(1 << 24):
                     target.write(chunk)
     return buffer.getvalue()

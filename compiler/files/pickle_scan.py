@@ -10,7 +10,13 @@ shared is counted where it lands. It refuses a pickle that names a global a mode
 never needs (GLOBALS: tensors, storages, OrderedDict), that has more than MAX_OPS opcodes
 or MAX_OBJECTS objects, whose values nest deeper than MAX_DEPTH or expand beyond MAX_NODES,
 that hashes (as a dict key or set member) a value of more than MAX_KEY_NODES, or whose
-value contains itself.
+value contains itself. A pickle it cannot follow to its end is refused too: one without
+STOP, with bytes after it (torch.save writes none), or whose opcodes do not fit the stack
+they work on; torch's unpickler would execute its opcodes one by one before reaching the
+bad end, and a few hundred bytes of them can keep it busy for ever.
+
+`check` returns the records the pickle's persistent ids name (torch.save's
+('storage', type, key, location, numel)): the data/<key> members of the file it needs.
 """
 
 from __future__ import annotations
@@ -44,17 +50,22 @@ _FILL_TO_MARK = {"APPENDS", "SETITEMS", "ADDITEMS"}  # pop to the mark into the 
 _FILL = {"APPEND": 1, "BUILD": 1, "SETITEM": 2}  # pop n items into the object below
 
 
-def check(data: bytes, where: str, any_global: bool = False) -> None:
-    """Refuse a pickle of the kinds the module docstring lists. `any_global`: the user
-    trusts the file (--trust-pickle), so it may name any global."""
+def check(data: bytes, where: str, any_global: bool = False) -> set[str]:
+    """Refuse a pickle of the kinds the module docstring lists; the storage records its
+    persistent ids name. `any_global`: the user trusts the file (--trust-pickle), so it may
+    name any global."""
     if len(data) > MAX_BYTES:
         raise BadInputError(f"{where}: its pickle is {len(data) / 2**20:.0f} MiB; a model "
                             f"file's is far smaller (limit {MAX_BYTES >> 20} MiB)")
     try:
-        children, hashed = _object_graph(pickletools.genops(io.BytesIO(data)), where,
-                                         any_global)
-    except (ValueError, IndexError, KeyError, TypeError, EOFError):
-        return  # not a well-formed pickle: torch.load refuses it with its own message
+        children, hashed, records = _object_graph(pickletools.genops(io.BytesIO(data)), where,
+                                                  any_global, len(data))
+    except (ValueError, IndexError, KeyError, TypeError, EOFError) as error:
+        raise BadInputError(
+            f"{where}: its pickle cannot be read to its end ({str(error)[:100] or 'malformed'}"
+            "), so snnc cannot check what loading it would do; torch.save writes whole "
+            "pickles: the file is truncated, damaged or crafted. Write it again with "
+            "torch.save") from None
     depth, size = _measure(children, where)
     if max(depth, default=0) > MAX_DEPTH or max(size, default=0) > MAX_NODES:
         shape = (f"nested more than {MAX_DEPTH} levels deep" if max(depth) > MAX_DEPTH else
@@ -65,14 +76,18 @@ def check(data: bytes, where: str, any_global: bool = False) -> None:
     if big:
         raise BadInputError(f"{where} holds a pickled dict key or set member of {big[0]:,} "
                             f"values (limit {MAX_KEY_NODES}); a model file's keys are names")
+    return records
 
 
-def _object_graph(ops, where: str, any_global: bool) -> tuple[list[list[int]], set[int]]:
-    """(children[i]: the objects object i contains (its items, its arguments, its state);
-    the objects that get hashed as dict keys or set members)."""
+def _object_graph(ops, where: str, any_global: bool,
+                  length: int) -> tuple[list[list[int]], set[int], set[str]]:
+    """(children[i]: the objects object i contains (its items, its arguments, its state),
+    in stack order; the objects that get hashed as dict keys or set members; the records
+    persistent ids name). Raises ValueError unless the opcodes end with STOP at `length`."""
     children: list[list[int]] = []
     hashed: set[int] = set()
     strings: dict[int, str] = {}
+    persistent: list[int] = []
     stack: list[int] = []
     marks: list[int] = []
     memo: dict = {}
@@ -90,13 +105,17 @@ def _object_graph(ops, where: str, any_global: bool) -> tuple[list[list[int]], s
         del stack[at:]
         return items
 
-    for count, (op, arg, _) in enumerate(ops):
+    for count, (op, arg, at) in enumerate(ops):
         name = op.name
         if count > MAX_OPS:
             raise BadInputError(f"{where}: its pickle has more than {MAX_OPS:,} operations; "
                                 "a model file's has a few thousand")
         if name == "STOP":
-            break
+            if at + 1 != length:
+                raise ValueError(f"{length - at - 1:,} byte(s) after STOP")
+            stack.pop()
+            return children, hashed, {key for pid in persistent if (key := _record(
+                children[pid], strings)) is not None}
         if name in ("GLOBAL", "STACK_GLOBAL") and not any_global:
             _check_global(arg.replace(" ", ".") if name == "GLOBAL" else
                           f"{strings.get(stack[-2], '?')}.{strings.get(stack[-1], '?')}",
@@ -124,14 +143,28 @@ def _object_graph(ops, where: str, any_global: bool) -> tuple[list[list[int]], s
             items = to_mark() if pickletools.markobject in before else []
             below = before.index(pickletools.markobject) if items or \
                 pickletools.markobject in before else len(before)
-            items += [stack.pop() for _ in range(below)]
+            if below:
+                if len(stack) < below:
+                    raise IndexError("an operation finds too few values on the stack")
+                items += stack[-below:]
+                del stack[-below:]
+            if name == "BINPERSID":
+                persistent.append(items[0])
             hashed.update(items[0::2] if name == "DICT" else items if name == "FROZENSET"
                           else ())
             for _ in op.stack_after:
                 stack.append(new(items))
                 if name in _STRINGS:
                     strings[stack[-1]] = str(arg)
-    return children, hashed
+    raise ValueError("no STOP at its end")
+
+
+def _record(pid: list[int], strings: dict[int, str]) -> str | None:
+    """The record key of torch.save's persistent id ('storage', type, key, location,
+    numel), or None for anything else (torch.load refuses it)."""
+    if len(pid) == 5 and strings.get(pid[0]) == "storage":
+        return strings.get(pid[2])
+    return None
 
 
 def _check_global(target: str, where: str) -> None:
