@@ -2300,6 +2300,46 @@ def test_real_processes_refuse_too(name, fx, tmp_path):
                and "Traceback" not in line for line in before_error), run.stderr
 
 
+# One hostile input of each resource class, run as a real process under a memory cap
+# (RLIMIT_AS, set in the child) and a time limit: a normal compile with --verify of the digits
+# sample fits in 2 GiB of address space (measured), and every refusal here comes in seconds.
+CAPPED_GIB, CAPPED_SECONDS = 2, 90
+CAPPED = ["compile-checkpoint_pickle_without_stop_64_setitems",  # class 1: memo-reference hang
+          "search-state_pickle_without_stop",
+          "compile-checkpoint_with_unreferenced_records_100x1MiB",  # class 2: many members
+          "compile-checkpoint_whose_records_are_all_bombs",
+          "compile-archive_sample_inputs_with_unreferenced_records_40x15MiB",
+          "verify-data_bomb_one_unread_array_of_1GiB",
+          "verify-data_bomb_x_100MiB",
+          "quantize-calibration_with_an_unread_array_of_1GiB",
+          "compile-timesteps_demo_conv_snn",  # class 3: work asked for by a small file
+          "compile-timesteps_zoo_spikformer",
+          "compile-timesteps_huge_in_an_archive",
+          "search-timesteps_huge",
+          "compile-checkpoint_of_a_huge_model",
+          "compile-huge_input_shape"]
+
+
+def _capped():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (CAPPED_GIB << 30, CAPPED_GIB << 30))
+
+
+@pytest.mark.parametrize("name", CAPPED)
+def test_resources_are_bounded_for_every_class(name, fx, tmp_path):
+    """Memory and time are bounded: each input is refused cleanly, by snnc, within the caps
+    (a MemoryError or a kill by the cap would show as another exit code or a traceback)."""
+    d = tmp_path / "case"
+    d.mkdir()
+    args = CASES[name](d, fx)
+    before = snapshot(d)
+    run = subprocess.run([sys.executable, "-m", "snnc", *args], capture_output=True, text=True,
+                         cwd=d, timeout=CAPPED_SECONDS, preexec_fn=_capped)
+    check_refusal(run.returncode, run.stderr, before, snapshot(d))
+    assert "memory" not in run.stderr.lower(), run.stderr  # refused by a limit, not the cap
+
+
 def test_torch_reads_what_snnc_checked(fx, tmp_path, monkeypatch):
     """A zip whose central directory reads as the good archive in Python's zipfile and as
     one whose model.json calls os.system in torch's reader: snnc checks the first and hands
