@@ -378,3 +378,158 @@ def test_cli_offers_every_method_of_the_table():
 
     option = next(p for p in main.commands["search"].params if p.name == "method")
     assert list(option.type.choices) == list(METHODS)
+
+
+# ------------------------------------------------------------- torchrun: environment, timeouts
+
+GOOD_ENV = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29500"}
+NUMBERS = {"WORLD_SIZE": (1, 2 ** 31 - 1), "RANK": (0, 1), "LOCAL_RANK": (0, 1),
+           "MASTER_PORT": (1, 65535)}
+
+
+def malformed_environments():
+    """(variable, value) with the other torchrun variables good: each number missing (RANK,
+    MASTER_PORT; an unset WORLD_SIZE is one process, LOCAL_RANK torch does not need), empty,
+    text, signed, fractional, hex, padded, a non-ASCII digit, huge, one past each end of its
+    range; MASTER_ADDR missing, empty, with spaces, a URL, a port, bad labels, too long, an
+    IPv4 address that is not one."""
+    for name, (low, high) in NUMBERS.items():
+        values = ["", " ", "two", "-1", "+1", "1.0", "1e3", "0x1", " 1", "1 ", "\u0661",
+                  str(10 ** 40), str(low - 1), str(high + 1)]
+        values += [None] if name in ("RANK", "MASTER_PORT") else []
+        yield from ((name, v) for v in values)
+    for value in (None, "", " ", "node 1", "http://node1", "node1:29500", "-node", "node-",
+                  "a..b", ".", "n\u00f6de", "[::1]", "x" * 64 + ".org", "a." * 127 + "org",
+                  "300.1.1.1", "10.0.0"):
+        yield "MASTER_ADDR", value
+
+
+@pytest.fixture
+def no_rendezvous(monkeypatch):
+    """torch.distributed's rendezvous replaced by a recorder: a check that lets a malformed
+    value through would connect (and could wait for half an hour)."""
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "get_rank", lambda: int(os.environ["RANK"]))
+    monkeypatch.setattr(dist, "get_world_size", lambda: int(os.environ["WORLD_SIZE"]))
+    for name in list(GOOD_ENV) + ["SNNC_DIST_TIMEOUT"]:
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("name, value", list(malformed_environments()))
+def test_malformed_torchrun_variables_are_refused_before_connecting(no_rendezvous, monkeypatch,
+                                                                   name, value):
+    from snnc.quant.distributed import Context
+
+    for k, v in dict(GOOD_ENV, **{name: value}).items():
+        if v is not None:
+            monkeypatch.setenv(k, v)
+    with pytest.raises(snnc.BadInputError) as caught:
+        Context.from_environment()
+    message = str(caught.value)
+    assert message.startswith("torchrun environment:") and f"{name} " in message, message
+    assert ("is not set" if value is None else repr(value)) in message
+    assert "WORLD_SIZE" in message and not no_rendezvous
+
+
+@pytest.mark.parametrize("value", ["", "soon", "0", "-3", "nan", "inf", "1e9"])
+def test_a_malformed_timeout_is_refused(no_rendezvous, monkeypatch, value):
+    from snnc.quant.distributed import Context
+
+    for k, v in dict(GOOD_ENV, SNNC_DIST_TIMEOUT=value).items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(snnc.BadInputError, match="SNNC_DIST_TIMEOUT="):
+        Context.from_environment()
+    assert not no_rendezvous
+
+
+@pytest.mark.parametrize("env", [
+    {}, {"WORLD_SIZE": "1", "RANK": "junk"}, GOOD_ENV,
+    dict(GOOD_ENV, RANK="1", LOCAL_RANK="1", MASTER_ADDR="localhost", MASTER_PORT="1"),
+    dict(GOOD_ENV, MASTER_ADDR="node-1.cluster.example.org.", MASTER_PORT="65535"),
+    dict(GOOD_ENV, MASTER_ADDR="::1", SNNC_DIST_TIMEOUT="2.5"),
+    {k: v for k, v in GOOD_ENV.items() if k != "LOCAL_RANK"}])
+def test_good_torchrun_variables_pass_with_the_timeout(no_rendezvous, monkeypatch, env):
+    """The checks refuse no environment torchrun writes; the rendezvous gets the timeout."""
+    from snnc.quant.distributed import DEFAULT_TIMEOUT, Context
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ctx = Context.from_environment()
+    if int(env.get("WORLD_SIZE", "1")) == 1:
+        assert ctx.world == 1 and not no_rendezvous
+        return
+    assert (ctx.rank, ctx.world) == (int(env["RANK"]), 2)
+    timeout = float(env.get("SNNC_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    assert [call["timeout"].total_seconds() for call in no_rendezvous] == [timeout]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rank, missing", [("0", "the other 1 process(es) of WORLD_SIZE=2"),
+                                           ("1", "could not reach process 0")])
+def test_a_torchrun_group_missing_a_process_times_out(trained, tmp_path, rank, missing):
+    """WORLD_SIZE=2 with one process started (a leftover torchrun environment): the search
+    ends within SNNC_DIST_TIMEOUT (here 3 s) with a message saying who is missing, instead of
+    waiting torch's 30 minutes; nothing is written."""
+    d = trained["dir"]
+    env = dict(ENV, WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), SNNC_DIST_TIMEOUT="3")
+    start = time.time()
+    run = subprocess.run([sys.executable, "-m", "snnc", "search", d / "float.pt", "--train",
+                          d / "train.npz", "--val", d / "val.npz", "--method", "sensitivity",
+                          "--max-bits", "3", "-o", tmp_path / "c.json"], capture_output=True,
+                         text=True, env=env, timeout=90)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("snnc: error: torchrun: ") and missing in run.stderr
+    assert "within 3 s" in run.stderr and "SNNC_DIST_TIMEOUT" in run.stderr
+    assert "Traceback" not in run.stderr and "frame #" not in run.stderr, run.stderr
+    assert time.time() - start < 60 and list(tmp_path.iterdir()) == []
+
+
+PEER = """
+import os, sys, time, torch
+from snnc.quant.distributed import Context
+ctx = Context.from_environment()
+if ctx.rank == 1:
+    if sys.argv[1] == "stall":
+        time.sleep(30)
+    os._exit(0)  # gone without a word
+try:
+    ctx.sum([1.0])
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+@pytest.mark.parametrize("peer, why", [("exit", "another process stopped"),
+                                       ("stall", "no answer from the other processes within 2 s")])
+def test_a_lost_peer_ends_a_collective_with_a_message(tmp_path, peer, why):
+    """A process that stops, or stops answering, after joining: the others' next exchange
+    ends (within SNNC_DIST_TIMEOUT for a silent one) as an SnncError, not gloo's
+    RuntimeError after 30 minutes."""
+    env = dict(ENV, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               SNNC_DIST_TIMEOUT="2")
+    (tmp_path / "peer.py").write_text(PEER)
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "peer.py"), peer],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    try:
+        out, err = procs[0].communicate(timeout=60)
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    assert out.startswith("SnncError torchrun: process 0 of 2 lost the group while a sum: "), \
+        (out, err)
+    assert why in out
