@@ -3,8 +3,11 @@ verified; torchrun with 2 processes against 1; Ctrl-C and --resume; the errors."
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +18,7 @@ import pytest
 import torch
 
 import snnc
+from snnc import demo
 from snnc.quant import quantize
 from snnc.quant.search import space
 
@@ -533,3 +537,229 @@ def test_a_lost_peer_ends_a_collective_with_a_message(tmp_path, peer, why):
     assert out.startswith("SnncError torchrun: process 0 of 2 lost the group while a sum: "), \
         (out, err)
     assert why in out
+
+
+# ------------------------------------------------------- the search state: generated tamperings
+
+STATE_SEARCHES = {"sensitivity": dict(max_bits=2.5), "gumbel": dict(max_bits=2.3, trials=3)}
+STATE_OPTIONS = dict(finetune_epochs=2, search_epochs=1, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """Per method, a finished tiny search's state file (every field there: the sweep or the
+    trials with a repaired candidate, the result, the fine-tuning state) and its arguments."""
+    d = tmp_path_factory.mktemp("states")
+    model = demo.conv_snn()
+    out = {}
+    for method, budget in STATE_SEARCHES.items():
+        args = dict(model=model, train=blobs(48, 0), val=blobs(32, 1), method=method,
+                    **budget, **STATE_OPTIONS)
+        snnc.search(state_path=str(d / f"{method}.state"), **args)
+        out[method] = (d / f"{method}.state", args)
+    return out
+
+
+def _walk(value, path=()):
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk(item, path + (key,))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _walk(item, path + (i,))
+
+
+def _shape(path) -> tuple:
+    """A field's path with list positions and the digits of names (conv1, pot3, bn2) blurred:
+    one field of each shape stands for its siblings."""
+    return tuple("#" if isinstance(k, int) else re.sub("[0-9]+", "#", k) for k in path)
+
+
+def _edit(state, path, change):
+    """A deep copy of `state` with change(container, key) applied at `path`."""
+    out = copy.deepcopy(state)
+    holder = out
+    for key in path[:-1]:
+        holder = holder[key]
+    change(holder, path[-1])
+    return out
+
+
+def _put(value):
+    def change(holder, key):
+        if isinstance(holder, tuple):
+            raise TypeError  # a tuple's item: replaced through its parent below
+        holder[key] = value
+    return change
+
+
+def tamperings(state):
+    """(path, kind, tampered state): every field of `state` (one of each shape), made wrong
+    in each way that applies to it: missing, renamed (an unknown field, layer, candidate
+    label or parameter), an extra field, the wrong type, a list for a tuple and back, NaN,
+    infinity, negative (every number in a state is >= 0), huge (but for a divergence, which
+    has no upper bound), a string with a character more (an unknown label, stage or phase), a
+    tensor of another shape or dtype, with NaN or infinity."""
+    seen = set()
+    for path, value in _walk(state):
+        if _shape(path) in seen:
+            continue
+        seen.add(_shape(path))
+        parent = None
+        if path:
+            parent = state
+            for key in path[:-1]:
+                parent = parent[key]
+        edits = []
+        if isinstance(parent, dict):
+            renamed = path[-1] + "9" if isinstance(path[-1], str) else path[-1] + 100
+            edits += [("missing", lambda h, k: h.pop(k)),
+                      ("renamed", lambda h, k, r=renamed: h.__setitem__(r, h.pop(k)))]
+        if isinstance(value, dict):
+            edits.append(("extra field", lambda h, k: h[k].__setitem__("bonus", 0)))
+        swaps = [("wrong type", 7 if isinstance(value, str) else "x")]
+        if isinstance(value, (list, tuple)):
+            swaps.append(("list/tuple", tuple(value) if isinstance(value, list) else list(value)))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            swaps += [("nan", math.nan), ("inf", math.inf), ("negative", -1.0 - abs(value))]
+            if not ("divergence" in str(path[-1]) or path[:1] == ("sweep",) and path[-1] == 1):
+                swaps.append(("huge", 1e30))
+        if isinstance(value, str):
+            swaps.append(("unknown name", value + "9"))
+        if isinstance(value, torch.Tensor):
+            swaps += [("shape", value.reshape(-1) if value.dim() > 1 else value.reshape(1, -1)),
+                      ("dtype", value.double() if value.is_floating_point() else value.int())]
+            if value.is_floating_point() and value.numel():
+                for name, bad in (("nan", math.nan), ("inf", math.inf)):
+                    t = value.clone()
+                    t.view(-1)[0] = bad
+                    swaps.append((f"tensor {name}", t))
+        edits += [(kind, _put(v)) for kind, v in swaps]
+        for kind, change in edits:
+            if not path:
+                if kind == "wrong type":
+                    yield path, kind, "x"
+                continue
+            if isinstance(parent, tuple):  # replace the tuple in its parent
+                items = list(parent)
+                try:
+                    change(items, path[-1])
+                except (KeyError, TypeError):
+                    continue
+                yield path, kind, _edit(state, path[:-1], _put(tuple(items)))
+            else:
+                yield path, kind, _edit(state, path, change)
+
+
+# A state without its fine-tuning record is a search stopped before fine-tuning; an optimizer
+# holds no state for a parameter that never had a gradient.
+LEGITIMATE = {(("finetune",), "missing"), (("finetune", "optimizer", "state", "#"), "missing")}
+
+
+@pytest.mark.parametrize("method", list(STATE_SEARCHES))
+def test_every_tampered_field_of_a_state_is_refused(resumable, method):
+    """The state's schema, on generated tamperings of a real state: every field of each
+    shape, every kind of wrong that applies. The state itself passes; every tampering is
+    refused with the message that names the field, but the two that are legitimate states."""
+    from snnc.quant.search import api
+
+    path, args = resumable[method]
+    good = torch.load(path, weights_only=True)
+    opts = api.Options(**{k: v for k, v in args.items()
+                          if k not in ("model", "train", "val")})
+    engine = api.prepare(args["model"], api.Data(*args["train"]), api.Data(*args["val"]), opts,
+                         state_path=str(path), resume=True)
+    engine.check_state(api.METHODS[method])  # the good state passes (again)
+    accepted, count = [], 0
+    for where, kind, bad in tamperings(good):
+        if (_shape(where), kind) in LEGITIMATE:
+            continue
+        count += 1
+        engine.state.data = bad
+        try:
+            engine.check_state(api.METHODS[method])
+            accepted.append((where, kind))
+        except snnc.BadInputError as error:
+            assert "is damaged or was written by another version of snnc" in str(error)
+            assert "Rerun without --resume" in str(error)
+    assert count > 300 and not accepted, accepted
+
+
+def _first(mapping):
+    return next(iter(mapping))
+
+
+def _measured_over_budget(state, args):
+    """A point the search really measures (a search engine set up as snnc.search sets it
+    up), of a configuration over the bit budget (every layer at 8 bits), made the result:
+    only the budget is wrong."""
+    from snnc.progress import Bar
+    from snnc.quant.distributed import Context
+    from snnc.quant.search.engine import Options, Search
+    from snnc.quant.search.runner import Data, batch_axis
+    from snnc.quant.search.state import State
+
+    opts = Options(**{k: v for k, v in args.items() if k not in ("model", "train", "val")})
+    model = copy.deepcopy(args["model"])
+    axis, _ = batch_axis(model, None, args["train"][0], "--train")
+    engine = Search(model, axis, Data(*args["train"]), Data(*args["val"]), opts,
+                    Context.single(), State(None, "", Context.single(), False), Bar(False))
+    point = vars(engine.evaluate({name: "uniform8" for name in state["result"]["config"]},
+                                 state["result"]["point"]["stage"]))
+    state["points"].append(point)
+    state["result"].update(config=dict(point["config"]), point=point)
+
+
+def _set_tensor(path, change):
+    def edit(state, args):
+        holder = state
+        for key in path[:-1]:
+            holder = holder[key] if key != 0 else holder[_first(holder)]
+        key = path[-1] if path[-1] != 0 else _first(holder)
+        holder[key] = change(holder[key])
+    return edit
+
+
+def _nan(t):
+    t = t.clone()
+    t.view(-1)[0] = math.nan
+    return t
+
+
+RESUME_TAMPERINGS = {  # kind -> edit(state, search arguments): each kind of wrong, resumed
+    "NaN weight": _set_tensor(("finetune", "model", 0), _nan),
+    "over the budget": _measured_over_budget,
+    "unknown field": lambda st, e: st["points"][0].update(bonus=1),
+    "missing field": lambda st, e: st["result"]["point"].pop("bits"),
+    "wrong type": lambda st, e: st["result"].update(details="x"),
+    "unknown label": lambda st, e: st["result"]["config"].update(
+        {_first(st["result"]["config"]): "pot9"}),
+    "unknown layer": lambda st, e: st["result"]["config"].update(
+        conv9=st["result"]["config"].pop(_first(st["result"]["config"]))),
+    "wrong tensor shape": _set_tensor(("finetune", "model", 0), lambda t: t.reshape(-1)),
+    "negative moment": _set_tensor(("finetune", "optimizer", "state", 0, "exp_avg_sq"),
+                                   lambda t: -1.0 - t),
+    "epoch out of range": lambda st, e: st["finetune"].update(epoch=99),
+    "infinite accuracy": lambda st, e: st["points"][-1].update(accuracy=math.inf),
+}
+
+
+@pytest.mark.parametrize("kind", list(RESUME_TAMPERINGS))
+@pytest.mark.parametrize("method", list(STATE_SEARCHES))
+def test_a_tampered_state_is_refused_on_resume(resumable, tmp_path, method, kind):
+    """snnc.search(resume=True) on a state with a matching key and one field made wrong:
+    refused, naming the state, before anything is trained or written; the file unchanged."""
+    path, args = resumable[method]
+    state = torch.load(path, weights_only=True)
+    RESUME_TAMPERINGS[kind](state, args)
+    bad = tmp_path / "tampered.state"
+    torch.save(state, bad)
+    before = bad.read_bytes()
+    with pytest.raises(snnc.BadInputError) as caught:
+        snnc.search(state_path=str(bad), resume=True, **args)
+    assert str(caught.value).startswith(f"--resume: the search state {bad} is damaged or was "
+                                        "written by another version of snnc: ")
+    assert "Rerun without --resume" in str(caught.value)
+    assert bad.read_bytes() == before
+
