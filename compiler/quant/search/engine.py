@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from snnc.errors import SnncError
+from snnc.errors import BadInputError, SnncError
 from snnc.progress import Bar
 from snnc.quant import quantize
 from snnc.quant.distributed import Context
@@ -185,6 +185,7 @@ class Search:
             torch.manual_seed(self.opts.seed + 10 ** 6 + epoch)  # dropout, if any, per epoch
             self.runner.train_epoch(self.train, trainable, optimizer, schedule,
                                     self.opts.seed + 10 ** 6 + epoch, tick=self.progress.tick)
+            _check_finite(model, epoch + 1, self.opts.finetune_lr)
             # copies: state_dict() tensors are the live ones, which the next epoch changes
             self.state.data["finetune"] = copy.deepcopy(
                 {"epoch": epoch + 1, "model": model.state_dict(),
@@ -313,3 +314,11 @@ class Search:
 
 KL_ROUNDING = 1e-9  # a mean divergence of zero may round to just below it in float64
 
+
+def _check_finite(model: torch.nn.Module, epoch: int, lr: float) -> None:
+    """Fine-tuning that diverged (NaN or infinite weights) is an error, not a result."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            layer = name.replace(".parametrizations.weight.original", ".weight")
+            raise BadInputError(f"fine-tuning diverged: after epoch {epoch}, {layer} holds NaN "
+                                f"or infinity; nothing was written. Lower --lr (now {lr:g})")
