@@ -40,9 +40,11 @@ CONFIG = {"conv1": {"scheme": "uniform", "bits": 4}, "conv2": {"scheme": "pot", 
 CASES = {}
 
 
-def case(subcommand: str):
-    """Register `fn(d, fx) -> args`; fn builds its files in the case directory d."""
+def case(subcommand: str, env: dict[str, str | None] | None = None):
+    """Register `fn(d, fx) -> args`; fn builds its files in the case directory d. `env`: the
+    environment variables the command runs with (None unsets one)."""
     def register(fn):
+        fn.env = env
         key = f"{subcommand}-{fn.__name__}"
         assert key not in CASES, f"two cases are called {key}"  # one would hide the other
         CASES[key] = fn
@@ -2222,6 +2224,131 @@ def test_files_torch_writes_under_any_name_are_read(tmp_path):
         assert result.exit_code == 0, result.stderr
         compiled[writer].add(out.read_bytes())
     assert [len(outputs) for outputs in compiled.values()] == [1, 1]
+# ---------------------------------------------------- issue 20: search state and torchrun
+
+SEARCH_OPTIONS = ["--method", "sensitivity", "--max-bits", "3", "--finetune-epochs", "2", "-q"]
+
+
+def _search(d, fx, state=None, edit=None):
+    """A search of the good float checkpoint on the good data in d, resuming `state` (a
+    finished search's state for exactly these arguments, built once, with `edit(state)`
+    applied) if given."""
+    model, data = use(d, fx, "float_ckpt.pt", "data.npz")
+    args = ["search", model, "--train", data, "--val", data, "-o", str(d / "c.json"),
+            *SEARCH_OPTIONS]
+    if state is None:
+        return args
+    good = fx / "search" / "c.json.state"
+    if not good.exists():
+        good.parent.mkdir(exist_ok=True)
+        done = CliRunner().invoke(main, ["search", str(fx / "float_ckpt.pt"), "--train",
+                                         str(fx / "data.npz"), "--val", str(fx / "data.npz"),
+                                         "-o", str(good.parent / "c.json"), *SEARCH_OPTIONS])
+        assert done.exit_code == 0, done.stderr
+    saved = torch.load(good, weights_only=True)
+    edit(saved)
+    torch.save(saved, d / state)
+    return args + ["--resume", "--state", str(d / state)]
+
+
+def _first_weight(state) -> tuple[dict, str]:
+    model = state["finetune"]["model"]
+    return model, next(iter(model))
+
+
+@case("search")
+def state_nan_weights(d, fx):
+    def edit(state):
+        model, name = _first_weight(state)
+        model[name] = model[name].clone().fill_(float("nan"))
+    return _search(d, fx, "s.state", edit)
+
+
+@case("search")
+def state_unknown_field(d, fx):
+    return _search(d, fx, "s.state", lambda state: state["points"][0].update(bonus=1))
+
+
+@case("search")
+def state_float_layer_without_allow_float(d, fx):
+    return _search(d, fx, "s.state", lambda state: state["result"]["config"].update(
+        conv1="float"))
+
+
+@case("search")
+def state_wrong_tensor_shape(d, fx):
+    def edit(state):
+        model, name = _first_weight(state)
+        model[name] = model[name].reshape(-1)[:-1]
+    return _search(d, fx, "s.state", edit)
+
+
+@case("search")
+def state_negative_second_moment(d, fx):
+    def edit(state):
+        moments = state["finetune"]["optimizer"]["state"][0]
+        moments["exp_avg_sq"] = -1 - moments["exp_avg_sq"]
+    return _search(d, fx, "s.state", edit)
+
+
+@case("search")
+def state_epoch_beyond_the_options(d, fx):
+    return _search(d, fx, "s.state", lambda state: state["finetune"].update(epoch=10 ** 6))
+
+
+@case("search")
+def state_infinite_accuracy(d, fx):
+    return _search(d, fx, "s.state", lambda state: state["points"][-1].update(
+        accuracy=float("inf")))
+
+
+@case("search")
+def state_sweep_of_an_unknown_layer(d, fx):
+    return _search(d, fx, "s.state", lambda state: state["sweep"].update(
+        conv9=state["sweep"]["conv1"]))
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+# a torchrun environment of two processes, this one process 0, with one variable made wrong
+TORCHRUN = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": _free_port()}
+
+
+@case("search", env=dict(TORCHRUN, WORLD_SIZE="two"))
+def torchrun_world_size_text(d, fx):
+    return _search(d, fx)
+
+
+@case("search", env=dict(TORCHRUN, WORLD_SIZE="0"))
+def torchrun_world_size_zero(d, fx):
+    return _search(d, fx)
+
+
+@case("search", env=dict(TORCHRUN, LOCAL_RANK="-1"))
+def torchrun_local_rank_negative(d, fx):
+    return _search(d, fx)
+
+
+@case("search", env=dict(TORCHRUN, MASTER_ADDR="http://node1"))
+def torchrun_master_addr_a_url(d, fx):
+    return _search(d, fx)
+
+
+@case("search", env=dict(TORCHRUN, SNNC_DIST_TIMEOUT="soon"))
+def torchrun_timeout_not_a_number(d, fx):
+    return _search(d, fx)
+
+
+@case("search", env=dict(TORCHRUN, SNNC_DIST_TIMEOUT="1"))
+def torchrun_world_of_two_alone(d, fx):
+    return _search(d, fx)
 
 
 # ------------------------------------------------------------------------------------ the check
@@ -2260,7 +2387,7 @@ def test_bad_input_is_refused_cleanly(name, fx, tmp_path, monkeypatch):
     monkeypatch.chdir(d)  # a command run by a hostile factory would land here
     args = CASES[name](d, fx)
     before = snapshot(d)
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, args, env=CASES[name].env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     check_refusal(result.exit_code, result.stderr, before, snapshot(d))
@@ -2406,7 +2533,7 @@ def tally() -> str:
         os.chdir(d)
         args = build(d, fixtures)
         before = snapshot(d)
-        result = CliRunner().invoke(main, args)
+        result = CliRunner().invoke(main, args, env=build.env)
         after = snapshot(d)
         row = rows.setdefault(name.split("-")[0], [0, 0, 0, 0, 0])
         traceback = result.exception is not None and not isinstance(result.exception,

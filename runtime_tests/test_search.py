@@ -3,8 +3,11 @@ verified; torchrun with 2 processes against 1; Ctrl-C and --resume; the errors."
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +18,7 @@ import pytest
 import torch
 
 import snnc
+from snnc import demo
 from snnc.quant import quantize
 from snnc.quant.search import space
 
@@ -378,3 +382,391 @@ def test_cli_offers_every_method_of_the_table():
 
     option = next(p for p in main.commands["search"].params if p.name == "method")
     assert list(option.type.choices) == list(METHODS)
+
+
+# ------------------------------------------------------------- torchrun: environment, timeouts
+
+GOOD_ENV = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29500"}
+NUMBERS = {"WORLD_SIZE": (1, 2 ** 31 - 1), "RANK": (0, 1), "LOCAL_RANK": (0, 1),
+           "MASTER_PORT": (1, 65535)}
+
+
+def malformed_environments():
+    """(variable, value) with the other torchrun variables good: each number missing (RANK,
+    MASTER_PORT; an unset WORLD_SIZE is one process, LOCAL_RANK torch does not need), empty,
+    text, signed, fractional, hex, padded, a non-ASCII digit, huge, one past each end of its
+    range; MASTER_ADDR missing, empty, with spaces, a URL, a port, bad labels, too long, an
+    IPv4 address that is not one."""
+    for name, (low, high) in NUMBERS.items():
+        values = ["", " ", "two", "-1", "+1", "1.0", "1e3", "0x1", " 1", "1 ", "\u0661",
+                  str(10 ** 40), str(low - 1), str(high + 1)]
+        values += [None] if name in ("RANK", "MASTER_PORT") else []
+        yield from ((name, v) for v in values)
+    for value in (None, "", " ", "node 1", "http://node1", "node1:29500", "-node", "node-",
+                  "a..b", ".", "n\u00f6de", "[::1]", "x" * 64 + ".org", "a." * 127 + "org",
+                  "300.1.1.1", "10.0.0"):
+        yield "MASTER_ADDR", value
+
+
+@pytest.fixture
+def no_rendezvous(monkeypatch):
+    """torch.distributed's rendezvous replaced by a recorder: a check that lets a malformed
+    value through would connect (and could wait for half an hour)."""
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "get_rank", lambda: int(os.environ["RANK"]))
+    monkeypatch.setattr(dist, "get_world_size", lambda: int(os.environ["WORLD_SIZE"]))
+    for name in list(GOOD_ENV) + ["SNNC_DIST_TIMEOUT"]:
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("name, value", list(malformed_environments()))
+def test_malformed_torchrun_variables_are_refused_before_connecting(no_rendezvous, monkeypatch,
+                                                                   name, value):
+    from snnc.quant.distributed import Context
+
+    for k, v in dict(GOOD_ENV, **{name: value}).items():
+        if v is not None:
+            monkeypatch.setenv(k, v)
+    with pytest.raises(snnc.BadInputError) as caught:
+        Context.from_environment()
+    message = str(caught.value)
+    assert message.startswith("torchrun environment:") and f"{name} " in message, message
+    assert ("is not set" if value is None else repr(value)) in message
+    assert "WORLD_SIZE" in message and not no_rendezvous
+
+
+@pytest.mark.parametrize("value", ["", "soon", "0", "-3", "nan", "inf", "1e9"])
+def test_a_malformed_timeout_is_refused(no_rendezvous, monkeypatch, value):
+    from snnc.quant.distributed import Context
+
+    for k, v in dict(GOOD_ENV, SNNC_DIST_TIMEOUT=value).items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(snnc.BadInputError, match="SNNC_DIST_TIMEOUT="):
+        Context.from_environment()
+    assert not no_rendezvous
+
+
+@pytest.mark.parametrize("env", [
+    {}, {"WORLD_SIZE": "1", "RANK": "junk"}, GOOD_ENV,
+    dict(GOOD_ENV, RANK="1", LOCAL_RANK="1", MASTER_ADDR="localhost", MASTER_PORT="1"),
+    dict(GOOD_ENV, MASTER_ADDR="node-1.cluster.example.org.", MASTER_PORT="65535"),
+    dict(GOOD_ENV, MASTER_ADDR="::1", SNNC_DIST_TIMEOUT="2.5"),
+    {k: v for k, v in GOOD_ENV.items() if k != "LOCAL_RANK"}])
+def test_good_torchrun_variables_pass_with_the_timeout(no_rendezvous, monkeypatch, env):
+    """The checks refuse no environment torchrun writes; the rendezvous gets the timeout."""
+    from snnc.quant.distributed import DEFAULT_TIMEOUT, Context
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ctx = Context.from_environment()
+    if int(env.get("WORLD_SIZE", "1")) == 1:
+        assert ctx.world == 1 and not no_rendezvous
+        return
+    assert (ctx.rank, ctx.world) == (int(env["RANK"]), 2)
+    timeout = float(env.get("SNNC_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    assert [call["timeout"].total_seconds() for call in no_rendezvous] == [timeout]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rank, missing", [("0", "the other 1 process(es) of WORLD_SIZE=2"),
+                                           ("1", "could not reach process 0")])
+def test_a_torchrun_group_missing_a_process_times_out(trained, tmp_path, rank, missing):
+    """WORLD_SIZE=2 with one process started (a leftover torchrun environment): the search
+    ends within SNNC_DIST_TIMEOUT (here 3 s) with a message saying who is missing, instead of
+    waiting torch's 30 minutes; nothing is written."""
+    d = trained["dir"]
+    env = dict(ENV, WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), SNNC_DIST_TIMEOUT="3")
+    start = time.time()
+    run = subprocess.run([sys.executable, "-m", "snnc", "search", d / "float.pt", "--train",
+                          d / "train.npz", "--val", d / "val.npz", "--method", "sensitivity",
+                          "--max-bits", "3", "-o", tmp_path / "c.json"], capture_output=True,
+                         text=True, env=env, timeout=90)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("snnc: error: torchrun: ") and missing in run.stderr
+    assert "within 3 s" in run.stderr and "SNNC_DIST_TIMEOUT" in run.stderr
+    assert "Traceback" not in run.stderr and "frame #" not in run.stderr, run.stderr
+    assert time.time() - start < 60 and list(tmp_path.iterdir()) == []
+
+
+PEER = """
+import os, sys, time, torch
+from snnc.quant.distributed import Context
+ctx = Context.from_environment()
+if ctx.rank == 1:
+    if sys.argv[1] == "stall":
+        time.sleep(30)
+    os._exit(0)  # gone without a word
+try:
+    ctx.sum([1.0])
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+@pytest.mark.parametrize("peer, why", [("exit", "another process stopped"),
+                                       ("stall", "no answer from the other processes within 2 s")])
+def test_a_lost_peer_ends_a_collective_with_a_message(tmp_path, peer, why):
+    """A process that stops, or stops answering, after joining: the others' next exchange
+    ends (within SNNC_DIST_TIMEOUT for a silent one) as an SnncError, not gloo's
+    RuntimeError after 30 minutes."""
+    env = dict(ENV, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               SNNC_DIST_TIMEOUT="2")
+    (tmp_path / "peer.py").write_text(PEER)
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "peer.py"), peer],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    try:
+        out, err = procs[0].communicate(timeout=60)
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    assert out.startswith("SnncError torchrun: process 0 of 2 lost the group while a sum: "), \
+        (out, err)
+    assert why in out
+
+
+# ------------------------------------------------------- the search state: generated tamperings
+
+STATE_SEARCHES = {"sensitivity": dict(max_bits=2.5), "gumbel": dict(max_bits=2.3, trials=3)}
+STATE_OPTIONS = dict(finetune_epochs=2, search_epochs=1, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """Per method, a finished tiny search's state file (every field there: the sweep or the
+    trials with a repaired candidate, the result, the fine-tuning state) and its arguments."""
+    d = tmp_path_factory.mktemp("states")
+    model = demo.conv_snn()
+    out = {}
+    for method, budget in STATE_SEARCHES.items():
+        args = dict(model=model, train=blobs(48, 0), val=blobs(32, 1), method=method,
+                    **budget, **STATE_OPTIONS)
+        snnc.search(state_path=str(d / f"{method}.state"), **args)
+        out[method] = (d / f"{method}.state", args)
+    return out
+
+
+def _walk(value, path=()):
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk(item, path + (key,))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _walk(item, path + (i,))
+
+
+def _shape(path) -> tuple:
+    """A field's path with list positions and the digits of names (conv1, pot3, bn2) blurred:
+    one field of each shape stands for its siblings."""
+    return tuple("#" if isinstance(k, int) else re.sub("[0-9]+", "#", k) for k in path)
+
+
+def _edit(state, path, change):
+    """A deep copy of `state` with change(container, key) applied at `path`."""
+    out = copy.deepcopy(state)
+    holder = out
+    for key in path[:-1]:
+        holder = holder[key]
+    change(holder, path[-1])
+    return out
+
+
+def _put(value):
+    def change(holder, key):
+        if isinstance(holder, tuple):
+            raise TypeError  # a tuple's item: replaced through its parent below
+        holder[key] = value
+    return change
+
+
+def tamperings(state):
+    """(path, kind, tampered state): every field of `state` (one of each shape), made wrong
+    in each way that applies to it: missing, renamed (an unknown field, layer, candidate
+    label or parameter), an extra field, the wrong type, a list for a tuple and back, NaN,
+    infinity, negative (every number in a state is >= 0), huge (but for a divergence, which
+    has no upper bound), a string with a character more (an unknown label, stage or phase), a
+    tensor of another shape or dtype, with NaN or infinity."""
+    seen = set()
+    for path, value in _walk(state):
+        if _shape(path) in seen:
+            continue
+        seen.add(_shape(path))
+        parent = None
+        if path:
+            parent = state
+            for key in path[:-1]:
+                parent = parent[key]
+        edits = []
+        if isinstance(parent, dict):
+            renamed = path[-1] + "9" if isinstance(path[-1], str) else path[-1] + 100
+            edits += [("missing", lambda h, k: h.pop(k)),
+                      ("renamed", lambda h, k, r=renamed: h.__setitem__(r, h.pop(k)))]
+        if isinstance(value, dict):
+            edits.append(("extra field", lambda h, k: h[k].__setitem__("bonus", 0)))
+        swaps = [("wrong type", 7 if isinstance(value, str) else "x")]
+        if isinstance(value, (list, tuple)):
+            swaps.append(("list/tuple", tuple(value) if isinstance(value, list) else list(value)))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            swaps += [("nan", math.nan), ("inf", math.inf), ("negative", -1.0 - abs(value))]
+            if not ("divergence" in str(path[-1]) or path[:1] == ("sweep",) and path[-1] == 1):
+                swaps.append(("huge", 1e30))
+        if isinstance(value, str):
+            swaps.append(("unknown name", value + "9"))
+        if isinstance(value, torch.Tensor):
+            swaps += [("shape", value.reshape(-1) if value.dim() > 1 else value.reshape(1, -1)),
+                      ("dtype", value.double() if value.is_floating_point() else value.int())]
+            if value.is_floating_point() and value.numel():
+                for name, bad in (("nan", math.nan), ("inf", math.inf)):
+                    t = value.clone()
+                    t.view(-1)[0] = bad
+                    swaps.append((f"tensor {name}", t))
+        edits += [(kind, _put(v)) for kind, v in swaps]
+        for kind, change in edits:
+            if not path:
+                if kind == "wrong type":
+                    yield path, kind, "x"
+                continue
+            if isinstance(parent, tuple):  # replace the tuple in its parent
+                items = list(parent)
+                try:
+                    change(items, path[-1])
+                except (KeyError, TypeError):
+                    continue
+                yield path, kind, _edit(state, path[:-1], _put(tuple(items)))
+            else:
+                yield path, kind, _edit(state, path, change)
+
+
+# A state without its fine-tuning record is a search stopped before fine-tuning; an optimizer
+# holds no state for a parameter that never had a gradient.
+LEGITIMATE = {(("finetune",), "missing"), (("finetune", "optimizer", "state", "#"), "missing")}
+
+
+@pytest.mark.parametrize("method", list(STATE_SEARCHES))
+def test_every_tampered_field_of_a_state_is_refused(resumable, method):
+    """The state's schema, on generated tamperings of a real state: every field of each
+    shape, every kind of wrong that applies. The state itself passes; every tampering is
+    refused with the message that names the field, but the two that are legitimate states."""
+    from snnc.quant.search import api
+
+    path, args = resumable[method]
+    good = torch.load(path, weights_only=True)
+    opts = api.Options(**{k: v for k, v in args.items()
+                          if k not in ("model", "train", "val")})
+    engine = api.prepare(args["model"], api.Data(*args["train"]), api.Data(*args["val"]), opts,
+                         state_path=str(path), resume=True)
+    engine.check_state(api.METHODS[method])  # the good state passes (again)
+    accepted, count = [], 0
+    for where, kind, bad in tamperings(good):
+        if (_shape(where), kind) in LEGITIMATE:
+            continue
+        count += 1
+        engine.state.data = bad
+        try:
+            engine.check_state(api.METHODS[method])
+            accepted.append((where, kind))
+        except snnc.BadInputError as error:
+            assert "is damaged or was written by another version of snnc" in str(error)
+            assert "Rerun without --resume" in str(error)
+    assert count > 300 and not accepted, accepted
+
+
+def _first(mapping):
+    return next(iter(mapping))
+
+
+def _measured_over_budget(state, args):
+    """A point the search really measures (a search engine set up as snnc.search sets it
+    up), of a configuration over the bit budget (every layer at 8 bits), made the result:
+    only the budget is wrong."""
+    from snnc.progress import Bar
+    from snnc.quant.distributed import Context
+    from snnc.quant.search.engine import Options, Search
+    from snnc.quant.search.runner import Data, batch_axis
+    from snnc.quant.search.state import State
+
+    opts = Options(**{k: v for k, v in args.items() if k not in ("model", "train", "val")})
+    model = copy.deepcopy(args["model"])
+    axis, _ = batch_axis(model, None, args["train"][0], "--train")
+    engine = Search(model, axis, Data(*args["train"]), Data(*args["val"]), opts,
+                    Context.single(), State(None, "", Context.single(), False), Bar(False))
+    point = vars(engine.evaluate({name: "uniform8" for name in state["result"]["config"]},
+                                 state["result"]["point"]["stage"]))
+    state["points"].append(point)
+    state["result"].update(config=dict(point["config"]), point=point)
+
+
+def _set_tensor(path, change):
+    def edit(state, args):
+        holder = state
+        for key in path[:-1]:
+            holder = holder[key] if key != 0 else holder[_first(holder)]
+        key = path[-1] if path[-1] != 0 else _first(holder)
+        holder[key] = change(holder[key])
+    return edit
+
+
+def _nan(t):
+    t = t.clone()
+    t.view(-1)[0] = math.nan
+    return t
+
+
+RESUME_TAMPERINGS = {  # kind -> edit(state, search arguments): each kind of wrong, resumed
+    "NaN weight": _set_tensor(("finetune", "model", 0), _nan),
+    "over the budget": _measured_over_budget,
+    "unknown field": lambda st, e: st["points"][0].update(bonus=1),
+    "missing field": lambda st, e: st["result"]["point"].pop("bits"),
+    "wrong type": lambda st, e: st["result"].update(details="x"),
+    "unknown label": lambda st, e: st["result"]["config"].update(
+        {_first(st["result"]["config"]): "pot9"}),
+    "unknown layer": lambda st, e: st["result"]["config"].update(
+        conv9=st["result"]["config"].pop(_first(st["result"]["config"]))),
+    "wrong tensor shape": _set_tensor(("finetune", "model", 0), lambda t: t.reshape(-1)),
+    "negative moment": _set_tensor(("finetune", "optimizer", "state", 0, "exp_avg_sq"),
+                                   lambda t: -1.0 - t),
+    "epoch out of range": lambda st, e: st["finetune"].update(epoch=99),
+    "infinite accuracy": lambda st, e: st["points"][-1].update(accuracy=math.inf),
+}
+
+
+@pytest.mark.parametrize("kind", list(RESUME_TAMPERINGS))
+@pytest.mark.parametrize("method", list(STATE_SEARCHES))
+def test_a_tampered_state_is_refused_on_resume(resumable, tmp_path, method, kind):
+    """snnc.search(resume=True) on a state with a matching key and one field made wrong:
+    refused, naming the state, before anything is trained or written; the file unchanged."""
+    path, args = resumable[method]
+    state = torch.load(path, weights_only=True)
+    RESUME_TAMPERINGS[kind](state, args)
+    bad = tmp_path / "tampered.state"
+    torch.save(state, bad)
+    before = bad.read_bytes()
+    with pytest.raises(snnc.BadInputError) as caught:
+        snnc.search(state_path=str(bad), resume=True, **args)
+    assert str(caught.value).startswith(f"--resume: the search state {bad} is damaged or was "
+                                        "written by another version of snnc: ")
+    assert "Rerun without --resume" in str(caught.value)
+    assert bad.read_bytes() == before
+
+
+def test_fine_tuning_that_diverges_is_an_error(tmp_path):
+    """Weights that fine-tuning made NaN or infinite are refused, not written with exit 0."""
+    with pytest.raises(snnc.BadInputError, match="fine-tuning diverged: after epoch 1, "):
+        snnc.search(demo.conv_snn(), blobs(48, 0), blobs(32, 1), method="gumbel",
+                    max_bits=2.3, trials=1, search_epochs=1, finetune_epochs=1, batch_size=16,
+                    finetune_lr=1e30, state_path=str(tmp_path / "s"))

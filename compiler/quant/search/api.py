@@ -22,8 +22,9 @@ recorded in a state file; a search resumes from it, and Ctrl-C writes the best c
 within the budget found so far.
 
 The parts: space.py (candidates, hardware cost), runner.py (evaluation, training), state.py
-(the state file), engine.py (what every method shares, fine-tuning), one module per method
-(sensitivity.py, gumbel.py: a third method is one more module and one entry in METHODS),
+(the state file), schema.py (what a resumed state may hold), engine.py (what every method
+shares, the state's schema, fine-tuning), one module per method (sensitivity.py, gumbel.py,
+each with run() and schema(): a third method is one more module and one entry in METHODS),
 and this entry point.
 """
 
@@ -46,8 +47,9 @@ from snnc.quant.search.runner import Data, batch_axis, check_trains, strip_quant
 from snnc.quant.search.space import candidates, energy_nj, quantizable, to_rules
 from snnc.quant.search.state import State, default_key
 
-# A method explores configurations through the engine and returns (config, details, point).
-METHODS = {"sensitivity": sensitivity.run, "gumbel": gumbel.run}
+# A method is a module: run(engine) explores configurations through the engine and returns
+# (config, details, point); schema(engine) says what its fields of the state file may hold.
+METHODS = {"sensitivity": sensitivity, "gumbel": gumbel}
 
 
 def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
@@ -57,9 +59,41 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     """Search `model`'s per-layer quantization (docs/search.md). `model` is a float model (a
     quantized one is searched from its float weights); train/val hold samples-first x and
     labels y. Raises BadInputError for a budget no configuration meets, data that do not fit
-    the model, or a model that cannot be trained; SearchInterrupted on Ctrl-C."""
-    ctx = ctx or Context.single()
+    the model, a model that cannot be trained, or a state to resume that does not fit this
+    search; SearchInterrupted on Ctrl-C."""
     start = time.time()
+    engine = prepare(model, train, val, opts, input_shape=input_shape, ctx=ctx,
+                     state_path=state_path, resume=resume, key=key, progress=progress)
+    state, bar, val = engine.state, engine.progress, engine.val
+    try:
+        if "result" not in state.data:
+            config, details, point = METHODS[opts.method].run(engine)
+            if point is None or not engine.within(point):
+                raise _unreachable(engine)
+            state.data["result"] = {"config": config, "details": details, "point": vars(point)}
+            engine.commit()
+        config, details = state.data["result"]["config"], state.data["result"]["details"]
+        searched = Point(**state.data["result"]["point"])
+        tuned = engine.finetune(config, engine.initial)  # from the float weights
+    except KeyboardInterrupt:  # everything finished is already in the state file
+        bar.end()
+        raise SearchInterrupted(engine.best(), state_path) from None
+    accuracy, _ = engine.runner.score(val)
+    rows, average = quantize.report(tuned)
+    float_config = {l.name: "float" for l in engine.layers}
+    return Result(opts.method, to_rules(config), rows, average,
+                  energy_nj(engine.layers, config), energy_nj(engine.layers, float_config),
+                  engine.float_accuracy, searched.accuracy, accuracy, time.time() - start,
+                  tuned, engine.points, details)
+
+
+def prepare(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
+            input_shape: list[int] | None = None, ctx: Context | None = None,
+            state_path: str | None = None, resume: bool = False, key: str = "",
+            progress: bool = False) -> Search:
+    """Everything before a method runs: the options, data and model checked, the search
+    engine on a copy of the model, and its state (a resumed one checked as a whole)."""
+    ctx = ctx or Context.single()
     if opts.method not in METHODS:
         raise BadInputError(f"unknown search method {opts.method!r}: use "
                             + " or ".join(METHODS))
@@ -92,27 +126,9 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     state = State(state_path, key, ctx, resume)
     bar = Bar(progress and ctx.main)
     engine = Search(model, axis, train, val, opts, ctx, state, bar)
+    engine.check_state(METHODS[opts.method])  # the whole state, before any of it is used
     check_trains(engine.runner, train, engine.layers)
-    try:
-        if "result" not in state.data:
-            config, details, point = METHODS[opts.method](engine)
-            if point is None or not engine.within(point):
-                raise _unreachable(engine)
-            state.data["result"] = {"config": config, "details": details, "point": vars(point)}
-            engine.commit()
-        config, details = state.data["result"]["config"], state.data["result"]["details"]
-        searched = Point(**state.data["result"]["point"])
-        tuned = engine.finetune(config, engine.initial)  # from the float weights
-    except KeyboardInterrupt:  # everything finished is already in the state file
-        bar.end()
-        raise SearchInterrupted(engine.best(), state_path) from None
-    accuracy, _ = engine.runner.score(val)
-    rows, average = quantize.report(tuned)
-    float_config = {l.name: "float" for l in engine.layers}
-    return Result(opts.method, to_rules(config), rows, average,
-                  energy_nj(engine.layers, config), energy_nj(engine.layers, float_config),
-                  engine.float_accuracy, searched.accuracy, accuracy, time.time() - start,
-                  tuned, engine.points, details)
+    return engine
 
 
 def _unreachable(engine: Search) -> BadInputError:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from snnc.quant import quantize
+from snnc.quant.search import schema as s
 from snnc.quant.search.engine import Options, Point, Search
 from snnc.quant.search.space import Choice, Layer, Weights, average_bits, choice_of, energy_pj
 
@@ -32,6 +33,63 @@ def run(engine: Search) -> tuple[dict[str, str] | None, dict, Point | None]:
     details = {name: {"probability": chosen["probabilities"][name],
                       "lambda": chosen["lambda"]} for name in chosen["candidate"]["config"]}
     return chosen["candidate"]["config"], details, Point(**chosen["candidate"])
+
+
+STAGES = r"gumbel lambda [^,\s]+(, repaired)?"
+
+
+def schema(engine: Search) -> s.MethodState:
+    """This method's fields of the state: the lambda trials (lambda, the argmax point, the
+    candidate: the argmax or its repair into the bit budget, the candidate's probabilities),
+    which are exactly the measured points, and the chosen trial, whose candidate is the
+    result."""
+    names = [l.name for l in engine.layers]
+    most = engine.opts.trials
+    # lambda starts at 1 and moves by 4x or to a geometric mean: trial i is within 4^(+-i)
+    lam = s.real(4.0 ** -(most - 1), 4.0 ** (most - 1))
+    point = engine.point_spec(STAGES)
+
+    def candidate(trial, where):
+        stage = f"gumbel lambda {trial['lambda']:.3g}"
+        if trial["point"]["stage"] != stage:
+            raise s.Damaged(f"{where}.point.stage", f"is not {stage!r}, its lambda's")
+        repair = engine.opts.max_bits is not None and not engine.within(Point(**trial["point"]))
+        if not repair and trial["candidate"] != trial["point"]:
+            raise s.Damaged(f"{where}.candidate", "differs from the point, which needs no "
+                                                  "repair")
+        if repair and (trial["candidate"]["stage"] != stage + ", repaired"
+                       or not engine.within(Point(**trial["candidate"]))):
+            raise s.Damaged(f"{where}.candidate", "is not a repair of the point into the "
+                                                  "budget")
+
+    def chosen(data, where):
+        trials = data.get("trials", [])
+        measured = [p for t in trials for p in ([t["point"]] if t["candidate"] == t["point"]
+                                                 else [t["point"], t["candidate"]])]
+        if data.get("points", []) != measured:
+            raise s.Damaged("points", "are not the points of the trials (each trial's point, "
+                                      "then its repaired candidate)")
+        index = data.get("chosen_trial")
+        if ("result" in data) != (index is not None):
+            raise s.Damaged("chosen_trial", "must be there exactly when the result is")
+        if index is None:
+            return
+        ok = [t for t in trials if engine.within(Point(**t["candidate"]))]
+        best = trials.index(max(ok, key=lambda t: engine.rank(Point(**t["candidate"])))) \
+            if ok else None
+        if index != best or data["result"]["point"] != trials[index]["candidate"]:
+            raise s.Damaged("chosen_trial", f"is {index}, not the trial whose candidate ranks "
+                                            "best within the budget, with the result")
+
+    trial = s.record({"lambda": lam, "point": point, "candidate": point,
+                      "probabilities": s.mapping(names, s.real(0.0, 1.0),
+                                                 "a conv/linear layer")}, rules=[candidate])
+    details = s.record({"probability": s.real(0.0, 1.0), "lambda": lam})
+    return s.MethodState(
+        fields={"trials": s.items(trial, most), "chosen_trial": s.whole(0, most - 1)},
+        details=s.mapping(names, details, "a conv/linear layer"), stages=STAGES,
+        rules=[chosen])
+
 
 def _repair(engine: Search, config: dict[str, str], logp: torch.Tensor) -> dict[str, str]:
     """An argmax configuration over the bit budget, brought within it: repeatedly the

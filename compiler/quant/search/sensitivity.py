@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 
-from snnc.quant.search.engine import Point, Search
+from snnc.quant.search import schema as s
+from snnc.quant.search.engine import KL_ROUNDING, Point, Search
 from snnc.quant.search.space import choice_of
+
+PHASES = ("lower", "raise", "done")
 
 
 def run(engine: Search) -> tuple[dict[str, str], dict, Point]:
@@ -65,6 +68,40 @@ def run(engine: Search) -> tuple[dict[str, str], dict, Point]:
                             "solo_divergence": sweep[layer.name][current.config[layer.name]][1]}
                for layer in engine.layers}
     return current.config, details, current
+
+
+def schema(engine: Search) -> s.MethodState:
+    """This method's fields of the state: the sweep (per finished layer, every candidate's
+    [accuracy, divergence]), the trail of greedy steps from the base (each one of the
+    measured points) and the phase; its result is the trail's last point, once done."""
+    names = [l.name for l in engine.layers]
+    accuracy, divergence = engine.accuracy_spec(), s.real(-KL_ROUNDING)
+    row = s.mapping(engine.labels, s.pair(accuracy, divergence), "a candidate")
+
+    def order(data, where):
+        trail, sweep = data.get("trail", []), data.get("sweep", {})
+        if trail and len(sweep) < len(names):
+            raise s.Damaged("trail", "is there before the sweep of every layer finished")
+        if trail and trail[0]["stage"] != "base":
+            raise s.Damaged("trail[0].stage", "is not the base settings")
+        for i, point in enumerate(trail):
+            if point not in data.get("points", []):
+                raise s.Damaged(f"trail[{i}]", "is not one of the points the search measured")
+        if "phase" in data and not trail:
+            raise s.Damaged("phase", "is there without a trail of greedy steps")
+        if "result" in data and (data.get("phase") != "done"
+                                 or data["result"]["point"] != trail[-1]):
+            raise s.Damaged("result", "is not where the finished greedy search ended")
+
+    details = s.record({"base": s.one_of(engine.labels, "a candidate"),
+                        "solo_accuracy": accuracy, "solo_divergence": divergence})
+    return s.MethodState(
+        fields={"sweep": s.mapping(names, row, "a conv/linear layer", complete=False),
+                "trail": s.items(engine.point_spec("base|greedy")),
+                "phase": s.one_of(PHASES, "a phase")},
+        details=s.mapping(names, details, "a conv/linear layer"), stages="base|greedy",
+        rules=[order])
+
 
 def _greedy_step(engine: Search, current: Point, sweep: dict, phase: str) -> Point | None:
     """One step of the guided greedy search, or None when `phase` has no step left.

@@ -1,5 +1,7 @@
 """The search's state file: every finished unit of work is committed to it atomically, a
-search resumes from it (--resume), and it is refused when it belongs to another search.
+search resumes from it (--resume), and it is refused when it is not a state or belongs to
+another search. Its key is no signature: the search checks every field of a resumed state
+before using any (engine.Search.check_state, schema.py).
 """
 
 from __future__ import annotations
