@@ -175,12 +175,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
                        external_weights=external, timesteps=timesteps,
                        pot_lowering=pot_lowering, integer_kernels=kernels == "integer",
                        max_neuron_steps=max_neuron_steps)
-        check = None
-        if data is not None:
-            from snnc.check.accuracy import check_data
-
-            def check(result):
-                check_data(result.model, *data)
+        check = None if data is None else _checker(data)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
                               pack_path=pack_path, ort=ort, trust_code=trust_code, check=check)
@@ -217,6 +212,15 @@ def _check_compile_options(weight_container, external, ort, timesteps, verify_da
     if report_path and report_path.lower().endswith(".png"):
         raise SnncError(f"--report {report_path}: give the JSON path (report.json); the figure "
                         "goes next to it as report.png")
+
+
+def _checker(data):
+    """A compile_file `check` that runs the compiled model on `data` against its labels."""
+    from snnc.check.accuracy import check_data
+
+    def check(result):
+        check_data(result.model, *data)
+    return check
 
 
 def _check_compile_paths(model, output, pack_path, ort, report_path, verify_data,

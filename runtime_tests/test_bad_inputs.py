@@ -2224,12 +2224,14 @@ def test_files_torch_writes_under_any_name_are_read(tmp_path):
         assert result.exit_code == 0, result.stderr
         compiled[writer].add(out.read_bytes())
     assert [len(outputs) for outputs in compiled.values()] == [1, 1]
+
+
 # ---------------------------------------------------- issue 20: search state and torchrun
 
 SEARCH_OPTIONS = ["--method", "sensitivity", "--max-bits", "3", "--finetune-epochs", "2", "-q"]
 
 
-def _search(d, fx, state=None, edit=None):
+def _resumed_search(d, fx, state=None, edit=None):
     """A search of the good float checkpoint on the good data in d, resuming `state` (a
     finished search's state for exactly these arguments, built once, with `edit(state)`
     applied) if given."""
@@ -2261,17 +2263,17 @@ def state_nan_weights(d, fx):
     def edit(state):
         model, name = _first_weight(state)
         model[name] = model[name].clone().fill_(float("nan"))
-    return _search(d, fx, "s.state", edit)
+    return _resumed_search(d, fx, "s.state", edit)
 
 
 @case("search")
 def state_unknown_field(d, fx):
-    return _search(d, fx, "s.state", lambda state: state["points"][0].update(bonus=1))
+    return _resumed_search(d, fx, "s.state", lambda state: state["points"][0].update(bonus=1))
 
 
 @case("search")
 def state_float_layer_without_allow_float(d, fx):
-    return _search(d, fx, "s.state", lambda state: state["result"]["config"].update(
+    return _resumed_search(d, fx, "s.state", lambda state: state["result"]["config"].update(
         conv1="float"))
 
 
@@ -2280,7 +2282,7 @@ def state_wrong_tensor_shape(d, fx):
     def edit(state):
         model, name = _first_weight(state)
         model[name] = model[name].reshape(-1)[:-1]
-    return _search(d, fx, "s.state", edit)
+    return _resumed_search(d, fx, "s.state", edit)
 
 
 @case("search")
@@ -2288,23 +2290,23 @@ def state_negative_second_moment(d, fx):
     def edit(state):
         moments = state["finetune"]["optimizer"]["state"][0]
         moments["exp_avg_sq"] = -1 - moments["exp_avg_sq"]
-    return _search(d, fx, "s.state", edit)
+    return _resumed_search(d, fx, "s.state", edit)
 
 
 @case("search")
 def state_epoch_beyond_the_options(d, fx):
-    return _search(d, fx, "s.state", lambda state: state["finetune"].update(epoch=10 ** 6))
+    return _resumed_search(d, fx, "s.state", lambda state: state["finetune"].update(epoch=10 ** 6))
 
 
 @case("search")
 def state_infinite_accuracy(d, fx):
-    return _search(d, fx, "s.state", lambda state: state["points"][-1].update(
+    return _resumed_search(d, fx, "s.state", lambda state: state["points"][-1].update(
         accuracy=float("inf")))
 
 
 @case("search")
 def state_sweep_of_an_unknown_layer(d, fx):
-    return _search(d, fx, "s.state", lambda state: state["sweep"].update(
+    return _resumed_search(d, fx, "s.state", lambda state: state["sweep"].update(
         conv9=state["sweep"]["conv1"]))
 
 
@@ -2323,32 +2325,32 @@ TORCHRUN = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "1
 
 @case("search", env=dict(TORCHRUN, WORLD_SIZE="two"))
 def torchrun_world_size_text(d, fx):
-    return _search(d, fx)
+    return _resumed_search(d, fx)
 
 
 @case("search", env=dict(TORCHRUN, WORLD_SIZE="0"))
 def torchrun_world_size_zero(d, fx):
-    return _search(d, fx)
+    return _resumed_search(d, fx)
 
 
 @case("search", env=dict(TORCHRUN, LOCAL_RANK="-1"))
 def torchrun_local_rank_negative(d, fx):
-    return _search(d, fx)
+    return _resumed_search(d, fx)
 
 
 @case("search", env=dict(TORCHRUN, MASTER_ADDR="http://node1"))
 def torchrun_master_addr_a_url(d, fx):
-    return _search(d, fx)
+    return _resumed_search(d, fx)
 
 
 @case("search", env=dict(TORCHRUN, SNNC_DIST_TIMEOUT="soon"))
 def torchrun_timeout_not_a_number(d, fx):
-    return _search(d, fx)
+    return _resumed_search(d, fx)
 
 
 @case("search", env=dict(TORCHRUN, SNNC_DIST_TIMEOUT="1"))
 def torchrun_world_of_two_alone(d, fx):
-    return _search(d, fx)
+    return _resumed_search(d, fx)
 
 
 # ------------------------------------------------------------------------------------ the check

@@ -226,7 +226,7 @@ def run(name: str, here: str, x_train, y_train, x_test, y_test, *, sequence: boo
     (snnc.quantize, scales calibrated on training data), fine-tune, evaluate both, and write
     float.pt, quantized.pt (snnc checkpoints), train.npz, val.npz, test.npz and
     results.json into `here`."""
-    from snnc.files.paths import write_all_atomic
+    from snnc.files.outputs import write_all_atomic
     from snnc.quant import quantize as quant
 
     torch.manual_seed(seed)

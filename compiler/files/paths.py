@@ -24,8 +24,6 @@ from typing import Iterable
 
 from snnc.errors import BadInputError
 from snnc.files.outputs import check_place, link_error, pin_checked, special_kind
-# The writers live in snnc.files.outputs; their old names here stay.
-from snnc.files.outputs import write_all_atomic, write_atomic  # noqa: F401
 
 # --dump-ir writes files named like this into its directory (snnc.pipeline).
 DUMP_NAME = re.compile(r"\d\d-[A-Za-z_]+\.(ir|txt)")

@@ -51,7 +51,7 @@ class Context:
         env = check_environment(os.environ)
         if env is None:
             return Context()
-        world, rank, timeout = env["WORLD_SIZE"], env["RANK"], env[TIMEOUT_VARIABLE]
+        timeout = env[TIMEOUT_VARIABLE]  # torch reads the rest from the environment
         import torch.distributed as dist
 
         if not dist.is_initialized():

@@ -15,7 +15,7 @@ import torch
 
 from snnc.errors import BadInputError, SnncError
 from snnc.files import loader
-from snnc.files.paths import write_atomic
+from snnc.files.outputs import write_atomic
 from snnc.quant.distributed import Context
 
 
