@@ -461,8 +461,8 @@ def _read_config(path: str) -> dict:
               help="gumbel: the energy's share of the hardware cost (the rest is bits).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
               help="Global batch size (split across torchrun processes).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True,
-              help="Learning rate of the weights (QAT).")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=5e-4,
+              show_default=True, help="Learning rate of the weights (QAT), above 0, at most 1.")
 @click.option("--state", "state_path", type=click.Path(),
               help="The search state file [default: OUTPUT.state].")
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the state file.")

@@ -261,6 +261,28 @@ def test_python_api(trained, tmp_path):
                     state_path=str(tmp_path / "state"), resume=True)
 
 
+@pytest.mark.parametrize("option, value", [
+    ("finetune_lr", 1e38), ("finetune_lr", 0.0), ("finetune_lr", math.nan), ("batch_size", 0),
+    ("energy_weight", 1.5), ("trials", 0), ("seed", -1), ("finetune_epochs", "2")])
+def test_python_api_refuses_options_out_of_range(trained, option, value):
+    """snnc.search checks what the CLI's option types check, before any work (an lr of 1e38
+    overflowed inside the optimizer as an internal error)."""
+    with pytest.raises(snnc.BadInputError, match=f"{option} = .* out of range"):
+        snnc.search(demo.conv_snn(), trained["train"], trained["val"], method="sensitivity",
+                    max_bits=3, **{option: value})
+
+
+def test_python_api_checks_the_state_path(trained, tmp_path):
+    """The state path given to snnc.search gets the checks of every output path."""
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    (tmp_path / "stdout").symlink_to(target)
+    with pytest.raises(snnc.BadInputError, match="link"):
+        snnc.search(demo.conv_snn(), trained["train"], trained["val"], method="sensitivity",
+                    max_bits=3, state_path=str(tmp_path / "stdout"))
+    assert target.read_text() == "keep" and (tmp_path / "stdout").is_symlink()
+
+
 @pytest.fixture(scope="module")
 def bad(trained, tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")

@@ -38,6 +38,7 @@ import torch
 
 from snnc.check.accuracy import check_labels
 from snnc.errors import BadInputError
+from snnc.files.paths import check_paths
 from snnc.progress import Bar
 from snnc.quant import quantize
 from snnc.quant.distributed import Context
@@ -87,6 +88,27 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
                   tuned, engine.points, details)
 
 
+# Option ranges (the CLI's click types say the same); an Adam step beyond lr 1 overflows.
+RANGES = {"batch_size": (1, None), "finetune_epochs": (0, None), "search_epochs": (1, None),
+          "trials": (1, None), "shortlist": (1, None), "seed": (0, 2 ** 31 - 1),
+          "energy_weight": (0, 1), "finetune_lr": (0, 1)}
+
+
+def _check_options(opts: Options) -> None:
+    """BadInputError for an unknown method or an option outside its range."""
+    if opts.method not in METHODS:
+        raise BadInputError(f"unknown search method {opts.method!r}: use "
+                            + " or ".join(METHODS))
+    for name, (low, high) in RANGES.items():
+        value = getattr(opts, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < low \
+                or (high is not None and value > high) or (name == "finetune_lr" and value == 0):
+            span = f"{low} to {high}" if high is not None else f"{low} or more"
+            raise BadInputError(f"search option {name} = {value!r} is out of range ({span}"
+                                + (", above 0" if name == "finetune_lr" else "") + ")")
+
+
 def prepare(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
             input_shape: list[int] | None = None, ctx: Context | None = None,
             state_path: str | None = None, resume: bool = False, key: str = "",
@@ -94,9 +116,9 @@ def prepare(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     """Everything before a method runs: the options, data and model checked, the search
     engine on a copy of the model, and its state (a resumed one checked as a whole)."""
     ctx = ctx or Context.single()
-    if opts.method not in METHODS:
-        raise BadInputError(f"unknown search method {opts.method!r}: use "
-                            + " or ".join(METHODS))
+    _check_options(opts)
+    if state_path is not None:
+        check_paths([], [("the search state", state_path)])
     if (opts.max_bits is None) == (opts.max_drop is None):
         raise BadInputError("give exactly one budget: --max-bits B (average bits per weight) "
                             "or --max-drop POINTS (validation accuracy points below float)")
