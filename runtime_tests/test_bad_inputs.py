@@ -2226,6 +2226,45 @@ def test_files_torch_writes_under_any_name_are_read(tmp_path):
     assert [len(outputs) for outputs in compiled.values()] == [1, 1]
 
 
+# ------------------------------------ hostile review: tensors no saved weight is (expanded, complex)
+
+
+def _saved_tensors(kind: str):
+    """state_dict edits: tensors whose few stored bytes claim many values, or complex ones."""
+    name = "conv1.weight"
+    def edit(sd):
+        shape = sd[name].shape
+        if kind == "one_huge_extra_entry":  # 2^34 values from 4 bytes
+            sd["extra"] = torch.zeros(1).expand(1 << 17, 1 << 17)
+        elif kind == "many_extra_entries":  # 64 x 2^28 values, one storage
+            sd.update({f"extra{i}": torch.zeros(1).expand(1 << 28) for i in range(64)})
+        elif kind == "a_weight_with_stride_0":  # the right name and shape, legit values
+            sd[name] = torch.full((1,), 0.1).expand(shape)
+        elif kind == "a_weight_with_overlapping_strides":
+            sd[name] = torch.randn(shape.numel()).as_strided(shape, (1,) * len(shape))
+        elif kind == "a_complex64_weight":
+            sd[name] = torch.complex(sd[name], sd[name])
+        elif kind == "a_complex128_extra_entry":
+            sd["extra"] = torch.ones(3, dtype=torch.complex128)
+    return edit
+
+
+for _kind in ["one_huge_extra_entry", "many_extra_entries", "a_weight_with_stride_0",
+              "a_weight_with_overlapping_strides", "a_complex64_weight",
+              "a_complex128_extra_entry"]:
+    for _command in ["compile", "quantize"]:
+        def _tensor_case(d, fx, kind=_kind, command=_command):
+            ckpt = make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12])
+            _saved_tensors(kind)(ckpt["state_dict"])
+            torch.save(ckpt, d / "c.pt")
+            if command == "compile":
+                return ["compile", str(d / "c.pt"), "-o", str(d / "out.onnx")]
+            return ["quantize", str(d / "c.pt"), "--config", use(d, fx, "config.json")[0],
+                    "-o", str(d / "q.pt")]
+        _tensor_case.__name__ = f"checkpoint_with_{_kind}"
+        case(_command)(_tensor_case)
+
+
 # ---------------------------------------------------- issue 20: search state and torchrun
 
 SEARCH_OPTIONS = ["--method", "sensitivity", "--max-bits", "3", "--finetune-epochs", "2", "-q"]
@@ -2446,7 +2485,8 @@ CAPPED = ["compile-checkpoint_pickle_without_stop_64_setitems",  # class 1: memo
           "compile-timesteps_huge_in_an_archive",
           "search-timesteps_huge",
           "compile-checkpoint_of_a_huge_model",
-          "compile-huge_input_shape"]
+          "compile-huge_input_shape",
+          "compile-checkpoint_with_many_extra_entries"]  # 2^34 values from a 1 KB file
 
 
 def _capped():

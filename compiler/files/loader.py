@@ -27,7 +27,7 @@ import torch
 from snnc.errors import BadInputError, SnncError, first_line
 from snnc.files import archive
 from snnc.files.paths import check_input, sniff, wrong_kind
-from snnc.files.tensors import check_finite
+from snnc.files.tensors import check_finite, check_saved_tensors
 from snnc.files.trust import resolve_factory, short_repr
 from snnc.frontend import budget
 from snnc.quant import quantize  # also registers snnc::fake_quant, which quantized programs use
@@ -185,7 +185,7 @@ def _torch_load(path: str, kind: str, trust_pickle: bool):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights_only" not in str(error) and "Unsupported global" not in str(error):
             raise _unreadable(path, error) from None
@@ -199,6 +199,8 @@ def _torch_load(path: str, kind: str, trust_pickle: bool):
         ) from None
     except (Exception, RecursionError) as error:
         raise _unreadable(path, error) from None
+    check_saved_tensors(obj, path)
+    return obj
 
 
 def _unreadable(path: str, error: Exception) -> BadInputError:
