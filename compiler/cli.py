@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import click
 
-from snnc.errors import SnncError, first_line
+from snnc.errors import SnncError, Terminated, first_line, interrupt_code
 from snnc.options import Options
 from snnc.progress import Stages
 
@@ -33,16 +35,35 @@ class _Group(click.Group):
 
         extra.pop("standalone_mode", None)
         try:
-            with pinned_outputs():  # every output is written where it was checked
+            with pinned_outputs(), _sigterm_as_interrupt():
                 code = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = error.ctx.command_path if error.ctx else "snnc"
             _fail(f"{error.format_message()} (see {where} --help)", code=2)
         except click.ClickException as error:
             _fail(error.format_message(), code=error.exit_code)
-        except (click.Abort, KeyboardInterrupt):
-            _fail("interrupted", code=130)
+        except (click.Abort, KeyboardInterrupt) as error:
+            _fail("interrupted", code=interrupt_code(error))
         sys.exit(code if isinstance(code, int) else 0)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, so that it ends a
+    command as Ctrl-C does: cleanup runs (no temporary file is left) and a search saves its
+    state. Python's default for SIGTERM ends the process without running any of that."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield  # someone else (an embedding program, a test runner) handles it
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,9 +107,9 @@ def _errors(progress: Stages | None = None, what: str = "no output was written")
     except SnncError as error:
         _finish(progress)
         _fail(str(error))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         _finish(progress)
-        _fail(f"interrupted; {what}", code=130)
+        _fail(f"interrupted; {what}", code=interrupt_code(error))
     except Exception as error:  # a bug in snnc: short message, full traceback on request
         _finish(progress)
         _internal_error(error)
@@ -529,7 +550,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
         ctx.close(wait=False)
         if ctx.main:
             _interrupted(stop, output, state_path)
-        sys.exit(130)
+        sys.exit(interrupt_code(stop.__context__) if stop.__context__ else 130)
     except BaseException:
         ctx.close(wait=False)  # the other processes may never reach a barrier
         raise

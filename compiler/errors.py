@@ -40,3 +40,13 @@ class VerificationError(SnncError):
 
 class PassError(SnncError):
     """A pass could not do its job on this graph (for example, an unsupported combination)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `kill`), which the CLI handles as Ctrl-C: temporary
+    files are removed and a search keeps its state; the exit code is 143 instead of 130."""
+
+
+def interrupt_code(error: BaseException) -> int:
+    """The exit code of an interrupted command: 143 after SIGTERM, 130 after Ctrl-C."""
+    return 143 if isinstance(error, Terminated) else 130

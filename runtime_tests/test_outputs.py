@@ -397,3 +397,80 @@ def test_search_writes_every_output_where_it_was_checked(d, models, role, monkey
             "--report", str(d / "r" / "pareto.png"), "--state", str(d / "s" / "run.state")]
     result = run_with_swap(monkeypatch, "build_from_checkpoint", swap, args)
     check_refused(result, d, before_swap, "Nothing was written")
+
+
+# ------------------------------------------------- hostile review: signals, permissions, names
+
+SIGTERM_CHILD = """
+import os, signal, sys
+from snnc.cli import main
+calls, at = [0], int(sys.argv[1])
+fsync = os.fsync
+def stop_here(fd):  # a SIGTERM arriving while the n-th temporary file is being synced
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGTERM)
+    fsync(fd)
+os.fsync = stop_here
+main(sys.argv[2:], prog_name="snnc")
+"""
+
+
+@pytest.mark.parametrize("command, at", [("compile --pack", 2), ("quantize", 1)])
+def test_sigterm_during_a_write_leaves_nothing_behind(d, models, command, at):
+    """SIGTERM (a scheduler's stop, kill) ends a command as Ctrl-C does: temporary files
+    removed, existing outputs untouched, exit code 143 (Python's default ran no cleanup)."""
+    import subprocess
+    import sys
+
+    out = d / "o"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"the previous output")
+    if command == "quantize":
+        args = ["quantize", str(models / "float.pt"), "--config", str(models / "config.json"),
+                "-o", str(out / "model.onnx")]
+    else:
+        args = ["compile", str(models / "model.pt"), "-o", str(out / "model.onnx")]
+        if "--pack" in command:
+            args += ["--weights", "external", "--pack", str(out / "model.snnpack")]
+    before = snapshot(d)
+    run = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, str(at), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 143, (run.returncode, run.stderr)
+    assert run.stderr.count("snnc: error: interrupted") == 1 and "Traceback" not in run.stderr
+    assert snapshot(d) == before, "a temporary file or an output was left"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o755, 0o444, 0o4755])
+def test_a_replaced_output_keeps_its_permissions(tmp_path, mode):
+    """Overwriting a file keeps its permission bits (not set-user-ID: snnc's file is not the
+    program that was there); a new file gets the umask's."""
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    os.chmod(path, mode)
+    outputs.write_atomic(str(path), b"new")
+    assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == mode & 0o777
+    umask = os.umask(0o022)
+    os.umask(umask)
+    outputs.write_atomic(str(tmp_path / "fresh.bin"), b"new")
+    assert stat.S_IMODE((tmp_path / "fresh.bin").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("role", ["-o", "--pack", "--report", "derived .ort config"])
+def test_names_too_long_for_the_file_system_are_refused(d, models, role):
+    """A name beyond the file system's limit (255 bytes on most) is a clear refusal, also
+    when snnc derives it from a legal one (-o's stem + .required_operators.config)."""
+    long = "x" * 300
+    args = ["compile", str(models / "model.pt"), "-o", str(d / "model.onnx")]
+    if role == "-o":
+        args[-1] = str(d / f"{long}.onnx")
+    elif role == "--pack":
+        args += ["--weights", "external", "--pack", str(d / f"{long}.snnpack")]
+    elif role == "--report":
+        args += ["--report", str(d / f"{long}.json")]
+    else:
+        args[-1] = str(d / ("x" * 245 + ".onnx"))
+        args += ["--ort"]
+    before = snapshot(d)
+    result = CliRunner().invoke(main, args)
+    check_refused(result, d, before, "name too long")

@@ -281,6 +281,7 @@ class _Target:
         self.fd = os.open(self.directory, _DIRECTORY)
         self.tmp: str | None = None
         self.identity: Identity | None = None
+        self.mode: int | None = None  # the permissions of the file it replaces
 
     def _directory_record(self, scope: _Scope | None) -> tuple[Identity | None, str]:
         """What this file's directory must be, and the file's name in messages."""
@@ -312,6 +313,7 @@ class _Target:
         if not stat.S_ISREG(st.st_mode):
             raise BadInputError(f"cannot write {self.what} {self.path}: it is a "
                                 f"{special_kind(st.st_mode)}; snnc writes only regular files")
+        self.mode = st.st_mode & 0o777  # a replaced file keeps its permissions (not set-id)
         if self.pin is not None:
             _compare_target(self.pin, _identity(st))
 
@@ -326,6 +328,8 @@ class _Target:
         else:
             raise OSError(errno.EEXIST, "no free temporary file name")
         self.tmp = name
+        if self.mode is not None:
+            os.fchmod(fd, self.mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

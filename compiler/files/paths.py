@@ -114,6 +114,9 @@ def _check_output(what: str, path) -> None:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
+    except OSError as error:  # a name too long for the file system, say
+        raise BadInputError(f"cannot write {what} {path}: {error.strerror or error}; give "
+                            "another name") from None
     if stat.S_ISLNK(mode):
         raise link_error(what, path)
     if not stat.S_ISREG(mode):
