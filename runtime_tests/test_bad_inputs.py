@@ -1635,6 +1635,36 @@ for _name in _HUGE_T:
     case("compile")(_huge_t(_name))
 
 
+# Sizes other than T that make one tensor huge within the neuron-step and weight limits:
+# refused from the meta trace before the real build (conv_snn's calibration on 8 examples
+# of channels=1000, steps=5000 tried to allocate 23 GB).
+_HUGE_TENSOR = {
+    "demo_conv_snn_channels_and_steps": ("snnc.demo:conv_snn",
+                                         {"channels": 1000, "steps": 5000},
+                                         [1, 1000, 12, 12]),
+    "demo_conv_snn_channels": ("snnc.demo:conv_snn", {"channels": 500_000},
+                               [1, 500_000, 12, 12]),
+    "demo_conv_snn_image": ("snnc.demo:conv_snn", {"size": 4096}, [1, 2, 4096, 4096]),
+    "zoo_spikformer_image": ("spikingjelly.activation_based.model.spikformer:Spikformer",
+                             {"T": 4, "img_size_h": 8192, "img_size_w": 8192, "embed_dims": 16,
+                              "num_heads": 2, "depths": 1}, [1, 1, 8192, 8192]),
+}
+
+
+def _huge_tensor(name: str):
+    factory, kwargs, shape = _HUGE_TENSOR[name]
+
+    def build(d, fx):
+        return ["compile", checkpoint(d, "t.pt", factory, kwargs, shape), "-o",
+                str(d / "out.onnx")]
+    build.__name__ = f"tensor_{name}"
+    return build
+
+
+for _name in _HUGE_TENSOR:
+    case("compile")(_huge_tensor(_name))
+
+
 def _time_axis(steps: int):
     """An edit of the archive's program: every tensor whose first size is the model's T = 4
     gets `steps` instead (the graph is traced; it is never run at that size)."""
@@ -2486,7 +2516,8 @@ CAPPED = ["compile-checkpoint_pickle_without_stop_64_setitems",  # class 1: memo
           "search-timesteps_huge",
           "compile-checkpoint_of_a_huge_model",
           "compile-huge_input_shape",
-          "compile-checkpoint_with_many_extra_entries"]  # 2^34 values from a 1 KB file
+          "compile-checkpoint_with_many_extra_entries",  # 2^34 values from a 1 KB file
+          "compile-tensor_demo_conv_snn_channels_and_steps"]  # one tensor of 7.2e8 values
 
 
 def _capped():
