@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/install.sh
-exec "${PYTHON:-python3}" -m pytest -q runtime_tests "$@"
+exec "${PYTHON:-python3}" -m pytest -q --durations=20 runtime_tests "$@"
