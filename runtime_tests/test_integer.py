@@ -247,11 +247,11 @@ def test_layout_reshape_groups():
 
 # ----------------------------------------------------------------------------- the family
 
-def spike_input_layers(model, shape) -> int:
+def spike_input_layers(program, shape) -> int:
     """Quantized conv/linear layers and matmuls whose input held only integers that fit
     uint8/int8 when the float-kernel compile ran on random inputs (observed, not analysed).
     Grouped convs (depthwise) are not GEMMs and stay float by design (docs/onnx.md)."""
-    result = compile_program(zoo.export(model, shape), Options(integer_kernels=False))
+    result = compile_program(program, Options(integer_kernels=False))
     graph = result.lowered
     producers = graph.producers()
     seen: dict = {}
@@ -298,8 +298,8 @@ def dyadic(shape, seed: int) -> np.ndarray:
 
 
 def check_integer(model, shape, tmp_path) -> None:
-    expected = spike_input_layers(model, shape)
-    program = zoo.export(model, shape)
+    program = zoo.export(model, shape)  # once: the export is most of this check's time
+    expected = spike_input_layers(program, shape)
     result = compile_program(program)
     graph = result.lowered
     lowered = sum(n.op == "int_matmul" for n in graph.nodes)
