@@ -183,7 +183,7 @@ def test_moved_and_illegal_fields_are_refused(packed):
              r"codes offset is 64, expected 0 .*\(layer 0 '.*', byte 112\)"),
             ({f"v{entry + 17}": ("<B", 9)}, "bits is 9, expected 2..8 for uniform"),
             ({f"v{entry + 19}": ("<B", 4)}, "layout is 4"),
-            ({f"v{entry + 18}": ("<B", 7)}, "ndim is 7, expected 1..6"),
+            ({f"v{entry + 18}": ("<B", 7)}, r"ndim is 7, expected 2\.\.6 for layout 2"),
             ({f"v{entry + 44}": ("<I", 1)}, "channels is 1"),
             ({"v16": ("<I", 10 ** 6)}, "layer count is 1000000")]:
         with pytest.raises(BadInputError, match=message):

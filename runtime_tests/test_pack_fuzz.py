@@ -43,6 +43,7 @@ nothing reinterpreted). A renamed weight the model refers to is refused as missi
 
 from __future__ import annotations
 
+import re
 import struct
 import time
 
@@ -51,12 +52,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 from onnx import numpy_helper
 
 import snnc
 from snnc import BadInputError
 from snnc.backend import pack
 from snnc.backend.runtime import load_session
+from snnc.cli import main
 from snnc.demo import conv_snn, export, make_firing
 from snnc.driver import compile_program
 from snnc.options import Options
@@ -75,19 +78,26 @@ def reseal(blob: bytearray) -> bytes:
     return bytes(blob)
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    torch.manual_seed(SEED)
-    model = conv_snn(seed=1)
+def _quantized_conv_snn(seed: int) -> torch.nn.Module:
+    """The fuzzed model (seed 1), or another of the same shape."""
+    model = conv_snn(seed=seed)
     snnc.quantize(model, CONFIG)
-    model = make_firing(model, (8, 2, 12, 12), seed=1)
+    model = make_firing(model, (8, 2, 12, 12), seed=seed)
     with torch.no_grad():  # a negative and a dead channel: folded scales -unit and 0
         model.bn1.weight[1] = -0.5
         model.bn1.weight[2] = 0.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    model = _quantized_conv_snn(1)
     root = tmp_path_factory.mktemp("fuzz")
-    result = compile_program(export(model, torch.zeros(1, 2, 12, 12)),
-                             Options(external_weights=True, pack_location="model.snnpack",
-                                     pot_lowering="shift"))
+    program = export(model, torch.zeros(1, 2, 12, 12))
+    torch.export.save(program, str(root / "source.pt"))
+    result = compile_program(program, Options(external_weights=True,
+                                              pack_location="model.snnpack",
+                                              pot_lowering="shift"))
     head = result.packed[-1]
     levels = pack.Layer("levels/head.weight_codes", "levels/head.weight_scale", "uniform", 8,
                         head.codes, model.head.parametrizations.weight[0].scale.numpy()
@@ -104,8 +114,10 @@ def real(tmp_path_factory):
     x = np.random.default_rng(SEED).random((2, 2, 12, 12), dtype=np.float32)
     logits = load_session(str(skeleton), intra_op_num_threads=1).run(None, {"x": x})[0]
     assert np.abs(logits).max() > 0
+    np.savez(root / "data.npz", x=x)
     return {"blob": blob, "layers": pack.decode(blob), "skeleton": str(skeleton), "x": x,
-            "logits": logits, "root": root}
+            "logits": logits, "root": root, "program": program, "source": str(root / "source.pt"),
+            "data": str(root / "data.npz")}
 
 
 def _entries(blob: bytes) -> list[dict]:
@@ -341,3 +353,92 @@ def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
     counts = _print_counts(f"load_session: {len(chosen)} of the mutants in "
                            f"{time.perf_counter() - start:.1f} s", seen)
     assert len(chosen) >= 300 and sum(row["values"] for row in counts.values()) >= 1
+
+
+# ------------------------------------------------- shapes: what every layout's consumers can take
+
+def _unchecked(layers: list[pack.Layer]) -> bytes:
+    """encode's canonical bytes without its shape rule (pack.layout_rules), for layers that
+    decode must refuse."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pack, "layout_rules", lambda *args: (), raising=False)
+        return pack.encode(layers)
+
+
+def _scales(layout: int, scheme: str, bits: int, channels: int) -> np.ndarray:
+    """Scales legal in this layout."""
+    value = 0.5 if layout == pack.LEVELS else pack.unit(scheme, bits)
+    return np.full(channels, value, np.float32)
+
+
+def _misshapen(layers: list[pack.Layer]) -> list[tuple[str, int, list[pack.Layer]]]:
+    """(what, index of the bad layer, layers) for packs whose one fault is a layer's shape: for
+    every layout an added layer of 0 or 1 dimensions, and each layer flattened to 1-D (the
+    review's reproducer: a gemm layer [8] crashed verify in gemm_matrix)."""
+    out = []
+    for layout in pack.LAYOUTS:
+        scheme, bits = ("pot", 3) if layout == pack.CODES else ("uniform", 4)
+        for shape in ((1,), (8,), ()):
+            channels = shape[0] if shape else 0
+            extra = pack.Layer(f"extra.{layout}", "extra.scale" if layout == pack.LEVELS else "",
+                               scheme, bits, np.zeros(shape, np.int32),
+                               _scales(layout, scheme, bits, channels), layout)
+            out.append((f"added layout-{layout} layer {list(shape)}", len(layers),
+                        layers + [extra]))
+    for i, layer in enumerate(layers):
+        flat = pack.Layer(layer.name, layer.scale_name, layer.scheme, layer.bits,
+                          layer.codes.reshape(-1),
+                          _scales(layer.layout, layer.scheme, layer.bits, layer.codes.size),
+                          layer.layout)
+        out.append((f"layer {i} (layout {layer.layout}) flattened", i,
+                    layers[:i] + [flat] + layers[i + 1:]))
+    return out
+
+
+def test_a_layer_shaped_unlike_its_layout_is_refused_everywhere(real, tmp_path):
+    """decode refuses a layer of fewer than 2 dimensions in every layout, naming the layer and
+    the rule, so inspect, load_session and verify refuse it (exit 1) instead of failing inside
+    (verify ended in an internal error, load_session in a bare ValueError)."""
+    runner = CliRunner()
+    path = tmp_path / "bad.snnpack"
+    cases = _misshapen(real["layers"])
+    assert {layout for what, _, _ in cases for layout in pack.LAYOUTS
+            if f"layout-{layout}" in what or f"(layout {layout})" in what} == set(pack.LAYOUTS)
+    for what, index, layers in cases:
+        blob = _unchecked(layers)
+        message = rf"ndim is [01], expected 2\.\.6 for layout \d \(\w+\).*\(layer {index} '"
+        with pytest.raises(BadInputError, match=message):
+            pack.decode(blob)
+        path.write_bytes(blob)
+        with pytest.raises(BadInputError, match=message):
+            load_session(real["skeleton"], str(path))
+        for args in (["inspect", str(path)],
+                     ["verify", real["source"], real["skeleton"], "--data", real["data"],
+                      "--pack", str(path)]):
+            result = runner.invoke(main, args)
+            assert result.exit_code == 1, (what, args[0], result.output)
+            assert re.search(message, result.stderr) and "internal error" not in result.stderr, \
+                (what, args[0], result.stderr)
+
+
+@pytest.mark.parametrize("layout", sorted(pack.LAYOUTS))
+def test_every_shape_a_layout_takes_reaches_its_consumers(layout):
+    """The other side of the rule: 2 to 6 dimensions, in every layout, encode, decode and
+    become the initializer the layout names (weights.gemm_matrix's [K, D * C] for gemm)."""
+    scheme, bits = ("pot", 5) if layout == pack.CODES else ("uniform", 8)
+    rng = np.random.default_rng(layout)
+    for shape in ((3, 5), (4, 2, 3), (2, 3, 1, 2), (2, 1, 2, 1, 2), (2, 1, 1, 2, 1, 3)):
+        low = -(2 ** (bits - 1)) + (scheme == "pot")
+        codes = rng.integers(low, 2 ** (bits - 1), size=shape).astype(np.int32)
+        layer = pack.Layer("w", "s" if layout == pack.LEVELS else "", scheme, bits, codes,
+                           _scales(layout, scheme, bits, shape[0]), layout)
+        blob = pack.encode([layer])
+        decoded, = pack.decode(blob)
+        assert np.array_equal(decoded.codes, codes)
+        array = pack.onnx_initializers([decoded])["w"]
+        if layout == pack.GEMM:
+            assert array.dtype == np.int8 and array.shape[0] == int(np.prod(shape[1:]))
+            assert array.shape[1] % shape[0] == 0
+        else:
+            assert array.shape == shape
+        assert pack.table_json([decoded], len(blob))["layers"][0]["shape"] == list(shape)
