@@ -100,10 +100,13 @@ def test_external_weights_equal_the_self_contained_model(packed):
     full = load_session(packed["full"], intra_op_num_threads=2)
     explicit = load_session(packed["skeleton"], packed["pack"], intra_op_num_threads=2)
     implicit = load_session(packed["skeleton"])  # finds model.snnpack next to it
+    # the self-contained model holds exactly the pack's 22 layers, so it takes the pack too
+    checked = load_session(packed["full"], packed["pack"], intra_op_num_threads=2)
     x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
     want = full.run(None, {"x": x})[0]
     assert np.array_equal(explicit.run(None, {"x": x})[0], want)
     assert np.array_equal(implicit.run(None, {"x": x})[0], want)
+    assert np.array_equal(checked.run(None, {"x": x})[0], want)
     assert np.abs(want).max() > 0
 
 

@@ -4,9 +4,11 @@ snnc.runtime.load_session.
 The pack: a quantized ConvSNN compiled with external weights and --pot-lowering shift,
 4 layers in this order: conv1 PoT 4-bit folded (layout 2 "signed", with a negative and a
 dead channel: scales +-64 and 0); a layout-0 "levels" uniform 8-bit layer holding the
-head's codes with its quantizer's own positive scales (the model does not refer to it, so
-load_session ignores it); conv2 PoT 3-bit as shifts (layout 1 "codes"); the head uniform
-8-bit folded, an integer GEMM on spikes (layout 3 "gemm"). Mutant kinds: every header and table field overwritten with
+head's codes with its quantizer's own positive scales (the skeleton is given a
+DequantizeLinear that reads it into an extra output, since a pack must hold exactly its
+model's weights: so layout 0 reaches ONNX Runtime too); conv2 PoT 3-bit as shifts (layout 1
+"codes"); the head uniform 8-bit folded, an integer GEMM on spikes (layout 3 "gemm").
+Mutant kinds: every header and table field overwritten with
 interesting values (0, 1, max, +-1, halves and doubles, other regions' offsets and sizes)
 and table entries copied over each other, resealed (the checksum field itself: not);
 random 1-3 bit flips, unsealed and resealed; truncations and extensions (also with the
@@ -53,7 +55,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 import snnc
 from snnc import BadInputError
@@ -89,6 +91,24 @@ def _quantized_conv_snn(seed: int) -> torch.nn.Module:
     return model
 
 
+def _read_levels(skeleton: bytes, layer: pack.Layer) -> bytes:
+    """The skeleton with a reference to the levels layer, read by a DequantizeLinear (its
+    scale: the quantizer's, an initializer of the model) into an extra graph output."""
+    model = onnx.load_from_string(skeleton)
+    ref = onnx.TensorProto()
+    ref.CopyFrom(next(t for t in model.graph.initializer
+                      if t.data_location == onnx.TensorProto.EXTERNAL))
+    ref.name, ref.data_type = layer.name, onnx.TensorProto.INT8
+    del ref.dims[:]
+    ref.dims.extend(layer.codes.shape)
+    model.graph.initializer.extend([ref, numpy_helper.from_array(layer.scales, layer.scale_name)])
+    model.graph.node.append(helper.make_node("DequantizeLinear", [layer.name, layer.scale_name],
+                                             ["levels_weight"], axis=0))
+    model.graph.output.append(helper.make_tensor_value_info(
+        "levels_weight", onnx.TensorProto.FLOAT, list(layer.codes.shape)))
+    return model.SerializeToString()
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     model = _quantized_conv_snn(1)
@@ -109,7 +129,7 @@ def real(tmp_path_factory):
     assert {-64.0, 0.0, 64.0} <= set(layers[0].scales.tolist())
     blob = pack.encode(layers)
     skeleton = root / "model.onnx"
-    skeleton.write_bytes(result.data)
+    skeleton.write_bytes(_read_levels(result.data, levels))
     (root / "model.snnpack").write_bytes(blob)
     x = np.random.default_rng(SEED).random((2, 2, 12, 12), dtype=np.float32)
     logits = load_session(str(skeleton), intra_op_num_threads=1).run(None, {"x": x})[0]
@@ -442,3 +462,113 @@ def test_every_shape_a_layout_takes_reaches_its_consumers(layout):
         else:
             assert array.shape == shape
         assert pack.table_json([decoded], len(blob))["layers"][0]["shape"] == list(shape)
+
+
+# ---------------------------------------------- a pack is checked against the model it comes with
+
+@pytest.fixture(scope="module")
+def embedded(real):
+    """The fuzzed model compiled self-contained (its weights in the .onnx) with its pack, and
+    the pack of another model of the same shape (other weights, same names and shapes)."""
+    root = real["root"]
+    opts = Options(pot_lowering="shift")
+    for name, program in (("self", real["program"]),
+                          ("other", export(_quantized_conv_snn(2), torch.zeros(1, 2, 12, 12)))):
+        result = compile_program(program, opts)
+        (root / f"{name}.onnx").write_bytes(result.data)
+        (root / f"{name}.snnpack").write_bytes(result.pack_bytes())
+    return {"onnx": str(root / "self.onnx"), "pack": str(root / "self.snnpack"),
+            "other": str(root / "other.snnpack")}
+
+
+def _wrong_packs(real, embedded) -> list[tuple[str, bytes, str]]:
+    """(what, pack, what the refusal must say) for packs that do not belong to the
+    self-contained model: one byte flipped at several places (header, layer table, names,
+    codes, scales, last byte), resealed edits decode accepts (one code, one folded channel's
+    sign), a layer missing, a layer added, and packs of other models."""
+    blob = open(embedded["pack"], "rb").read()
+    layers = pack.decode(blob)
+    data_at = struct.unpack_from("<Q", blob, 40)[0]
+    entry = _entries(blob)
+    out = []
+    for at in (10, 64 + 19, 64 + 72 * len(layers) + 3, data_at + entry[1]["codes offset"] + 2,
+               data_at + entry[2]["scales offset"], len(blob) - 1):
+        flipped = bytearray(blob)
+        flipped[at] ^= 0x20
+        out.append((f"byte {at} flipped", bytes(flipped), "corrupt \\(checksum mismatch\\)"))
+    head = layers[-1]
+    codes = head.codes.copy()
+    codes[0, 0] = 1 if codes[0, 0] != 1 else 2
+    edited = layers[:-1] + [pack.Layer(head.name, "", head.scheme, head.bits, codes, head.scales,
+                                       head.layout)]
+    out.append(("one code resealed", pack.encode(edited),
+                f"holds other weights than .* in '{head.name}' \\(1 of"))
+    first = layers[0]
+    scales = first.scales.copy()
+    scales[1] = -scales[1]  # a negative channel made positive: legal, not this model's
+    flipped = [pack.Layer(first.name, "", first.scheme, first.bits, first.codes, scales,
+                          first.layout)] + layers[1:]
+    out.append(("one channel's sign resealed", pack.encode(flipped),
+                f"holds other weights than .* in '{first.name}'"))
+    out.append(("a layer missing", pack.encode(layers[1:]),
+                f"does not hold the weights \\['{first.name}'\\] that .* holds \\(1 of 3"))
+    out.append(("a layer added", pack.encode(layers + [real["layers"][1]]),
+                "holds layer 3 'levels/head.weight_codes', which .* does not have among the 3"))
+    out.append(("another model's pack", open(embedded["other"], "rb").read(),
+                f"holds other weights than .* in '{first.name}'"))
+    out.append(("the fuzzed skeleton's pack", real["blob"],
+                "holds layer 1 'levels/head.weight_codes', which"))
+    return out
+
+
+def test_a_pack_given_with_a_self_contained_model_must_hold_its_weights(real, embedded,
+                                                                         tmp_path):
+    """`--pack` with a model that holds its own weights used to be ignored (a corrupt pack
+    verified at 100 %, exit 0): the pack is decoded and must hold exactly the model's
+    quantized weights, bit for bit, or be refused, naming the layer; through load_session and
+    snnc verify (refused before SOURCE is loaded)."""
+    runner = CliRunner()
+    path = tmp_path / "given.snnpack"
+    verify = ["verify", real["source"], embedded["onnx"], "--data", real["data"], "--pack",
+              str(path)]
+    for what, blob, message in _wrong_packs(real, embedded):
+        path.write_bytes(blob)
+        with pytest.raises(BadInputError, match=message):
+            load_session(embedded["onnx"], str(path))
+        result = runner.invoke(main, verify)
+        assert result.exit_code == 1, (what, result.output)
+        assert re.search(message, result.stderr) and "internal error" not in result.stderr, \
+            (what, result.stderr)
+    path.write_bytes(open(embedded["pack"], "rb").read())
+    result = runner.invoke(main, verify + ["--json"])
+    assert result.exit_code == 0, result.stderr
+    assert '"top1_agreement": 1.0' in result.stdout
+
+
+def test_a_skeleton_refuses_a_pack_that_is_not_exactly_its_weights(real, embedded, tmp_path):
+    """With external weights too, the pack holds exactly the layers the model refers to: a
+    pack of another model, one with a layer added (built into no initializer) or missing, and
+    a levels layer whose scales are not the model's are refused, naming the layer."""
+    layers = real["layers"]
+    levels = layers[1]
+    scaled = pack.Layer(levels.name, levels.scale_name, levels.scheme, levels.bits, levels.codes,
+                        levels.scales * np.float32(2), levels.layout)
+    extra = pack.Layer("unread.weight_codes", "", "uniform", 4, np.zeros((2, 3), np.int32),
+                       np.ones(2, np.float32), pack.GEMM)
+    cases = [("a layer added", pack.encode(layers + [extra]),
+              "holds layer 4 'unread.weight_codes', which .* does not have among the 4"),
+             ("another model's pack", open(embedded["other"], "rb").read(),
+              r"does not hold the weights \['levels/head.weight_codes'\] that .* refers to"),
+             ("a layer missing", pack.encode(layers[:3]), "does not hold the weights"),
+             ("levels scales doubled", pack.encode([layers[0], scaled] + layers[2:]),
+              "holds 'levels/head.weight_codes' with scale .* for channel 0, but .* "
+              "dequantizes it with")]
+    path = tmp_path / "given.snnpack"
+    for what, blob, message in cases:
+        path.write_bytes(blob)
+        with pytest.raises(BadInputError, match=message):
+            load_session(real["skeleton"], str(path))
+        result = CliRunner().invoke(main, ["verify", real["source"], real["skeleton"], "--data",
+                                           real["data"], "--pack", str(path)])
+        assert result.exit_code == 1 and re.search(message, result.stderr), \
+            (what, result.stderr)
