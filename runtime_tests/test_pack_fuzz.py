@@ -37,21 +37,22 @@ layout. Anything else raised, or accepted, is a failure.
 load_session: every accepted field mutant, every names or layout mutant, and a seeded
 sample of the rest (ORT_MUTANTS in all) with the model's skeleton. Nothing but
 BadInputError may escape; a layout mutant must be refused (the model reads the two layouts
-with different casts); an identical mutant gives exactly the original logits on a fixed
-input; a values or names mutant that loads gives exactly the logits of the self-contained
-model holding the decoded weights (the pack's meaning reaches ONNX Runtime as decoded,
-nothing reinterpreted). A renamed weight the model refers to is refused as missing.
+with different casts); a renamed weight the model refers to is refused as missing; a
+values mutant is refused (the skeleton records a digest of every weight it was compiled
+with, docs/binary_format.md) unless its edit vanishes in the arrays ONNX Runtime gets (the
+codes of a dead channel). Whatever loads hands ONNX Runtime exactly the compiled arrays and
+gives exactly the original logits on a fixed input.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import time
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -93,7 +94,8 @@ def _quantized_conv_snn(seed: int) -> torch.nn.Module:
 
 def _read_levels(skeleton: bytes, layer: pack.Layer) -> bytes:
     """The skeleton with a reference to the levels layer, read by a DequantizeLinear (its
-    scale: the quantizer's, an initializer of the model) into an extra graph output."""
+    scale: the quantizer's, an initializer of the model) into an extra graph output, and
+    its digest recorded as compile records the others'."""
     model = onnx.load_from_string(skeleton)
     ref = onnx.TensorProto()
     ref.CopyFrom(next(t for t in model.graph.initializer
@@ -106,6 +108,10 @@ def _read_levels(skeleton: bytes, layer: pack.Layer) -> bytes:
                                              ["levels_weight"], axis=0))
     model.graph.output.append(helper.make_tensor_value_info(
         "levels_weight", onnx.TensorProto.FLOAT, list(layer.codes.shape)))
+    entry = next(p for p in model.metadata_props if p.key == pack.DIGESTS_KEY)
+    digests = json.loads(entry.value)
+    digests[layer.name] = pack.weight_digest(pack.onnx_initializers([layer])[layer.name])
+    entry.value = json.dumps(digests, sort_keys=True)
     return model.SerializeToString()
 
 
@@ -330,20 +336,6 @@ def test_mutated_packs_are_refused_or_mean_the_same(real, judged):
     assert sum(row["layout"] for row in counts.values()) >= 1  # load_session must refuse these
 
 
-def _embedded_logits(real, layers) -> np.ndarray:
-    """The logits of the self-contained model holding these layers' weights."""
-    model = onnx.load(real["skeleton"], load_external_data=False)
-    arrays = pack.onnx_initializers(layers)
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name], tensor.name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": real["x"]})[0]
-
-
 def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
     """Every accepted mutant of a header or table field and every layout swap, and a seeded
     sample of the rest: ORT_MUTANTS in all."""
@@ -355,8 +347,9 @@ def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
     chosen = [results[i] for i in sorted(must + list(rng.choice(rest, ORT_MUTANTS - len(must),
                                                                  replace=False)))]
     path = tmp_path / "mutant.snnpack"
+    original = pack.onnx_initializers(real["layers"])
     start = time.perf_counter()
-    seen = []
+    seen, refused = [], []
     for kind, mutant, verdict, layers in chosen:
         path.write_bytes(mutant)
         try:
@@ -364,15 +357,21 @@ def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
         except BadInputError as error:
             assert verdict != "layout" or "reads it with" in str(error), str(error)
             seen.append((kind, "refused"))
+            refused.append(verdict)
             continue
-        assert verdict != "layout", kind
+        assert verdict not in ("layout", "names"), kind
+        # the arrays ONNX Runtime got are the ones compiled (each checked against the
+        # skeleton's digest): a values mutant loads only if its edit vanishes in them
+        # (codes of a dead channel, scale +0)
+        arrays = pack.onnx_initializers(layers)
+        assert all(arrays[n].tobytes() == original[n].tobytes() for n in original), kind
         logits = session.run(None, {"x": real["x"]})[0]
-        want = real["logits"] if verdict == "identical" else _embedded_logits(real, layers)
-        assert logits.tobytes() == want.tobytes(), kind
+        assert logits.tobytes() == real["logits"].tobytes(), kind
         seen.append((kind, verdict))
     counts = _print_counts(f"load_session: {len(chosen)} of the mutants in "
                            f"{time.perf_counter() - start:.1f} s", seen)
-    assert len(chosen) >= 300 and sum(row["values"] for row in counts.values()) >= 1
+    assert len(chosen) >= 300 and refused.count("values") >= 100 and "names" in refused
+    assert sum(row["identical"] for row in counts.values()) >= 1
 
 
 # ------------------------------------------------- shapes: what every layout's consumers can take
@@ -547,10 +546,12 @@ def test_a_pack_given_with_a_self_contained_model_must_hold_its_weights(real, em
 
 def test_a_skeleton_refuses_a_pack_that_is_not_exactly_its_weights(real, embedded, tmp_path):
     """With external weights too, the pack holds exactly the layers the model refers to: a
-    pack of another model, one with a layer added (built into no initializer) or missing, and
-    a levels layer whose scales are not the model's are refused, naming the layer."""
+    pack of another model, one with a layer added (built into no initializer) or missing, a
+    levels layer whose scales are not the model's, and another model's weights under the same
+    names and shapes (the skeleton's digests) are refused, naming the layer."""
     layers = real["layers"]
     levels = layers[1]
+    other = pack.decode(open(embedded["other"], "rb").read())  # same names, shapes, layouts
     scaled = pack.Layer(levels.name, levels.scale_name, levels.scheme, levels.bits, levels.codes,
                         levels.scales * np.float32(2), levels.layout)
     extra = pack.Layer("unread.weight_codes", "", "uniform", 4, np.zeros((2, 3), np.int32),
@@ -562,7 +563,9 @@ def test_a_skeleton_refuses_a_pack_that_is_not_exactly_its_weights(real, embedde
              ("a layer missing", pack.encode(layers[:3]), "does not hold the weights"),
              ("levels scales doubled", pack.encode([layers[0], scaled] + layers[2:]),
               "holds 'levels/head.weight_codes' with scale .* for channel 0, but .* "
-              "dequantizes it with")]
+              "dequantizes it with"),
+             ("another model of the same shape", pack.encode(other[:1] + [levels] + other[1:]),
+              "holds other values for 'conv1.weight_codes' than .* was compiled with")]
     path = tmp_path / "given.snnpack"
     for what, blob, message in cases:
         path.write_bytes(blob)

@@ -13,6 +13,7 @@ that the ONNX backend would have stored, for ONNX Runtime's external initializer
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import zlib
@@ -373,6 +374,19 @@ def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
         else:
             arrays[layer.name] = container(layer.codes, layer.scheme, layer.bits, False)[0]
     return arrays
+
+
+DIGESTS_KEY = "snnc.pack_digests"  # a skeleton's metadata: {weight name: weight_digest}
+
+
+def weight_digest(array: np.ndarray) -> str:
+    """SHA-256 (first 16 hex digits) of an integer initializer as ONNX Runtime receives it:
+    its dtype, shape and little-endian bytes. A skeleton records one per reference
+    (onnx_emit.externalize) so that load_session can tell the pack it was compiled with
+    from another compile's pack of the same names and shapes."""
+    array = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+    head = f"{array.dtype.str} {list(array.shape)}\n".encode()
+    return hashlib.sha256(head + array.tobytes()).hexdigest()[:16]
 
 
 def table_json(layers: list[Layer], total_bytes: int) -> dict:

@@ -7,7 +7,7 @@ A model compiled with `--weights external` holds references instead of its quant
 weights; `load_session` decodes the pack (snnc.backend.pack.decode validates all of it), checks it
 against the model (the pack holds exactly the referenced layers, each read the way its
 layout says, with the reference's data type and dims, a levels layer's scales those of the
-model's DequantizeLinear) and hands the integer tensors to ONNX Runtime through
+model's DequantizeLinear, and each array the one the model records a digest of) and hands the integer tensors to ONNX Runtime through
 SessionOptions.add_external_initializers, before the graph is optimized. The result runs
 exactly like the self-contained model. A pack given with a self-contained model is decoded
 and checked the same way against the weights the model holds: exactly its quantized
@@ -16,14 +16,15 @@ weights, bit for bit after decoding. Every failure is a BadInputError.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from snnc.backend.pack import (CODES, GEMM, LAYOUTS, LEVELS, SIGNED, Layer, decode,
-                               onnx_initializers)
+from snnc.backend.pack import (CODES, DIGESTS_KEY, GEMM, LAYOUTS, LEVELS, SIGNED, Layer,
+                               decode, onnx_initializers, weight_digest)
 from snnc.errors import BadInputError, first_line
 from snnc.files.paths import check_input, sniff
 from snnc.quant.weights import unit
@@ -177,7 +178,34 @@ def pack_arrays(pack_path: str, model: onnx.ModelProto, onnx_path: str
                 f"{pack_path} holds {name!r} as {got[0]} {list(got[1])}, but {onnx_path} "
                 f"expects {want[0]} {list(want[1])}: {RECOMPILE}")
     _check_scales(layers, model, pack_path, onnx_path, RECOMPILE)
+    _check_digests(arrays, model, pack_path, onnx_path)
     return arrays
+
+
+def _check_digests(arrays: dict[str, np.ndarray], model: onnx.ModelProto, pack_path: str,
+                   onnx_path: str) -> None:
+    """Each array is the one the skeleton was compiled with (its DIGESTS_KEY metadata; a
+    skeleton compiled before snnc recorded them has none, and takes any pack that fits)."""
+    recorded = {p.key: p.value for p in model.metadata_props}.get(DIGESTS_KEY)
+    if recorded is None:
+        return
+    try:
+        digests = json.loads(recorded)
+        valid = isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
+    except ValueError:
+        valid = False
+    if not valid or set(digests) != set(arrays):
+        raise BadInputError(f"{onnx_path}: its metadata {DIGESTS_KEY} does not list the weights "
+                            "it refers to, as snnc compile writes it; pass the .onnx that snnc "
+                            "compile wrote")
+    for name in sorted(arrays):
+        if weight_digest(arrays[name]) != digests[name]:
+            raise BadInputError(
+                f"{pack_path} holds other values for {name!r} than {onnx_path} was compiled "
+                f"with (the model records a digest of each weight): the pack is from another "
+                f"compile of a model of this shape; pass the pack written with this .onnx, "
+                f"or recompile both with `snnc compile MODEL --weights external --pack "
+                f"PACK.snnpack`")
 
 
 def quantized_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
