@@ -265,7 +265,9 @@ def _check_compile_paths(model, output, pack_path, ort, report_path, verify_data
 @click.option("--data", required=True, type=click.Path(),
               help="An .npz with x (inputs, samples on axis 0) and y (labels, optional).")
 @click.option("--pack", "pack_path", type=click.Path(),
-              help="The .snnpack of a model compiled with --weights external.")
+              help="The .snnpack compiled with COMPILED: its weights, for a model compiled "
+                   "with --weights external; checked to hold exactly the weights of a model "
+                   "that holds its own.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--min-agreement", type=click.FloatRange(0, 100), default=100.0,
               callback=lambda ctx, param, value: _not_nan(value),
@@ -284,6 +286,7 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
     has --debug-outputs, the spike agreement per neuron layer. Exit status: 0 when top-1
     agreement reaches --min-agreement, 4 when it does not, 1 on bad input.
     """
+    from snnc.backend.runtime import load_session
     from snnc.files import loader
     from snnc.files.paths import check_paths, sniff, wrong_kind
     from snnc.frontend.lift import lift
@@ -302,12 +305,16 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
             raise wrong_kind("--pack", pack_path, sniff(pack_path), "an snnc weight pack",
                              doc="docs/binary_format.md")
         x = _load_data(data)
+        # COMPILED and its pack first: a pack that fails its checks is refused before SOURCE
+        # is loaded (load_session checks every pack it is given, docs/verify.md)
+        session = load_session(compiled, pack_path, intra_op_num_threads=2)
         program = loader.load_program(source, trust_pickle=trust_pickle,
                                       input_shape=_shape(input_shape), trust_code=trust_code,
                                       max_neuron_steps=max_neuron_steps)
         lift(program)  # SOURCE runs in PyTorch only if its ops are ones snnc knows
         verification = _verify(program, compiled, pack_path, x, quiet=as_json,
-                               batch_size=batch_size, allow_other_source=allow_other_source)
+                               batch_size=batch_size, allow_other_source=allow_other_source,
+                               session=session)
     if as_json:
         from snnc.check.accuracy import write_json
         click.echo(write_json(verification))
@@ -335,13 +342,15 @@ def _load_data(path):
 
 
 def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=None,
-            allow_other_source=True):
-    """Verify `onnx_path` against `program` on data = (x, y), printing the result."""
+            allow_other_source=True, session=None):
+    """Verify `onnx_path` against `program` on data = (x, y), printing the result; `session`:
+    onnx_path (with pack_path) already loaded."""
     from snnc.backend.runtime import load_session
     from snnc.check import accuracy
 
     x, y = data
-    session = load_session(onnx_path, pack_path, intra_op_num_threads=2)
+    if session is None:
+        session = load_session(onnx_path, pack_path, intra_op_num_threads=2)
     accuracy.check_source(program, session, allow_other_source)
     accuracy.check_inputs(program, session, x, y, batch_size)
     if quiet or len(x) <= batch_size:

@@ -100,10 +100,13 @@ def test_external_weights_equal_the_self_contained_model(packed):
     full = load_session(packed["full"], intra_op_num_threads=2)
     explicit = load_session(packed["skeleton"], packed["pack"], intra_op_num_threads=2)
     implicit = load_session(packed["skeleton"])  # finds model.snnpack next to it
+    # the self-contained model holds exactly the pack's 22 layers, so it takes the pack too
+    checked = load_session(packed["full"], packed["pack"], intra_op_num_threads=2)
     x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
     want = full.run(None, {"x": x})[0]
     assert np.array_equal(explicit.run(None, {"x": x})[0], want)
     assert np.array_equal(implicit.run(None, {"x": x})[0], want)
+    assert np.array_equal(checked.run(None, {"x": x})[0], want)
     assert np.abs(want).max() > 0
 
 
@@ -183,7 +186,7 @@ def test_moved_and_illegal_fields_are_refused(packed):
              r"codes offset is 64, expected 0 .*\(layer 0 '.*', byte 112\)"),
             ({f"v{entry + 17}": ("<B", 9)}, "bits is 9, expected 2..8 for uniform"),
             ({f"v{entry + 19}": ("<B", 4)}, "layout is 4"),
-            ({f"v{entry + 18}": ("<B", 7)}, "ndim is 7, expected 1..6"),
+            ({f"v{entry + 18}": ("<B", 7)}, r"ndim is 7, expected 2\.\.6 for layout 2"),
             ({f"v{entry + 44}": ("<I", 1)}, "channels is 1"),
             ({"v16": ("<I", 10 ** 6)}, "layer count is 1000000")]:
         with pytest.raises(BadInputError, match=message):

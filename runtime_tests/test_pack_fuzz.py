@@ -4,9 +4,11 @@ snnc.runtime.load_session.
 The pack: a quantized ConvSNN compiled with external weights and --pot-lowering shift,
 4 layers in this order: conv1 PoT 4-bit folded (layout 2 "signed", with a negative and a
 dead channel: scales +-64 and 0); a layout-0 "levels" uniform 8-bit layer holding the
-head's codes with its quantizer's own positive scales (the model does not refer to it, so
-load_session ignores it); conv2 PoT 3-bit as shifts (layout 1 "codes"); the head uniform
-8-bit folded, an integer GEMM on spikes (layout 3 "gemm"). Mutant kinds: every header and table field overwritten with
+head's codes with its quantizer's own positive scales (the skeleton is given a
+DequantizeLinear that reads it into an extra output, since a pack must hold exactly its
+model's weights: so layout 0 reaches ONNX Runtime too); conv2 PoT 3-bit as shifts (layout 1
+"codes"); the head uniform 8-bit folded, an integer GEMM on spikes (layout 3 "gemm").
+Mutant kinds: every header and table field overwritten with
 interesting values (0, 1, max, +-1, halves and doubles, other regions' offsets and sizes)
 and table entries copied over each other, resealed (the checksum field itself: not);
 random 1-3 bit flips, unsealed and resealed; truncations and extensions (also with the
@@ -35,28 +37,32 @@ layout. Anything else raised, or accepted, is a failure.
 load_session: every accepted field mutant, every names or layout mutant, and a seeded
 sample of the rest (ORT_MUTANTS in all) with the model's skeleton. Nothing but
 BadInputError may escape; a layout mutant must be refused (the model reads the two layouts
-with different casts); an identical mutant gives exactly the original logits on a fixed
-input; a values or names mutant that loads gives exactly the logits of the self-contained
-model holding the decoded weights (the pack's meaning reaches ONNX Runtime as decoded,
-nothing reinterpreted). A renamed weight the model refers to is refused as missing.
+with different casts); a renamed weight the model refers to is refused as missing; a
+values mutant is refused (the skeleton records a digest of every weight it was compiled
+with, docs/binary_format.md) unless its edit vanishes in the arrays ONNX Runtime gets (the
+codes of a dead channel). Whatever loads hands ONNX Runtime exactly the compiled arrays and
+gives exactly the original logits on a fixed input.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 import time
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from onnx import numpy_helper
+from click.testing import CliRunner
+from onnx import helper, numpy_helper
 
 import snnc
 from snnc import BadInputError
 from snnc.backend import pack
 from snnc.backend.runtime import load_session
+from snnc.cli import main
 from snnc.demo import conv_snn, export, make_firing
 from snnc.driver import compile_program
 from snnc.options import Options
@@ -75,19 +81,49 @@ def reseal(blob: bytearray) -> bytes:
     return bytes(blob)
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    torch.manual_seed(SEED)
-    model = conv_snn(seed=1)
+def _quantized_conv_snn(seed: int) -> torch.nn.Module:
+    """The fuzzed model (seed 1), or another of the same shape."""
+    model = conv_snn(seed=seed)
     snnc.quantize(model, CONFIG)
-    model = make_firing(model, (8, 2, 12, 12), seed=1)
+    model = make_firing(model, (8, 2, 12, 12), seed=seed)
     with torch.no_grad():  # a negative and a dead channel: folded scales -unit and 0
         model.bn1.weight[1] = -0.5
         model.bn1.weight[2] = 0.0
+    return model
+
+
+def _read_levels(skeleton: bytes, layer: pack.Layer) -> bytes:
+    """The skeleton with a reference to the levels layer, read by a DequantizeLinear (its
+    scale: the quantizer's, an initializer of the model) into an extra graph output, and
+    its digest recorded as compile records the others'."""
+    model = onnx.load_from_string(skeleton)
+    ref = onnx.TensorProto()
+    ref.CopyFrom(next(t for t in model.graph.initializer
+                      if t.data_location == onnx.TensorProto.EXTERNAL))
+    ref.name, ref.data_type = layer.name, onnx.TensorProto.INT8
+    del ref.dims[:]
+    ref.dims.extend(layer.codes.shape)
+    model.graph.initializer.extend([ref, numpy_helper.from_array(layer.scales, layer.scale_name)])
+    model.graph.node.append(helper.make_node("DequantizeLinear", [layer.name, layer.scale_name],
+                                             ["levels_weight"], axis=0))
+    model.graph.output.append(helper.make_tensor_value_info(
+        "levels_weight", onnx.TensorProto.FLOAT, list(layer.codes.shape)))
+    entry = next(p for p in model.metadata_props if p.key == pack.DIGESTS_KEY)
+    digests = json.loads(entry.value)
+    digests[layer.name] = pack.weight_digest(pack.onnx_initializers([layer])[layer.name])
+    entry.value = json.dumps(digests, sort_keys=True)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    model = _quantized_conv_snn(1)
     root = tmp_path_factory.mktemp("fuzz")
-    result = compile_program(export(model, torch.zeros(1, 2, 12, 12)),
-                             Options(external_weights=True, pack_location="model.snnpack",
-                                     pot_lowering="shift"))
+    program = export(model, torch.zeros(1, 2, 12, 12))
+    torch.export.save(program, str(root / "source.pt"))
+    result = compile_program(program, Options(external_weights=True,
+                                              pack_location="model.snnpack",
+                                              pot_lowering="shift"))
     head = result.packed[-1]
     levels = pack.Layer("levels/head.weight_codes", "levels/head.weight_scale", "uniform", 8,
                         head.codes, model.head.parametrizations.weight[0].scale.numpy()
@@ -99,13 +135,15 @@ def real(tmp_path_factory):
     assert {-64.0, 0.0, 64.0} <= set(layers[0].scales.tolist())
     blob = pack.encode(layers)
     skeleton = root / "model.onnx"
-    skeleton.write_bytes(result.data)
+    skeleton.write_bytes(_read_levels(result.data, levels))
     (root / "model.snnpack").write_bytes(blob)
     x = np.random.default_rng(SEED).random((2, 2, 12, 12), dtype=np.float32)
     logits = load_session(str(skeleton), intra_op_num_threads=1).run(None, {"x": x})[0]
     assert np.abs(logits).max() > 0
+    np.savez(root / "data.npz", x=x)
     return {"blob": blob, "layers": pack.decode(blob), "skeleton": str(skeleton), "x": x,
-            "logits": logits, "root": root}
+            "logits": logits, "root": root, "program": program, "source": str(root / "source.pt"),
+            "data": str(root / "data.npz")}
 
 
 def _entries(blob: bytes) -> list[dict]:
@@ -298,20 +336,6 @@ def test_mutated_packs_are_refused_or_mean_the_same(real, judged):
     assert sum(row["layout"] for row in counts.values()) >= 1  # load_session must refuse these
 
 
-def _embedded_logits(real, layers) -> np.ndarray:
-    """The logits of the self-contained model holding these layers' weights."""
-    model = onnx.load(real["skeleton"], load_external_data=False)
-    arrays = pack.onnx_initializers(layers)
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name], tensor.name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": real["x"]})[0]
-
-
 def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
     """Every accepted mutant of a header or table field and every layout swap, and a seeded
     sample of the rest: ORT_MUTANTS in all."""
@@ -323,8 +347,9 @@ def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
     chosen = [results[i] for i in sorted(must + list(rng.choice(rest, ORT_MUTANTS - len(must),
                                                                  replace=False)))]
     path = tmp_path / "mutant.snnpack"
+    original = pack.onnx_initializers(real["layers"])
     start = time.perf_counter()
-    seen = []
+    seen, refused = [], []
     for kind, mutant, verdict, layers in chosen:
         path.write_bytes(mutant)
         try:
@@ -332,12 +357,221 @@ def test_mutated_packs_never_load_into_wrong_logits(real, judged, tmp_path):
         except BadInputError as error:
             assert verdict != "layout" or "reads it with" in str(error), str(error)
             seen.append((kind, "refused"))
+            refused.append(verdict)
             continue
-        assert verdict != "layout", kind
+        assert verdict not in ("layout", "names"), kind
+        # the arrays ONNX Runtime got are the ones compiled (each checked against the
+        # skeleton's digest): a values mutant loads only if its edit vanishes in them
+        # (codes of a dead channel, scale +0)
+        arrays = pack.onnx_initializers(layers)
+        assert all(arrays[n].tobytes() == original[n].tobytes() for n in original), kind
         logits = session.run(None, {"x": real["x"]})[0]
-        want = real["logits"] if verdict == "identical" else _embedded_logits(real, layers)
-        assert logits.tobytes() == want.tobytes(), kind
+        assert logits.tobytes() == real["logits"].tobytes(), kind
         seen.append((kind, verdict))
     counts = _print_counts(f"load_session: {len(chosen)} of the mutants in "
                            f"{time.perf_counter() - start:.1f} s", seen)
-    assert len(chosen) >= 300 and sum(row["values"] for row in counts.values()) >= 1
+    assert len(chosen) >= 300 and refused.count("values") >= 100 and "names" in refused
+    assert sum(row["identical"] for row in counts.values()) >= 1
+
+
+# ------------------------------------------------- shapes: what every layout's consumers can take
+
+def _unchecked(layers: list[pack.Layer]) -> bytes:
+    """encode's canonical bytes without its shape rule (pack.layout_rules), for layers that
+    decode must refuse."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pack, "layout_rules", lambda *args: (), raising=False)
+        return pack.encode(layers)
+
+
+def _scales(layout: int, scheme: str, bits: int, channels: int) -> np.ndarray:
+    """Scales legal in this layout."""
+    value = 0.5 if layout == pack.LEVELS else pack.unit(scheme, bits)
+    return np.full(channels, value, np.float32)
+
+
+def _misshapen(layers: list[pack.Layer]) -> list[tuple[str, int, list[pack.Layer]]]:
+    """(what, index of the bad layer, layers) for packs whose one fault is a layer's shape: for
+    every layout an added layer of 0 or 1 dimensions, and each layer flattened to 1-D (the
+    review's reproducer: a gemm layer [8] crashed verify in gemm_matrix)."""
+    out = []
+    for layout in pack.LAYOUTS:
+        scheme, bits = ("pot", 3) if layout == pack.CODES else ("uniform", 4)
+        for shape in ((1,), (8,), ()):
+            channels = shape[0] if shape else 0
+            extra = pack.Layer(f"extra.{layout}", "extra.scale" if layout == pack.LEVELS else "",
+                               scheme, bits, np.zeros(shape, np.int32),
+                               _scales(layout, scheme, bits, channels), layout)
+            out.append((f"added layout-{layout} layer {list(shape)}", len(layers),
+                        layers + [extra]))
+    for i, layer in enumerate(layers):
+        flat = pack.Layer(layer.name, layer.scale_name, layer.scheme, layer.bits,
+                          layer.codes.reshape(-1),
+                          _scales(layer.layout, layer.scheme, layer.bits, layer.codes.size),
+                          layer.layout)
+        out.append((f"layer {i} (layout {layer.layout}) flattened", i,
+                    layers[:i] + [flat] + layers[i + 1:]))
+    return out
+
+
+def test_a_layer_shaped_unlike_its_layout_is_refused_everywhere(real, tmp_path):
+    """decode refuses a layer of fewer than 2 dimensions in every layout, naming the layer and
+    the rule, so inspect, load_session and verify refuse it (exit 1) instead of failing inside
+    (verify ended in an internal error, load_session in a bare ValueError)."""
+    runner = CliRunner()
+    path = tmp_path / "bad.snnpack"
+    cases = _misshapen(real["layers"])
+    assert {layout for what, _, _ in cases for layout in pack.LAYOUTS
+            if f"layout-{layout}" in what or f"(layout {layout})" in what} == set(pack.LAYOUTS)
+    for what, index, layers in cases:
+        blob = _unchecked(layers)
+        message = rf"ndim is [01], expected 2\.\.6 for layout \d \(\w+\).*\(layer {index} '"
+        with pytest.raises(BadInputError, match=message):
+            pack.decode(blob)
+        path.write_bytes(blob)
+        with pytest.raises(BadInputError, match=message):
+            load_session(real["skeleton"], str(path))
+        for args in (["inspect", str(path)],
+                     ["verify", real["source"], real["skeleton"], "--data", real["data"],
+                      "--pack", str(path)]):
+            result = runner.invoke(main, args)
+            assert result.exit_code == 1, (what, args[0], result.output)
+            assert re.search(message, result.stderr) and "internal error" not in result.stderr, \
+                (what, args[0], result.stderr)
+
+
+@pytest.mark.parametrize("layout", sorted(pack.LAYOUTS))
+def test_every_shape_a_layout_takes_reaches_its_consumers(layout):
+    """The other side of the rule: 2 to 6 dimensions, in every layout, encode, decode and
+    become the initializer the layout names (weights.gemm_matrix's [K, D * C] for gemm)."""
+    scheme, bits = ("pot", 5) if layout == pack.CODES else ("uniform", 8)
+    rng = np.random.default_rng(layout)
+    for shape in ((3, 5), (4, 2, 3), (2, 3, 1, 2), (2, 1, 2, 1, 2), (2, 1, 1, 2, 1, 3)):
+        low = -(2 ** (bits - 1)) + (scheme == "pot")
+        codes = rng.integers(low, 2 ** (bits - 1), size=shape).astype(np.int32)
+        layer = pack.Layer("w", "s" if layout == pack.LEVELS else "", scheme, bits, codes,
+                           _scales(layout, scheme, bits, shape[0]), layout)
+        blob = pack.encode([layer])
+        decoded, = pack.decode(blob)
+        assert np.array_equal(decoded.codes, codes)
+        array = pack.onnx_initializers([decoded])["w"]
+        if layout == pack.GEMM:
+            assert array.dtype == np.int8 and array.shape[0] == int(np.prod(shape[1:]))
+            assert array.shape[1] % shape[0] == 0
+        else:
+            assert array.shape == shape
+        assert pack.table_json([decoded], len(blob))["layers"][0]["shape"] == list(shape)
+
+
+# ---------------------------------------------- a pack is checked against the model it comes with
+
+@pytest.fixture(scope="module")
+def embedded(real):
+    """The fuzzed model compiled self-contained (its weights in the .onnx) with its pack, and
+    the pack of another model of the same shape (other weights, same names and shapes)."""
+    root = real["root"]
+    opts = Options(pot_lowering="shift")
+    for name, program in (("self", real["program"]),
+                          ("other", export(_quantized_conv_snn(2), torch.zeros(1, 2, 12, 12)))):
+        result = compile_program(program, opts)
+        (root / f"{name}.onnx").write_bytes(result.data)
+        (root / f"{name}.snnpack").write_bytes(result.pack_bytes())
+    return {"onnx": str(root / "self.onnx"), "pack": str(root / "self.snnpack"),
+            "other": str(root / "other.snnpack")}
+
+
+def _wrong_packs(real, embedded) -> list[tuple[str, bytes, str]]:
+    """(what, pack, what the refusal must say) for packs that do not belong to the
+    self-contained model: one byte flipped at several places (header, layer table, names,
+    codes, scales, last byte), resealed edits decode accepts (one code, one folded channel's
+    sign), a layer missing, a layer added, and packs of other models."""
+    blob = open(embedded["pack"], "rb").read()
+    layers = pack.decode(blob)
+    data_at = struct.unpack_from("<Q", blob, 40)[0]
+    entry = _entries(blob)
+    out = []
+    for at in (10, 64 + 19, 64 + 72 * len(layers) + 3, data_at + entry[1]["codes offset"] + 2,
+               data_at + entry[2]["scales offset"], len(blob) - 1):
+        flipped = bytearray(blob)
+        flipped[at] ^= 0x20
+        out.append((f"byte {at} flipped", bytes(flipped), "corrupt \\(checksum mismatch\\)"))
+    head = layers[-1]
+    codes = head.codes.copy()
+    codes[0, 0] = 1 if codes[0, 0] != 1 else 2
+    edited = layers[:-1] + [pack.Layer(head.name, "", head.scheme, head.bits, codes, head.scales,
+                                       head.layout)]
+    out.append(("one code resealed", pack.encode(edited),
+                f"holds other weights than .* in '{head.name}' \\(1 of"))
+    first = layers[0]
+    scales = first.scales.copy()
+    scales[1] = -scales[1]  # a negative channel made positive: legal, not this model's
+    flipped = [pack.Layer(first.name, "", first.scheme, first.bits, first.codes, scales,
+                          first.layout)] + layers[1:]
+    out.append(("one channel's sign resealed", pack.encode(flipped),
+                f"holds other weights than .* in '{first.name}'"))
+    out.append(("a layer missing", pack.encode(layers[1:]),
+                f"does not hold the weights \\['{first.name}'\\] that .* holds \\(1 of 3"))
+    out.append(("a layer added", pack.encode(layers + [real["layers"][1]]),
+                "holds layer 3 'levels/head.weight_codes', which .* does not have among the 3"))
+    out.append(("another model's pack", open(embedded["other"], "rb").read(),
+                f"holds other weights than .* in '{first.name}'"))
+    out.append(("the fuzzed skeleton's pack", real["blob"],
+                "holds layer 1 'levels/head.weight_codes', which"))
+    return out
+
+
+def test_a_pack_given_with_a_self_contained_model_must_hold_its_weights(real, embedded,
+                                                                         tmp_path):
+    """`--pack` with a model that holds its own weights used to be ignored (a corrupt pack
+    verified at 100 %, exit 0): the pack is decoded and must hold exactly the model's
+    quantized weights, bit for bit, or be refused, naming the layer; through load_session and
+    snnc verify (refused before SOURCE is loaded)."""
+    runner = CliRunner()
+    path = tmp_path / "given.snnpack"
+    verify = ["verify", real["source"], embedded["onnx"], "--data", real["data"], "--pack",
+              str(path)]
+    for what, blob, message in _wrong_packs(real, embedded):
+        path.write_bytes(blob)
+        with pytest.raises(BadInputError, match=message):
+            load_session(embedded["onnx"], str(path))
+        result = runner.invoke(main, verify)
+        assert result.exit_code == 1, (what, result.output)
+        assert re.search(message, result.stderr) and "internal error" not in result.stderr, \
+            (what, result.stderr)
+    path.write_bytes(open(embedded["pack"], "rb").read())
+    result = runner.invoke(main, verify + ["--json"])
+    assert result.exit_code == 0, result.stderr
+    assert '"top1_agreement": 1.0' in result.stdout
+
+
+def test_a_skeleton_refuses_a_pack_that_is_not_exactly_its_weights(real, embedded, tmp_path):
+    """With external weights too, the pack holds exactly the layers the model refers to: a
+    pack of another model, one with a layer added (built into no initializer) or missing, a
+    levels layer whose scales are not the model's, and another model's weights under the same
+    names and shapes (the skeleton's digests) are refused, naming the layer."""
+    layers = real["layers"]
+    levels = layers[1]
+    other = pack.decode(open(embedded["other"], "rb").read())  # same names, shapes, layouts
+    scaled = pack.Layer(levels.name, levels.scale_name, levels.scheme, levels.bits, levels.codes,
+                        levels.scales * np.float32(2), levels.layout)
+    extra = pack.Layer("unread.weight_codes", "", "uniform", 4, np.zeros((2, 3), np.int32),
+                       np.ones(2, np.float32), pack.GEMM)
+    cases = [("a layer added", pack.encode(layers + [extra]),
+              "holds layer 4 'unread.weight_codes', which .* does not have among the 4"),
+             ("another model's pack", open(embedded["other"], "rb").read(),
+              r"does not hold the weights \['levels/head.weight_codes'\] that .* refers to"),
+             ("a layer missing", pack.encode(layers[:3]), "does not hold the weights"),
+             ("levels scales doubled", pack.encode([layers[0], scaled] + layers[2:]),
+              "holds 'levels/head.weight_codes' with scale .* for channel 0, but .* "
+              "dequantizes it with"),
+             ("another model of the same shape", pack.encode(other[:1] + [levels] + other[1:]),
+              "holds other values for 'conv1.weight_codes' than .* was compiled with")]
+    path = tmp_path / "given.snnpack"
+    for what, blob, message in cases:
+        path.write_bytes(blob)
+        with pytest.raises(BadInputError, match=message):
+            load_session(real["skeleton"], str(path))
+        result = CliRunner().invoke(main, ["verify", real["source"], real["skeleton"], "--data",
+                                           real["data"], "--pack", str(path)])
+        assert result.exit_code == 1 and re.search(message, result.stderr), \
+            (what, result.stderr)

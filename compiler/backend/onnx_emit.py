@@ -9,12 +9,13 @@ the symbolic "N" on every input and output.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from snnc.backend.pack import CODES, GEMM, SIGNED, Layer
+from snnc.backend.pack import CODES, DIGESTS_KEY, GEMM, SIGNED, Layer, weight_digest
 from snnc.errors import PassError
 from snnc.ir.graph import NUMPY_DTYPES, Graph, Node, Value
 from snnc.options import DEFAULT, Options
@@ -616,16 +617,22 @@ def to_onnx(graph: Graph, opts: Options = DEFAULT, packed: list | None = None
 
 def externalize(model: onnx.ModelProto, names: set[str], location: str) -> None:
     """Replace these initializers by external-data references of the same name, type and
-    shape: what ONNX Runtime's add_external_initializers fills in (snnc.backend.runtime does)."""
+    shape: what ONNX Runtime's add_external_initializers fills in (snnc.backend.runtime does).
+    The metadata entry DIGESTS_KEY records each one's weight_digest: the skeleton then takes
+    only the pack compiled with it."""
+    digests = {}
     for tensor in model.graph.initializer:
         if tensor.name not in names:
             continue
+        digests[tensor.name] = weight_digest(numpy_helper.to_array(tensor))
         stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
                                 dims=list(tensor.dims), data_location=TensorProto.EXTERNAL)
         for key, value in (("location", location), ("offset", "0"), ("length", "0")):
             entry = stub.external_data.add()
             entry.key, entry.value = key, value
         tensor.CopyFrom(stub)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = DIGESTS_KEY, json.dumps(digests, sort_keys=True)
 
 
 def model_bytes(model: onnx.ModelProto) -> bytes:

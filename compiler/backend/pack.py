@@ -3,8 +3,9 @@
 Format version 2, little-endian; the spec is docs/binary_format.md. `encode` builds a
 pack from the layers the ONNX backend reports (`to_onnx(..., packed=[])`); `decode` reads
 one back and validates all of it: it accepts exactly the bytes `encode` writes (the
-canonical layout, zero padding, legal enums, bit widths and scales) and raises
-BadInputError naming the field, layer and byte offset for anything else. Version-1 files
+canonical layout, zero padding, legal enums, bit widths and scales, and shapes each layout's
+consumers can take) and raises BadInputError naming the field, layer and byte offset for
+anything else, so a pack that decodes is one inspect, verify and load_session can use. Version-1 files
 (the same layout, with a checksum that left out the reserved word) are read too.
 `onnx_initializers` turns decoded layers into exactly the integer containers and scales
 that the ONNX backend would have stored, for ONNX Runtime's external initializers.
@@ -12,6 +13,7 @@ that the ONNX backend would have stored, for ONNX Runtime's external initializer
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import zlib
@@ -64,6 +66,25 @@ CODES = 1  # the codes themselves as int8, decoded in the graph (--pot-lowering 
 SIGNED = 2  # integer weights levels * sign(scale) (scale +-1 or 0 after fold_scales), Cast
 GEMM = 3  # the signed integer weights as an int8 [K, M] GEMM matrix (weights.gemm_matrix)
 LAYOUTS = {LEVELS: "levels", CODES: "codes", SIGNED: "signed", GEMM: "gemm"}
+LAYOUT_EXPECTED = "0 (levels), 1 (codes, pot only), 2 (signed) or 3 (gemm)"
+# The dimensions each layout's consumer can take (docs/binary_format.md, "Shapes"): every
+# layout holds the weights of a linear [C, K] or convolution [C, Cin / groups, *kernel]
+# layer, output channels first. Levels, codes and signed weights reach a Conv, Gemm or MatMul
+# through a DequantizeLinear or a Cast; a gemm layer becomes the matrix [K, D * C]
+# (weights.gemm_matrix), which needs an input axis to lay out.
+DIMS = {LEVELS: (2, MAX_DIMS), CODES: (2, MAX_DIMS), SIGNED: (2, MAX_DIMS), GEMM: (2, MAX_DIMS)}
+WEIGHT_SHAPE = "the shape of a linear [C, K] or convolution [C, Cin, *kernel] weight"
+
+
+def layout_rules(scheme: str, layout: int, ndim: int) -> tuple:
+    """(field, ok, what was expected) for a layer's layout and number of dimensions: the
+    layout one the format defines (codes for PoT only), the dimensions ones it can take."""
+    low, high = DIMS.get(layout, (1, MAX_DIMS))
+    return (("layout", layout in LAYOUTS and (layout != CODES or scheme == "pot"),
+             LAYOUT_EXPECTED),
+            ("ndim", low <= ndim <= high,
+             f"{low}..{high} for layout {layout} ({LAYOUTS[layout]}): {WEIGHT_SHAPE}"
+             if layout in LAYOUTS else f"{low}..{high}"))
 
 
 def _align(n: int) -> int:
@@ -133,8 +154,11 @@ def encode(layers: list[Layer]) -> bytes:
     entries = []
     data = bytearray()
     for layer in layers:
-        if not 1 <= layer.codes.ndim <= MAX_DIMS:
-            raise BadInputError(f"{layer.name}: a packed weight has 1 to {MAX_DIMS} dimensions")
+        for field, ok, expected in layout_rules(layer.scheme, layer.layout, layer.codes.ndim):
+            if not ok:
+                raise BadInputError(f"{layer.name}: cannot pack a layer of layout {layer.layout} "
+                                    f"and shape {list(layer.codes.shape)}: the {field} must "
+                                    f"be {expected}")
         bad = np.flatnonzero(~legal_scales(layer.scales, layer.scheme, layer.bits, layer.layout))
         if bad.size:
             raise BadInputError(f"{layer.name}: scale {float(layer.scales[bad[0]])!r} of channel "
@@ -245,7 +269,7 @@ def _names(r: _Reader, e: dict, base: int, label: str, strings: bytes, cursor: d
                 f"{at + name_len} (right after the name)"),
                ("scale-name length", (scale_len >= 1) == (e["layout"] == LEVELS)
                 and scale_len <= len(strings) - at - name_len,
-                "1 or more for layout 0 (levels), 0 for layouts 1 and 2")),
+                "1 or more for layout 0 (levels), 0 for layouts 1, 2 and 3")),
               e, ENTRY_FIELDS, base, label)
     names = []
     for field, start, size in (("name", at, name_len), ("scale name", at + name_len, scale_len)):
@@ -274,9 +298,7 @@ def _entry(r: _Reader, i: int, strings: bytes, cursor: dict, h: dict) -> dict:
     scales_at = codes_at + codes_size + _align(codes_at + codes_size)
     r.require((("scheme", scheme != "", "0 (uniform) or 1 (pot)"),
                ("bits", e["bits"] in BITS.get(scheme, ()), "2..8 for uniform, 2..5 for pot"),
-               ("layout", e["layout"] in LAYOUTS and (e["layout"] != CODES or scheme == "pot"),
-                "0 (levels), 1 (codes, pot only) or 2 (signed)"),
-               ("ndim", 1 <= ndim <= MAX_DIMS, f"1..{MAX_DIMS}"))
+               *layout_rules(scheme, e["layout"], ndim))
               + tuple((f"dim {d}", (dims[d] >= 1) == (d < ndim), "positive when used, else 0")
                       for d in range(MAX_DIMS))
               + (("channels", e["channels"] == dims[0], f"{dims[0]} (dim 0)"),
@@ -352,6 +374,19 @@ def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
         else:
             arrays[layer.name] = container(layer.codes, layer.scheme, layer.bits, False)[0]
     return arrays
+
+
+DIGESTS_KEY = "snnc.pack_digests"  # a skeleton's metadata: {weight name: weight_digest}
+
+
+def weight_digest(array: np.ndarray) -> str:
+    """SHA-256 (first 16 hex digits) of an integer initializer as ONNX Runtime receives it:
+    its dtype, shape and little-endian bytes. A skeleton records one per reference
+    (onnx_emit.externalize) so that load_session can tell the pack it was compiled with
+    from another compile's pack of the same names and shapes."""
+    array = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+    head = f"{array.dtype.str} {list(array.shape)}\n".encode()
+    return hashlib.sha256(head + array.tobytes()).hexdigest()[:16]
 
 
 def table_json(layers: list[Layer], total_bytes: int) -> dict:
