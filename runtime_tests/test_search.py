@@ -786,9 +786,18 @@ def test_a_tampered_state_is_refused_on_resume(resumable, tmp_path, method, kind
     assert bad.read_bytes() == before
 
 
-def test_fine_tuning_that_diverges_is_an_error(tmp_path):
-    """Weights that fine-tuning made NaN or infinite are refused, not written with exit 0."""
+def test_fine_tuning_that_diverges_is_an_error(tmp_path, monkeypatch):
+    """Weights that fine-tuning made NaN or infinite are refused, not written with exit 0.
+    (The options' range keeps the learning rate from overflowing, so an optimizer whose
+    steps blow the weights up stands for any other cause of divergence.)"""
+    class Diverging(torch.optim.AdamW):
+        def step(self, closure=None):
+            loss = super().step(closure)
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].mul_(float("inf"))
+            return loss
+    monkeypatch.setattr(torch.optim, "AdamW", Diverging)
     with pytest.raises(snnc.BadInputError, match="fine-tuning diverged: after epoch 1, "):
         snnc.search(demo.conv_snn(), blobs(48, 0), blobs(32, 1), method="gumbel",
                     max_bits=2.3, trials=1, search_epochs=1, finetune_epochs=1, batch_size=16,
-                    finetune_lr=1e30, state_path=str(tmp_path / "s"))
+                    state_path=str(tmp_path / "s"))
