@@ -379,7 +379,8 @@ def test_samples_are_searchable(sample, tmp_path):
 
 def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     """--report merges the other method's entry from an existing JSON (a user's file): an
-    entry whose points are not numbers is dropped, and the figure is still drawn."""
+    entry whose points are not numbers (or whole numbers beyond a float) is dropped, and the
+    figure is still drawn."""
     from snnc.quant import pareto
 
     good = {"points": [{"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}], "max_bits": 3.0,
@@ -387,7 +388,8 @@ def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     old = tmp_path / "r.json"
     for bad in ({"points": [{"bits": "x", "energy_nj": 1, "accuracy": 0.5}]},
                 {"points": [None]}, {"points": [], "final": {"bits": 1}},
-                {"points": [], "max_bits": "3"}):
+                {"points": [], "max_bits": "3"}, {"points": [], "max_bits": 10 ** 400},
+                {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]}):
         old.write_text(json.dumps({"key": "k", "methods": {"gumbel": bad}}))
         report = pareto.merge(str(old), "k", "sensitivity", good)
         assert set(report["methods"]) == {"sensitivity"}
