@@ -401,7 +401,8 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
 @click.option("--method", type=click.Choice(["mse", "minmax"]), default="mse", show_default=True,
               help="How scales are chosen from the weights.")
 @click.option("--calibration", type=click.Path(),
-              help="An .npz whose array x holds inputs used to refine the scales.")
+              help="An .npz whose array x holds inputs, samples first as verify's --data, "
+                   "used to refine the scales (run in batches of 64).")
 @click.option("--trust-code", is_flag=True,
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
                    "and calls it; docs/model_files.md).")
@@ -422,8 +423,6 @@ def quantize_cmd(model, config_path, output, method, calibration, trust_code, ma
 
 
 def _quantize(model, config_path, output, method, calibration, trust_code, max_neuron_steps):
-    import torch
-
     from snnc.files import loader
     from snnc.files.outputs import write_atomic
     from snnc.quant import quantize as quant
@@ -435,9 +434,13 @@ def _quantize(model, config_path, output, method, calibration, trust_code, max_n
     net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code,
                                        max_neuron_steps=max_neuron_steps)
     batches = None
-    if calibration:
+    if calibration:  # checked against the model's input as search checks --train, then run
+        from snnc.quant.search.runner import batch_axis, batches as in_batches  # verify's 64
+
         x, _ = _load_data(calibration)
-        batches = torch.from_numpy(x)
+        axis, _ = batch_axis(net, ckpt["input_shape"], x, f"--calibration {calibration}",
+                             per_step=True)
+        batches = in_batches(x, axis, 64)
     quant.quantize(net, config, calibration=batches, method=method)
     rows, average = quant.report(net)
     write_atomic(output, loader.checkpoint_bytes(ckpt, net, config, method))

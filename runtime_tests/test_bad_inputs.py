@@ -1371,6 +1371,38 @@ def calibration_not_npz(d, fx):
             config]
 
 
+# Calibration samples of another shape than the model's input ([2, 12, 12] samples first),
+# refused before any work as search refuses --train (they were internal errors from inside
+# the model, and a sequence for an image model was run): one case per shape.
+CALIBRATION_SHAPES = {"three_channels": (4, 3, 12, 12), "zero_width": (4, 2, 12, 0),
+                      "smaller_image": (4, 2, 6, 6), "channels_last": (4, 12, 12, 2),
+                      "a_sequence_for_an_image_model": (4, 4, 2, 12, 12)}
+
+
+def _calibration_shaped(name, shape):
+    def make(d, fx):
+        model, config = _quantize_files(d, fx)
+        return ["quantize", model, "--config", config, "-o", str(d / "q.pt"), "--calibration",
+                npz(d, "c.npz", x=np.zeros(shape, np.float32))]
+    make.__name__ = f"calibration_shaped_{name}"
+    return case("quantize")(make)
+
+
+for _name, _shape in CALIBRATION_SHAPES.items():
+    _calibration_shaped(_name, _shape)
+
+
+def test_calibration_of_another_shape_says_the_shapes(fx, tmp_path):
+    """The message names the file, the samples' shape and the one the model takes."""
+    args = CASES["quantize-calibration_shaped_three_channels"](tmp_path, fx)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert f"--calibration {tmp_path / 'c.npz'}: x has samples of shape [3, 12, 12], but the " \
+           "model takes [2, 2, 12, 12]" in result.stderr
+    assert "each shaped as the model's input without its batch axis: [2, 12, 12]" \
+        in result.stderr
+
+
 @case("quantize")
 def already_quantized(d, fx):
     model, config = _quantize_files(d, fx)

@@ -3,6 +3,7 @@ models compiled to QDQ ONNX matching the quantized PyTorch model."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -306,3 +307,126 @@ def test_calibration_refines_scales():
     plain_error = ((conv2_output(plain) - exact) ** 2).sum()
     calibrated_error = ((conv2_output(calibrated) - exact) ** 2).sum()
     assert calibrated_error < plain_error
+
+
+def test_calibration_in_batches_is_calibration_at_once():
+    """Calibration inputs given as batches choose the scales one batch of all of them
+    chooses (the errors are added batch by batch, in float64); a single tensor is one
+    batch, as before."""
+    x = torch.rand(40, 2, 12, 12, generator=torch.Generator().manual_seed(4))
+    at_once = conv_snn(seed=2)
+    batched = copy.deepcopy(at_once)
+    snnc.quantize(at_once, CONFIG, calibration=x)
+    snnc.quantize(batched, CONFIG, calibration=(x[i:i + 16] for i in range(0, 40, 16)))
+    for name in CONFIG:
+        scale = dict(at_once.named_modules())[name].parametrizations.weight[0].scale
+        assert torch.equal(scale, dict(batched.named_modules())[name]
+                           .parametrizations.weight[0].scale), name
+
+
+def test_calibration_that_does_not_fit_is_bad_input():
+    """Calibration batches the model cannot take (other shapes, not a float tensor, none at
+    all) are the caller's error, named with the batch, not an exception from inside the
+    model."""
+    model = conv_snn()
+    for batches, message in [
+            ([torch.zeros(4, 3, 12, 12)], r"does not run on calibration batch 0 of shape \[4, 3,"),
+            ([torch.zeros(4, 2, 12, 12), torch.zeros(4, 2, 12, 0)],
+             r"does not run on calibration batch 1 of shape \[4, 2, 12, 0\]"),
+            ([torch.zeros(2, 4, 2, 12, 12)], r"calibration batch 0 of shape \[2, 4, 2, 12, 12\]"),
+            ([np.zeros((4, 2, 12, 12), np.float32)], "batch 0 is a numpy.ndarray, not a float"),
+            ([torch.zeros(4, 2, 12, 12, dtype=torch.int64)], "batch 0 is a torch.int64 tensor, "),
+            ([], "the calibration holds no inputs")]:
+        with pytest.raises(BadInputError, match=message):
+            snnc.quantize(copy.deepcopy(model), CONFIG, calibration=iter(batches))
+
+
+def test_cli_calibration_memory_does_not_grow_with_the_samples(tmp_path):
+    """snnc quantize --calibration runs the samples in batches of 64 and keeps one batch's
+    layer inputs: in one process, 2,048 samples peak within 64 MB of 64 samples' peak (run
+    at once they took 240 MB more, about 120 KB a sample: a 5 KB file of 5,000 zeros
+    exhausted 3 GB on the digits model). The child's address space is capped at 2 GiB."""
+    from snnc.files.loader import make_checkpoint
+
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, conv_snn(), [2, 2, 12, 12]),
+               tmp_path / "float.pt")
+    (tmp_path / "head.json").write_text(json.dumps({"head": CONFIG["head"]}))
+    for n in (64, 2048):  # zeros: a few KB compressed
+        np.savez_compressed(tmp_path / f"x{n}.npz", x=np.zeros((n, 2, 12, 12), np.float32))
+    script = (
+        "import resource, sys\n"
+        "from snnc.cli import main\n"
+        "for n in (64, 2048):\n"
+        "    try:\n"
+        "        main(['quantize', 'float.pt', '--config', 'head.json', '-o', f'q{n}.pt',\n"
+        "              '--calibration', f'x{n}.npz'])\n"
+        "    except SystemExit as stop:\n"
+        "        assert not stop.code, stop.code\n"
+        "    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, preexec_fn=_capped)
+    assert run.returncode == 0, run.stderr
+    small, large = (int(line.split()[1]) for line in run.stdout.splitlines()
+                    if line.startswith("peak "))  # KB
+    assert large - small < 64 * 1024, (small, large)
+
+
+def _capped():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+SEQUENCE_MODEL = """
+import torch
+
+
+class Sequence(torch.nn.Module):
+    \"\"\"Frames [T, N, 2, 8, 8]: a conv per frame, spikes of the running sum over time
+    (a memory: the order of the axes matters), a linear head averaged over time.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        t, n = x.shape[0], x.shape[1]
+        h = self.conv(x.flatten(0, 1)).reshape(t, n, -1)
+        return self.head((torch.cumsum(h, 0) > 0.5).float()).mean(0)
+"""
+
+
+def test_cli_calibration_of_a_sequence_model_takes_samples_first(tmp_path, monkeypatch):
+    """x [n, T, C, H, W] for a model that takes [T, N, C, H, W] (docs/verify.md, Data): the
+    CLI moves the batch axis as verify and search do, so its scales are snnc.quantize's on
+    [T, n, C, H, W] (it used to run x as it was, n read as timesteps)."""
+    from click.testing import CliRunner
+
+    from snnc.cli import main
+    from snnc.files.loader import make_checkpoint
+
+    (tmp_path / "sequence_model.py").write_text(SEQUENCE_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sequence_model
+
+    model = sequence_model.Sequence().eval()
+    torch.save(make_checkpoint("sequence_model:Sequence", {}, model, [4, 1, 2, 8, 8]),
+               tmp_path / "float.pt")
+    config = {"conv": {"scheme": "pot", "bits": 3}, "head": {"scheme": "uniform", "bits": 8}}
+    (tmp_path / "layers.json").write_text(json.dumps(config))
+    x = np.random.default_rng(5).random((6, 4, 2, 8, 8)).astype(np.float32) - 0.3
+    np.savez(tmp_path / "frames.npz", x=x)
+    run = CliRunner().invoke(main, ["quantize", str(tmp_path / "float.pt"), "--config",
+                                    str(tmp_path / "layers.json"), "-o", str(tmp_path / "q.pt"),
+                                    "--calibration", str(tmp_path / "frames.npz"),
+                                    "--trust-code"])
+    assert run.exit_code == 0, run.output
+    misread = copy.deepcopy(model)
+    snnc.quantize(model, config, calibration=torch.from_numpy(x).transpose(0, 1))
+    snnc.quantize(misread, config, calibration=torch.from_numpy(x))  # n read as T
+    written = torch.load(tmp_path / "q.pt", weights_only=True)["state_dict"]
+    key = "{}.parametrizations.weight.0.scale".format
+    assert all(torch.equal(written[key(name)], model.state_dict()[key(name)]) for name in config)
+    assert not torch.equal(model.state_dict()[key("head")], misread.state_dict()[key("head")])

@@ -3,7 +3,9 @@ verified; torchrun with 2 processes against 1; Ctrl-C and --resume; the errors."
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -377,7 +379,8 @@ def test_samples_are_searchable(sample, tmp_path):
 
 def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     """--report merges the other method's entry from an existing JSON (a user's file): an
-    entry whose points are not numbers is dropped, and the figure is still drawn."""
+    entry whose points are not numbers (or whole numbers beyond a float) is dropped, and the
+    figure is still drawn."""
     from snnc.quant import pareto
 
     good = {"points": [{"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}], "max_bits": 3.0,
@@ -385,7 +388,8 @@ def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     old = tmp_path / "r.json"
     for bad in ({"points": [{"bits": "x", "energy_nj": 1, "accuracy": 0.5}]},
                 {"points": [None]}, {"points": [], "final": {"bits": 1}},
-                {"points": [], "max_bits": "3"}):
+                {"points": [], "max_bits": "3"}, {"points": [], "max_bits": 10 ** 400},
+                {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]}):
         old.write_text(json.dumps({"key": "k", "methods": {"gumbel": bad}}))
         report = pareto.merge(str(old), "k", "sensitivity", good)
         assert set(report["methods"]) == {"sensitivity"}
@@ -621,8 +625,9 @@ def tamperings(state):
     in each way that applies to it: missing, renamed (an unknown field, layer, candidate
     label or parameter), an extra field, the wrong type, a list for a tuple and back, NaN,
     infinity, negative (every number in a state is >= 0), huge (but for a divergence, which
-    has no upper bound), a string with a character more (an unknown label, stage or phase), a
-    tensor of another shape or dtype, with NaN or infinity."""
+    has no upper bound), a whole number too large for a float, a string with a character
+    more (an unknown label, stage or phase), a tensor of another shape or dtype, with NaN or
+    infinity."""
     seen = set()
     for path, value in _walk(state):
         if _shape(path) in seen:
@@ -644,7 +649,8 @@ def tamperings(state):
         if isinstance(value, (list, tuple)):
             swaps.append(("list/tuple", tuple(value) if isinstance(value, list) else list(value)))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            swaps += [("nan", math.nan), ("inf", math.inf), ("negative", -1.0 - abs(value))]
+            swaps += [("nan", math.nan), ("inf", math.inf), ("negative", -1.0 - abs(value)),
+                      ("whole number beyond float", 10 ** 400)]  # float() overflows on it
             if not ("divergence" in str(path[-1]) or path[:1] == ("sweep",) and path[-1] == 1):
                 swaps.append(("huge", 1e30))
         if isinstance(value, str):
@@ -679,19 +685,32 @@ def tamperings(state):
 LEGITIMATE = {(("finetune",), "missing"), (("finetune", "optimizer", "state", "#"), "missing")}
 
 
+@pytest.fixture(scope="module")
+def engines(resumable):
+    """Per method, the search engine snnc.search sets up to resume `resumable`'s state (its
+    check passed), and that state as read: tests put states in engine.state.data and call
+    engine.check_state."""
+    from snnc.quant.search import api
+
+    out = {}
+    for method, (path, args) in resumable.items():
+        opts = api.Options(**{k: v for k, v in args.items()
+                              if k not in ("model", "train", "val")})
+        engine = api.prepare(args["model"], api.Data(*args["train"]), api.Data(*args["val"]),
+                             opts, state_path=str(path), resume=True)
+        out[method] = engine, torch.load(path, weights_only=True)
+    return out
+
+
 @pytest.mark.parametrize("method", list(STATE_SEARCHES))
-def test_every_tampered_field_of_a_state_is_refused(resumable, method):
+def test_every_tampered_field_of_a_state_is_refused(engines, method):
     """The state's schema, on generated tamperings of a real state: every field of each
     shape, every kind of wrong that applies. The state itself passes; every tampering is
     refused with the message that names the field, but the two that are legitimate states."""
     from snnc.quant.search import api
 
-    path, args = resumable[method]
-    good = torch.load(path, weights_only=True)
-    opts = api.Options(**{k: v for k, v in args.items()
-                          if k not in ("model", "train", "val")})
-    engine = api.prepare(args["model"], api.Data(*args["train"]), api.Data(*args["val"]), opts,
-                         state_path=str(path), resume=True)
+    engine, good = engines[method]
+    engine.state.data = good
     engine.check_state(api.METHODS[method])  # the good state passes (again)
     accepted, count = [], 0
     for where, kind, bad in tamperings(good):
@@ -706,6 +725,133 @@ def test_every_tampered_field_of_a_state_is_refused(resumable, method):
             assert "is damaged or was written by another version of snnc" in str(error)
             assert "Rerun without --resume" in str(error)
     assert count > 300 and not accepted, accepted
+
+
+# ------------------------------------------------------- the search state: generated sizes
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """TimeoutError if the block runs longer than `seconds` (a check that takes time
+    quadratic in a state's size fails here instead of hanging the suite)."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _where(path) -> str:
+    """A field's name as the schema's messages give it (schema.at)."""
+    from snnc.quant.search import schema
+
+    out = ""
+    for key in path:
+        out = schema.at(out, key)
+    return out or "the state"
+
+
+def _grown(value, extra: int):
+    """`value` (a list, tuple or dict) with `extra` more entries, each a repeat of one it
+    holds (one shared object: a pickle stores it once, so the file stays small): a list or
+    tuple repeats its last entry, a dict its first under new keys."""
+    if isinstance(value, dict):
+        key, item = next(iter(value.items()))
+        grown = dict(value)
+        grown.update(((f"{key}~{i}" if isinstance(key, str) else key + 10 ** 6 + i), item)
+                     for i in range(extra))
+        return grown
+    items = list(value) + [value[-1] if value else 0] * extra
+    return items if isinstance(value, list) else tuple(items)
+
+
+def _replaced(value, path, new):
+    """`value` with the field at `path` replaced by `new`, its containers copied on the way
+    (only those: an entry shared with another field, as a trail's point is with the points,
+    stays as it was there)."""
+    if not path:
+        return new
+    key, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, key: _replaced(value[key], rest, new)}
+    items = list(value)
+    items[key] = _replaced(value[key], rest, new)
+    return items if isinstance(value, list) else tuple(items)
+
+
+def growths(state, sizes):
+    """(path, grown state): every list, tuple and dict of `state` (one of each shape, the
+    state itself too) with n more entries, for each n in `sizes`."""
+    seen = set()
+    for path, value in _walk(state):
+        if isinstance(value, (list, tuple, dict)) and _shape(path) not in seen:
+            seen.add(_shape(path))
+            for n in sizes:
+                yield path, _replaced(state, path, _grown(value, n))
+
+
+@pytest.mark.parametrize("method", list(STATE_SEARCHES))
+def test_every_collection_of_a_state_is_bounded(engines, method):
+    """Every list, tuple and dict of a real state, grown by 1,000 and by 100,000 repeats of
+    one of its own (valid) entries, as a pickle's shared references allow in a small file:
+    refused, naming the collection, at once (within 2 s each: lengths are checked before
+    entries, and no rule compares every pair of entries); and the review's quadratic case
+    (F4) for sensitivity: 20,000 points that differ from the base only in their stage, with
+    a trail of 20,000 base points."""
+    from snnc.quant.search import api
+
+    engine, good = engines[method]
+    cases = growths(good, (1000, 100_000))
+    if method == "sensitivity":
+        decoy, base = dict(good["trail"][0], stage="greedy"), good["trail"][0]
+        cases = itertools.chain(cases, [(("points",), dict(
+            good, points=[decoy] * 20_000 + good["points"],
+            trail=[base] * 20_000 + good["trail"]))])
+    accepted, count = [], 0
+    for path, bad in cases:
+        count += 1
+        engine.state.data = bad
+        try:
+            with deadline(2.0):
+                engine.check_state(api.METHODS[method])
+            accepted.append(path)
+        except snnc.BadInputError as error:
+            assert f"another version of snnc: {_where(path)}" in str(error), (path, str(error))
+    engine.state.data = good
+    assert count > 30 and not accepted, accepted
+
+
+@pytest.mark.parametrize("method, field", [("sensitivity", "points"), ("sensitivity", "trail"),
+                                           ("gumbel", "points"), ("gumbel", "trials")])
+def test_a_state_holds_what_a_search_makes(engines, method, field):
+    """Each list of the state is bounded by what a search of these options makes, and the
+    message gives the bound; sensitivity's points may repeat (a greedy step can evaluate a
+    configuration measured before), up to the bound exactly."""
+    from snnc.quant.search import api, sensitivity
+
+    engine, good = engines[method]
+    most = {("sensitivity", "points"): sensitivity.most_points(engine),
+            ("sensitivity", "trail"): sensitivity.most_steps(engine) + 1,
+            ("gumbel", "points"): 2 * engine.opts.trials,
+            ("gumbel", "trials"): engine.opts.trials}[method, field]
+    assert len(good[field]) <= most < 1000  # far below what a small pickle can hold
+    if (method, field) == ("sensitivity", "points"):
+        engine.state.data = dict(good, points=good["points"]
+                                 + [good["points"][0]] * (most - len(good["points"])))
+        engine.check_state(api.METHODS[method])
+    engine.state.data = dict(good, **{field: good[field] + [good[field][-1]]
+                                      * (most + 1 - len(good[field]))})
+    try:
+        with pytest.raises(snnc.BadInputError, match=re.escape(
+                f"{field} has {most + 1:,} entries, more than a search of these options "
+                f"makes: at most {most:,} (")):
+            engine.check_state(api.METHODS[method])
+    finally:
+        engine.state.data = good
 
 
 def _first(mapping):

@@ -28,20 +28,28 @@ def merge(path_json: str, key: str, method: str, entry: dict) -> dict:
     return report
 
 
+def _real(value) -> bool:
+    """A finite int or float (not a bool) that a float holds: JSON's integers have no bound,
+    and math.isfinite(10**400) overflows."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _plottable(entry) -> bool:
     """An old report's entry png() can draw: points (and the final point) with real-number
     bits, energy and accuracy. The file is a user's; anything else is dropped, not drawn."""
     def point(p) -> bool:
-        return isinstance(p, dict) and all(
-            isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)
-            and math.isfinite(p[k]) for k in ("bits", "energy_nj", "accuracy"))
+        return isinstance(p, dict) and all(_real(p.get(k))
+                                           for k in ("bits", "energy_nj", "accuracy"))
 
     return isinstance(entry, dict) and isinstance(entry.get("points"), list) \
         and all(point(p) for p in entry["points"]) \
         and (entry.get("final") is None or point(entry["final"])) \
-        and all(entry.get(k) is None or (isinstance(entry[k], (int, float))
-                                         and math.isfinite(entry[k]))
-                for k in ("float_accuracy", "max_bits"))
+        and all(entry.get(k) is None or _real(entry[k]) for k in ("float_accuracy", "max_bits"))
 
 
 def frontier(points: list[dict], x: str) -> list[dict]:

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from snnc.errors import BadInputError
+from snnc.errors import BadInputError, first_line
 from snnc.files.tensors import check_finite
 from snnc.files.trust import short_repr
 from snnc.quant.weights import pot_shift
@@ -185,7 +185,9 @@ def quantize(model: torch.nn.Module, config: Mapping[str, object],
     "float"; the first matching glob wins and unmatched layers stay float. Scales come from
     the weights ("minmax": the largest magnitude; "mse": the clipping that minimizes the
     weight error) and, with `calibration` inputs, are refined per layer to minimize the
-    error of the layer's output on them.
+    error of the layer's output on them. `calibration` is one batch of inputs (a tensor
+    shaped as the model's input) or an iterable of such batches, run one at a time: give
+    many samples as batches (a generator), and memory is one batch's.
     """
     from torch.nn.utils import parametrize
 
@@ -210,42 +212,90 @@ def quantize(model: torch.nn.Module, config: Mapping[str, object],
 
 def _refine_on_calibration(model, layers, calibration, grid: int = 24) -> None:
     """Per layer and output channel, pick the scale (a ratio of the current one) that
-    minimizes the squared error of the layer's output on the calibration inputs."""
+    minimizes the squared error of the layer's output on the calibration inputs.
+
+    The inputs come one batch at a time (`calibration` is one tensor or an iterable of
+    them): each quantized layer's inputs are recorded on the batch, every candidate scale's
+    error on them is added to the layer's sums (float64), and the recording is dropped, so
+    memory is one batch's whatever the number of samples. One batch gives exactly the
+    float32 sums of the whole; more batches the same sums to rounding. A layer the inputs
+    never reach keeps its scale."""
     from spikingjelly.activation_based import functional
 
-    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else calibration
+    ratios = torch.linspace(0.6, 1.15, grid)
+    base = {m: m.parametrizations.weight[0].scale.clone() for m in layers}
+    sums = {m: torch.zeros(grid, len(base[m]), dtype=torch.float64) for m in layers}
     captured: dict[torch.nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
     hooks = [m.register_forward_pre_hook(lambda mod, args: captured[mod].append(args[0].detach()))
              for m in layers]
+    reached, count = set(), 0
     try:
         with torch.no_grad():
             for x in batches:
-                functional.reset_net(model)
-                model(x)
-            functional.reset_net(model)
+                _run_calibration(model, x, count, functional)
+                count += 1
+                for module in layers:
+                    if captured[module]:
+                        _add_errors(module, captured[module], base[module], ratios, sums[module])
+                        reached.add(module)
+                        captured[module].clear()
     finally:
         for hook in hooks:
             hook.remove()
+    if not count:
+        raise BadInputError("the calibration holds no inputs: give a tensor of inputs (or "
+                            "batches of them), or calibration=None to keep the weights' scales")
     with torch.no_grad():
         for module in layers:
-            quantizer = module.parametrizations.weight[0]
-            original = module.parametrizations.weight.original
-            inputs = torch.cat([x.reshape(-1, *x.shape[-(original.dim() - 1):])
-                                if not isinstance(module, torch.nn.Linear)
-                                else x.reshape(-1, x.shape[-1]) for x in captured[module]])
-            reference = _apply(module, inputs, original)
-            base = quantizer.scale.clone()
-            best, best_err = base.clone(), torch.full_like(base, math.inf)
-            for ratio in torch.linspace(0.6, 1.15, grid):
-                s = base * ratio
-                w = dequantize(codes(original, s, quantizer.scheme, quantizer.bits), s,
-                               quantizer.scheme, quantizer.bits)
-                err = ((_apply(module, inputs, w) - reference) ** 2)
-                err = err.transpose(0, 1).reshape(base.shape[0], -1).sum(dim=1) \
-                    if not isinstance(module, torch.nn.Linear) else err.sum(dim=0)
+            if module not in reached:
+                continue
+            best, best_err = base[module].clone(), torch.full_like(sums[module][0], math.inf)
+            for ratio, err in zip(ratios, sums[module]):
                 better = err < best_err
-                best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
-            quantizer.scale.copy_(best)
+                best = torch.where(better, base[module] * ratio, best)
+                best_err = torch.where(better, err, best_err)
+            module.parametrizations.weight[0].scale.copy_(best)
+
+
+def _run_calibration(model, x, index: int, functional) -> None:
+    """The model on one calibration batch, its neurons reset before and after; a batch the
+    model cannot take is the caller's error (BadInputError), not snnc's."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        what = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else \
+            f"a {type(x).__module__}.{type(x).__name__}"
+        raise BadInputError(f"calibration batch {index} is {what}, not a float tensor of "
+                            "inputs shaped as the model's input (torch.from_numpy(x).float())")
+    functional.reset_net(model)
+    try:
+        model(x)
+    except MemoryError:
+        raise
+    except Exception as error:  # the model refuses the shape or the values
+        raise BadInputError(f"the model does not run on calibration batch {index} of shape "
+                            f"{list(x.shape)} ({type(error).__name__}: {first_line(error)}); "
+                            "give inputs shaped as the model's input, batch included") from None
+    finally:
+        functional.reset_net(model)
+
+
+def _add_errors(module, captured: list[torch.Tensor], base: torch.Tensor,
+                ratios: torch.Tensor, sums: torch.Tensor) -> None:
+    """Add, per candidate scale base x ratio and output channel, the squared error of
+    `module`'s output on the recorded inputs to `sums` [ratios, channels]."""
+    quantizer = module.parametrizations.weight[0]
+    original = module.parametrizations.weight.original
+    linear = isinstance(module, torch.nn.Linear)
+    inputs = torch.cat([x.reshape(-1, x.shape[-1]) if linear
+                        else x.reshape(-1, *x.shape[-(original.dim() - 1):]) for x in captured])
+    reference = _apply(module, inputs, original)
+    for i, ratio in enumerate(ratios):
+        s = base * ratio
+        w = dequantize(codes(original, s, quantizer.scheme, quantizer.bits), s,
+                       quantizer.scheme, quantizer.bits)
+        err = (_apply(module, inputs, w) - reference) ** 2
+        sums[i] += err.sum(dim=0) if linear else \
+            err.transpose(0, 1).reshape(base.shape[0], -1).sum(dim=1)
 
 
 def _apply(module, x, weight):

@@ -247,7 +247,8 @@ class Search:
                 raise s.Damaged("result.point", "is not one of the points the search measured")
 
         fields = {"format": s.const("snnc-search-state"), "version": s.const(1),
-                  "key": s.const(self.state.key), "points": s.items(point), **method.fields,
+                  "key": s.const(self.state.key), "points": s.items(point, *method.points),
+                  **method.fields,
                   "result": s.record({"config": self.config_spec(), "details": method.details,
                                       "point": point}, rules=[within]),
                   "finetune": lambda value, where: None}  # the last rule: it needs the result

@@ -86,8 +86,10 @@ def schema(engine: Search) -> s.MethodState:
                                                  "a conv/linear layer")}, rules=[candidate])
     details = s.record({"probability": s.real(0.0, 1.0), "lambda": lam})
     return s.MethodState(
-        fields={"trials": s.items(trial, most), "chosen_trial": s.whole(0, most - 1)},
+        fields={"trials": s.items(trial, most, f"--trials {most}"),
+                "chosen_trial": s.whole(0, most - 1)},
         details=s.mapping(names, details, "a conv/linear layer"), stages=STAGES,
+        points=(2 * most, f"each of --trials {most} trials' point and its repair"),
         rules=[chosen])
 
 

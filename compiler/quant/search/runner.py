@@ -46,6 +46,13 @@ def run(model: torch.nn.Module, x: np.ndarray, axis: int) -> torch.Tensor:
     return out
 
 
+def batches(x: np.ndarray, axis: int, size: int):
+    """Samples-first `x` as model inputs of at most `size` samples, each with its batch at
+    `axis`; one at a time (a generator), so memory is one batch's."""
+    for start in range(0, len(x), size):
+        yield torch.from_numpy(np.ascontiguousarray(np.moveaxis(x[start:start + size], 0, axis)))
+
+
 class Runner:
     """Evaluation and data-parallel training of one model on samples-first data."""
 
@@ -215,31 +222,41 @@ def check_trains(runner: Runner, data: Data, layers: list[Layer]) -> None:
 
 
 def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndarray,
-               where: str) -> tuple[int, int]:
+               where: str, per_step: bool = False) -> tuple[int, int]:
     """(the model input's batch axis, the number of classes): the axis where inserting the
     samples-first data's batch gives a shape the model runs on, with one output row of
-    logits per sample."""
+    logits per sample ([n, classes]; with `per_step` also per-step logits [T, n, classes] or
+    a tuple whose first output is such, as verify takes them)."""
     sample = list(x.shape[1:])
     axes = [a for a in range(len(sample) + 1)
             if input_shape is None or input_shape[:a] + input_shape[a + 1:] == sample]
     if not axes:
+        fits = [f"{input_shape[1:]} (batch first)"]
+        if len(input_shape) >= 3 and input_shape[:1] + input_shape[2:] != input_shape[1:]:
+            fits.append(f"{input_shape[:1] + input_shape[2:]} (a sequence [T, N, ...])")
         raise BadInputError(f"{where}: x has samples of shape {sample}, but the model takes "
                             f"{input_shape} (its checkpoint's input_shape); x must hold samples "
-                            "first, each shaped as the model's input without its batch axis")
+                            "first, each shaped as the model's input without its batch axis: "
+                            + " or ".join(fits))
     errors = []
     for axis in axes:
         try:
             with torch.no_grad():
                 model.eval()
                 out = run(model, x[:3], axis)
-            if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == len(x[:3]):
-                return axis, int(out.shape[1])
+            if per_step and isinstance(out, (tuple, list)) and out:
+                out = out[0]
+            if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == len(x[:3]) \
+                    or per_step and isinstance(out, torch.Tensor) and out.dim() == 3 \
+                    and out.shape[1] == len(x[:3]):
+                return axis, int(out.shape[-1])
             errors.append(f"batch at axis {axis}: output shape "
                           f"{list(out.shape) if isinstance(out, torch.Tensor) else type(out)}")
         except Exception as error:  # the model refuses the shape: try the next axis
             errors.append(f"batch at axis {axis}: {type(error).__name__}: {first_line(error)}")
+    rows = "[n, classes] or [T, n, classes]" if per_step else "[n, classes]"
     raise BadInputError(f"{where}: the model does not run on x's samples {sample} as a batch "
-                        f"with one row of logits [n, classes] per sample ("
+                        f"with one row of logits {rows} per sample ("
                         + "; ".join(errors[:3]) + ")")
 
 

@@ -10,6 +10,12 @@ into. The first field that does not fit is named in one BadInputError.
 
 A spec is a function `spec(value, where)` that returns nothing or raises Damaged; the
 builders below make them, and `record` joins fields and cross-field rules.
+
+A state is small on disk however long its lists are (a pickle stores a repeated entry once:
+400,000 points fit in 850 KB), so its size says nothing about the work it asks for. Every
+list therefore has a bound, what a search of these options makes (`items`), checked before
+any entry; dicts have the keys the search writes, the first other key ending the walk; and
+no rule compares every pair of entries (`frozen` makes entries hashable, for sets).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from snnc.errors import BadInputError
 Spec = Callable[[Any, str], None]
 Rule = Callable[[Any, str], None]
 RTOL = 1e-5  # what the search recomputes (scales, energies, the schedule) must agree to this
+_NONE = object()
 
 
 class Damaged(Exception):
@@ -39,11 +46,14 @@ class Damaged(Exception):
 @dataclass
 class MethodState:
     """A method's part of the schema: its own top-level fields (each optional), the spec of
-    its per-layer `details` in the result, the stages its points carry, and rules that tie
-    its fields to each other and to the result (rule(state, "") raising Damaged)."""
+    its per-layer `details` in the result, the stages its points carry, the most points a
+    search of these options evaluates (with the reason, said when a state holds more), and
+    rules that tie its fields to each other and to the result (rule(state, "") raising
+    Damaged)."""
     fields: dict[str, Spec]
     details: Spec
     stages: str  # a regular expression
+    points: tuple[int, str]  # the most points the method evaluates, and why (for the message)
     rules: list[Rule] = field(default_factory=list)
 
 
@@ -88,6 +98,11 @@ def real(low: float = -math.inf, high: float = math.inf) -> Spec:
     def spec(value, where):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Damaged(where, f"is {_kind(value)}, not a number")
+        try:
+            float(value)  # a whole number beyond float's range: later arithmetic overflows
+        except OverflowError:
+            raise Damaged(where, f"is a whole number of {value.bit_length()} bits, beyond "
+                                 "any float") from None
         if not math.isfinite(value):
             raise Damaged(where, f"is {value!r}, not a finite number")
         if not low <= value <= high:
@@ -135,9 +150,9 @@ def record(fields: dict[Any, Spec], optional: Iterable[Any] = (), rules: Iterabl
     def spec(value, where):
         if not isinstance(value, dict):
             raise Damaged(where, f"is {_kind(value)}, not a record")
-        extra = [k for k in value if k not in fields]
-        if extra:
-            raise Damaged(where, f"has an unexpected field {_show(extra[0])}")
+        extra = next((k for k in value if k not in fields), _NONE)
+        if extra is not _NONE:
+            raise Damaged(where, f"has an unexpected field {_show(extra)}")
         for key, sub in fields.items():
             if key in value:
                 sub(value[key], at(where, key))
@@ -151,12 +166,13 @@ def record(fields: dict[Any, Spec], optional: Iterable[Any] = (), rules: Iterabl
 def mapping(keys: Iterable[str], value: Spec, what: str, complete: bool = True) -> Spec:
     """A dict from `keys` (every one if `complete`, else some) to values fitting `value`."""
     keys = list(keys)
+    known = set(keys)
 
     def spec(data, where):
         if not isinstance(data, dict):
             raise Damaged(where, f"is {_kind(data)}, not a record")
-        for key in data:
-            if key not in keys:
+        for key in data:  # at most len(keys) pass: the first unknown one ends the walk
+            if key not in known:
                 raise Damaged(where, f"names {_show(key)}, not {what} of this search "
                                      f"({', '.join(keys)})")
         missing = [k for k in keys if k not in data]
@@ -167,17 +183,29 @@ def mapping(keys: Iterable[str], value: Spec, what: str, complete: bool = True) 
     return spec
 
 
-def items(item: Spec, most: int | None = None) -> Spec:
-    """A list of at most `most` entries, each fitting `item`."""
+def items(item: Spec, most: int, why: str = "") -> Spec:
+    """A list of at most `most` entries (what the search can make: `why`), each fitting
+    `item`; the length is checked before any entry."""
     def spec(value, where):
         if not isinstance(value, list):
             raise Damaged(where, f"is {_kind(value)}, not a list")
-        if most is not None and len(value) > most:
-            raise Damaged(where, f"has {len(value)} entries, more than this search makes "
-                                 f"({most})")
+        if len(value) > most:
+            raise Damaged(where, f"has {len(value):,} entries, more than a search of these "
+                                 f"options makes: at most {most:,}" + (f" ({why})" if why else ""))
         for i, entry in enumerate(value):
             item(entry, f"{where}[{i}]")
     return spec
+
+
+def frozen(value: Any) -> Any:
+    """A hashable stand-in for a checked field (dicts, lists, strings, numbers), equal for
+    equal fields: membership among many entries through a set, in linear time, where `in` on
+    a list would compare every pair."""
+    if isinstance(value, dict):
+        return ("dict", frozenset((k, frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(frozen(v) for v in value))
+    return value
 
 
 def pair(first: Spec, second: Spec) -> Spec:

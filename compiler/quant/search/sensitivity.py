@@ -70,6 +70,24 @@ def run(engine: Search) -> tuple[dict[str, str], dict, Point]:
     return current.config, details, current
 
 
+def most_steps(engine: Search) -> int:
+    """The most greedy steps a search takes: it has at most two phases (lower then raise
+    under --max-bits, raise then lower under --max-drop), and each step of a phase moves
+    one layer to strictly fewer (or more) bits, so a layer moves at most once per bit width
+    but one in a phase."""
+    widths = len({c.bits for c in engine.choices})
+    return 2 * len(engine.layers) * (widths - 1)
+
+
+def most_points(engine: Search) -> int:
+    """The most points a search evaluates: the base, then per call of _greedy_step (each
+    step, and the one per phase that finds no move) at most `shortlist` moves (4x when
+    lowering under --max-drop), and never more than the moves there are."""
+    per_call = engine.opts.shortlist * (4 if engine.opts.max_drop is not None else 1)
+    moves = len(engine.layers) * (len(engine.labels) - 1)
+    return 1 + (most_steps(engine) + 2) * min(per_call, moves)
+
+
 def schema(engine: Search) -> s.MethodState:
     """This method's fields of the state: the sweep (per finished layer, every candidate's
     [accuracy, divergence]), the trail of greedy steps from the base (each one of the
@@ -77,6 +95,12 @@ def schema(engine: Search) -> s.MethodState:
     names = [l.name for l in engine.layers]
     accuracy, divergence = engine.accuracy_spec(), s.real(-KL_ROUNDING)
     row = s.mapping(engine.labels, s.pair(accuracy, divergence), "a candidate")
+    layers, widths = len(names), len({c.bits for c in engine.choices})
+    steps = (most_steps(engine), f"the base and at most {most_steps(engine)} greedy steps: "
+             f"2 phases x {layers} layers x {widths - 1} moves between {widths} bit widths")
+    points = (most_points(engine), f"the base and at most {most_steps(engine) + 2} greedy "
+              f"steps of at most {(most_points(engine) - 1) // (most_steps(engine) + 2)} "
+              "evaluations each")
 
     def order(data, where):
         trail, sweep = data.get("trail", []), data.get("sweep", {})
@@ -84,9 +108,16 @@ def schema(engine: Search) -> s.MethodState:
             raise s.Damaged("trail", "is there before the sweep of every layer finished")
         if trail and trail[0]["stage"] != "base":
             raise s.Damaged("trail[0].stage", "is not the base settings")
+        measured = {s.frozen(p) for p in data.get("points", [])}  # a set: linear, not n x m
         for i, point in enumerate(trail):
-            if point not in data.get("points", []):
+            if s.frozen(point) not in measured:
                 raise s.Damaged(f"trail[{i}]", "is not one of the points the search measured")
+            before = trail[i - 1]["config"] if i else None
+            moved = [n for n in names if before and point["config"][n] != before[n]]
+            if i and (len(moved) != 1 or choice_of(point["config"][moved[0]]).bits
+                      == choice_of(before[moved[0]]).bits):
+                raise s.Damaged(f"trail[{i}]", "is not one greedy step from the point before "
+                                             "it (one layer moved to other bits)")
         if "phase" in data and not trail:
             raise s.Damaged("phase", "is there without a trail of greedy steps")
         if "result" in data and (data.get("phase") != "done"
@@ -97,10 +128,10 @@ def schema(engine: Search) -> s.MethodState:
                         "solo_accuracy": accuracy, "solo_divergence": divergence})
     return s.MethodState(
         fields={"sweep": s.mapping(names, row, "a conv/linear layer", complete=False),
-                "trail": s.items(engine.point_spec("base|greedy")),
+                "trail": s.items(engine.point_spec("base|greedy"), steps[0] + 1, steps[1]),
                 "phase": s.one_of(PHASES, "a phase")},
         details=s.mapping(names, details, "a conv/linear layer"), stages="base|greedy",
-        rules=[order])
+        points=points, rules=[order])
 
 
 def _greedy_step(engine: Search, current: Point, sweep: dict, phase: str) -> Point | None:
