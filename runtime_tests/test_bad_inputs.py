@@ -8,13 +8,11 @@ Cases run in-process (click's CliRunner, the same `main`), a few also as real pr
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
 import re
 import shutil
-import stat
 import struct
 import subprocess
 import sys
@@ -34,6 +32,8 @@ from snnc.demo import conv_snn, export
 from snnc.driver import compile_file
 from snnc.files.loader import make_checkpoint
 from snnc.options import Options
+
+from snapshots import snapshot
 
 CONFIG = {"conv1": {"scheme": "uniform", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
           "head": {"scheme": "pot", "bits": 5}}
@@ -2455,23 +2455,6 @@ def torchrun_world_of_two_alone(d, fx):
 
 
 # ------------------------------------------------------------------------------------ the check
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under root: its type and, for files, a digest of its bytes."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISREG(mode):
-                with open(path, "rb") as f:
-                    out[path] = hashlib.sha256(f.read()).hexdigest()
-            elif stat.S_ISLNK(mode):
-                out[path] = "link -> " + os.readlink(path)
-            else:
-                out[path] = stat.filemode(mode)
-    return out
-
 
 def check_refusal(exit_code: int, stderr: str, before: dict, after: dict) -> None:
     assert exit_code in (1, 2), f"exit {exit_code} (3 is an internal error)\n{stderr}"

@@ -12,7 +12,6 @@ those rules are tested by path on check_paths, which writes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -29,25 +28,9 @@ from snnc.demo import conv_snn, export
 from snnc.errors import BadInputError
 from snnc.files import loader, outputs, paths
 
+from snapshots import snapshot
+
 INPUT = b"the input model: never to be written over"
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under root (links not followed): its type, a file's digest, a link's
-    target."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISREG(mode):
-                with open(path, "rb") as f:
-                    out[path] = hashlib.sha256(f.read()).hexdigest()
-            elif stat.S_ISLNK(mode):
-                out[path] = "link -> " + os.readlink(path)
-            else:
-                out[path] = stat.filemode(mode)
-    return out
 
 
 @pytest.fixture
