@@ -90,7 +90,16 @@ def max_tensor_values() -> int:
 def check(program: torch.export.ExportedProgram, limit: int, where: str,
           one_step: bool = False) -> None:
     """Refuse a program of more than `limit` neuron steps per sample (per step: one_step),
-    or one whose largest tensor holds more than max_tensor_values() values per example."""
+    or one whose largest tensor holds more than max_tensor_values() values per example.
+    Steps first: a huge T makes huge tensors too, and its message names T."""
+    count = neuron_steps(program, one_step)
+    if count > limit:
+        raise BadInputError(
+            f"{where} runs {count:,} neuron steps per sample (timesteps x neuron layers), more "
+            f"than the limit ({limit:,}; unrolled, each step is nodes of the ONNX file and "
+            "work in every run). Check the model's number of timesteps; compile with "
+            "--timesteps stream to run one step per call, or raise the limit with "
+            "--max-neuron-steps N if the model really is this large.")
     most, name = largest_tensor(program)
     values = max_tensor_values()
     if most > values:
@@ -100,11 +109,3 @@ def check(program: torch.export.ExportedProgram, limit: int, where: str,
             "a factory's calibration hold several such tensors). Check the model's sizes "
             "(channels, image size, timesteps), or raise the limit with "
             f"SNNC_MAX_TENSOR_VALUES={most} if the model really is this large.")
-    count = neuron_steps(program, one_step)
-    if count > limit:
-        raise BadInputError(
-            f"{where} runs {count:,} neuron steps per sample (timesteps x neuron layers), more "
-            f"than the limit ({limit:,}; unrolled, each step is nodes of the ONNX file and "
-            "work in every run). Check the model's number of timesteps; compile with --timesteps stream to "
-            "run one step per call, or raise the limit with --max-neuron-steps N if the "
-            "model really is this large.")
