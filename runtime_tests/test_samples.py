@@ -23,6 +23,7 @@ from snnc.files import loader
 from snnc.files.data import load_data
 from snnc.options import Options
 
+
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
 
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_cli import snnc as snnc_here
 
 import snnc
 from snnc import demo
@@ -334,7 +335,7 @@ def bad(trained, tmp_path_factory):
      "no gradient reaches"),
     ("resume nothing", ["--max-bits", "3", "--resume"], "no search state"),
 ])
-def test_clear_errors(trained, bad, case, args, message):
+def test_clear_errors(trained, bad, case, args, message, monkeypatch):
     d = trained["dir"]
     args = [a.replace("{bad}", str(bad)) for a in args]
     opts = {"--model": str(d / "float.pt"), "--train": str(d / "train.npz"),
@@ -346,11 +347,10 @@ def test_clear_errors(trained, bad, case, args, message):
             opts[a] = next(it)
         else:
             rest.append(a)
-    env = dict(ENV, PYTHONPATH=str(bad) + os.pathsep + ENV.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, "-m", "snnc", "search", opts["--model"], "--train",
-                          opts["--train"], "--val", opts["--val"], "--method", "sensitivity",
-                          "-o", str(bad / f"{case}.json"), "--finetune-epochs", "0", *rest],
-                         capture_output=True, text=True, env=env, timeout=300)
+    monkeypatch.syspath_prepend(str(bad))  # the factory --trust-code imports
+    run = snnc_here("search", opts["--model"], "--train", opts["--train"], "--val",
+                    opts["--val"], "--method", "sensitivity", "-o", str(bad / f"{case}.json"),
+                    "--finetune-epochs", "0", *rest)
     assert run.returncode in (1, 2), (run.stdout, run.stderr)
     assert run.stderr.startswith("snnc: error:") and "Traceback" not in run.stderr
     assert message in run.stderr, run.stderr
