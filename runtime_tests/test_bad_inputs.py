@@ -2424,34 +2424,16 @@ TORCHRUN = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "1
             "MASTER_PORT": _free_port()}
 
 
-@case("search", env=dict(TORCHRUN, WORLD_SIZE="two"))
-def torchrun_world_size_text(d, fx):
-    return _resumed_search(d, fx)
-
-
-@case("search", env=dict(TORCHRUN, WORLD_SIZE="0"))
-def torchrun_world_size_zero(d, fx):
-    return _resumed_search(d, fx)
-
-
-@case("search", env=dict(TORCHRUN, LOCAL_RANK="-1"))
-def torchrun_local_rank_negative(d, fx):
-    return _resumed_search(d, fx)
-
-
-@case("search", env=dict(TORCHRUN, MASTER_ADDR="http://node1"))
-def torchrun_master_addr_a_url(d, fx):
-    return _resumed_search(d, fx)
-
-
-@case("search", env=dict(TORCHRUN, SNNC_DIST_TIMEOUT="soon"))
-def torchrun_timeout_not_a_number(d, fx):
-    return _resumed_search(d, fx)
-
-
-@case("search", env=dict(TORCHRUN, SNNC_DIST_TIMEOUT="1"))
-def torchrun_world_of_two_alone(d, fx):
-    return _resumed_search(d, fx)
+TORCHRUN_CASES = {"world_size_text": {"WORLD_SIZE": "two"}, "world_size_zero": {"WORLD_SIZE": "0"},
+                  "local_rank_negative": {"LOCAL_RANK": "-1"},
+                  "master_addr_a_url": {"MASTER_ADDR": "http://node1"},
+                  "timeout_not_a_number": {"SNNC_DIST_TIMEOUT": "soon"},
+                  "world_of_two_alone": {"SNNC_DIST_TIMEOUT": "1"}}
+for _name, _wrong in TORCHRUN_CASES.items():
+    def _torchrun_case(d, fx):
+        return _resumed_search(d, fx)
+    _torchrun_case.__name__ = f"torchrun_{_name}"
+    case("search", env=dict(TORCHRUN, **_wrong))(_torchrun_case)
 
 
 # ------------------------------------------------------------------------------------ the check
