@@ -21,6 +21,7 @@ from torch import nn
 
 from snnc import UnsupportedOpError
 from snnc.frontend import rules
+from snnc.frontend.lift import _prepared as prepared
 from snnc.frontend.lift import lift
 from snnc.frontend.lifter import op_name
 from snnc.ir import interp
@@ -181,7 +182,55 @@ class PerStep(nn.Module):
         return self.sn2(self.container(s) + mixed).mean(0)
 
 
+def _writes(m, s):
+    """In-place writes (made functional before lifting): into a zero fill, into an
+    activation, += and fill_/zero_."""
+    z = torch.zeros_like(s)
+    z[:, :, 1:3] = s[:, :, 0:2]  # slice_scatter into a fill: a pad
+    y = s * 1.0
+    y[..., 0] = z[..., 1]  # select_scatter into an activation
+    y += z
+    w = s.clone()
+    w.zero_()
+    w[:, :, :, 2] = s[:, :, :, 3]
+    v = s.clone()
+    v.fill_(0.25)
+    v[:, :, 3:] = y[:, :, 3:]
+    return m.lif(y + w + v).mean(0)
+
+
+def _pads(m, s):
+    f = torch.nn.functional
+    x = s.flatten(0, 1)
+    y = (f.pad(x, (1, 1, 2, 0)) + f.pad(x, (1, 1, 2, 0), value=0.5)
+         + f.pad(x, (1, 1, 2, 0), mode="reflect") + f.pad(x, (1, 1, 2, 0), mode="replicate")
+         + f.pad(x, (1, 1, 2, 0), mode="circular") + nn.ZeroPad2d((1, 1, 2, 0))(x)
+         + torch.constant_pad_nd(x, (1, 1, 2, 0), -1.0))
+    return y.unflatten(0, (T, -1)).mean(0)
+
+
+def _gathers(m, s):
+    f = torch.nn.functional
+    idx = torch.arange(4).flip(0)  # a constant index computed in forward (folded)
+    y = s.index_select(2, idx) + s.flip(3) + torch.roll(s, 1, 4) + s[:, :, idx]
+    up = f.interpolate(s.flatten(0, 1), scale_factor=2, mode="nearest")[..., ::2, ::2]
+    return (y + up.unflatten(0, (T, -1))).mean(0)
+
+
+def _products(m, s):
+    t = s.flatten(3)  # [T, B, C, N]
+    scale = 1 / torch.sqrt(m.fc.weight.pow(2).mean() * 8)  # from parameters: folded
+    a = torch.einsum("tbcn,tbcm->tbnm", t, t) * scale
+    o = torch.einsum("tbnm,tbcm->tbcn", m.lif(a), t)
+    b = torch.bmm(t.flatten(0, 1).transpose(1, 2), t.flatten(0, 1)).unflatten(0, (T, -1))
+    return o.mean(0).sum(-1) + b.mean(0).sum((-2, -1)).unsqueeze(-1)
+
+
 CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
+    "inplace_writes": (tail(_writes), (1, 3, 6, 6)),
+    "pads": (tail(_pads), (1, 3, 6, 6)),
+    "constant_index_gathers": (tail(_gathers), (1, 3, 6, 6)),
+    "einsum_bmm_folded_scale": (tail(_products), (1, 3, 6, 6)),
     "lif_mean_over_time": (tail(lambda m, s: s.mean(0)), (1, 3, 6, 6)),
     "if_sum_over_time": (lambda: Stem(Tail(lambda m, s: s.sum(0)), neuron.IFNode),
                          (1, 3, 6, 6)),
@@ -277,8 +326,9 @@ def test_every_rule_has_a_case():
     seen = set()
     for build, shape, *dynamic in CASES.values():
         torch.manual_seed(0)
-        seen |= {op_name(n) for n in _export(build().eval(), shape, *dynamic)
-                 .graph.nodes if n.op == "call_function"}
+        program = _export(build().eval(), shape, *dynamic)
+        kinds = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
+        seen |= {op_name(n) for n in prepared(program, kinds).nodes if n.op == "call_function"}
     quantized = {"snnc.fake_quant.default"}  # test_quant.py and test_zoo.py
     missing = set(rules.RULES) - seen - quantized
     assert not missing, f"rules without a case in test_rules.py: {sorted(missing)}"

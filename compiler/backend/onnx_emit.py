@@ -244,6 +244,20 @@ def _concat(e, node, ins, outs, module):
     e.add("Concat", ins, outs, module, axis=node.attrs["axis"])
 
 
+def _pad(e, node, ins, outs, module):
+    pads, k = list(node.attrs["pads"]), len(node.attrs["pads"]) // 2
+    rank = len(node.inputs[0].shape)
+    full = [0] * (rank - k) + pads[:k] + [0] * (rank - k) + pads[k:]
+    value = np.array(node.attrs["value"], NUMPY_DTYPES[node.inputs[0].dtype])
+    e.add("Pad", [ins[0], e.ints(full, f"{module}/pads"), e.const(value, f"{module}/pad_value")],
+          outs, module)
+
+
+def _gather(e, node, ins, outs, module):
+    e.add("Gather", [ins[0], e.ints(node.attrs["indices"], f"{module}/indices")], outs, module,
+          axis=node.attrs["axis"])
+
+
 def _chunk(e, node, ins, outs, module):
     e.add("Split", ins, outs, module, axis=node.attrs["axis"], num_outputs=node.attrs["count"])
 
@@ -591,7 +605,7 @@ LOWER = {
     "max_pool": _pool("MaxPool"), "avg_pool": _pool("AveragePool"),
     "linear": _linear, "reshape": _reshape, "transpose": _transpose, "split": _split,
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
-    "concat": _concat, "chunk": _chunk, "neuron": _neuron, "dequantize": _dequantize,
+    "concat": _concat, "chunk": _chunk, "pad": _pad, "gather": _gather, "neuron": _neuron, "dequantize": _dequantize,
     "shift_conv": _shift_conv, "shift_linear": _shift_linear,
     "cast": _cast, "int_weights": _int_weights, "int_matmul": _int_matmul, "im2col": _im2col,
     "digits_sum": _digits_sum,

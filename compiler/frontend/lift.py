@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from snnc.errors import BadInputError, UnsupportedOpError
-from snnc.frontend import axes, rules
+from snnc.frontend import axes, fold, prepare, rules
 from snnc.frontend.axes import AxisError, Layout
 from snnc.frontend.lifter import (ELEMENTWISE, REPORTED, Act, Lifter, Marker, Unsupported,
                                   axis_args, dims, op_name, source_of)
@@ -34,12 +34,13 @@ from snnc.ir.graph import BATCH, Graph, TimeSpec, Value
 
 def lift(program: torch.export.ExportedProgram) -> Graph:
     """The IR graph of an exported SpikingJelly program."""
-    lx = Lifter(program)
     kinds = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
-    lx.batch = _find_batch(lx, [n for n in program.graph.nodes if n.op == "placeholder"
+    graph = _prepared(program, kinds)
+    lx = Lifter(program, graph)
+    lx.batch = _find_batch(lx, [n for n in graph.nodes if n.op == "placeholder"
                                 and kinds[n.name].kind.name == "USER_INPUT"])
     outputs: list[tuple[str, Value]] = []
-    for node in program.graph.nodes:
+    for node in graph.nodes:
         if node.op == "placeholder":
             _guard(lx, node, f"input {node.name}", _placeholder, lx, node, kinds[node.name])
         elif node.op == "output":
@@ -51,13 +52,29 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
             if op_name(node) not in rules.RULES:  # downstream of a reported op
                 lx.unsupported.append((rules.no_rule(node), str(source_of(node))))
             lx.env[node] = REPORTED
-        else:
+        elif not fold.fold(lx, node):
             _guard(lx, node, op_name(node), rules.apply, lx, node)
     if lx.unsupported:
         raise UnsupportedOpError(lx.unsupported)
     spec = TimeSpec(lx.steps, tuple(lx.input_modes), tuple(m for m, _ in outputs))
     names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
     return lx.builder.build([v for _, v in outputs], spec, lx.input_names, names)
+
+
+def _prepared(program: torch.export.ExportedProgram, kinds: dict) -> torch.fx.Graph:
+    """The program's graph made functional, with ops that have no rule decomposed
+    (prepare.py)."""
+    try:
+        graph = prepare.functional_graph(program)
+        constant = {n for n in graph.nodes if n.op == "placeholder" and n.name in kinds
+                    and kinds[n.name].kind.name in fold.CONSTANT_KINDS}
+        return prepare.decompose(graph, lambda name: name in rules.RULES, constant)
+    except prepare.FunctionalizeError as error:
+        raise UnsupportedOpError([(f"{op_name(error.node)}: {error}",
+                                   str(source_of(error.node)))]) from None
+    except Exception as error:  # noqa: BLE001 - a hand-edited graph torch.fx cannot copy
+        raise BadInputError(f"the exported program's graph is malformed ({type(error).__name__}"
+                            f": {error}); re-export the model with torch.export") from None
 
 
 def _guard(lx: Lifter, node, label: str, fn, *args) -> None:
@@ -147,7 +164,7 @@ def _first_use(node: torch.fx.Node) -> str | None:
 
 def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:
     kind = spec.kind.name
-    if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+    if kind in fold.CONSTANT_KINDS:
         tensor = lx.program.state_dict.get(spec.target)
         if tensor is None:
             tensor = lx.program.constants.get(spec.target)
@@ -156,6 +173,7 @@ def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:
         data = tensor.detach().to(torch.float32).numpy() if tensor.is_floating_point() \
             else tensor.detach().numpy()
         lx.env[node] = lx.constant(data, spec.target) if data.dtype == np.float32 else data
+        lx.tensors[node] = tensor.detach()
         return
     if kind != "USER_INPUT":
         raise Unsupported(f"is a program input of kind {kind}")

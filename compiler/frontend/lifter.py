@@ -167,13 +167,15 @@ class Values:
 class Lifter(Values):
     """The state of one lift; rules (compiler/rules.py) read their arguments with it."""
 
-    def __init__(self, program: torch.export.ExportedProgram):
-        neurons = _neurons(program)
+    def __init__(self, program: torch.export.ExportedProgram, graph: torch.fx.Graph):
+        neurons = _neurons(graph)
         # A membrane passed from one neuron call to the next: the time loop is in forward.
         self.explicit = any(_membrane_of(n.args[1]) for n in neurons)
         super().__init__(1 if self.explicit else _time_steps(neurons[0]))
         self.program = program
+        self.graph = graph  # the program's graph made functional (prepare.py)
         self.env: dict[torch.fx.Node, Any] = {}
+        self.tensors: dict[torch.fx.Node, Any] = {}  # constants as torch values (fold.py)
         self.unsupported: list[tuple[str, str]] = []
         self.reduced: dict[int, Act] = {}  # time_reduce nodes made, by fx node
         self.weights: dict[tuple, Value] = {}  # dequantized weights, one per quantized layer
@@ -216,11 +218,11 @@ class Lifter(Values):
         return got
 
 
-def _neurons(program) -> list[torch.fx.Node]:
+def _neurons(graph: torch.fx.Graph) -> list[torch.fx.Node]:
     """The neuron calls; refuses programs without any, and multi-step neurons reused with
     their membrane carried over (one module called for two layers)."""
-    calls = [n for n in program.graph.nodes if op_name(n) in NEURON_OPS]
-    other = sorted({op_name(n).split(".")[0] for n in program.graph.nodes
+    calls = [n for n in graph.nodes if op_name(n) in NEURON_OPS]
+    other = sorted({op_name(n).split(".")[0] for n in graph.nodes
                     if op_name(n).startswith("sj_") and op_name(n) not in NEURON_OPS})
     if not calls:
         raise BadInputError(

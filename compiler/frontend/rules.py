@@ -14,15 +14,18 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
-from snnc.frontend import rules_layers, rules_neurons, rules_tensors, rules_time
+from snnc.frontend import rules_index, rules_layers, rules_neurons, rules_tensors, rules_time
 from snnc.frontend.lifter import Lifter, Rules, Unsupported, bind, op_name
 from snnc.ir.ops import ShapeError
 
 RULES = Rules.union(rules_tensors.RULES, rules_neurons.RULES, rules_time.RULES,
-                    rules_layers.RULES)
+                    rules_layers.RULES, rules_index.RULES)
 
 
 def apply(lx: Lifter, node):
+    fill = rules_index.fill_of(lx, node)
+    if fill is not None:  # a view or copy of a constant fill is that fill
+        return fill
     found = RULES.get(op_name(node))
     if found is None:
         raise Unsupported(_no_rule_text(op_name(node)))
@@ -46,11 +49,6 @@ SUGGEST = {
     "aten.adaptive_max_pool2d.default": "use MaxPool2d with an explicit kernel",
     "aten.max_pool2d_with_indices.default": "use MaxPool2d without return_indices",
     "aten.conv_transpose2d.input": "use Conv2d (a transposed conv has no snnc lowering)",
-    "aten.bmm.default": "use torch.matmul (x @ y)",
-    "aten.einsum.default": "write the product with matmul / transpose",
-    "aten.index.Tensor": "index with slicing on feature axes (x[..., i]) or split/chunk",
-    "aten.constant_pad_nd.default": "pad inside the convolution (Conv2d(padding=...))",
-    "aten.pad.default": "pad inside the convolution (Conv2d(padding=...))",
 }
 
 

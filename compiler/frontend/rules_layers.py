@@ -230,10 +230,10 @@ def _relu(lx, node, a):
     return lx.new_act(value, x.layout, x.post)
 
 
-@rule("aten.matmul.default", ir="matmul", note="spike x spike products (attention), or "
-      "with a constant matrix")
+@rule("aten.matmul.default", "aten.bmm.default", ir="matmul", note="spike x spike products "
+      "(attention), or with a constant matrix")
 def _matmul(lx, node, a):
-    x, y = lx.operand(a.get("self")), lx.operand(a.get("other"))
+    x, y = lx.operand(a.get("self")), lx.operand(a.get("other", a.get("mat2")))
     acts = [v for v in (x, y) if isinstance(v, Act)]
     if not acts:
         raise Unsupported("a product of constants")

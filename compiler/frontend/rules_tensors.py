@@ -52,24 +52,30 @@ def _shape_value(lx, node, a):
     return Marker("shape")
 
 
-@rule("aten.slice.Tensor", ir="split", note="x[..., a:b] on a feature axis (step 1); the "
+@rule("aten.slice.Tensor", ir="split, gather", note="x[..., a:b:k] on a feature axis; the "
       "whole of any axis")
 def _slice(lx, node, a):
     x = lx.act(a.get("self"))
     axis = x.layout.axis(int_arg(a, "dim"))
-    start, end = (a.get(k) for k in ("start", "end"))
-    if start in (None, 0) and (end is None or isinstance(end, int) and end >= 1 << 31):
+    start, end, step = (a.get(k) for k in ("start", "end", "step"))
+    whole_end = end is None or isinstance(end, int) and end >= 1 << 31
+    if start in (None, 0) and whole_end and step in (None, 1):
         return x  # x[:, ...]: the whole axis, whatever it is
     size = dims(node.args[0])[axis]
     x.layout.step_axis(axis)  # only a feature axis can be cut
     start = 0 if start is None else int_arg(a, "start")
-    end = size if end is None else int_arg(a, "end")
+    end = size if whole_end else int_arg(a, "end")
+    step = 1 if step is None else int_arg(a, "step")
     start, end = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
+    if step < 1 or end <= start:
+        raise Unsupported(f"slices {start}:{end}:{step}; only non-empty slices of a feature "
+                          "axis")
+    if step != 1:
+        value, = lx.emit("gather", [x.value], {"axis": x.layout.step_axis(axis),
+                                               "indices": list(range(start, end, step))}, node)
+        return lx.new_act(value, x.layout, x.post)
     if (start, end) == (0, size):
         return x
-    if int_arg(a, "step") != 1 or end <= start:
-        raise Unsupported(f"slices {start}:{end}:{a.get('step')}; only step-1, non-empty "
-                          "slices of a feature axis")
     return part(lx, node, x, axis, start, end, size)
 
 

@@ -15,8 +15,9 @@ RULES = Rules()
 rule = RULES.rule
 
 
-@rule("aten.repeat.default", "aten.expand.default", note="x.unsqueeze(0).repeat(T, 1, ...), "
-      "x.repeat(T, 1, ...) or .expand(T, ...): a static input fed every step")
+@rule("aten.repeat.default", "aten.expand.default", ir="gather", note="x.unsqueeze(0).repeat("
+      "T, 1, ...), x.repeat(T, 1, ...) or .expand(T, ...): a static input fed every step; "
+      "feature axes expanded or repeated")
 def _repeat(lx, node, a):
     x = lx.act(node.args[0])
     expand = "size" in a
@@ -28,11 +29,30 @@ def _repeat(lx, node, a):
     unit = x.layout.roles[0] == T and shape[0] == 1  # onto x.unsqueeze(0)'s unit time
     kept = all(s in (-1, d) if expand else s == 1
                for s, d in zip(sizes[1:], shape if added else shape[1:]))
+    if len(sizes) == len(shape) and not (unit and sizes[0] == lx.steps and kept):
+        return _tile_features(lx, node, x, sizes, shape, expand)
     if lx.explicit or x.post or not (added and x.layout.time_axis is None or unit) or \
             sizes[0] != lx.steps or not kept:
         raise Unsupported(f"repeats to {sizes}; snnc lifts only repeating a static input over "
-                          f"time: x.unsqueeze(0).repeat(T={lx.steps}, 1, ...)")
+                          f"time: x.unsqueeze(0).repeat(T={lx.steps}, 1, ...), and expanding "
+                          "or repeating feature axes")
     return lx.new_act(x.value, x.layout.insert(0, T) if added else x.layout, x.post)
+
+
+def _tile_features(lx, node, x: Act, sizes: list[int], shape, expand: bool) -> Act:
+    """x.expand(...) of size-1 feature axes, or x.repeat(...) of feature axes: a gather
+    per axis; time and batch axes are kept."""
+    for axis, (s, d) in enumerate(zip(sizes, shape)):
+        if (s in (-1, d)) if expand else s == 1:
+            continue
+        if x.layout.roles[axis] != axes.F or (expand and d != 1) or s < 1:
+            raise Unsupported(f"{'expands' if expand else 'repeats'} {list(shape)} to {sizes}: "
+                              "only feature axes can grow (size-1 axes, for expand)")
+        indices = [0] * s if expand else list(range(d)) * s
+        value, = lx.emit("gather", [x.value], {"axis": x.layout.step_axis(axis),
+                                               "indices": indices}, node)
+        x = lx.new_act(value, x.layout, x.post)
+    return x
 
 
 @rule("aten.select.int", ir="split, reshape", note="x[0] of time for a neuron's initial "

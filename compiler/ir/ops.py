@@ -237,6 +237,41 @@ def _split_eval(args, attrs):
     return [np.ascontiguousarray(p) for p in np.split(args[0], bounds, axis=attrs["axis"])]
 
 
+def _pad_infer(types, attrs):
+    """pads: [begin_0, ..., begin_k-1, end_0, ..., end_k-1] for the last k axes (>= 0)."""
+    dx, sx = types[0]
+    pads, k = attrs["pads"], len(attrs["pads"]) // 2
+    if len(pads) % 2 or k > len(sx) or any(p < 0 for p in pads):
+        raise ShapeError(f"bad pads {pads} for {sx}")
+    out = list(sx)
+    for i in range(k):
+        axis = len(sx) - k + i
+        if not isinstance(sx[axis], int):
+            raise ShapeError("pad on the batch axis")
+        out[axis] = sx[axis] + pads[i] + pads[k + i]
+    return [(dx, tuple(out))]
+
+
+def _pad_eval(args, attrs):
+    pads, k = attrs["pads"], len(attrs["pads"]) // 2
+    x = args[0]
+    width = [(0, 0)] * (x.ndim - k) + [(pads[i], pads[k + i]) for i in range(k)]
+    return [np.pad(x, width, constant_values=x.dtype.type(attrs["value"]))]
+
+
+def _gather_infer(types, attrs):
+    dx, sx = types[0]
+    axis, indices = attrs["axis"] % max(len(sx), 1), attrs["indices"]
+    if not isinstance(sx[axis], int) or not indices or \
+            any(not 0 <= i < sx[axis] for i in indices):
+        raise ShapeError(f"gather indices out of range for axis {axis} of {sx}")
+    return [(dx, tuple(len(indices) if i == axis else d for i, d in enumerate(sx)))]
+
+
+def _gather_eval(args, attrs):
+    return [np.ascontiguousarray(np.take(args[0], attrs["indices"], axis=attrs["axis"]))]
+
+
 def _reduce_infer(types, attrs):
     dx, sx = types[0]
     axes = [a % len(sx) for a in attrs["axes"]]
@@ -246,10 +281,16 @@ def _reduce_infer(types, attrs):
 
 
 def _concat_infer(types, attrs):
+    """Parts of any static size along `axis`; along a batch axis (N, 4N) equal parts."""
     d, s = types[0]
-    if any(t != types[0] for t in types):
-        raise ShapeError("concat inputs differ in type")  # snnc concatenates equal parts
     axis = attrs["axis"] % max(len(s), 1)
+    if any(dt != d or len(st) != len(s) or any(a != b for i, (a, b) in enumerate(zip(st, s))
+                                                 if i != axis) for dt, st in types):
+        raise ShapeError("concat inputs differ in type")
+    if all(isinstance(st[axis], int) for _, st in types):
+        return [(d, (*s[:axis], sum(st[axis] for _, st in types), *s[axis + 1:]))]
+    if any(t != types[0] for t in types):
+        raise ShapeError("concat inputs differ in type")  # along a batch axis: equal parts
     k = batch_factor(s[axis])
     size = len(types) * s[axis] if k is None else times_batch(len(types) * k)
     return [(d, (*s[:axis], size, *s[axis + 1:]))]
@@ -515,6 +556,12 @@ OPS: dict[str, OpDef] = {
         OpDef("chunk", {"axis": int, "count": int}, _chunk_infer,
               lambda a, at: [np.ascontiguousarray(p) for p in np.split(a[0], at["count"],
                                                                         axis=at["axis"])],
+              (1, 1)),
+        # A constant border on the last k axes (ONNX Pad); and elements picked along one axis
+        # by constant indices (ONNX Gather): index_select, flip, roll, reflect/replicate/
+        # circular padding, nearest upsampling.
+        OpDef("pad", {"pads": _INT_LIST, "value": float}, _pad_infer, _pad_eval, (1, 1)),
+        OpDef("gather", {"axis": int, "indices": _INT_LIST}, _gather_infer, _gather_eval,
               (1, 1)),
         # The mean or sum over all timesteps of a step value (a model's `x.mean(0)` before
         # its head). Its output and everything computed from it exist once, after the last
