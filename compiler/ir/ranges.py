@@ -90,9 +90,12 @@ def analyze(graph: Graph) -> dict[Value, Range]:
 
 def _infer(node: Node, ranges, values) -> list[Range]:
     op, ins = node.op, [ranges[v] for v in node.inputs]
-    same = ("reshape", "transpose", "max_pool", "chunk", "split", "cast")
+    same = ("reshape", "transpose", "max_pool", "chunk", "split", "cast", "gather")
     if op in same:
         return [ins[0]] * len(node.outputs)
+    if op == "pad":  # the border's value joins the range
+        c = node.attrs["value"]
+        return [Range(min(ins[0].lo, c), max(ins[0].hi, c), ins[0].integer and float(c).is_integer())]
     if op == "concat":
         return [Range(min(r.lo for r in ins), max(r.hi for r in ins), all(r.integer for r in ins))]
     if op == "add":
