@@ -322,6 +322,28 @@ def test_rule_case(case):
     assert np.abs(want).max() > 0  # something fired
 
 
+def test_none_outputs_are_not_outputs():
+    """Spike-Driven Transformer returns (logits, hook) with hook None: one output."""
+    class Hooked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = tail(lambda m, s: s.mean(0))()
+
+        def forward(self, x):
+            return self.stem(x), None
+
+    torch.manual_seed(0)
+    model = Hooked().eval()
+    graph = lift(_export(model, (1, 3, 6, 6)))
+    assert len(graph.outputs) == 1
+    x = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    functional.reset_net(model)
+    with torch.no_grad():
+        want = model(x)[0].numpy()
+    np.testing.assert_allclose(interp.run(graph, [x.numpy()])[0], want, atol=1e-5)
+    assert np.abs(want).max() > 0
+
+
 def test_every_rule_has_a_case():
     seen = set()
     for build, shape, *dynamic in CASES.values():

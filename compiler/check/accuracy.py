@@ -321,7 +321,8 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
                                 f"({type(error).__name__}: {first_line(error)}); check that "
                                 "it is the model you exported") from None
         outs = out if isinstance(out, (tuple, list)) else [out]
-        trace.outputs = [o.detach().numpy() for o in outs]
+        # a model may also return None (an unused hook): the compiled model has tensors only
+    trace.outputs = [o.detach().numpy() for o in outs if o is not None]
         parts.append(trace)
     if len(parts) == 1:
         return parts[0]

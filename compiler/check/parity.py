@@ -73,7 +73,8 @@ def torch_trace(program: torch.export.ExportedProgram, x: np.ndarray) -> Trace:
     with torch.no_grad():
         out = Recorder(module, trace).run(torch.from_numpy(x))
     outs = out if isinstance(out, (tuple, list)) else [out]
-    trace.outputs = [o.detach().numpy() for o in outs]
+    # a model may also return None (an unused hook): the compiled model has tensors only
+    trace.outputs = [o.detach().numpy() for o in outs if o is not None]
     return trace
 
 

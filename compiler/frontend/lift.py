@@ -56,6 +56,8 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
             _guard(lx, node, op_name(node), rules.apply, lx, node)
     if lx.unsupported:
         raise UnsupportedOpError(lx.unsupported)
+    if not outputs:
+        raise BadInputError("the model returns no tensor (only None or constants)")
     spec = TimeSpec(lx.steps, tuple(lx.input_modes), tuple(m for m, _ in outputs))
     names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
     return lx.builder.build([v for _, v in outputs], spec, lx.input_names, names)
@@ -191,6 +193,8 @@ def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:
 def _outputs(lx: Lifter, rets) -> list[tuple[str, Value]]:
     found = []
     for ret in rets:
+        if ret is None:  # `return x, None` (an unused hook): not an output of the model
+            continue
         if isinstance(ret, torch.fx.Node) and lx.env.get(ret) is REPORTED:
             continue  # its cause is reported already
         try:
