@@ -105,7 +105,7 @@ def _softmax(x, attrs, log: bool):
 
 def _layer_norm_infer(types, attrs):
     """x normalized over its axes axis..last; scale and bias (optional) have their shape."""
-    (dx, sx), params = types[0], types[1:]
+    (_, sx), params = types[0], types[1:]
     axis = _axis(sx, attrs["axis"])
     for d, s in params:
         if d != "f32" or tuple(s) != tuple(sx[axis:]):
@@ -131,7 +131,7 @@ def _layer_norm_eval(args, attrs):
 def _group_norm_infer(types, attrs):
     """x [N, C, ...] normalized per sample over each of `groups` groups of channels (and all
     positions); scale and bias per channel."""
-    (dx, sx), params = types[0], types[1:]
+    (_, sx), params = types[0], types[1:]
     groups = attrs["groups"]
     if len(sx) < 2 or groups < 1 or not isinstance(sx[1], int) or sx[1] % groups:
         raise ShapeError(f"group_norm of {list(sx)} in {groups} groups")
