@@ -21,6 +21,7 @@ from snnc.files import loader, outputs, paths, tensors
 from snnc.frontend import budget
 from snnc.frontend.lift import lift
 from snnc.ir.graph import Graph
+from snnc.ir.islands import by_layer
 from snnc.options import DEFAULT, Options
 from snnc.pipeline import run_passes
 
@@ -66,6 +67,11 @@ class Result:
         layout = (f"\nkernels       {integer} integer GEMMs (u8/i8 x int8, int32 sums), "
                   f"{floating} float layers; {sum(n.op == 'transpose' for n in lowered)} "
                   "transposes")
+        islands = by_layer(g.nodes)
+        if islands:  # ops that are not spike-driven: float in the compiled model
+            layout += (f"\nfloat ops     {sum(map(len, islands.values()))} not spike-driven, in "
+                       f"{len(islands)} layers: " + "; ".join(
+                           f"{where}: {', '.join(ops)}" for where, ops in islands.items()))
         return "\n".join([
             f"timesteps     {g.time.steps if g.time else 1}",
             f"parameters    {self.parameters:,} ({neurons} neuron layers)",

@@ -6,16 +6,18 @@ a logical transpose costs a copy. This pass gives every value a physical layout:
 permutation `p` of its logical axes (the tensor in memory is `transpose(logical, p)`):
 
 - a `transpose` node costs nothing: its output keeps its input's memory and a new `p`;
-- elementwise ops (add, sub, mul, div, relu, cast, neuron) run in the layout that needs
-  the fewest conversions: of their same-rank inputs, and the logical one for each of their
-  outputs that is a graph output (a stream-mode neuron's membrane); a tie goes to the first
-  non-identity layout. Constants are permuted to it, other inputs converted;
-- split, chunk and concat run along the permuted axis;
+- elementwise ops (add, sub, mul, div, relu, cast, neuron, and the float islands' gelu,
+  sigmoid, exp, ...) run in the layout that needs the fewest conversions: of their
+  same-rank inputs, and the logical one for each of their outputs that is a graph output
+  (a stream-mode neuron's membrane); a tie goes to the first non-identity layout.
+  Constants are permuted to it, other inputs converted;
+- split, chunk, concat, softmax and log_softmax run along the permuted axis;
 - a reshape keeps the layout when each group of axes it merges or splits stays contiguous
   and in order in memory (a channel axis split into heads);
-- every other op (the GEMMs, im2col, pools, reductions, conv) and every graph output reads
-  the logical layout: a `transpose` node converts a value to it where needed, once per
-  value and layout. With --debug-outputs every neuron does too (its spikes are outputs).
+- every other op (the GEMMs, im2col, pools, reductions, conv, layer_norm, group_norm)
+  and every graph output reads the logical layout: a `transpose` node converts a value to
+  it where needed, once per value and layout. With --debug-outputs every neuron does too
+  (its spikes are outputs).
 
 Requires: a verified graph without a time spec and without state (after unroll_timesteps
 or expose_state): graph inputs and outputs keep their layout.
@@ -38,11 +40,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from snnc.ir import islands
 from snnc.ir.graph import Graph, Node, Value, batch_factor
 from snnc.options import DEFAULT, Options
 
-ELEMENTWISE = ("add", "sub", "mul", "div", "relu", "cast", "neuron")
-ALONG_AXIS = ("split", "chunk", "concat")
+ELEMENTWISE = ("add", "sub", "mul", "div", "relu", "cast", "neuron") + tuple(islands.UNARY)
+ALONG_AXIS = ("split", "chunk", "concat", "softmax", "log_softmax")
 Perm = tuple[int, ...]
 
 

@@ -284,7 +284,34 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     # [T*B, C, 1, 1].view(T, B, -1) at batch 1: [T, 1, C] read as [T, B, C] for mean(0)
     "pooled_view_then_time_mean": (tail(lambda m, s: torch.nn.functional.adaptive_avg_pool2d(
         s.flatten(0, 1), 1).view(T, s.shape[1], -1).mean(0)), (1, 3, 6, 6)),
+    # float islands (rules_float.py): on real values (m.fc's), their outputs returned
+    "float_activations": (tail(lambda m, s: _activations(m.fc(s)).mean(0)), (1, 3, 6, 6)),
+    "float_math": (tail(lambda m, s: _math(m.fc(s)).mean(0)), (1, 3, 6, 6)),
+    "float_normalizations": (tail(lambda m, s: _normalizations(m, m.fc(s)).mean(0)),
+                             (1, 3, 6, 6)),
 }
+
+
+def _activations(y):
+    F = torch.nn.functional
+    return (F.gelu(y) + F.gelu(y, approximate="tanh") + F.silu(y) + torch.sigmoid(y)
+            + torch.tanh(y) + F.hardtanh(y, -0.5, 0.5) + F.relu6(3 * y) + F.leaky_relu(y, 0.2)
+            + F.elu(y, 0.7) + F.hardswish(y) + F.hardsigmoid(y))
+
+
+def _math(y):
+    return (torch.exp(y) + torch.log(y.abs() + 1) + torch.sqrt(y.abs()) + torch.rsqrt(y * y + 1)
+            + torch.reciprocal(y.abs() + 1) + y.pow(3) + torch.square(y) + torch.neg(y) + torch.erf(y))
+
+
+def _normalizations(m, y):
+    """softmax / log_softmax over each feature axis; LayerNorm over the last 1 and 2 axes,
+    affine, bias alone, none; GroupNorm on [T*B, C, H, W]."""
+    F = torch.nn.functional
+    grouped = F.group_norm(y.flatten(0, 1), 2).unflatten(0, (T, -1))
+    return (y.softmax(-1) + y.softmax(2) + y.log_softmax(-2) + F.layer_norm(y, (6,))
+            + F.layer_norm(y, (6, 6), m.fc.weight) + F.layer_norm(y, (6,), None, m.fc.bias)
+            + grouped)
 
 
 def _sequence(shape) -> bool:
@@ -379,13 +406,13 @@ def test_refusals_say_what_to_change():
 
         def forward(self, x):
             s = self.sn(x.unsqueeze(0).repeat(T, 1, 1))
-            return torch.softmax(s, -1) + torch.sin(s) + s[:, 0:1].sum()
+            return torch.softmax(s, 0) + torch.sin(s) + s[:, 0:1].sum()
 
     with pytest.raises(UnsupportedOpError) as error:
         lift(zoo.export(Odd().eval(), (1, 4)))
     text = str(error.value)
-    assert "aten.softmax.int: has no snnc lowering; spiking self-attention has no softmax" \
-        in text
+    assert "aten.softmax.int: softmax over axis 0, the time axis of a tensor with axes " \
+        "[T, B, F]: snnc runs the network one timestep at a time" in text
     assert re.search(r"aten\.sin\.default: has no snnc lowering \(docs/ops.md", text)
     assert "test_rules.py:" in text  # the user's line
 

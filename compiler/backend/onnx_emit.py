@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from snnc.backend import onnx_float
 from snnc.backend.pack import CODES, DIGESTS_KEY, GEMM, SIGNED, Layer, weight_digest
 from snnc.errors import PassError
 from snnc.ir.graph import NUMPY_DTYPES, Graph, Node, Value
@@ -610,6 +611,7 @@ LOWER = {
     "cast": _cast, "int_weights": _int_weights, "int_matmul": _int_matmul, "im2col": _im2col,
     "digits_sum": _digits_sum,
 }
+LOWER.update(onnx_float.LOWER)  # the float islands (LayerNorm, softmax, GELU, ...)
 
 
 def to_onnx(graph: Graph, opts: Options = DEFAULT, packed: list | None = None

@@ -1,6 +1,8 @@
 """snnc compile --report: per layer, the quantization (scheme, bits, parameters, packed
 bytes) and, with --verify data, the activity on that data (input firing rate, synaptic
-operations, estimated energy), as JSON, a readable table and one PNG figure.
+operations, estimated energy), as JSON, a readable table and one PNG figure; and per layer
+the ops that are not spike-driven (float islands: LayerNorm, softmax, GELU, ...), which
+run in float32 whatever the weights.
 
 Energy model (docs/verify.md), the one the spiking-transformer literature uses (Spikformer,
 Zhou et al., ICLR 2023; SpikingJelly's op counter): 45 nm CMOS estimates from Horowitz,
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 from snnc.check.accuracy import Verification
 from snnc.ir.graph import Graph
+from snnc.ir.islands import by_layer
 
 MAC_PJ = 4.6
 AC_PJ = 0.9
@@ -110,6 +113,8 @@ def build(graph: Graph, verification: Verification | None, extra: dict) -> dict:
         "energy_constants": {"mac_pj": MAC_PJ, "ac_pj": AC_PJ, "source": ENERGY_SOURCE},
         "layers": [asdict(r) for r in rows],
         "neurons": neurons,
+        # per layer (provenance), the ops that are not spike-driven: float islands
+        "float_ops": [{"layer": where, "ops": ops} for where, ops in by_layer(graph.nodes).items()],
         "totals": totals,
     })
     if verification is not None:
@@ -153,6 +158,9 @@ def format_table(report: dict) -> str:
     else:
         lines.append("(firing rates, synaptic operations and energy need data: add --verify "
                      "DATA.npz)")
+    if report.get("float_ops"):
+        lines.append("not spike-driven (float ops, per layer): " + "; ".join(
+            f"{entry['layer']}: {', '.join(entry['ops'])}" for entry in report["float_ops"]))
     if report["neurons"]:
         lines.append("neuron firing rates: " + ", ".join(
             f"{_short(k)} {100 * v:.1f}%" for k, v in report["neurons"].items()))

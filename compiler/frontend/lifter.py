@@ -255,12 +255,21 @@ def _reduced(lx: Lifter, node: torch.fx.Node, x: Act, mode: str) -> Act:
     return lx.reduced[id(node)]
 
 
+# The float islands' elementwise ops (rules_float.py lifts them).
+FLOAT_ELEMENTWISE = ("aten.gelu.default", "aten.silu.default", "aten.sigmoid.default",
+                     "aten.tanh.default", "aten.hardtanh.default", "aten.relu6.default",
+                     "aten.leaky_relu.default",
+                     "aten.elu.default", "aten.hardswish.default", "aten.hardsigmoid.default",
+                     "aten.exp.default", "aten.log.default", "aten.sqrt.default",
+                     "aten.rsqrt.default", "aten.reciprocal.default", "aten.pow.Tensor_Scalar",
+                     "aten.square.default", "aten.abs.default", "aten.neg.default",
+                     "aten.erf.default")
 # Ops that keep every axis of their input: the walk follows a model input through them to
 # see how it is used (lift._first_use), and rules._want looks through them too.
 ELEMENTWISE = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",
                "aten.dropout.default", "aten.relu.default", "aten.add.Tensor",
                "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.rsub.Scalar",
-               "aten.linear.default")
+               "aten.linear.default") + FLOAT_ELEMENTWISE
 
 
 def axis_args(node: torch.fx.Node) -> list:

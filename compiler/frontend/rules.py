@@ -3,10 +3,11 @@
 A rule gets the `Lifter`, the fx node and its arguments by schema name, and returns what
 the node is in the lift: an `Act` (IR value + axis layout), a constant `Value`, a list of
 them, or a `Marker`. It raises `Unsupported` saying what to change. The rules live in
-rules_tensors.py (plumbing, axes), rules_neurons.py, rules_time.py and rules_layers.py, each
-with its own table; `RULES` here is their union. The supported-op list, the unsupported-op
-message and the table in docs/ops.md all come from it (`ops_table()`;
-runtime_tests/test_rules.py checks the doc against it).
+rules_tensors.py (plumbing, axes), rules_neurons.py, rules_time.py, rules_layers.py and
+rules_float.py (float islands: LayerNorm, softmax, GELU, ...), each with its own table;
+`RULES` here is their union. The supported-op list, the unsupported-op message and the
+table in docs/ops.md all come from it (`ops_table()`; runtime_tests/test_rules.py checks
+the doc against it).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
-from snnc.frontend import rules_index, rules_layers, rules_neurons, rules_tensors, rules_time
+from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
+                           rules_tensors, rules_time)
 from snnc.frontend.lifter import Lifter, Rules, Unsupported, bind, op_name
 from snnc.ir.ops import ShapeError
 
 RULES = Rules.union(rules_tensors.RULES, rules_neurons.RULES, rules_time.RULES,
-                    rules_layers.RULES, rules_index.RULES)
+                    rules_layers.RULES, rules_index.RULES, rules_float.RULES)
 
 
 def apply(lx: Lifter, node):
@@ -37,13 +39,6 @@ def apply(lx: Lifter, node):
 
 # What to write instead, for ops users reach for that snnc has no rule for.
 SUGGEST = {
-    "aten.softmax.int": "spiking self-attention has no softmax (Spikformer's SSA: q k^T v "
-                        "times a scale); drop it",
-    "aten.gelu.default": "use a spiking neuron (or relu) as the nonlinearity",
-    "aten.sigmoid.default": "use a spiking neuron as the nonlinearity",
-    "aten.tanh.default": "use a spiking neuron as the nonlinearity",
-    "aten.layer_norm.default": "use BatchNorm (folded into the layer before it)",
-    "aten.group_norm.default": "use BatchNorm (folded into the layer before it)",
     "aten.sum.default": "sum over named feature axes: x.sum(dim=...)",
     "aten.mean.default": "average over named feature axes: x.mean(dim=...)",
     "aten.adaptive_max_pool2d.default": "use MaxPool2d with an explicit kernel",

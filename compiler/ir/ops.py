@@ -13,7 +13,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from snnc.ir.shapes import Shape, batch_factor, times_batch
+from snnc.ir import islands
+from snnc.ir.shapes import Shape, ShapeError, batch_factor, times_batch
 from snnc.quant import weights
 
 F32 = np.float32
@@ -27,10 +28,6 @@ class OpDef:
     infer: Callable[[Sequence[Type], Mapping], list[Type]]
     evaluate: Callable[[Sequence[np.ndarray], Mapping], list[np.ndarray]]
     n_inputs: tuple[int, int]  # (min, max)
-
-
-class ShapeError(ValueError):
-    pass
 
 
 def broadcast(a: Shape, b: Shape) -> Shape:
@@ -603,3 +600,10 @@ OPS: dict[str, OpDef] = {
               _shift_eval(_linear_eval), (2, 2)),
     ]
 }
+
+# ----------------------------------------------------------------------------- float islands
+# Ops that are not spike-driven (LayerNorm, GroupNorm, softmax, GELU, sigmoid, exp, ...):
+# float computations between the spiking layers, defined in snnc.ir.islands. No pass treats
+# their outputs as spikes or integers (snnc.ir.ranges gives them no bounds).
+OPS.update({name: OpDef(name, *spec) for name, spec in islands.SPECS.items()})
+FLOAT_ISLANDS = frozenset(islands.SPECS)

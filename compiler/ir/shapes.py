@@ -9,6 +9,10 @@ Dim = int | str
 Shape = tuple[Dim, ...]
 
 
+class ShapeError(ValueError):
+    """Operand types an op cannot take (raised by type inference)."""
+
+
 def batch_factor(dim: Dim) -> int | None:
     """k for a symbolic batch dimension "kN" (1 for "N"); None for a static size.
 
