@@ -322,7 +322,7 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
                                 "it is the model you exported") from None
         outs = out if isinstance(out, (tuple, list)) else [out]
         # a model may also return None (an unused hook): the compiled model has tensors only
-    trace.outputs = [o.detach().numpy() for o in outs if o is not None]
+        trace.outputs = [o.detach().numpy() for o in outs if o is not None]
         parts.append(trace)
     if len(parts) == 1:
         return parts[0]
