@@ -213,7 +213,8 @@ def _gathers(m, s):
     f = torch.nn.functional
     idx = torch.arange(4).flip(0)  # a constant index computed in forward (folded)
     y = s.index_select(2, idx) + s.flip(3) + torch.roll(s, 1, 4) + s[:, :, idx]
-    up = f.interpolate(s.flatten(0, 1), scale_factor=2, mode="nearest")[..., ::2, ::2]
+    up = f.interpolate(s.flatten(0, 1), scale_factor=2, mode="nearest")[..., ::2, ::2] + \
+        f.interpolate(s.flatten(0, 1), scale_factor=2, mode="bilinear")[..., 1::2, ::2]
     return (y + up.unflatten(0, (T, -1))).mean(0)
 
 

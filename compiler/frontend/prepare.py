@@ -205,6 +205,10 @@ def _inverse(f: _Functionalizer, view: torch.fx.Node, value: torch.fx.Node,
 # -- decomposing ops that have no rule ------------------------------------------------------
 
 _NEVER = NEURON_OPS + (QUANT_OP,)
+# Beyond the core table: torch's decompositions of resampling into index arithmetic.
+_ALSO = [aten.upsample_bilinear2d, aten.upsample_nearest2d, aten.upsample_linear1d,
+         aten.upsample_nearest1d, aten.upsample_bicubic2d, aten.upsample_nearest3d,
+         aten.upsample_trilinear3d]
 
 
 def decompose(graph: torch.fx.Graph, has_rule: Callable[[str], bool],
@@ -212,8 +216,9 @@ def decompose(graph: torch.fx.Graph, has_rule: Callable[[str], bool],
     """Nodes without a rule replaced by torch's core decomposition of them (module
     docstring), repeatedly, while that helps. `constant`: the placeholders of parameters,
     buffers and constants (what the lifter folds from)."""
-    from torch._decomp import core_aten_decompositions
+    from torch._decomp import core_aten_decompositions, get_decompositions
     table = core_aten_decompositions()
+    table.update(get_decompositions(_ALSO))
     known = set(constant)
     for _ in range(4):  # a decomposition's ops can need one more round
         changed = False
