@@ -51,7 +51,7 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
 def _move_one(graph: Graph) -> Graph:
     """The graph with one data movement turned to run after its casts, or the same graph."""
     producers, users = graph.producers(), graph.users()
-    spikes = {n.outputs[0] for n in graph.nodes if n.op == "neuron"}
+    spikes = {n.outputs[0] for n in graph.nodes if n.op in ("neuron", "neuron_model")}
     for cast in graph.nodes:
         if cast.op != "cast" or cast.attrs["to"] not in INTEGER:
             continue

@@ -44,7 +44,8 @@ from snnc.ir import islands
 from snnc.ir.graph import Graph, Node, Value, batch_factor
 from snnc.options import DEFAULT, Options
 
-ELEMENTWISE = ("add", "sub", "mul", "div", "relu", "cast", "neuron") + tuple(islands.UNARY)
+ELEMENTWISE = ("add", "sub", "mul", "div", "relu", "cast", "neuron", "neuron_model") + \
+    tuple(islands.UNARY)
 ALONG_AXIS = ("split", "chunk", "concat", "softmax", "log_softmax")
 Perm = tuple[int, ...]
 
@@ -165,7 +166,7 @@ class _Layout:
         return True
 
     def _elementwise(self, node: Node) -> bool:
-        if node.op == "neuron" and self.debug:
+        if node.op in ("neuron", "neuron_model") and self.debug:
             return False
         rank = len(node.outputs[0].shape)
         perms = [self.perm(v) for v in node.inputs

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from snnc.ir.graph import BATCH, Graph, Node, Value, batch_factor, times_batch
-from snnc.ir.ops import OPS
+from snnc.ir.ops import OPS, neuron_states
 from snnc.options import DEFAULT, Options
 
 
@@ -102,7 +102,7 @@ class _Unroller:
             if node.op == "time_reduce":  # its result, and all that uses it, exists once
                 self.invariant[node.outputs[0]] = self.over_time(
                     node.inputs[0], node.attrs["mode"], node.source, node.outputs[0].hint)
-            elif node.op == "neuron":
+            elif node.op in ("neuron", "neuron_model"):
                 self.neuron(node)
             elif all(v in self.invariant for v in node.inputs):
                 outs = self.emit(node.op, [self.invariant[v] for v in node.inputs], node.attrs,
@@ -146,22 +146,24 @@ class _Unroller:
         return self.batched[value]
 
     def neuron(self, node: Node) -> None:
-        x, read, *params = node.inputs  # params: a per-channel threshold (constant)
+        """A neuron (or neuron model) cut into its T steps, its states threaded: inputs x,
+        k states, then constant params (a per-channel threshold)."""
+        k = neuron_states(node)
+        x, reads, params = node.inputs[0], node.inputs[1:1 + k], node.inputs[1 + k:]
         params = [self.invariant[v] for v in params]
-        spikes, membranes = [], []
-        stateful = read in self.state_now  # else a single-step program's membrane value
+        per_output = [[] for _ in node.outputs]
+        stateful = reads[0] in self.state_now  # else a single-step program's state values
         for t, x_t in enumerate(self.step_values(x)):
             step = t if stateful else self.call(node)
             hints = [f"{v.hint}.t{step}" for v in node.outputs]
-            v_now = self.state_now[read] if stateful else self.step_values(read)[t]
-            spike, v_next = self.emit("neuron", [x_t, v_now, *params],
-                                      node.attrs, node.source, hints)
+            now = [self.state_now[r] if stateful else self.step_values(r)[t] for r in reads]
+            outs = self.emit(node.op, [x_t, *now, *params], node.attrs, node.source, hints)
             if stateful:
-                self.state_now[read] = v_next
-            spikes.append(spike)
-            membranes.append(v_next)
-        self.per_step[node.outputs[0]] = spikes
-        self.per_step[node.outputs[1]] = membranes
+                self.state_now.update(zip(reads, outs[1:]))
+            for values, out in zip(per_output, outs):
+                values.append(out)
+        for value, values in zip(node.outputs, per_output):
+            self.per_step[value] = values
 
     def call(self, node: Node) -> int:
         """A single-step program calls a neuron layer once per step: this call's step."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import zoo
-from spikingjelly.activation_based import functional, layer, neuron
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
 from snnc import UnsupportedOpError
@@ -227,6 +227,19 @@ def _products(m, s):
     return o.mean(0).sum(-1) + b.mean(0).sum((-2, -1)).unsqueeze(-1)
 
 
+class SingleStepSTBIF(nn.Module):
+    """conv-BN-STBIF with the loop over T in forward: STBIF passes its states on through
+    aten.to (to float32) and asserts their metadata."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.sn = neuron.STBIFNode(q_threshold=torch.tensor(0.5), level=8, step_mode="s")
+
+    def forward(self, x):
+        return torch.stack([self.sn(self.conv(x)) for _ in range(T)]).mean(0)
+
+
 CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "inplace_writes": (tail(_writes), (1, 3, 6, 6)),
     "pads": (tail(_pads), (1, 3, 6, 6)),
@@ -283,6 +296,15 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "normalized_image_at_batch_T": (lambda: Encode(lambda x: (2 * x - 1).unsqueeze(0).repeat(
         T, 1, 1, 1, 1)), (T, 3, 6, 6)),
     # [T*B, C, 1, 1].view(T, B, -1) at batch 1: [T, 1, C] read as [T, B, C] for mean(0)
+    "ilif_counts": (lambda: Stem(Tail(lambda m, s: s.mean(0)), neuron.ILIFNode,
+                                 surrogate_function=surrogate.MultiLevelSpikeCount(4)),
+                    (1, 3, 6, 6)),
+    "eif": (lambda: Stem(Tail(lambda m, s: s.mean(0)), neuron.EIFNode), (1, 3, 6, 6)),
+    "qif_soft_reset": (lambda: Stem(Tail(lambda m, s: s.mean(0)), neuron.QIFNode,
+                                    v_reset=None), (1, 3, 6, 6)),
+    "izhikevich_two_states": (lambda: Stem(Tail(lambda m, s: s.mean(0)),
+                                           neuron.IzhikevichNode), (1, 3, 6, 6)),
+    "stbif_single_step": (SingleStepSTBIF, (1, 3, 6, 6)),
     "pooled_view_then_time_mean": (tail(lambda m, s: torch.nn.functional.adaptive_avg_pool2d(
         s.flatten(0, 1), 1).view(T, s.shape[1], -1).mean(0)), (1, 3, 6, 6)),
     # float islands (rules_float.py): on real values (m.fc's), their outputs returned

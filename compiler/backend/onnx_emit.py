@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from snnc.backend import onnx_float
+from snnc.backend.onnx_neurons import lower_neuron_model
 from snnc.backend.pack import CODES, DIGESTS_KEY, GEMM, SIGNED, Layer, weight_digest
 from snnc.errors import PassError
 from snnc.ir.graph import NUMPY_DTYPES, Graph, Node, Value
@@ -359,6 +360,16 @@ def _neuron(e, node, ins, outs, module):
     e.add("Add", [refill, kept], [outs[1]], module)
 
 
+def _neuron_model(e, node, ins, outs, module):
+    """A neuron model's step as elementwise ONNX nodes (snnc.backend.onnx_neurons)."""
+    lower_neuron_model(e, node, ins, outs, module)
+    if e.opts.debug_outputs:
+        step = step_of(node.outputs[0])
+        name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
+        e.add("Identity", [outs[0]], [name], module)
+        e.debug.append((name, node.outputs[0]))
+
+
 def _dequantize(e, node, ins, outs, module):
     codes = e.graph.constants.get(node.inputs[0])
     scale = e.graph.constants.get(node.inputs[1])
@@ -606,7 +617,8 @@ LOWER = {
     "max_pool": _pool("MaxPool"), "avg_pool": _pool("AveragePool"),
     "linear": _linear, "reshape": _reshape, "transpose": _transpose, "split": _split,
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
-    "concat": _concat, "chunk": _chunk, "pad": _pad, "gather": _gather, "neuron": _neuron, "dequantize": _dequantize,
+    "concat": _concat, "chunk": _chunk, "pad": _pad, "gather": _gather, "neuron": _neuron,
+    "neuron_model": _neuron_model, "dequantize": _dequantize,
     "shift_conv": _shift_conv, "shift_linear": _shift_linear,
     "cast": _cast, "int_weights": _int_weights, "int_matmul": _int_matmul, "im2col": _im2col,
     "digits_sum": _digits_sum,

@@ -24,7 +24,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from snnc.frontend.lifter import NEURON_OPS, source_of
+from snnc.frontend.lifter import NEURON_OPS, bind, source_of
+from snnc.frontend.rules_neurons import MODEL_OPS
 
 SPIKE_PREFIX = "spike/"
 
@@ -56,6 +57,8 @@ class Recorder(torch.fx.Interpreter):
 
     def record_neuron(self, n, name, result) -> str:
         layer = source_of(n).layer
+        if name in MODEL_OPS:
+            return self._record_model(n, name, result, layer)
         spikes, membranes = (result[i].detach().numpy().copy() for i in (0, 2))
         if layer in self.trace.spikes:  # a single-step loop calls the layer once per step
             spikes = np.concatenate([self.trace.spikes[layer], spikes])
@@ -63,6 +66,28 @@ class Recorder(torch.fx.Interpreter):
         self.trace.spikes[layer] = spikes
         self.trace.membranes[layer] = membranes
         self.trace.thresholds[layer] = float(n.args[4] if "lif" in name else n.args[2])
+        return layer
+
+    def _record_model(self, n, name, result, layer: str) -> str:
+        """A neuron model's spikes, and the value its decision compares with a threshold
+        (snnc.ir.neurons.decision), replayed step by step from the op's own arguments."""
+        from snnc.ir import neurons
+
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        fake = type("N", (), {"target": n.target, "args": args, "kwargs": kwargs})
+        a = bind(fake)
+        attrs = MODEL_OPS[name](a)
+        states = [np.asarray(a[s].detach().float().numpy()) for s in MODEL_OPS[name].states]
+        margins = []
+        for x in a["x"].detach().float().numpy():
+            margins.append(neurons.decision([x, *states], attrs)[0])
+            states = neurons.evaluate([x, *states], attrs)[1:]
+        spikes, margins = result[0].detach().numpy().copy(), np.stack(margins)
+        if layer in self.trace.spikes:
+            spikes = np.concatenate([self.trace.spikes[layer], spikes])
+            margins = np.concatenate([self.trace.membranes[layer], margins])
+        self.trace.spikes[layer], self.trace.membranes[layer] = spikes, margins
+        self.trace.thresholds[layer] = neurons.decision([x, *states], attrs)[1]
         return layer
 
 
@@ -107,6 +132,7 @@ def regroup(names: list[str], values: list[np.ndarray]) -> Trace:
 def interp_trace(graph, x: np.ndarray) -> Trace:
     """Run the snnc reference interpreter on a one-step graph, recording spikes and h."""
     from snnc.ir import interp
+    from snnc.ir.neurons import decision
     from snnc.ir.ops import neuron_charge, neuron_threshold
 
     spikes: dict[str, list] = {}
@@ -119,6 +145,11 @@ def interp_trace(graph, x: np.ndarray) -> Trace:
             spikes.setdefault(layer, []).append(outs[0])
             membranes.setdefault(layer, []).append(neuron_charge(ins[0], ins[1], node.attrs))
             thresholds[layer] = neuron_threshold(ins, node.attrs)
+        elif node.op == "neuron_model":
+            layer = node.source.layer
+            spikes.setdefault(layer, []).append(outs[0])
+            m, thresholds[layer] = decision(ins, node.attrs)
+            membranes.setdefault(layer, []).append(np.broadcast_to(m, outs[0].shape))
 
     outputs = interp.run(graph, [x], observe)
     trace = Trace(outputs=outputs, thresholds=thresholds)

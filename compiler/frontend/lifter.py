@@ -24,7 +24,12 @@ from snnc.frontend.axes import Layout
 from snnc.ir.builder import Builder
 from snnc.ir.graph import BATCH, Provenance, Value
 
-NEURON_OPS = ("sj_lif.forward.default", "sj_if.forward.default", "sj_plif.forward.default")
+# SpikingJelly's neuron ops and how many states (membrane first) each takes after x.
+NEURON_STATES = {"sj_lif.forward.default": 1, "sj_if.forward.default": 1,
+                 "sj_plif.forward.default": 1, "sj_ilif.forward.default": 1,
+                 "sj_eif.forward.default": 1, "sj_qif.forward.default": 1,
+                 "sj_izhikevich.forward.default": 2, "sj_stbif.forward.default": 2}
+NEURON_OPS = tuple(NEURON_STATES)
 QUANT_OP = "snnc.fake_quant.default"
 
 # Frames inside these files are library plumbing, not the line of the model's code.
@@ -226,11 +231,12 @@ def _neurons(graph: torch.fx.Graph) -> list[torch.fx.Node]:
                     if op_name(n).startswith("sj_") and op_name(n) not in NEURON_OPS})
     if not calls:
         raise BadInputError(
-            "the model has no SpikingJelly neuron layer snnc compiles (IFNode, LIFNode or "
-            "ParametricLIFNode" + (f"; it uses {', '.join(other)}, which snnc does not "
-                                    "compile" if other else "") + ").")
+            "the model has no SpikingJelly neuron layer snnc compiles (docs/ops.md, "
+            "Neurons" + (f"; it uses {', '.join(other)}, which snnc does not "
+                         "compile" if other else "") + ").")
     for n in calls:
-        if _membrane_of(n.args[1]) and isinstance(n.args[0], torch.fx.Node) \
+        states = n.args[1:1 + NEURON_STATES[op_name(n)]]
+        if any(_membrane_of(s) for s in states) and isinstance(n.args[0], torch.fx.Node) \
                 and dims(n.args[0])[0] != 1:
             raise BadInputError(
                 f"the neuron {source_of(n)} starts from another multi-step call's final "
@@ -279,10 +285,14 @@ def axis_args(node: torch.fx.Node) -> list:
 
 
 def _membrane_of(arg) -> bool:
-    """Whether a neuron's initial membrane is another neuron call's membrane output."""
+    """Whether a neuron's initial membrane is another neuron call's membrane output (seen
+    through a conversion to float32, as STBIF's single-step form passes it)."""
+    while isinstance(arg, torch.fx.Node) and op_name(arg) == "aten.to.device":
+        arg = arg.args[0]
     return (isinstance(arg, torch.fx.Node) and arg.target is operator.getitem
             and isinstance(arg.args[0], torch.fx.Node) and op_name(arg.args[0]) in NEURON_OPS
-            and arg.args[1] == 1)
+            and isinstance(arg.args[1], int)
+            and 1 <= arg.args[1] <= NEURON_STATES[op_name(arg.args[0])])
 
 
 # -- rule tables ---------------------------------------------------------------------------

@@ -1,31 +1,29 @@
-"""Lifting rules for SpikingJelly's neurons (IF, LIF, parametric LIF): one IR `neuron` node
-each, with its membrane an explicit state of the graph (or, in a single-step program, a value
-passed from call to call), and the constant fill a membrane starts from.
+"""Lifting rules for SpikingJelly's neurons: IF, LIF and parametric LIF as one IR `neuron`
+node each, the other neuron ops (ILIF, EIF, QIF, Izhikevich, STBIF) as one `neuron_model`
+node; their states (membrane, recovery, ...) explicit states of the graph (or, in a
+single-step program, values passed from call to call), each starting from a constant fill.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from snnc.frontend.axes import T
-from snnc.frontend.lifter import (NEURON_OPS, Act, Marker, Rules, Unsupported, dims, float_arg,
-                                  op_name, source_of)
+from snnc.frontend.lifter import (Act, Marker, Rules, Unsupported, dims,
+                                  float_arg, op_name, source_of)
 from snnc.ir.graph import State, Value
 
 RULES = Rules()
 rule = RULES.rule
 
 
-@rule(*NEURON_OPS, ir="neuron", note="IFNode, LIFNode, ParametricLIFNode: see Neurons")
+@rule("sj_lif.forward.default", "sj_if.forward.default", "sj_plif.forward.default",
+      ir="neuron", note="IFNode, LIFNode, ParametricLIFNode: see Neurons")
 def _neuron(lx, node, a):
-    x = lx.act(a.get("x"), "neuron input")
-    size = dims(node.args[0])[0]
-    want = 1 if lx.explicit else lx.steps
-    if x.post or x.layout.roles[0] != T or size != want:
-        raise Unsupported(f"neuron input has axes {x.layout} and {size} steps; it must be "
-                          f"[T={want}, B, ...] (step_mode='m'), or one step of a "
-                          "step_mode='s' loop")
+    x = _neuron_input(lx, node, a)
     attrs = _neuron_attrs(lx, node, a)
     init = lx.env.get(a.get("v"))
     module = source_of(node).layer
@@ -44,6 +42,17 @@ def _neuron(lx, node, a):
     name = module if module not in taken else f"{module}#{len(taken)}"
     lx.builder.states.append(State(read, v_next, init.payload, name))
     return (lx.new_act(spike, x.layout), Marker("membrane"), Marker("none"))
+
+
+def _neuron_input(lx, node, a) -> Act:
+    x = lx.act(a.get("x"), "neuron input")
+    size = dims(node.args[0])[0]
+    want = 1 if lx.explicit else lx.steps
+    if x.post or x.layout.roles[0] != T or size != want:
+        raise Unsupported(f"neuron input has axes {x.layout} and {size} steps; it must be "
+                          f"[T={want}, B, ...] (step_mode='m'), or one step of a "
+                          "step_mode='s' loop")
+    return x
 
 
 def _neuron_attrs(lx, node, a) -> dict:
@@ -68,6 +77,103 @@ def _neuron_attrs(lx, node, a) -> dict:
 def _fill(lx, node, a):
     fill = float_arg(a, "fill_value") if "fill_value" in a else 0.0
     got = lx.env.get(node.args[0])
-    if isinstance(got, Act) or (isinstance(got, Marker) and got.kind == "first_step"):
-        return Marker("init", fill)
+    if isinstance(got, Act) or (isinstance(got, Marker) and got.kind in ("first_step", "init")):
+        return Marker("init", fill)  # "init": a second state filled like the membrane
     raise Unsupported("fills a tensor that is not an activation")
+
+
+# -- neuron models (snnc.ir.neurons) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelOp:
+    """How a SpikingJelly neuron op maps to a `neuron_model` node: the model, its params'
+    argument names, the threshold argument (None: 1.0), the reset argument (None: soft),
+    the state arguments (membrane first) and how many outputs the op has."""
+
+    model: str
+    params: tuple[str, ...]
+    threshold: str | None
+    reset: str | None
+    outputs: int
+    states: tuple[str, ...] = ("v",)
+
+    def __call__(self, a: dict, scalar=None) -> dict:
+        """The node's attributes from the op's bound arguments; `scalar(name)` reads a
+        parameter (a float, or a one-element tensor)."""
+        scalar = scalar or (lambda name: float(a[name]))
+        return {"model": self.model, "params": [scalar(p) for p in self.params],
+                "threshold": 1.0 if self.threshold is None else float_arg(a, self.threshold),
+                "v_reset": None if self.reset is None or a.get(self.reset) is None
+                else float_arg(a, self.reset)}
+
+
+MODEL_OPS = {
+    "sj_ilif.forward.default": ModelOp("ilif", ("tau", "count"), "threshold", None, 3),
+    "sj_eif.forward.default": ModelOp("eif", ("tau", "rest", "theta", "delta"), "threshold",
+                                      "reset", 4),
+    "sj_qif.forward.default": ModelOp("qif", ("tau", "rest", "critical", "a0"), "threshold",
+                                      "reset", 4),
+    "sj_izhikevich.forward.default": ModelOp(
+        "izhikevich", ("tau", "rest", "critical", "a0", "a", "b", "tau_w"), "threshold",
+        "reset", 5, ("v", "w")),
+    "sj_stbif.forward.default": ModelOp("stbif", ("q_threshold", "pos_max", "neg_min"), None,
+                                        None, 4, ("q", "acc_q")),
+}
+
+
+@rule(*MODEL_OPS, ir="neuron_model", note="ILIFNode, EIFNode, QIFNode, IzhikevichNode, "
+      "STBIFNode: see Neurons")
+def _neuron_model(lx, node, a):
+    spec = MODEL_OPS[op_name(node)]
+    x = _neuron_input(lx, node, a)
+    attrs = spec(a, lambda name: _scalar_arg(lx, a, name))
+    module = source_of(node).layer
+    inits = [lx.env.get(a.get(s)) for s in spec.states]
+    fills = [isinstance(i, Marker) and i.kind == "init" for i in inits]
+    if not all(f or (lx.explicit and isinstance(i, Act)) for f, i in zip(fills, inits)):
+        raise Unsupported("starts from a state that is not a constant fill; reset the "
+                          "network (functional.reset_net) before export")
+    extra = (Marker("none"),) * (spec.outputs - 1 - len(spec.states))
+    if lx.explicit:
+        states = [lx.scalar(i.payload) if f else i.value for f, i in zip(fills, inits)]
+        out, *nexts = lx.emit("neuron_model", [x.value, *states], attrs, node)
+        return (lx.new_act(out, x.layout),
+                *(lx.new_act(v, x.layout.drop(0)) for v in nexts), *extra)
+    reads = [Value("f32", x.value.shape, f"{module}.{s}") for s in spec.states]
+    out, *nexts = lx.emit("neuron_model", [x.value, *reads], attrs, node)
+    taken = {s.name for s in lx.builder.states}
+    base = module if module not in taken else f"{module}#{len(taken)}"
+    for s, read, write, init in zip(spec.states, reads, nexts, inits):
+        lx.builder.states.append(State(read, write, init.payload,
+                                       base if s == spec.states[0] else f"{base}.{s}"))
+    return (lx.new_act(out, x.layout), *(Marker("membrane"),) * len(spec.states), *extra)
+
+
+def _scalar_arg(lx, a, name: str) -> float:
+    """A float argument, or a one-element constant tensor (STBIF's thresholds and bounds)."""
+    value = a.get(name)
+    if isinstance(value, torch.fx.Node):
+        const = lx.env.get(value)
+        if hasattr(const, "shape") and const in lx.builder.constants and \
+                np.asarray(lx.builder.constants[const]).size == 1:
+            return float(np.asarray(lx.builder.constants[const]).reshape(()))
+        raise Unsupported(f"its {name} is not a one-element constant")
+    return float_arg(a, name)
+
+
+# -- plumbing SpikingJelly's neurons trace around their ops --------------------------------
+
+@rule("aten.to.device", ir="nothing",
+      note="a neuron's parameters moved to its input's device as float32: the same values")
+def _to(lx, node, a):
+    val = node.meta.get("val")
+    if getattr(val, "dtype", None) != torch.float32:
+        raise Unsupported(f"converts to {getattr(val, 'dtype', '?')}; snnc computes in float32")
+    return lx.value_of(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else \
+        lx.operand(node.args[0])
+
+
+@rule("aten._assert_tensor_metadata.default", ir="nothing",
+      note="a dtype/device assertion torch.export records: nothing")
+def _assert_metadata(lx, node, a):
+    return Marker("none")

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from snnc.ir import islands
+from snnc.ir import islands, neurons
 from snnc.ir.shapes import Shape, ShapeError, batch_factor, times_batch
 from snnc.quant import weights
 
@@ -501,6 +501,30 @@ def neuron_eval(args, attrs):
     return [fired.astype(F32), v_next.astype(F32)]
 
 
+# ----------------------------------------------------------------------------- neuron models
+
+def _neuron_model_infer(types, attrs):
+    model = neurons.MODELS.get(attrs["model"])
+    if model is None:
+        raise ShapeError(f"unknown neuron model {attrs['model']!r}; known: "
+                         f"{', '.join(neurons.MODELS)}")
+    if len(attrs["params"]) != len(model.params) or len(types) != 1 + len(model.states):
+        raise ShapeError(f"neuron model {model.name} takes params {list(model.params)} and "
+                         f"inputs (x, {', '.join(model.states)})")
+    dx, sx = types[0]
+    for dt, st in types[1:]:
+        if dt != dx or broadcast(sx, st) != tuple(sx):
+            raise ShapeError(f"neuron model state {dt}{list(st)} does not broadcast to {sx}")
+    return [(dx, sx)] * len(types)
+
+
+def neuron_states(node) -> int:
+    """How many state inputs (after x) a neuron or neuron_model node reads."""
+    if node.op == "neuron_model":
+        return len(neurons.MODELS[node.attrs["model"]].states)
+    return 1
+
+
 # ----------------------------------------------------------------------------- the table
 
 def _time_reduce_infer(types, attrs):
@@ -574,6 +598,12 @@ OPS: dict[str, OpDef] = {
         OpDef("neuron", {"leak": str, "leak_value": float, "decay_input": bool,
                          "threshold": (float, type(None)), "v_reset": (float, type(None))},
               _neuron_infer, neuron_eval, (2, 3)),
+        # Other SpikingJelly neurons for one timestep: (x, *states) -> (out, *states'), the
+        # model (ILIF, EIF, QIF, Izhikevich, STBIF, ...) and its params named in
+        # snnc.ir.neurons.MODELS; v_reset None is a soft reset.
+        OpDef("neuron_model", {"model": str, "params": _INT_LIST, "threshold": float,
+                               "v_reset": (float, type(None))},
+              _neuron_model_infer, neurons.evaluate, (2, 8)),
         # Power-of-two weights as shifts (pot_to_shift): y = sum(sign(c) * (x << (E + 1 - |c|)))
         # over the layer's window, c the `bits`-bit PoT codes (c = 0 adds nothing),
         # E = weights.pot_shift(bits); x holds integers. Evaluated in int64.

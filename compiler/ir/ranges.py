@@ -18,6 +18,7 @@ import numpy as np
 
 from snnc.errors import BadInputError
 from snnc.ir.graph import Graph, Node, Value
+from snnc.ir.neurons import MODELS
 from snnc.ir.ops import INTEGER_TYPES, OPS, dequantize_eval
 from snnc.quant.weights import pot_shift, shift_terms
 
@@ -121,6 +122,10 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         return [Range(min(r.lo * k, 0.0), max(r.hi * k, 0.0), r.integer)]
     if op == "neuron":
         return [SPIKE, UNKNOWN]
+    if op == "neuron_model":  # its output's range by model (snnc.ir.neurons); states real
+        model = MODELS[node.attrs["model"]]
+        lo, hi, integer = model.out_range(dict(zip(model.params, node.attrs["params"])))
+        return [Range(lo, hi, integer)] + [UNKNOWN] * len(model.states)
     if op == "dequantize":
         if all(v in values for v in node.inputs):
             w = dequantize_eval([values[v] for v in node.inputs], node.attrs)[0]

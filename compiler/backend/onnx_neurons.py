@@ -1,0 +1,78 @@
+"""ONNX lowering of `neuron_model` (snnc.ir.neurons): the model's step, written once against
+an arithmetic interface, run with one ONNX node per operation. The interpreter runs the same
+step in numpy, so the two compute the same float32 operations in the same order."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from snnc.ir.neurons import MODELS
+
+
+class _OnnxArith:
+    """snnc.ir.neurons' arithmetic as ONNX nodes: each method adds one node (comparisons a
+    comparison and a Cast to float) and returns its output's name, so a model's step lowers
+    to the operations the interpreter evaluates, in the same order."""
+
+    def __init__(self, e, module: str):
+        self.e, self.module = e, module
+
+    def c(self, x: float) -> str:
+        return self.e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
+
+    def _op(self, op: str, inputs, what: str, **attrs) -> str:
+        out = self.e.temp(self.module, what)
+        self.e.add(op, list(inputs), [out], self.module, **attrs)
+        return out
+
+    def add(self, a, b):
+        return self._op("Add", [a, b], "add")
+
+    def sub(self, a, b):
+        return self._op("Sub", [a, b], "sub")
+
+    def mul(self, a, b):
+        return self._op("Mul", [a, b], "mul")
+
+    def div(self, a, b):
+        return self._op("Div", [a, b], "div")
+
+    def exp(self, a):
+        return self._op("Exp", [a], "exp")
+
+    def ge(self, a, b):
+        return self._op("Cast", [self._op("GreaterOrEqual", [a, b], "ge")], "fired",
+                        to=TensorProto.FLOAT)
+
+    def lt(self, a, b):
+        return self._op("Cast", [self._op("Less", [a, b], "lt")], "below", to=TensorProto.FLOAT)
+
+    def round(self, a):
+        return self._op("Round", [a], "round")
+
+    def clip(self, a, lo, hi):
+        return self._op("Clip", [a, self.c(lo), self.c(hi)], "clip")
+
+
+def lower_neuron_model(e, node, ins, outs, module) -> None:
+    """A neuron model's step (snnc.ir.neurons) as elementwise ONNX nodes. The node that
+    makes each result is renamed to write the IR output directly (an Identity where a
+    result is an input or is returned twice)."""
+    model = MODELS[node.attrs["model"]]
+    first = len(e.nodes)
+    arith = _OnnxArith(e, module)
+    threshold = arith.c(node.attrs["threshold"])
+    out, states = model.step(arith, ins[0], [ins[i] for i in range(1, len(node.inputs))],
+                             dict(zip(model.params, node.attrs["params"])), threshold,
+                             node.attrs["v_reset"])
+    made = {o: n for n in e.nodes[first:] for o in n.output}
+    renamed: dict[str, str] = {}
+    for result, name in zip([out, *states], outs):
+        if result in made and result not in renamed:
+            renamed[result] = name
+        else:
+            e.add("Identity", [renamed.get(result, result)], [name], module)
+    for n in e.nodes[first:]:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+        n.output[:] = [renamed.get(o, o) for o in n.output]
