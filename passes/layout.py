@@ -44,8 +44,8 @@ from snnc.ir import islands
 from snnc.ir.graph import Graph, Node, Value, batch_factor
 from snnc.options import DEFAULT, Options
 
-ELEMENTWISE = ("add", "sub", "mul", "div", "relu", "cast", "neuron", "neuron_model") + \
-    tuple(islands.UNARY)
+ELEMENTWISE = ("add", "sub", "mul", "div", "relu", "cast", "neuron", "neuron_model", "compare",
+               "where", "clip", "round") + tuple(islands.UNARY)
 ALONG_AXIS = ("split", "chunk", "concat", "softmax", "log_softmax")
 Perm = tuple[int, ...]
 

@@ -18,6 +18,11 @@ outputs are such values. A neuron whose membrane input is not a state (a single-
 program, steps = 1) reads that value. Meaning is preserved exactly: every
 sample of every step sees the same operations in the same order.
 
+Arithmetic that reads a state other than through a neuron node and leads to a state's next
+value (a neuron written in PyTorch, re-rolled by the frontend) is a recurrence: each
+connected group of such nodes is emitted step by step (step t reads step t-1's values),
+where graph order allows, and the nodes reading its results run after it.
+
 This is valid because no value flows from one step to the next except through a neuron's
 own membrane, so a layer can process all steps once the layer before it has.
 
@@ -98,8 +103,11 @@ class _Unroller:
             const = Value("f32", (), f"v_init{state.init:g}")
             self.constants[const] = np.array(state.init, np.float32)
             self.state_now[state.read] = const
-        for node in g.nodes:
-            if node.op == "time_reduce":  # its result, and all that uses it, exists once
+        recurrences = _recurrences(g)
+        for node in _schedule(g.nodes, recurrences):
+            if isinstance(node, tuple):  # a neuron written as arithmetic: step by step
+                self.recurrence(node)
+            elif node.op == "time_reduce":  # its result, and all that uses it, exists once
                 self.invariant[node.outputs[0]] = self.over_time(
                     node.inputs[0], node.attrs["mode"], node.source, node.outputs[0].hint)
             elif node.op in ("neuron", "neuron_model"):
@@ -165,6 +173,25 @@ class _Unroller:
         for value, values in zip(node.outputs, per_output):
             self.per_step[value] = values
 
+    def recurrence(self, nodes: tuple[Node, ...]) -> None:
+        """Arithmetic that reads states and computes their next values (a neuron written
+        in plain PyTorch), emitted step by step: each step reads the previous one's."""
+        states = [s for s in self.graph.states if any(s.read in n.inputs for n in nodes)]
+        for t in range(self.steps):
+            local: dict[Value, Value] = {s.read: self.state_now[s.read] for s in states}
+            for s in states:
+                self.per_step.setdefault(s.read, []).append(local[s.read])
+            for node in nodes:
+                ins = [local[v] if v in local else self.step_values(v)[t] for v in node.inputs]
+                outs = self.emit(node.op, ins, node.attrs, node.source,
+                                 [f"{v.hint}.t{t}" for v in node.outputs])
+                local.update(zip(node.outputs, outs))
+                for value, out in zip(node.outputs, outs):
+                    self.per_step.setdefault(value, []).append(out)
+            for s in states:
+                self.state_now[s.read] = local[s.write] if s.write in local else \
+                    self.step_values(s.write)[t]
+
     def call(self, node: Node) -> int:
         """A single-step program calls a neuron layer once per step: this call's step."""
         layer = node.source.layer
@@ -192,3 +219,84 @@ class _Unroller:
         op = "reduce_mean" if mode == "mean" else "reduce_sum"
         reduced, = self.emit(op, [stacked], {"axes": [0], "keepdims": False}, source, [hint])
         return reduced
+
+
+def _recurrences(graph: Graph) -> list[tuple[Node, ...]]:
+    """The nodes that read a state (other than through a neuron op) and lead to a state's
+    next value, in connected groups, each in graph order: they must run step by step."""
+    users, producers = graph.users(), graph.producers()
+    states = [s for s in graph.states
+              if any(u.op not in ("neuron", "neuron_model") for u in users.get(s.read, []))]
+    if not states:
+        return []
+    forward: set[Node] = set()
+    todo = [u for s in states for u in users.get(s.read, [])]
+    while todo:
+        node = todo.pop()
+        if node not in forward:
+            forward.add(node)
+            todo.extend(u for v in node.outputs for u in users.get(v, []))
+    backward: set[Node] = set()
+    todo = [producers[s.write] for s in states if s.write in producers]
+    while todo:
+        node = todo.pop()
+        if node not in backward:
+            backward.add(node)
+            todo.extend(producers[v] for v in node.inputs if v in producers)
+    core = forward & backward
+    group = {n: n for n in core}
+
+    def root(n):
+        while group[n] is not n:
+            n = group[n]
+        return n
+
+    def join(a, b):
+        group[root(a)] = root(b)
+
+    for node in core:
+        for v in node.inputs:
+            if producers.get(v) in core:
+                join(node, producers[v])
+    for s in states:
+        if producers.get(s.write) in core:
+            for u in users.get(s.read, []):
+                if u in core:
+                    join(u, producers[s.write])
+    groups: dict[Node, list[Node]] = {}
+    for node in graph.nodes:
+        if node in core:
+            groups.setdefault(root(node), []).append(node)
+    return [tuple(g) for g in groups.values()]
+
+
+def _schedule(nodes, groups):
+    """The nodes in an order where each group runs as one unit (a tuple), after everything
+    it reads and before everything that reads it: graph order where possible."""
+    import heapq
+
+    unit = {n: g for g in groups for n in g}
+    position = {n: i for i, n in enumerate(nodes)}
+    key = {g: max(position[n] for n in g) for g in groups}
+    units = list(dict.fromkeys(unit.get(n, n) for n in nodes))
+    produced = {v: unit.get(n, n) for n in nodes for v in n.outputs}
+    needs = {u: {produced[v] for n in (u if isinstance(u, tuple) else (u,)) for v in n.inputs
+                 if v in produced} - {u} for u in units}
+    readers: dict = {}
+    for u, deps in needs.items():
+        for d in deps:
+            readers.setdefault(d, []).append(u)
+    ready = [(key[u] if isinstance(u, tuple) else position[u], i, u)
+             for i, u in enumerate(units) if not needs[u]]
+    heapq.heapify(ready)
+    index = {u: i for i, u in enumerate(units)}
+    order = []
+    while ready:
+        _, _, u = heapq.heappop(ready)
+        order.append(u)
+        for r in readers.get(u, []):
+            needs[r].discard(u)
+            if not needs[r]:
+                heapq.heappush(ready, (key[r] if isinstance(r, tuple) else position[r],
+                                       index[r], r))
+    return order

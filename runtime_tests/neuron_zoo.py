@@ -22,18 +22,34 @@ def _stbif(step_mode):
     return neuron.STBIFNode(q_threshold=torch.tensor(0.5), level=8, step_mode=step_mode)
 
 
-# class name -> (factory(step_mode), the integer type its outputs take in lower_integer or
-# None (real-valued), the step modes it compiles in)
+def _with_step_mode(node, step_mode):
+    """CUBALIFNode takes no step_mode argument (it starts single-step)."""
+    node.step_mode = step_mode
+    return node
+
+
+# class name -> (factory(step_mode), the integer type its outputs take in lower_integer
+# ("real": none, so no integer GEMM after it; None: not checked), the step modes it
+# compiles in)
 NEURONS = {
     "IFNode": (lambda m: neuron.IFNode(step_mode=m), "u8", "ms"),
     "LIFNode": (lambda m: neuron.LIFNode(step_mode=m), "u8", "ms"),
     "ParametricLIFNode": (lambda m: neuron.ParametricLIFNode(step_mode=m), "u8", "ms"),
     "ILIFNode": (lambda m: neuron.ILIFNode(  # one surrogate each: export refuses a shared one
-        surrogate_function=surrogate.MultiLevelSpikeCount(4), step_mode=m), "u8", "m"),
+        surrogate_function=surrogate.MultiLevelSpikeCount(4), step_mode=m), "u8", "ms"),
     "EIFNode": (lambda m: neuron.EIFNode(step_mode=m), "u8", "ms"),
     "QIFNode": (lambda m: neuron.QIFNode(step_mode=m), "u8", "ms"),
     "IzhikevichNode": (lambda m: neuron.IzhikevichNode(step_mode=m), "u8", "ms"),
-    "STBIFNode": (_stbif, None, "ms"),
+    "STBIFNode": (_stbif, "real", "ms"),
+    # written in plain PyTorch (compiler/frontend/neuron_regions.py)
+    "TernaryIFNode": (lambda m: neuron.TernaryIFNode(step_mode=m), "i8", "ms"),
+    "TernaryLIFNode": (lambda m: neuron.TernaryLIFNode(step_mode=m), "i8", "ms"),
+    "KLIFNode": (lambda m: neuron.KLIFNode(step_mode=m), "u8", "ms"),
+    "CUBALIFNode": (lambda m: _with_step_mode(neuron.CUBALIFNode(), m), "u8", "ms"),
+    "LIAFNode": (lambda m: neuron.LIAFNode(act=nn.ReLU(), threshold_related=False,
+                                           step_mode=m), None, "ms"),  # m: spikes
+    "OTTTLIFNode": (lambda m: neuron.OTTTLIFNode(step_mode=m), "u8", "s"),
+    "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
 }
 
 
@@ -67,7 +83,44 @@ class Net(nn.Module):
 
 
 def build(name: str, step_mode: str, seed: int = 0, bias: float = 0.5, weight: float = 1.5):
-    """The firing net of neuron class `name`."""
-    make = NEURONS[name][0]
+    """The firing net of neuron class `name`: BatchNorm biases `bias` and weights `weight`,
+    statistics calibrated on random inputs with the neurons in eval mode (OTTT and SLTT
+    return their traces too in training mode)."""
     torch.manual_seed(seed)
-    return zoo.make_firing(Net(make, step_mode), SHAPE, seed=seed, bias=bias, weight=weight)
+    model = Net(NEURONS[name][0], step_mode).eval()
+    for bn in model.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            nn.init.constant_(bn.bias, bias)
+            nn.init.constant_(bn.weight, weight)
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+    with torch.no_grad():
+        for _ in range(4):
+            zoo.functional.reset_net(model)
+            model(torch.rand(8, *SHAPE[1:]))
+    zoo.functional.reset_net(model)
+    return model.eval()
+
+
+def rates(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Per neuron module, the fraction of nonzero outputs over all steps and calls."""
+    sums: dict[str, list] = {}
+
+    def hook(name, _module, _inputs, out):
+        total = sums.setdefault(name, [0.0, 0])
+        total[0] += float((out.detach() != 0).float().sum())
+        total[1] += out.numel()
+
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: hook(n, mod, i, o))
+               for name, m in model.named_modules()
+               if type(m).__module__.startswith("spikingjelly.activation_based.neuron")]
+    zoo.functional.reset_net(model)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        zoo.functional.reset_net(model)
+    return {name: s / n for name, (s, n) in sums.items()}

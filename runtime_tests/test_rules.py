@@ -305,6 +305,12 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "izhikevich_two_states": (lambda: Stem(Tail(lambda m, s: s.mean(0)),
                                            neuron.IzhikevichNode), (1, 3, 6, 6)),
     "stbif_single_step": (SingleStepSTBIF, (1, 3, 6, 6)),
+    "ternary_loop_rerolled": (lambda: Stem(Tail(lambda m, s: s.mean(0)), neuron.TernaryIFNode),
+                              (1, 3, 6, 6)),
+    "compare_select": (tail(lambda m, s: torch.where(
+        ((s > 0.5) & (s <= 1.0)).logical_and(s >= s * 0.5), (4 * s - 1).clamp(0, 2).round(),
+        ((s < 0.2).to(torch.float32) + (s >= 2 * s).float() + (s > s / 2).float()
+         + (s <= -s).float() + (s < s + 1).float() - s.neg()))), (1, 3, 6, 6)),
     "pooled_view_then_time_mean": (tail(lambda m, s: torch.nn.functional.adaptive_avg_pool2d(
         s.flatten(0, 1), 1).view(T, s.shape[1], -1).mean(0)), (1, 3, 6, 6)),
     # float islands (rules_float.py): on real values (m.fc's), their outputs returned

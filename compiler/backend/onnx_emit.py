@@ -370,6 +370,28 @@ def _neuron_model(e, node, ins, outs, module):
         e.debug.append((name, node.outputs[0]))
 
 
+# -------------------------------------------------------------------- comparisons, selection
+
+_COMPARE = {"ge": "GreaterOrEqual", "gt": "Greater", "le": "LessOrEqual", "lt": "Less"}
+
+
+def _compare(e, node, ins, outs, module):
+    mask = e.temp(module, node.attrs["op"])
+    e.add(_COMPARE[node.attrs["op"]], ins, [mask], module)
+    e.add("Cast", [mask], outs, module, to=TensorProto.FLOAT)
+
+
+def _where(e, node, ins, outs, module):
+    mask = e.temp(module, "mask")
+    e.add("Cast", [ins[0]], [mask], module, to=TensorProto.BOOL)
+    e.add("Where", [mask, ins[1], ins[2]], outs, module)
+
+
+def _clip(e, node, ins, outs, module):
+    bounds = ["" if node.attrs[k] is None else _f32(e, node.attrs[k]) for k in ("min", "max")]
+    e.add("Clip", [ins[0], *bounds], outs, module)
+
+
 def _dequantize(e, node, ins, outs, module):
     codes = e.graph.constants.get(node.inputs[0])
     scale = e.graph.constants.get(node.inputs[1])
@@ -619,6 +641,7 @@ LOWER = {
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
     "concat": _concat, "chunk": _chunk, "pad": _pad, "gather": _gather, "neuron": _neuron,
     "neuron_model": _neuron_model, "dequantize": _dequantize,
+    "compare": _compare, "where": _where, "clip": _clip, "round": _simple("Round"),
     "shift_conv": _shift_conv, "shift_linear": _shift_linear,
     "cast": _cast, "int_weights": _int_weights, "int_matmul": _int_matmul, "im2col": _im2col,
     "digits_sum": _digits_sum,

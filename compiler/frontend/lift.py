@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from snnc.errors import BadInputError, UnsupportedOpError
-from snnc.frontend import axes, fold, prepare, rules
+from snnc.frontend import axes, fold, neuron_regions, prepare, rules
 from snnc.frontend.axes import AxisError, Layout
-from snnc.frontend.lifter import (ELEMENTWISE, REPORTED, Act, Lifter, Marker, Unsupported,
-                                  axis_args, dims, op_name, source_of)
+from snnc.frontend.lifter import (ELEMENTWISE, NEURON_OPS, REPORTED, Act, Lifter, Marker,
+                                  Unsupported, axis_args, dims, op_name, source_of)
 from snnc.ir.graph import BATCH, Graph, TimeSpec, Value
 
 
@@ -36,7 +36,8 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
     """The IR graph of an exported SpikingJelly program."""
     kinds = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
     graph = _prepared(program, kinds)
-    lx = Lifter(program, graph)
+    lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS))
+    lx.unsupported.extend(neuron_regions.problems(lx.regions))
     lx.batch = _find_batch(lx, [n for n in graph.nodes if n.op == "placeholder"
                                 and kinds[n.name].kind.name == "USER_INPUT"])
     outputs: list[tuple[str, Value]] = []
@@ -52,6 +53,11 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
             if op_name(node) not in rules.RULES:  # downstream of a reported op
                 lx.unsupported.append((rules.no_rule(node), str(source_of(node))))
             lx.env[node] = REPORTED
+        elif node in lx.refused:  # a neuron region reported as a whole
+            lx.env[node] = REPORTED
+        elif node in lx.loop_of:  # a neuron's loop over time, re-rolled
+            _guard(lx, node, op_name(node), neuron_regions.lift_node, lx, lx.loop_of[node],
+                   node, rules.apply)
         elif not fold.fold(lx, node):
             _guard(lx, node, op_name(node), rules.apply, lx, node)
     if lx.unsupported:

@@ -172,11 +172,22 @@ class Values:
 class Lifter(Values):
     """The state of one lift; rules (compiler/rules.py) read their arguments with it."""
 
-    def __init__(self, program: torch.export.ExportedProgram, graph: torch.fx.Graph):
-        neurons = _neurons(graph)
-        # A membrane passed from one neuron call to the next: the time loop is in forward.
-        self.explicit = any(_membrane_of(n.args[1]) for n in neurons)
-        super().__init__(1 if self.explicit else _time_steps(neurons[0]))
+    def __init__(self, program: torch.export.ExportedProgram, graph: torch.fx.Graph,
+                 regions=()):
+        self.regions = list(regions)  # neuron module calls (neuron_regions.find)
+        plain = [r for r in self.regions if not r.op]  # neurons written in PyTorch
+        neurons = _neurons(graph, plain)
+        loops = [r for r in plain if r.loop is not None or r.error]
+        paths = [r.module for r in plain]
+        # A membrane passed from one neuron call to the next, or a neuron module called more
+        # than once (and no loop over time in a neuron): the time loop is in forward.
+        self.explicit = any(_membrane_of(n.args[1]) for n in neurons) or (
+            not neurons and not loops and len(set(paths)) < len(paths))
+        steps = 1 if self.explicit else _time_steps(neurons[0]) if neurons else \
+            _region_steps(plain[0], loops[0] if loops else None)
+        super().__init__(steps)
+        self.loop_of = {n: r for r in loops for n in r.nodes}
+        self.refused = {n for r in self.regions if r.error for n in r.nodes}
         self.program = program
         self.graph = graph  # the program's graph made functional (prepare.py)
         self.env: dict[torch.fx.Node, Any] = {}
@@ -223,10 +234,13 @@ class Lifter(Values):
         return got
 
 
-def _neurons(graph: torch.fx.Graph) -> list[torch.fx.Node]:
-    """The neuron calls; refuses programs without any, and multi-step neurons reused with
-    their membrane carried over (one module called for two layers)."""
+def _neurons(graph: torch.fx.Graph, regions=()) -> list[torch.fx.Node]:
+    """The neuron op calls; refuses programs without any neuron (op or plain-PyTorch
+    region), and multi-step neurons reused with their membrane carried over (one module
+    called for two layers)."""
     calls = [n for n in graph.nodes if op_name(n) in NEURON_OPS]
+    if not calls and regions:
+        return calls
     other = sorted({op_name(n).split(".")[0] for n in graph.nodes
                     if op_name(n).startswith("sj_") and op_name(n) not in NEURON_OPS})
     if not calls:
@@ -243,6 +257,22 @@ def _neurons(graph: torch.fx.Graph) -> list[torch.fx.Node]:
                 "membrane: one neuron module is used for two layers. Give each layer its "
                 "own neuron module.")
     return calls
+
+
+def _region_steps(region, loop) -> int:
+    """T of a multi-step neuron written in PyTorch: its loop's, or (treating [T, B, ...]
+    elementwise) its input's first axis."""
+    if loop is not None and loop.loop is not None:
+        return len(loop.loop.steps)
+    region = loop or region
+    for node in region.nodes:
+        for arg in node.all_input_nodes:
+            if arg not in region.nodes and isinstance(arg.meta.get("val"), torch.Tensor) \
+                    and dims(arg):
+                steps = dims(arg)[0]
+                if isinstance(steps, int) and steps >= 1:
+                    return steps
+    raise BadInputError(f"the neuron {region.where} has no input with a static time axis")
 
 
 def _time_steps(neuron: torch.fx.Node) -> int:

@@ -4,7 +4,8 @@ A rule gets the `Lifter`, the fx node and its arguments by schema name, and retu
 the node is in the lift: an `Act` (IR value + axis layout), a constant `Value`, a list of
 them, or a `Marker`. It raises `Unsupported` saying what to change. The rules live in
 rules_tensors.py (plumbing, axes), rules_neurons.py, rules_time.py, rules_layers.py and
-rules_float.py (float islands: LayerNorm, softmax, GELU, ...), each with its own table;
+rules_float.py (float islands: LayerNorm, softmax, GELU, ...), rules_select.py
+(comparisons, selection), each with its own table;
 `RULES` here is their union. The supported-op list, the unsupported-op message and the
 table in docs/ops.md all come from it (`ops_table()`; runtime_tests/test_rules.py checks
 the doc against it).
@@ -16,12 +17,13 @@ import difflib
 from typing import Callable
 
 from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
-                           rules_tensors, rules_time)
+                           rules_select, rules_tensors, rules_time)
 from snnc.frontend.lifter import Lifter, Rules, Unsupported, bind, op_name
 from snnc.ir.ops import ShapeError
 
 RULES = Rules.union(rules_tensors.RULES, rules_neurons.RULES, rules_time.RULES,
-                    rules_layers.RULES, rules_index.RULES, rules_float.RULES)
+                    rules_layers.RULES, rules_index.RULES, rules_float.RULES,
+                    rules_select.RULES)
 
 
 def apply(lx: Lifter, node):
@@ -83,13 +85,16 @@ def ops_table() -> str:
 
 
 def write_docs(path: str) -> None:
-    """Put ops_table() between docs/ops.md's `<!-- rules: begin/end -->` markers."""
+    """Put ops_table() between docs/ops.md's `<!-- rules: begin/end -->` markers and the
+    neuron table (rules_neurons.neurons_table()) between `<!-- neurons: begin/end -->`."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    head, rest = text.split("<!-- rules: begin -->\n")
-    tail = rest.split("\n<!-- rules: end -->")[1]
+    for marker, table in (("rules", ops_table()), ("neurons", rules_neurons.neurons_table())):
+        head, rest = text.split(f"<!-- {marker}: begin -->\n")
+        tail = rest.split(f"\n<!-- {marker}: end -->")[1]
+        text = f"{head}<!-- {marker}: begin -->\n{table}\n<!-- {marker}: end -->{tail}"
     with open(path, "w", encoding="utf-8") as f:
-        f.write(f"{head}<!-- rules: begin -->\n{ops_table()}\n<!-- rules: end -->{tail}")
+        f.write(text)
 
 
 

@@ -96,6 +96,7 @@ class ModelOp:
     reset: str | None
     outputs: int
     states: tuple[str, ...] = ("v",)
+    classes: tuple[str, ...] = ()  # the SpikingJelly classes that export it (docs)
 
     def __call__(self, a: dict, scalar=None) -> dict:
         """The node's attributes from the op's bound arguments; `scalar(name)` reads a
@@ -108,16 +109,17 @@ class ModelOp:
 
 
 MODEL_OPS = {
-    "sj_ilif.forward.default": ModelOp("ilif", ("tau", "count"), "threshold", None, 3),
+    "sj_ilif.forward.default": ModelOp("ilif", ("tau", "count"), "threshold", None, 3,
+                                       classes=("ILIFNode",)),
     "sj_eif.forward.default": ModelOp("eif", ("tau", "rest", "theta", "delta"), "threshold",
-                                      "reset", 4),
+                                      "reset", 4, classes=("EIFNode",)),
     "sj_qif.forward.default": ModelOp("qif", ("tau", "rest", "critical", "a0"), "threshold",
-                                      "reset", 4),
+                                      "reset", 4, classes=("QIFNode",)),
     "sj_izhikevich.forward.default": ModelOp(
         "izhikevich", ("tau", "rest", "critical", "a0", "a", "b", "tau_w"), "threshold",
-        "reset", 5, ("v", "w")),
+        "reset", 5, ("v", "w"), ("IzhikevichNode",)),
     "sj_stbif.forward.default": ModelOp("stbif", ("q_threshold", "pos_max", "neg_min"), None,
-                                        None, 4, ("q", "acc_q")),
+                                        None, 4, ("q", "acc_q"), ("STBIFNode",)),
 }
 
 
@@ -177,3 +179,56 @@ def _to(lx, node, a):
       note="a dtype/device assertion torch.export records: nothing")
 def _assert_metadata(lx, node, a):
     return Marker("none")
+
+
+# -- the neuron table of docs/ops.md ---------------------------------------------------------
+# SpikingJelly 2.0's neuron classes: (class, step modes snnc compiles ("" if none), how it
+# exports, what snnc makes of it, its outputs). runtime_tests/test_neuron_zoo.py compiles every
+# class listed with modes, in those modes, and checks the table against its list.
+_OP = "registered op `{}`"
+_LOOP = "PyTorch arithmetic; m: a loop over T (re-rolled, docs/ir.md)"
+NEURON_CLASSES = [
+    ("IFNode", "m, s", _OP.format("sj_if"), "`neuron` leak='none'", "0/1, uint8"),
+    ("LIFNode", "m, s", _OP.format("sj_lif"), "`neuron` leak='div'", "0/1, uint8"),
+    ("ParametricLIFNode", "m, s", _OP.format("sj_plif"), "`neuron` leak='mul'", "0/1, uint8"),
+    *((cls, "m, s", _OP.format(op.split(".")[0]) + (" (s: PyTorch arithmetic)"
+                                                     if cls == "ILIFNode" else ""),
+       f"`neuron_model` {spec.model}" + (" (s: arithmetic)" if cls == "ILIFNode" else ""),
+       {"ilif": "counts 0..D, uint8", "stbif": "+-q_threshold, real"}.get(spec.model,
+                                                                          "0/1, uint8"))
+      for op, spec in MODEL_OPS.items() for cls in spec.classes),
+    ("TernaryIFNode", "m, s", _LOOP, "arithmetic, 1 state", "-1/0/1, int8"),
+    ("TernaryLIFNode", "m, s", _LOOP, "arithmetic, 2 states", "-1/0/1, int8"),
+    ("KLIFNode", "m, s", _LOOP, "arithmetic, 2 states", "0/1, uint8"),
+    ("CUBALIFNode", "m, s", "PyTorch arithmetic (step_mode 'm' is elementwise over [T, B, "
+     "...], as SpikingJelly runs it)", "arithmetic", "0/1, uint8"),
+    ("LIAFNode", "m, s", "m: " + _OP.format("sj_lif") + "; s: PyTorch arithmetic",
+     "m: `neuron`; s: arithmetic", "m: 0/1; s: act(h), real"),
+    ("OTTTLIFNode", "s", "PyTorch arithmetic (SpikingJelly refuses step_mode 'm')",
+     "arithmetic", "0/1, uint8"),
+    ("SLTTLIFNode", "s", "PyTorch arithmetic (SpikingJelly refuses step_mode 'm')",
+     "arithmetic", "0/1, uint8"),
+    ("PSN, SlidingPSN", "", "PyTorch: a [T, T] weight over time", "refused: parallel over "
+     "time, the IR computes one step at a time", ""),
+    ("MaskedPSN", "", "torch.export fails (a data-dependent guard)", "", ""),
+    ("GatedLIFNode, ComplementaryLIFNode", "", "PyTorch arithmetic with sigmoid",
+     "refused: aten.sigmoid has no rule", ""),
+    ("SimpleIFNode, SimpleLIFNode, RAFNode", "", "PyTorch; the state starts as a Python "
+     "float, so step 0 differs from the others", "m: refused (steps differ)", ""),
+    ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
+     "differ", ""),
+    ("NonSpikingIFNode, NonSpikingLIFNode", "", "torch.export fails (`x_seq[0].data`)", "", ""),
+    ("ActivationAwareIFNode", "", _OP.format("sj_activation_aware_if"), "refused: no rule "
+     "(per-channel threshold and offset)", ""),
+    ("Noisy* (NoisyCUBALIFNode, ...)", "", "replays stored noise (is_training=True)",
+     "refused when it draws random numbers; not tested", ""),
+]
+
+
+def neurons_table() -> str:
+    """The markdown table of docs/ops.md "Neurons", one row per class (NEURON_CLASSES)."""
+    lines = ["| SpikingJelly class | compiles | exports as | IR | outputs |",
+             "| --- | --- | --- | --- | --- |"]
+    for cls, modes, how, ir, out in NEURON_CLASSES:
+        lines.append(f"| `{cls}` | {modes or 'no'} | {how} | {ir} | {out} |")
+    return "\n".join(lines)

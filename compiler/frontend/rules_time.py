@@ -174,6 +174,8 @@ def _reduce(lx, node, a):
 def _unbind(lx, node, a):
     x = lx.act(a.get("self"))
     axis = x.layout.axis(int_arg(a, "dim"))
+    if x.layout.roles[axis] == T and dims(node.args[0])[axis] == 1:  # a unit time axis
+        return [lx.new_act(x.value, x.layout.drop(axis), x.post)]  # (OTTT's one-step loop)
     if x.layout.roles[axis] == T:
         raise Unsupported("iterates over the time axis of a multi-step tensor; a multi-step "
                           "model is compiled whole (use SeqToANNContainer for stateless layers)")

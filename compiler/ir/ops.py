@@ -525,6 +525,30 @@ def neuron_states(node) -> int:
     return 1
 
 
+# ----------------------------------------------------------------------------- comparisons and selection
+
+COMPARE = {"ge": np.greater_equal, "gt": np.greater, "le": np.less_equal, "lt": np.less}
+
+
+def _compare_infer(types, attrs):
+    if attrs["op"] not in COMPARE:
+        raise ShapeError(f"compare op must be one of {sorted(COMPARE)}, got {attrs['op']!r}")
+    return _binary(None)[0](types, attrs)
+
+
+def _where_infer(types, attrs):
+    (dc, sc), (da, sa), (db, sb) = types
+    if not dc == da == db == "f32":
+        raise ShapeError(f"where takes f32 operands, got {dc}, {da}, {db}")
+    return [(da, broadcast(broadcast(sc, sa), sb))]
+
+
+def _clip_eval(args, attrs):
+    lo = -np.inf if attrs["min"] is None else F32(attrs["min"])
+    hi = np.inf if attrs["max"] is None else F32(attrs["max"])
+    return [np.clip(args[0], lo, hi).astype(F32)]
+
+
 # ----------------------------------------------------------------------------- the table
 
 def _time_reduce_infer(types, attrs):
@@ -604,6 +628,16 @@ OPS: dict[str, OpDef] = {
         OpDef("neuron_model", {"model": str, "params": _INT_LIST, "threshold": float,
                                "v_reset": (float, type(None))},
               _neuron_model_infer, neurons.evaluate, (2, 8)),
+        # Comparisons as 1.0 / 0.0 (a spike, or a mask: PyTorch's bool tensors as floats),
+        # where(c, a, b) = a where c != 0, clip to [min, max] (None: open), round half to
+        # even (torch.round).
+        OpDef("compare", {"op": str}, _compare_infer,
+              lambda a, at: [COMPARE[at["op"]](a[0], a[1]).astype(F32)], (2, 2)),
+        OpDef("where", {}, _where_infer,
+              lambda a, at: [np.where(a[0] != 0, a[1], a[2]).astype(F32)], (3, 3)),
+        OpDef("clip", {"min": (float, type(None)), "max": (float, type(None))}, _unary_same,
+              _clip_eval, (1, 1)),
+        OpDef("round", {}, _unary_same, lambda a, at: [np.round(a[0]).astype(F32)], (1, 1)),
         # Power-of-two weights as shifts (pot_to_shift): y = sum(sign(c) * (x << (E + 1 - |c|)))
         # over the layer's window, c the `bits`-bit PoT codes (c = 0 adds nothing),
         # E = weights.pot_shift(bits); x holds integers. Evaluated in int64.

@@ -122,6 +122,20 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         return [Range(min(r.lo * k, 0.0), max(r.hi * k, 0.0), r.integer)]
     if op == "neuron":
         return [SPIKE, UNKNOWN]
+    if op == "compare":
+        return [SPIKE]
+    if op == "round":
+        r = ins[0]
+        return [Range(float(np.round(r.lo)), float(np.round(r.hi)), True)]
+    if op == "clip":
+        r, lo, hi = ins[0], node.attrs["min"], node.attrs["max"]
+        lo = -INF if lo is None else lo
+        hi = INF if hi is None else hi
+        integer = r.integer and all(math.isinf(b) or float(b).is_integer() for b in (lo, hi))
+        return [Range(min(max(r.lo, lo), hi), max(min(r.hi, hi), lo), integer)]
+    if op == "where":
+        a, b = ins[1], ins[2]
+        return [Range(min(a.lo, b.lo), max(a.hi, b.hi), a.integer and b.integer)]
     if op == "neuron_model":  # its output's range by model (snnc.ir.neurons); states real
         model = MODELS[node.attrs["model"]]
         lo, hi, integer = model.out_range(dict(zip(model.params, node.attrs["params"])))

@@ -1,0 +1,294 @@
+"""Neurons written in plain PyTorch: SpikingJelly classes without a registered op (ternary
+IF/LIF, KLIF, CUBA LIF, ...) export as aten arithmetic inside the neuron module. A
+*region* is one call of such a module: every fx node whose nn_module_stack holds it.
+
+- single-step (one call per timestep) and multi-step modules that treat the whole tensor at
+  once need nothing special: the walk lifts their arithmetic op by op, the membrane passed
+  from call to call as an ordinary value;
+- a multi-step module that loops over time (`for t in range(T): ... x_seq[t] ...`, then
+  `torch.stack`) is *re-rolled*: its nodes are grouped by the last step whose input x_seq[t]
+  they depend on, consecutive steps must be the same computation (the same ops on the
+  matching nodes of their own step, the previous step, or the same outside values), and the
+  body of step 0 becomes the one-step IR. A value step t+1 reads from step t is a `State`
+  whose initial value is what step 0 reads in its place (a constant fill). Anything else
+  (steps that differ, a state that starts from a non-constant) is refused naming the class.
+
+A region that draws random numbers is refused: such a neuron is nondeterministic.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from snnc.frontend.lifter import Act, Marker, Unsupported, dims, op_name
+from snnc.ir.graph import State, Value
+
+NEURON_PACKAGE = "spikingjelly.activation_based.neuron"
+_RANDOM = ("aten.rand", "aten.randn", "aten.randint", "aten.bernoulli", "aten.normal",
+           "aten.uniform", "aten.exponential", "aten.multinomial", "aten.poisson",
+           "aten.native_dropout")
+_FILLS = ("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default",
+          "aten.zeros.default", "aten.full.default")
+
+
+# Neurons snnc refuses by class, and why.
+PARALLEL = {cls: "mixes all T timesteps at once (a learned [T, T] weight over time, then a "
+                 "threshold); snnc's IR computes one timestep at a time and cannot express "
+                 "it yet: use a stateful neuron (LIFNode, ...)"
+            for cls in ("PSN", "MaskedPSN", "SlidingPSN")}
+
+
+@dataclass
+class Region:
+    """One call of a SpikingJelly neuron module that has no registered op."""
+
+    cls: str
+    module: str
+    nodes: list[torch.fx.Node]
+    loop: "Loop | None" = None
+    op: bool = False  # made by a registered neuron op (its rule lifts it)
+    error: str = ""  # why its loop over time cannot be re-rolled
+
+    @property
+    def where(self) -> str:
+        return f"{self.module} ({self.cls})"
+
+
+@dataclass
+class Loop:
+    source: torch.fx.Node  # x_seq
+    steps: list[list[torch.fx.Node]]  # S_t, graph order
+    stack: torch.fx.Node
+    skipped: set = field(default_factory=set)  # steps 1.. and the unbind
+    carried: dict = field(default_factory=dict)  # (body node, arg index) -> state key
+    inits: dict = field(default_factory=dict)  # state key (a step-0 node) -> init node
+    reads: dict = field(default_factory=dict)  # state key -> IR Value
+
+
+def _owner(node: torch.fx.Node):
+    """(key, module path, class name) of the outermost SpikingJelly neuron module that
+    made `node`, or None."""
+    for key, (path, cls) in (node.meta.get("nn_module_stack") or {}).items():
+        name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        if name.startswith(NEURON_PACKAGE + "."):
+            return key, path, name.rsplit(".", 1)[-1]
+    return None
+
+
+def find(graph: torch.fx.Graph, neuron_ops) -> list[Region]:
+    """The neuron-module calls, in graph order, each checked: its loop found (if it has no
+    registered neuron op), or why it is refused."""
+    groups: dict[str, Region] = {}
+    for node in graph.nodes:
+        owner = _owner(node) if node.op == "call_function" else None
+        if owner is not None:
+            key, path, cls = owner
+            groups.setdefault(key, Region(cls, path, [])).nodes.append(node)
+    regions = list(groups.values())
+    for region in regions:
+        drawn = sorted({op_name(n) for n in region.nodes if op_name(n).startswith(_RANDOM)})
+        region.op = any(op_name(n) in neuron_ops for n in region.nodes)
+        try:
+            if drawn:
+                raise Unsupported(
+                    f"draws random numbers ({', '.join(drawn)}): a nondeterministic neuron "
+                    "cannot be compiled; call model.eval() before export if it is "
+                    "deterministic in eval mode (noisy neurons are not)")
+            if region.cls in PARALLEL:
+                raise Unsupported(PARALLEL[region.cls])
+            region.loop = None if region.op else _loop(region)
+        except Unsupported as why:
+            region.error = str(why)
+    return regions
+
+
+def problems(regions: list[Region]) -> list[tuple[str, str]]:
+    """(what, where) for every region snnc refuses as a whole: it draws random numbers, is
+    parallel over time, or loops over time in a way snnc cannot re-roll."""
+    return [(f"neuron {r.cls}: {r.error}", r.where) for r in regions if r.error]
+
+
+# -- finding a loop over time ----------------------------------------------------------------
+
+def _step_index(node, inside=None) -> tuple | None:
+    """(x_seq, t) if node is x_seq[t] of a tensor from outside the region: select(x, 0, t)
+    or getitem(unbind(x, 0), t)."""
+    name = op_name(node)
+    if name == "aten.select.int" and node.args[1] == 0 and \
+            (inside is None or node.args[0] not in inside):
+        return node.args[0], node.args[2]
+    if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node) and \
+            op_name(node.args[0]) == "aten.unbind.int" and \
+            (inside is None or node.args[0] in inside) and \
+            (list(node.args[0].args[1:2]) or [0])[0] == 0:
+        return node.args[0].args[0], node.args[1]
+    return None
+
+
+def _loop(region: Region) -> Loop | None:
+    inside = set(region.nodes)
+    index = {n: _step_index(n, inside) for n in region.nodes}
+    sources = {i[0] for i in index.values() if i is not None}
+    stacks = [n for n in region.nodes if op_name(n) == "aten.stack.default"
+              and (list(n.args[1:2]) or [0])[0] == 0]
+    if not sources or not stacks:
+        return None
+    if len(sources) != 1 or len(stacks) != 1:
+        raise Unsupported(f"{region.cls} loops over {len(sources)} sequence(s) into "
+                          f"{len(stacks)} stack(s); snnc re-rolls a loop over one input")
+    stack = stacks[0]
+    count = len(stack.args[0])
+    if count == 1:  # a single-step call through a one-step loop (OTTT, SLTT): no loop
+        return None
+    dep: dict = {}
+    for n in region.nodes:
+        if index[n] is not None and not all(op_name(u) in _FILLS for u in n.users):
+            dep[n] = index[n][1]  # (x_seq[0] read only to fill the initial state: not a step)
+        elif op_name(n) in _FILLS or op_name(n) == "aten.unbind.int" or n is stack:
+            dep[n] = -1
+        else:
+            dep[n] = max((dep.get(a, -1) for a in n.all_input_nodes), default=-1)
+    steps = [[n for n in region.nodes if dep[n] == t and n is not stack] for t in range(count)]
+    if any(not s for s in steps) or max(dep.values()) >= count:
+        raise Unsupported(f"{region.cls}'s loop does not make one output per step")
+    loop = Loop(sources.pop(), steps, stack)
+    loop.skipped = {n for s in steps[1:] for n in s} | {
+        n for n in region.nodes if op_name(n) == "aten.unbind.int"}
+    _match_steps(region, loop, dep)
+    return loop
+
+
+def _match_steps(region: Region, loop: Loop, dep: dict) -> None:
+    """Check that each step is the previous one's computation; record the states."""
+    phis = []
+    for t in range(len(loop.steps) - 1):
+        a, b = loop.steps[t], loop.steps[t + 1]
+        phi: dict = {}
+        i = 0
+        for node in b:  # greedy: the last step may lack nodes whose results nobody reads
+            while i < len(a) and not _same(a[i], node, t, phi, phis, dep, loop):
+                i += 1
+            if i == len(a):
+                raise Unsupported(f"{region.cls}'s steps {t} and {t + 1} compute different "
+                                  f"things (at {node.name}); snnc re-rolls a loop whose "
+                                  "every step is the same computation")
+            phi[a[i]] = node
+            i += 1
+        if t + 1 < len(loop.steps) - 1 and len(phi) != len(a):
+            raise Unsupported(f"{region.cls}'s steps {t} and {t + 1} differ in length")
+        phis.append(phi)
+        outs = loop.stack.args[0]
+        if phi.get(outs[t]) is not outs[t + 1]:
+            raise Unsupported(f"{region.cls} stacks different results at steps {t}, {t + 1}")
+
+
+def _same(x, y, t, phi, phis, dep, loop, record=True) -> bool:
+    """Whether node y of step t+1 computes what node x of step t does."""
+    ix, iy = _step_index(x), _step_index(y)
+    if ix is not None or iy is not None:  # x_seq[t] and x_seq[t + 1]
+        return ix is not None and iy is not None and ix[0] is iy[0] and \
+            (ix[1], iy[1]) == (t, t + 1)
+    if x.target != y.target or len(x.args) != len(y.args) or x.kwargs != y.kwargs:
+        return False
+    pending = []
+    for k, (p, q) in enumerate(zip(x.args, y.args)):
+        if isinstance(p, (list, tuple)) != isinstance(q, (list, tuple)):
+            return False
+        pairs = list(zip(p, q)) if isinstance(p, (list, tuple)) else [(p, q)]
+        if isinstance(p, (list, tuple)) and len(p) != len(q):
+            return False
+        for u, v in pairs:
+            if not isinstance(u, torch.fx.Node) or not isinstance(v, torch.fx.Node):
+                if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node) or u != v:
+                    return False
+                continue
+            du, dv = dep.get(u), dep.get(v)
+            if du == t:  # x reads its own step: y reads the matching node of its own
+                if phi.get(u) is not v:
+                    return False
+            elif dv == t and (du == t - 1 or (t == 0 and du in (None, -1))):
+                if t == 0:  # step 0 reads u where step 1 reads step 0's v: a state
+                    pending.append((k, u, v))
+                elif phis[t - 1].get(u) is not v:
+                    return False
+            elif u is not v:
+                return False
+    if t == 0 and record:
+        for k, u, v in pending:  # step 0 reads u where step 1 reads v: a state
+            if loop.inits.get(v, u) is not u:
+                return False
+            loop.inits[v] = u
+            loop.carried[(x, k)] = v
+    return True
+
+
+# -- lifting a loop region -------------------------------------------------------------------
+
+def lift_node(lx, region: Region, node: torch.fx.Node, apply) -> object:
+    """What `node` of a loop region is in the lift; `apply(lx, node)` runs its rule."""
+    loop = region.loop
+    if node in loop.skipped:
+        return Marker("membrane")
+    if node is loop.stack:
+        return _output(lx, region)
+    source = lx.env.get(loop.source)
+    if not isinstance(source, Act) or source.layout.roles[0] != "T" or \
+            dims(loop.source)[0] != lx.steps:
+        raise Unsupported(f"{region.cls} loops over a tensor that is not [T={lx.steps}, B, ...]")
+    if _step_index(node, set(region.nodes)) is not None:  # x_seq[0]: the step's input
+        return Act(source.value, source.layout.drop(0))
+    saved = {}
+    for k, arg in enumerate(node.args):
+        key = loop.carried.get((node, k))
+        if key is not None:
+            saved.setdefault(arg, lx.env.get(arg))
+            lx.env[arg] = Act(_read(lx, region, key, source), source.layout.drop(0))
+    try:
+        return apply(lx, node)
+    finally:
+        lx.env.update(saved)
+
+
+def _read(lx, region: Region, key, source: Act) -> Value:
+    loop = region.loop
+    if key not in loop.reads:
+        loop.reads[key] = Value("f32", source.value.shape, f"{region.module}.s{len(loop.reads)}")
+    return loop.reads[key]
+
+
+def _output(lx, region: Region) -> Act:
+    """The stacked outputs: step 0's output with time; the states registered."""
+    loop = region.loop
+    source = lx.env[loop.source]
+    first = lx.env.get(loop.stack.args[0][0])
+    if not isinstance(first, Act):
+        raise Unsupported(f"{region.cls}'s steps do not output an activation")
+    taken = {s.name for s in lx.builder.states}
+    for k, (key, read) in enumerate(loop.reads.items()):
+        write = lx.env.get(key)
+        init = _init(lx, lx.env.get(loop.inits[key]))
+        if not isinstance(write, Act) or write.value.shape != read.shape:
+            raise Unsupported(f"{region.cls} carries a value from step to step that is not "
+                              "an activation of its input's shape")
+        if init is None:
+            raise Unsupported(f"{region.cls} starts a state from a value that is not a "
+                              "constant fill; reset the network before export")
+        name = region.module if k == 0 else f"{region.module}.s{k}"
+        name = name if name not in taken else f"{name}#{len(taken)}"
+        lx.builder.states.append(State(read, write.value, init, name))
+        taken.add(name)
+    return lx.new_act(first.value, source.layout)
+
+
+def _init(lx, got) -> float | None:
+    if isinstance(got, Marker) and got.kind == "init":
+        return float(got.payload)
+    if isinstance(got, Value) and got in lx.builder.constants:
+        array = np.asarray(lx.builder.constants[got])
+        if array.size == 1:
+            return float(array.reshape(()))
+    return None

@@ -1,0 +1,85 @@
+"""Lifting rules for comparisons and selection on activations: how neurons written as plain
+PyTorch fire (x >= threshold), clamp, round and choose (torch.where). PyTorch's bool results
+are the IR's 1.0 / 0.0 floats, so a comparison read as a float (`.to(float32)`, `* 1.0`) is
+the same value.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from snnc.frontend import axes
+from snnc.frontend.lifter import Act, Rules, Unsupported, op_name, post_of
+from snnc.frontend.rules_layers import _step_constant
+
+RULES = Rules()
+rule = RULES.rule
+
+_COMPARE = {"ge": "ge", "gt": "gt", "le": "le", "lt": "lt"}
+
+
+def _operands(lx, node, *args):
+    """The operands as IR values broadcast to one layout (constants as step constants), that
+    layout and whether they are computed after a reduction over time."""
+    got = [lx.operand(a) for a in args]
+    acts = [v for v in got if isinstance(v, Act)]
+    if not acts:
+        raise Unsupported("compares or selects constants only; compute it in the model's "
+                          "__init__ instead")
+    layout = axes.broadcast([v.layout for v in acts])
+    values = [v.value if isinstance(v, Act) else _step_constant(lx, v, layout) for v in got]
+    return values, layout, post_of(acts)
+
+
+@rule("aten.ge.Scalar", "aten.ge.Tensor", "aten.gt.Scalar", "aten.gt.Tensor", "aten.le.Scalar",
+      "aten.le.Tensor", "aten.lt.Scalar", "aten.lt.Tensor", ir="compare",
+      note="x >= y etc. as 1.0 / 0.0 (a neuron's firing written in PyTorch)")
+def _compare(lx, node, a):
+    values, layout, post = _operands(lx, node, a.get("self"), a.get("other"))
+    value, = lx.emit("compare", values, {"op": _COMPARE[op_name(node).split(".")[1]]}, node)
+    return lx.new_act(value, layout, post)
+
+
+@rule("aten.logical_and.default", "aten.__and__.Tensor", ir="mul",
+      note="of comparisons (1.0 / 0.0): their product")
+def _and(lx, node, a):
+    values, layout, post = _operands(lx, node, a.get("self"), a.get("other"))
+    value, = lx.emit("mul", values, {}, node)
+    return lx.new_act(value, layout, post)
+
+
+@rule("aten.where.self", ir="where", note="torch.where(condition, a, b)")
+def _where(lx, node, a):
+    values, layout, post = _operands(lx, node, a.get("condition"), a.get("self"),
+                                     a.get("other"))
+    value, = lx.emit("where", values, {}, node)
+    return lx.new_act(value, layout, post)
+
+
+@rule("aten.clamp.default", ir="clip", note="with numeric bounds")
+def _clamp(lx, node, a):
+    x = lx.act(a.get("self"))
+    bounds = {}
+    for name in ("min", "max"):
+        bound = a.get(name)
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+            raise Unsupported(f"clamps to a {type(bound).__name__} {name}; use a number")
+        bounds[name] = None if bound is None else float(bound)
+    value, = lx.emit("clip", [x.value], bounds, node)
+    return lx.new_act(value, x.layout, x.post)
+
+
+@rule("aten.round.default", ir="round", note="half to even, as torch.round")
+def _round(lx, node, a):
+    x = lx.act(a.get("self"))
+    value, = lx.emit("round", [x.value], {}, node)
+    return lx.new_act(value, x.layout, x.post)
+
+
+@rule("aten.to.dtype", ir="nothing", note="a comparison or activation as float32: the same "
+      "values")
+def _to_float(lx, node, a):
+    val = node.meta.get("val")
+    if getattr(val, "dtype", None) != torch.float32:
+        raise Unsupported(f"converts to {getattr(val, 'dtype', '?')}; snnc computes in float32")
+    return lx.act(a.get("self"))
