@@ -48,6 +48,7 @@ NEURONS = {
     "CUBALIFNode": (lambda m: _with_step_mode(neuron.CUBALIFNode(), m), "u8", "ms"),
     "LIAFNode": (lambda m: neuron.LIAFNode(act=nn.ReLU(), threshold_related=False,
                                            step_mode=m), None, "ms"),  # m: spikes
+    "ComplementaryLIFNode": (lambda m: neuron.ComplementaryLIFNode(step_mode=m), "u8", "ms"),
     "OTTTLIFNode": (lambda m: neuron.OTTTLIFNode(step_mode=m), "u8", "s"),
     "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
 }

@@ -175,16 +175,7 @@ class Lifter(Values):
     def __init__(self, program: torch.export.ExportedProgram, graph: torch.fx.Graph,
                  regions=()):
         self.regions = list(regions)  # neuron module calls (neuron_regions.find)
-        plain = [r for r in self.regions if not r.op]  # neurons written in PyTorch
-        neurons = _neurons(graph, plain)
-        loops = [r for r in plain if r.loop is not None or r.error]
-        paths = [r.module for r in plain]
-        # A membrane passed from one neuron call to the next, or a neuron module called more
-        # than once (and no loop over time in a neuron): the time loop is in forward.
-        self.explicit = any(_membrane_of(n.args[1]) for n in neurons) or (
-            not neurons and not loops and len(set(paths)) < len(paths))
-        steps = 1 if self.explicit else _time_steps(neurons[0]) if neurons else \
-            _region_steps(plain[0], loops[0] if loops else None)
+        self.explicit, steps, loops = _time_form(graph, self.regions)
         super().__init__(steps)
         self.loop_of = {n: r for r in loops for n in r.nodes}
         self.refused = {n for r in self.regions if r.error for n in r.nodes}
@@ -257,6 +248,21 @@ def _neurons(graph: torch.fx.Graph, regions=()) -> list[torch.fx.Node]:
                 "membrane: one neuron module is used for two layers. Give each layer its "
                 "own neuron module.")
     return calls
+
+
+def _time_form(graph: torch.fx.Graph, regions) -> tuple[bool, int, list]:
+    """(single-step?, T, the neuron regions that loop over time). Single-step: a membrane
+    passed from one neuron call to the next, or a neuron module written in PyTorch called
+    more than once (and no loop over time in a neuron): the time loop is in forward."""
+    plain = [r for r in regions if not r.op]  # neurons written in PyTorch
+    neurons = _neurons(graph, plain)
+    loops = [r for r in plain if r.loop is not None or r.error]
+    paths = [r.module for r in plain]
+    explicit = any(_membrane_of(n.args[1]) for n in neurons) or (
+        not neurons and not loops and len(set(paths)) < len(paths))
+    steps = 1 if explicit else _time_steps(neurons[0]) if neurons else \
+        _region_steps(plain[0], loops[0] if loops else None)
+    return explicit, steps, loops
 
 
 def _region_steps(region, loop) -> int:

@@ -211,8 +211,10 @@ NEURON_CLASSES = [
     ("PSN, SlidingPSN", "", "PyTorch: a [T, T] weight over time", "refused: parallel over "
      "time, the IR computes one step at a time", ""),
     ("MaskedPSN", "", "torch.export fails (a data-dependent guard)", "", ""),
-    ("GatedLIFNode, ComplementaryLIFNode", "", "PyTorch arithmetic with sigmoid",
-     "refused: aten.sigmoid has no rule", ""),
+    ("ComplementaryLIFNode", "m, s", _LOOP + ", sigmoid (a float island)",
+     "arithmetic, 2 states", "0/1, uint8"),
+    ("GatedLIFNode", "", "PyTorch: a loop over T that also indexes its gates by step",
+     "refused: loops over two sequences", ""),
     ("SimpleIFNode, SimpleLIFNode, RAFNode", "", "PyTorch; the state starts as a Python "
      "float, so step 0 differs from the others", "m: refused (steps differ)", ""),
     ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "

@@ -6,11 +6,13 @@ the same value.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from snnc.frontend import axes
 from snnc.frontend.lifter import Act, Rules, Unsupported, op_name, post_of
 from snnc.frontend.rules_layers import _step_constant
+from snnc.ir.ops import OPS
 
 RULES = Rules()
 rule = RULES.rule
@@ -23,9 +25,10 @@ def _operands(lx, node, *args):
     layout and whether they are computed after a reduction over time."""
     got = [lx.operand(a) for a in args]
     acts = [v for v in got if isinstance(v, Act)]
+    if not acts and all(v in lx.builder.constants for v in got):  # a state's constant start
+        return [np.asarray(lx.builder.constants[v]) for v in got], None, False
     if not acts:
-        raise Unsupported("compares or selects constants only; compute it in the model's "
-                          "__init__ instead")
+        raise Unsupported("compares or selects a quantized weight; compare the layer's output")
     layout = axes.broadcast([v.layout for v in acts])
     values = [v.value if isinstance(v, Act) else _step_constant(lx, v, layout) for v in got]
     return values, layout, post_of(acts)
@@ -36,7 +39,15 @@ def _operands(lx, node, *args):
       note="x >= y etc. as 1.0 / 0.0 (a neuron's firing written in PyTorch)")
 def _compare(lx, node, a):
     values, layout, post = _operands(lx, node, a.get("self"), a.get("other"))
-    value, = lx.emit("compare", values, {"op": _COMPARE[op_name(node).split(".")[1]]}, node)
+    return _emit(lx, node, "compare", values, {"op": _COMPARE[op_name(node).split(".")[1]]},
+                 layout, post)
+
+
+def _emit(lx, node, op: str, values, attrs: dict, layout, post):
+    """The op on activations, or (layout None) computed now on constants."""
+    if layout is None:
+        return lx.constant(OPS[op].evaluate(values, attrs)[0], node.name)
+    value, = lx.emit(op, values, attrs, node)
     return lx.new_act(value, layout, post)
 
 
@@ -44,16 +55,14 @@ def _compare(lx, node, a):
       note="of comparisons (1.0 / 0.0): their product")
 def _and(lx, node, a):
     values, layout, post = _operands(lx, node, a.get("self"), a.get("other"))
-    value, = lx.emit("mul", values, {}, node)
-    return lx.new_act(value, layout, post)
+    return _emit(lx, node, "mul", values, {}, layout, post)
 
 
 @rule("aten.where.self", ir="where", note="torch.where(condition, a, b)")
 def _where(lx, node, a):
     values, layout, post = _operands(lx, node, a.get("condition"), a.get("self"),
                                      a.get("other"))
-    value, = lx.emit("where", values, {}, node)
-    return lx.new_act(value, layout, post)
+    return _emit(lx, node, "where", values, {}, layout, post)
 
 
 @rule("aten.clamp.default", ir="clip", note="with numeric bounds")
