@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from snnc.frontend import axes
 from snnc.frontend.lifter import Act, Marker, Unsupported, dims, op_name
 from snnc.ir.graph import State, Value
 
@@ -186,7 +187,7 @@ def _match_steps(region: Region, loop: Loop, dep: dict) -> None:
             raise Unsupported(f"{region.cls} stacks different results at steps {t}, {t + 1}")
 
 
-def _same(x, y, t, phi, phis, dep, loop, record=True) -> bool:
+def _same(x, y, t, phi, phis, dep, loop) -> bool:
     """Whether node y of step t+1 computes what node x of step t does."""
     ix, iy = _step_index(x), _step_index(y)
     if ix is not None or iy is not None:  # x_seq[t] and x_seq[t + 1]
@@ -217,7 +218,7 @@ def _same(x, y, t, phi, phis, dep, loop, record=True) -> bool:
                     return False
             elif u is not v:
                 return False
-    if t == 0 and record:
+    if t == 0:
         for k, u, v in pending:  # step 0 reads u where step 1 reads v: a state
             if loop.inits.get(v, u) is not u:
                 return False
@@ -236,7 +237,7 @@ def lift_node(lx, region: Region, node: torch.fx.Node, apply) -> object:
     if node is loop.stack:
         return _output(lx, region)
     source = lx.env.get(loop.source)
-    if not isinstance(source, Act) or source.layout.roles[0] != "T" or \
+    if not isinstance(source, Act) or source.layout.roles[0] != axes.T or \
             dims(loop.source)[0] != lx.steps:
         raise Unsupported(f"{region.cls} loops over a tensor that is not [T={lx.steps}, B, ...]")
     if _step_index(node, set(region.nodes)) is not None:  # x_seq[0]: the step's input
@@ -244,6 +245,8 @@ def lift_node(lx, region: Region, node: torch.fx.Node, apply) -> object:
     saved = {}
     for k, arg in enumerate(node.args):
         key = loop.carried.get((node, k))
+        if key is not None and not isinstance(arg, torch.fx.Node):
+            raise Unsupported(f"{region.cls} carries a value from step to step inside a list")
         if key is not None:
             saved.setdefault(arg, lx.env.get(arg))
             lx.env[arg] = Act(_read(lx, region, key, source), source.layout.drop(0))
