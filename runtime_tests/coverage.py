@@ -15,7 +15,9 @@ compare with PyTorch (the batch-4 export) layer by layer under the rounding rule
 
 Each model runs in its own process with a time limit: one failing, hanging or crashing does
 not stop the rest. A row's status per compile:
-    ok          compiled; parity holds under the rounding rule
+    ok          compiled; parity holds under the rounding rule ("fires" says how many
+                neuron layers spiked on random input; "output constant" that every sample
+                got the same output, so the logits compared nothing)
     MISMATCH    compiled, but the parity check found a problem (the first is shown)
     REFUSED     snnc refused with its own error (UnsupportedOpError, BadInputError,
                 PassError): the first line, and the full message in the JSON
@@ -49,7 +51,7 @@ FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "NchwcCon
 
 # ---------------------------------------------------------------- what there is to run
 
-def _fixture_modules():
+def _fixture_modules(extra: bool = True):
     """The published fixture modules: runtime_tests/published/<name>.py (not _*.py), then
     those of the directories in $SNNC_EXTRA_FIXTURES (os.pathsep-separated; fixtures kept
     out of the repository, e.g. code whose licence does not allow copying it here)."""
@@ -58,7 +60,7 @@ def _fixture_modules():
 
     sys.path.insert(0, HERE)
     dirs = [PUBLISHED] + [d for d in os.environ.get("SNNC_EXTRA_FIXTURES", "").split(os.pathsep)
-                          if d]
+                          if d and extra]
     for directory in dirs:
         for file in sorted(os.listdir(directory)):
             if not file.endswith(".py") or file.startswith("_"):
@@ -87,11 +89,11 @@ def _broken(name: str, error: BaseException):
     return types.SimpleNamespace(__name__=f"published.{name}", make=make, SOURCE="?")
 
 
-def published_fixtures() -> dict:
+def published_fixtures(extra: bool = True) -> dict:
     """name -> (source, make) of every published fixture: a module's MAKES (name -> make)
-    or its make() under the module's name."""
+    or its make() under the module's name; extra=False: only runtime_tests/published/."""
     out = {}
-    for module in _fixture_modules():
+    for module in _fixture_modules(extra):
         name = module.__name__.rsplit(".", 1)[-1]
         makes = getattr(module, "MAKES", None) or {name: module.make}
         for key, make in makes.items():
@@ -104,7 +106,7 @@ def catalogue(quick: bool) -> list[tuple[str, str]]:
     sys.path.insert(0, HERE)
     from published import _sj_zoo
 
-    zoo_names = _sj_zoo.QUICK if quick else list(_sj_zoo.BUILDERS)
+    zoo_names = _sj_zoo.QUICK if quick else _sj_zoo.ALL
     return ([(n, "spikingjelly 2.0.0 zoo") for n in zoo_names]
             + [(n, src) for n, (src, _) in published_fixtures().items()])
 
@@ -126,7 +128,16 @@ def _first(text: str) -> str:
 
 
 def _refusal(error: BaseException) -> str:
-    """One snnc message as the table shows it: the summary line plus the first item."""
+    """One snnc message as the table shows it: an UnsupportedOpError's distinct operations
+    (with counts and the first reason), else the message's first two lines."""
+    items = getattr(error, "items", None)
+    if items:
+        counts: dict[str, int] = {}
+        for op, _where in items:
+            counts[op.split(":")[0]] = counts.get(op.split(":")[0], 0) + 1
+        first = items[0][0].split(":", 1)[-1].strip()
+        ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in counts.items())
+        return f"unsupported: {ops} ({first})"[:300]
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return " ".join(lines[:2])[:300] if lines else type(error).__name__
 
@@ -169,9 +180,9 @@ def compile_and_compare(model, shape, mode: str) -> dict:
     row: dict = {"status": "?"}
     try:
         program = zoo.export(model, shape)
-        reference_program = zoo.export(model, (BATCH, *shape[1:]))
     except Exception as error:  # noqa: BLE001 - torch.export's failure is the model's
-        return {"status": "EXPORT", "message": f"{type(error).__name__}: {_first(error)}"}
+        return {"status": "EXPORT", "line": f"{type(error).__name__}: {_first(error)}",
+                "message": traceback.format_exc()}
     start = time.perf_counter()
     try:
         result = compile_program(program, Options(debug_outputs=True))
@@ -182,6 +193,11 @@ def compile_and_compare(model, shape, mode: str) -> dict:
             f"{type(error).__name__}: {_first(error)}"
         return row
     row["compile_s"] = round(time.perf_counter() - start, 1)
+    try:
+        reference_program = zoo.export(model, (BATCH, *shape[1:]))
+    except Exception as error:  # noqa: BLE001 - exported at batch 1 but not at batch 4
+        return {"status": "EXPORT", "line": f"batch {BATCH}: {type(error).__name__}: "
+                f"{_first(error)}", "message": traceback.format_exc()}
     try:
         row["kernels"] = kernels(result.data)
         x = np.random.default_rng(7).random((BATCH, *shape[1:]), dtype=np.float32)
@@ -211,6 +227,8 @@ def compile_and_compare(model, shape, mode: str) -> dict:
         top1=sum(tops) / BATCH, median_max_diff=float(statistics.median(diffs)),
         perturbed=comparison.perturbed, batch1_eq_batch4=bool(same),
         layers=len(rates), layers_firing=sum(r > 0 for r in rates.values()),
+        # the same output for every sample: the head saw no spikes, the logits are biases
+        output_constant=bool(np.ptp(reference.outputs[0], axis=axis).max() == 0),
         report=comparison.report())
     return row
 
@@ -285,9 +303,11 @@ def table(rows: list[dict]) -> str:
         k = [row.get(m, {}).get("kernels") for m in ("plain", "quantized")]
         gemms = "; ".join("-" if not c else f"{c['int']} / {c['float']}" for c in k)
         b14 = _pair(row, "batch1_eq_batch4", "").replace("True", "yes").replace("False", "NO")
+        constant = any(row.get(m, {}).get("output_constant") for m in ("plain", "quantized"))
         lines.append(
             f"| {row['name']} | {row['source']} | {row['params'] / 1e6:.2f} M "
-            f"| {row.get('firing_layers', '?')}/{row.get('neuron_layers', '?')} "
+            f"| {row.get('firing_layers', '?')}/{row.get('neuron_layers', '?')}"
+            f"{', output constant' if constant else ''} "
             f"| {_cell(row.get('plain'))} | {_cell(row.get('quantized'))} "
             f"| {_pair(row, 'top1', '.2f')} | {_pair(row, 'median_max_diff', '.1e')} "
             f"| {_pair(row, 'perturbed', 'd')} | {b14} | {gemms} | {row.get('seconds', '-')} |")
@@ -319,6 +339,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the rows (with full messages) here")
     parser.add_argument("--md", help="write the markdown table here (after every model)")
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds per model")
+    parser.add_argument("--jobs", type=int, default=1, help="models run at once")
+    parser.add_argument("--skip", help="comma-separated model names not to run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -332,19 +354,31 @@ def main(argv=None) -> int:
         unknown = set(wanted) - {n for n, _ in models}
         if unknown:
             parser.error(f"unknown model(s): {sorted(unknown)}")
-    rows = []
-    for name, source in models:
+    if args.skip:
+        models = [(n, s) for n, s in models if n not in args.skip.split(",")]
+    rows: dict[str, dict] = {}
+
+    def one(name: str, source: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
         row = run_isolated(name, args.T, args.timeout)
         row["source"] = source
-        rows.append(row)
-        if args.md:
-            with open(args.md, "w") as f:
-                f.write(table(rows) + "\n")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1, default=str)
-    print(table(rows))
+        with lock:
+            rows[name] = row
+            done = [rows[n] for n, _ in models if n in rows]  # in catalogue order
+            if args.md:
+                with open(args.md, "w") as f:
+                    f.write(table(done) + "\n")
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(done, f, indent=1, default=str)
+
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda m: one(*m), models))
+    print(table([rows[n] for n, _ in models]))
     return 0
 
 

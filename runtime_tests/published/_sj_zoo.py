@@ -223,3 +223,16 @@ QUICK = ["spiking_resnet18", "sew_resnet18", "spiking_vgg11_bn", "ottt_spiking_v
          "plif_CIFAR10Net", "ms_resnet18", "max_resnet18", "att_ms_resnet18",
          "masnn_dvs128_gesture", "spikformer_cifar10", "sdt_8_384", "qkformer_10_384",
          "maxformer_cifar", "snas_net", "spike_dhs_blocks"]
+
+
+def _cost(name: str) -> int:
+    """Rough build + export cost: the deepest and widest nets last."""
+    if any(k in name for k in ("101", "152", "wide", "resnext")):
+        return 3
+    if any(k in name for k in ("34", "50", "vgg16", "vgg19", "spikformer_s")):
+        return 2
+    return 1
+
+
+# every constructor, cheapest first (a run cut short still covers every family)
+ALL = sorted(BUILDERS, key=_cost)
