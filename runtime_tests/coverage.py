@@ -241,6 +241,7 @@ def run_one(name: str, T: int) -> dict:
     import torch
     import zoo
 
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     import snnc
 
     row: dict = {"name": name}
@@ -314,11 +315,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_isolated(name: str, T: int, timeout: float) -> dict:
+def run_isolated(name: str, T: int, timeout: float, threads: int = 2) -> dict:
     start = time.time()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--T", str(T)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads))  # --jobs workers share the cores
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"name": name, "timeout": timeout, "seconds": round(time.time() - start)}
     out = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
@@ -350,7 +353,8 @@ def main(argv=None) -> int:
     models = catalogue(args.quick)
     if args.only:
         wanted = args.only.split(",")
-        models = [(n, s) for n, s in catalogue(False) if n in wanted]
+        known = dict(catalogue(False))
+        models = [(n, known[n]) for n in wanted if n in known]  # in the order given
         unknown = set(wanted) - {n for n, _ in models}
         if unknown:
             parser.error(f"unknown model(s): {sorted(unknown)}")
@@ -360,7 +364,7 @@ def main(argv=None) -> int:
 
     def one(name: str, source: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
-        row = run_isolated(name, args.T, args.timeout)
+        row = run_isolated(name, args.T, args.timeout, max(1, (os.cpu_count() or 2) // args.jobs))
         row["source"] = source
         with lock:
             rows[name] = row
