@@ -38,6 +38,10 @@ NOT_YET = {
     "sdt_plif": "forward returns (logits, hook) with hook None: a None output",
     "sglformer": "window partition into the batch axis ([T, B*4, C, H/2, W/2]), then "
                  "flatten(0, 1): the axis tracker has no batch axis carrying feature factors",
+    "spikingresformer": "DSSA's 1 / sqrt(buffer * d) in forward: aten.sqrt, aten.reciprocal "
+                        "on constants (constant folding)",
+    "spikingresformer_plif": "DSSA's 1 / sqrt(buffer * d) in forward: aten.sqrt, "
+                             "aten.reciprocal on constants (constant folding)",
 }
 
 

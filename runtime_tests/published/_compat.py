@@ -133,9 +133,10 @@ __all__ = ["neuron_v0", "MultiStepLIFNode", "MultiStepParametricLIFNode", "Multi
            "register_model", "_cfg", "math"]
 
 
-def fire(model: nn.Module, input_shape, seed: int = 0, **firing) -> nn.Module:
-    """runtime_tests/zoo.py's make_firing (BatchNorm biases and recalibrated statistics);
-    returns the model in eval mode."""
+def fire(model: nn.Module, input_shape, seed: int = 0, batches: int = 2,
+         **firing) -> nn.Module:
+    """runtime_tests/zoo.py's make_firing (BatchNorm biases and statistics recalibrated on
+    `batches` random batches of 8); returns the model in eval mode."""
     import zoo
 
-    return zoo.make_firing(model, input_shape, seed=seed, **firing)
+    return zoo.make_firing(model, input_shape, seed=seed, batches=batches, **firing)
