@@ -30,7 +30,6 @@ not stop the rest. A row's status per compile:
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import statistics

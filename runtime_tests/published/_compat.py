@@ -2,11 +2,12 @@
 
 - timm: `trunc_normal_`, `DropPath`, `to_2tuple`, `register_model` (small local equivalents;
   DropPath is the identity in eval mode, as timm's is).
-- SpikingJelly < 0.0.0.0.14 (`spikingjelly.clock_driven`): `MultiStepLIFNode`,
-  `MultiStepParametricLIFNode`, `MultiStepIFNode` and the old `neuron`/`layer`/
-  `functional`/`surrogate` modules, mapped to SpikingJelly 2.0's classes
+- SpikingJelly < 0.0.0.0.14 (`spikingjelly.clock_driven.neuron`): `MultiStepLIFNode`,
+  `MultiStepParametricLIFNode`, `MultiStepIFNode`, mapped to SpikingJelly 2.0's classes
   (`activation_based.neuron.LIFNode(step_mode="m")` ...). `backend="cupy"` (a CUDA kernel
-  of the same neuron) is dropped: SpikingJelly 2.0 on a CPU runs its torch op.
+  of the same neuron) is dropped: SpikingJelly 2.0 has one implementation, its torch op.
+  (The fixtures import `clock_driven`'s other modules, e.g. `layer`, from
+  `spikingjelly.activation_based` directly.)
   `neuron_v0`: SpikingJelly 0.0.0.0.14's `activation_based.neuron` (whose IFNode, LIFNode
   and ParametricLIFNode took `backend=`): SpikingJelly 2.0's classes, the argument dropped.
 - torchvision: SpikingJelly 2.0's sew_resnet, spiking_vgg and spiking_resnet import only
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import collections.abc
 import importlib.util
-import math
 import sys
 import types
 from itertools import repeat
@@ -130,7 +130,7 @@ def _cfg(url: str = "", **kwargs) -> dict:
 
 __all__ = ["neuron_v0", "MultiStepLIFNode", "MultiStepParametricLIFNode", "MultiStepIFNode",
            "install_torchvision_stub", "to_2tuple", "trunc_normal_", "DropPath", "drop_path",
-           "register_model", "_cfg", "math"]
+           "register_model", "_cfg", "fire"]
 
 
 def fire(model: nn.Module, input_shape, seed: int = 0, batches: int = 2,
