@@ -61,15 +61,15 @@ class MultiStep(nn.Module):
         return self.net(x).mean(0)
 
 
-def _fire(make, shape, seed, conv_bias: float | None = None, **firing):
+def _fire(make, shape, seed, conv_bias: float | None = None, last: bool = False, **firing):
     """Build under torch.manual_seed(seed), make it fire (zoo.make_firing: BatchNorm biases
-    and statistics); a net without BatchNorm gets every conv and hidden linear bias set to
-    `conv_bias` instead."""
+    and statistics); a net without BatchNorm gets every conv and hidden linear bias (the
+    last layer's too with `last`, where a neuron follows it) set to `conv_bias` instead."""
     torch.manual_seed(seed)
     model = make()
     if conv_bias is not None:
         layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        for m in layers[:-1]:
+        for m in layers if last else layers[:-1]:
             if m.bias is not None:
                 nn.init.constant_(m.bias, conv_bias)
     return zoo.make_firing(model, shape, seed=seed, **firing), shape
@@ -130,7 +130,9 @@ def _plif(cls: str, shape, T: int = 2, seed: int = 0):
     make = lambda: MultiStep(getattr(parametric_lif_net, cls)(  # noqa: E731
         channels=16, spiking_neuron=neuron.ParametricLIFNode, init_tau=2.0,
         detach_reset=True, surrogate_function=surrogate.ATan()), T)
-    return _fire(make, shape, seed)
+    # conv-BN layers fire from make_firing; the Linear layers (no BatchNorm, each followed
+    # by a neuron, the last by the voting layer) get bias 1 or the head stays silent
+    return _fire(make, shape, seed, conv_bias=1.0, last=True)
 
 
 def _ms(fn: str, T: int = 2, seed: int = 0, **kw):
