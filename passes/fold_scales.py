@@ -95,7 +95,8 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
             z, c = mul.inputs
             if c not in consts and z in consts:
                 z, c = c, z
-            if c in consts and consts[c].size == 1 and is_power_of_two(float(consts[c])) \
+            if c in consts and consts[c].size == 1 and \
+                    is_power_of_two(float(consts[c].reshape(()))) \
                     and mul.outputs[0].shape == z.shape:
                 threshold = float(np.float32(neuron.attrs["threshold"]) /
                                   np.float32(consts[c].reshape(())))

@@ -36,10 +36,6 @@ BATCH = 4
 NOT_YET = {
     "sglformer": "window partition into the batch axis ([T, B*4, C, H/2, W/2]), then "
                  "flatten(0, 1): the axis tracker has no batch axis carrying feature factors",
-    "spikingresformer": "fold_scales crashes (PassError, 'a bug in snnc'): float() of the "
-                        "folded 1/sqrt(buffer) scale, a size-1 constant of shape [1,1,1,1,1]",
-    "spikingresformer_plif": "fold_scales crashes (PassError, 'a bug in snnc'): float() of "
-                             "the folded 1/sqrt(buffer) scale, size 1 but not 0-d",
 }
 
 
