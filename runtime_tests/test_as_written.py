@@ -3,9 +3,10 @@ against PyTorch (the rounding rule of docs/testing.md), plain and heterogeneous-
 in-place writes (`out += identity`, `relu(inplace=True)`, slice assignment into zeros and
 into an activation, writes through a transposed view, a view taken before a write and read
 after it), constants computed in forward from parameters and buffers (a 1/sqrt scale,
-weight standardization of a (quantized) conv weight, relative-position tables), padding
-of every mode, constant-index gathers (roll, flip, index_select, strided slices), nearest
-and bilinear resampling, einsum and bmm attention. The integer lowering still applies
+weight standardization of a (quantized) conv weight, relative-position tables, a border
+of per-channel values written into a padded activation), padding of every mode,
+constant-index gathers (roll, flip, index_select, strided slices), nearest and bilinear
+resampling, einsum and bmm attention. The integer lowering still applies
 after padding and gathers of spikes.
 """
 
@@ -84,8 +85,14 @@ class Resample(Base):
             small, size=(8, 8), mode="bilinear", align_corners=False)
         padded = self.pad(s) + F.pad(shuffled + up, (1, 1, 1, 1), mode="reflect") + F.pad(
             s, (1, 1, 1, 1), mode="replicate")
+        border = F.pad(s, [1] * 4)  # Meta-SpikeFormer's BNAndPadLayer: BN's value at 0
+        values = (self.bn2.bias - self.bn2.running_mean * self.bn2.weight / torch.sqrt(
+            self.bn2.running_var + self.bn2.eps)).view(1, -1, 1, 1)
+        border[:, :, 0:1, :] = values
+        border[:, :, :, -1:] = values
         z = self.conv2(self.pad(s).unflatten(0, (T, -1)))  # spikes, padded: integer GEMM
-        return self.head(self.sn2(self.bn2(z) + padded.unflatten(0, (T, -1))[..., 0:8, 2:10]))
+        mixed = (padded + border).unflatten(0, (T, -1))[..., 0:8, 2:10]
+        return self.head(self.sn2(self.bn2(z) + mixed))
 
 
 class Products(Base):

@@ -17,6 +17,7 @@ import torch
 from snnc.frontend import axes
 from snnc.frontend.lifter import (Act, Marker, Rules, Unsupported, dims, float_arg, int_arg,
                                   ints_arg, op_name, post_of)
+from snnc.frontend.rules_layers import _step_constant
 from snnc.frontend.rules_tensors import _permuted
 from snnc.ir.graph import BATCH
 
@@ -168,7 +169,8 @@ def _pad(lx, node, a):
     return x
 
 
-@rule("aten.copy.default", note="x[...] = y made functional: y, of x's shape")
+@rule("aten.copy.default", ir="mul, add", note="x[...] = y made functional: y of x's shape, "
+      "a constant fill, or constants per feature (a border's values)")
 def _copy(lx, node, a):
     src = a.get("src")
     got = lx.env.get(src) if isinstance(src, torch.fx.Node) else src
@@ -180,7 +182,13 @@ def _copy(lx, node, a):
         array = np.asarray(lx.builder.constants[got])
         if array.size and np.all(array == array.reshape(-1)[0]):
             return Marker("init", float(array.reshape(-1)[0]))
-        raise Unsupported("copies a constant tensor into an activation; add it instead")
+        dest = lx.env.get(a.get("self"))
+        if not isinstance(dest, Act):
+            raise Unsupported("copies a constant tensor into something not an activation")
+        # a constant per channel (a border's values): dest * 0 + constant, broadcast
+        zero, = lx.emit("mul", [dest.value, lx.scalar(0.0)], {}, node)
+        value, = lx.emit("add", [zero, _step_constant(lx, got, dest.layout)], {}, node)
+        return lx.new_act(value, dest.layout, dest.post)
     y = lx.act(src, "source")
     if tuple(dims(src)) != tuple(dims(node)):
         raise Unsupported(f"copies a {list(dims(src))} tensor into a {list(dims(node))} one; "

@@ -210,17 +210,20 @@ def _step_constant(lx, value, layout: Layout):
     if offset < 0:
         raise Unsupported(f"broadcasts a rank-{len(shape)} constant over a tensor with axes "
                           f"{layout}")
-    keep = []
+    keep, array = [], np.asarray(lx.builder.constants[value])
     for i, d in enumerate(shape):
         role = layout.roles[offset + i]
         if role != axes.F and d != 1:
-            raise Unsupported(f"uses a constant that varies along the {role} axis")
+            # a constant expanded to the example's batch (folded): the same along that axis
+            first = np.take(array, [0], axis=i)
+            if not np.array_equal(array, np.broadcast_to(first, array.shape)):
+                raise Unsupported(f"uses a constant that varies along the {role} axis")
+            array, d = first, 1
         if role != T:
             keep.append(d)
-    if len(keep) == len(shape):
+    if len(keep) == len(shape) and array.shape == tuple(shape):
         return value
-    array = np.asarray(lx.builder.constants[value]).reshape(keep)
-    return lx.constant(array, value.hint)
+    return lx.constant(array.reshape(keep), value.hint)
 
 
 @rule("aten.relu.default", ir="relu")
