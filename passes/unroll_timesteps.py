@@ -23,8 +23,12 @@ value (a neuron written in PyTorch, re-rolled by the frontend) is a recurrence: 
 connected group of such nodes is emitted step by step (step t reads step t-1's values),
 where graph order allows, and the nodes reading its results run after it.
 
+A `time_mix` node (a parallel spiking neuron's learned mix over time) is one matrix product
+over the stacked steps: time moved last, `linear` with its [T, T] weight and [T] bias,
+moved back.
+
 This is valid because no value flows from one step to the next except through a neuron's
-own membrane, so a layer can process all steps once the layer before it has.
+own membrane or a time_mix, so a layer can process all steps once the layer before it has.
 
 Before (T=2):
     state %lif.v: f32[N,4] init=0.0
@@ -110,6 +114,8 @@ class _Unroller:
             elif node.op == "time_reduce":  # its result, and all that uses it, exists once
                 self.invariant[node.outputs[0]] = self.over_time(
                     node.inputs[0], node.attrs["mode"], node.source, node.outputs[0].hint)
+            elif node.op == "time_mix":
+                self.time_mix(node)
             elif node.op in ("neuron", "neuron_model"):
                 self.neuron(node)
             elif all(v in self.invariant for v in node.inputs):
@@ -172,6 +178,24 @@ class _Unroller:
                 values.append(out)
         for value, values in zip(node.outputs, per_output):
             self.per_step[value] = values
+
+    def time_mix(self, node: Node) -> None:
+        """h[t] = sum_s w[t, s] x[s] + b[t] as one matrix product over the time axis: the
+        steps stacked [T, N, ...], time moved last, linear(w, b), moved back to [TN, ...]."""
+        x, w, b = node.inputs
+        stacked = self.stacked(x, node.source, f"{x.hint}.steps")
+        rank = len(stacked.shape)
+        last = [*range(1, rank), 0]
+        back = [rank - 1, *range(rank - 1)]
+        moved, = self.emit("transpose", [stacked], {"perm": last}, node.source,
+                           [f"{node.outputs[0].hint}.time_last"])
+        mixed, = self.emit("linear", [moved, self.invariant[w], self.invariant[b]], {},
+                           node.source, [f"{node.outputs[0].hint}.mixed"])
+        steps, = self.emit("transpose", [mixed], {"perm": back}, node.source,
+                           [f"{node.outputs[0].hint}.steps"])
+        flat = _batched_shape(node.outputs[0].shape, self.steps)
+        self.batched[node.outputs[0]], = self.emit(
+            "reshape", [steps], {"shape": list(flat)}, node.source, [node.outputs[0].hint])
 
     def recurrence(self, nodes: tuple[Node, ...]) -> None:
         """Arithmetic that reads states and computes their next values (a neuron written

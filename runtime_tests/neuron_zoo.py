@@ -51,6 +51,10 @@ NEURONS = {
     "ComplementaryLIFNode": (lambda m: neuron.ComplementaryLIFNode(step_mode=m), "u8", "ms"),
     "OTTTLIFNode": (lambda m: neuron.OTTTLIFNode(step_mode=m), "u8", "s"),
     "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
+    # parallel over time: a learned [T, T] mix of the steps (the IR's time_mix), then a
+    # threshold
+    "PSN": (lambda m: neuron.PSN(T=T), "u8", "m"),
+    "SlidingPSN": (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "u8", "m"),
 }
 
 

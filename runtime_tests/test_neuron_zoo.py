@@ -79,8 +79,7 @@ class _LastStepDiffers(neuron.SimpleIFNode):
 
 @pytest.mark.parametrize("make,mode,says", [
     (lambda m: _NoisyIF(step_mode=m), "s", "_NoisyIF: draws random numbers"),
-    (lambda m: neuron.PSN(T=NZ.T), "m", "PSN: mixes all T timesteps"),
-    (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "m", "SlidingPSN: mixes all T timesteps"),
+    (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "s", "SlidingPSN: single-step"),
     (lambda m: _LastStepDiffers(step_mode=m), "m", "compute different things"),
 ])
 def test_neurons_snnc_cannot_compile_are_refused_by_class(make, mode, says):
@@ -88,6 +87,12 @@ def test_neurons_snnc_cannot_compile_are_refused_by_class(make, mode, says):
     with pytest.raises(UnsupportedOpError) as error:
         compile_program(zoo.export(model, NZ.SHAPE))
     assert says in str(error.value) and "sn1" in str(error.value), str(error.value)
+
+
+def test_a_mix_over_time_cannot_stream():
+    """A PSN's step t reads every step: --timesteps stream is refused, naming the layer."""
+    with pytest.raises(snnc.BadInputError, match="sn1 .PSN.*mixes all T timesteps"):
+        compile_program(zoo.export(NZ.build("PSN", "m"), NZ.SHAPE), Options(timesteps="stream"))
 
 
 def test_docs_neuron_table_is_the_code_and_the_tested_list():

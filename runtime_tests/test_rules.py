@@ -227,6 +227,18 @@ def _products(m, s):
     return o.mean(0).sum(-1) + b.mean(0).sum((-2, -1)).unsqueeze(-1)
 
 
+def _time_mixes(m, s):
+    """Mixes over time as the parallel spiking neurons write them: W @ x_seq.flatten(1) + B
+    (addmm) and W @ x_seq.view(T, -1) (mm), elementwise ops on the [T, B*...] matrix, viewed
+    back; and a head written x @ W.t() + b (addmm of an activation and a constant)."""
+    w = torch.tril(torch.ones(T, T)) * 0.5 + 0.25 * torch.eye(T)  # built in forward: folded
+    h = torch.addmm(torch.full((T, 1), -0.3), w, s.flatten(1)).view(s.shape)
+    g = torch.mm(w.t(), 2 * s.view(T, -1)).relu().view(s.shape)
+    spikes = m.lif(h + g)
+    return torch.addmm(m.lin.bias, spikes.mean(0).flatten(1), m.lin.weight.t()) + \
+        torch.mm(spikes.mean(0).flatten(1), m.lin.weight.t())
+
+
 class SingleStepSTBIF(nn.Module):
     """conv-BN-STBIF with the loop over T in forward: STBIF passes its states on through
     aten.to (to float32) and asserts their metadata."""
@@ -245,6 +257,7 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "pads": (tail(_pads), (1, 3, 6, 6)),
     "constant_index_gathers": (tail(_gathers), (1, 3, 6, 6)),
     "einsum_bmm_folded_scale": (tail(_products), (1, 3, 6, 6)),
+    "time_mix_addmm_mm": (tail(_time_mixes), (1, 3, 6, 6)),
     "lif_mean_over_time": (tail(lambda m, s: s.mean(0)), (1, 3, 6, 6)),
     "if_sum_over_time": (lambda: Stem(Tail(lambda m, s: s.sum(0)), neuron.IFNode),
                          (1, 3, 6, 6)),

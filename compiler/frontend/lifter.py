@@ -71,6 +71,9 @@ _NOT_A_TENSOR = {
     "first_step": "uses x[0] of a [T, B, ...] tensor; a multi-step model is compiled whole "
                   "(x[0] only starts a neuron's membrane)",
     "shape": "uses a tensor size as a tensor",
+    "time_rows": "flattens [T, B, ...] to [T, B*...]: snnc lifts that only as the right "
+                 "operand of a matrix product with a constant [T, T] weight (a mix over "
+                 "time, as PSN), viewed back to [T, B, ...]",
     "none": "uses the result of an op that has none",
 }
 
@@ -175,7 +178,8 @@ class Lifter(Values):
     def __init__(self, program: torch.export.ExportedProgram, graph: torch.fx.Graph,
                  regions=()):
         self.regions = list(regions)  # neuron module calls (neuron_regions.find)
-        self.explicit, steps, loops = _time_form(graph, self.regions)
+        inputs = set(program.graph_signature.user_inputs)
+        self.explicit, steps, loops = _time_form(graph, self.regions, inputs)
         super().__init__(steps)
         self.loop_of = {n: r for r in loops for n in r.nodes}
         self.refused = {n for r in self.regions if r.error for n in r.nodes}
@@ -250,7 +254,7 @@ def _neurons(graph: torch.fx.Graph, regions=()) -> list[torch.fx.Node]:
     return calls
 
 
-def _time_form(graph: torch.fx.Graph, regions) -> tuple[bool, int, list]:
+def _time_form(graph: torch.fx.Graph, regions, inputs=None) -> tuple[bool, int, list]:
     """(single-step?, T, the neuron regions that loop over time). Single-step: a membrane
     passed from one neuron call to the next, or a neuron module written in PyTorch called
     more than once (and no loop over time in a neuron): the time loop is in forward."""
@@ -261,20 +265,33 @@ def _time_form(graph: torch.fx.Graph, regions) -> tuple[bool, int, list]:
     explicit = any(_membrane_of(n.args[1]) for n in neurons) or (
         not neurons and not loops and len(set(paths)) < len(paths))
     steps = 1 if explicit else _time_steps(neurons[0]) if neurons else \
-        _region_steps(plain[0], loops[0] if loops else None)
+        _region_steps(plain[0], loops[0] if loops else None, _from_inputs(graph, inputs))
     return explicit, steps, loops
 
 
-def _region_steps(region, loop) -> int:
+def _from_inputs(graph: torch.fx.Graph, inputs) -> set | None:
+    """The nodes computed from the model's inputs (named in `inputs`), or None if unknown."""
+    if inputs is None:
+        return None
+    found: set = set()
+    for node in graph.nodes:
+        if (node.op == "placeholder" and node.name in inputs) or \
+                any(a in found for a in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
+def _region_steps(region, loop, activations=None) -> int:
     """T of a multi-step neuron written in PyTorch: its loop's, or (treating [T, B, ...]
-    elementwise) its input's first axis."""
+    elementwise) its input's first axis: the first input computed from the model's input
+    (`activations`), not a parameter (a PSN's weights)."""
     if loop is not None and loop.loop is not None:
         return len(loop.loop.steps)
     region = loop or region
     for node in region.nodes:
         for arg in node.all_input_nodes:
             if arg not in region.nodes and isinstance(arg.meta.get("val"), torch.Tensor) \
-                    and dims(arg):
+                    and (activations is None or arg in activations) and dims(arg):
                 steps = dims(arg)[0]
                 if isinstance(steps, int) and steps >= 1:
                     return steps

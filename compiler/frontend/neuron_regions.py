@@ -36,11 +36,12 @@ _FILLS = ("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.d
           "aten.zeros.default", "aten.full.default")
 
 
-# Neurons snnc refuses by class, and why.
-PARALLEL = {cls: "mixes all T timesteps at once (a learned [T, T] weight over time, then a "
-                 "threshold); snnc's IR computes one timestep at a time and cannot express "
-                 "it yet: use a stateful neuron (LIFNode, ...)"
-            for cls in ("PSN", "MaskedPSN", "SlidingPSN")}
+# Single-step forms snnc refuses by class: the queue of past inputs flattens the batch into
+# the features (sliding_psn_step's x.flatten()), which the IR's axes cannot carry.
+QUEUED = {cls: "single-step, it keeps a queue of past inputs flattened with the batch "
+               "(x.flatten()); compile it in step_mode='m' (the same neuron, all steps at "
+               "once: a mix over time)"
+          for cls in ("SlidingPSN", "MaskedPSN")}
 
 
 @dataclass
@@ -99,8 +100,9 @@ def find(graph: torch.fx.Graph, neuron_ops) -> list[Region]:
                     f"draws random numbers ({', '.join(drawn)}): a nondeterministic neuron "
                     "cannot be compiled; call model.eval() before export if it is "
                     "deterministic in eval mode (noisy neurons are not)")
-            if region.cls in PARALLEL:
-                raise Unsupported(PARALLEL[region.cls])
+            if region.cls in QUEUED and any(op_name(n) == "aten.stack.default"
+                                            for n in region.nodes):
+                raise Unsupported(QUEUED[region.cls])
             region.loop = None if region.op else _loop(region)
         except Unsupported as why:
             region.error = str(why)

@@ -18,7 +18,10 @@ from typing import Callable
 
 from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
                            rules_select, rules_tensors, rules_time)
-from snnc.frontend.lifter import Lifter, Rules, Unsupported, bind, op_name
+import torch
+
+from snnc.frontend.lifter import (ELEMENTWISE, Act, Lifter, Marker, Rules, Unsupported, bind,
+                                  dims, op_name)
 from snnc.ir.ops import ShapeError
 
 RULES = Rules.union(rules_tensors.RULES, rules_neurons.RULES, rules_time.RULES,
@@ -34,9 +37,46 @@ def apply(lx: Lifter, node):
     if found is None:
         raise Unsupported(_no_rule_text(op_name(node)))
     try:
-        return found.fn(lx, node, bind(node))
+        rows = _on_time_rows(lx, node, found.fn)
+        return found.fn(lx, node, bind(node)) if rows is None else rows
     except ShapeError as error:  # the IR op's type check refused the operands
         raise Unsupported(f"its operands do not fit together ({error})") from None
+
+
+# Elementwise ops a [T, B*...] matrix over time may pass through before it is viewed back
+# as [T, B, ...] (a PSN fires on W @ x_seq.flatten(1) + B, then views the spikes back).
+ROW_OPS = frozenset(ELEMENTWISE + (
+    "aten.ge.Scalar", "aten.ge.Tensor", "aten.gt.Scalar", "aten.gt.Tensor", "aten.le.Scalar",
+    "aten.le.Tensor", "aten.lt.Scalar", "aten.lt.Tensor", "aten.where.self",
+    "aten.clamp.default", "aten.round.default", "aten.to.dtype", "aten.to.device",
+    "aten._assert_tensor_metadata.default")) - {"aten.linear.default"}
+
+
+def _on_time_rows(lx: Lifter, node, fn):
+    """An elementwise op on such a matrix (rules_time.time_rows), lifted on the activation
+    it came from as if it were viewed back first: the same numbers in the same places.
+    None if no operand is one, or the op is not elementwise (then lx.operand refuses)."""
+    rows = [n for n in node.all_input_nodes
+            if isinstance(lx.env.get(n), Marker) and lx.env[n].kind == "time_rows"]
+    if not rows or op_name(node) not in ROW_OPS or \
+            len({tuple(dims(n)) for n in (node, *rows)
+                 if isinstance(n.meta.get("val"), torch.Tensor)}) != 1:
+        return None
+    x, shape, like = lx.env[rows[0]].payload
+    if any(list(lx.env[n].payload[1]) != list(shape) for n in rows):
+        return None
+    saved = {n: n.meta.get("val") for n in (node, *rows)}
+    envs = {n: lx.env[n] for n in rows}
+    try:
+        for n, val in saved.items():
+            n.meta["val"] = like.to(val.dtype) if isinstance(val, torch.Tensor) else val
+        lx.env.update((n, lx.env[n].payload[0]) for n in rows)
+        result = fn(lx, node, bind(node))
+    finally:
+        for n, val in saved.items():
+            n.meta["val"] = val
+        lx.env.update(envs)
+    return Marker("time_rows", (result, shape, like)) if isinstance(result, Act) else result
 
 
 # What to write instead, for ops users reach for that snnc has no rule for.

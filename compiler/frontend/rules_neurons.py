@@ -208,9 +208,12 @@ NEURON_CLASSES = [
      "arithmetic", "0/1, uint8"),
     ("SLTTLIFNode", "s", "PyTorch arithmetic (SpikingJelly refuses step_mode 'm')",
      "arithmetic", "0/1, uint8"),
-    ("PSN, SlidingPSN", "", "PyTorch: a [T, T] weight over time", "refused: parallel over "
-     "time, the IR computes one step at a time", ""),
-    ("MaskedPSN", "", "torch.export fails (a data-dependent guard)", "", ""),
+    ("PSN", "m", "PyTorch: W @ x_seq.flatten(1) + B, a [T, T] weight over time (PSN has no "
+     "single-step form)", "`time_mix`, then `compare`", "0/1, uint8"),
+    ("SlidingPSN", "m", "m: as PSN, its [T, T] weight built from k weights (folded); s: a "
+     "queue of past inputs flattened with the batch", "m: `time_mix`, `compare`; s: refused",
+     "0/1, uint8"),
+    ("MaskedPSN", "", "torch.export fails (a data-dependent guard on lambda_)", "", ""),
     ("ComplementaryLIFNode", "m, s", _LOOP + ", sigmoid (a float island)",
      "arithmetic, 2 states", "0/1, uint8"),
     ("GatedLIFNode", "", "PyTorch: a loop over T that also indexes its gates by step",

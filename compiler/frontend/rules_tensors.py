@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from snnc.frontend import axes
+from snnc.frontend import axes, rules_time
 from snnc.frontend.axes import T
 from snnc.frontend.lifter import (ELEMENTWISE, NEURON_OPS, Act, Marker, Rules, Unsupported,
                                   axis_args, dims, int_arg, ints_arg, op_name, part, positive,
@@ -105,10 +105,49 @@ def _permute(lx, node, a):
 @rule("aten.view.default", "aten.reshape.default", ir="reshape",
       note="time and batch stay leading as [T, B, ...] or [T*B, ...] (docs/ir.md)")
 def _view(lx, node, a):
+    rows = _time_rows_back(lx, node)
+    if rows is not None:
+        return rows
     x = lx.act(node.args[0])
-    layout = axes.reshape(x.layout, dims(node.args[0]), dims(node), lx.batch,
-                          _want(lx, node))
+    if len(dims(node)) == 2 and _mixed_over_time(node):
+        rows = rules_time.time_rows(lx, node, x)
+        if rows is not None:
+            return rows
+    try:
+        layout = axes.reshape(x.layout, dims(node.args[0]), dims(node), lx.batch,
+                              _want(lx, node))
+    except (Unsupported, axes.AxisError):
+        rows = rules_time.time_rows(lx, node, x) if len(dims(node)) == 2 else None
+        if rows is None:  # x_seq.view(T, -1): a matrix over time (a PSN's)
+            raise
+        return rows
     return reshaped(lx, node, x, layout)
+
+
+def _mixed_over_time(node, depth: int = 6) -> bool:
+    """The view is the right operand of a matrix product (mm, addmm), through elementwise
+    ops: x_seq.view(T, -1) of a mix over time, not [T*B, F] (which a batch-1 export also
+    allows)."""
+    for user in node.users:
+        name = op_name(user)
+        if name in ("aten.mm.default", "aten.addmm.default") and user.args[-1] is node:
+            return True
+        if name in ELEMENTWISE and name != "aten.linear.default" and depth > 0 and \
+                _mixed_over_time(user, depth - 1):
+            return True
+    return False
+
+
+def _time_rows_back(lx, node):
+    """h.view(x_seq.shape) of a matrix product over time (rules_time._mm): the activation."""
+    got = lx.env.get(node.args[0])
+    if not (isinstance(got, Marker) and got.kind == "time_rows"):
+        return None
+    x, shape, _ = got.payload
+    if list(dims(node)) != list(shape):
+        raise Unsupported(f"reshapes a [T, B*...] matrix to {list(dims(node))}; snnc lifts "
+                          f"only viewing it back as {list(shape)}")
+    return x
 
 
 def _want(lx, node, depth: int = 6) -> str | None:
@@ -143,8 +182,15 @@ def _want(lx, node, depth: int = 6) -> str | None:
 @rule("aten.flatten.using_ints", ir="reshape", note="flatten(0, 1) merges time and batch")
 def _flatten(lx, node, a):
     x = lx.act(a.get("self"))
-    return reshaped(lx, node, x, axes.flatten(x.layout, int_arg(a, "start_dim"),
-                                              int_arg(a, "end_dim")))
+    try:
+        layout = axes.flatten(x.layout, int_arg(a, "start_dim"), int_arg(a, "end_dim"))
+    except (Unsupported, axes.AxisError):
+        rows = rules_time.time_rows(lx, node, x) if int_arg(a, "start_dim") == 1 and \
+            int_arg(a, "end_dim") in (-1, x.layout.rank - 1) else None
+        if rows is None:  # x_seq.flatten(1): a matrix over time (a PSN's)
+            raise
+        return rows
+    return reshaped(lx, node, x, layout)
 
 
 @rule("aten.unflatten.int", ir="reshape", note="[T*B, ...] -> [T, B, ...], or features")

@@ -5,6 +5,9 @@ over time with x.mean(0)).
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from snnc.frontend import axes
 from snnc.frontend.axes import Layout, T
 from snnc.frontend.lifter import (NEURON_OPS, Act, Marker, Rules, Unsupported, dims, int_arg,
@@ -227,3 +230,56 @@ def _join(lx, node, a):
         values = [lx.emit("reshape", [v], {"shape": shape}, node)[0] for v in values]
     value, = lx.emit("concat", values, {"axis": step}, node)
     return lx.new_act(value, layout, post_of(parts))
+
+
+# -- a learned mix over time steps (the parallel spiking neurons, PSN) ------------------------
+
+def time_rows(lx, node, x: Act):
+    """x_seq.flatten(1) or x_seq.view(T, -1) of a [T, B, ...] activation: a [T, B*...]
+    matrix whose rows are the steps, which only a matrix product over time may read
+    (`_mm`); `h.view(x_seq.shape)` turns its result back into an activation."""
+    shape = dims(node.args[0])
+    if x.post or x.layout.roles[:2] != (T, axes.B) or shape[0] != lx.steps:
+        return None
+    return Marker("time_rows", (x, shape, node.args[0].meta["val"]))
+
+
+def _time_mix_bias(array, steps: int):
+    """addmm's bias as one value per step: [T, 1], [1, 1], [1] or a scalar."""
+    if array.ndim == 2 and array.shape[1] == 1 and array.shape[0] in (1, steps):
+        return np.broadcast_to(array[:, 0], (steps,)).astype(np.float32)
+    if array.size == 1:
+        return np.full(steps, array.reshape(()), np.float32)
+    raise Unsupported(f"adds a bias of shape {list(array.shape)} to a mix over time; snnc "
+                      f"lifts one bias per step ([T, 1] with T={steps}) or a scalar")
+
+
+@rule("aten.addmm.default", "aten.mm.default", ir="time_mix, linear",
+      note="w @ x_seq.flatten(1) (+ b), w [T, T]: a learned mix over time (PSN); "
+      "x @ w (+ b) with a constant w: linear")
+def _mm(lx, node, a):
+    left, right = a.get("mat1", a.get("self")), a["mat2"]
+    bias = lx.const(a["self"]) if "mat1" in a else None
+    if a.get("beta", 1) != 1 or a.get("alpha", 1) != 1:
+        raise Unsupported("scales its operands (beta or alpha other than 1)")
+    bias = None if bias is None else np.asarray(lx.builder.constants[bias], np.float32)
+    rows = lx.env.get(right) if isinstance(right, torch.fx.Node) else None
+    if isinstance(rows, Marker) and rows.kind == "time_rows":
+        x, shape, like = rows.payload
+        w = np.asarray(lx.builder.constants[lx.const(left)], np.float32)
+        if w.shape != (lx.steps, lx.steps):
+            raise Unsupported(f"mixes the {lx.steps} timesteps with a {list(w.shape)} weight; "
+                              f"a mix over time needs [T, T] = [{lx.steps}, {lx.steps}]")
+        b = np.zeros(lx.steps, np.float32) if bias is None else _time_mix_bias(bias, lx.steps)
+        value, = lx.emit("time_mix", [x.value, lx.constant(w, f"{node.name}.weight"),
+                                      lx.constant(b, f"{node.name}.bias")], {}, node)
+        return Marker("time_rows", (lx.new_act(value, x.layout), shape, like))
+    x, w = lx.act(left), np.asarray(lx.builder.constants[lx.const(right)], np.float32)
+    if bias is not None and bias.size not in (1, w.shape[1]):
+        raise Unsupported(f"adds a bias of shape {list(bias.shape)} to {w.shape[1]} outputs")
+    ins = [x.value, lx.constant(np.ascontiguousarray(w.T), f"{node.name}.weight")]
+    if bias is not None:
+        ins.append(lx.constant(np.broadcast_to(bias.reshape(-1), (w.shape[1],)).copy(),
+                               f"{node.name}.bias"))
+    value, = lx.emit("linear", ins, {}, node)
+    return lx.new_act(value, x.layout, x.post)

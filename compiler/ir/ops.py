@@ -562,7 +562,25 @@ def _time_reduce_eval(args, attrs):
     return [reduce(args[0], axis=0, dtype=F32)]
 
 
+def _time_mix_infer(types, attrs):
+    (dx, sx), (_, sw), (_, sb) = types
+    if len(sw) != 2 or sw[0] != sw[1] or tuple(sb) != (sw[0],):
+        raise ShapeError(f"time_mix needs a [T, T] weight and a [T] bias, got {sw} and {sb}")
+    return [(dx, sx)]
+
+
+def _time_mix_eval(args, attrs):
+    """On the T step values stacked on a leading axis: h[t] = sum_s w[t, s] x[s] + b[t], the
+    products summed in float32 as torch.addmm does (one matrix product)."""
+    x, w, b = args
+    flat = x.reshape(x.shape[0], -1)
+    h = (w.astype(F32) @ flat + b.astype(F32)[:, None]).astype(F32)
+    return [h.reshape(x.shape)]
+
+
 _INT_LIST = (list, tuple)
+# Ops evaluated on the T step values of their first input stacked (not one step at a time).
+OVER_TIME = ("time_reduce", "time_mix")
 _add = _binary(lambda a, b: (a + b).astype(F32))
 _sub = _binary(lambda a, b: (a - b).astype(F32))
 _mul = _binary(lambda a, b: (a * b).astype(F32))
@@ -612,6 +630,10 @@ OPS: dict[str, OpDef] = {
         # its head). Its output and everything computed from it exist once, after the last
         # step; evaluated on the T step values stacked on a leading axis.
         OpDef("time_reduce", {"mode": str}, _time_reduce_infer, _time_reduce_eval, (1, 1)),
+        # time_mix(x, w: [T, T], b: [T]): step t's value is sum_s w[t, s] x(step s) + b[t], a
+        # learned mix over all T steps (the parallel spiking neuron, PSN); evaluated on the
+        # T step values stacked, like time_reduce, and unrolled as one matrix product.
+        OpDef("time_mix", {}, _time_mix_infer, _time_mix_eval, (3, 3)),
         # Weights from per-output-channel quantization codes (scheme "uniform" or "pot").
         OpDef("dequantize", {"scheme": str, "bits": int}, _dequantize_infer, dequantize_eval,
               (2, 2)),

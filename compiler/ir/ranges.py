@@ -146,7 +146,7 @@ def _infer(node: Node, ranges, values) -> list[Range]:
             values[node.outputs[0]] = w
             return [_of_array(w)]
         return [UNKNOWN]
-    if op in ("conv", "linear"):
+    if op in ("conv", "linear", "time_mix"):
         weights = values.get(node.inputs[1])
         bias = values.get(node.inputs[2]) if len(node.inputs) == 3 else None
         if weights is None or (len(node.inputs) == 3 and bias is None):

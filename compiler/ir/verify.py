@@ -82,8 +82,8 @@ def verify(graph: Graph, stage: str) -> None:
     if graph.time is None:
         if graph.states:
             fail("a graph without a time spec cannot carry state")
-        if any(n.op == "time_reduce" for n in graph.nodes):
-            fail("a graph without a time spec cannot reduce over time")
+        if any(n.op in ("time_reduce", "time_mix") for n in graph.nodes):
+            fail("a graph without a time spec cannot reduce or mix over time")
     else:
         if len(graph.time.inputs) != len(graph.inputs):
             fail("time spec and graph disagree on the number of inputs")
@@ -91,3 +91,41 @@ def verify(graph: Graph, stage: str) -> None:
             fail("time spec and graph disagree on the number of outputs")
         if graph.time.steps < 1:
             fail(f"time steps must be >= 1, got {graph.time.steps}")
+        _check_time_mix(graph, fail)
+
+
+
+def _check_time_mix(graph: Graph, fail) -> None:
+    """A time_mix node mixes all T steps: its weight is [T, T], and its input may not depend
+    on a state whose next value depends on its output (step t would need steps after t)."""
+    for node in graph.nodes:
+        if node.op != "time_mix":
+            continue
+        shape = node.inputs[1].shape
+        if tuple(shape) != (graph.time.steps,) * 2:
+            fail(f"time_mix weight {shape} does not fit {graph.time.steps} steps", node)
+        after = _reached(graph, set(node.outputs))
+        before = _ancestors(graph, node.inputs[0])
+        for state in graph.states:
+            if state.write in after and state.read in before:
+                fail(f"state {state.name} goes through a time_mix and back (a recurrence "
+                     "over all steps)", node)
+
+
+def _reached(graph: Graph, values: set) -> set:
+    for node in graph.nodes:
+        if any(v in values for v in node.inputs):
+            values.update(node.outputs)
+    return values
+
+
+def _ancestors(graph: Graph, value) -> set:
+    producers = graph.producers()
+    found, todo = set(), [value]
+    while todo:
+        v = todo.pop()
+        if v not in found:
+            found.add(v)
+            if v in producers:
+                todo.extend(producers[v].inputs)
+    return found
