@@ -36,6 +36,10 @@ BATCH = 4
 NOT_YET = {
     "sglformer": "window partition into the batch axis ([T, B*4, C, H/2, W/2]), then "
                  "flatten(0, 1): the axis tracker has no batch axis carrying feature factors",
+    "tp_sdt": "TP-Spikformer's token pruning: each block scores its tokens over all T steps "
+              "(x[1:] - x[:-1], a time slice; x.mean(0) fed back), which a one-step-at-a-time "
+              "network cannot see, then runs attention on the top-k (topk, gather, scatter: "
+              "no lowering), with cosine_similarity and .to(device) (no lowering) on the way",
 }
 
 
