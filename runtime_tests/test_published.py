@@ -36,6 +36,16 @@ BATCH = 4
 NOT_YET = {
     "sglformer": "window partition into the batch axis ([T, B*4, C, H/2, W/2]), then "
                  "flatten(0, 1): the axis tracker has no batch axis carrying feature factors",
+    "tp_sdt": "TP-Spikformer's token pruning: each block scores its tokens over all T steps "
+              "(x[1:] - x[:-1], a time slice; x.mean(0) fed back), which a one-step-at-a-time "
+              "network cannot see, then runs attention on the top-k (topk, gather, scatter: "
+              "no lowering), with cosine_similarity and .to(device) (no lowering) on the way",
+    "statten": "attention over chunks of 2 time steps: q.view(T // 2, 2, B, ...) splits the "
+               "time axis, and each step's attention reads the other step's keys and values, "
+               "which a one-step-at-a-time network cannot",
+    "statten_chunk1": "view [T, B, h, N, d] -> [T, 1, B, h, N, d], then permute(0, 2, 3, 1, 4, 5): "
+                      "at the batch-1 export the axis tracker takes the inserted unit axis for "
+                      "the batch, so the permute 'moves the batch axis'",
 }
 
 
