@@ -19,7 +19,7 @@ import zoo
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
-from snnc import UnsupportedOpError
+from snnc import SnncError, UnsupportedOpError
 from snnc.frontend import rules
 from snnc.frontend.lift import _prepared as prepared
 from snnc.frontend.lift import lift
@@ -457,6 +457,32 @@ def test_refusals_say_what_to_change():
         "[T, B, F]: snnc runs the network one timestep at a time" in text
     assert re.search(r"aten\.sin\.default: has no snnc lowering \(docs/ops.md", text)
     assert "test_rules.py:" in text  # the user's line
+
+
+class _MergedIntoNeuron(nn.Module):
+    """The QKFormer authors' bug: a multi-step neuron given a conv's [T*B, ...] output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.sn, self.sn2 = neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        tb = x.unsqueeze(0).repeat(T, 1, 1, 1, 1).flatten(0, 1)
+        y = self.sn(self.conv(tb))  # [T*B, C, H, W] into a multi-step neuron
+        return self.sn2(self.conv2(y).unflatten(0, (T, -1))).mean(0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_neuron_given_time_and_batch_merged_is_a_model_bug(batch):
+    """At batch 1 the axes show [T*B, ...] reaching the neuron; at batch 3 the two neurons
+    disagree on T (T*B against T). Either way the refusal names the neuron and the fix."""
+    with pytest.raises(SnncError) as error:
+        lift(zoo.export(_MergedIntoNeuron().eval(), (batch, 3, 6, 6)))
+    text = str(error.value)
+    assert "the batch leaks through time, a bug in the model" in text, text
+    assert "x.unflatten(0, (T, -1))" in text and "sn (LIFNode)" in text, text
 
 
 def test_malformed_arguments_are_refused_cleanly():

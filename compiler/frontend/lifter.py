@@ -39,6 +39,15 @@ _LIBRARY_FRAMES = (f"{os.sep}torch{os.sep}", os.path.join("spikingjelly", "_ops"
                    os.path.join("activation_based", "layer"))
 
 
+# A multi-step neuron given [T*B, ...]: a bug in the model (QKFormer's code has it).
+BATCH_LEAK = ("a multi-step neuron reads axis 0 of its input as time; given [T*B, ...] (time "
+              "and batch merged, e.g. a convolution's output not unflattened) it steps through "
+              "T*B 'timesteps', each sample's membrane carrying into the next sample: the batch "
+              "leaks through time, a bug in the model. Give it [T, B, ...]: "
+              "x.unflatten(0, (T, -1)) before the neuron and flatten(0, 1) after, or wrap the "
+              "layers before it in layer.SeqToANNContainer")
+
+
 class Unsupported(Exception):
     """A use of an op snnc cannot lift; the message says what to change."""
 
@@ -264,6 +273,8 @@ def _time_form(graph: torch.fx.Graph, regions, inputs=None) -> tuple[bool, int, 
     paths = [r.module for r in plain]
     explicit = any(_membrane_of(n.args[1]) for n in neurons) or (
         not neurons and not loops and len(set(paths)) < len(paths))
+    if not explicit:
+        _same_steps(neurons)
     steps = 1 if explicit else _time_steps(neurons[0]) if neurons else \
         _region_steps(plain[0], loops[0] if loops else None, _from_inputs(graph, inputs))
     return explicit, steps, loops
@@ -296,6 +307,22 @@ def _region_steps(region, loop, activations=None) -> int:
                 if isinstance(steps, int) and steps >= 1:
                     return steps
     raise BadInputError(f"the neuron {region.where} has no input with a static time axis")
+
+
+def _same_steps(neurons: list[torch.fx.Node]) -> None:
+    """Multi-step neurons all run over the same T; one whose axis 0 is a multiple of the
+    others' (T*B) is given time and batch merged."""
+    sizes = {n: dims(n.args[0])[0] for n in neurons if isinstance(n.args[0], torch.fx.Node)}
+    steps = [s for s in sizes.values() if isinstance(s, int) and s > 1]
+    if not steps:
+        return
+    merged = [n for n, s in sizes.items() if isinstance(s, int) and s > min(steps)
+              and s % min(steps) == 0]
+    if merged:
+        other = next(n for n, s in sizes.items() if s == min(steps))
+        raise BadInputError(
+            f"the neuron {source_of(merged[0])} runs over {sizes[merged[0]]} steps, the "
+            f"neuron {source_of(other)} over {min(steps)}: {BATCH_LEAK}")
 
 
 def _time_steps(neuron: torch.fx.Node) -> int:

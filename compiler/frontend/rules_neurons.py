@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from snnc.frontend.axes import T
-from snnc.frontend.lifter import (Act, Marker, Rules, Unsupported, dims,
+from snnc.frontend.axes import TB, T
+from snnc.frontend.lifter import (BATCH_LEAK, Act, Marker, Rules, Unsupported, dims,
                                   float_arg, op_name, source_of)
 from snnc.ir.graph import State, Value
 
@@ -48,6 +48,8 @@ def _neuron_input(lx, node, a) -> Act:
     x = lx.act(a.get("x"), "neuron input")
     size = dims(node.args[0])[0]
     want = 1 if lx.explicit else lx.steps
+    if not lx.explicit and x.layout.roles[0] == TB:
+        raise Unsupported(BATCH_LEAK)
     if x.post or x.layout.roles[0] != T or size != want:
         raise Unsupported(f"neuron input has axes {x.layout} and {size} steps; it must be "
                           f"[T={want}, B, ...] (step_mode='m'), or one step of a "

@@ -10,8 +10,8 @@ import torch
 
 from snnc.frontend import axes
 from snnc.frontend.axes import Layout, T
-from snnc.frontend.lifter import (NEURON_OPS, Act, Marker, Rules, Unsupported, dims, int_arg,
-                                  ints_arg, op_name, part, post_of, reshaped)
+from snnc.frontend.lifter import (BATCH_LEAK, NEURON_OPS, Act, Marker, Rules, Unsupported,
+                                  dims, int_arg, ints_arg, op_name, part, post_of, reshaped)
 from snnc.ir.graph import BATCH
 
 RULES = Rules()
@@ -67,6 +67,8 @@ def _select(lx, node, a):
     size = dims(node.args[0])[axis]
     index = int_arg(a, "index") % size
     role = x.layout.roles[axis]
+    if role == axes.TB and axis == 0 and index == 0 and not lx.explicit and _starts_neuron(node):
+        raise Unsupported(BATCH_LEAK)  # full_like(x[0]): a neuron's membrane, x is [T*B, ...]
     if role == T:
         if size == 1:
             return lx.new_act(x.value, x.layout.drop(axis), x.post)
@@ -82,6 +84,13 @@ def _select(lx, node, a):
                           "layer.SeqToANNContainer, or write the loop with step_mode='s'")
     return reshaped(lx, node, part(lx, node, x, axis, index, index + 1, size),
                     x.layout.drop(axis))
+
+
+def _starts_neuron(node) -> bool:
+    """x[0] that only fills a neuron's initial membrane (full_like(x[0], v) -> neuron)."""
+    fills = [u for u in node.users if op_name(u) in ("aten.full_like.default",
+                                                     "aten.zeros_like.default")]
+    return bool(fills) and all(op_name(v) in NEURON_OPS for f in fills for v in f.users)
 
 
 def _per_step_loop(node) -> tuple | None:
