@@ -49,6 +49,10 @@ NEURONS = {
     "LIAFNode": (lambda m: neuron.LIAFNode(act=nn.ReLU(), threshold_related=False,
                                            step_mode=m), None, "ms"),  # m: spikes
     "ComplementaryLIFNode": (lambda m: neuron.ComplementaryLIFNode(step_mode=m), "u8", "ms"),
+    # their state starts as a Python float: step 0 reads a number where later steps read v
+    "SimpleIFNode": (lambda m: neuron.SimpleIFNode(step_mode=m), "u8", "ms"),
+    "SimpleLIFNode": (lambda m: neuron.SimpleLIFNode(tau=2.0, decay_input=True, step_mode=m),
+                      "u8", "ms"),
     "OTTTLIFNode": (lambda m: neuron.OTTTLIFNode(step_mode=m), "u8", "s"),
     "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
     # parallel over time: a learned [T, T] mix of the steps (the IR's time_mix), then a

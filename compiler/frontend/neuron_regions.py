@@ -10,7 +10,8 @@ IF/LIF, KLIF, CUBA LIF, ...) export as aten arithmetic inside the neuron module.
   they depend on, consecutive steps must be the same computation (the same ops on the
   matching nodes of their own step, the previous step, or the same outside values), and the
   body of step 0 becomes the one-step IR. A value step t+1 reads from step t is a `State`
-  whose initial value is what step 0 reads in its place (a constant fill). Anything else
+  whose initial value is what step 0 reads in its place (a constant fill, or a Python number
+  step 0 reads where the others read the state: step 0 is rewritten to read a fill). Anything else
   (steps that differ, a state that starts from a non-constant) is refused naming the class.
 
 A region that draws random numbers is refused: such a neuron is nondeterministic.
@@ -161,19 +162,53 @@ def _loop(region: Region) -> Loop | None:
     loop = Loop(sources.pop(), steps, stack)
     loop.skipped = {n for s in steps[1:] for n in s} | {
         n for n in region.nodes if op_name(n) == "aten.unbind.int"}
-    _match_steps(region, loop, dep)
+    try:
+        _match_steps(region, loop, dep)
+    except Unsupported:
+        fixes: list = []
+        try:
+            _match_steps(region, Loop(loop.source, steps, stack), dep, fixes)
+        except Unsupported:
+            fixes = []
+        if not fixes:
+            raise
+        _first_step_as_the_others(region, loop, dep, fixes)
+        loop.inits.clear()
+        loop.carried.clear()
+        _match_steps(region, loop, dep)
     return loop
 
 
-def _match_steps(region: Region, loop: Loop, dep: dict) -> None:
-    """Check that each step is the previous one's computation; record the states."""
+def _first_step_as_the_others(region: Region, loop: Loop, dep: dict, fixes: list) -> None:
+    """Rewrite step 0 to read its states as the later steps do: a state that starts as a
+    Python number (SimpleIFNode's v = 0.0: `v + x` traces as add(x, 0.0) at step 0, as
+    add(v, x) after) becomes a fill full_like(x_seq[0], c), and the operands of a
+    commutative op take the later steps' order. The prepared graph is a copy (prepare.py)."""
+    first = next(n for n in loop.steps[0] if _step_index(n) is not None)
+    for node, kind, k, c in fixes:
+        if kind == "swap":
+            node.args = (node.args[1], node.args[0], *node.args[2:])
+            continue
+        with node.graph.inserting_before(node):
+            fill = node.graph.call_function(torch.ops.aten.full_like.default, (first, c))
+        fill.meta.update(val=first.meta["val"], nn_module_stack=node.meta.get("nn_module_stack"),
+                         stack_trace=node.meta.get("stack_trace"))
+        node.args = (*node.args[:k], fill, *node.args[k + 1:])
+        region.nodes.insert(region.nodes.index(node), fill)
+        dep[fill] = -1
+
+
+def _match_steps(region: Region, loop: Loop, dep: dict, fixes: list | None = None) -> None:
+    """Check that each step is the previous one's computation; record the states. With
+    `fixes`, step 0 may differ from step 1 as _same allows, listing the rewrites."""
     phis = []
     for t in range(len(loop.steps) - 1):
         a, b = loop.steps[t], loop.steps[t + 1]
         phi: dict = {}
         i = 0
         for node in b:  # greedy: the last step may lack nodes whose results nobody reads
-            while i < len(a) and not _same(a[i], node, t, phi, phis, dep, loop):
+            while i < len(a) and not _same(a[i], node, t, phi, phis, dep, loop,
+                                           fixes if t == 0 else None):
                 i += 1
             if i == len(a):
                 raise Unsupported(f"{region.cls}'s steps {t} and {t + 1} compute different "
@@ -189,44 +224,71 @@ def _match_steps(region: Region, loop: Loop, dep: dict) -> None:
             raise Unsupported(f"{region.cls} stacks different results at steps {t}, {t + 1}")
 
 
-def _same(x, y, t, phi, phis, dep, loop) -> bool:
-    """Whether node y of step t+1 computes what node x of step t does."""
+_COMMUTATIVE = ("aten.add.Tensor", "aten.mul.Tensor")
+
+
+def _same(x, y, t, phi, phis, dep, loop, fixes=None) -> bool:
+    """Whether node y of step t+1 computes what node x of step t does. With `fixes` (step
+    0 only), x may also read a number where y reads a state, or a commutative op's operands
+    in the other order: the rewrites that make it so are appended to `fixes`."""
     ix, iy = _step_index(x), _step_index(y)
     if ix is not None or iy is not None:  # x_seq[t] and x_seq[t + 1]
         return ix is not None and iy is not None and ix[0] is iy[0] and \
             (ix[1], iy[1]) == (t, t + 1)
     if x.target != y.target or len(x.args) != len(y.args) or x.kwargs != y.kwargs:
         return False
-    pending = []
-    for k, (p, q) in enumerate(zip(x.args, y.args)):
+    orders = [x.args]
+    if fixes is not None and op_name(x) in _COMMUTATIVE and len(x.args) == 2:
+        orders.append((x.args[1], x.args[0]))
+    for swapped, args in enumerate(orders):
+        found = _same_args(args, y.args, t, phi, phis, dep, fixes is not None)
+        if found is None:
+            continue
+        pending, numbers = found
+        if t == 0:
+            for k, u, v in pending:  # step 0 reads u where step 1 reads v: a state
+                if loop.inits.get(v, u) is not u:
+                    return False
+                loop.inits[v] = u
+                loop.carried[(x, k)] = v
+        if fixes is not None:
+            fixes.extend([(x, "swap", 0, None)] * swapped +
+                         [(x, "fill", k, c) for k, c in numbers])  # k: after the swap
+        return True
+    return False
+
+
+def _same_args(xargs, yargs, t, phi, phis, dep, relaxed: bool):
+    """(states read, numbers standing for a state) if the arguments match, else None."""
+    pending, numbers = [], []
+    for k, (p, q) in enumerate(zip(xargs, yargs)):
         if isinstance(p, (list, tuple)) != isinstance(q, (list, tuple)):
-            return False
+            return None
         pairs = list(zip(p, q)) if isinstance(p, (list, tuple)) else [(p, q)]
         if isinstance(p, (list, tuple)) and len(p) != len(q):
-            return False
+            return None
         for u, v in pairs:
             if not isinstance(u, torch.fx.Node) or not isinstance(v, torch.fx.Node):
+                if relaxed and t == 0 and isinstance(u, (int, float)) and \
+                        not isinstance(u, bool) and isinstance(v, torch.fx.Node) and \
+                        dep.get(v) == 0 and not isinstance(p, (list, tuple)):
+                    numbers.append((k, float(u)))  # a state that starts as a number
+                    continue
                 if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node) or u != v:
-                    return False
+                    return None
                 continue
             du, dv = dep.get(u), dep.get(v)
             if du == t:  # x reads its own step: y reads the matching node of its own
                 if phi.get(u) is not v:
-                    return False
+                    return None
             elif dv == t and (du == t - 1 or (t == 0 and du in (None, -1))):
                 if t == 0:  # step 0 reads u where step 1 reads step 0's v: a state
                     pending.append((k, u, v))
                 elif phis[t - 1].get(u) is not v:
-                    return False
+                    return None
             elif u is not v:
-                return False
-    if t == 0:
-        for k, u, v in pending:  # step 0 reads u where step 1 reads v: a state
-            if loop.inits.get(v, u) is not u:
-                return False
-            loop.inits[v] = u
-            loop.carried[(x, k)] = v
-    return True
+                return None
+    return pending, numbers
 
 
 # -- lifting a loop region -------------------------------------------------------------------

@@ -220,8 +220,12 @@ NEURON_CLASSES = [
      "arithmetic, 2 states", "0/1, uint8"),
     ("GatedLIFNode", "", "PyTorch: a loop over T that also indexes its gates by step",
      "refused: loops over two sequences", ""),
-    ("SimpleIFNode, SimpleLIFNode, RAFNode", "", "PyTorch; the state starts as a Python "
-     "float, so step 0 differs from the others", "m: refused (steps differ)", ""),
+    ("SimpleIFNode", "m, s", _LOOP + "; the state starts as a Python float (step 0 "
+     "rewritten to read it as a fill)", "arithmetic, 1 state", "0/1, uint8"),
+    ("SimpleLIFNode", "m, s", _LOOP + "; as SimpleIFNode", "arithmetic, 1 state",
+     "0/1, uint8"),
+    ("RAFNode", "", "PyTorch; step 0's spike does not depend on the input (it fires on the "
+     "state before the step), so step 0 folds to constants", "refused: its steps differ", ""),
     ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
      "differ", ""),
     ("NonSpikingIFNode, NonSpikingLIFNode", "", "torch.export fails (`x_seq[0].data`)", "", ""),
