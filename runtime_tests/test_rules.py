@@ -485,6 +485,22 @@ def test_a_neuron_given_time_and_batch_merged_is_a_model_bug(batch):
     assert "x.unflatten(0, (T, -1))" in text and "sn (LIFNode)" in text, text
 
 
+def test_an_input_named_input_keeps_its_name():
+    """SNASNet's forward(self, input): copying the graph renames the placeholder `input` (a
+    Python builtin) to `input_1`; the lift matches inputs by position and keeps the name."""
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = tail(lambda m, s: s.mean(0))()
+
+        def forward(self, input):  # noqa: A002 - the name is the point
+            return self.stem(input)
+
+    torch.manual_seed(0)
+    graph = lift(_export(Named().eval(), (1, 3, 6, 6)))
+    assert graph.input_names == ("input",), graph.input_names
+
+
 def test_malformed_arguments_are_refused_cleanly():
     """A hand-edited program (an argument replaced by a wrong number, list, string, another
     node, ...) is lifted or refused with snnc's error, never a raw exception: 800 seeded

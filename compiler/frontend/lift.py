@@ -34,9 +34,9 @@ from snnc.ir.graph import BATCH, Graph, TimeSpec, Value
 
 def lift(program: torch.export.ExportedProgram) -> Graph:
     """The IR graph of an exported SpikingJelly program."""
-    kinds = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
-    graph = _prepared(program, kinds)
-    lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS))
+    graph, kinds = _prepared(program)
+    lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS),
+                {name for name, spec in kinds.items() if spec.kind.name == "USER_INPUT"})
     lx.unsupported.extend(neuron_regions.problems(lx.regions))
     lx.batch = _find_batch(lx, [n for n in graph.nodes if n.op == "placeholder"
                                 and kinds[n.name].kind.name == "USER_INPUT"])
@@ -69,14 +69,15 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
     return lx.builder.build([v for _, v in outputs], spec, lx.input_names, names)
 
 
-def _prepared(program: torch.export.ExportedProgram, kinds: dict) -> torch.fx.Graph:
+def _prepared(program: torch.export.ExportedProgram) -> tuple[torch.fx.Graph, dict]:
     """The program's graph made functional, with ops that have no rule decomposed
-    (prepare.py)."""
+    (prepare.py), and its input specs by placeholder name."""
     try:
         graph = prepare.functional_graph(program)
+        kinds = prepare.input_specs(program, graph)
         constant = {n for n in graph.nodes if n.op == "placeholder" and n.name in kinds
                     and kinds[n.name].kind.name in fold.CONSTANT_KINDS}
-        return prepare.decompose(graph, lambda name: name in rules.RULES, constant)
+        return prepare.decompose(graph, lambda name: name in rules.RULES, constant), kinds
     except prepare.FunctionalizeError as error:
         raise UnsupportedOpError([(f"{op_name(error.node)}: {error}",
                                    str(source_of(error.node)))]) from None
@@ -192,7 +193,7 @@ def _placeholder(lx: Lifter, node: torch.fx.Node, spec) -> None:
     value = Value("f32", layout.step_shape(shape, BATCH), node.name)
     lx.env[node] = lx.new_act(value, layout)
     lx.builder.inputs.append(value)
-    lx.input_names.append(node.name)
+    lx.input_names.append(spec.arg.name)  # the name in the model, not in our copy
     lx.input_modes.append(mode)
 
 

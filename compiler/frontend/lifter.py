@@ -185,9 +185,9 @@ class Lifter(Values):
     """The state of one lift; rules (compiler/rules.py) read their arguments with it."""
 
     def __init__(self, program: torch.export.ExportedProgram, graph: torch.fx.Graph,
-                 regions=()):
+                 regions=(), inputs=None):
         self.regions = list(regions)  # neuron module calls (neuron_regions.find)
-        inputs = set(program.graph_signature.user_inputs)
+        # inputs: the placeholder names of the model's own inputs in `graph`
         self.explicit, steps, loops = _time_form(graph, self.regions, inputs)
         super().__init__(steps)
         self.loop_of = {n: r for r in loops for n in r.nodes}

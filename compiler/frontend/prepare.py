@@ -94,6 +94,14 @@ def functional_graph(program: torch.export.ExportedProgram) -> torch.fx.Graph:
     return graph
 
 
+def input_specs(program: torch.export.ExportedProgram, graph: torch.fx.Graph) -> dict:
+    """The program's input specs by the placeholder names of `graph`, a copy of its graph:
+    matched by position, as the copy may rename them (a forward argument named `input`, a
+    Python builtin, becomes `input_1`)."""
+    ours = [n.name for n in graph.nodes if n.op == "placeholder"]
+    return dict(zip(ours, program.graph_signature.input_specs))
+
+
 def _functionalize(graph: torch.fx.Graph) -> None:
     """Rewrite `graph` in place: every in-place op replaced (module docstring)."""
     f = _Functionalizer(graph)
