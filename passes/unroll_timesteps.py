@@ -25,7 +25,8 @@ where graph order allows, and the nodes reading its results run after it.
 
 A `time_mix` node (a parallel spiking neuron's learned mix over time) is one matrix product
 over the stacked steps: time moved last, `linear` with its [T, T] weight and [T] bias,
-moved back.
+moved back; a bias [T, ...] with feature axes (a per-step constant, GLIF's gates) is added
+after moving back, as a constant [T, 1, ...].
 
 This is valid because no value flows from one step to the next except through a neuron's
 own membrane or a time_mix, so a layer can process all steps once the layer before it has.
@@ -51,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from snnc.ir.graph import BATCH, Graph, Node, Value, batch_factor, times_batch
-from snnc.ir.ops import OPS, neuron_states
+from snnc.ir.ops import OPS, neuron_states, time_mix_bias
 from snnc.options import DEFAULT, Options
 
 
@@ -181,21 +182,28 @@ class _Unroller:
 
     def time_mix(self, node: Node) -> None:
         """h[t] = sum_s w[t, s] x[s] + b[t] as one matrix product over the time axis: the
-        steps stacked [T, N, ...], time moved last, linear(w, b), moved back to [TN, ...]."""
+        steps stacked [T, N, ...], time moved last, linear(w, b), moved back to [TN, ...].
+        A bias [T, ...] with feature axes is added after moving back, as [T, 1, ...]."""
         x, w, b = node.inputs
+        hint = node.outputs[0].hint
         stacked = self.stacked(x, node.source, f"{x.hint}.steps")
         rank = len(stacked.shape)
         last = [*range(1, rank), 0]
         back = [rank - 1, *range(rank - 1)]
         moved, = self.emit("transpose", [stacked], {"perm": last}, node.source,
-                           [f"{node.outputs[0].hint}.time_last"])
-        mixed, = self.emit("linear", [moved, self.invariant[w], self.invariant[b]], {},
-                           node.source, [f"{node.outputs[0].hint}.mixed"])
-        steps, = self.emit("transpose", [mixed], {"perm": back}, node.source,
-                           [f"{node.outputs[0].hint}.steps"])
+                           [f"{hint}.time_last"])
+        per_step = len(b.shape) == 1
+        mixed, = self.emit("linear", [moved, self.invariant[w]] + [self.invariant[b]] * per_step,
+                           {}, node.source, [f"{hint}.mixed"])
+        steps, = self.emit("transpose", [mixed], {"perm": back}, node.source, [f"{hint}.steps"])
+        if not per_step:
+            bias = time_mix_bias(np.asarray(self.graph.constants[b], np.float32), rank - 1)
+            const = Value("f32", bias.shape, f"{b.hint}.steps")
+            self.constants[const] = bias
+            steps, = self.emit("add", [steps, const], {}, node.source, [f"{hint}.biased"])
         flat = _batched_shape(node.outputs[0].shape, self.steps)
         self.batched[node.outputs[0]], = self.emit(
-            "reshape", [steps], {"shape": list(flat)}, node.source, [node.outputs[0].hint])
+            "reshape", [steps], {"shape": list(flat)}, node.source, [hint])
 
     def recurrence(self, nodes: tuple[Node, ...]) -> None:
         """Arithmetic that reads states and computes their next values (a neuron written

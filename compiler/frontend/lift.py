@@ -36,7 +36,9 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
     """The IR graph of an exported SpikingJelly program."""
     kinds = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
     graph = _prepared(program, kinds)
-    lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS))
+    constants = [n for n in graph.nodes if n.op == "placeholder" and n.name in kinds
+                 and kinds[n.name].kind.name in fold.CONSTANT_KINDS]
+    lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS, constants))
     lx.unsupported.extend(neuron_regions.problems(lx.regions))
     lx.batch = _find_batch(lx, [n for n in graph.nodes if n.op == "placeholder"
                                 and kinds[n.name].kind.name == "USER_INPUT"])
