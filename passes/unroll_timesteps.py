@@ -261,21 +261,16 @@ def _recurrences(graph: Graph) -> list[tuple[Node, ...]]:
               if any(u.op not in ("neuron", "neuron_model") for u in users.get(s.read, []))]
     if not states:
         return []
-    forward: set[Node] = set()
-    todo = [u for s in states for u in users.get(s.read, [])]
-    while todo:
-        node = todo.pop()
-        if node not in forward:
-            forward.add(node)
-            todo.extend(u for v in node.outputs for u in users.get(v, []))
-    backward: set[Node] = set()
-    todo = [producers[s.write] for s in states if s.write in producers]
-    while todo:
-        node = todo.pop()
-        if node not in backward:
-            backward.add(node)
-            todo.extend(producers[v] for v in node.inputs if v in producers)
-    core = forward & backward
+    forward = {s: _reach([u for u in users.get(s.read, [])],
+                         lambda n: [u for v in n.outputs for u in users.get(v, [])])
+               for s in states}
+    backward = {s: _reach([producers[s.write]] if s.write in producers else [],
+                          lambda n: [producers[v] for v in n.inputs if v in producers])
+                for s in states}
+    core = set()
+    for cycle in _state_cycles(states, forward, producers):
+        core |= set().union(*(forward[s] for s in cycle)) & \
+            set().union(*(backward[s] for s in cycle))
     group = {n: n for n in core}
 
     def root(n):
@@ -300,6 +295,29 @@ def _recurrences(graph: Graph) -> list[tuple[Node, ...]]:
         if node in core:
             groups.setdefault(root(node), []).append(node)
     return [tuple(g) for g in groups.values()]
+
+
+def _reach(start, step) -> set:
+    found: set = set()
+    todo = list(start)
+    while todo:
+        node = todo.pop()
+        if node not in found:
+            found.add(node)
+            todo.extend(step(node))
+    return found
+
+
+def _state_cycles(states, forward, producers) -> list[list]:
+    """The states in groups that feed each other within a step (a neuron's own states; two
+    neurons in a row are two groups, so the layers between them run on all steps at once)."""
+    feeds = {s: {o for o in states if producers.get(o.write) in forward[s]} for s in states}
+    closure = {s: _reach([s], lambda x: feeds[x]) for s in states}
+    cycles: list[list] = []
+    for s in states:
+        if not any(s in c for c in cycles):
+            cycles.append([o for o in states if o in closure[s] and s in closure[o]])
+    return cycles
 
 
 def _schedule(nodes, groups):
