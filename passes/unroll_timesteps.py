@@ -25,7 +25,8 @@ where graph order allows, and the nodes reading its results run after it.
 
 A `time_mix` node (a parallel spiking neuron's learned mix over time) is one matrix product
 over the stacked steps: time moved last, `linear` with its [T, T] weight and [T] bias,
-moved back.
+moved back; a bias [T, ...] with feature axes (a per-step constant, GLIF's gates) is added
+after moving back, as a constant [T, 1, ...].
 
 This is valid because no value flows from one step to the next except through a neuron's
 own membrane or a time_mix, so a layer can process all steps once the layer before it has.
@@ -51,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from snnc.ir.graph import BATCH, Graph, Node, Value, batch_factor, times_batch
-from snnc.ir.ops import OPS, neuron_states
+from snnc.ir.ops import OPS, neuron_states, time_mix_bias
 from snnc.options import DEFAULT, Options
 
 
@@ -181,21 +182,28 @@ class _Unroller:
 
     def time_mix(self, node: Node) -> None:
         """h[t] = sum_s w[t, s] x[s] + b[t] as one matrix product over the time axis: the
-        steps stacked [T, N, ...], time moved last, linear(w, b), moved back to [TN, ...]."""
+        steps stacked [T, N, ...], time moved last, linear(w, b), moved back to [TN, ...].
+        A bias [T, ...] with feature axes is added after moving back, as [T, 1, ...]."""
         x, w, b = node.inputs
+        hint = node.outputs[0].hint
         stacked = self.stacked(x, node.source, f"{x.hint}.steps")
         rank = len(stacked.shape)
         last = [*range(1, rank), 0]
         back = [rank - 1, *range(rank - 1)]
         moved, = self.emit("transpose", [stacked], {"perm": last}, node.source,
-                           [f"{node.outputs[0].hint}.time_last"])
-        mixed, = self.emit("linear", [moved, self.invariant[w], self.invariant[b]], {},
-                           node.source, [f"{node.outputs[0].hint}.mixed"])
-        steps, = self.emit("transpose", [mixed], {"perm": back}, node.source,
-                           [f"{node.outputs[0].hint}.steps"])
+                           [f"{hint}.time_last"])
+        per_step = len(b.shape) == 1
+        mixed, = self.emit("linear", [moved, self.invariant[w]] + [self.invariant[b]] * per_step,
+                           {}, node.source, [f"{hint}.mixed"])
+        steps, = self.emit("transpose", [mixed], {"perm": back}, node.source, [f"{hint}.steps"])
+        if not per_step:
+            bias = time_mix_bias(np.asarray(self.graph.constants[b], np.float32), rank - 1)
+            const = Value("f32", bias.shape, f"{b.hint}.steps")
+            self.constants[const] = bias
+            steps, = self.emit("add", [steps, const], {}, node.source, [f"{hint}.biased"])
         flat = _batched_shape(node.outputs[0].shape, self.steps)
         self.batched[node.outputs[0]], = self.emit(
-            "reshape", [steps], {"shape": list(flat)}, node.source, [node.outputs[0].hint])
+            "reshape", [steps], {"shape": list(flat)}, node.source, [hint])
 
     def recurrence(self, nodes: tuple[Node, ...]) -> None:
         """Arithmetic that reads states and computes their next values (a neuron written
@@ -253,21 +261,16 @@ def _recurrences(graph: Graph) -> list[tuple[Node, ...]]:
               if any(u.op not in ("neuron", "neuron_model") for u in users.get(s.read, []))]
     if not states:
         return []
-    forward: set[Node] = set()
-    todo = [u for s in states for u in users.get(s.read, [])]
-    while todo:
-        node = todo.pop()
-        if node not in forward:
-            forward.add(node)
-            todo.extend(u for v in node.outputs for u in users.get(v, []))
-    backward: set[Node] = set()
-    todo = [producers[s.write] for s in states if s.write in producers]
-    while todo:
-        node = todo.pop()
-        if node not in backward:
-            backward.add(node)
-            todo.extend(producers[v] for v in node.inputs if v in producers)
-    core = forward & backward
+    forward = {s: _reach([u for u in users.get(s.read, [])],
+                         lambda n: [u for v in n.outputs for u in users.get(v, [])])
+               for s in states}
+    backward = {s: _reach([producers[s.write]] if s.write in producers else [],
+                          lambda n: [producers[v] for v in n.inputs if v in producers])
+                for s in states}
+    core = set()
+    for cycle in _state_cycles(states, forward, producers):
+        core |= set().union(*(forward[s] for s in cycle)) & \
+            set().union(*(backward[s] for s in cycle))
     group = {n: n for n in core}
 
     def root(n):
@@ -292,6 +295,29 @@ def _recurrences(graph: Graph) -> list[tuple[Node, ...]]:
         if node in core:
             groups.setdefault(root(node), []).append(node)
     return [tuple(g) for g in groups.values()]
+
+
+def _reach(start, step) -> set:
+    found: set = set()
+    todo = list(start)
+    while todo:
+        node = todo.pop()
+        if node not in found:
+            found.add(node)
+            todo.extend(step(node))
+    return found
+
+
+def _state_cycles(states, forward, producers) -> list[list]:
+    """The states in groups that feed each other within a step (a neuron's own states; two
+    neurons in a row are two groups, so the layers between them run on all steps at once)."""
+    feeds = {s: {o for o in states if producers.get(o.write) in forward[s]} for s in states}
+    closure = {s: _reach([s], lambda x: feeds[x]) for s in states}
+    cycles: list[list] = []
+    for s in states:
+        if not any(s in c for c in cycles):
+            cycles.append([o for o in states if o in closure[s] and s in closure[o]])
+    return cycles
 
 
 def _schedule(nodes, groups):

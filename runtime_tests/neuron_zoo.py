@@ -22,6 +22,31 @@ def _stbif(step_mode):
     return neuron.STBIFNode(q_threshold=torch.tensor(0.5), level=8, step_mode=step_mode)
 
 
+class _Gated(nn.Module):
+    """GatedLIFNode (GLIF, multi-step only), layer-wise (inplane None) or channel-wise. It
+    views its parameters as (1, -1, 1, 1), so it takes [T, B, C, H, W]: a linear layer's
+    [T, B, F] is given to it as [T, B, F, 1, 1], as a user would. Its gates are drawn from
+    torch's seed (SpikingJelly draws alpha, beta, gamma from numpy's) and its conductance
+    differs per step (a constant the re-rolled loop indexes by step)."""
+
+    def __init__(self, inplane=None):
+        super().__init__()
+        self.sn = neuron.GatedLIFNode(T=T, inplane=inplane)
+        with torch.no_grad():
+            for p in (self.sn.alpha, self.sn.beta, self.sn.gamma):
+                p.copy_(0.4 * (torch.rand_like(p) - 0.5))
+            self.sn.conduct.add_(torch.randn_like(self.sn.conduct))
+
+    def forward(self, x):
+        return self.sn(x[..., None, None]).flatten(2) if x.dim() == 3 else self.sn(x)
+
+
+def gated_channel_wise():
+    """A Net factory of channel-wise GLIF: its three layers have 4, 8 and 16 channels."""
+    channels = iter((4, 8, 16))
+    return lambda m: _Gated(next(channels))
+
+
 def _with_step_mode(node, step_mode):
     """CUBALIFNode takes no step_mode argument (it starts single-step)."""
     node.step_mode = step_mode
@@ -59,6 +84,8 @@ NEURONS = {
     # threshold
     "PSN": (lambda m: neuron.PSN(T=T), "u8", "m"),
     "SlidingPSN": (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "u8", "m"),
+    # a loop over T whose steps also read a parameter indexed by the step (conductance)
+    "GatedLIFNode": (lambda m: _Gated(), "u8", "m"),
 }
 
 
@@ -91,12 +118,13 @@ class Net(nn.Module):
         return self.fc2(x).unflatten(0, (T, -1)).mean(0)
 
 
-def build(name: str, step_mode: str, seed: int = 0, bias: float = 0.5, weight: float = 1.5):
-    """The firing net of neuron class `name`: BatchNorm biases `bias` and weights `weight`,
-    statistics calibrated on random inputs with the neurons in eval mode (OTTT and SLTT
-    return their traces too in training mode)."""
+def build(name: str, step_mode: str, seed: int = 0, bias: float = 0.5, weight: float = 1.5,
+          make=None):
+    """The firing net of neuron class `name` (or of the factory `make`): BatchNorm biases
+    `bias` and weights `weight`, statistics calibrated on random inputs with the neurons in
+    eval mode (OTTT and SLTT return their traces too in training mode)."""
     torch.manual_seed(seed)
-    model = Net(NEURONS[name][0], step_mode).eval()
+    model = Net(make or NEURONS[name][0], step_mode).eval()
     for bn in model.modules():
         if isinstance(bn, nn.modules.batchnorm._BatchNorm):
             nn.init.constant_(bn.bias, bias)

@@ -28,7 +28,17 @@ CASES = [(name, mode, q) for name, (_, _, modes) in NZ.NEURONS.items() for mode 
 
 @pytest.mark.parametrize("name,mode,q", CASES, ids=["-".join(c) for c in CASES])
 def test_neuron_class_matches_pytorch(name, mode, q):
-    model = NZ.build(name, mode)
+    _check_matches_pytorch(NZ.build(name, mode), NZ.NEURONS[name][1], q)
+
+
+@pytest.mark.parametrize("q", ["plain", "quant"])
+def test_gated_lif_channel_wise_matches_pytorch(q):
+    """Channel-wise GLIF (inplane=C): its gates, conductance per step and starting membrane
+    are per channel."""
+    _check_matches_pytorch(NZ.build("GatedLIFNode", "m", make=NZ.gated_channel_wise()), "u8", q)
+
+
+def _check_matches_pytorch(model, kind, q):
     if q == "quant":
         model = snnc.quantize(model, zoo.heterogeneous(model))
     program = zoo.export(model, (3, *NZ.SHAPE[1:]))
@@ -49,7 +59,6 @@ def test_neuron_class_matches_pytorch(name, mode, q):
     for layer, spikes in one.spikes.items():
         np.testing.assert_array_equal(spikes[:, 0], onnx.spikes[layer][:, 0])
     np.testing.assert_allclose(one.outputs[0][0], onnx.outputs[0][0], atol=1e-5)
-    kind = NZ.NEURONS[name][1]
     casts = {n.attrs["to"] for n in result.lowered.nodes if n.op == "cast"}
     gemms = sum(n.op == "int_matmul" for n in result.lowered.nodes)
     if q == "quant" and kind in ("u8", "i8"):  # conv2, fc1, fc2 read spikes: integer GEMMs

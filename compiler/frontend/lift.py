@@ -35,7 +35,9 @@ from snnc.ir.graph import BATCH, Graph, TimeSpec, Value
 def lift(program: torch.export.ExportedProgram) -> Graph:
     """The IR graph of an exported SpikingJelly program."""
     graph, kinds = _prepared(program)
-    lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS),
+    constants = [n for n in graph.nodes if n.op == "placeholder" and n.name in kinds
+                 and kinds[n.name].kind.name in fold.CONSTANT_KINDS]
+    lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS, constants),
                 {name for name, spec in kinds.items() if spec.kind.name == "USER_INPUT"})
     lx.unsupported.extend(neuron_regions.problems(lx.regions))
     lx.batch = _find_batch(lx, [n for n in graph.nodes if n.op == "placeholder"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from snnc.frontend import axes
+from snnc.frontend import axes, fold
 from snnc.frontend.lifter import Act, Marker, Unsupported, dims, op_name
 from snnc.ir.graph import State, Value
 
@@ -35,6 +35,8 @@ _RANDOM = ("aten.rand", "aten.randn", "aten.randint", "aten.bernoulli", "aten.no
            "aten.native_dropout")
 _FILLS = ("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default",
           "aten.zeros.default", "aten.full.default")
+# torch.zeros(x_seq.shape[1:]) (GLIF's first spike): a fill of one step's shape
+_SHAPED_FILLS = ("aten.zeros.default", "aten.full.default")
 
 
 # Single-step forms snnc refuses by class: the queue of past inputs flattens the batch into
@@ -70,6 +72,11 @@ class Loop:
     carried: dict = field(default_factory=dict)  # (body node, arg index) -> state key
     inits: dict = field(default_factory=dict)  # state key (a step-0 node) -> init node
     reads: dict = field(default_factory=dict)  # state key -> IR Value
+    constant: set = field(default_factory=set)  # fx nodes computed from constants alone
+    phis: list = field(default_factory=list)  # per step t: step t's node -> step t+1's
+    gates: dict = field(default_factory=dict)  # step-0 per-step constant -> its Act
+    seen: dict = field(default_factory=dict)  # state key -> what the body reads
+    shifted: set = field(default_factory=set)  # state keys started from 0 plus a gate
 
 
 def _owner(node: torch.fx.Node):
@@ -82,9 +89,11 @@ def _owner(node: torch.fx.Node):
     return None
 
 
-def find(graph: torch.fx.Graph, neuron_ops) -> list[Region]:
+def find(graph: torch.fx.Graph, neuron_ops, constants=()) -> list[Region]:
     """The neuron-module calls, in graph order, each checked: its loop found (if it has no
-    registered neuron op), or why it is refused."""
+    registered neuron op), or why it is refused. `constants`: the placeholders that are
+    parameters, buffers or constant tensors."""
+    constant = constant_nodes(graph, constants)
     groups: dict[str, Region] = {}
     for node in graph.nodes:
         owner = _owner(node) if node.op == "call_function" else None
@@ -104,7 +113,7 @@ def find(graph: torch.fx.Graph, neuron_ops) -> list[Region]:
             if region.cls in QUEUED and any(op_name(n) == "aten.stack.default"
                                             for n in region.nodes):
                 raise Unsupported(QUEUED[region.cls])
-            region.loop = None if region.op else _loop(region)
+            region.loop = None if region.op else _loop(region, constant)
         except Unsupported as why:
             region.error = str(why)
     return regions
@@ -133,10 +142,22 @@ def _step_index(node, inside=None) -> tuple | None:
     return None
 
 
-def _loop(region: Region) -> Loop | None:
+def constant_nodes(graph: torch.fx.Graph, constants) -> set:
+    """The nodes computed from the given placeholders (parameters, buffers) alone."""
+    found = set(constants)
+    for node in graph.nodes:
+        if node.op == "call_function" and node.all_input_nodes and \
+                all(n in found for n in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
+def _loop(region: Region, constant=frozenset()) -> Loop | None:
+    """The loop over time of a region, or None. Besides its input x_seq, a step may read a
+    parameter indexed by the step (GLIF's conduct[t]): a constant that differs per step."""
     inside = set(region.nodes)
     index = {n: _step_index(n, inside) for n in region.nodes}
-    sources = {i[0] for i in index.values() if i is not None}
+    sources = {i[0] for i in index.values() if i is not None and i[0] not in constant}
     stacks = [n for n in region.nodes if op_name(n) == "aten.stack.default"
               and (list(n.args[1:2]) or [0])[0] == 0]
     if not sources or not stacks:
@@ -159,7 +180,7 @@ def _loop(region: Region) -> Loop | None:
     steps = [[n for n in region.nodes if dep[n] == t and n is not stack] for t in range(count)]
     if any(not s for s in steps) or max(dep.values()) >= count:
         raise Unsupported(f"{region.cls}'s loop does not make one output per step")
-    loop = Loop(sources.pop(), steps, stack)
+    loop = Loop(sources.pop(), steps, stack, constant=set(constant))
     loop.skipped = {n for s in steps[1:] for n in s} | {
         n for n in region.nodes if op_name(n) == "aten.unbind.int"}
     try:
@@ -167,7 +188,8 @@ def _loop(region: Region) -> Loop | None:
     except Unsupported:
         fixes: list = []
         try:
-            _match_steps(region, Loop(loop.source, steps, stack), dep, fixes)
+            _match_steps(region, Loop(loop.source, steps, stack, constant=loop.constant), dep,
+                         fixes)
         except Unsupported:
             fixes = []
         if not fixes:
@@ -219,6 +241,7 @@ def _match_steps(region: Region, loop: Loop, dep: dict, fixes: list | None = Non
         if t + 1 < len(loop.steps) - 1 and len(phi) != len(a):
             raise Unsupported(f"{region.cls}'s steps {t} and {t + 1} differ in length")
         phis.append(phi)
+        loop.phis = phis
         outs = loop.stack.args[0]
         if phi.get(outs[t]) is not outs[t + 1]:
             raise Unsupported(f"{region.cls} stacks different results at steps {t}, {t + 1}")
@@ -241,7 +264,7 @@ def _same(x, y, t, phi, phis, dep, loop, fixes=None) -> bool:
     if fixes is not None and op_name(x) in _COMMUTATIVE and len(x.args) == 2:
         orders.append((x.args[1], x.args[0]))
     for swapped, args in enumerate(orders):
-        found = _same_args(args, y.args, t, phi, phis, dep, fixes is not None)
+        found = _same_args(args, y.args, t, phi, phis, dep, fixes is not None, loop.constant)
         if found is None:
             continue
         pending, numbers = found
@@ -258,7 +281,7 @@ def _same(x, y, t, phi, phis, dep, loop, fixes=None) -> bool:
     return False
 
 
-def _same_args(xargs, yargs, t, phi, phis, dep, relaxed: bool):
+def _same_args(xargs, yargs, t, phi, phis, dep, relaxed: bool, constant=frozenset()):
     """(states read, numbers standing for a state) if the arguments match, else None."""
     pending, numbers = [], []
     for k, (p, q) in enumerate(zip(xargs, yargs)):
@@ -286,9 +309,32 @@ def _same_args(xargs, yargs, t, phi, phis, dep, relaxed: bool):
                     pending.append((k, u, v))
                 elif phis[t - 1].get(u) is not v:
                     return None
-            elif u is not v:
+            elif u is not v and not _same_constant(u, v, constant):
                 return None
     return pending, numbers
+
+
+def _same_constant(u, v, constant: set) -> bool:
+    """Whether u and v compute the same constant the same way (each step recomputing
+    `1 - alpha * (1 - tau)` from the parameters)."""
+    if u is v:
+        return True
+    if not isinstance(u, torch.fx.Node) or not isinstance(v, torch.fx.Node):
+        return not isinstance(u, torch.fx.Node) and not isinstance(v, torch.fx.Node) and u == v
+    if u not in constant or v not in constant or u.op != "call_function" or \
+            u.target != v.target or u.kwargs != v.kwargs or len(u.args) != len(v.args):
+        return False
+    pairs = []
+    for p, q in zip(u.args, v.args):
+        if isinstance(p, (list, tuple)) != isinstance(q, (list, tuple)):
+            return False
+        if isinstance(p, (list, tuple)):
+            if len(p) != len(q):
+                return False
+            pairs.extend(zip(p, q))
+        else:
+            pairs.append((p, q))
+    return all(_same_constant(p, q, constant) for p, q in pairs)
 
 
 # -- lifting a loop region -------------------------------------------------------------------
@@ -304,7 +350,15 @@ def lift_node(lx, region: Region, node: torch.fx.Node, apply) -> object:
     if not isinstance(source, Act) or source.layout.roles[0] != axes.T or \
             dims(loop.source)[0] != lx.steps:
         raise Unsupported(f"{region.cls} loops over a tensor that is not [T={lx.steps}, B, ...]")
-    if _step_index(node, set(region.nodes)) is not None:  # x_seq[0]: the step's input
+    if op_name(node) in _SHAPED_FILLS and tuple(dims(node)) == tuple(dims(loop.source))[1:]:
+        return Marker("init", float(node.args[1]) if len(node.args) > 1 else 0.0)
+    if node in loop.constant and op_name(node) not in _FILLS and fold.fold(lx, node):
+        return lx.env[node]  # a constant (step 0's, for a per-step one: see _gate)
+    indexed = _step_index(node, set(region.nodes))
+    if indexed is not None:  # x_seq[0]: the step's input
+        if indexed[0] is not loop.source:
+            raise Unsupported(f"{region.cls} indexes a constant by the step that snnc "
+                              "cannot evaluate")
         return Act(source.value, source.layout.drop(0))
     saved = {}
     for k, arg in enumerate(node.args):
@@ -314,17 +368,78 @@ def lift_node(lx, region: Region, node: torch.fx.Node, apply) -> object:
         if key is not None:
             saved.setdefault(arg, lx.env.get(arg))
             lx.env[arg] = Act(_read(lx, region, key, source), source.layout.drop(0))
+        elif arg in loop.constant and arg in loop.steps[0]:  # differs per step
+            saved.setdefault(arg, lx.env.get(arg))
+            lx.env[arg] = _gate(lx, region, arg, source)
     try:
         return apply(lx, node)
     finally:
         lx.env.update(saved)
 
 
+def _gate(lx, region: Region, node, source: Act) -> Act:
+    """A constant step 0 computes from a parameter indexed by the step (GLIF's
+    `conduct[t].view(1, -1, 1, 1).sigmoid()`), as the value it has at each step."""
+    loop = region.loop
+    if node not in loop.gates:
+        chain = [node]
+        for phi in loop.phis:
+            chain.append(phi.get(chain[-1]))
+        steps = [_folded(lx, n, loop.constant, region).detach().to(torch.float32).numpy()
+                 for n in chain]
+        loop.gates[node] = _per_step(lx, region, steps, source, node)
+    return loop.gates[node]
+
+
+def _per_step(lx, region: Region, steps: list, source: Act, node) -> Act:
+    """Constants c[t] that differ per step, as one value with the step input's shape: a
+    time_mix of the input with weight 0 and bias [T, ...] (c without the batch axis: it
+    must broadcast against the input's features without changing its shape)."""
+    x, array = source.value, np.stack(steps).astype(np.float32)
+    trail = array.shape[1:]
+    if len(trail) == len(x.shape) and trail[:1] == (1,):
+        trail = trail[1:]  # a leading 1 broadcasts against the batch
+    if len(trail) >= len(x.shape) or \
+            any(d not in (1, e) for d, e in zip(trail[::-1], x.shape[::-1])):
+        raise Unsupported(
+            f"{region.cls} reads a constant of shape {list(array.shape[1:])} that differs per "
+            f"step against its input of shape {list(x.shape)} (one step, N the batch); snnc "
+            "lifts one that broadcasts against the input's features")
+    name = f"{region.module}.{node.name}"
+    value, = lx.emit("time_mix", [x, lx.constant(np.zeros((len(steps),) * 2, np.float32),
+                                                 f"{name}.zero"),
+                                  lx.constant(array.reshape(len(steps), *trail),
+                                              f"{name}.steps")], {}, node)
+    return Act(value, source.layout.drop(0))
+
+
+def _folded(lx, node, constant: set, region: Region):
+    """The torch value of a constant node, evaluated (with what it reads) if not yet."""
+    if node not in lx.tensors:
+        for arg in node.all_input_nodes if node is not None else ():
+            _folded(lx, arg, constant, region)
+        if node is None or node not in constant or not fold.fold(lx, node):
+            raise Unsupported(f"{region.cls} reads a constant that differs per step and "
+                              "that snnc cannot evaluate")
+    return lx.tensors[node]
+
+
 def _read(lx, region: Region, key, source: Act) -> Value:
+    """The value a state holds at the start of a step. One that starts from a constant
+    tensor (GLIF's per-channel `(1 - alpha * (1 - tau)) * 0 - (1 - alpha) * decay`) is a
+    state starting at 0 plus that constant at step 0 only (0 + c = c and v + 0 = v exactly)."""
     loop = region.loop
     if key not in loop.reads:
-        loop.reads[key] = Value("f32", source.value.shape, f"{region.module}.s{len(loop.reads)}")
-    return loop.reads[key]
+        read = Value("f32", source.value.shape, f"{region.module}.s{len(loop.reads)}")
+        loop.reads[key] = loop.seen[key] = read
+        init = lx.env.get(loop.inits[key])
+        if _init(lx, init) is None and isinstance(init, Value) and init in lx.builder.constants:
+            first = np.asarray(lx.builder.constants[init], np.float32)
+            steps = [first] + [np.zeros_like(first)] * (len(loop.steps) - 1)
+            start = _per_step(lx, region, steps, source, loop.inits[key])
+            loop.seen[key], = lx.emit("add", [read, start.value], {}, loop.inits[key])
+            loop.shifted.add(key)
+    return loop.seen[key]
 
 
 def _output(lx, region: Region) -> Act:
@@ -337,7 +452,7 @@ def _output(lx, region: Region) -> Act:
     taken = {s.name for s in lx.builder.states}
     for k, (key, read) in enumerate(loop.reads.items()):
         write = lx.env.get(key)
-        init = _init(lx, lx.env.get(loop.inits[key]))
+        init = 0.0 if key in loop.shifted else _init(lx, lx.env.get(loop.inits[key]))
         if not isinstance(write, Act) or write.value.shape != read.shape:
             raise Unsupported(f"{region.cls} carries a value from step to step that is not "
                               "an activation of its input's shape")
@@ -356,6 +471,6 @@ def _init(lx, got) -> float | None:
         return float(got.payload)
     if isinstance(got, Value) and got in lx.builder.constants:
         array = np.asarray(lx.builder.constants[got])
-        if array.size == 1:
-            return float(array.reshape(()))
+        if array.size and np.all(array == array.reshape(-1)[0]):  # one value everywhere
+            return float(array.reshape(-1)[0])
     return None

@@ -218,8 +218,9 @@ NEURON_CLASSES = [
     ("MaskedPSN", "", "torch.export fails (a data-dependent guard on lambda_)", "", ""),
     ("ComplementaryLIFNode", "m, s", _LOOP + ", sigmoid (a float island)",
      "arithmetic, 2 states", "0/1, uint8"),
-    ("GatedLIFNode", "", "PyTorch: a loop over T that also indexes its gates by step",
-     "refused: loops over two sequences", ""),
+    ("GatedLIFNode", "m", _LOOP + " that also reads its conductance indexed by step "
+     "(SpikingJelly refuses step_mode 's'; it takes [T, B, C, H, W])",
+     "arithmetic, 3 states; per-step constants: `time_mix` (weight 0)", "0/1, uint8"),
     ("SimpleIFNode", "m, s", _LOOP + "; the state starts as a Python float (step 0 "
      "rewritten to read it as a fill)", "arithmetic, 1 state", "0/1, uint8"),
     ("SimpleLIFNode", "m, s", _LOOP + "; as SimpleIFNode", "arithmetic, 1 state",

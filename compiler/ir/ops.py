@@ -564,18 +564,31 @@ def _time_reduce_eval(args, attrs):
 
 def _time_mix_infer(types, attrs):
     (dx, sx), (_, sw), (_, sb) = types
-    if len(sw) != 2 or sw[0] != sw[1] or tuple(sb) != (sw[0],):
-        raise ShapeError(f"time_mix needs a [T, T] weight and a [T] bias, got {sw} and {sb}")
+    if len(sw) != 2 or sw[0] != sw[1] or not sb or sb[0] != sw[0] or \
+            len(sb) > len(sx) or any(d not in (1, e) for d, e in zip(sb[:0:-1], sx[::-1])):
+        raise ShapeError(f"time_mix needs a [T, T] weight and a [T] or [T, ...] bias whose "
+                         f"trailing axes fit a step value {list(sx)} without its batch, got "
+                         f"{list(sw)} and {list(sb)}")
     return [(dx, sx)]
+
+
+def time_mix_bias(b: np.ndarray, rank: int) -> np.ndarray:
+    """A [T, ...] bias of time_mix as an array that broadcasts against the stacked steps
+    [T, N, ...] of a step value of rank `rank`: [T, 1, ..., 1, *trailing axes]."""
+    return b.reshape(b.shape[0], *[1] * (rank - b.ndim + 1), *b.shape[1:])
 
 
 def _time_mix_eval(args, attrs):
     """On the T step values stacked on a leading axis: h[t] = sum_s w[t, s] x[s] + b[t], the
-    products summed in float32 as torch.addmm does (one matrix product)."""
+    products summed in float32 as torch.addmm does (one matrix product). A bias [T, ...]
+    with feature axes (a per-step constant; w may be 0) is added after the product."""
     x, w, b = args
     flat = x.reshape(x.shape[0], -1)
-    h = (w.astype(F32) @ flat + b.astype(F32)[:, None]).astype(F32)
-    return [h.reshape(x.shape)]
+    if b.ndim == 1:
+        h = (w.astype(F32) @ flat + b.astype(F32)[:, None]).astype(F32)
+        return [h.reshape(x.shape)]
+    h = (w.astype(F32) @ flat).astype(F32).reshape(x.shape)
+    return [(h + time_mix_bias(b.astype(F32), x.ndim - 1)).astype(F32)]
 
 
 _INT_LIST = (list, tuple)
@@ -630,9 +643,11 @@ OPS: dict[str, OpDef] = {
         # its head). Its output and everything computed from it exist once, after the last
         # step; evaluated on the T step values stacked on a leading axis.
         OpDef("time_reduce", {"mode": str}, _time_reduce_infer, _time_reduce_eval, (1, 1)),
-        # time_mix(x, w: [T, T], b: [T]): step t's value is sum_s w[t, s] x(step s) + b[t], a
-        # learned mix over all T steps (the parallel spiking neuron, PSN); evaluated on the
-        # T step values stacked, like time_reduce, and unrolled as one matrix product.
+        # time_mix(x, w: [T, T], b: [T] or [T, ...]): step t's value is
+        # sum_s w[t, s] x(step s) + b[t], a learned mix over all T steps (the parallel
+        # spiking neuron, PSN), or with w = 0 and a bias with feature axes a constant that
+        # differs per step (GLIF's gates); evaluated on the T step values stacked, like
+        # time_reduce, and unrolled as one matrix product (plus the bias).
         OpDef("time_mix", {}, _time_mix_infer, _time_mix_eval, (3, 3)),
         # Weights from per-output-channel quantization codes (scheme "uniform" or "pot").
         OpDef("dequantize", {"scheme": str, "bits": int}, _dequantize_infer, dequantize_eval,

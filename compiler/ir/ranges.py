@@ -55,16 +55,22 @@ def _mul(a: Range, b: Range) -> Range:
 
 
 def _layer(x: Range, weights: np.ndarray, bias: np.ndarray | None) -> Range:
-    """Bounds of a conv/linear: per output channel, each weight times the input's extreme
-    that maximises (minimises) the term; zero padding can only add zero terms."""
+    """Bounds of a conv/linear/time_mix: per output channel (step), each weight times the
+    input's extreme that maximises (minimises) the term; zero padding can only add zero
+    terms; the bias per channel (or per step and feature)."""
     w = weights.astype(np.float64).reshape(weights.shape[0], -1)
-    if math.isinf(x.magnitude):
+    if not w.any():  # no term reads the input (a per-step constant): the bias alone
+        terms_hi = terms_lo = np.zeros(w.shape[0])
+        integer = True
+    elif math.isinf(x.magnitude):
         return UNKNOWN
-    terms_hi = np.maximum(np.maximum(w * x.lo, w * x.hi), 0.0).sum(axis=1)
-    terms_lo = np.minimum(np.minimum(w * x.lo, w * x.hi), 0.0).sum(axis=1)
-    integer = x.integer and bool(np.all(np.round(w) == w))
-    if bias is not None:
-        terms_hi, terms_lo = terms_hi + bias, terms_lo + bias
+    else:
+        terms_hi = np.maximum(np.maximum(w * x.lo, w * x.hi), 0.0).sum(axis=1)
+        terms_lo = np.minimum(np.minimum(w * x.lo, w * x.hi), 0.0).sum(axis=1)
+        integer = x.integer and bool(np.all(np.round(w) == w))
+    if bias is not None:  # one per output channel, or per step and feature (time_mix)
+        bias = bias.astype(np.float64).reshape(bias.shape[0], -1)
+        terms_hi, terms_lo = terms_hi[:, None] + bias, terms_lo[:, None] + bias
         integer = integer and bool(np.all(np.round(bias) == bias))
     return Range(float(terms_lo.min()), float(terms_hi.max()), integer)
 
