@@ -16,6 +16,10 @@ zeroes the channel (scale 0) and keeps a_c = 1. A max pool between the BatchNorm
 neuron commutes with the positive per-channel map, so it moves before the bias. The
 membrane (and, in stream mode, the state tensors) are then in units of |a_c|.
 
+A layer is folded only when its integer sums provably stay below 2^24 (float32's exact
+integers, snnc.ir.ranges): otherwise it keeps its real scales and runs in float32 as
+PyTorch runs it (no exactness promised for that layer, none broken).
+
 Requires: a verified one-step graph (before unroll_timesteps or expose_state); the chain dequantize -> conv/linear ->
 [batch_norm] -> [max_pool] -> neuron with constant codes, scales and statistics, each value
 read once; the neuron has a scalar threshold, resets to 0 (hard) or by subtraction (soft)
@@ -52,6 +56,9 @@ from __future__ import annotations
 import numpy as np
 
 from snnc.ir.graph import Graph, Node, Value
+from snnc.ir.ops import dequantize_eval
+from snnc.ir.ranges import FLOAT32_EXACT_BITS, analyze
+from snnc.ir.ranges import _layer as layer_range
 from snnc.options import DEFAULT, Options
 from snnc.quant.weights import pot_shift
 
@@ -80,13 +87,15 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
     def single(value: Value) -> bool:
         return len(users.get(value, [])) == 1 and value not in protected
 
+    ranges = analyze(graph)
+
     replace: dict[Node, list[Node]] = {}
     new_consts = dict(consts)
     for neuron in graph.nodes:
         if not _foldable_neuron(neuron, init):
             continue
         chain = _chain(neuron, producers, single, consts)
-        if chain is not None:
+        if chain is not None and _sums_fit(chain[1], chain[0], consts, ranges):
             dq, layer, bn, pool = chain
             _fold_layer(neuron, dq, layer, bn, pool, consts, new_consts, replace)
             continue
@@ -108,13 +117,29 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
         dq = producers.get(layer.inputs[1]) if layer.op in LAYERS else None
         if layer in replace or dq is None or dq.op != "dequantize" or \
                 not single(layer.inputs[1]) or not all(v in consts for v in dq.inputs) or \
-                (len(layer.inputs) == 3 and layer.inputs[2] not in consts):
+                (len(layer.inputs) == 3 and layer.inputs[2] not in consts) or \
+                not _sums_fit(layer, dq, consts, ranges):
             continue
         _scale_after(dq, layer, consts, new_consts, replace)
     if not replace:
         return graph
     return graph.with_nodes((new for node in graph.nodes for new in replace.get(node, [node])),
                             new_consts)
+
+
+def _sums_fit(layer: Node, dq: Node, consts, ranges) -> bool:
+    """Whether the folded layer's sums of integer codes times its input stay within the
+    integers float32 holds exactly (2^24; ranges.check refuses them otherwise). A layer whose
+    sums could pass that (wide PoT codes over a large fan-in of spike counts) is not folded:
+    it runs as quantized, in float32 with its real weights, as PyTorch computes it."""
+    x = ranges[layer.inputs[0]]
+    if not x.integer:
+        return True  # real-valued sums: no exactness to keep
+    unit = 2.0 ** pot_shift(dq.attrs["bits"]) if dq.attrs["scheme"] == "pot" else 1.0
+    codes = consts[dq.inputs[0]]
+    ones = np.full(codes.shape[0], unit, np.float32)
+    integers = dequantize_eval([codes, ones], dq.attrs)[0].astype(np.float64)
+    return layer_range(x, integers, None).magnitude <= 2.0 ** FLOAT32_EXACT_BITS
 
 
 def _const(new_consts: dict, array: np.ndarray, hint: str) -> Value:

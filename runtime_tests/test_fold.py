@@ -220,3 +220,50 @@ def test_range_check_refuses_overflowing_sums_and_membranes():
     with pytest.raises(ranges.RangeError, match=r"if1: the membrane can reach"):
         ranges.check(small)
     assert ranges.check(small, stream=True)  # stream mode: an IF membrane may sink for ever
+
+
+def test_a_layer_whose_folded_sums_could_leave_float32s_integers_is_not_folded():
+    """PoT-5 weights reach 2^14: over a fan-in of 4096 spikes their integer sums could pass 2^24,
+    which ranges.check refuses. Such a layer keeps its real scale (runs as PyTorch runs it, in
+    float32) instead of being folded into an unexact integer sum; a narrow one is folded."""
+    import sys
+    import pathlib
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import torch
+    import zoo
+    from spikingjelly.activation_based import neuron
+    from torch import nn
+
+    import snnc
+    from snnc.check import parity as H
+    from snnc.driver import compile_program
+    from snnc.options import Options
+
+    class Wide(nn.Module):
+        def __init__(self, fan_in):
+            super().__init__()
+            self.fc0, self.sn0 = nn.Linear(8, fan_in), neuron.IFNode(step_mode="m")
+            self.fc1, self.sn1 = nn.Linear(fan_in, 6), neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            s = self.sn0(self.fc0(x.unsqueeze(0).repeat(2, 1, 1)))
+            return self.sn1(self.fc1(s)).mean(0)
+
+    for fan_in, folded in ((64, True), (4096, False)):
+        torch.manual_seed(0)
+        model = Wide(fan_in).eval()
+        nn.init.constant_(model.fc0.bias, 0.6)
+        nn.init.uniform_(model.fc1.weight, -1.0 / fan_in, 3.0 / fan_in)
+        nn.init.constant_(model.fc1.bias, 1.2)
+        model = snnc.quantize(model, {"fc0": {"scheme": "uniform", "bits": 8},
+                                      "fc1": {"scheme": "pot", "bits": 5}})
+        result = compile_program(zoo.export(model, (1, 8)), Options(debug_outputs=True))
+        neurons = [n for n in result.lowered.nodes if n.op == "neuron"
+                   and n.source.layer == "sn1"]
+        assert (neurons[0].attrs["threshold"] is None) == folded  # a per-channel threshold
+        x = np.random.default_rng(3).random((3, 8), dtype=np.float32)
+        reference = H.torch_trace(zoo.export(model, (3, 8)), x)
+        got = H.onnx_trace(H.onnx_session(result.data), x)
+        comparison = H.compare(reference, got, H.Comparison(), batch_axis=0, max_flips=2)
+        assert not comparison.problems, comparison.problems
+        assert 0 < reference.outputs[0].mean() < 1  # sn1 fires, not always
