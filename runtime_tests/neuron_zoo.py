@@ -11,7 +11,7 @@ from torch import nn
 
 import zoo
 
-for _op in ("ilif", "eif", "qif", "izhikevich", "stbif"):
+for _op in ("ilif", "eif", "qif", "izhikevich", "stbif", "activation_aware_if"):
     importlib.import_module(f"spikingjelly._ops.{_op}")
 
 T = 3
@@ -66,6 +66,8 @@ NEURONS = {
     "QIFNode": (lambda m: neuron.QIFNode(step_mode=m), "u8", "ms"),
     "IzhikevichNode": (lambda m: neuron.IzhikevichNode(step_mode=m), "u8", "ms"),
     "STBIFNode": (_stbif, "real", "ms"),
+    "ActivationAwareIFNode": (lambda m: neuron.ActivationAwareIFNode(
+        v_offset=0.25, step_mode=m), "u8", "ms"),  # m: registered op; s: PyTorch arithmetic
     # written in plain PyTorch (compiler/frontend/neuron_regions.py)
     "TernaryIFNode": (lambda m: neuron.TernaryIFNode(step_mode=m), "i8", "ms"),
     "TernaryLIFNode": (lambda m: neuron.TernaryLIFNode(step_mode=m), "i8", "ms"),

@@ -28,7 +28,8 @@ from snnc.ir.graph import BATCH, Provenance, Value
 NEURON_STATES = {"sj_lif.forward.default": 1, "sj_if.forward.default": 1,
                  "sj_plif.forward.default": 1, "sj_ilif.forward.default": 1,
                  "sj_eif.forward.default": 1, "sj_qif.forward.default": 1,
-                 "sj_izhikevich.forward.default": 2, "sj_stbif.forward.default": 2}
+                 "sj_izhikevich.forward.default": 2, "sj_stbif.forward.default": 2,
+                 "sj_activation_aware_if.forward.default": 1}
 NEURON_OPS = tuple(NEURON_STATES)
 QUANT_OP = "snnc.fake_quant.default"
 

@@ -104,8 +104,10 @@ class ModelOp:
         """The node's attributes from the op's bound arguments; `scalar(name)` reads a
         parameter (a float, or a one-element tensor)."""
         scalar = scalar or (lambda name: float(a[name]))
+        given = a.get(self.threshold) if self.threshold else None
         return {"model": self.model, "params": [scalar(p) for p in self.params],
-                "threshold": 1.0 if self.threshold is None else float_arg(a, self.threshold),
+                "threshold": 1.0 if self.threshold is None else float_arg(a, self.threshold)
+                if isinstance(given, (int, float)) else scalar(self.threshold),
                 "v_reset": None if self.reset is None or a.get(self.reset) is None
                 else float_arg(a, self.reset)}
 
@@ -120,13 +122,15 @@ MODEL_OPS = {
     "sj_izhikevich.forward.default": ModelOp(
         "izhikevich", ("tau", "rest", "critical", "a0", "a", "b", "tau_w"), "threshold",
         "reset", 5, ("v", "w"), ("IzhikevichNode",)),
+    "sj_activation_aware_if.forward.default": ModelOp(
+        "aaif", ("offset",), "threshold", "reset", 2, classes=("ActivationAwareIFNode",)),
     "sj_stbif.forward.default": ModelOp("stbif", ("q_threshold", "pos_max", "neg_min"), None,
                                         None, 4, ("q", "acc_q"), ("STBIFNode",)),
 }
 
 
 @rule(*MODEL_OPS, ir="neuron_model", note="ILIFNode, EIFNode, QIFNode, IzhikevichNode, "
-      "STBIFNode: see Neurons")
+      "STBIFNode, ActivationAwareIFNode: see Neurons")
 def _neuron_model(lx, node, a):
     spec = MODEL_OPS[op_name(node)]
     x = _neuron_input(lx, node, a)
@@ -230,8 +234,7 @@ NEURON_CLASSES = [
     ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
      "differ", ""),
     ("NonSpikingIFNode, NonSpikingLIFNode", "", "torch.export fails (`x_seq[0].data`)", "", ""),
-    ("ActivationAwareIFNode", "", _OP.format("sj_activation_aware_if"), "refused: no rule "
-     "(per-channel threshold and offset)", ""),
+
     ("Noisy* (NoisyCUBALIFNode, ...)", "", "replays stored noise (is_training=True)",
      "refused when it draws random numbers; not tested", ""),
 ]

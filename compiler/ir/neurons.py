@@ -106,6 +106,15 @@ def _izhikevich(k, x, states, p, threshold, v_reset):
     return spike, [reset(k, h, spike, threshold, v_reset), w_next]
 
 
+def _aaif(k, x, states, p, threshold, v_reset):
+    """ActivationAwareIFNode (_ops/activation_aware_if/cpu.py): h = v + x; a spike where
+    h + offset >= threshold; soft reset by the threshold, or hard."""
+    v, = states
+    h = k.add(v, x)
+    spike = k.ge(k.add(h, k.c(p["offset"])), threshold)
+    return spike, [reset(k, h, spike, threshold, v_reset)]
+
+
 def _stbif(k, x, states, p, threshold, v_reset):
     """STBIFNode (_ops/stbif/cpu.py): q += x / q_threshold; a +1 spike when q >= 1 and the
     count acc is below pos_max, a -1 spike when q < 0 and acc is above neg_min; q and acc
@@ -149,6 +158,8 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           "h >= threshold; hard or soft reset"),
     Model("izhikevich", ("tau", "rest", "critical", "a0", "a", "b", "tau_w"), ("v", "w"),
           _izhikevich, _binary, "h >= threshold; hard or soft reset; recovery w"),
+    Model("aaif", ("offset",), ("v",), _aaif, _binary,
+          "h + offset >= threshold; soft (by the threshold) or hard reset"),
     Model("stbif", ("q_threshold", "pos_max", "neg_min"), ("q", "acc"), _stbif, _signed,
           "+1 at q >= 1, -1 at q < 0 within the count bounds, times q_threshold"),
 ]}
