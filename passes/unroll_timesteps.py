@@ -52,7 +52,8 @@ from __future__ import annotations
 import numpy as np
 
 from snnc.ir.graph import BATCH, Graph, Node, Value, batch_factor, times_batch
-from snnc.ir.ops import OPS, neuron_states, time_mix_bias
+from snnc.ir.ops import OPS, neuron_states
+from snnc.ir.time_ops import time_mix_bias
 from snnc.options import DEFAULT, Options
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from snnc.ir import islands, neurons
+from snnc.ir import islands, neurons, time_ops
 from snnc.ir.shapes import Shape, ShapeError, batch_factor, times_batch
 from snnc.quant import weights
 
@@ -551,49 +551,7 @@ def _clip_eval(args, attrs):
 
 # ----------------------------------------------------------------------------- the table
 
-def _time_reduce_infer(types, attrs):
-    if attrs["mode"] not in ("mean", "sum"):
-        raise ShapeError(f"time_reduce mode must be 'mean' or 'sum', got {attrs['mode']!r}")
-    return [types[0]]
-
-
-def _time_reduce_eval(args, attrs):
-    reduce = np.mean if attrs["mode"] == "mean" else np.sum
-    return [reduce(args[0], axis=0, dtype=F32)]
-
-
-def _time_mix_infer(types, attrs):
-    (dx, sx), (_, sw), (_, sb) = types
-    if len(sw) != 2 or sw[0] != sw[1] or not sb or sb[0] != sw[0] or \
-            len(sb) > len(sx) or any(d not in (1, e) for d, e in zip(sb[:0:-1], sx[::-1])):
-        raise ShapeError(f"time_mix needs a [T, T] weight and a [T] or [T, ...] bias whose "
-                         f"trailing axes fit a step value {list(sx)} without its batch, got "
-                         f"{list(sw)} and {list(sb)}")
-    return [(dx, sx)]
-
-
-def time_mix_bias(b: np.ndarray, rank: int) -> np.ndarray:
-    """A [T, ...] bias of time_mix as an array that broadcasts against the stacked steps
-    [T, N, ...] of a step value of rank `rank`: [T, 1, ..., 1, *trailing axes]."""
-    return b.reshape(b.shape[0], *[1] * (rank - b.ndim + 1), *b.shape[1:])
-
-
-def _time_mix_eval(args, attrs):
-    """On the T step values stacked on a leading axis: h[t] = sum_s w[t, s] x[s] + b[t], the
-    products summed in float32 as torch.addmm does (one matrix product). A bias [T, ...]
-    with feature axes (a per-step constant; w may be 0) is added after the product."""
-    x, w, b = args
-    flat = x.reshape(x.shape[0], -1)
-    if b.ndim == 1:
-        h = (w.astype(F32) @ flat + b.astype(F32)[:, None]).astype(F32)
-        return [h.reshape(x.shape)]
-    h = (w.astype(F32) @ flat).astype(F32).reshape(x.shape)
-    return [(h + time_mix_bias(b.astype(F32), x.ndim - 1)).astype(F32)]
-
-
 _INT_LIST = (list, tuple)
-# Ops evaluated on the T step values of their first input stacked (not one step at a time).
-OVER_TIME = ("time_reduce", "time_mix")
 _add = _binary(lambda a, b: (a + b).astype(F32))
 _sub = _binary(lambda a, b: (a - b).astype(F32))
 _mul = _binary(lambda a, b: (a * b).astype(F32))
@@ -639,16 +597,6 @@ OPS: dict[str, OpDef] = {
         OpDef("pad", {"pads": _INT_LIST, "value": float}, _pad_infer, _pad_eval, (1, 1)),
         OpDef("gather", {"axis": int, "indices": _INT_LIST}, _gather_infer, _gather_eval,
               (1, 1)),
-        # The mean or sum over all timesteps of a step value (a model's `x.mean(0)` before
-        # its head). Its output and everything computed from it exist once, after the last
-        # step; evaluated on the T step values stacked on a leading axis.
-        OpDef("time_reduce", {"mode": str}, _time_reduce_infer, _time_reduce_eval, (1, 1)),
-        # time_mix(x, w: [T, T], b: [T] or [T, ...]): step t's value is
-        # sum_s w[t, s] x(step s) + b[t], a learned mix over all T steps (the parallel
-        # spiking neuron, PSN), or with w = 0 and a bias with feature axes a constant that
-        # differs per step (GLIF's gates); evaluated on the T step values stacked, like
-        # time_reduce, and unrolled as one matrix product (plus the bias).
-        OpDef("time_mix", {}, _time_mix_infer, _time_mix_eval, (3, 3)),
         # Weights from per-output-channel quantization codes (scheme "uniform" or "pot").
         OpDef("dequantize", {"scheme": str, "bits": int}, _dequantize_infer, dequantize_eval,
               (2, 2)),
@@ -707,4 +655,6 @@ OPS: dict[str, OpDef] = {
 # float computations between the spiking layers, defined in snnc.ir.islands. No pass treats
 # their outputs as spikes or integers (snnc.ir.ranges gives them no bounds).
 OPS.update({name: OpDef(name, *spec) for name, spec in islands.SPECS.items()})
+# ops over all timesteps (time_reduce, time_mix), defined in snnc.ir.time_ops
+OPS.update({name: OpDef(name, *spec) for name, spec in time_ops.SPECS.items()})
 FLOAT_ISLANDS = frozenset(islands.SPECS)

@@ -1,0 +1,68 @@
+"""Ops over all timesteps of a one-step graph (numpy only; registered in `ops.OPS`).
+
+Each is evaluated on the T step values of its first input stacked on a leading axis, not one
+step at a time: the interpreter runs what they read for all steps first (interp._stages),
+and unroll_timesteps lowers them over the stacked steps.
+
+- `time_reduce(x) mode="mean"|"sum"`: the mean or sum over all timesteps of a step value (a
+  model's `x.mean(0)` before its head). Its output and everything computed from it exist
+  once, after the last step.
+- `time_mix(x, w: [T, T], b: [T] or [T, ...])`: step t's value is
+  sum_s w[t, s] x(step s) + b[t], a learned mix over all T steps (the parallel spiking
+  neuron, PSN); with w = 0 and b [T, ...] a constant that differs per step (GLIF's
+  conductance). Unrolled as one matrix product over the stacked steps, plus the bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from snnc.ir.shapes import ShapeError
+
+F32 = np.float32
+
+
+def _reduce_infer(types, attrs):
+    if attrs["mode"] not in ("mean", "sum"):
+        raise ShapeError(f"time_reduce mode must be 'mean' or 'sum', got {attrs['mode']!r}")
+    return [types[0]]
+
+
+def _reduce_eval(args, attrs):
+    reduce = np.mean if attrs["mode"] == "mean" else np.sum
+    return [reduce(args[0], axis=0, dtype=F32)]
+
+
+def _mix_infer(types, attrs):
+    (dx, sx), (_, sw), (_, sb) = types
+    if len(sw) != 2 or sw[0] != sw[1] or not sb or sb[0] != sw[0] or \
+            len(sb) > len(sx) or any(d not in (1, e) for d, e in zip(sb[:0:-1], sx[::-1])):
+        raise ShapeError(f"time_mix needs a [T, T] weight and a [T] or [T, ...] bias whose "
+                         f"trailing axes fit a step value {list(sx)} without its batch, got "
+                         f"{list(sw)} and {list(sb)}")
+    return [(dx, sx)]
+
+
+def time_mix_bias(b: np.ndarray, rank: int) -> np.ndarray:
+    """A [T, ...] bias of time_mix as an array that broadcasts against the stacked steps
+    [T, N, ...] of a step value of rank `rank`: [T, 1, ..., 1, *trailing axes]."""
+    return b.reshape(b.shape[0], *[1] * (rank - b.ndim + 1), *b.shape[1:])
+
+
+def _mix_eval(args, attrs):
+    """On the T step values stacked on a leading axis: h[t] = sum_s w[t, s] x[s] + b[t], the
+    products summed in float32 as torch.addmm does (one matrix product). A bias [T, ...]
+    with feature axes (a per-step constant; w may be 0) is added after the product."""
+    x, w, b = args
+    flat = x.reshape(x.shape[0], -1)
+    if b.ndim == 1:
+        h = (w.astype(F32) @ flat + b.astype(F32)[:, None]).astype(F32)
+        return [h.reshape(x.shape)]
+    h = (w.astype(F32) @ flat).astype(F32).reshape(x.shape)
+    return [(h + time_mix_bias(b.astype(F32), x.ndim - 1)).astype(F32)]
+
+
+SPECS = {  # name -> (attribute schema, infer, evaluate, (min, max) inputs)
+    "time_reduce": ({"mode": str}, _reduce_infer, _reduce_eval, (1, 1)),
+    "time_mix": ({}, _mix_infer, _mix_eval, (3, 3)),
+}
