@@ -210,10 +210,9 @@ def _builders() -> dict:
     b["att_ms_resnet18"] = partial(_ms, "att_ms_resnet18")
     b["masnn_dvs128_gesture"] = _masnn
     b["spikformer_cifar10"] = partial(_transformer, "spikformer_cifar10", qkv_bias=0.5)
-    b["spikformer_ti"] = partial(_transformer, "spikformer_ti", qkv_bias=0.5,
-                                 img_size_h=32, img_size_w=32)
-    b["spikformer_s"] = partial(_transformer, "spikformer_s", qkv_bias=0.5,
-                                img_size_h=32, img_size_w=32)
+    # (at qkv bias 0.5 their attention neurons never fire on random images)
+    b["spikformer_ti"] = partial(_transformer, "spikformer_ti", img_size_h=32, img_size_w=32)
+    b["spikformer_s"] = partial(_transformer, "spikformer_s", img_size_h=32, img_size_w=32)
     b["sdt_8_384"] = partial(_transformer, "sdt_8_384", qkv_bias=0.5)
     b["qkformer_10_384"] = partial(_transformer, "qkformer_10_384")
     b["maxformer_10_384"] = partial(_transformer, "maxformer_10_384")
