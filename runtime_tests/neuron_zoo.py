@@ -47,6 +47,11 @@ def gated_channel_wise():
     return lambda m: _Gated(next(channels))
 
 
+def _dhs():
+    from spikingjelly.activation_based.model import spike_dhs
+    return spike_dhs
+
+
 def _with_step_mode(node, step_mode):
     """CUBALIFNode takes no step_mode argument (it starts single-step)."""
     node.step_mode = step_mode
@@ -82,6 +87,10 @@ NEURONS = {
                       "u8", "ms"),
     "OTTTLIFNode": (lambda m: neuron.OTTTLIFNode(step_mode=m), "u8", "s"),
     "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
+    # a neuron of SpikingJelly's model zoo (spike_dhs): LIFNode with the DSpike surrogate
+    # (no op), keeping its mean membrane as an attribute (dead code in the export)
+    "save_v_LIFNode": (lambda m: _with_step_mode(_dhs().get_save_v_SpikingNode(), m), "u8",
+                       "ms"),
     # parallel over time: a learned [T, T] mix of the steps (the IR's time_mix), then a
     # threshold
     "PSN": (lambda m: neuron.PSN(T=T), "u8", "m"),
@@ -153,7 +162,9 @@ def rates(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
     handles = [m.register_forward_hook(lambda mod, i, o, n=name: hook(n, mod, i, o))
                for name, m in model.named_modules()
-               if type(m).__module__.startswith("spikingjelly.activation_based.neuron")]
+               if type(m).__module__.startswith("spikingjelly.activation_based.neuron")
+               or (type(m).__module__.startswith("spikingjelly.")
+                   and type(m).__name__.endswith("Node"))]
     zoo.functional.reset_net(model)
     try:
         with torch.no_grad():

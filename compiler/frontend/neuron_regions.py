@@ -81,10 +81,12 @@ class Loop:
 
 def _owner(node: torch.fx.Node):
     """(key, module path, class name) of the outermost SpikingJelly neuron module that
-    made `node`, or None."""
+    made `node`, or None: a class of spikingjelly.activation_based.neuron, or a `...Node`
+    class elsewhere in SpikingJelly (spike_dhs's save_v_LIFNode subclasses LIFNode)."""
     for key, (path, cls) in (node.meta.get("nn_module_stack") or {}).items():
         name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
-        if name.startswith(NEURON_PACKAGE + "."):
+        if name.startswith(NEURON_PACKAGE + ".") or (  # or a neuron of SpikingJelly's models
+                name.startswith("spikingjelly.") and name.endswith("Node")):
             return key, path, name.rsplit(".", 1)[-1]
     return None
 

@@ -91,6 +91,9 @@ def functional_graph(program: torch.export.ExportedProgram) -> torch.fx.Graph:
     graph.output(out)
     if any(_writes_self(n) for n in graph.nodes if n.op == "call_function"):
         _functionalize(graph)
+    # what no output reads: a value a module keeps for itself (spike_dhs's neuron stores
+    # its mean membrane as an attribute, which torch.export drops but leaves computed)
+    graph.eliminate_dead_code()
     return graph
 
 

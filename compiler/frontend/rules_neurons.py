@@ -229,6 +229,9 @@ NEURON_CLASSES = [
      "rewritten to read it as a fill)", "arithmetic, 1 state", "0/1, uint8"),
     ("SimpleLIFNode", "m, s", _LOOP + "; as SimpleIFNode", "arithmetic, 1 state",
      "0/1, uint8"),
+    ("save_v_LIFNode", "m, s", "(model.spike_dhs) a LIFNode with the DSpike surrogate (no "
+     "op): PyTorch arithmetic; m: a loop over T (re-rolled); the mean membrane it stores "
+     "for itself is dead code", "arithmetic, 1 state", "0/1, uint8"),
     ("RAFNode", "", "PyTorch; step 0's spike does not depend on the input (it fires on the "
      "state before the step), so step 0 folds to constants", "refused: its steps differ", ""),
     ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
