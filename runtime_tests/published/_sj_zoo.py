@@ -135,8 +135,8 @@ def _plif(cls: str, shape, T: int = 2, seed: int = 0):
         channels=16, spiking_neuron=neuron.ParametricLIFNode, init_tau=2.0,
         detach_reset=True, surrogate_function=surrogate.ATan()), T)
     # conv-BN layers fire from make_firing; the Linear layers (no BatchNorm, each followed
-    # by a neuron, the last by the voting layer) get bias 1 or the head stays silent
-    return _fire(make, shape, seed, conv_bias=1.0, last=True)
+    # by a neuron, the last by the voting layer) get bias 1.2 or the head stays silent
+    return _fire(make, shape, seed, conv_bias=1.2, last=True)
 
 
 def _ms(fn: str, T: int = 2, seed: int = 0, **kw):
@@ -166,7 +166,11 @@ def _snas(T: int = 2, seed: int = 0):
     args = types.SimpleNamespace(timestep=T, second_avgpooling=2, dataset="cifar10",
                                  celltype="forward", threshold=1.0, tau=2.0)
     con_mat = torch.tensor([[0, 3, 2, 1], [0, 0, 3, 2], [0, 0, 0, 3], [0, 0, 0, 0]])
-    return _fire(lambda: snas_net.SNASNet(args, con_mat), IMAGE32, seed)
+    model, shape = _fire(lambda: snas_net.SNASNet(args, con_mat), IMAGE32, seed)
+    fc = model.classifier[1]  # no bias, fan-in 32768: silent on sparse spikes unless shifted
+    with torch.no_grad():
+        fc.weight.add_(1.5 / (0.1 * fc.in_features))
+    return model, shape
 
 
 def _dhs(T: int = 2, seed: int = 0):
