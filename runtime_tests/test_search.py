@@ -154,6 +154,31 @@ def test_two_processes_search_as_one(trained, method):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# `snnc ...` in a process that sends itself SIGINT (Ctrl-C) right after the search writes a
+# state for which `when` (a Python expression of `data`, the state) holds: the interrupt
+# lands at the same point however fast the machine is (polling the state file from outside
+# raced a search that finished first).
+_INTERRUPT = """
+import os, signal, sys
+from snnc.quant.search import state as _state
+_save = _state.State.save
+def save(self):
+    _save(self)
+    data = self.data
+    if {when}:
+        os.kill(os.getpid(), signal.SIGINT)
+_state.State.save = save
+sys.argv[0] = "snnc"
+from snnc.cli import main
+main(prog_name="snnc")
+"""
+
+
+def interrupted(when: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _INTERRUPT.format(when=when), *args],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+
+
 def test_ctrl_c_keeps_the_best_and_resume_finishes(trained):
     """SIGINT mid-search: exit 130, the best configuration within the budget so far written
     (atomically), the state kept; --resume then finishes with the configuration an
@@ -164,15 +189,11 @@ def test_ctrl_c_keeps_the_best_and_resume_finishes(trained):
     whole = search(d, "gumbel", *args, out="whole.json")
     assert whole.returncode == 0, whole.stderr
     state = d / "cut.json.state"
-    proc = subprocess.Popen([sys.executable, "-m", "snnc", "search", str(d / "float.pt"),
-                             "--train", str(d / "train.npz"), "--val", str(d / "val.npz"),
-                             "--method", "gumbel", "-o", str(d / "cut.json"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    proc = interrupted('len(data.get("trials", [])) >= 1',  # Ctrl-C after the first trial
+                       "search", str(d / "float.pt"), "--train", str(d / "train.npz"),
+                       "--val", str(d / "val.npz"), "--method", "gumbel", "-o",
+                       str(d / "cut.json"), *args)
+    err = proc.stderr
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err
     done = torch.load(state, weights_only=True)
@@ -201,21 +222,11 @@ def test_ctrl_c_in_fine_tuning_resumes_to_the_same_model(trained):
     whole = search(d, "sensitivity", *args, "--quantized", d / "ft_whole.pt", out="ft_w.json")
     assert whole.returncode == 0, whole.stderr
     state = d / "ft.json.state"
-    proc = subprocess.Popen([sys.executable, "-m", "snnc", "search", str(d / "float.pt"),
-                             "--train", str(d / "train.npz"), "--val", str(d / "val.npz"),
-                             "--method", "sensitivity", "-o", str(d / "ft.json"), "--quantized",
-                             str(d / "ft.pt"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            if torch.load(state, weights_only=True).get("finetune", {}).get("epoch", 0) >= 2:
-                break
-        except Exception:  # not written yet
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    proc = interrupted('data.get("finetune", {}).get("epoch", 0) >= 2',  # mid fine-tuning
+                       "search", str(d / "float.pt"), "--train", str(d / "train.npz"),
+                       "--val", str(d / "val.npz"), "--method", "sensitivity", "-o",
+                       str(d / "ft.json"), "--quantized", str(d / "ft.pt"), *args)
+    err = proc.stderr
     assert proc.returncode == 130, err
     epoch = torch.load(state, weights_only=True)["finetune"]["epoch"]
     assert 2 <= epoch < 12 and not (d / "ft.pt").exists()
