@@ -160,6 +160,8 @@ def test_two_processes_search_as_one(trained, method):
 # raced a search that finished first).
 _INTERRUPT = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when
+# the suite runs in a background job, whose children start with SIGINT ignored
 from snnc.quant.search import state as _state
 _save = _state.State.save
 def save(self):
