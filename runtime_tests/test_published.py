@@ -39,7 +39,7 @@ NOT_YET = {
     "tp_sdt": "TP-Spikformer's token pruning: each block scores its tokens over all T steps "
               "(x[1:] - x[:-1], a time slice; x.mean(0) fed back), which a one-step-at-a-time "
               "network cannot see, then runs attention on the top-k (topk, gather, scatter: "
-              "no lowering), with cosine_similarity and .to(device) (no lowering) on the way",
+              "no lowering), with cosine_similarity (no lowering) on the way",
     "statten": "attention over chunks of 2 time steps: q.view(T // 2, 2, B, ...) splits the "
                "time axis, and each step's attention reads the other step's keys and values, "
                "which a one-step-at-a-time network cannot",

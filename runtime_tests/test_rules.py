@@ -309,6 +309,9 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "normalized_image_at_batch_T": (lambda: Encode(lambda x: (2 * x - 1).unsqueeze(0).repeat(
         T, 1, 1, 1, 1)), (T, 3, 6, 6)),
     # [T*B, C, 1, 1].view(T, B, -1) at batch 1: [T, 1, C] read as [T, B, C] for mean(0)
+    "to_device": (tail(lambda m, s: m.lif(s.to(s.device) * 2.0 + s.to(device=s.device,
+                                                                      dtype=torch.float32))),
+                  (1, 3, 6, 6)),
     "activation_aware_if": (lambda: Stem(Tail(lambda m, s: s.mean(0)),
                                          neuron.ActivationAwareIFNode, v_offset=0.25),
                             (1, 3, 6, 6)),

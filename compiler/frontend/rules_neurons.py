@@ -171,8 +171,9 @@ def _scalar_arg(lx, a, name: str) -> float:
 
 # -- plumbing SpikingJelly's neurons trace around their ops --------------------------------
 
-@rule("aten.to.device", ir="nothing",
-      note="a neuron's parameters moved to its input's device as float32: the same values")
+@rule("aten.to.device", "aten.to.dtype_layout", ir="nothing",
+      note="x.to(device), or a neuron's parameters moved to its input's device, as float32: "
+      "the same values")
 def _to(lx, node, a):
     val = node.meta.get("val")
     if getattr(val, "dtype", None) != torch.float32:
