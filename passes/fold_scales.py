@@ -57,8 +57,7 @@ import numpy as np
 
 from snnc.ir.graph import Graph, Node, Value
 from snnc.ir.ops import dequantize_eval
-from snnc.ir.ranges import FLOAT32_EXACT_BITS, analyze
-from snnc.ir.ranges import _layer as layer_range
+from snnc.ir.ranges import FLOAT32_EXACT_BITS, analyze, layer_bounds
 from snnc.options import DEFAULT, Options
 from snnc.quant.weights import pot_shift
 
@@ -87,7 +86,12 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
     def single(value: Value) -> bool:
         return len(users.get(value, [])) == 1 and value not in protected
 
-    ranges = analyze(graph)
+    ranges: dict = {}  # snnc.ir.ranges of the graph, analysed when a quantized layer needs it
+
+    def fits(layer: Node, dq: Node) -> bool:
+        if not ranges:
+            ranges.update(analyze(graph))
+        return _sums_fit(layer, dq, consts, ranges)
 
     replace: dict[Node, list[Node]] = {}
     new_consts = dict(consts)
@@ -95,7 +99,7 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
         if not _foldable_neuron(neuron, init):
             continue
         chain = _chain(neuron, producers, single, consts)
-        if chain is not None and _sums_fit(chain[1], chain[0], consts, ranges):
+        if chain is not None and fits(chain[1], chain[0]):
             dq, layer, bn, pool = chain
             _fold_layer(neuron, dq, layer, bn, pool, consts, new_consts, replace)
             continue
@@ -118,7 +122,7 @@ def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
         if layer in replace or dq is None or dq.op != "dequantize" or \
                 not single(layer.inputs[1]) or not all(v in consts for v in dq.inputs) or \
                 (len(layer.inputs) == 3 and layer.inputs[2] not in consts) or \
-                not _sums_fit(layer, dq, consts, ranges):
+                not fits(layer, dq):
             continue
         _scale_after(dq, layer, consts, new_consts, replace)
     if not replace:
@@ -139,7 +143,7 @@ def _sums_fit(layer: Node, dq: Node, consts, ranges) -> bool:
     codes = consts[dq.inputs[0]]
     ones = np.full(codes.shape[0], unit, np.float32)
     integers = dequantize_eval([codes, ones], dq.attrs)[0].astype(np.float64)
-    return layer_range(x, integers, None).magnitude <= 2.0 ** FLOAT32_EXACT_BITS
+    return layer_bounds(x, integers, None).magnitude <= 2.0 ** FLOAT32_EXACT_BITS
 
 
 def _const(new_consts: dict, array: np.ndarray, hint: str) -> Value:

@@ -10,6 +10,7 @@ from spikingjelly.activation_based import neuron, surrogate
 from torch import nn
 
 import zoo
+from snnc.frontend.neuron_regions import is_neuron_class
 
 for _op in ("ilif", "eif", "qif", "izhikevich", "stbif", "activation_aware_if"):
     importlib.import_module(f"spikingjelly._ops.{_op}")
@@ -162,9 +163,7 @@ def rates(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
     handles = [m.register_forward_hook(lambda mod, i, o, n=name: hook(n, mod, i, o))
                for name, m in model.named_modules()
-               if type(m).__module__.startswith("spikingjelly.activation_based.neuron")
-               or (type(m).__module__.startswith("spikingjelly.")
-                   and type(m).__name__.endswith("Node"))]
+               if is_neuron_class(f"{type(m).__module__}.{type(m).__qualname__}")]
     zoo.functional.reset_net(model)
     try:
         with torch.no_grad():

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import zoo
+from spikingjelly.activation_based import neuron
+from torch import nn
 
+import snnc
+from snnc.check import parity as H
 from snnc.check.parity import interp_trace
+from snnc.driver import compile_program
 from snnc.ir import ranges
 from snnc.ir.builder import Builder
 from snnc.ir.graph import TimeSpec
 from snnc.ir.interp import run
 from snnc.ir.verify import verify
+from snnc.options import Options
 from snnc.passes import fold_scales, pot_to_shift, unroll_timesteps
 
 RNG = np.random.default_rng(7)
@@ -226,19 +234,6 @@ def test_a_layer_whose_folded_sums_could_leave_float32s_integers_is_not_folded()
     """PoT-5 weights reach 2^14: over a fan-in of 4096 spikes their integer sums could pass 2^24,
     which ranges.check refuses. Such a layer keeps its real scale (runs as PyTorch runs it, in
     float32) instead of being folded into an unexact integer sum; a narrow one is folded."""
-    import sys
-    import pathlib
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import torch
-    import zoo
-    from spikingjelly.activation_based import neuron
-    from torch import nn
-
-    import snnc
-    from snnc.check import parity as H
-    from snnc.driver import compile_program
-    from snnc.options import Options
-
     class Wide(nn.Module):
         def __init__(self, fan_in):
             super().__init__()

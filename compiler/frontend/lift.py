@@ -34,14 +34,13 @@ from snnc.ir.graph import BATCH, Graph, TimeSpec, Value
 
 def lift(program: torch.export.ExportedProgram) -> Graph:
     """The IR graph of an exported SpikingJelly program."""
-    graph, kinds = _prepared(program)
-    constants = [n for n in graph.nodes if n.op == "placeholder" and n.name in kinds
-                 and kinds[n.name].kind.name in fold.CONSTANT_KINDS]
+    graph, kinds, constants = _prepared(program)
+    inputs = [n for n in graph.nodes if n.op == "placeholder"
+              and kinds[n.name].kind.name == "USER_INPUT"]
     lx = Lifter(program, graph, neuron_regions.find(graph, NEURON_OPS, constants),
-                {name for name, spec in kinds.items() if spec.kind.name == "USER_INPUT"})
+                {n.name for n in inputs})
     lx.unsupported.extend(neuron_regions.problems(lx.regions))
-    lx.batch = _find_batch(lx, [n for n in graph.nodes if n.op == "placeholder"
-                                and kinds[n.name].kind.name == "USER_INPUT"])
+    lx.batch = _find_batch(lx, inputs)
     outputs: list[tuple[str, Value]] = []
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -71,15 +70,17 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
     return lx.builder.build([v for _, v in outputs], spec, lx.input_names, names)
 
 
-def _prepared(program: torch.export.ExportedProgram) -> tuple[torch.fx.Graph, dict]:
+def _prepared(program: torch.export.ExportedProgram) -> tuple[torch.fx.Graph, dict, set]:
     """The program's graph made functional, with ops that have no rule decomposed
-    (prepare.py), and its input specs by placeholder name."""
+    (prepare.py), its input specs by placeholder name, and the placeholders that are
+    parameters, buffers or constants."""
     try:
         graph = prepare.functional_graph(program)
         kinds = prepare.input_specs(program, graph)
         constant = {n for n in graph.nodes if n.op == "placeholder" and n.name in kinds
                     and kinds[n.name].kind.name in fold.CONSTANT_KINDS}
-        return prepare.decompose(graph, lambda name: name in rules.RULES, constant), kinds
+        return prepare.decompose(graph, lambda name: name in rules.RULES, constant), kinds, \
+            constant
     except prepare.FunctionalizeError as error:
         raise UnsupportedOpError([(f"{op_name(error.node)}: {error}",
                                    str(source_of(error.node)))]) from None

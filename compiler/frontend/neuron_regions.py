@@ -79,14 +79,20 @@ class Loop:
     shifted: set = field(default_factory=set)  # state keys started from 0 plus a gate
 
 
+def is_neuron_class(name: str) -> bool:
+    """Whether the class of this dotted name is a SpikingJelly neuron: a class of
+    spikingjelly.activation_based.neuron, or a `...Node` class elsewhere in SpikingJelly
+    (spike_dhs's save_v_LIFNode subclasses LIFNode)."""
+    return name.startswith(NEURON_PACKAGE + ".") or (
+        name.startswith("spikingjelly.") and name.endswith("Node"))
+
+
 def _owner(node: torch.fx.Node):
     """(key, module path, class name) of the outermost SpikingJelly neuron module that
-    made `node`, or None: a class of spikingjelly.activation_based.neuron, or a `...Node`
-    class elsewhere in SpikingJelly (spike_dhs's save_v_LIFNode subclasses LIFNode)."""
+    made `node` (is_neuron_class), or None."""
     for key, (path, cls) in (node.meta.get("nn_module_stack") or {}).items():
         name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
-        if name.startswith(NEURON_PACKAGE + ".") or (  # or a neuron of SpikingJelly's models
-                name.startswith("spikingjelly.") and name.endswith("Node")):
+        if is_neuron_class(name):
             return key, path, name.rsplit(".", 1)[-1]
     return None
 
@@ -283,36 +289,45 @@ def _same(x, y, t, phi, phis, dep, loop, fixes=None) -> bool:
     return False
 
 
+def _arg_pairs(xargs, yargs) -> list | None:
+    """(argument index, x's, y's, inside a list) for every pair of corresponding arguments,
+    lists paired element by element; None if their list structure differs."""
+    pairs = []
+    for k, (p, q) in enumerate(zip(xargs, yargs)):
+        listed = isinstance(p, (list, tuple))
+        if listed != isinstance(q, (list, tuple)) or (listed and len(p) != len(q)):
+            return None
+        pairs.extend((k, u, v, listed) for u, v in (zip(p, q) if listed else [(p, q)]))
+    return pairs
+
+
 def _same_args(xargs, yargs, t, phi, phis, dep, relaxed: bool, constant=frozenset()):
     """(states read, numbers standing for a state) if the arguments match, else None."""
+    pairs = _arg_pairs(xargs, yargs)
+    if pairs is None:
+        return None
     pending, numbers = [], []
-    for k, (p, q) in enumerate(zip(xargs, yargs)):
-        if isinstance(p, (list, tuple)) != isinstance(q, (list, tuple)):
-            return None
-        pairs = list(zip(p, q)) if isinstance(p, (list, tuple)) else [(p, q)]
-        if isinstance(p, (list, tuple)) and len(p) != len(q):
-            return None
-        for u, v in pairs:
-            if not isinstance(u, torch.fx.Node) or not isinstance(v, torch.fx.Node):
-                if relaxed and t == 0 and isinstance(u, (int, float)) and \
-                        not isinstance(u, bool) and isinstance(v, torch.fx.Node) and \
-                        dep.get(v) == 0 and not isinstance(p, (list, tuple)):
-                    numbers.append((k, float(u)))  # a state that starts as a number
-                    continue
-                if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node) or u != v:
-                    return None
+    for k, u, v, listed in pairs:
+        if not isinstance(u, torch.fx.Node) or not isinstance(v, torch.fx.Node):
+            if relaxed and t == 0 and isinstance(u, (int, float)) and \
+                    not isinstance(u, bool) and isinstance(v, torch.fx.Node) and \
+                    dep.get(v) == 0 and not listed:
+                numbers.append((k, float(u)))  # a state that starts as a number
                 continue
-            du, dv = dep.get(u), dep.get(v)
-            if du == t:  # x reads its own step: y reads the matching node of its own
-                if phi.get(u) is not v:
-                    return None
-            elif dv == t and (du == t - 1 or (t == 0 and du in (None, -1))):
-                if t == 0:  # step 0 reads u where step 1 reads step 0's v: a state
-                    pending.append((k, u, v))
-                elif phis[t - 1].get(u) is not v:
-                    return None
-            elif u is not v and not _same_constant(u, v, constant):
+            if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node) or u != v:
                 return None
+            continue
+        du, dv = dep.get(u), dep.get(v)
+        if du == t:  # x reads its own step: y reads the matching node of its own
+            if phi.get(u) is not v:
+                return None
+        elif dv == t and (du == t - 1 or (t == 0 and du in (None, -1))):
+            if t == 0:  # step 0 reads u where step 1 reads step 0's v: a state
+                pending.append((k, u, v))
+            elif phis[t - 1].get(u) is not v:
+                return None
+        elif u is not v and not _same_constant(u, v, constant):
+            return None
     return pending, numbers
 
 
@@ -324,19 +339,10 @@ def _same_constant(u, v, constant: set) -> bool:
     if not isinstance(u, torch.fx.Node) or not isinstance(v, torch.fx.Node):
         return not isinstance(u, torch.fx.Node) and not isinstance(v, torch.fx.Node) and u == v
     if u not in constant or v not in constant or u.op != "call_function" or \
-            u.target != v.target or u.kwargs != v.kwargs or len(u.args) != len(v.args):
+            u.target != v.target or u.kwargs != v.kwargs:
         return False
-    pairs = []
-    for p, q in zip(u.args, v.args):
-        if isinstance(p, (list, tuple)) != isinstance(q, (list, tuple)):
-            return False
-        if isinstance(p, (list, tuple)):
-            if len(p) != len(q):
-                return False
-            pairs.extend(zip(p, q))
-        else:
-            pairs.append((p, q))
-    return all(_same_constant(p, q, constant) for p, q in pairs)
+    pairs = _arg_pairs(u.args, v.args) if len(u.args) == len(v.args) else None
+    return pairs is not None and all(_same_constant(p, q, constant) for _, p, q, _ in pairs)
 
 
 # -- lifting a loop region -------------------------------------------------------------------

@@ -16,10 +16,10 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
-from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
-                           rules_select, rules_tensors, rules_time)
 import torch
 
+from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
+                           rules_select, rules_tensors, rules_time)
 from snnc.frontend.lifter import (ELEMENTWISE, Act, Lifter, Marker, Rules, Unsupported, bind,
                                   dims, op_name)
 from snnc.ir.ops import ShapeError

@@ -104,10 +104,8 @@ class ModelOp:
         """The node's attributes from the op's bound arguments; `scalar(name)` reads a
         parameter (a float, or a one-element tensor)."""
         scalar = scalar or (lambda name: float(a[name]))
-        given = a.get(self.threshold) if self.threshold else None
         return {"model": self.model, "params": [scalar(p) for p in self.params],
-                "threshold": 1.0 if self.threshold is None else float_arg(a, self.threshold)
-                if isinstance(given, (int, float)) else scalar(self.threshold),
+                "threshold": 1.0 if self.threshold is None else scalar(self.threshold),
                 "v_reset": None if self.reset is None or a.get(self.reset) is None
                 else float_arg(a, self.reset)}
 
@@ -238,7 +236,6 @@ NEURON_CLASSES = [
     ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
      "differ", ""),
     ("NonSpikingIFNode, NonSpikingLIFNode", "", "torch.export fails (`x_seq[0].data`)", "", ""),
-
     ("Noisy* (NoisyCUBALIFNode, ...)", "", "replays stored noise (is_training=True)",
      "refused when it draws random numbers; not tested", ""),
 ]

@@ -54,7 +54,7 @@ def _mul(a: Range, b: Range) -> Range:
     return Range(min(products, default=0.0), max(products, default=0.0), a.integer and b.integer)
 
 
-def _layer(x: Range, weights: np.ndarray, bias: np.ndarray | None) -> Range:
+def layer_bounds(x: Range, weights: np.ndarray, bias: np.ndarray | None) -> Range:
     """Bounds of a conv/linear/time_mix: per output channel (step), each weight times the
     input's extreme that maximises (minimises) the term; zero padding can only add zero
     terms; the bias per channel (or per step and feature)."""
@@ -157,14 +157,14 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         bias = values.get(node.inputs[2]) if len(node.inputs) == 3 else None
         if weights is None or (len(node.inputs) == 3 and bias is None):
             return [UNKNOWN]
-        return [_layer(ins[0], weights, bias)]
+        return [layer_bounds(ins[0], weights, bias)]
     if op in ("shift_conv", "shift_linear"):
         codes = values.get(node.inputs[1])
         if codes is None:
             return [UNKNOWN]
         sign, exponent = shift_terms(codes, pot_shift(node.attrs["bits"]))
-        return [_layer(ins[0], (sign * np.left_shift(np.int64(1), exponent)).astype(np.float64),
-                       None)]
+        weights = (sign * np.left_shift(np.int64(1), exponent)).astype(np.float64)
+        return [layer_bounds(ins[0], weights, None)]
     if op == "im2col":  # windows of the input, zero padding
         return [Range(min(ins[0].lo, 0.0), max(ins[0].hi, 0.0), ins[0].integer)]
     if op == "int_weights" and all(v in values for v in node.inputs):
@@ -175,7 +175,7 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         w = values.get(node.inputs[1])
         if w is not None and len(node.inputs[1].shape) == 2:  # a layer: per output column
             values[node.outputs[0]] = (ins[0], w)  # for a digits_sum after it
-            return [_layer(ins[0], w.T, None)]
+            return [layer_bounds(ins[0], w.T, None)]
         k = node.inputs[0].shape[-1]
         r = _mul(ins[0], ins[1])
         return [Range(min(r.lo * k, 0.0), max(r.hi * k, 0.0), True)]
@@ -184,7 +184,7 @@ def _infer(node: Node, ranges, values) -> list[Range]:
         if gemm is None:
             return [UNKNOWN]
         x, w = gemm
-        return [_layer(x, recombined(w, node.attrs["count"]).T, None)]
+        return [layer_bounds(x, recombined(w, node.attrs["count"]).T, None)]
     return [UNKNOWN] * len(node.outputs)  # batch_norm, div: real-valued
 
 
@@ -197,7 +197,7 @@ def recombined(matrix: np.ndarray, count: int) -> np.ndarray:
 def digit_sums_bound(x: Range, parts: list[np.ndarray]) -> float:
     """The largest magnitude a layer's GEMM over int8 digits d_k (each [M, ...], least
     significant first) and digits_sum's running sum can reach on x: sum_k 128^k |x @ d_k|."""
-    return sum(_layer(x, d.astype(np.float64), None).magnitude * 128.0 ** k
+    return sum(layer_bounds(x, d.astype(np.float64), None).magnitude * 128.0 ** k
                for k, d in enumerate(parts))
 
 

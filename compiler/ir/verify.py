@@ -94,7 +94,6 @@ def verify(graph: Graph, stage: str) -> None:
         _check_time_mix(graph, fail)
 
 
-
 def _check_time_mix(graph: Graph, fail) -> None:
     """A time_mix node mixes all T steps: its weight is [T, T], and its input may not depend
     on a state whose next value depends on its output (step t would need steps after t)."""
