@@ -57,11 +57,12 @@ def _check_streamable(graph: Graph) -> None:
     """Stream mode returns each step's outputs: a program that reduces over time before
     more layers, or passes membranes itself (a single-step loop in forward), has no such
     step (re-rolling is not done)."""
-    mix = next((n for n in graph.nodes if n.op == "time_mix"), None)
+    mix = next((n for n in graph.nodes if n.op in ("time_mix", "time_stack")), None)
     if mix is not None:
         raise BadInputError(
             f"--timesteps stream: {mix.source or 'a layer'} mixes all T timesteps at once (a "
-            "parallel spiking neuron: step t reads later steps too), so the model cannot run "
+            "parallel spiking neuron or an attention over time: step t reads later steps "
+            "too), so the model cannot run "
             "one step per call; compile it without --timesteps stream (all steps unrolled)")
     if any(n.op == "time_reduce" for n in graph.nodes) or "once" in graph.time.outputs:
         raise BadInputError(

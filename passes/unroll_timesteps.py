@@ -118,6 +118,10 @@ class _Unroller:
                     node.inputs[0], node.attrs["mode"], node.source, node.outputs[0].hint)
             elif node.op == "time_mix":
                 self.time_mix(node)
+            elif node.op == "time_stack":  # like time_reduce: exists once
+                self.invariant[node.outputs[0]] = self.time_stack(node)
+            elif node.op == "time_unstack":
+                self.time_unstack(node)
             elif node.op in ("neuron", "neuron_model"):
                 self.neuron(node)
             elif all(v in self.invariant for v in node.inputs):
@@ -205,6 +209,31 @@ class _Unroller:
         flat = _batched_shape(node.outputs[0].shape, self.steps)
         self.batched[node.outputs[0]], = self.emit(
             "reshape", [steps], {"shape": list(flat)}, node.source, [hint])
+
+    def time_stack(self, node: Node) -> Value:
+        """The stacked steps [T, N, ...], time moved to the node's axis."""
+        x, = node.inputs
+        hint, axis = node.outputs[0].hint, node.attrs["axis"]
+        stacked = self.stacked(x, node.source, f"{hint}.steps" if axis else hint)
+        if axis == 0:
+            return stacked
+        perm = [*range(1, axis + 1), 0, *range(axis + 1, len(stacked.shape))]
+        moved, = self.emit("transpose", [stacked], {"perm": perm}, node.source, [hint])
+        return moved
+
+    def time_unstack(self, node: Node) -> None:
+        """A value that exists once with T on the node's axis, as the steps' value [TN, ...]:
+        that axis moved first, merged with the batch."""
+        y, = node.inputs
+        hint, axis = node.outputs[0].hint, node.attrs["axis"]
+        whole = self.invariant[y]
+        if axis:
+            perm = [axis, *range(axis), *range(axis + 1, len(whole.shape))]
+            whole, = self.emit("transpose", [whole], {"perm": perm}, node.source,
+                               [f"{hint}.time_major"])
+        flat = _batched_shape(node.outputs[0].shape, self.steps)
+        self.batched[node.outputs[0]], = self.emit("reshape", [whole], {"shape": list(flat)},
+                                                   node.source, [hint])
 
     def recurrence(self, nodes: tuple[Node, ...]) -> None:
         """Arithmetic that reads states and computes their next values (a neuron written

@@ -367,20 +367,36 @@ class _Wrong(nn.Module):
 
 
 @pytest.mark.parametrize("fn, why", [
-    (lambda m, s: s.softmax(0), r"softmax over axis 0, the time axis of a tensor with axes "
-                                r"\[T, B, F, F\]: snnc runs the network one timestep at a time"),
     (lambda m, s: s.log_softmax(1), r"log_softmax over axis 1, the batch axis .* would mix "
                                     r"the samples"),
     (lambda m, s: s.flatten(0, 1).softmax(0), r"softmax over axis 0, the time axis"),
     (lambda m, s: m.ln_time(s), r"layer norm over axis 0, the time axis"),
-    (lambda m, s: m.gn(s.transpose(0, 1)), r"group norm expects .* \[B or T\*B, C, \.\.\.\] "
-                                           r"tensor, got axes \[B, T, F, F\]"),
-], ids=["softmax_time", "log_softmax_batch", "softmax_time_x_batch", "layer_norm_time",
-        "group_norm_time_as_channels"])
-def test_normalizing_over_time_or_batch_is_refused(fn, why):
+], ids=["log_softmax_batch", "softmax_time_x_batch", "layer_norm_time"])
+def test_normalizing_over_batch_is_refused(fn, why):
+    """Over the batch it would mix the samples; over time and batch merged ([T*B, ...]) or
+    time with batch (LayerNorm over [T, 1, ...]) too."""
     with pytest.raises(UnsupportedOpError, match=why) as error:
         lift(zoo.export(_Wrong(fn).eval(), (1, 4, 8)))
     assert "test_islands.py:" in str(error.value)  # the user's line
+
+
+@pytest.mark.parametrize("fn", [
+    lambda m, s: s.softmax(0) * 2,
+    lambda m, s: m.gn(s.transpose(0, 1)).transpose(0, 1),
+], ids=["softmax_time", "group_norm_time_as_channels"])
+def test_normalizing_over_time_runs_on_the_whole_run(fn):
+    """A softmax over the steps, or a GroupNorm with the steps as its channels, reads every
+    step: lifted on the stacked steps (time_stack, docs/ir.md), as PyTorch computes it."""
+    model = _Wrong(fn).eval()
+    graph = lift(zoo.export(model, (1, 4, 8)))
+    assert any(n.op == "time_stack" for n in graph.nodes)
+    x = torch.rand(3, 4, 8, generator=torch.Generator().manual_seed(0)) * 4
+    functional.reset_net(model)
+    with torch.no_grad():
+        want = model(x).numpy()
+    functional.reset_net(model)
+    assert np.ptp(want) > 0
+    np.testing.assert_allclose(interp.run(graph, [x.numpy()])[0], want, atol=1e-5)
 
 
 def test_report_lists_float_ops_per_layer():

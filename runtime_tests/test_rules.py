@@ -239,6 +239,31 @@ def _time_mixes(m, s):
         torch.mm(spikes.mean(0).flatten(1), m.lin.weight.t())
 
 
+class OverTheRun(nn.Module):
+    """Layers that read every step, lifted on the whole run (compiler/frontend/stacked.py):
+    SpikingJelly's temporal, channel and spatial attention (a global pool over time and
+    pixels, pointwise conv3d with the steps as channels, mean and max over time and
+    channels), TemporalWiseAttention on [T, B, C, H, W], a linear over the time axis, a
+    delay by one step, a max over time added to every step; and per-step global max pools."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = layer.MultiDimensionalAttention(T=T, C=4, reduction_t=1, reduction_c=2)
+        self.ta = layer.TemporalWiseAttention(T=T, reduction=1, dimension=4)
+        self.mix = nn.Linear(T, T)
+        self.pool2 = nn.AdaptiveMaxPool2d(1)
+        self.pool1 = nn.AdaptiveMaxPool1d(1)
+        self.lif = neuron.LIFNode(step_mode="m")
+
+    def forward(self, s):
+        x = self.attn(s) + self.ta(s) + self.mix(s.movedim(0, -1)).movedim(-1, 0)
+        delayed = torch.nn.functional.pad(s[:-1], (0,) * 8 + (1, 0))  # step t reads t - 1
+        x = x + delayed + s.amax(0) + s
+        flat = s.flatten(0, 1)
+        x = x + (self.pool2(flat) + self.pool1(flat.flatten(2))[..., None]).unflatten(0, (T, -1))
+        return self.lif(2 * x).mean(0)
+
+
 class SingleStepSTBIF(nn.Module):
     """conv-BN-STBIF with the loop over T in forward: STBIF passes its states on through
     aten.to (to float32) and asserts their metadata."""
@@ -258,6 +283,7 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "constant_index_gathers": (tail(_gathers), (1, 3, 6, 6)),
     "einsum_bmm_folded_scale": (tail(_products), (1, 3, 6, 6)),
     "time_mix_addmm_mm": (tail(_time_mixes), (1, 3, 6, 6)),
+    "over_the_run": (lambda: Stem(OverTheRun()), (1, 3, 6, 6)),
     "lif_mean_over_time": (tail(lambda m, s: s.mean(0)), (1, 3, 6, 6)),
     "if_sum_over_time": (lambda: Stem(Tail(lambda m, s: s.sum(0)), neuron.IFNode),
                          (1, 3, 6, 6)),
@@ -453,13 +479,13 @@ def test_refusals_say_what_to_change():
 
         def forward(self, x):
             s = self.sn(x.unsqueeze(0).repeat(T, 1, 1))
-            return torch.softmax(s, 0) + torch.sin(s) + s[:, 0:1].sum()
+            return torch.softmax(s, 1) + torch.sin(s) + s[:, 0:1].sum()
 
     with pytest.raises(UnsupportedOpError) as error:
         lift(zoo.export(Odd().eval(), (1, 4)))
     text = str(error.value)
-    assert "aten.softmax.int: softmax over axis 0, the time axis of a tensor with axes " \
-        "[T, B, F]: snnc runs the network one timestep at a time" in text
+    assert "aten.softmax.int: softmax over axis 1, the batch axis of a tensor with axes " \
+        "[T, B, F]" in text
     assert re.search(r"aten\.sin\.default: has no snnc lowering \(docs/ops.md", text)
     assert "test_rules.py:" in text  # the user's line
 

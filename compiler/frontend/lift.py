@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from snnc.errors import BadInputError, UnsupportedOpError
-from snnc.frontend import axes, fold, neuron_regions, prepare, rules
+from snnc.frontend import axes, fold, neuron_regions, prepare, rules, stacked
 from snnc.frontend.axes import AxisError, Layout
 from snnc.frontend.lifter import (ELEMENTWISE, NEURON_OPS, REPORTED, Act, Lifter, Marker,
                                   Unsupported, axis_args, dims, op_name, source_of)
@@ -57,10 +57,9 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
         elif node in lx.refused:  # a neuron region reported as a whole
             lx.env[node] = REPORTED
         elif node in lx.loop_of:  # a neuron's loop over time, re-rolled
-            _guard(lx, node, op_name(node), neuron_regions.lift_node, lx, lx.loop_of[node],
-                   node, rules.apply)
+            _guard(lx, node, op_name(node), _in_loop, lx, node)
         elif not fold.fold(lx, node):
-            _guard(lx, node, op_name(node), rules.apply, lx, node)
+            _guard(lx, node, op_name(node), rules.apply_over_time, lx, node)
     if lx.unsupported:
         raise UnsupportedOpError(lx.unsupported)
     if not outputs:
@@ -68,6 +67,21 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
     spec = TimeSpec(lx.steps, tuple(lx.input_modes), tuple(m for m, _ in outputs))
     names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
     return lx.builder.build([v for _, v in outputs], spec, lx.input_names, names)
+
+
+def _in_loop(lx: Lifter, node: torch.fx.Node):
+    """A node of a neuron's loop over time, re-rolled; its input cut into steps if it is a
+    whole-run tensor (stacked.py)."""
+    lift = lambda: neuron_regions.lift_node(lx, lx.loop_of[node], node, rules.apply)
+    undo = stacked.undo_point(lx)
+    try:
+        return lift()
+    except (Unsupported, AxisError) as why:
+        undo()
+        lifted = stacked.retry(lx, node, lift, stack=False)
+        if lifted is None:
+            raise why from None
+        return lifted
 
 
 def _prepared(program: torch.export.ExportedProgram) -> tuple[torch.fx.Graph, dict, set]:

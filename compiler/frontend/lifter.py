@@ -199,6 +199,7 @@ class Lifter(Values):
         self.tensors: dict[torch.fx.Node, Any] = {}  # constants as torch values (fold.py)
         self.unsupported: list[tuple[str, str]] = []
         self.reduced: dict[int, Act] = {}  # time_reduce nodes made, by fx node
+        self.views: dict[tuple, Act] = {}  # activations stacked over time and back (stacked.py)
         self.weights: dict[tuple, Value] = {}  # dequantized weights, one per quantized layer
         self.loops: dict = {}  # per-step loops: stack node -> {t: (x_seq[t] node, its uses)}
         self.input_modes: list[str] = []

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 
 from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
-                           rules_select, rules_tensors, rules_time)
+                           rules_select, rules_tensors, rules_time, stacked)
+from snnc.frontend.axes import AxisError
 from snnc.frontend.lifter import (ELEMENTWISE, Act, Lifter, Marker, Rules, Unsupported, bind,
                                   dims, op_name)
 from snnc.ir.ops import ShapeError
@@ -27,6 +28,19 @@ from snnc.ir.ops import ShapeError
 RULES = Rules.union(rules_tensors.RULES, rules_neurons.RULES, rules_time.RULES,
                     rules_layers.RULES, rules_index.RULES, rules_float.RULES,
                     rules_select.RULES)
+
+
+def apply_over_time(lx: Lifter, node):
+    """apply, and if the rule refuses, the op on the whole run (stacked.py)."""
+    undo = stacked.undo_point(lx)
+    try:
+        return apply(lx, node)
+    except (Unsupported, AxisError) as why:
+        undo()
+        lifted = stacked.retry(lx, node, lambda: apply(lx, node))
+        if lifted is None:
+            raise why from None
+        return lifted
 
 
 def apply(lx: Lifter, node):

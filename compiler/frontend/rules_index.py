@@ -121,15 +121,20 @@ def _along(t: np.ndarray, k: int) -> np.ndarray:
 
 def _pads(x: Act, pad: list[int]) -> tuple[list[int], int]:
     """torch's pad list (last axis first, (left, right) pairs) as the IR's [begins, ends]
-    over the last k axes of the step value."""
+    over the last k axes of the step value. Only feature axes may be padded; a time axis
+    padded by 0 is not in the step value, a batch axis padded by 0 is."""
     if len(pad) % 2:
         raise Unsupported(f"pads {pad}: an odd number of values")
-    k = len(pad) // 2
-    for axis in range(x.layout.rank - k, x.layout.rank):
-        x.layout.step_axis(axis)  # only feature axes are padded
-    begins = [pad[2 * (k - 1 - i)] for i in range(k)]
-    ends = [pad[2 * (k - 1 - i) + 1] for i in range(k)]
-    return begins + ends, k
+    begins, ends = [], []
+    for i in range(len(pad) // 2):
+        axis = x.layout.rank - 1 - i
+        left, right = pad[2 * i], pad[2 * i + 1]
+        if left or right or x.layout.roles[axis] == axes.F:
+            x.layout.step_axis(axis)  # only feature axes are padded
+        if x.layout.roles[axis] != axes.T:
+            begins.insert(0, left)
+            ends.insert(0, right)
+    return begins + ends, len(begins)
 
 
 @rule("aten.constant_pad_nd.default", "aten.pad.default", ir="pad, gather",
@@ -151,9 +156,11 @@ def _pad(lx, node, a):
     if mode not in ("reflect", "replicate", "circular"):
         raise Unsupported(f"pads in mode {mode!r}")
     shape = dims(node.args[0])
-    for i in range(k):
-        axis = x.layout.rank - k + i
-        size, left, right = shape[axis], pads[i], pads[k + i]
+    for i in reversed(range(len(pad) // 2)):
+        axis, left, right = x.layout.rank - 1 - i, pad[2 * i], pad[2 * i + 1]
+        if not (left or right):
+            continue
+        size = shape[axis]
         positions = range(-left, size + right)
         if mode == "reflect":
             if max(left, right) >= size:

@@ -9,8 +9,9 @@ import torch
 
 from snnc.frontend import axes
 from snnc.frontend.axes import Layout, T
-from snnc.frontend.lifter import (QUANT_OP, Act, Rules, Unsupported, float_arg, image_input,
-                                  int_arg, ints_arg, op_name, positive, post_of, source_of)
+from snnc.frontend.lifter import (QUANT_OP, Act, Marker, Rules, Unsupported, float_arg,
+                                  image_input, int_arg, ints_arg, op_name, positive, post_of,
+                                  source_of)
 from snnc.ir.ops import OPS
 from snnc.quant import quantize
 
@@ -52,7 +53,7 @@ def _batch_norm(lx, node, a):
 
 
 @rule("aten.max_pool2d.default", "aten.avg_pool2d.default", ir="max_pool, avg_pool",
-      note="no ceil mode; average pooling unpadded")
+      note="ceil mode where it adds no window; average pooling unpadded")
 def _pool(lx, node, a, x: Act | None = None, name: str = ""):
     x = x or lx.act(a.get("self"))
     image_input(x, (4,), "pooling")
@@ -60,7 +61,8 @@ def _pool(lx, node, a, x: Act | None = None, name: str = ""):
     stride = positive(ints_arg(a, "stride", 2), "stride") if a.get("stride") else kernel
     padding = ints_arg(a, "padding", 2)
     if a.get("ceil_mode"):
-        raise Unsupported("ceil_mode=True pooling; use ceil_mode=False")
+        _no_ceil_window(x.value.shape[2:], kernel, stride, padding,
+                        ints_arg(a, "dilation", 2) if "dilation" in a else [1, 1])
     if (name or op_name(node)).startswith("aten.max"):
         if ints_arg(a, "dilation", 2) != [1, 1]:
             raise Unsupported("dilated max pooling")
@@ -72,6 +74,80 @@ def _pool(lx, node, a, x: Act | None = None, name: str = ""):
         op = "avg_pool"
     value, = lx.emit(op, [x.value], {"kernel": kernel, "stride": stride, "padding": padding},
                      node)
+    return lx.new_act(value, x.layout, x.post)
+
+
+def _no_ceil_window(sizes, kernel, stride, padding, dilation) -> None:
+    """ceil_mode=True pools as ceil_mode=False where rounding up adds no window (every size
+    an even fit, as for even sizes in the usual 2x2 stride-2 pool); else refused."""
+    for size, k, s, p, d in zip(sizes, kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        ceil = -(-span // s) + 1
+        if (ceil - 1) * s >= size + p:  # PyTorch: the last window must start inside
+            ceil -= 1
+        if ceil != span // s + 1:
+            raise Unsupported(f"ceil_mode=True pooling adds a partial window here (size "
+                              f"{size}, kernel {k}, stride {s}); use ceil_mode=False, or "
+                              "pad the input to fit the windows")
+
+
+@rule("aten.adaptive_avg_pool3d.default", "aten.adaptive_max_pool1d.default",
+      "aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool3d.default",
+      ir="reduce_mean, reduce_max", note="to size 1 (a global pool over the axes after the "
+      "channels, time among them when the model moved it there: lifted on the whole run)")
+def _global_pool(lx, node, a):
+    x = lx.act(a.get("self"))
+    name = op_name(node)
+    size = ints_arg(a, "output_size", x.layout.rank - 2)
+    if x.layout.rank < 3 or any(d != 1 for d in size):
+        raise Unsupported(f"adaptive pooling to {size}; snnc pools adaptively to 1 here (a "
+                          "global pool), or to any size with adaptive_avg_pool2d")
+    if x.layout.roles[1] != axes.F:
+        raise Unsupported(f"pools a tensor with axes {x.layout}; give it [B, C, ...]")
+    spatial = [x.layout.step_axis(d) for d in range(2, x.layout.rank)]
+    op = "reduce_max" if "max" in name else "reduce_mean"
+    value, = lx.emit(op, [x.value], {"axes": spatial, "keepdims": True}, node)
+    pooled = lx.new_act(value, x.layout, x.post)
+    return [pooled, Marker("none")] if "max" in name else pooled  # (values, indices)
+
+
+@rule("aten.max.dim", "aten.amax.default", ir="reduce_max",
+      note="over feature axes (the values; not the indices)")
+def _max(lx, node, a):
+    x = lx.act(a.get("self"))
+    picked = sorted({x.layout.axis(d) for d in ints_arg(a, "dim")})
+    if not picked:
+        raise Unsupported("takes the max over every axis, batch included; name the axes")
+    keep = bool(a.get("keepdim"))
+    step_axes = [x.layout.step_axis(d) for d in picked]
+    layout = x.layout if keep else Layout(tuple(r for i, r in enumerate(x.layout.roles)
+                                                if i not in picked))
+    value, = lx.emit("reduce_max", [x.value], {"axes": step_axes, "keepdims": keep}, node)
+    out = lx.new_act(value, layout, x.post)
+    return [out, Marker("none")] if op_name(node) == "aten.max.dim" else out
+
+
+@rule("aten.conv3d.default", ir="reshape, conv", note="pointwise (kernel 1, stride 1, no "
+      "padding): a 1x1 conv over the flattened volume")
+def _conv3d(lx, node, a):
+    weight = lx.const(a.get("weight"))
+    x = lx.act(a.get("input"))
+    image_input(x, (5,), "conv3d")
+    if tuple(weight.shape[2:]) != (1, 1, 1) or isinstance(a.get("padding"), str) or \
+            ints_arg(a, "stride", 3) != [1, 1, 1] or any(ints_arg(a, "padding", 3)):
+        raise Unsupported("a conv3d that is not pointwise (kernel 1x1x1, stride 1, no "
+                          "padding); snnc lowers conv3d only as that")
+    n, c, d, h, w = x.value.shape
+    flat, = lx.emit("reshape", [x.value], {"shape": [n, c, d * h, w]}, node)
+    shape = [*weight.shape[:2], 1, 1]
+    kernel = lx.constant(np.asarray(lx.builder.constants[weight]).reshape(shape),
+                         f"{node.name}.weight") if weight in lx.builder.constants else \
+        lx.emit("reshape", [weight], {"shape": shape}, node, f"{node.name}.weight")[0]
+    bias = [lx.const(a["bias"])] if a.get("bias") is not None else []
+    groups = positive([int_arg(a, "groups")], "groups")[0]
+    out, = lx.emit("conv", [flat, kernel, *bias], {"stride": [1, 1], "padding": [0, 0],
+                                                   "dilation": [1, 1], "groups": groups}, node)
+    value, = lx.emit("reshape", [out], {"shape": [n, weight.shape[0], d, h, w]}, node)
     return lx.new_act(value, x.layout, x.post)
 
 

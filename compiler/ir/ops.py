@@ -244,7 +244,9 @@ def _pad_infer(types, attrs):
     for i in range(k):
         axis = len(sx) - k + i
         if not isinstance(sx[axis], int):
-            raise ShapeError("pad on the batch axis")
+            if pads[i] or pads[k + i]:
+                raise ShapeError("pad on the batch axis")
+            continue
         out[axis] = sx[axis] + pads[i] + pads[k + i]
     return [(dx, tuple(out))]
 
@@ -584,6 +586,9 @@ OPS: dict[str, OpDef] = {
         OpDef("reduce_sum", {"axes": _INT_LIST, "keepdims": bool}, _reduce_infer,
               lambda a, at: [a[0].sum(axis=tuple(at["axes"]), keepdims=at["keepdims"],
                                       dtype=F32)], (1, 1)),
+        OpDef("reduce_max", {"axes": _INT_LIST, "keepdims": bool}, _reduce_infer,
+              lambda a, at: [a[0].max(axis=tuple(at["axes"]), keepdims=at["keepdims"])],
+              (1, 1)),
         # Equal parts joined / cut along an axis (time-major batches: N -> TN -> N).
         OpDef("concat", {"axis": int}, _concat_infer,
               lambda a, at: [np.concatenate(a, axis=at["axis"])], (1, 1 << 20)),

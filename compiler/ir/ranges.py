@@ -97,7 +97,8 @@ def analyze(graph: Graph) -> dict[Value, Range]:
 
 def _infer(node: Node, ranges, values) -> list[Range]:
     op, ins = node.op, [ranges[v] for v in node.inputs]
-    same = ("reshape", "transpose", "max_pool", "chunk", "split", "cast", "gather")
+    same = ("reshape", "transpose", "max_pool", "chunk", "split", "cast", "gather",
+            "reduce_max", "time_stack", "time_unstack")
     if op in same:
         return [ins[0]] * len(node.outputs)
     if op == "pad":  # the border's value joins the range

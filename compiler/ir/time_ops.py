@@ -11,6 +11,12 @@ and unroll_timesteps lowers them over the stacked steps.
   sum_s w[t, s] x(step s) + b[t], a learned mix over all T steps (the parallel spiking
   neuron, PSN); with w = 0 and b [T, ...] a constant that differs per step (GLIF's
   conductance). Unrolled as one matrix product over the stacked steps, plus the bias.
+- `time_stack(x) axis=k steps=T`: all T step values of `x` as one tensor, the steps on axis
+  k (x.shape with T inserted at k): a layer that reads the whole run (a temporal attention
+  pooling over time and pixels, a conv over the time axis). Like time_reduce, its output and
+  the nodes computed only from it exist once, after the steps it reads.
+- `time_unstack(y) axis=k`: the way back: step t's value is y[..., t, ...] (index t of axis
+  k, which has T entries), a step value again that later layers use step by step.
 """
 
 from __future__ import annotations
@@ -62,7 +68,42 @@ def _mix_eval(args, attrs):
     return [(h + time_mix_bias(b.astype(F32), x.ndim - 1)).astype(F32)]
 
 
+def _stack_infer(types, attrs):
+    (dx, sx), = types
+    axis = attrs["axis"]
+    if not 0 <= axis <= len(sx) or attrs["steps"] < 1:
+        raise ShapeError(f"time_stack axis {axis} / steps {attrs['steps']} do not fit a step "
+                         f"value {list(sx)}")
+    return [(dx, (*sx[:axis], attrs["steps"], *sx[axis:]))]
+
+
+def _stack_eval(args, attrs):
+    """On the T step values stacked on a leading axis: the steps moved to `axis`."""
+    return [np.ascontiguousarray(np.moveaxis(args[0], 0, attrs["axis"]))]
+
+
+def _unstack_infer(types, attrs):
+    (dx, sx), = types
+    axis = attrs["axis"]
+    if not 0 <= axis < len(sx) or not isinstance(sx[axis], int):
+        raise ShapeError(f"time_unstack axis {axis} is not a static axis of {list(sx)}")
+    return [(dx, (*sx[:axis], *sx[axis + 1:]))]
+
+
+def _unstack_eval(args, attrs):
+    """All steps at once: [T, ...], step t's value in row t (the interpreter hands row t to
+    step t)."""
+    return [np.ascontiguousarray(np.moveaxis(args[0], attrs["axis"], 0))]
+
+
+# ops whose input is every step at once (the interpreter runs what they read for all steps
+# first), and the ones among them whose output exists once, not per step
+ALL_STEPS = ("time_mix", "time_reduce", "time_stack")
+ONCE = ("time_reduce", "time_stack")
+
 SPECS = {  # name -> (attribute schema, infer, evaluate, (min, max) inputs)
     "time_reduce": ({"mode": str}, _reduce_infer, _reduce_eval, (1, 1)),
     "time_mix": ({}, _mix_infer, _mix_eval, (3, 3)),
+    "time_stack": ({"axis": int, "steps": int}, _stack_infer, _stack_eval, (1, 1)),
+    "time_unstack": ({"axis": int}, _unstack_infer, _unstack_eval, (1, 1)),
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 from snnc.errors import VerificationError
 from snnc.ir.graph import NUMPY_DTYPES, Graph, Node, format_graph
 from snnc.ir.ops import OPS, ShapeError
+from snnc.ir.time_ops import ALL_STEPS
 
 
 def verify(graph: Graph, stage: str) -> None:
@@ -82,7 +83,7 @@ def verify(graph: Graph, stage: str) -> None:
     if graph.time is None:
         if graph.states:
             fail("a graph without a time spec cannot carry state")
-        if any(n.op in ("time_reduce", "time_mix") for n in graph.nodes):
+        if any(n.op in (*ALL_STEPS, "time_unstack") for n in graph.nodes):
             fail("a graph without a time spec cannot reduce or mix over time")
     else:
         if len(graph.time.inputs) != len(graph.inputs):
@@ -95,19 +96,25 @@ def verify(graph: Graph, stage: str) -> None:
 
 
 def _check_time_mix(graph: Graph, fail) -> None:
-    """A time_mix node mixes all T steps: its weight is [T, T], and its input may not depend
-    on a state whose next value depends on its output (step t would need steps after t)."""
+    """A time_mix, time_reduce or time_stack node reads all T steps: a time_mix weight is
+    [T, T], a time_stack makes T rows and a time_unstack takes T, and the input may not
+    depend on a state whose next value depends on the output (step t would need steps after
+    t)."""
+    steps = graph.time.steps
     for node in graph.nodes:
-        if node.op != "time_mix":
+        if node.op == "time_unstack" and node.inputs[0].shape[node.attrs["axis"]] != steps or \
+                node.op == "time_stack" and node.attrs["steps"] != steps:
+            fail(f"{node.op} does not fit {steps} steps", node)
+        if node.op not in ALL_STEPS:
             continue
-        shape = node.inputs[1].shape
-        if tuple(shape) != (graph.time.steps,) * 2:
-            fail(f"time_mix weight {shape} does not fit {graph.time.steps} steps", node)
+        shape = node.inputs[1].shape if node.op == "time_mix" else (steps,) * 2
+        if tuple(shape) != (steps,) * 2:
+            fail(f"time_mix weight {shape} does not fit {steps} steps", node)
         after = _reached(graph, set(node.outputs))
         before = _ancestors(graph, node.inputs[0])
         for state in graph.states:
             if state.write in after and state.read in before:
-                fail(f"state {state.name} goes through a time_mix and back (a recurrence "
+                fail(f"state {state.name} goes through a {node.op} and back (a recurrence "
                      "over all steps)", node)
 
 

@@ -1,0 +1,104 @@
+"""Layers that read the whole run: lifted on the stacked steps, then per step again.
+
+The IR value of an activation is its tensor at one timestep (axes.py). Most layers of a
+spiking network work step by step, so that is all they need. Some read every step at
+once: a temporal attention pools over time and pixels together
+(`AdaptiveAvgPool3d` over [B, C, T, H, W]), mixes the steps with a conv whose channels are
+the time axis, or flattens time into the channels (`x.flatten(1, 2)` of [B, T, C, H, W]).
+Their rules refuse a time axis they would have to compute over.
+
+When a rule refuses, the op is tried again on the whole run: each operand that has a time
+axis becomes one tensor with its T steps on that axis (`time_stack`, docs/ir.md), exactly
+the tensor PyTorch computes on, whose time axis is a feature axis like any other; the op and
+everything computed from its result alone then exist once per run (Act.post). If a rule
+refuses such a whole-run tensor where it needs steps (a neuron, a conv on [T*B, ...]), the
+op is tried with the tensor cut back into steps: a whole-run [T, B, ...] tensor's axis 0
+is time (`time_unstack`), and the tensor stays cut into steps for the ops after it (a
+neuron's loop over time reads its input node by node). Both are exact changes of representation (the same numbers), so
+whichever lets the rule lift the op is right; stacking costs one copy of the activation.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from snnc.frontend import axes
+from snnc.frontend.axes import AxisError, Layout
+from snnc.frontend.lifter import Act, Lifter, Unsupported, dims
+from snnc.ir.ops import ShapeError
+
+
+def retry(lx: Lifter, node: torch.fx.Node, attempt: Callable[[], object], stack: bool = True):
+    """The op lifted over the whole run (its operands with time stacked; if `stack`), or
+    with whole-run [T, B, ...] operands cut into steps; None if the rule refuses both ways
+    too. What a refused attempt emitted is taken back."""
+    if lx.explicit:  # a single-step program has no time axis to stack
+        return None
+    for convert in (_stacked, _unstacked)[0 if stack else 1:]:
+        mark = undo_point(lx)
+        swapped = {}
+        for arg in node.all_input_nodes:
+            new = convert(lx, arg, lx.env.get(arg))
+            if new is not None:
+                swapped[arg] = lx.env[arg]
+                lx.env[arg] = new
+        if not swapped:
+            continue
+        try:
+            lifted = attempt()
+        except (Unsupported, AxisError, ShapeError):
+            lx.env.update(swapped)
+            mark()
+            continue
+        if convert is _stacked:  # later ops see the steps again; cut steps stay cut
+            lx.env.update(swapped)
+        return lifted
+    return None
+
+
+_CACHES = ("views", "weights", "reduced")  # the Lifter's caches of emitted values
+
+
+def undo_point(lx: Lifter) -> Callable[[], None]:
+    """A function that takes back the nodes and states emitted after now, and forgets the
+    values it cached since (stacked views, dequantized weights, time reductions)."""
+    nodes, states = len(lx.builder.nodes), len(lx.builder.states)
+    caches = {name: dict(getattr(lx, name)) for name in _CACHES}
+
+    def undo():
+        del lx.builder.nodes[nodes:]
+        del lx.builder.states[states:]
+        for name, before in caches.items():
+            getattr(lx, name).clear()
+            getattr(lx, name).update(before)
+    return undo
+
+
+def _stacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
+    """A per-step activation with a time axis of T steps, as one whole-run tensor: the
+    time axis kept in place as a feature axis."""
+    if not isinstance(got, Act) or got.post or axes.T not in got.layout.roles:
+        return None
+    t = got.layout.roles.index(axes.T)
+    if dims(arg)[t] != lx.steps:
+        return None
+    key = ("stack", got.value, got.layout)
+    if key not in lx.views:
+        value, = lx.emit("time_stack", [got.value], {"axis": t, "steps": lx.steps}, arg)
+        roles = tuple(axes.F if r == axes.T else r for r in got.layout.roles)
+        lx.views[key] = Act(value, Layout(roles), post=True)
+    return lx.views[key]
+
+
+def _unstacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
+    """A whole-run [T, B, ...] tensor as the step values of a [T, B, ...] activation."""
+    if not isinstance(got, Act) or not got.post or got.layout.roles[:2] != (axes.F, axes.B) \
+            or dims(arg)[0] != lx.steps:
+        return None
+    key = ("unstack", got.value, got.layout)
+    if key not in lx.views:
+        value, = lx.emit("time_unstack", [got.value], {"axis": 0}, arg)
+        lx.views[key] = Act(value, Layout((axes.T, *got.layout.roles[1:])))
+    return lx.views[key]
