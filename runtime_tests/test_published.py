@@ -40,12 +40,10 @@ NOT_YET = {
               "(x[1:] - x[:-1], a time slice; x.mean(0) fed back), which a one-step-at-a-time "
               "network cannot see, then runs attention on the top-k (topk, gather, scatter: "
               "no lowering), with cosine_similarity (no lowering) on the way",
-    "statten": "attention over chunks of 2 time steps: q.view(T // 2, 2, B, ...) splits the "
-               "time axis, and each step's attention reads the other step's keys and values, "
-               "which a one-step-at-a-time network cannot",
-    "statten_chunk1": "view [T, B, h, N, d] -> [T, 1, B, h, N, d], then permute(0, 2, 3, 1, 4, 5): "
-                      "at the batch-1 export the axis tracker takes the inserted unit axis for "
-                      "the batch, so the permute 'moves the batch axis'",
+    "statten_chunk1": "view [T, B, h, N, d] -> [T, 1, B, h, N, d] at a batch-1 export reads "
+                      "as [T, B, F, ...] (a unit axis right after time is taken for the "
+                      "batch), so after permute(0, 2, 3, 1, 4, 5) the later reshape merges "
+                      "the axis it took for the batch; exported at batch 2 it is unambiguous",
 }
 
 

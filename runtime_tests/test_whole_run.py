@@ -161,3 +161,19 @@ def test_verify_refuses_whole_run_ops_that_do_not_fit_the_steps():
     wrong = graph.replace(time=TimeSpec(2, ("seq",), ("stack",)))
     with pytest.raises(snnc.SnncError, match="time_stack does not fit 2 steps"):
         verify(wrong, "test")
+
+
+def test_a_whole_run_view_keeps_the_batch_as_one_axis():
+    """Any axes of a whole-run tensor may be regrouped, but the batch stays one axis; at an
+    example batch of 1 a unit axis beside it is not guessed to be it."""
+    from snnc.frontend import axes
+
+    whole = axes.Layout((axes.F, axes.B, axes.F, axes.F))
+    got = axes.reshape_whole(whole, (4, 3, 2, 5), (2, 2, 3, 10))  # time split in chunks
+    assert got.roles == (axes.F, axes.F, axes.B, axes.F)
+    got = axes.reshape_whole(whole, (1, 1, 2, 5), (1, 1, 10))  # axes before it unchanged
+    assert got.roles == (axes.F, axes.B, axes.F)
+    with pytest.raises(axes.AxisError, match="batch can be axis 2 or 3"):
+        axes.reshape_whole(whole, (2, 1, 2, 5), (1, 2, 1, 1, 10))
+    with pytest.raises(axes.AxisError, match="splits or merges the batch axis"):
+        axes.reshape_whole(whole, (4, 3, 2, 5), (12, 10))

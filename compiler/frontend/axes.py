@@ -192,6 +192,35 @@ def reshape(layout: Layout, in_shape, out_shape, batch, want: str | None = None)
     return Layout(roles + (F,) * (len(out_shape) - len(roles)))
 
 
+def reshape_whole(layout: Layout, in_shape, out_shape) -> Layout:
+    """view/reshape of a tensor computed once per run (Act.post, a whole-run tensor): any
+    axes move but the batch, which stays one axis of its own with as many elements before
+    it (and after it) as in the input. At a static batch of 1 a unit axis next to it can
+    fit as well: if the axes before the batch are left as they were, the batch stays where
+    it was (a view of the axes after it); else that is refused, not guessed."""
+    b = layout.batch_axis
+    if layout.roles[b] != B or any(not isinstance(d, int) for i, d in enumerate(in_shape)
+                                   if i != b):
+        raise AxisError(f"reshapes a tensor with axes {layout}")
+    before, after = math.prod(in_shape[:b]), math.prod(in_shape[b + 1:])
+    fits = [j for j, d in enumerate(out_shape) if _same(d, in_shape[b])
+            and all(isinstance(o, int) for i, o in enumerate(out_shape) if i != j)
+            and math.prod(out_shape[:j]) == before and math.prod(out_shape[j + 1:]) == after]
+    if len(fits) > 1 and b in fits and tuple(out_shape[:b]) == tuple(in_shape[:b]):
+        fits = [b]
+    if len(fits) != 1:
+        raise AxisError(
+            f"reshapes {list(in_shape)} (axes {layout}) to {list(out_shape)}, "
+            + ("which splits or merges the batch axis" + (
+                "; at an example batch of 1 an earlier view may have taken a unit axis for "
+                "the batch: export with an example batch of 2 or more" if in_shape[b] == 1
+                else "") if not fits else
+               f"where the batch can be axis {fits[0]} or {fits[1]} at an example batch of "
+               "1; export with an example batch of 2 or more, or a dynamic batch "
+               "(torch.export.Dim)"))
+    return Layout(tuple(B if i == fits[0] else F for i in range(len(out_shape))))
+
+
 def _same(a, b) -> bool:
     try:
         return bool(a == b)

@@ -118,9 +118,11 @@ def _view(lx, node, a):
                               _want(lx, node))
     except (Unsupported, axes.AxisError):
         rows = rules_time.time_rows(lx, node, x) if len(dims(node)) == 2 else None
-        if rows is None:  # x_seq.view(T, -1): a matrix over time (a PSN's)
+        if rows is not None:  # x_seq.view(T, -1): a matrix over time (a PSN's)
+            return rows
+        if not x.post:
             raise
-        return rows
+        layout = axes.reshape_whole(x.layout, dims(node.args[0]), dims(node))
     return reshaped(lx, node, x, layout)
 
 
