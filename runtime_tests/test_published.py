@@ -36,10 +36,10 @@ BATCH = 4
 NOT_YET = {
     "sglformer": "window partition into the batch axis ([T, B*4, C, H/2, W/2]), then "
                  "flatten(0, 1): the axis tracker has no batch axis carrying feature factors",
-    "tp_sdt": "TP-Spikformer's token pruning: each block scores its tokens over all T steps "
-              "(x[1:] - x[:-1], a time slice; x.mean(0) fed back), which a one-step-at-a-time "
-              "network cannot see, then runs attention on the top-k (topk, gather, scatter: "
-              "no lowering), with cosine_similarity (no lowering) on the way",
+    "tp_sdt": "TP-Spikformer's token pruning: each block picks its k*k most informative "
+              "tokens by a score over all T steps (that part compiles: whole-run time slices "
+              "and means), runs attention on them and writes them back: topk, gather and "
+              "scatter of data-dependent indices, and cosine_similarity, have no lowering",
     "statten_chunk1": "view [T, B, h, N, d] -> [T, 1, B, h, N, d] at a batch-1 export reads "
                       "as [T, B, F, ...] (a unit axis right after time is taken for the "
                       "batch), so after permute(0, 2, 3, 1, 4, 5) the later reshape merges "
