@@ -97,7 +97,6 @@ def _on_time_rows(lx: Lifter, node, fn):
 SUGGEST = {
     "aten.sum.default": "sum over named feature axes: x.sum(dim=...)",
     "aten.mean.default": "average over named feature axes: x.mean(dim=...)",
-    "aten.adaptive_max_pool2d.default": "use MaxPool2d with an explicit kernel",
     "aten.max_pool2d_with_indices.default": "use MaxPool2d without return_indices",
     "aten.conv_transpose2d.input": "use Conv2d (a transposed conv has no snnc lowering)",
 }
