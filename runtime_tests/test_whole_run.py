@@ -177,3 +177,26 @@ def test_a_whole_run_view_keeps_the_batch_as_one_axis():
         axes.reshape_whole(whole, (2, 1, 2, 5), (1, 2, 1, 1, 10))
     with pytest.raises(axes.AxisError, match="splits or merges the batch axis"):
         axes.reshape_whole(whole, (4, 3, 2, 5), (12, 10))
+
+
+def test_a_whole_run_output_is_returned_over_time():
+    """A model that returns a [T, B, ...] tensor computed on the whole run (a softmax over
+    time) returns it as any [T, B, ...] output: mode "stack", batch on axis 1."""
+    class Softmaxed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sn = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            s = self.sn(x.unsqueeze(0).repeat(3, 1, 1) * 2)
+            return (s + torch.arange(4.0)).softmax(0)
+
+    model = Softmaxed().eval()
+    result = compile_program(zoo.export(model, (1, 4)))
+    assert result.graph.time.outputs == ("stack",)
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    got = H.onnx_trace(H.onnx_session(result.data), x).outputs[0]
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape == (3, 5, 4)
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -238,6 +238,8 @@ def _output(lx: Lifter, ret) -> tuple[str, Value]:
     got = lx.operand(ret) if isinstance(ret, torch.fx.Node) else None
     if not isinstance(got, Act):
         raise Unsupported("is not an activation of the model")
+    cut = stacked.steps_of(lx, ret, got)  # a whole-run [T, B, ...] tensor: over time
+    got = cut or got
     if lx.explicit or got.post or got.layout.time_axis is None:
         return "once", got.value
     if got.layout.roles[:2] == (axes.T, axes.B):

@@ -92,6 +92,11 @@ def _stacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
     return lx.views[key]
 
 
+def steps_of(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
+    """A whole-run [T, B, ...] tensor (a model output) as step values, else None."""
+    return None if lx.explicit else _unstacked(lx, arg, got)
+
+
 def _unstacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
     """A whole-run [T, B, ...] tensor as the step values of a [T, B, ...] activation."""
     if not isinstance(got, Act) or not got.post or got.layout.roles[:2] != (axes.F, axes.B) \
