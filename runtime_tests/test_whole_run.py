@@ -32,7 +32,8 @@ class ByHand(nn.Module):
     """[T, B, C, H, W] spikes through ops over the time axis: a max over time and channels
     (flatten(1, 2) of [B, T, C, H, W]), a linear with the steps as features, a delay by one
     step (a slice and a pad of the time axis), a mean over time and pixels fed back to
-    every step, and a causal conv1d over time of the pooled channels."""
+    every step, a causal conv1d over time of the pooled channels, and step 0's spikes added
+    to every step."""
 
     def __init__(self, T: int, C: int = 4):
         super().__init__()
@@ -54,7 +55,7 @@ class ByHand(nn.Module):
         gate = torch.sigmoid(s.mean((0, 3, 4), keepdim=True))  # [1, B, C, 1, 1]
         pooled = s.mean((3, 4)).permute(1, 2, 0)  # [B, C, T]
         over = self.tconv(pooled)[..., :T].permute(2, 0, 1)[..., None, None]  # causal
-        h = mixed + delayed + peak.unsqueeze(0) + gate * s + 0.5 * over
+        h = mixed + delayed + peak.unsqueeze(0) + gate * s + 0.5 * over + 0.25 * s[0]
         return self.fc(self.sn2(2 * h).mean((3, 4))).mean(0)
 
 
@@ -111,6 +112,9 @@ def test_whole_run_layers_match_pytorch(name, T, quantized):
     if not comparison.layers_firing:  # no spikes recorded: the outputs decide
         assert comparison.max_logit_diff < 1e-4, comparison.report()
     assert np.ptp(reference.outputs[0], axis=0).max() > 0, "the same output for every sample"
+    ours = H.compare(reference, H.interp_trace(result.graph, x), H.Comparison(), batch_axis=0,
+                     max_flips=4, perturbed_tol=0.5)  # the reference interpreter too
+    assert not ours.problems and ours.perturbed <= 1, ours.report()
     for i in range(BATCH):  # batch 1 and batch 4 from the one file
         alone = H.onnx_trace(session, x[i:i + 1])
         np.testing.assert_allclose(alone.outputs[0], got.outputs[0][i:i + 1], atol=1e-5)
@@ -200,3 +204,25 @@ def test_a_whole_run_output_is_returned_over_time():
         want = model(torch.from_numpy(x)).numpy()
     assert got.shape == want.shape == (3, 5, 4)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_refusals_over_time_say_what_stops_them():
+    """The indices of a max over time (an argmax) are not lifted; a conv3d over time is
+    refused for its kernel too, not only told to flatten time into the batch."""
+    class Over(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn, self.sn = fn, neuron.LIFNode(step_mode="m")
+            self.conv = nn.Conv3d(4, 4, (2, 1, 1))
+
+        def forward(self, x):
+            return self.fn(self, self.sn(x.unsqueeze(0).repeat(3, 1, 1, 1, 1) * 2)).mean(0)
+
+    cases = [(lambda m, s: s.max(0)[1].float() + s, "indices of a max"),
+             (lambda m, s: m.conv(s.permute(1, 2, 0, 3, 4)).permute(2, 0, 1, 3, 4),
+              "conv3d that is not pointwise")]
+    for fn, says in cases:
+        with pytest.raises(snnc.UnsupportedOpError, match=says) as error:
+            compile_program(zoo.export(Over(fn).eval(), (1, 4, 4, 4)))
+        assert "Over) test_whole_run.py:" in str(error.value) or \
+            "(Conv3d) test_whole_run.py:" in str(error.value)

@@ -78,7 +78,7 @@ def _in_loop(lx: Lifter, node: torch.fx.Node):
         return lift()
     except (Unsupported, AxisError) as why:
         undo()
-        lifted = stacked.retry(lx, node, lift, stack=False)
+        lifted, _ = stacked.retry(lx, node, lift, stack=False)
         if lifted is None:
             raise why from None
         return lifted

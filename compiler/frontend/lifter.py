@@ -68,7 +68,8 @@ class Marker:
     """A fact that is not a tensor of the IR: `kind` is "init" (a membrane's constant
     initial fill, payload the float), "first_step" (x[0] of a [T, B, ...] tensor, only for
     full_like), "time_reduce" (payload (Act, "mean" | "sum"): emitted when used),
-    "shape" (a size, for view arguments) or "none" (an op with no result)."""
+    "shape" (a size, for view arguments), "indices" (of a max: not lifted) or "none" (an
+    op with no result)."""
 
     kind: str
     payload: Any = None
@@ -85,6 +86,7 @@ _NOT_A_TENSOR = {
                  "operand of a matrix product with a constant [T, T] weight (a mix over "
                  "time, as PSN), viewed back to [T, B, ...]",
     "none": "uses the result of an op that has none",
+    "indices": "uses the indices of a max (an argmax); snnc lifts only its values",
 }
 
 

@@ -37,9 +37,9 @@ def apply_over_time(lx: Lifter, node):
         return apply(lx, node)
     except (Unsupported, AxisError) as why:
         undo()
-        lifted = stacked.retry(lx, node, lambda: apply(lx, node))
+        lifted, whole = stacked.retry(lx, node, lambda: apply(lx, node))
         if lifted is None:
-            raise why from None
+            raise stacked.both(why, whole) from None
         return lifted
 
 

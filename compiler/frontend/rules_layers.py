@@ -108,7 +108,7 @@ def _global_pool(lx, node, a):
     op = "reduce_max" if "max" in name else "reduce_mean"
     value, = lx.emit(op, [x.value], {"axes": spatial, "keepdims": True}, node)
     pooled = lx.new_act(value, x.layout, x.post)
-    return [pooled, Marker("none")] if "max" in name else pooled  # (values, indices)
+    return [pooled, Marker("indices")] if "max" in name else pooled  # (values, indices)
 
 
 @rule("aten.max.dim", "aten.amax.default", ir="reduce_max",
@@ -124,7 +124,7 @@ def _max(lx, node, a):
                                                 if i not in picked))
     value, = lx.emit("reduce_max", [x.value], {"axes": step_axes, "keepdims": keep}, node)
     out = lx.new_act(value, layout, x.post)
-    return [out, Marker("none")] if op_name(node) == "aten.max.dim" else out
+    return [out, Marker("indices")] if op_name(node) == "aten.max.dim" else out
 
 
 @rule("aten.conv3d.default", ir="reshape, conv", note="pointwise (kernel 1, stride 1, no "

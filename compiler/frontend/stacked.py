@@ -26,21 +26,22 @@ import torch
 
 from snnc.frontend import axes
 from snnc.frontend.axes import AxisError, Layout
-from snnc.frontend.lifter import Act, Lifter, Unsupported, dims
+from snnc.frontend.lifter import Act, Lifter, Marker, Unsupported, dims
 from snnc.ir.ops import ShapeError
 
 
 def retry(lx: Lifter, node: torch.fx.Node, attempt: Callable[[], object], stack: bool = True):
-    """The op lifted over the whole run (its operands with time stacked; if `stack`), or
-    with whole-run [T, B, ...] operands cut into steps; None if the rule refuses both ways
-    too. What a refused attempt emitted is taken back."""
+    """(the op lifted over the whole run (its operands with time stacked; if `stack`), or
+    with whole-run [T, B, ...] operands cut into steps, or None; the last reason a rule
+    refused a converted attempt, or None). What a refused attempt emitted is taken back."""
     if lx.explicit:  # a single-step program has no time axis to stack
-        return None
+        return None, None
+    why = None
     for convert in (_stacked, _unstacked)[0 if stack else 1:]:
         mark = undo_point(lx)
         swapped = {}
         for arg in node.all_input_nodes:
-            new = convert(lx, arg, lx.env.get(arg))
+            new = convert(lx, arg, lx.env.get(arg), node)
             if new is not None:
                 swapped[arg] = lx.env[arg]
                 lx.env[arg] = new
@@ -48,14 +49,24 @@ def retry(lx: Lifter, node: torch.fx.Node, attempt: Callable[[], object], stack:
             continue
         try:
             lifted = attempt()
-        except (Unsupported, AxisError, ShapeError):
+        except (Unsupported, AxisError, ShapeError) as error:
             lx.env.update(swapped)
             mark()
+            why = error
             continue
         if convert is _stacked:  # later ops see the steps again; cut steps stay cut
             lx.env.update(swapped)
-        return lifted
-    return None
+        return lifted, None
+    return None, why
+
+
+def both(why: Exception, whole: Exception | None) -> Exception:
+    """The refusal to report: the rule's own, and, where that was about time, what it said
+    on the whole run if that differs (a conv3d over time is refused per step for its axes,
+    on the whole run for its kernel)."""
+    if whole is None or str(whole) == str(why) or "time" not in str(why):
+        return why
+    return type(why)(f"{why} (and lifted on the whole run: {whole})")
 
 
 _CACHES = ("views", "weights", "reduced")  # the Lifter's caches of emitted values
@@ -76,9 +87,19 @@ def undo_point(lx: Lifter) -> Callable[[], None]:
     return undo
 
 
-def _stacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
+def _stacked(lx: Lifter, arg: torch.fx.Node, got, node: torch.fx.Node) -> Act | None:
     """A per-step activation with a time axis of T steps, as one whole-run tensor: the
-    time axis kept in place as a feature axis."""
+    time axis kept in place as a feature axis (emitted where `node` needs it). x[0] of such
+    a tensor (which the lifter keeps for a neuron's initial membrane) is step 0's value."""
+    if isinstance(got, Marker) and got.kind == "first_step":
+        whole = _stacked(lx, arg.args[0], got.payload, node)
+        if whole is None:
+            return None
+        t = got.payload.layout.roles.index(axes.T)
+        first, = lx.emit("gather", [whole.value], {"axis": t, "indices": [0]}, node)
+        shape = [d for i, d in enumerate(whole.value.shape) if i != t]
+        value, = lx.emit("reshape", [first], {"shape": shape}, node)
+        return Act(value, whole.layout.drop(t), post=True)
     if not isinstance(got, Act) or got.post or axes.T not in got.layout.roles:
         return None
     t = got.layout.roles.index(axes.T)
@@ -86,7 +107,7 @@ def _stacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
         return None
     key = ("stack", got.value, got.layout)
     if key not in lx.views:
-        value, = lx.emit("time_stack", [got.value], {"axis": t, "steps": lx.steps}, arg)
+        value, = lx.emit("time_stack", [got.value], {"axis": t, "steps": lx.steps}, node)
         roles = tuple(axes.F if r == axes.T else r for r in got.layout.roles)
         lx.views[key] = Act(value, Layout(roles), post=True)
     return lx.views[key]
@@ -94,16 +115,16 @@ def _stacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
 
 def steps_of(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
     """A whole-run [T, B, ...] tensor (a model output) as step values, else None."""
-    return None if lx.explicit else _unstacked(lx, arg, got)
+    return None if lx.explicit else _unstacked(lx, arg, got, arg)
 
 
-def _unstacked(lx: Lifter, arg: torch.fx.Node, got) -> Act | None:
+def _unstacked(lx: Lifter, arg: torch.fx.Node, got, node: torch.fx.Node) -> Act | None:
     """A whole-run [T, B, ...] tensor as the step values of a [T, B, ...] activation."""
     if not isinstance(got, Act) or not got.post or got.layout.roles[:2] != (axes.F, axes.B) \
             or dims(arg)[0] != lx.steps:
         return None
     key = ("unstack", got.value, got.layout)
     if key not in lx.views:
-        value, = lx.emit("time_unstack", [got.value], {"axis": 0}, arg)
+        value, = lx.emit("time_unstack", [got.value], {"axis": 0}, node)
         lx.views[key] = Act(value, Layout((axes.T, *got.layout.roles[1:])))
     return lx.views[key]

@@ -76,17 +76,27 @@ def _output(value, mode: str, per_step: list[dict]) -> np.ndarray:
 
 def once_nodes(graph: Graph) -> set[Node]:
     """The nodes of a one-step graph computed once per run, not per step: time_reduce and
-    time_stack (over all steps), and every node that reads only their results and constants
-    (a head after `x.mean(0)`, a temporal attention's scores)."""
+    time_stack (over all steps), and every node that reads their results and otherwise
+    only values the same at every step (constants, a "repeat" input, a dequantized
+    weight): a head after `x.mean(0)`, a temporal attention's scores."""
+    spec = graph.time
+    fixed = set(graph.constants) | {v for v, mode in zip(graph.inputs, spec.inputs)
+                                    if mode == "repeat"} if spec else set(graph.constants)
     found: set[Node] = set()
     late: set[Value] = set()
     for node in graph.nodes:
         if node.op in ONCE or node.op != "time_unstack" and \
                 any(v in late for v in node.inputs) and \
-                all(v in late or v in graph.constants for v in node.inputs):
+                all(v in late or v in fixed for v in node.inputs):
             found.add(node)
             late.update(node.outputs)
+        elif node.op not in ALL_STEPS and node.op != "time_unstack" and \
+                all(v in fixed for v in node.inputs) and node.op not in _STATEFUL:
+            fixed.update(node.outputs)
     return found
+
+
+_STATEFUL = ("neuron", "neuron_model")  # their outputs change from step to step
 
 
 def _stages(nodes, states=(), once=frozenset()) -> list[tuple[str, list[Node]]]:
