@@ -84,11 +84,11 @@ def analyze(graph: Graph) -> dict[Value, Range]:
         ranges[s.read] = UNKNOWN
     steps = graph.time.steps if graph.time is not None else 1
     for node in graph.nodes:
-        if node.op == "time_reduce":  # the mean keeps the range; the sum grows T times
+        if node.op == "time_reduce":  # the sum grows T times; the other modes keep it
             x = ranges[node.inputs[0]]
             k = steps if node.attrs["mode"] == "sum" else 1
             ranges[node.outputs[0]] = Range(x.lo * k, x.hi * k,
-                                            x.integer and node.attrs["mode"] == "sum")
+                                            x.integer and node.attrs["mode"] != "mean")
             continue
         for value, r in zip(node.outputs, _infer(node, ranges, values)):
             ranges[value] = r
