@@ -28,7 +28,23 @@ CASES = [(name, mode, q) for name, (_, _, modes) in NZ.NEURONS.items() for mode 
 
 @pytest.mark.parametrize("name,mode,q", CASES, ids=["-".join(c) for c in CASES])
 def test_neuron_class_matches_pytorch(name, mode, q):
-    _check_matches_pytorch(NZ.build(name, mode), NZ.NEURONS[name][1], q)
+    _check_matches_pytorch(NZ.build(name, mode), NZ.NEURONS[name][1], q,
+                           high=1.0 if name in NZ.MEMBRANES else 0.9)
+
+
+READOUTS = [(cls, decode, q) for cls in NZ.MEMBRANES
+            for decode in ("mean-mem", "max-mem", "max-abs-mem", "last_mem")
+            for q in ("plain", "quant")]
+
+
+@pytest.mark.parametrize("cls,decode,q", READOUTS, ids=["-".join(c) for c in READOUTS])
+def test_non_spiking_readout_decodes_match_pytorch(cls, decode, q):
+    """A LIF net whose last layer is a non-spiking neuron decoding its membranes over time
+    (max, max by magnitude, mean, last step); fc2 reads the decoded value once, a real
+    value: in the quantized net only conv2 and fc1 (reading spikes) are integer GEMMs."""
+    readout = getattr(neuron, cls)(decode=decode)
+    model = NZ.build(cls, "m", make=NZ.NEURONS["LIFNode"][0], readout=readout)
+    _check_matches_pytorch(model, None, q, high=1.0, integer_gemms=2)
 
 
 @pytest.mark.parametrize("q", ["plain", "quant"])
@@ -38,7 +54,7 @@ def test_gated_lif_channel_wise_matches_pytorch(q):
     _check_matches_pytorch(NZ.build("GatedLIFNode", "m", make=NZ.gated_channel_wise()), "u8", q)
 
 
-def _check_matches_pytorch(model, kind, q):
+def _check_matches_pytorch(model, kind, q, high=0.9, integer_gemms=None):
     if q == "quant":
         model = snnc.quantize(model, zoo.heterogeneous(model))
     program = zoo.export(model, (3, *NZ.SHAPE[1:]))
@@ -54,7 +70,7 @@ def _check_matches_pytorch(model, kind, q):
         assert not comparison.problems, comparison.problems
         assert comparison.samples == 3 and comparison.perturbed <= (1 if layers else 0)
     rates = NZ.rates(model, torch.from_numpy(x))
-    assert len(rates) == 3 and all(0.01 <= r <= 0.9 for r in rates.values()), rates
+    assert len(rates) == 3 and all(0.01 <= r <= high for r in rates.values()), rates
     one = H.onnx_trace(session, x[:1])  # batch 1 from the same file: the same spikes
     for layer, spikes in one.spikes.items():
         np.testing.assert_array_equal(spikes[:, 0], onnx.spikes[layer][:, 0])
@@ -65,6 +81,8 @@ def _check_matches_pytorch(model, kind, q):
         assert kind in casts and gemms >= 3, (casts, gemms)
     elif q == "quant" and kind == "real":
         assert gemms == 0
+    if q == "quant" and integer_gemms is not None:
+        assert gemms == integer_gemms, gemms
 
 
 class _NoisyIF(neuron.IFNode):
@@ -74,6 +92,31 @@ class _NoisyIF(neuron.IFNode):
 
     def single_step_forward(self, x):
         return super().single_step_forward(x + 0.1 * torch.randn_like(x))
+
+
+class _QueueMixingSamples(neuron.SlidingPSN):
+    """A single-step SlidingPSN that centres its step's potential on its mean over the
+    flattened queue: the mean runs over the batch too, so samples mix."""
+
+    __module__ = "spikingjelly.activation_based.neuron.queue_test"
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        x = inputs[0]
+        queue = (*states[0], x.flatten())[-self.k:]
+        h = torch.sum(self.weight[self.k - len(queue):].unsqueeze(-1) * torch.stack(queue), 0)
+        spike = self.surrogate_function(h - h.mean() + self.bias)
+        return (spike.view(x.shape),), (list(queue),)
+
+
+class _ScaledSteps(torch.nn.Module):
+    """A non-spiking neuron's list of membranes, each step scaled before the stack."""
+
+    def __init__(self):
+        super().__init__()
+        self.sn = neuron.NonSpikingIFNode()
+
+    def forward(self, x_seq):
+        return torch.stack([2.0 * v for v in self.sn(x_seq)])
 
 
 class _LastStepDiffers(neuron.SimpleIFNode):
@@ -88,7 +131,10 @@ class _LastStepDiffers(neuron.SimpleIFNode):
 
 @pytest.mark.parametrize("make,mode,says", [
     (lambda m: _NoisyIF(step_mode=m), "s", "_NoisyIF: draws random numbers"),
-    (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "s", "SlidingPSN: single-step"),
+    (lambda m: _QueueMixingSamples(k=2, step_mode=m), "s",
+     "_QueueMixingSamples: flattens its input with the batch"),
+    (lambda m: _ScaledSteps(), "m", "NonSpikingIFNode returns its steps' values as a list "
+     "that its caller does not stack"),
     (lambda m: _LastStepDiffers(step_mode=m), "m", "compute different things"),
 ])
 def test_neurons_snnc_cannot_compile_are_refused_by_class(make, mode, says):
