@@ -10,6 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import neuron_zoo as NZ
 from spikingjelly.activation_based import neuron
@@ -83,6 +84,79 @@ def _check_matches_pytorch(model, kind, q, high=0.9, integer_gemms=None):
         assert gemms == 0
     if q == "quant" and integer_gemms is not None:
         assert gemms == integer_gemms, gemms
+
+
+class _Tokens(nn.Module):
+    """Linear(4, 6) then the neuron `sn` over `steps` steps: multi-step on [T, B, 6]
+    (a list of membranes stacked), or single-step with the loop in forward."""
+
+    def __init__(self, sn, steps: int, mode: str):
+        super().__init__()
+        self.fc, self.sn, self.steps, self.mode = nn.Linear(4, 6), sn, steps, mode
+        with torch.no_grad():
+            self.fc.weight.mul_(4)
+            if hasattr(sn, "bias"):  # a PSN's -1 would silence a small random mix
+                sn.bias.zero_()
+
+    def forward(self, x):
+        if self.mode == "s":
+            return torch.stack([self.sn(self.fc(x)) for _ in range(self.steps)])
+        y = self.sn(self.fc(x).unsqueeze(0).repeat(self.steps, 1, 1))
+        return torch.stack(y) if isinstance(y, list) else y
+
+
+FAMILY = [  # (class, its arguments, T, step mode)
+    *((neuron.SlidingPSN, dict(k=k, exp_init=False), steps, mode)
+      for k, steps in ((1, 4), (3, 5), (4, 6)) for mode in "ms"),
+    *((neuron.MaskedPSN, dict(k=3, T=5, lambda_init=lam), 5, mode)
+      for lam, mode in ((1.5, "s"), (1.0, "m"), (0.25, "m"))),
+    *((cls, dict(decode=decode, **extra), 5, "m")
+      for cls, extra in ((neuron.NonSpikingIFNode, {}), (neuron.NonSpikingLIFNode, {"tau": 1.5}))
+      for decode in (None, "max-abs-mem", "last_mem")),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,steps,mode", FAMILY,
+                         ids=[f"{c.__name__}-{'-'.join(map(str, k.values()))}-T{t}-{m}"
+                              for c, k, t, m in FAMILY])
+def test_psn_and_non_spiking_family_matches_pytorch(cls, kwargs, steps, mode):
+    """Other k, T, lambda_ and decodes than the zoo nets': ONNX Runtime and the interpreter
+    equal PyTorch (spikes exactly; a queue of k <= 4 adds as torch.sum does)."""
+    torch.manual_seed(steps)
+    if cls is not neuron.NonSpikingIFNode and cls is not neuron.NonSpikingLIFNode:
+        kwargs = {**kwargs, "step_mode": mode}
+    model = _Tokens(cls(**kwargs), steps, mode).eval()
+    program = zoo.export(model, (3, 4))
+    result = compile_program(program)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    zoo.functional.reset_net(model)
+    with torch.no_grad():
+        want = model(x).numpy()
+    zoo.functional.reset_net(model)
+    session = H.onnx_session(result.data)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    spikes = cls not in (neuron.NonSpikingIFNode, neuron.NonSpikingLIFNode)
+    np.testing.assert_allclose(got, want, atol=0 if spikes else 2e-6)
+    assert not spikes or 0 < want.mean() < 1, want.mean()  # it fires, not everywhere
+
+
+def test_tracing_leaves_the_model_as_it_was():
+    """snnc.frontend.tracing changes a model only while torch.export traces it: afterwards
+    MaskedPSN's lambda_ is its buffer again (in its place in the state dict), no neuron
+    keeps a wrapped forward and torch.Tensor.data is torch's, also when tracing fails."""
+    from snnc.frontend.tracing import traceable
+    model = NZ.build("MaskedPSN", "m")
+    keys = list(model.state_dict())
+    seen = []
+    with pytest.raises(AssertionError), traceable(model):
+        seen.append(model.sn1.lambda_)
+        model.sn1(torch.zeros(NZ.T + 1, 1, 4))  # MaskedPSN asserts T steps
+    assert seen == [0.5]
+    assert list(model.state_dict()) == keys and isinstance(model.sn1.lambda_, torch.Tensor)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert "data" not in torch.Tensor.__dict__
+    x = torch.ones(2, requires_grad=True)
+    assert x.data.requires_grad is False and x.data.data_ptr() == x.data_ptr()
 
 
 class _NoisyIF(neuron.IFNode):

@@ -144,6 +144,7 @@ def _step_index(node, inside=None) -> tuple | None:
     or getitem(unbind(x, 0), t)."""
     name = op_name(node)
     if name == "aten.select.int" and node.args[1] == 0 and \
+            isinstance(node.args[0], torch.fx.Node) and isinstance(node.args[2], int) and \
             (inside is None or node.args[0] not in inside):
         return node.args[0], node.args[2]
     if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node) and \
@@ -221,7 +222,8 @@ def _loop_outputs(region: Region, index: dict, inside: set, sources: set) -> tup
     source = next(iter(sources))
     taken = sorted({i[1] for n, i in index.items() if i is not None and i[0] is source
                     and not _feeds_fill(n)})
-    if len(taken) < 2 or taken != list(range(dims(source)[0])):
+    steps = dims(source)[0]
+    if len(taken) < 2 or not isinstance(steps, int) or taken != list(range(steps)):
         return None, None, None
     read = [n for n in region.nodes if any(u not in inside for u in n.users)]
     outer = {u for n in read for u in n.users if u not in inside}

@@ -29,6 +29,7 @@ from snnc.frontend.neuron_regions import is_neuron_class
 # buffer name). Subclasses are matched by their SpikingJelly base's name too.
 FIXED_BUFFERS = (("MaskedPSN", "_lambda_"),)
 _DATA = torch._C.TensorBase.__dict__["data"]  # torch.Tensor inherits it
+_depth = [0]  # neuron forwards running (the outermost sets and removes the substitute)
 
 
 @contextlib.contextmanager
@@ -55,11 +56,15 @@ def _data_as_detach(module: torch.nn.Module):
 
     @functools.wraps(forward)
     def traced(*args, **kwargs):
-        torch.Tensor.data = property(torch.Tensor.detach, _DATA.__set__)
+        _depth[0] += 1
+        if _depth[0] == 1:  # (a neuron's forward may call another neuron's)
+            torch.Tensor.data = property(torch.Tensor.detach, _DATA.__set__)
         try:
             return forward(*args, **kwargs)
         finally:
-            del torch.Tensor.data  # torch.Tensor's own again: TensorBase's
+            _depth[0] -= 1
+            if _depth[0] == 0:
+                del torch.Tensor.data  # torch.Tensor's own again: TensorBase's
 
     module.forward = traced
     try:
@@ -75,9 +80,10 @@ def _data_as_detach(module: torch.nn.Module):
 def _buffer_as_number(module: torch.nn.Module, name: str):
     """The one-element buffer `name` as its Python float while tracing."""
     order = list(module._buffers)
+    value = float(module._buffers[name].reshape(()).item())
     tensor = module._buffers.pop(name)
     persistent = name not in module._non_persistent_buffers_set
-    object.__setattr__(module, name, float(tensor.reshape(()).item()))
+    object.__setattr__(module, name, value)
     try:
         yield
     finally:
