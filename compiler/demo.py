@@ -45,8 +45,10 @@ def export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.Export
 
     from spikingjelly.activation_based import functional
 
+    from snnc.frontend.tracing import traceable
+
     functional.reset_net(model)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), traceable(model):
         warnings.simplefilter("ignore")  # SpikingJelly's memories trip a buffer warning
         program = torch.export.export(model, (example,))
     functional.reset_net(model)

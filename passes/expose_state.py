@@ -66,6 +66,7 @@ def _check_streamable(graph: Graph) -> None:
             "one step per call; compile it without --timesteps stream (all steps unrolled)")
     if any(n.op == "time_reduce" for n in graph.nodes) or "once" in graph.time.outputs:
         raise BadInputError(
-            "--timesteps stream: this model computes layers after averaging over time (or "
+            "--timesteps stream: this model computes layers after reducing over time (a "
+            "mean, sum, maximum or last step of all its steps; or "
             "runs its own time loop in forward), so it has no per-step outputs to stream; "
             "compile it without --timesteps stream (all steps unrolled)")

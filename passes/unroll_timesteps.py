@@ -12,7 +12,8 @@ all-zero tensors are stored). Every other node appears once:
   tensor and its T spike outputs are `concat`enated back.
 "seq" inputs [T, N, ...] (and "seq_batch_first" ones [N, T, ...], transposed) become
 [TN, ...]; "stack" outputs are reshaped to [T, N, ...];
-"mean"/"sum" outputs are reduced over that axis, and so is the input of a `time_reduce` node:
+"mean"/"sum" outputs are reduced over that axis, and so is the input of a `time_reduce` node
+(its "max"/"min" step by step with `compare` and `where`; "last" is the last step's value):
 its result and the nodes computed from it (a head after `x.mean(0)`) run once; "once"
 outputs are such values. A neuron whose membrane input is not a state (a single-step
 program, steps = 1) reads that value. Meaning is preserved exactly: every
@@ -276,7 +277,19 @@ class _Unroller:
         return stacked
 
     def over_time(self, value: Value, mode: str, source, hint: str) -> Value:
-        """The mean or sum over all steps of `value`: [N, ...]."""
+        """The mean, sum, maximum or minimum over all steps of `value`, or its last step's
+        value: [N, ...]. The maximum (minimum) keeps the running one where it is >= (<=)
+        the next step's, step by step: one of the values, exactly."""
+        if mode == "last":
+            return self.step_values(value)[-1]
+        if mode in ("max", "min"):
+            best, *rest = self.step_values(value)
+            for t, x in enumerate(rest, 1):
+                keep, = self.emit("compare", [best, x], {"op": "ge" if mode == "max" else "le"},
+                                  source, [f"{hint}.keep{t}"])
+                best, = self.emit("where", [keep, best, x], {}, source,
+                                  [hint if t == len(rest) else f"{hint}.{mode}{t}"])
+            return best
         stacked = self.stacked(value, source, f"{hint}.steps")
         op = "reduce_mean" if mode == "mean" else "reduce_sum"
         reduced, = self.emit(op, [stacked], {"axes": [0], "keepdims": False}, source, [hint])

@@ -53,6 +53,25 @@ def _dhs():
     return spike_dhs
 
 
+class _Stacked(nn.Module):
+    """A non-spiking neuron (multi-step only) with decode None returns its membranes as a
+    list of T tensors; a model stacks them to go on: torch.stack(v_seq)."""
+
+    def __init__(self, sn):
+        super().__init__()
+        self.sn = sn
+
+    def forward(self, x_seq):
+        return torch.stack(self.sn(x_seq))
+
+
+def _masked_psn(step_mode):
+    """MaskedPSN(k=2): single-step needs lambda_ >= 1 (the mask is then the band of k
+    diagonals); multi-step mixes the band and the full matrix by lambda_ = 0.5."""
+    return neuron.MaskedPSN(k=2, T=T, lambda_init=1.0 if step_mode == "s" else 0.5,
+                            step_mode=step_mode)
+
+
 def _with_step_mode(node, step_mode):
     """CUBALIFNode takes no step_mode argument (it starts single-step)."""
     node.step_mode = step_mode
@@ -95,7 +114,13 @@ NEURONS = {
     # parallel over time: a learned [T, T] mix of the steps (the IR's time_mix), then a
     # threshold
     "PSN": (lambda m: neuron.PSN(T=T), "u8", "m"),
-    "SlidingPSN": (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "u8", "m"),
+    # s: a queue of the last k inputs, flattened with the batch but read position by
+    # position (compiler/frontend/queues.py)
+    "SlidingPSN": (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "u8", "ms"),
+    "MaskedPSN": (_masked_psn, "u8", "ms"),
+    # non-spiking: their outputs are membranes (real, nearly all nonzero); multi-step only
+    "NonSpikingIFNode": (lambda m: _Stacked(neuron.NonSpikingIFNode()), "real", "m"),
+    "NonSpikingLIFNode": (lambda m: _Stacked(neuron.NonSpikingLIFNode(tau=3.0)), "real", "m"),
     # a loop over T whose steps also read a parameter indexed by the step (conductance)
     "GatedLIFNode": (lambda m: _Gated(), "u8", "m"),
 }
@@ -130,13 +155,35 @@ class Net(nn.Module):
         return self.fc2(x).unflatten(0, (T, -1)).mean(0)
 
 
+# classes whose outputs are membranes, not spikes: nonzero almost everywhere
+MEMBRANES = ("NonSpikingIFNode", "NonSpikingLIFNode")
+
+
+class Readout(Net):
+    """Net (multi-step) whose last neuron `readout` decodes its membranes over time into one
+    [B, 16] value (a non-spiking neuron's decode 'mean-mem', 'max-mem', 'max-abs-mem',
+    'last_mem'), which fc2 reads once."""
+
+    def __init__(self, make, readout):
+        super().__init__(make, "m")
+        self.sn3 = readout
+
+    def forward(self, x):
+        x = x.unsqueeze(0).repeat(T, 1, 1, 1, 1).flatten(0, 1)
+        x = self.pool(self.sn1(self.conv1(x).unflatten(0, (T, -1))).flatten(0, 1))
+        x = self.sn2(self.conv2(x).unflatten(0, (T, -1))).flatten(0, 1)
+        return self.fc2(self.sn3(self.fc1(x.flatten(1)).unflatten(0, (T, -1))))
+
+
 def build(name: str, step_mode: str, seed: int = 0, bias: float = 0.5, weight: float = 1.5,
-          make=None):
-    """The firing net of neuron class `name` (or of the factory `make`): BatchNorm biases
-    `bias` and weights `weight`, statistics calibrated on random inputs with the neurons in
-    eval mode (OTTT and SLTT return their traces too in training mode)."""
+          make=None, readout=None):
+    """The firing net of neuron class `name` (or of the factory `make`; with `readout`, a
+    Readout net ending in it): BatchNorm biases `bias` and weights `weight`, statistics
+    calibrated on random inputs with the neurons in eval mode (OTTT and SLTT return their
+    traces too in training mode)."""
     torch.manual_seed(seed)
-    model = Net(make or NEURONS[name][0], step_mode).eval()
+    make = make or NEURONS[name][0]
+    model = (Net(make, step_mode) if readout is None else Readout(make, readout)).eval()
     for bn in model.modules():
         if isinstance(bn, nn.modules.batchnorm._BatchNorm):
             nn.init.constant_(bn.bias, bias)
@@ -157,6 +204,7 @@ def rates(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     sums: dict[str, list] = {}
 
     def hook(name, _module, _inputs, out):
+        out = torch.stack(out) if isinstance(out, (list, tuple)) else out  # v_seq as a list
         total = sums.setdefault(name, [0.0, 0])
         total[0] += float((out.detach() != 0).float().sum())
         total[1] += out.numel()

@@ -10,6 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import neuron_zoo as NZ
 from spikingjelly.activation_based import neuron
@@ -28,7 +29,23 @@ CASES = [(name, mode, q) for name, (_, _, modes) in NZ.NEURONS.items() for mode 
 
 @pytest.mark.parametrize("name,mode,q", CASES, ids=["-".join(c) for c in CASES])
 def test_neuron_class_matches_pytorch(name, mode, q):
-    _check_matches_pytorch(NZ.build(name, mode), NZ.NEURONS[name][1], q)
+    _check_matches_pytorch(NZ.build(name, mode), NZ.NEURONS[name][1], q,
+                           high=1.0 if name in NZ.MEMBRANES else 0.9)
+
+
+READOUTS = [(cls, decode, q) for cls in NZ.MEMBRANES
+            for decode in ("mean-mem", "max-mem", "max-abs-mem", "last_mem")
+            for q in ("plain", "quant")]
+
+
+@pytest.mark.parametrize("cls,decode,q", READOUTS, ids=["-".join(c) for c in READOUTS])
+def test_non_spiking_readout_decodes_match_pytorch(cls, decode, q):
+    """A LIF net whose last layer is a non-spiking neuron decoding its membranes over time
+    (max, max by magnitude, mean, last step); fc2 reads the decoded value once, a real
+    value: in the quantized net only conv2 and fc1 (reading spikes) are integer GEMMs."""
+    readout = getattr(neuron, cls)(decode=decode)
+    model = NZ.build(cls, "m", make=NZ.NEURONS["LIFNode"][0], readout=readout)
+    _check_matches_pytorch(model, None, q, high=1.0, integer_gemms=2)
 
 
 @pytest.mark.parametrize("q", ["plain", "quant"])
@@ -38,7 +55,7 @@ def test_gated_lif_channel_wise_matches_pytorch(q):
     _check_matches_pytorch(NZ.build("GatedLIFNode", "m", make=NZ.gated_channel_wise()), "u8", q)
 
 
-def _check_matches_pytorch(model, kind, q):
+def _check_matches_pytorch(model, kind, q, high=0.9, integer_gemms=None):
     if q == "quant":
         model = snnc.quantize(model, zoo.heterogeneous(model))
     program = zoo.export(model, (3, *NZ.SHAPE[1:]))
@@ -54,7 +71,7 @@ def _check_matches_pytorch(model, kind, q):
         assert not comparison.problems, comparison.problems
         assert comparison.samples == 3 and comparison.perturbed <= (1 if layers else 0)
     rates = NZ.rates(model, torch.from_numpy(x))
-    assert len(rates) == 3 and all(0.01 <= r <= 0.9 for r in rates.values()), rates
+    assert len(rates) == 3 and all(0.01 <= r <= high for r in rates.values()), rates
     one = H.onnx_trace(session, x[:1])  # batch 1 from the same file: the same spikes
     for layer, spikes in one.spikes.items():
         np.testing.assert_array_equal(spikes[:, 0], onnx.spikes[layer][:, 0])
@@ -65,6 +82,81 @@ def _check_matches_pytorch(model, kind, q):
         assert kind in casts and gemms >= 3, (casts, gemms)
     elif q == "quant" and kind == "real":
         assert gemms == 0
+    if q == "quant" and integer_gemms is not None:
+        assert gemms == integer_gemms, gemms
+
+
+class _Tokens(nn.Module):
+    """Linear(4, 6) then the neuron `sn` over `steps` steps: multi-step on [T, B, 6]
+    (a list of membranes stacked), or single-step with the loop in forward."""
+
+    def __init__(self, sn, steps: int, mode: str):
+        super().__init__()
+        self.fc, self.sn, self.steps, self.mode = nn.Linear(4, 6), sn, steps, mode
+        with torch.no_grad():
+            self.fc.weight.mul_(4)
+            if hasattr(sn, "bias"):  # a PSN's -1 would silence a small random mix
+                sn.bias.zero_()
+
+    def forward(self, x):
+        if self.mode == "s":
+            return torch.stack([self.sn(self.fc(x)) for _ in range(self.steps)])
+        y = self.sn(self.fc(x).unsqueeze(0).repeat(self.steps, 1, 1))
+        return torch.stack(y) if isinstance(y, list) else y
+
+
+FAMILY = [  # (class, its arguments, T, step mode)
+    *((neuron.SlidingPSN, dict(k=k, exp_init=False), steps, mode)
+      for k, steps in ((1, 4), (3, 5), (4, 6)) for mode in "ms"),
+    *((neuron.MaskedPSN, dict(k=3, T=5, lambda_init=lam), 5, mode)
+      for lam, mode in ((1.5, "s"), (1.0, "m"), (0.25, "m"))),
+    *((cls, dict(decode=decode, **extra), 5, "m")
+      for cls, extra in ((neuron.NonSpikingIFNode, {}), (neuron.NonSpikingLIFNode, {"tau": 1.5}))
+      for decode in (None, "max-abs-mem", "last_mem")),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,steps,mode", FAMILY,
+                         ids=[f"{c.__name__}-{'-'.join(map(str, k.values()))}-T{t}-{m}"
+                              for c, k, t, m in FAMILY])
+def test_psn_and_non_spiking_family_matches_pytorch(cls, kwargs, steps, mode):
+    """Other k, T, lambda_ and decodes than the zoo nets': ONNX Runtime and the interpreter
+    equal PyTorch (spikes exactly; a queue of k <= 4 adds as torch.sum does)."""
+    torch.manual_seed(steps)
+    if cls is not neuron.NonSpikingIFNode and cls is not neuron.NonSpikingLIFNode:
+        kwargs = {**kwargs, "step_mode": mode}
+    model = _Tokens(cls(**kwargs), steps, mode).eval()
+    program = zoo.export(model, (3, 4))
+    result = compile_program(program)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    zoo.functional.reset_net(model)
+    with torch.no_grad():
+        want = model(x).numpy()
+    zoo.functional.reset_net(model)
+    session = H.onnx_session(result.data)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    spikes = cls not in (neuron.NonSpikingIFNode, neuron.NonSpikingLIFNode)
+    np.testing.assert_allclose(got, want, atol=0 if spikes else 2e-6)
+    assert not spikes or 0 < want.mean() < 1, want.mean()  # it fires, not everywhere
+
+
+def test_tracing_leaves_the_model_as_it_was():
+    """snnc.frontend.tracing changes a model only while torch.export traces it: afterwards
+    MaskedPSN's lambda_ is its buffer again (in its place in the state dict), no neuron
+    keeps a wrapped forward and torch.Tensor.data is torch's, also when tracing fails."""
+    from snnc.frontend.tracing import traceable
+    model = NZ.build("MaskedPSN", "m")
+    keys = list(model.state_dict())
+    seen = []
+    with pytest.raises(AssertionError), traceable(model):
+        seen.append(model.sn1.lambda_)
+        model.sn1(torch.zeros(NZ.T + 1, 1, 4))  # MaskedPSN asserts T steps
+    assert seen == [0.5]
+    assert list(model.state_dict()) == keys and isinstance(model.sn1.lambda_, torch.Tensor)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert "data" not in torch.Tensor.__dict__
+    x = torch.ones(2, requires_grad=True)
+    assert x.data.requires_grad is False and x.data.data_ptr() == x.data_ptr()
 
 
 class _NoisyIF(neuron.IFNode):
@@ -74,6 +166,31 @@ class _NoisyIF(neuron.IFNode):
 
     def single_step_forward(self, x):
         return super().single_step_forward(x + 0.1 * torch.randn_like(x))
+
+
+class _QueueMixingSamples(neuron.SlidingPSN):
+    """A single-step SlidingPSN that centres its step's potential on its mean over the
+    flattened queue: the mean runs over the batch too, so samples mix."""
+
+    __module__ = "spikingjelly.activation_based.neuron.queue_test"
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        x = inputs[0]
+        queue = (*states[0], x.flatten())[-self.k:]
+        h = torch.sum(self.weight[self.k - len(queue):].unsqueeze(-1) * torch.stack(queue), 0)
+        spike = self.surrogate_function(h - h.mean() + self.bias)
+        return (spike.view(x.shape),), (list(queue),)
+
+
+class _ScaledSteps(torch.nn.Module):
+    """A non-spiking neuron's list of membranes, each step scaled before the stack."""
+
+    def __init__(self):
+        super().__init__()
+        self.sn = neuron.NonSpikingIFNode()
+
+    def forward(self, x_seq):
+        return torch.stack([2.0 * v for v in self.sn(x_seq)])
 
 
 class _LastStepDiffers(neuron.SimpleIFNode):
@@ -88,7 +205,10 @@ class _LastStepDiffers(neuron.SimpleIFNode):
 
 @pytest.mark.parametrize("make,mode,says", [
     (lambda m: _NoisyIF(step_mode=m), "s", "_NoisyIF: draws random numbers"),
-    (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "s", "SlidingPSN: single-step"),
+    (lambda m: _QueueMixingSamples(k=2, step_mode=m), "s",
+     "_QueueMixingSamples: flattens its input with the batch"),
+    (lambda m: _ScaledSteps(), "m", "NonSpikingIFNode returns its steps' values as a list "
+     "that its caller does not stack"),
     (lambda m: _LastStepDiffers(step_mode=m), "m", "compute different things"),
 ])
 def test_neurons_snnc_cannot_compile_are_refused_by_class(make, mode, says):

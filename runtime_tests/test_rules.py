@@ -292,6 +292,9 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "linear_on_tokens": (tail(lambda m, s: m.lif(4 * m.fc(s.clone().detach()) + 1)),
                          (1, 3, 6, 6)),
     "head_after_mean": (tail(lambda m, s: m.lin(s.mean(0).flatten(1))), (1, 3, 6, 6)),
+    # over time: the maximum, the minimum and the last step (non-spiking readouts' decodes)
+    "time_max_min_last": (tail(lambda m, s: m.lin((s.max(0).values + 2 * s.min(0)[0]
+                                                   + 4 * s[-1]).flatten(1))), (1, 3, 6, 6)),
     "arithmetic": (tail(lambda m, s: ((1 - s) * s + s / 2 - 0.25 + s.mul(2.0)).mean(0)),
                    (1, 3, 6, 6)),
     "relu_dropout": (tail(lambda m, s: torch.nn.functional.dropout(torch.relu(s - 0.5),

@@ -31,6 +31,8 @@ import torch
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
+from snnc.frontend.tracing import traceable
+
 for _op in ("lif", "if_", "plif"):
     importlib.import_module(f"spikingjelly._ops.{_op}")
 
@@ -119,7 +121,7 @@ def check_firing(model: nn.Module, input_shape, low: float = 0.01, high: float =
 def export(model: nn.Module, input_shape) -> torch.export.ExportedProgram:
     """torch.export.export on zeros of `input_shape`, the net reset before and after."""
     functional.reset_net(model)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), traceable(model):
         warnings.simplefilter("ignore")  # SpikingJelly's memories trip a buffer warning
         program = torch.export.export(model, (torch.zeros(*input_shape),))
     functional.reset_net(model)

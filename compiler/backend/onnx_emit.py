@@ -639,7 +639,7 @@ LOWER = {
     "max_pool": _pool("MaxPool"), "avg_pool": _pool("AveragePool"),
     "linear": _linear, "reshape": _reshape, "transpose": _transpose, "split": _split,
     "reduce_mean": _reduce("ReduceMean"), "reduce_sum": _reduce("ReduceSum"),
-    "reduce_max": _reduce("ReduceMax"),
+    "reduce_max": _reduce("ReduceMax"), "reduce_min": _reduce("ReduceMin"),
     "concat": _concat, "chunk": _chunk, "pad": _pad, "gather": _gather, "neuron": _neuron,
     "neuron_model": _neuron_model, "dequantize": _dequantize,
     "compare": _compare, "where": _where, "clip": _clip, "round": _simple("Round"),

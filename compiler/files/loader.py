@@ -30,6 +30,7 @@ from snnc.files.paths import check_input, sniff, wrong_kind
 from snnc.files.tensors import check_finite, check_saved_tensors
 from snnc.files.trust import resolve_factory, short_repr
 from snnc.frontend import budget
+from snnc.frontend.tracing import traceable
 from snnc.quant import quantize  # also registers snnc::fake_quant, which quantized programs use
 
 CHECKPOINT_KEYS = ("factory", "kwargs", "state_dict", "input_shape")
@@ -320,7 +321,7 @@ def _export(model: torch.nn.Module, input_shape, where: str) -> torch.export.Exp
                             "elements, e.g. [1, 3, 32, 32]")
     example = torch.zeros(*input_shape)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), traceable(model):
             warnings.simplefilter("ignore")  # SpikingJelly's neuron memories trip a warning
             return torch.export.export(model, (example,))
     except SnncError:
@@ -384,7 +385,7 @@ def _probe(build, kwargs: dict, factory: str, path: str, input_shape,
     if not (isinstance(probe, torch.nn.Module) and _valid_shape(input_shape)):
         return False
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _quiet_torch():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_torch(), traceable(probe):
             warnings.simplefilter("ignore")
             traced = torch.export.export(probe.eval(),
                                          (torch.zeros(*input_shape, device="meta"),))

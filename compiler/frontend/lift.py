@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from snnc.errors import BadInputError, UnsupportedOpError
-from snnc.frontend import axes, fold, neuron_regions, prepare, rules, stacked
+from snnc.frontend import axes, fold, neuron_regions, prepare, queues, rules, stacked
 from snnc.frontend.axes import AxisError, Layout
 from snnc.frontend.lifter import (ELEMENTWISE, NEURON_OPS, REPORTED, Act, Lifter, Marker,
                                   Unsupported, axis_args, dims, op_name, source_of)
@@ -93,8 +93,9 @@ def _prepared(program: torch.export.ExportedProgram) -> tuple[torch.fx.Graph, di
         kinds = prepare.input_specs(program, graph)
         constant = {n for n in graph.nodes if n.op == "placeholder" and n.name in kinds
                     and kinds[n.name].kind.name in fold.CONSTANT_KINDS}
-        return prepare.decompose(graph, lambda name: name in rules.RULES, constant), kinds, \
-            constant
+        graph = prepare.decompose(graph, lambda name: name in rules.RULES, constant)
+        return queues.per_position(graph, neuron_regions.constant_nodes(graph, constant)), \
+            kinds, constant
     except prepare.FunctionalizeError as error:
         raise UnsupportedOpError([(f"{op_name(error.node)}: {error}",
                                    str(source_of(error.node)))]) from None
@@ -232,7 +233,8 @@ def _outputs(lx: Lifter, rets) -> list[tuple[str, Value]]:
 def _output(lx: Lifter, ret) -> tuple[str, Value]:
     """(time mode, value) of a model output."""
     got = lx.env.get(ret) if isinstance(ret, torch.fx.Node) else None
-    if isinstance(got, Marker) and got.kind == "time_reduce" and id(ret) not in lx.reduced:
+    if isinstance(got, Marker) and got.kind == "time_reduce" and id(ret) not in lx.reduced \
+            and got.payload[1] in ("mean", "sum"):  # an output mode; others: a node, once
         x, mode = got.payload
         return mode, x.value
     got = lx.operand(ret) if isinstance(ret, torch.fx.Node) else None

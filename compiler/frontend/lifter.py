@@ -67,9 +67,9 @@ class Act:
 class Marker:
     """A fact that is not a tensor of the IR: `kind` is "init" (a membrane's constant
     initial fill, payload the float), "first_step" (x[0] of a [T, B, ...] tensor, only for
-    full_like), "time_reduce" (payload (Act, "mean" | "sum"): emitted when used),
-    "shape" (a size, for view arguments), "indices" (of a max: not lifted) or "none" (an
-    op with no result)."""
+    full_like), "time_reduce" (payload (Act, a time_reduce mode): emitted when used),
+    "shape" (a size, for view arguments), "indices" (of a max or min: not lifted) or
+    "none" (an op with no result)."""
 
     kind: str
     payload: Any = None
@@ -86,7 +86,8 @@ _NOT_A_TENSOR = {
                  "operand of a matrix product with a constant [T, T] weight (a mix over "
                  "time, as PSN), viewed back to [T, B, ...]",
     "none": "uses the result of an op that has none",
-    "indices": "uses the indices of a max (an argmax); snnc lifts only its values",
+    "indices": "uses the indices of a maximum or minimum (an argmax); snnc computes only "
+               "its values",
 }
 
 
@@ -338,7 +339,8 @@ def _time_steps(neuron: torch.fx.Node) -> int:
 
 
 def _reduced(lx: Lifter, node: torch.fx.Node, x: Act, mode: str) -> Act:
-    """x.mean(0) / x.sum(0) over time, used by another op: a time_reduce node, once."""
+    """x.mean(0), x.sum(0), max or min over time, or x_seq[-1], used by another op: a
+    time_reduce node, once."""
     if id(node) not in lx.reduced:
         value, = lx.emit("time_reduce", [x.value], {"mode": mode}, node)
         lx.reduced[id(node)] = Act(value, x.layout.drop(x.layout.time_axis), post=True)

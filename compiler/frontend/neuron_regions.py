@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from snnc.frontend import axes, fold
+from snnc.frontend import axes, fold, queues
 from snnc.frontend.lifter import Act, Marker, Unsupported, dims, op_name
 from snnc.ir.graph import State, Value
 
@@ -37,14 +37,19 @@ _FILLS = ("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.d
           "aten.zeros.default", "aten.full.default")
 # torch.zeros(x_seq.shape[1:]) (GLIF's first spike): a fill of one step's shape
 _SHAPED_FILLS = ("aten.zeros.default", "aten.full.default")
+_ALIASES = ("aten.detach.default", "aten.alias.default", "aten.clone.default")
 
 
-# Single-step forms snnc refuses by class: the queue of past inputs flattens the batch into
-# the features (sliding_psn_step's x.flatten()), which the IR's axes cannot carry.
-QUEUED = {cls: "single-step, it keeps a queue of past inputs flattened with the batch "
-               "(x.flatten()); compile it in step_mode='m' (the same neuron, all steps at "
-               "once: a mix over time)"
-          for cls in ("SlidingPSN", "MaskedPSN")}
+# A neuron whose step flattens its input with the batch (x.flatten(), all axes) and uses it
+# other than as queues.per_position rewrites (a weighted sum over the queued inputs, then
+# position by position, viewed back): the IR's axes cannot carry the batch merged into the
+# features, and such a step may read other samples of the batch.
+QUEUED = ("flattens its input with the batch (x.flatten(), all axes: a single-step "
+          "SlidingPSN/MaskedPSN's queue of past inputs) and computes its step from it other "
+          "than position by position (a weighted sum over the queued inputs, elementwise "
+          "arithmetic with scalars after it, viewed back to the input's shape), so a sample's "
+          "output may read other samples of the batch; keep each sample's positions apart "
+          "(or, for SlidingPSN/MaskedPSN, use step_mode='m': the same neuron as a mix over time)")
 
 
 @dataclass
@@ -67,7 +72,7 @@ class Region:
 class Loop:
     source: torch.fx.Node  # x_seq
     steps: list[list[torch.fx.Node]]  # S_t, graph order
-    stack: torch.fx.Node
+    stack: torch.fx.Node | None  # None while a loop returning its last step is matched
     skipped: set = field(default_factory=set)  # steps 1.. and the unbind
     carried: dict = field(default_factory=dict)  # (body node, arg index) -> state key
     inits: dict = field(default_factory=dict)  # state key (a step-0 node) -> init node
@@ -118,9 +123,8 @@ def find(graph: torch.fx.Graph, neuron_ops, constants=()) -> list[Region]:
                     f"draws random numbers ({', '.join(drawn)}): a nondeterministic neuron "
                     "cannot be compiled; call model.eval() before export if it is "
                     "deterministic in eval mode (noisy neurons are not)")
-            if region.cls in QUEUED and any(op_name(n) == "aten.stack.default"
-                                            for n in region.nodes):
-                raise Unsupported(QUEUED[region.cls])
+            if any(queues.flattens_all(n) for n in region.nodes):
+                raise Unsupported(QUEUED)
             region.loop = None if region.op else _loop(region, constant)
         except Unsupported as why:
             region.error = str(why)
@@ -140,6 +144,7 @@ def _step_index(node, inside=None) -> tuple | None:
     or getitem(unbind(x, 0), t)."""
     name = op_name(node)
     if name == "aten.select.int" and node.args[1] == 0 and \
+            isinstance(node.args[0], torch.fx.Node) and isinstance(node.args[2], int) and \
             (inside is None or node.args[0] not in inside):
         return node.args[0], node.args[2]
     if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node) and \
@@ -166,38 +171,87 @@ def _loop(region: Region, constant=frozenset()) -> Loop | None:
     inside = set(region.nodes)
     index = {n: _step_index(n, inside) for n in region.nodes}
     sources = {i[0] for i in index.values() if i is not None and i[0] not in constant}
-    stacks = [n for n in region.nodes if op_name(n) == "aten.stack.default"
-              and (list(n.args[1:2]) or [0])[0] == 0]
-    if not sources or not stacks:
+    if not sources:
         return None
-    if len(sources) != 1 or len(stacks) != 1:
-        raise Unsupported(f"{region.cls} loops over {len(sources)} sequence(s) into "
-                          f"{len(stacks)} stack(s); snnc re-rolls a loop over one input")
-    stack = stacks[0]
-    count = len(stack.args[0])
-    if count == 1:  # a single-step call through a one-step loop (OTTT, SLTT): no loop
-        return None
+    stack, count, last = _loop_outputs(region, index, inside, sources)
+    if count is None or count == 1:  # no loop; or a single-step call through a one-step
+        return None                  # loop (OTTT, SLTT)
     dep: dict = {}
     for n in region.nodes:
-        if index[n] is not None and not all(op_name(u) in _FILLS for u in n.users):
+        if index[n] is not None and not _feeds_fill(n):
             dep[n] = index[n][1]  # (x_seq[0] read only to fill the initial state: not a step)
-        elif op_name(n) in _FILLS or op_name(n) == "aten.unbind.int" or n is stack:
+        elif op_name(n) in _FILLS or op_name(n) == "aten.unbind.int" or n is stack or \
+                _feeds_fill(n):
             dep[n] = -1
         else:
             dep[n] = max((dep.get(a, -1) for a in n.all_input_nodes), default=-1)
     steps = [[n for n in region.nodes if dep[n] == t and n is not stack] for t in range(count)]
-    if any(not s for s in steps) or max(dep.values()) >= count:
+    if any(not s for s in steps) or max(dep.values()) >= count or \
+            (last is not None and dep[last] != count - 1):
         raise Unsupported(f"{region.cls}'s loop does not make one output per step")
     loop = Loop(sources.pop(), steps, stack, constant=set(constant))
     loop.skipped = {n for s in steps[1:] for n in s} | {
         n for n in region.nodes if op_name(n) == "aten.unbind.int"}
+    _matched(region, loop, dep)
+    if last is not None:
+        _stack_last(region, loop, last)
+    elif stack not in inside:  # torch.stack(v_seq) of the list the module returns
+        region.nodes.append(stack)
+    return loop
+
+
+def _feeds_fill(node) -> bool:
+    """Whether `node` is read only to fill a state: by full_like and the like, directly or
+    through detach (NonSpikingBaseNode's `full_like(x_seq[0].data, 0.0)`)."""
+    return bool(node.users) and all(
+        op_name(u) in _FILLS or (op_name(u) in _ALIASES and _feeds_fill(u)) for u in node.users)
+
+
+def _loop_outputs(region: Region, index: dict, inside: set, sources: set) -> tuple:
+    """(the stack of the steps' outputs, the number of steps, the last step's output): the
+    loop stacks its steps' outputs itself; returns them as a list its caller stacks
+    (torch.stack(v_seq) outside the module); or returns only the last step's (a non-spiking
+    neuron's decode='last_mem': the stack is made, see _stack_last). (None, None, None):
+    no loop over time."""
+    stacks = [n for n in region.nodes if _stacks_time(n)]
+    if len(sources) != 1 or len(stacks) > 1:
+        raise Unsupported(f"{region.cls} loops over {len(sources)} sequence(s) into "
+                          f"{len(stacks)} stack(s); snnc re-rolls a loop over one input")
+    if stacks:
+        return stacks[0], len(stacks[0].args[0]), None
+    source = next(iter(sources))
+    taken = sorted({i[1] for n, i in index.items() if i is not None and i[0] is source
+                    and not _feeds_fill(n)})
+    steps = dims(source)[0]
+    if len(taken) < 2 or not isinstance(steps, int) or taken != list(range(steps)):
+        return None, None, None
+    read = [n for n in region.nodes if any(u not in inside for u in n.users)]
+    outer = {u for n in read for u in n.users if u not in inside}
+    if len(outer) == 1 and _stacks_time(next(iter(outer))) and \
+            set(next(iter(outer)).args[0]) == set(read):
+        stack = next(iter(outer))
+        return stack, len(stack.args[0]), None
+    if len(read) == 1:
+        return None, len(taken), read[0]
+    raise Unsupported(f"{region.cls} returns its steps' values as a list that its caller "
+                      "does not stack; snnc compiles a neuron's loop over time whose outputs "
+                      "are stacked (torch.stack(v_seq)), reduced over time, or its last step")
+
+
+def _stacks_time(node) -> bool:
+    return op_name(node) == "aten.stack.default" and (list(node.args[1:2]) or [0])[0] == 0
+
+
+def _matched(region: Region, loop: Loop, dep: dict) -> None:
+    """_match_steps, or, if step 0 differs from the others only as _same allows, step 0
+    rewritten to read its states as they do, then matched."""
     try:
         _match_steps(region, loop, dep)
     except Unsupported:
         fixes: list = []
         try:
-            _match_steps(region, Loop(loop.source, steps, stack, constant=loop.constant), dep,
-                         fixes)
+            _match_steps(region, Loop(loop.source, loop.steps, loop.stack,
+                                      constant=loop.constant), dep, fixes)
         except Unsupported:
             fixes = []
         if not fixes:
@@ -206,7 +260,33 @@ def _loop(region: Region, constant=frozenset()) -> Loop | None:
         loop.inits.clear()
         loop.carried.clear()
         _match_steps(region, loop, dep)
-    return loop
+
+
+def _stack_last(region: Region, loop: Loop, last) -> None:
+    """A loop whose module returns only its last step's output o[T-1]: o[0], ..., o[T-1]
+    found back through the steps' matching, stacked (the loop's output, with time) and
+    o[T-1]'s readers given `stack[T-1]` (a time_reduce "last" of it). The prepared graph is
+    a copy (prepare.py)."""
+    chain = [last]
+    for phi in reversed(loop.phis):
+        back = [a for a, b in phi.items() if b is chain[0]]
+        if len(back) != 1:
+            raise Unsupported(f"{region.cls} returns its last step's value, which the other "
+                              "steps do not compute the same way")
+        chain.insert(0, back[0])
+    graph, val = last.graph, last.meta["val"]
+    inside = set(region.nodes)
+    with graph.inserting_after(last):
+        stack = graph.call_function(torch.ops.aten.stack.default, (chain,))
+    with graph.inserting_after(stack):
+        pick = graph.call_function(torch.ops.aten.select.int, (stack, 0, len(chain) - 1))
+    meta = {k: last.meta.get(k) for k in ("nn_module_stack", "stack_trace")}
+    stack.meta.update(meta, val=val.new_empty((len(chain), *val.shape)))
+    pick.meta.update(meta, val=val)
+    last.replace_all_uses_with(pick, delete_user_cb=lambda u: u not in inside and
+                               u not in (stack, pick))
+    loop.stack = stack
+    region.nodes.append(stack)
 
 
 def _first_step_as_the_others(region: Region, loop: Loop, dep: dict, fixes: list) -> None:
@@ -250,8 +330,8 @@ def _match_steps(region: Region, loop: Loop, dep: dict, fixes: list | None = Non
             raise Unsupported(f"{region.cls}'s steps {t} and {t + 1} differ in length")
         phis.append(phi)
         loop.phis = phis
-        outs = loop.stack.args[0]
-        if phi.get(outs[t]) is not outs[t + 1]:
+        outs = loop.stack.args[0] if loop.stack is not None else None
+        if outs is not None and phi.get(outs[t]) is not outs[t + 1]:
             raise Unsupported(f"{region.cls} stacks different results at steps {t}, {t + 1}")
 
 

@@ -111,8 +111,7 @@ def _global_pool(lx, node, a):
     return [pooled, Marker("indices")] if "max" in name else pooled  # (values, indices)
 
 
-@rule("aten.max.dim", "aten.amax.default", ir="reduce_max",
-      note="over feature axes (the values; not the indices)")
+@rule("aten.amax.default", ir="reduce_max", note="over feature axes")
 def _max(lx, node, a):
     x = lx.act(a.get("self"))
     picked = sorted({x.layout.axis(d) for d in ints_arg(a, "dim")})
@@ -123,8 +122,7 @@ def _max(lx, node, a):
     layout = x.layout if keep else Layout(tuple(r for i, r in enumerate(x.layout.roles)
                                                 if i not in picked))
     value, = lx.emit("reduce_max", [x.value], {"axes": step_axes, "keepdims": keep}, node)
-    out = lx.new_act(value, layout, x.post)
-    return [out, Marker("indices")] if op_name(node) == "aten.max.dim" else out
+    return lx.new_act(value, layout, x.post)
 
 
 @rule("aten.conv3d.default", ir="reshape, conv", note="pointwise (kernel 1, stride 1, no "

@@ -192,6 +192,7 @@ def _assert_metadata(lx, node, a):
 # class listed with modes, in those modes, and checks the table against its list.
 _OP = "registered op `{}`"
 _LOOP = "PyTorch arithmetic; m: a loop over T (re-rolled, docs/ir.md)"
+_QUEUE_IR = "m: `time_mix`, `compare`; s: `mul`, `add` of the last k inputs, `compare`"
 NEURON_CLASSES = [
     ("IFNode", "m, s", _OP.format("sj_if"), "`neuron` leak='none'", "0/1, uint8"),
     ("LIFNode", "m, s", _OP.format("sj_lif"), "`neuron` leak='div'", "0/1, uint8"),
@@ -215,10 +216,13 @@ NEURON_CLASSES = [
      "arithmetic", "0/1, uint8"),
     ("PSN", "m", "PyTorch: W @ x_seq.flatten(1) + B, a [T, T] weight over time (PSN has no "
      "single-step form)", "`time_mix`, then `compare`", "0/1, uint8"),
-    ("SlidingPSN", "m", "m: as PSN, its [T, T] weight built from k weights (folded); s: a "
-     "queue of past inputs flattened with the batch", "m: `time_mix`, `compare`; s: refused",
-     "0/1, uint8"),
-    ("MaskedPSN", "", "torch.export fails (a data-dependent guard on lambda_)", "", ""),
+    ("SlidingPSN", "m, s", "m: as PSN, its [T, T] weight built from k weights (folded); s: a "
+     "queue of the last k inputs, each flattened with the batch but read position by "
+     "position (per sample: the same mix over time, rewritten unflattened, "
+     "frontend/queues.py)", _QUEUE_IR, "0/1, uint8"),
+    ("MaskedPSN", "m, s", "as SlidingPSN, its weight W * M_k(lambda_) (lambda_, a buffer its "
+     "forward branches on, traced as its value: a constant mask, frontend/tracing.py); s needs "
+     "lambda_ >= 1 (SpikingJelly's rule)", _QUEUE_IR, "0/1, uint8"),
     ("ComplementaryLIFNode", "m, s", _LOOP + ", sigmoid (a float island)",
      "arithmetic, 2 states", "0/1, uint8"),
     ("GatedLIFNode", "m", _LOOP + " that also reads its conductance indexed by step "
@@ -235,7 +239,12 @@ NEURON_CLASSES = [
      "state before the step), so step 0 folds to constants", "refused: its steps differ", ""),
     ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
      "differ", ""),
-    ("NonSpikingIFNode, NonSpikingLIFNode", "", "torch.export fails (`x_seq[0].data`)", "", ""),
+    *((cls, "m", "PyTorch loop over T (re-rolled; its `x_seq[0].data` traced as "
+       "`.detach()`, frontend/tracing.py; SpikingJelly has no step_mode 's'); decode None: "
+       "the list of membranes, to stack; 'mean-mem', 'max-mem', 'max-abs-mem', 'last_mem': "
+       "decoded over time, once", "arithmetic, 1 state; decodes: `time_reduce` mean, max "
+       "(and min), last", "membranes, real") for cls in ("NonSpikingIFNode",
+                                                          "NonSpikingLIFNode")),
     ("Noisy* (NoisyCUBALIFNode, ...)", "", "replays stored noise (is_training=True)",
      "refused when it draws random numbers; not tested", ""),
 ]

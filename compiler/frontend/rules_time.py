@@ -58,9 +58,10 @@ def _tile_features(lx, node, x: Act, sizes: list[int], shape, expand: bool) -> A
     return x
 
 
-@rule("aten.select.int", ir="split, reshape", note="x[0] of time for a neuron's initial "
-      "membrane; x_seq[t] of a per-step loop stacked over time (MultiStepContainer); x[t] of "
-      "a single-step loop; x[..., i] on a feature axis")
+@rule("aten.select.int", ir="split, reshape, time_reduce", note="x[0] of time for a neuron's "
+      "initial membrane; x_seq[t] of a per-step loop stacked over time (MultiStepContainer); "
+      "x_seq[-1], the last step (once); x[t] of a single-step loop; x[..., i] on a feature "
+      "axis")
 def _select(lx, node, a):
     x = lx.act(a.get("self"))
     axis = x.layout.axis(int_arg(a, "dim"))
@@ -78,6 +79,8 @@ def _select(lx, node, a):
             return lx.new_act(x.value, x.layout.drop(axis), x.post)
         if index == 0:
             return Marker("first_step", x)
+        if index == size - 1 and not x.post:  # x_seq[-1]: the last step's value, once
+            return Marker("time_reduce", (x, "last"))
         raise Unsupported(f"reads timestep {index} of a multi-step tensor outside a per-step "
                           "loop that stacks every step; a multi-step model is compiled whole: "
                           "return [T, B, ...] or reduce over time, wrap stateless layers in "
@@ -179,6 +182,24 @@ def _reduce(lx, node, a):
                                                 if i not in picked))
     value, = lx.emit(f"reduce_{mode}", [x.value], {"axes": step_axes, "keepdims": keep}, node)
     return lx.new_act(value, layout, x.post)
+
+
+@rule("aten.max.dim", "aten.min.dim", ir="time_reduce, reduce_max, reduce_min",
+      note="max(x_seq, 0) / min(x_seq, 0) over time (a non-spiking readout's decoding): the "
+      "values, once; over a feature axis: the values")
+def _extreme(lx, node, a):
+    x = lx.act(a.get("self"))
+    mode = "max" if op_name(node).startswith("aten.max") else "min"
+    axis = x.layout.axis(int_arg(a, "dim"))
+    keep = bool(a.get("keepdim"))
+    if x.layout.roles[axis] == T and not x.post and not keep:
+        if dims(node.args[0])[axis] == 1:
+            return (lx.new_act(x.value, x.layout.drop(axis)), Marker("indices"))
+        return (Marker("time_reduce", (x, mode)), Marker("indices"))
+    value, = lx.emit(f"reduce_{mode}", [x.value], {"axes": [x.layout.step_axis(axis)],
+                                                   "keepdims": keep}, node)
+    return (lx.new_act(value, x.layout if keep else x.layout.drop(axis), x.post),
+            Marker("indices"))
 
 
 @rule("aten.unbind.int", ir="split, reshape", note="for x in seq: a single-step loop over "

@@ -589,6 +589,9 @@ OPS: dict[str, OpDef] = {
         OpDef("reduce_max", {"axes": _INT_LIST, "keepdims": bool}, _reduce_infer,
               lambda a, at: [a[0].max(axis=tuple(at["axes"]), keepdims=at["keepdims"])],
               (1, 1)),
+        OpDef("reduce_min", {"axes": _INT_LIST, "keepdims": bool}, _reduce_infer,
+              lambda a, at: [a[0].min(axis=tuple(at["axes"]), keepdims=at["keepdims"])],
+              (1, 1)),
         # Equal parts joined / cut along an axis (time-major batches: N -> TN -> N).
         OpDef("concat", {"axis": int}, _concat_infer,
               lambda a, at: [np.concatenate(a, axis=at["axis"])], (1, 1 << 20)),

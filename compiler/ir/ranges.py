@@ -84,11 +84,11 @@ def analyze(graph: Graph) -> dict[Value, Range]:
         ranges[s.read] = UNKNOWN
     steps = graph.time.steps if graph.time is not None else 1
     for node in graph.nodes:
-        if node.op == "time_reduce":  # the mean keeps the range; the sum grows T times
+        if node.op == "time_reduce":  # the sum grows T times; the other modes keep it
             x = ranges[node.inputs[0]]
             k = steps if node.attrs["mode"] == "sum" else 1
             ranges[node.outputs[0]] = Range(x.lo * k, x.hi * k,
-                                            x.integer and node.attrs["mode"] == "sum")
+                                            x.integer and node.attrs["mode"] != "mean")
             continue
         for value, r in zip(node.outputs, _infer(node, ranges, values)):
             ranges[value] = r
@@ -98,7 +98,7 @@ def analyze(graph: Graph) -> dict[Value, Range]:
 def _infer(node: Node, ranges, values) -> list[Range]:
     op, ins = node.op, [ranges[v] for v in node.inputs]
     same = ("reshape", "transpose", "max_pool", "chunk", "split", "cast", "gather",
-            "reduce_max", "time_stack", "time_unstack")
+            "reduce_max", "reduce_min", "time_stack", "time_unstack")
     if op in same:
         return [ins[0]] * len(node.outputs)
     if op == "pad":  # the border's value joins the range

@@ -4,9 +4,10 @@ Each is evaluated on the T step values of its first input stacked on a leading a
 step at a time: the interpreter runs what they read for all steps first (interp._stages),
 and unroll_timesteps lowers them over the stacked steps.
 
-- `time_reduce(x) mode="mean"|"sum"`: the mean or sum over all timesteps of a step value (a
-  model's `x.mean(0)` before its head). Its output and everything computed from it exist
-  once, after the last step.
+- `time_reduce(x) mode="mean"|"sum"|"max"|"min"|"last"`: the mean, sum, maximum or minimum
+  over all timesteps of a step value (a model's `x.mean(0)` before its head; a non-spiking
+  readout's `max(v_seq, 0)`), or its value at the last step (`x_seq[-1]`). Its output and
+  everything computed from it exist once, after the last step.
 - `time_mix(x, w: [T, T], b: [T] or [T, ...])`: step t's value is
   sum_s w[t, s] x(step s) + b[t], a learned mix over all T steps (the parallel spiking
   neuron, PSN); with w = 0 and b [T, ...] a constant that differs per step (GLIF's
@@ -28,15 +29,24 @@ from snnc.ir.shapes import ShapeError
 F32 = np.float32
 
 
+REDUCE_MODES = ("mean", "sum", "max", "min", "last")
+
+
 def _reduce_infer(types, attrs):
-    if attrs["mode"] not in ("mean", "sum"):
-        raise ShapeError(f"time_reduce mode must be 'mean' or 'sum', got {attrs['mode']!r}")
+    if attrs["mode"] not in REDUCE_MODES:
+        raise ShapeError(f"time_reduce mode must be one of {', '.join(REDUCE_MODES)}, got "
+                         f"{attrs['mode']!r}")
     return [types[0]]
 
 
 def _reduce_eval(args, attrs):
-    reduce = np.mean if attrs["mode"] == "mean" else np.sum
-    return [reduce(args[0], axis=0, dtype=F32)]
+    x, mode = args[0], attrs["mode"]
+    if mode == "last":
+        return [x[-1].astype(F32)]
+    if mode in ("max", "min"):  # exact: picks one of the steps' values
+        return [(np.max if mode == "max" else np.min)(x, axis=0).astype(F32)]
+    reduce = np.mean if mode == "mean" else np.sum
+    return [reduce(x, axis=0, dtype=F32)]
 
 
 def _mix_infer(types, attrs):
