@@ -98,6 +98,10 @@ NEURONS = {
     "SlidingPSN": (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "u8", "m"),
     # a loop over T whose steps also read a parameter indexed by the step (conductance)
     "GatedLIFNode": (lambda m: _Gated(), "u8", "m"),
+    # DSR (multi-step only): a soft-reset IF / LIF loop whose spikes are v_threshold (DSRLIF:
+    # / delta_t); v_threshold a parameter (clamped)
+    "DSRIFNode": (lambda m: neuron.DSRIFNode(T=T, v_threshold=2.0, step_mode=m), "u8", "m"),
+    "DSRLIFNode": (lambda m: neuron.DSRLIFNode(T=T, delta_t=0.5, step_mode=m), "real", "m"),
 }
 
 

@@ -233,8 +233,12 @@ NEURON_CLASSES = [
      "for itself is dead code", "arithmetic, 1 state", "0/1, uint8"),
     ("RAFNode", "", "PyTorch; step 0's spike does not depend on the input (it fires on the "
      "state before the step), so step 0 folds to constants", "refused: its steps differ", ""),
-    ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
-     "differ", ""),
+    *((cls, "m", "PyTorch arithmetic: its autograd Function's forward, a loop over T "
+       f"(re-rolled, docs/ir.md): {kind} firing at alpha * v_threshold, subtracting "
+       "v_threshold (a parameter, clamped: folded); SpikingJelly refuses step_mode 's'",
+       "arithmetic, 1 state", out) for cls, kind, out in (
+        ("DSRIFNode", "IF", "0/v_threshold; uint8 if an integer, else real"),
+        ("DSRLIFNode", "LIF", "0/(v_threshold / delta_t), real"))),
     ("NonSpikingIFNode, NonSpikingLIFNode", "", "torch.export fails (`x_seq[0].data`)", "", ""),
     ("Noisy* (NoisyCUBALIFNode, ...)", "", "replays stored noise (is_training=True)",
      "refused when it draws random numbers; not tested", ""),
