@@ -38,6 +38,13 @@ def test_gated_lif_channel_wise_matches_pytorch(q):
     _check_matches_pytorch(NZ.build("GatedLIFNode", "m", make=NZ.gated_channel_wise()), "u8", q)
 
 
+@pytest.mark.parametrize("mode,q", [("m", "plain"), ("m", "quant"), ("s", "quant")])
+def test_activation_aware_if_per_channel_matches_pytorch(mode, q):
+    """ActivationAwareIFNode with a threshold and offset per channel: m, its registered op,
+    is a neuron_model reading them as per-channel constants; s is PyTorch arithmetic."""
+    _check_matches_pytorch(NZ.build(None, mode, make=NZ.aaif_channel_wise()), "u8", q)
+
+
 def _check_matches_pytorch(model, kind, q):
     if q == "quant":
         model = snnc.quantize(model, zoo.heterogeneous(model))
