@@ -114,6 +114,9 @@ NEURONS = {
     "SlidingPSN": (lambda m: neuron.SlidingPSN(k=2, step_mode=m), "u8", "m"),
     # a loop over T whose steps also read a parameter indexed by the step (conductance)
     "GatedLIFNode": (lambda m: _Gated(), "u8", "m"),
+    # resonate-and-fire: it fires on its state before the step, so its output lags its
+    # input by one step (the first spike a constant; re-rolled with a delay state)
+    "RAFNode": (lambda m: neuron.RAFNode(step_mode=m), "u8", "ms"),
     # DSR (multi-step only): a soft-reset IF / LIF loop whose spikes are v_threshold (DSRLIF:
     # / delta_t); v_threshold a parameter (clamped)
     "DSRIFNode": (lambda m: neuron.DSRIFNode(T=T, v_threshold=2.0, step_mode=m), "u8", "m"),

@@ -263,8 +263,10 @@ NEURON_CLASSES = [
     ("save_v_LIFNode", "m, s", "(model.spike_dhs) a LIFNode with the DSpike surrogate (no "
      "op): PyTorch arithmetic; m: a loop over T (re-rolled); the mean membrane it stores "
      "for itself is dead code", "arithmetic, 1 state", "0/1, uint8"),
-    ("RAFNode", "", "PyTorch; step 0's spike does not depend on the input (it fires on the "
-     "state before the step), so step 0 folds to constants", "refused: its steps differ", ""),
+    ("RAFNode", "m, s", _LOOP + "; it fires on its state before the step, so its spikes lag "
+     "its input by a step: step 0's spike is a constant (an activation `where(x, c, c)`), "
+     "m: the re-rolled body makes the next step's spike, delayed by a state",
+     "arithmetic, 2 states (m: and a delay)", "0/1, uint8"),
     *((cls, "m", "PyTorch arithmetic: its autograd Function's forward, a loop over T "
        f"(re-rolled, docs/ir.md): {kind} firing at alpha * v_threshold, subtracting "
        "v_threshold (a parameter, clamped: folded); SpikingJelly refuses step_mode 's'",
