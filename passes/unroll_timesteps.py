@@ -29,8 +29,14 @@ over the stacked steps: time moved last, `linear` with its [T, T] weight and [T]
 moved back; a bias [T, ...] with feature axes (a per-step constant, GLIF's gates) is added
 after moving back, as a constant [T, 1, ...].
 
+A state that no neuron node or recurrence reads only delays a value by one step (the output
+of a re-rolled loop that lags its input, RAFNode's spike: docs/ir.md): step t reads the
+value its write had at step t - 1, step 0 its fill, `where(w_0, init, init)` (the fill in
+the write's shape, exactly).
+
 This is valid because no value flows from one step to the next except through a neuron's
-own membrane or a time_mix, so a layer can process all steps once the layer before it has.
+own membrane, a time_mix or such a delay, so a layer can process all steps once the layer
+before it has.
 
 Before (T=2):
     state %lif.v: f32[N,4] init=0.0
@@ -111,7 +117,10 @@ class _Unroller:
             self.constants[const] = np.array(state.init, np.float32)
             self.state_now[state.read] = const
         recurrences = _recurrences(g)
-        for node in _schedule(g.nodes, recurrences):
+        read = {v for n in g.nodes if n.op in ("neuron", "neuron_model") for v in n.inputs} | {
+            v for group in recurrences for n in group for v in n.inputs}
+        self.delays = {s.read: s.write for s in g.states if s.read not in read}
+        for node in _schedule(g.nodes, recurrences, self.delays):
             if isinstance(node, tuple):  # a neuron written as arithmetic: step by step
                 self.recurrence(node)
             elif node.op == "time_reduce":  # its result, and all that uses it, exists once
@@ -148,6 +157,11 @@ class _Unroller:
             return self.per_step[value]
         if value in self.invariant:
             return [self.invariant[value]] * self.steps
+        if value in self.delays:  # a state holding the value one step late (a delay)
+            later, init = self.step_values(self.delays[value]), self.state_now[value]
+            first, = self.emit("where", [later[0], init, init], {}, "time", [f"{value.hint}.t0"])
+            self.per_step[value] = [first, *later[:-1]]
+            return self.per_step[value]
         whole = self.batched[value]
         parts = self.emit("chunk", [whole], {"axis": 0, "count": self.steps}, "time",
                           [f"{value.hint}.t{t}" for t in range(self.steps)])
@@ -363,9 +377,10 @@ def _state_cycles(states, forward, producers) -> list[list]:
     return cycles
 
 
-def _schedule(nodes, groups):
+def _schedule(nodes, groups, delays=None):
     """The nodes in an order where each group runs as one unit (a tuple), after everything
-    it reads and before everything that reads it: graph order where possible."""
+    it reads and before everything that reads it: graph order where possible. `delays`
+    (state read -> write): a delay's read is ready when its write is."""
     import heapq
 
     unit = {n: g for g in groups for n in g}
@@ -373,6 +388,7 @@ def _schedule(nodes, groups):
     key = {g: max(position[n] for n in g) for g in groups}
     units = list(dict.fromkeys(unit.get(n, n) for n in nodes))
     produced = {v: unit.get(n, n) for n in nodes for v in n.outputs}
+    produced.update({r: produced[w] for r, w in (delays or {}).items() if w in produced})
     needs = {u: {produced[v] for n in (u if isinstance(u, tuple) else (u,)) for v in n.inputs
                  if v in produced} - {u} for u in units}
     readers: dict = {}

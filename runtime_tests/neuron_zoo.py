@@ -48,6 +48,22 @@ def gated_channel_wise():
     return lambda m: _Gated(next(channels))
 
 
+def aaif_channel_wise():
+    """A Net factory of ActivationAwareIFNode with parameters per channel (channel_dim 1):
+    layer 1 (4 channels) threshold and offset, soft reset; layer 2 (8) threshold, hard
+    reset; layer 3 (16 features of a linear layer) offset."""
+    g = torch.Generator().manual_seed(3)
+    layers = iter(((4, True, True, None), (8, True, False, 0.0), (16, False, True, None)))
+
+    def make(step_mode):
+        c, threshold, offset, reset = next(layers)
+        return neuron.ActivationAwareIFNode(
+            v_threshold=0.6 + 0.8 * torch.rand(c, generator=g) if threshold else 1.0,
+            v_offset=0.5 * (torch.rand(c, generator=g) - 0.5) if offset else 0.25,
+            channel_dim=1, v_reset=reset, step_mode=step_mode)
+    return make
+
+
 def _dhs():
     from spikingjelly.activation_based.model import spike_dhs
     return spike_dhs
@@ -123,6 +139,13 @@ NEURONS = {
     "NonSpikingLIFNode": (lambda m: _Stacked(neuron.NonSpikingLIFNode(tau=3.0)), "real", "m"),
     # a loop over T whose steps also read a parameter indexed by the step (conductance)
     "GatedLIFNode": (lambda m: _Gated(), "u8", "m"),
+    # resonate-and-fire: it fires on its state before the step, so its output lags its
+    # input by one step (the first spike a constant; re-rolled with a delay state)
+    "RAFNode": (lambda m: neuron.RAFNode(step_mode=m), "u8", "ms"),
+    # DSR (multi-step only): a soft-reset IF / LIF loop whose spikes are v_threshold (DSRLIF:
+    # / delta_t); v_threshold a parameter (clamped)
+    "DSRIFNode": (lambda m: neuron.DSRIFNode(T=T, v_threshold=2.0, step_mode=m), "u8", "m"),
+    "DSRLIFNode": (lambda m: neuron.DSRLIFNode(T=T, delta_t=0.5, step_mode=m), "real", "m"),
 }
 
 

@@ -55,6 +55,22 @@ def test_gated_lif_channel_wise_matches_pytorch(q):
     _check_matches_pytorch(NZ.build("GatedLIFNode", "m", make=NZ.gated_channel_wise()), "u8", q)
 
 
+@pytest.mark.parametrize("mode,q", [("m", "plain"), ("m", "quant"), ("s", "quant")])
+def test_activation_aware_if_per_channel_matches_pytorch(mode, q):
+    """ActivationAwareIFNode with a threshold and offset per channel: m, its registered op,
+    is a neuron_model reading them as per-channel constants; s is PyTorch arithmetic."""
+    _check_matches_pytorch(NZ.build(None, mode, make=NZ.aaif_channel_wise()), "u8", q)
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_lagging_loop_at_other_timesteps_matches_pytorch(steps, monkeypatch):
+    """RAFNode's spikes lag its input by one step: at T = 2 its loop is one step after the
+    constant first (nothing to match), at T = 5 the last step's unread state updates reach
+    back two steps."""
+    monkeypatch.setattr(NZ, "T", steps)
+    _check_matches_pytorch(NZ.build("RAFNode", "m"), "u8", "quant")
+
+
 def _check_matches_pytorch(model, kind, q, high=0.9, integer_gemms=None):
     if q == "quant":
         model = snnc.quantize(model, zoo.heterogeneous(model))
@@ -197,10 +213,20 @@ class _LastStepDiffers(neuron.SimpleIFNode):
     """A multi-step loop whose last step doubles its input: not one computation per step."""
 
     __module__ = "spikingjelly.activation_based.neuron.loop_test"
+    doubled = -1  # the step that doubles its input
 
     def multi_step_forward(self, x_seq):
-        return torch.stack([self.single_step_forward(x * (2.0 if t == len(x_seq) - 1 else 1.0))
+        doubled = self.doubled % len(x_seq)
+        return torch.stack([self.single_step_forward(x * (2.0 if t == doubled else 1.0))
                             for t, x in enumerate(x_seq)])
+
+
+class _LaggingStepDiffers(neuron.RAFNode):
+    """A loop whose outputs lag its input (RAF) and whose step 1 doubles its input."""
+
+    __module__ = "spikingjelly.activation_based.neuron.loop_test"
+    multi_step_forward = _LastStepDiffers.multi_step_forward
+    doubled = 1
 
 
 @pytest.mark.parametrize("make,mode,says", [
@@ -210,6 +236,7 @@ class _LastStepDiffers(neuron.SimpleIFNode):
     (lambda m: _ScaledSteps(), "m", "NonSpikingIFNode returns its steps' values as a list "
      "that its caller does not stack"),
     (lambda m: _LastStepDiffers(step_mode=m), "m", "compute different things"),
+    (lambda m: _LaggingStepDiffers(step_mode=m), "m", "compute different things"),
 ])
 def test_neurons_snnc_cannot_compile_are_refused_by_class(make, mode, says):
     model = NZ.Net(make, mode).eval()

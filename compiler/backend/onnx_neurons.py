@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from snnc.ir.neurons import MODELS
+from snnc.ir.neurons import MODELS, arguments
 
 
 class _OnnxArith:
@@ -18,7 +18,10 @@ class _OnnxArith:
     def __init__(self, e, module: str):
         self.e, self.module = e, module
 
-    def c(self, x: float) -> str:
+    def c(self, x) -> str:
+        """A float parameter as a constant; a per-channel one is already an input's name."""
+        if isinstance(x, str):
+            return x
         return self.e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
 
     def _op(self, op: str, inputs, what: str, **attrs) -> str:
@@ -62,10 +65,8 @@ def lower_neuron_model(e, node, ins, outs, module) -> None:
     model = MODELS[node.attrs["model"]]
     first = len(e.nodes)
     arith = _OnnxArith(e, module)
-    threshold = arith.c(node.attrs["threshold"])
-    out, states = model.step(arith, ins[0], [ins[i] for i in range(1, len(node.inputs))],
-                             dict(zip(model.params, node.attrs["params"])), threshold,
-                             node.attrs["v_reset"])
+    x, states, params, threshold = arguments(list(ins), node.attrs, arith.c)
+    out, states = model.step(arith, x, states, params, threshold, node.attrs["v_reset"])
     made = {o: n for n in e.nodes[first:] for o in n.output}
     renamed: dict[str, str] = {}
     for result, name in zip([out, *states], outs):

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import torch
 
 from snnc.frontend.lifter import NEURON_OPS, bind, source_of
-from snnc.frontend.rules_neurons import MODEL_OPS
+from snnc.frontend.rules_neurons import MODEL_OPS, per_channel
 
 SPIKE_PREFIX = "spike/"
 
@@ -76,18 +76,21 @@ class Recorder(torch.fx.Interpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         fake = type("N", (), {"target": n.target, "args": args, "kwargs": kwargs})
         a = bind(fake)
-        attrs = MODEL_OPS[name](a)
+        step = tuple(a["x"].shape[1:])
+        attrs, channel = MODEL_OPS[name](a, lambda p: per_channel(
+            a[p].detach().float().numpy(), a, step, p) if isinstance(a[p], torch.Tensor)
+            else float(a[p]))
         states = [np.asarray(a[s].detach().float().numpy()) for s in MODEL_OPS[name].states]
         margins = []
         for x in a["x"].detach().float().numpy():
-            margins.append(neurons.decision([x, *states], attrs)[0])
-            states = neurons.evaluate([x, *states], attrs)[1:]
+            margins.append(neurons.decision([x, *states, *channel], attrs)[0])
+            states = neurons.evaluate([x, *states, *channel], attrs)[1:]
         spikes, margins = result[0].detach().numpy().copy(), np.stack(margins)
         if layer in self.trace.spikes:
             spikes = np.concatenate([self.trace.spikes[layer], spikes])
             margins = np.concatenate([self.trace.membranes[layer], margins])
         self.trace.spikes[layer], self.trace.membranes[layer] = spikes, margins
-        self.trace.thresholds[layer] = neurons.decision([x, *states], attrs)[1]
+        self.trace.thresholds[layer] = neurons.decision([x, *states, *channel], attrs)[1]
         return layer
 
 

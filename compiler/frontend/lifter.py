@@ -196,6 +196,7 @@ class Lifter(Values):
         super().__init__(steps)
         self.loop_of = {n: r for r in loops for n in r.nodes}
         self.refused = {n for r in self.regions if r.error for n in r.nodes}
+        self.region_of = {n: r for r in self.regions if not r.op for n in r.nodes}
         self.program = program
         self.graph = graph  # the program's graph made functional (prepare.py)
         self.env: dict[torch.fx.Node, Any] = {}
@@ -233,6 +234,8 @@ class Lifter(Values):
     def act(self, arg, what: str = "input") -> Act:
         got = self.operand(arg)
         if not isinstance(got, Act):
+            got = _neuron_constant(self, arg, got)
+        if got is None:
             raise Unsupported(f"expects an activation as its {what}, got a constant")
         return got
 
@@ -241,6 +244,34 @@ class Lifter(Values):
         if not isinstance(got, Value):
             raise Unsupported("needs a constant (parameter or buffer) here, got an activation")
         return got
+
+
+def _neuron_constant(lx: Lifter, node, got) -> Act | None:
+    """A value of a neuron written in PyTorch that is one constant everywhere (RAFNode's
+    first spike: it fires on the state before the step, which starts from a fill), as
+    an activation of the neuron's input's shape: where(x, c, c), c wherever x is. None
+    if `node` is no such value."""
+    region = lx.region_of.get(node)
+    if region is None or not isinstance(got, Value) or got not in lx.builder.constants:
+        return None
+    array = np.asarray(lx.builder.constants[got])
+    if not array.size or np.any(array != array.reshape(-1)[0]):
+        return None
+    inside = set(region.nodes)
+    x = next((a for n in region.nodes for a in n.all_input_nodes
+              if a not in inside and isinstance(lx.env.get(a), Act)), None)
+    if x is None:
+        return None
+    act, shape = lx.env[x], dims(node)
+    if dims(x) == shape:
+        layout = act.layout
+    elif dims(x)[1:] == shape and act.layout.roles[0] == axes.T:  # x_seq[t] of [T, B, ...]
+        layout = act.layout.drop(0)
+    else:
+        return None
+    c = lx.scalar(float(array.reshape(-1)[0]))
+    value, = lx.emit("where", [act.value, c, c], {}, node)
+    return lx.new_act(value, layout, act.post)
 
 
 def _neurons(graph: torch.fx.Graph, regions=()) -> list[torch.fx.Node]:
@@ -302,7 +333,7 @@ def _region_steps(region, loop, activations=None) -> int:
     elementwise) its input's first axis: the first input computed from the model's input
     (`activations`), not a parameter (a PSN's weights)."""
     if loop is not None and loop.loop is not None:
-        return len(loop.loop.steps)
+        return len(loop.loop.stack.args[0])
     region = loop or region
     for node in region.nodes:
         for arg in node.all_input_nodes:

@@ -11,8 +11,14 @@ IF/LIF, KLIF, CUBA LIF, ...) export as aten arithmetic inside the neuron module.
   matching nodes of their own step, the previous step, or the same outside values), and the
   body of step 0 becomes the one-step IR. A value step t+1 reads from step t is a `State`
   whose initial value is what step 0 reads in its place (a constant fill, or a Python number
-  step 0 reads where the others read the state: step 0 is rewritten to read a fill). Anything else
-  (steps that differ, a state that starts from a non-constant) is refused naming the class.
+  step 0 reads where the others read the state: step 0 is rewritten to read a fill). What
+  step 0 computes from the initial state alone (no input read) is folded to constants. A
+  loop whose output at step t reads x_seq[t - k] at the latest (RAFNode fires on its state
+  before the step: k = 1) has its first k outputs among those constants; its body makes
+  step t + k's output, which reaches step t + k through k delay states (_lag). Anything
+  else (steps that differ, a state that starts from a non-constant) is refused naming the
+  class. A constant output of a single-step call becomes an activation where an op needs
+  one (lifter._neuron_constant).
 
 A region that draws random numbers is refused: such a neuron is nondeterministic.
 """
@@ -81,7 +87,8 @@ class Loop:
     phis: list = field(default_factory=list)  # per step t: step t's node -> step t+1's
     gates: dict = field(default_factory=dict)  # step-0 per-step constant -> its Act
     seen: dict = field(default_factory=dict)  # state key -> what the body reads
-    shifted: set = field(default_factory=set)  # state keys started from 0 plus a gate
+    fills: dict = field(default_factory=dict)  # state key -> the fill it starts from
+    lag: int = 0  # step t's body makes step t + lag's output (_lag)
 
 
 def is_neuron_class(name: str) -> bool:
@@ -185,11 +192,13 @@ def _loop(region: Region, constant=frozenset()) -> Loop | None:
             dep[n] = -1
         else:
             dep[n] = max((dep.get(a, -1) for a in n.all_input_nodes), default=-1)
-    steps = [[n for n in region.nodes if dep[n] == t and n is not stack] for t in range(count)]
-    if any(not s for s in steps) or max(dep.values()) >= count or \
+    lag = _lag(region, stack.args[0], dep) if stack is not None else 0
+    steps = [[n for n in region.nodes if dep[n] == t and n is not stack]
+             for t in range(count - lag)]
+    if any(not s for s in steps) or max(dep.values()) >= count - lag or \
             (last is not None and dep[last] != count - 1):
         raise Unsupported(f"{region.cls}'s loop does not make one output per step")
-    loop = Loop(sources.pop(), steps, stack, constant=set(constant))
+    loop = Loop(sources.pop(), steps, stack, constant=set(constant), lag=lag)
     loop.skipped = {n for s in steps[1:] for n in s} | {
         n for n in region.nodes if op_name(n) == "aten.unbind.int"}
     _matched(region, loop, dep)
@@ -251,7 +260,7 @@ def _matched(region: Region, loop: Loop, dep: dict) -> None:
         fixes: list = []
         try:
             _match_steps(region, Loop(loop.source, loop.steps, loop.stack,
-                                      constant=loop.constant), dep, fixes)
+                                      constant=loop.constant, lag=loop.lag), dep, fixes)
         except Unsupported:
             fixes = []
         if not fixes:
@@ -289,6 +298,20 @@ def _stack_last(region: Region, loop: Loop, last) -> None:
     region.nodes.append(stack)
 
 
+def _lag(region: Region, outs, dep: dict) -> int:
+    """How many steps the loop's outputs lag behind the inputs they read: 0 when the output
+    of step t reads x_seq[t]; k when it reads x_seq[t - k] at the latest (RAFNode fires on
+    its state before the step: k = 1), its first k outputs computed from the initial state
+    alone (constants). Steps are grouped by the last input they read, so the step body
+    re-rolled then makes step t + k's output, which reaches step t + k through k states."""
+    lag = len(outs) - 1 - dep.get(outs[-1], len(outs))
+    if not 0 <= lag < len(outs) or any(not isinstance(o, torch.fx.Node) or
+                                       dep.get(o) != max(t - lag, -1)
+                                       for t, o in enumerate(outs)):
+        raise Unsupported(f"{region.cls}'s loop does not make one output per step")
+    return lag
+
+
 def _first_step_as_the_others(region: Region, loop: Loop, dep: dict, fixes: list) -> None:
     """Rewrite step 0 to read its states as the later steps do: a state that starts as a
     Python number (SimpleIFNode's v = 0.0: `v + x` traces as add(x, 0.0) at step 0, as
@@ -316,7 +339,7 @@ def _match_steps(region: Region, loop: Loop, dep: dict, fixes: list | None = Non
         a, b = loop.steps[t], loop.steps[t + 1]
         phi: dict = {}
         i = 0
-        for node in b:  # greedy: the last step may lack nodes whose results nobody reads
+        for node in b:  # greedy: a step may lack nodes (below)
             while i < len(a) and not _same(a[i], node, t, phi, phis, dep, loop,
                                            fixes if t == 0 else None):
                 i += 1
@@ -326,11 +349,13 @@ def _match_steps(region: Region, loop: Loop, dep: dict, fixes: list | None = Non
                                   "every step is the same computation")
             phi[a[i]] = node
             i += 1
-        if t + 1 < len(loop.steps) - 1 and len(phi) != len(a):
+        # only the last steps may lack nodes whose results nobody reads (the last step's
+        # state updates; with a lag they are spread over the last lag + 1 groups)
+        if t + 1 < len(loop.steps) - 1 - loop.lag and len(phi) != len(a):
             raise Unsupported(f"{region.cls}'s steps {t} and {t + 1} differ in length")
         phis.append(phi)
         loop.phis = phis
-        outs = loop.stack.args[0] if loop.stack is not None else None
+        outs = loop.stack.args[0][loop.lag:] if loop.stack is not None else None
         if outs is not None and phi.get(outs[t]) is not outs[t + 1]:
             raise Unsupported(f"{region.cls} stacks different results at steps {t}, {t + 1}")
 
@@ -475,6 +500,7 @@ def _gate(lx, region: Region, node, source: Act) -> Act:
             chain.append(phi.get(chain[-1]))
         steps = [_folded(lx, n, loop.constant, region).detach().to(torch.float32).numpy()
                  for n in chain]
+        steps += steps[-1:] * loop.lag  # steps whose outputs come after the last: unread
         loop.gates[node] = _per_step(lx, region, steps, source, node)
     return loop.gates[node]
 
@@ -513,34 +539,50 @@ def _folded(lx, node, constant: set, region: Region):
 
 
 def _read(lx, region: Region, key, source: Act) -> Value:
-    """The value a state holds at the start of a step. One that starts from a constant
-    tensor (GLIF's per-channel `(1 - alpha * (1 - tau)) * 0 - (1 - alpha) * decay`) is a
-    state starting at 0 plus that constant at step 0 only (0 + c = c and v + 0 = v exactly)."""
+    """The value a state holds at the start of a step (_started)."""
     loop = region.loop
     if key not in loop.reads:
         read = Value("f32", source.value.shape, f"{region.module}.s{len(loop.reads)}")
-        loop.reads[key] = loop.seen[key] = read
-        init = lx.env.get(loop.inits[key])
-        if _init(lx, init) is None and isinstance(init, Value) and init in lx.builder.constants:
-            first = np.asarray(lx.builder.constants[init], np.float32)
-            steps = [first] + [np.zeros_like(first)] * (len(loop.steps) - 1)
-            start = _per_step(lx, region, steps, source, loop.inits[key])
-            loop.seen[key], = lx.emit("add", [read, start.value], {}, loop.inits[key])
-            loop.shifted.add(key)
+        loop.reads[key] = read
+        loop.seen[key], loop.fills[key] = _started(lx, region, read, loop.inits[key], source)
     return loop.seen[key]
 
 
+def _started(lx, region: Region, read: Value, init, source: Act) -> tuple:
+    """(the state's value as a step reads it, the fill it starts from) for a state read
+    `read` whose value before step 0 is the fx node `init`: a constant of one value is the
+    fill; another constant tensor (GLIF's per-channel `(1 - alpha * (1 - tau)) * 0 - (1 -
+    alpha) * decay`) is a state starting at 0 plus that constant at step 0 only (0 + c = c
+    and v + 0 = v exactly); anything else has no fill (None, refused by _output)."""
+    got = lx.env.get(init)
+    fill = _init(lx, got)
+    if fill is None and isinstance(got, Value) and got in lx.builder.constants:
+        first = np.asarray(lx.builder.constants[got], np.float32)
+        steps = [first] + [np.zeros_like(first)] * (lx.steps - 1)
+        start = _per_step(lx, region, steps, source, init)
+        seen, = lx.emit("add", [read, start.value], {}, init)
+        return seen, 0.0
+    return read, fill
+
+
 def _output(lx, region: Region) -> Act:
-    """The stacked outputs: step 0's output with time; the states registered."""
+    """The stacked outputs: the body's output with time (delayed by the loop's lag); the
+    states registered."""
     loop = region.loop
     source = lx.env[loop.source]
-    first = lx.env.get(loop.stack.args[0][0])
+    outs = loop.stack.args[0]
+    first = lx.env.get(outs[loop.lag])
     if not isinstance(first, Act):
         raise Unsupported(f"{region.cls}'s steps do not output an activation")
+    states = [(lx.env.get(key), read, loop.fills[key]) for key, read in loop.reads.items()]
+    value = first.value
+    for k in range(loop.lag):  # state k + 1 holds the output of k + 1 steps before
+        read = Value("f32", value.shape, f"{region.module}.out{k + 1}")
+        seen, fill = _started(lx, region, read, outs[loop.lag - 1 - k], source)
+        states.append((Act(value, first.layout), read, fill))
+        value = seen
     taken = {s.name for s in lx.builder.states}
-    for k, (key, read) in enumerate(loop.reads.items()):
-        write = lx.env.get(key)
-        init = 0.0 if key in loop.shifted else _init(lx, lx.env.get(loop.inits[key]))
+    for k, (write, read, init) in enumerate(states):
         if not isinstance(write, Act) or write.value.shape != read.shape:
             raise Unsupported(f"{region.cls} carries a value from step to step that is not "
                               "an activation of its input's shape")
@@ -551,7 +593,7 @@ def _output(lx, region: Region) -> Act:
         name = name if name not in taken else f"{name}#{len(taken)}"
         lx.builder.states.append(State(read, write.value, init, name))
         taken.add(name)
-    return lx.new_act(first.value, source.layout)
+    return lx.new_act(value, source.layout)
 
 
 def _init(lx, got) -> float | None:

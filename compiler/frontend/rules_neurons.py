@@ -100,14 +100,41 @@ class ModelOp:
     states: tuple[str, ...] = ("v",)
     classes: tuple[str, ...] = ()  # the SpikingJelly classes that export it (docs)
 
-    def __call__(self, a: dict, scalar=None) -> dict:
-        """The node's attributes from the op's bound arguments; `scalar(name)` reads a
-        parameter (a float, or a one-element tensor)."""
-        scalar = scalar or (lambda name: float(a[name]))
-        return {"model": self.model, "params": [scalar(p) for p in self.params],
-                "threshold": 1.0 if self.threshold is None else scalar(self.threshold),
+    def __call__(self, a: dict, read=None) -> tuple[dict, list[np.ndarray]]:
+        """The node's attributes from the op's bound arguments, and its per-channel
+        constants: `read(name)` gives a parameter as a float, or as an array per channel
+        (ActivationAwareIFNode's threshold and offset), which the attributes give as None
+        and the node reads as an input after its states, in this order."""
+        read = read or (lambda name: float(a[name]))
+        params = [read(p) for p in self.params]
+        threshold = 1.0 if self.threshold is None else read(self.threshold)
+        channel = [v for v in (*params, threshold) if isinstance(v, np.ndarray)]
+        return {"model": self.model,
+                "params": [None if isinstance(v, np.ndarray) else v for v in params],
+                "threshold": None if isinstance(threshold, np.ndarray) else threshold,
                 "v_reset": None if self.reset is None or a.get(self.reset) is None
-                else float_arg(a, self.reset)}
+                else float_arg(a, self.reset)}, channel
+
+
+def per_channel(values: np.ndarray, a: dict, step: tuple, name: str) -> float | np.ndarray:
+    """A neuron op's parameter: a float if it has one element, else one value per channel
+    (the op's `channels`, each spanning `inner` elements) shaped [C, 1, ...] to broadcast
+    against one step [B, ...] of shape `step` (a neuron op indexes it by
+    element // inner % channels)."""
+    values = np.asarray(values, np.float32)
+    if values.size == 1:
+        return float(values.reshape(()))
+    channels, inner = a.get("channels"), a.get("inner")
+    if channels is None:
+        raise Unsupported(f"its {name} is not a one-element constant")
+    for k in range(len(step) - 1):  # k axes after the channel axis
+        axis = len(step) - 1 - k
+        if axis >= 1 and step[axis] == channels == values.size and \
+                int(np.prod(step[axis + 1:], dtype=np.int64)) == inner:
+            return values.reshape(channels, *(1,) * k)
+    raise Unsupported(f"its {name} has {values.size} values, one per channel of an axis of "
+                      f"its input [B, ...] {list(step)} that is not a feature axis; give "
+                      "channel_dim a feature axis (1 for [B, C, H, W])")
 
 
 MODEL_OPS = {
@@ -132,8 +159,10 @@ MODEL_OPS = {
 def _neuron_model(lx, node, a):
     spec = MODEL_OPS[op_name(node)]
     x = _neuron_input(lx, node, a)
-    attrs = spec(a, lambda name: _scalar_arg(lx, a, name))
     module = source_of(node).layer
+    attrs, channel = spec(a, lambda name: _param(lx, node, a, name))
+    channel = [lx.constant(c, f"{module}.{name}") for c, name in zip(channel, (
+        *(p for p, v in zip(spec.params, attrs["params"]) if v is None), "threshold"))]
     inits = [lx.env.get(a.get(s)) for s in spec.states]
     fills = [isinstance(i, Marker) and i.kind == "init" for i in inits]
     if not all(f or (lx.explicit and isinstance(i, Act)) for f, i in zip(fills, inits)):
@@ -142,11 +171,11 @@ def _neuron_model(lx, node, a):
     extra = (Marker("none"),) * (spec.outputs - 1 - len(spec.states))
     if lx.explicit:
         states = [lx.scalar(i.payload) if f else i.value for f, i in zip(fills, inits)]
-        out, *nexts = lx.emit("neuron_model", [x.value, *states], attrs, node)
+        out, *nexts = lx.emit("neuron_model", [x.value, *states, *channel], attrs, node)
         return (lx.new_act(out, x.layout),
                 *(lx.new_act(v, x.layout.drop(0)) for v in nexts), *extra)
     reads = [Value("f32", x.value.shape, f"{module}.{s}") for s in spec.states]
-    out, *nexts = lx.emit("neuron_model", [x.value, *reads], attrs, node)
+    out, *nexts = lx.emit("neuron_model", [x.value, *reads, *channel], attrs, node)
     taken = {s.name for s in lx.builder.states}
     base = module if module not in taken else f"{module}#{len(taken)}"
     for s, read, write, init in zip(spec.states, reads, nexts, inits):
@@ -155,15 +184,15 @@ def _neuron_model(lx, node, a):
     return (lx.new_act(out, x.layout), *(Marker("membrane"),) * len(spec.states), *extra)
 
 
-def _scalar_arg(lx, a, name: str) -> float:
-    """A float argument, or a one-element constant tensor (STBIF's thresholds and bounds)."""
+def _param(lx, node, a, name: str) -> float | np.ndarray:
+    """A float argument, a one-element constant tensor (STBIF's thresholds and bounds), or
+    a constant per channel (ActivationAwareIFNode's threshold and offset: per_channel)."""
     value = a.get(name)
     if isinstance(value, torch.fx.Node):
         const = lx.env.get(value)
-        if hasattr(const, "shape") and const in lx.builder.constants and \
-                np.asarray(lx.builder.constants[const]).size == 1:
-            return float(np.asarray(lx.builder.constants[const]).reshape(()))
-        raise Unsupported(f"its {name} is not a one-element constant")
+        if not (hasattr(const, "shape") and const in lx.builder.constants):
+            raise Unsupported(f"its {name} is not a constant")
+        return per_channel(lx.builder.constants[const], a, dims(node.args[0])[1:], name)
     return float_arg(a, name)
 
 
@@ -193,13 +222,16 @@ def _assert_metadata(lx, node, a):
 _OP = "registered op `{}`"
 _LOOP = "PyTorch arithmetic; m: a loop over T (re-rolled, docs/ir.md)"
 _QUEUE_IR = "m: `time_mix`, `compare`; s: `mul`, `add` of the last k inputs, `compare`"
+# neuron-op classes whose single-step form is PyTorch arithmetic: (exports as, IR) notes
+_S_ARITH = {"ILIFNode": (" (s: PyTorch arithmetic)", " (s: arithmetic)"),
+            "ActivationAwareIFNode": (" (s: PyTorch arithmetic)", " (a threshold or offset "
+                                      "per channel: constant inputs; s: arithmetic)")}
 NEURON_CLASSES = [
     ("IFNode", "m, s", _OP.format("sj_if"), "`neuron` leak='none'", "0/1, uint8"),
     ("LIFNode", "m, s", _OP.format("sj_lif"), "`neuron` leak='div'", "0/1, uint8"),
     ("ParametricLIFNode", "m, s", _OP.format("sj_plif"), "`neuron` leak='mul'", "0/1, uint8"),
-    *((cls, "m, s", _OP.format(op.split(".")[0]) + (" (s: PyTorch arithmetic)"
-                                                     if cls == "ILIFNode" else ""),
-       f"`neuron_model` {spec.model}" + (" (s: arithmetic)" if cls == "ILIFNode" else ""),
+    *((cls, "m, s", _OP.format(op.split(".")[0]) + _S_ARITH.get(cls, ("", ""))[0],
+       f"`neuron_model` {spec.model}" + _S_ARITH.get(cls, ("", ""))[1],
        {"ilif": "counts 0..D, uint8", "stbif": "+-q_threshold, real"}.get(spec.model,
                                                                           "0/1, uint8"))
       for op, spec in MODEL_OPS.items() for cls in spec.classes),
@@ -235,10 +267,16 @@ NEURON_CLASSES = [
     ("save_v_LIFNode", "m, s", "(model.spike_dhs) a LIFNode with the DSpike surrogate (no "
      "op): PyTorch arithmetic; m: a loop over T (re-rolled); the mean membrane it stores "
      "for itself is dead code", "arithmetic, 1 state", "0/1, uint8"),
-    ("RAFNode", "", "PyTorch; step 0's spike does not depend on the input (it fires on the "
-     "state before the step), so step 0 folds to constants", "refused: its steps differ", ""),
-    ("DSRIFNode, DSRLIFNode", "", "PyTorch loop (step_mode 'm' only)", "refused: its steps "
-     "differ", ""),
+    ("RAFNode", "m, s", _LOOP + "; it fires on its state before the step, so its spikes lag "
+     "its input by a step: step 0's spike is a constant (an activation `where(x, c, c)`), "
+     "m: the re-rolled body makes the next step's spike, delayed by a state",
+     "arithmetic, 2 states (m: and a delay)", "0/1, uint8"),
+    *((cls, "m", "PyTorch arithmetic: its autograd Function's forward, a loop over T "
+       f"(re-rolled, docs/ir.md): {kind} firing at alpha * v_threshold, subtracting "
+       "v_threshold (a parameter, clamped: folded); SpikingJelly refuses step_mode 's'",
+       "arithmetic, 1 state", out) for cls, kind, out in (
+        ("DSRIFNode", "IF", "0/v_threshold; uint8 if an integer, else real"),
+        ("DSRLIFNode", "LIF", "0/(v_threshold / delta_t), real"))),
     *((cls, "m", "PyTorch loop over T (re-rolled; its `x_seq[0].data` traced as "
        "`.detach()`, frontend/tracing.py; SpikingJelly has no step_mode 's'); decode None: "
        "the list of membranes, to stack; 'mean-mem', 'max-mem', 'max-abs-mem', 'last_mem': "

@@ -26,8 +26,9 @@ F32 = np.float32
 class NumpyArith:
     """The arithmetic a model step uses, in float32 numpy, one IEEE operation at a time."""
 
-    def c(self, x: float):
-        return F32(x)
+    def c(self, x):
+        """A parameter as float32: a float, or a per-channel constant array."""
+        return np.asarray(x, F32) if isinstance(x, np.ndarray) else F32(x)
 
     def add(self, a, b):
         return np.add(a, b, dtype=F32)
@@ -165,15 +166,27 @@ MODELS: dict[str, Model] = {m.name: m for m in [
 ]}
 
 
-def evaluate(args, attrs) -> list[np.ndarray]:
-    """`neuron_model` in numpy: args (x, *states)."""
+def arguments(args, attrs, constant=F32):
+    """(x, states, params, threshold) of a `neuron_model` node's inputs `args` (x, *states,
+    then one input per parameter given as None in `params`, in their order, then the
+    threshold if it is None: per-channel constants that broadcast against x). A scalar
+    parameter or threshold stays a float (`constant` makes the threshold one)."""
     model = MODELS[attrs["model"]]
-    p = dict(zip(model.params, attrs["params"]))
-    k = NumpyArith()
-    x = args[0].astype(F32, copy=False)
-    out, states = model.step(k, x, list(args[1:]), p, F32(attrs["threshold"]),
+    k = 1 + len(model.states)
+    extra = iter(args[k:])
+    params = {name: next(extra) if value is None else value
+              for name, value in zip(model.params, attrs["params"])}
+    threshold = next(extra) if attrs["threshold"] is None else constant(attrs["threshold"])
+    return args[0], list(args[1:k]), params, threshold
+
+
+def evaluate(args, attrs) -> list[np.ndarray]:
+    """`neuron_model` in numpy: args (x, *states, *per-channel constants)."""
+    model = MODELS[attrs["model"]]
+    x, states, p, threshold = arguments(args, attrs)
+    out, states = model.step(NumpyArith(), x.astype(F32, copy=False), states, p, threshold,
                              attrs["v_reset"])
-    shape = np.broadcast_shapes(*(a.shape for a in args))
+    shape = np.broadcast_shapes(*(a.shape for a in args[:1 + len(model.states)]))
     return [np.broadcast_to(np.asarray(v, F32), shape).copy() for v in (out, *states)]
 
 
@@ -182,11 +195,10 @@ def decision(args, attrs) -> tuple[np.ndarray, np.ndarray]:
     with, for the rounding rule of snnc.check.parity (a spike near |m - threshold| = 0 can
     be decided by float rounding): the charged membrane and the threshold; for ILIF the
     distance of h / threshold to the nearest rounding boundary (k + 0.5) and 0."""
-    model = MODELS[attrs["model"]]
     spy = _Spy()
-    model.step(spy, args[0].astype(F32, copy=False), list(args[1:]),
-               dict(zip(model.params, attrs["params"])), F32(attrs["threshold"]),
-               attrs["v_reset"])
+    x, states, p, threshold = arguments(args, attrs)
+    MODELS[attrs["model"]].step(spy, x.astype(F32, copy=False), states, p, threshold,
+                                attrs["v_reset"])
     return spy.seen
 
 

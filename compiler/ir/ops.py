@@ -510,14 +510,17 @@ def _neuron_model_infer(types, attrs):
     if model is None:
         raise ShapeError(f"unknown neuron model {attrs['model']!r}; known: "
                          f"{', '.join(neurons.MODELS)}")
-    if len(attrs["params"]) != len(model.params) or len(types) != 1 + len(model.states):
+    channel = sum(p is None for p in attrs["params"]) + (attrs["threshold"] is None)
+    if len(attrs["params"]) != len(model.params) or \
+            len(types) != 1 + len(model.states) + channel:
         raise ShapeError(f"neuron model {model.name} takes params {list(model.params)} and "
-                         f"inputs (x, {', '.join(model.states)})")
+                         f"inputs (x, {', '.join(model.states)}), then one per parameter "
+                         "(or threshold) given as None")
     dx, sx = types[0]
     for dt, st in types[1:]:
         if dt != dx or broadcast(sx, st) != tuple(sx):
-            raise ShapeError(f"neuron model state {dt}{list(st)} does not broadcast to {sx}")
-    return [(dx, sx)] * len(types)
+            raise ShapeError(f"neuron model input {dt}{list(st)} does not broadcast to {sx}")
+    return [(dx, sx)] * (1 + len(model.states))
 
 
 def neuron_states(node) -> int:
@@ -617,8 +620,10 @@ OPS: dict[str, OpDef] = {
               _neuron_infer, neuron_eval, (2, 3)),
         # Other SpikingJelly neurons for one timestep: (x, *states) -> (out, *states'), the
         # model (ILIF, EIF, QIF, Izhikevich, STBIF, ...) and its params named in
-        # snnc.ir.neurons.MODELS; v_reset None is a soft reset.
-        OpDef("neuron_model", {"model": str, "params": _INT_LIST, "threshold": float,
+        # snnc.ir.neurons.MODELS; v_reset None is a soft reset. A param or threshold None:
+        # an input after the states holds it, per channel (broadcast to x).
+        OpDef("neuron_model", {"model": str, "params": _INT_LIST,
+                               "threshold": (float, type(None)),
                                "v_reset": (float, type(None))},
               _neuron_model_infer, neurons.evaluate, (2, 8)),
         # Comparisons as 1.0 / 0.0 (a spike, or a mask: PyTorch's bool tensors as floats),

@@ -76,12 +76,48 @@ def layer_bounds(x: Range, weights: np.ndarray, bias: np.ndarray | None) -> Rang
 
 
 def analyze(graph: Graph) -> dict[Value, Range]:
+    """Every value's range. A state's read is unknown, except a delay's (a state whose next
+    value does not depend on its own read: a re-rolled loop's output that lags its input,
+    docs/ir.md): the hull of its fill and its write's range, iterated until it holds (an
+    inductive bound: the fill is in it, and a write from a read in it stays in it)."""
+    delays = _delays(graph)
+    reads = {s.read: Range(s.init, s.init, float(s.init).is_integer()) for s in delays}
+    for _ in range(len(delays) + 2):
+        ranges = _analyze(graph, reads)
+        new = {s.read: _hull(reads[s.read], ranges[s.write]) for s in delays}
+        if new == reads:
+            return ranges
+        reads = new
+    return _analyze(graph, {})
+
+
+def _hull(a: Range, b: Range) -> Range:
+    return Range(min(a.lo, b.lo), max(a.hi, b.hi), a.integer and b.integer)
+
+
+def _delays(graph: Graph) -> list:
+    """The states whose write is not computed from their own read."""
+    producers = {v: n for n in graph.nodes for v in n.outputs}
+    found = []
+    for s in graph.states:
+        seen, todo = set(), [s.write]
+        while todo and s.read not in seen:
+            v = todo.pop()
+            if v not in seen:
+                seen.add(v)
+                todo.extend(producers[v].inputs if v in producers else ())
+        if s.read not in seen:
+            found.append(s)
+    return found
+
+
+def _analyze(graph: Graph, reads: dict) -> dict[Value, Range]:
     ranges: dict[Value, Range] = {v: UNKNOWN for v in graph.inputs}
     values: dict[Value, np.ndarray] = dict(graph.constants)  # constants and dequantized weights
     for v, a in graph.constants.items():
         ranges[v] = _of_array(a)
     for s in graph.states:
-        ranges[s.read] = UNKNOWN
+        ranges[s.read] = reads.get(s.read, UNKNOWN)
     steps = graph.time.steps if graph.time is not None else 1
     for node in graph.nodes:
         if node.op == "time_reduce":  # the sum grows T times; the other modes keep it
