@@ -137,6 +137,11 @@ NEURONS = {
     # non-spiking: their outputs are membranes (real, nearly all nonzero); multi-step only
     "NonSpikingIFNode": (lambda m: _Stacked(neuron.NonSpikingIFNode()), "real", "m"),
     "NonSpikingLIFNode": (lambda m: _Stacked(neuron.NonSpikingLIFNode(tau=3.0)), "real", "m"),
+    # noisy neurons (NoisySpikingNN) in inference: is_training=False adds no noise
+    "NoisyCUBALIFNode": (lambda m: neuron.NoisyCUBALIFNode(1, is_training=False, T=T), "u8",
+                         "m"),
+    "NoisyNonSpikingIFNode": (lambda m: _Stacked(neuron.NoisyNonSpikingIFNode(
+        1, is_training=False, T=T)), "real", "m"),
     # a loop over T whose steps also read a parameter indexed by the step (conductance)
     "GatedLIFNode": (lambda m: _Gated(), "u8", "m"),
     # resonate-and-fire: it fires on its state before the step, so its output lags its
@@ -179,7 +184,7 @@ class Net(nn.Module):
 
 
 # classes whose outputs are membranes, not spikes: nonzero almost everywhere
-MEMBRANES = ("NonSpikingIFNode", "NonSpikingLIFNode")
+MEMBRANES = ("NonSpikingIFNode", "NonSpikingLIFNode", "NoisyNonSpikingIFNode")
 
 
 class Readout(Net):

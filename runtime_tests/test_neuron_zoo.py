@@ -33,7 +33,7 @@ def test_neuron_class_matches_pytorch(name, mode, q):
                            high=1.0 if name in NZ.MEMBRANES else 0.9)
 
 
-READOUTS = [(cls, decode, q) for cls in NZ.MEMBRANES
+READOUTS = [(cls, decode, q) for cls in ("NonSpikingIFNode", "NonSpikingLIFNode")
             for decode in ("mean-mem", "max-mem", "max-abs-mem", "last_mem")
             for q in ("plain", "quant")]
 
@@ -262,3 +262,11 @@ def test_docs_neuron_table_is_the_code_and_the_tested_list():
                if modes}
     tested = {name: modes for name, (_, _, modes) in NZ.NEURONS.items()}
     assert claimed == tested
+
+
+def test_a_noisy_neuron_adding_noise_is_refused_naming_it():
+    """is_training=True: stored noise, one further each call (not a function of the input)."""
+    model = NZ.Net(lambda m: neuron.NoisyCUBALIFNode(1, is_training=True, T=NZ.T), "m").eval()
+    with pytest.raises(snnc.BadInputError, match=r"sn1 \(NoisyCUBALIFNode\) has "
+                                                 "is_training=True.*is_training=False"):
+        zoo.export(model, NZ.SHAPE)

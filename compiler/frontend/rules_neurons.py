@@ -283,8 +283,11 @@ NEURON_CLASSES = [
        "decoded over time, once", "arithmetic, 1 state; decodes: `time_reduce` mean, max "
        "(and min), last", "membranes, real") for cls in ("NonSpikingIFNode",
                                                           "NonSpikingLIFNode")),
-    ("Noisy* (NoisyCUBALIFNode, ...)", "", "replays stored noise (is_training=True)",
-     "refused when it draws random numbers; not tested", ""),
+    ("NoisyCUBALIFNode", "m", "(NoisySpikingNN) with is_training=False: no noise, a loop over "
+     "T (re-rolled); is_training=True replays stored noise that advances with every call: "
+     "refused (frontend/tracing.py)", "arithmetic, 2 states", "0/1, uint8"),
+    ("NoisyNonSpikingIFNode", "m", "as NoisyCUBALIFNode; its membranes as NonSpikingIFNode's",
+     "arithmetic, 1 state", "membranes, real"),
 ]
 
 

@@ -23,6 +23,7 @@ import functools
 
 import torch
 
+from snnc.errors import BadInputError
 from snnc.frontend.neuron_regions import is_neuron_class
 
 # Neuron classes whose scalar buffers their forward reads as Python numbers: (class name,
@@ -36,16 +37,30 @@ _depth = [0]  # neuron forwards running (the outermost sets and removes the subs
 def traceable(model: torch.nn.Module):
     """The model made traceable by torch.export for the duration (module docstring)."""
     with contextlib.ExitStack() as undo:
-        for module in model.modules():
+        for path, module in model.named_modules():
             cls = type(module)
             if not is_neuron_class(f"{cls.__module__}.{cls.__qualname__}"):
                 continue
+            _deterministic(path, module)
             undo.enter_context(_data_as_detach(module))
             bases = {c.__name__ for c in cls.__mro__}
             for name, buffer in FIXED_BUFFERS:
                 if name in bases and isinstance(module._buffers.get(buffer), torch.Tensor):
                     undo.enter_context(_buffer_as_number(module, buffer))
         yield model
+
+
+def _deterministic(path: str, module: torch.nn.Module) -> None:
+    """SpikingJelly's noisy neurons (NoisyCUBALIFNode, ...) with is_training=True add noise
+    they replay from stored sequences, one further with every call: no one function of the
+    input, which a compiled model is. Refused, naming the layer and the fix."""
+    if getattr(module, "is_training", False) is True and \
+            any(c.__name__.startswith("Noisy") for c in type(module).__mro__):
+        raise BadInputError(
+            f"the neuron {path or '<model>'} ({type(module).__name__}) has is_training=True: "
+            "it adds stored noise that changes with every call, so its output is not one "
+            "function of its input. Set is_training=False for inference (no noise), then "
+            "compile")
 
 
 @contextlib.contextmanager
