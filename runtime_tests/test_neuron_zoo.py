@@ -270,3 +270,11 @@ def test_a_noisy_neuron_adding_noise_is_refused_naming_it():
     with pytest.raises(snnc.BadInputError, match=r"sn1 \(NoisyCUBALIFNode\) has "
                                                  "is_training=True.*is_training=False"):
         zoo.export(model, NZ.SHAPE)
+
+
+@pytest.mark.parametrize("name", ["SimpleIFNode", "KLIFNode", "TernaryLIFNode"])
+def test_loop_neurons_at_one_timestep_match_pytorch(name, monkeypatch):
+    """At T = 1 a neuron written as a loop over time runs one step and stacks [spike]: a
+    unit time axis, which the net's flatten(0, 1) merges with the batch."""
+    monkeypatch.setattr(NZ, "T", 1)
+    _check_matches_pytorch(NZ.build(name, "m"), NZ.NEURONS[name][1], "quant")

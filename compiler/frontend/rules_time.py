@@ -249,6 +249,10 @@ def _join(lx, node, a):
     repeated = _stacked_over_time(lx, parts, axis) if stack else None
     if repeated is None and stack and axis == 0:
         repeated = _loop_steps(lx, node, parts)
+    if repeated is None and stack and axis == 0 and len(parts) == 1 == lx.steps and \
+            not lx.explicit and first.time_axis is None and not parts[0].post:
+        # T = 1: a one-step loop's [spike] stacked is [T, B, ...] with a unit time axis
+        repeated = lx.new_act(parts[0].value, first.insert(0, T))
     if repeated is not None:
         return repeated
     layout = first.insert(axis, axes.F) if stack else first
