@@ -358,7 +358,9 @@ def _same_steps(neurons: list[torch.fx.Node]) -> None:
         other = next(n for n, s in sizes.items() if s == min(steps))
         raise BadInputError(
             f"the neuron {source_of(merged[0])} runs over {sizes[merged[0]]} steps, the "
-            f"neuron {source_of(other)} over {min(steps)}: {BATCH_LEAK}")
+            f"neuron {source_of(other)} over {min(steps)}. If its input is [T*B, ...]: "
+            f"{BATCH_LEAK}. If it really runs over more steps (a sequence extended in "
+            "time), snnc compiles models whose neurons all run over the same T")
 
 
 def _time_steps(neuron: torch.fx.Node) -> int:
