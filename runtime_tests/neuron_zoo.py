@@ -122,6 +122,8 @@ NEURONS = {
     "SimpleLIFNode": (lambda m: neuron.SimpleLIFNode(tau=2.0, decay_input=True, step_mode=m),
                       "u8", "ms"),
     "OTTTLIFNode": (lambda m: neuron.OTTTLIFNode(step_mode=m), "u8", "s"),
+    # its membrane starts at half the threshold
+    "HalfThresholdIFNode": (lambda m: neuron.HalfThresholdIFNode(step_mode=m), "u8", "s"),
     "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
     # a neuron of SpikingJelly's model zoo (spike_dhs): LIFNode with the DSpike surrogate
     # (no op), keeping its mean membrane as an attribute (dead code in the export)

@@ -283,6 +283,17 @@ NEURON_CLASSES = [
        "decoded over time, once", "arithmetic, 1 state; decodes: `time_reduce` mean, max "
        "(and min), last", "membranes, real") for cls in ("NonSpikingIFNode",
                                                           "NonSpikingLIFNode")),
+    ("HalfThresholdIFNode", "s", "PyTorch arithmetic; its membrane starts at v_threshold / 2 "
+     "(m: its loop is not matched with the net's repeat over T yet: refused)", "arithmetic, "
+     "1 state", "0/1, uint8"),
+    ("FewSpikeNode, HGNode, OutlierAwareThresholdNode", "", "(few-spike coding) not tested "
+     "yet: FewSpikeNode's outputs are sums of weighted spikes; HGNode uses aten.bucketize and "
+     "OutlierAwareThresholdNode aten.sign, which have no lowering", "", ""),
+    ("MPBNLIFNode", "", "not tested yet (a LIF with batch norm of its membrane; it takes "
+     "out_features or out_channels)", "", ""),
+    ("ILCIFNode, ILCLIFNode, ILCCUBALIFNode, NoisyILCCUBALIFNode", "", "not tested yet "
+     "(inter-layer connections of population-coded RL networks: [B, act_dim * dec_pop_dim])",
+     "", ""),
     ("NoisyCUBALIFNode", "m", "(NoisySpikingNN) with is_training=False: no noise, a loop over "
      "T (re-rolled); is_training=True replays stored noise that advances with every call: "
      "refused (frontend/tracing.py)", "arithmetic, 2 states", "0/1, uint8"),
