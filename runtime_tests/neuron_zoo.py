@@ -4,6 +4,7 @@ to fire (test_neuron_zoo.py)."""
 from __future__ import annotations
 
 import importlib
+import itertools
 
 import torch
 from spikingjelly.activation_based import neuron, surrogate
@@ -88,6 +89,24 @@ def _masked_psn(step_mode):
                             step_mode=step_mode)
 
 
+def _few_spike_table(scale: float = 1.0):
+    """K = T thresholds theta, resets h and spike weights d = 1 (0/1 spikes)."""
+    from spikingjelly.activation_based.neuron.few_spike import FewSpikeTable
+
+    theta = [scale * 0.5 ** k for k in range(T)]
+    return FewSpikeTable(theta=theta, h=theta, d=[1.0] * T)
+
+
+_MPBN_SIZES = itertools.cycle((("out_channels", 4), ("out_channels", 8), ("out_features", 16)))
+
+
+def _mpbn(step_mode):
+    """MPBNLIFNode normalizes its membrane per channel (or feature): Net's three layers have
+    4 and 8 channels and 16 features, and Net makes them in that order."""
+    key, size = next(_MPBN_SIZES)
+    return neuron.MPBNLIFNode(step_mode=step_mode, **{key: size})
+
+
 def _with_step_mode(node, step_mode):
     """CUBALIFNode takes no step_mode argument (it starts single-step)."""
     node.step_mode = step_mode
@@ -122,6 +141,15 @@ NEURONS = {
     "SimpleLIFNode": (lambda m: neuron.SimpleLIFNode(tau=2.0, decay_input=True, step_mode=m),
                       "u8", "ms"),
     "OTTTLIFNode": (lambda m: neuron.OTTTLIFNode(step_mode=m), "u8", "s"),
+    # few-spike coding: K thresholds and resets per input (m: the K steps of the summed
+    # input; T = K)
+    "FewSpikeNode": (lambda m: neuron.FewSpikeNode(_few_spike_table(), step_mode=m), "u8",
+                     "ms"),
+    # few-spike coding with an outlier table for large inputs (sign * clamp)
+    "OutlierAwareThresholdNode": (lambda m: neuron.OutlierAwareThresholdNode(
+        _few_spike_table(), _few_spike_table(2.0), 2.0, step_mode=m), "real", "ms"),
+    # a LIF whose membrane is batch-normalized (eval: its running statistics, folded)
+    "MPBNLIFNode": (_mpbn, "u8", "ms"),
     # its membrane starts at half the threshold
     "HalfThresholdIFNode": (lambda m: neuron.HalfThresholdIFNode(step_mode=m), "u8", "s"),
     "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
@@ -187,6 +215,8 @@ class Net(nn.Module):
 
 # classes whose outputs are membranes, not spikes: nonzero almost everywhere
 MEMBRANES = ("NonSpikingIFNode", "NonSpikingLIFNode", "NoisyNonSpikingIFNode")
+# classes whose outputs are weighted spike sums: nonzero wherever one of K spikes fires
+MULTI_SPIKE = ("OutlierAwareThresholdNode",)
 
 
 class Readout(Net):

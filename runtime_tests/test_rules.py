@@ -378,7 +378,8 @@ def _activations(y):
 
 def _math(y):
     return (torch.exp(y) + torch.log(y.abs() + 1) + torch.sqrt(y.abs()) + torch.rsqrt(y * y + 1)
-            + torch.reciprocal(y.abs() + 1) + y.pow(3) + torch.square(y) + torch.neg(y) + torch.erf(y))
+            + torch.reciprocal(y.abs() + 1) + y.pow(3) + torch.square(y) + torch.neg(y) + torch.erf(y)
+            + torch.sign(y - 0.5))
 
 
 def _normalizations(m, y):

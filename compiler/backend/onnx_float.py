@@ -134,7 +134,7 @@ LOWER = {
     "sigmoid": _plain("Sigmoid"), "tanh": _plain("Tanh"), "erf": _plain("Erf"),
     "exp": _plain("Exp"), "log": _plain("Log"), "sqrt": _plain("Sqrt"),
     "rsqrt": _chain("Sqrt", "Reciprocal"), "reciprocal": _plain("Reciprocal"),
-    "abs": _plain("Abs"), "neg": _plain("Neg"),
+    "abs": _plain("Abs"), "neg": _plain("Neg"), "sign": _plain("Sign"),
     "leaky_relu": _with_attr("LeakyRelu", "alpha", "slope"),
     "elu": _with_attr("Elu", "alpha", "alpha"),
     "hardsigmoid": _plain("HardSigmoid", alpha=1.0 / 6.0, beta=0.5),

@@ -388,7 +388,7 @@ FLOAT_ELEMENTWISE = ("aten.gelu.default", "aten.silu.default", "aten.sigmoid.def
                      "aten.exp.default", "aten.log.default", "aten.sqrt.default",
                      "aten.rsqrt.default", "aten.reciprocal.default", "aten.pow.Tensor_Scalar",
                      "aten.square.default", "aten.abs.default", "aten.neg.default",
-                     "aten.erf.default")
+                     "aten.erf.default", "aten.sign.default")
 # Ops that keep every axis of their input: the walk follows a model input through them to
 # see how it is used (lift._first_use), and rules._want looks through them too.
 ELEMENTWISE = ("aten.clone.default", "aten.detach.default", "aten.contiguous.default",

@@ -21,8 +21,8 @@ import torch
 from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
                            rules_select, rules_tensors, rules_time, stacked)
 from snnc.frontend.axes import AxisError
-from snnc.frontend.lifter import (ELEMENTWISE, Act, Lifter, Marker, Rules, Unsupported, bind,
-                                  dims, op_name)
+from snnc.frontend.lifter import (ELEMENTWISE, FLOAT_ELEMENTWISE, Act, Lifter, Marker, Rules,
+                                  Unsupported, bind, dims, op_name)
 from snnc.ir.ops import ShapeError
 
 RULES = Rules.union(rules_tensors.RULES, rules_neurons.RULES, rules_time.RULES,
@@ -108,7 +108,8 @@ def _no_rule_text(name: str) -> str:
     if name in SUGGEST:
         return f"has no snnc lowering; {SUGGEST[name]}"
     base = lambda op: op.split(".")[1] if op.count(".") >= 1 else op  # aten.conv3d.x: conv3d
-    known = {base(n): n for n in RULES if n.startswith("aten.")}
+    known = {base(n): n for n in RULES  # (a float function is no stand-in for another)
+             if n.startswith("aten.") and n not in FLOAT_ELEMENTWISE}
     near = difflib.get_close_matches(base(name), list(known), 1, 0.75)
     if near:
         op = known[near[0]]

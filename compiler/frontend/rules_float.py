@@ -63,6 +63,7 @@ _MATH = {
     "aten.abs.default": ("abs", None),
     "aten.neg.default": ("neg", None),
     "aten.erf.default": ("erf", None),
+    "aten.sign.default": ("sign", None),
 }
 _UNARY = {**_ACTIVATIONS, **_MATH}
 assert set(_UNARY) == set(FLOAT_ELEMENTWISE), "lifter.FLOAT_ELEMENTWISE lists these ops"
@@ -87,7 +88,7 @@ def _activation(lx, node, a):
     return _unary(lx, node, a)
 
 
-@rule(*_MATH, ir="exp, log, sqrt, rsqrt, reciprocal, pow, abs, neg, erf",
+@rule(*_MATH, ir="exp, log, sqrt, rsqrt, reciprocal, pow, abs, neg, erf, sign",
       note=f"{FLOAT}; elementwise on activations, folded on parameters; pow by a number")
 def _math(lx, node, a):
     return _unary(lx, node, a)

@@ -286,11 +286,18 @@ NEURON_CLASSES = [
     ("HalfThresholdIFNode", "s", "PyTorch arithmetic; its membrane starts at v_threshold / 2 "
      "(m: its loop is not matched with the net's repeat over T yet: refused)", "arithmetic, "
      "1 state", "0/1, uint8"),
-    ("FewSpikeNode, HGNode, OutlierAwareThresholdNode", "", "(few-spike coding) not tested "
-     "yet: FewSpikeNode's outputs are sums of weighted spikes; HGNode uses aten.bucketize and "
-     "OutlierAwareThresholdNode aten.sign, which have no lowering", "", ""),
-    ("MPBNLIFNode", "", "not tested yet (a LIF with batch norm of its membrane; it takes "
-     "out_features or out_channels)", "", ""),
+    ("FewSpikeNode", "m, s", "PyTorch arithmetic: K thresholds and resets per input, "
+     "unrolled by tracing (m: the K steps of the input summed over time, T = K)",
+     "arithmetic (a time_reduce sum in m)", "d_k-weighted spikes: 0/1 uint8 if every d_k "
+     "is 1, else real"),
+    ("OutlierAwareThresholdNode", "m, s", "as FewSpikeNode, a second table for inputs "
+     "beyond its split threshold (sign, clamp)", "arithmetic; sign (a float island)",
+     "weighted spikes, real"),
+    ("HGNode", "", "(few-spike coding) not tested yet: it picks its table with "
+     "aten.bucketize, which has no lowering", "", ""),
+    ("MPBNLIFNode", "m, s", "PyTorch arithmetic; m: a loop over T (re-rolled): a LIF whose "
+     "membrane is batch-normalized with its running statistics in eval (constants)",
+     "arithmetic, 1 state", "0/1, uint8"),
     ("ILCIFNode, ILCLIFNode, ILCCUBALIFNode, NoisyILCCUBALIFNode", "", "not tested yet "
      "(inter-layer connections of population-coded RL networks: [B, act_dim * dec_pop_dim])",
      "", ""),

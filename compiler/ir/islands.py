@@ -65,6 +65,7 @@ UNARY: dict[str, tuple[dict, Callable]] = {  # op -> (attribute schema, float64 
     "reciprocal": ({}, lambda x, a: 1.0 / x),
     "abs": ({}, lambda x, a: np.abs(x)),
     "neg": ({}, lambda x, a: -x),
+    "sign": ({}, lambda x, a: np.sign(x)),
     "pow": ({"exponent": float}, lambda x, a: np.power(x, _f(a, "exponent"))),
     "hardtanh": ({"min": float, "max": float},
                  lambda x, a: np.clip(x, _f(a, "min"), _f(a, "max"))),
