@@ -284,8 +284,9 @@ NEURON_CLASSES = [
        "(and min), last", "membranes, real") for cls in ("NonSpikingIFNode",
                                                           "NonSpikingLIFNode")),
     ("HalfThresholdIFNode", "s", "PyTorch arithmetic; its membrane starts at v_threshold / 2 "
-     "(m: its loop is not matched with the net's repeat over T yet: refused)", "arithmetic, "
-     "1 state", "0/1, uint8"),
+     "(m: it calls the IF op once per step on [1, B, ...], passing the membrane on, inside a "
+     "multi-step net: read as a single-step program, refused)", "arithmetic, 1 state",
+     "0/1, uint8"),
     ("FewSpikeNode", "m, s", "PyTorch arithmetic: K thresholds and resets per input, "
      "unrolled by tracing (m: the K steps of the input summed over time, T = K)",
      "arithmetic (a time_reduce sum in m)", "d_k-weighted spikes: 0/1 uint8 if every d_k "
@@ -293,14 +294,14 @@ NEURON_CLASSES = [
     ("OutlierAwareThresholdNode", "m, s", "as FewSpikeNode, a second table for inputs "
      "beyond its split threshold (sign, clamp)", "arithmetic; sign (a float island)",
      "weighted spikes, real"),
-    ("HGNode", "", "(few-spike coding) not tested yet: it picks its table with "
-     "aten.bucketize, which has no lowering", "", ""),
+    ("HGNode", "", "(few-spike coding) it picks each element's table by aten.bucketize of "
+     "its input, then indexes the tables with it: no lowering", "", ""),
     ("MPBNLIFNode", "m, s", "PyTorch arithmetic; m: a loop over T (re-rolled): a LIF whose "
      "membrane is batch-normalized with its running statistics in eval (constants)",
      "arithmetic, 1 state", "0/1, uint8"),
-    ("ILCIFNode, ILCLIFNode, ILCCUBALIFNode, NoisyILCCUBALIFNode", "", "not tested yet "
-     "(inter-layer connections of population-coded RL networks: [B, act_dim * dec_pop_dim])",
-     "", ""),
+    ("ILCIFNode, ILCLIFNode, ILCCUBALIFNode, NoisyILCCUBALIFNode", "", "PyTorch loop that "
+     "writes conv(spike[t]) into its own input x_seq[t + 1] (a recurrence through the input): "
+     "refused as a loop that does not make one output per step", "", ""),
     ("NoisyCUBALIFNode", "m", "(NoisySpikingNN) with is_training=False: no noise, a loop over "
      "T (re-rolled); is_training=True replays stored noise that advances with every call: "
      "refused (frontend/tracing.py)", "arithmetic, 2 states", "0/1, uint8"),
