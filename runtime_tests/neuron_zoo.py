@@ -148,6 +148,9 @@ NEURONS = {
     # few-spike coding with an outlier table for large inputs (sign * clamp)
     "OutlierAwareThresholdNode": (lambda m: neuron.OutlierAwareThresholdNode(
         _few_spike_table(), _few_spike_table(2.0), 2.0, step_mode=m), "real", "ms"),
+    # few-spike coding whose table each element picks by its input's region (bucketize)
+    "HGNode": (lambda m: neuron.HGNode([_few_spike_table(), _few_spike_table(2.0)], [1.5],
+                                       step_mode=m), "u8", "ms"),
     # a LIF whose membrane is batch-normalized (eval: its running statistics, folded)
     "MPBNLIFNode": (_mpbn, "u8", "ms"),
     # its membrane starts at half the threshold
@@ -216,7 +219,7 @@ class Net(nn.Module):
 # classes whose outputs are membranes, not spikes: nonzero almost everywhere
 MEMBRANES = ("NonSpikingIFNode", "NonSpikingLIFNode", "NoisyNonSpikingIFNode")
 # classes whose outputs are weighted spike sums: nonzero wherever one of K spikes fires
-MULTI_SPIKE = ("OutlierAwareThresholdNode",)
+MULTI_SPIKE = ("OutlierAwareThresholdNode", "HGNode")
 
 
 class Readout(Net):

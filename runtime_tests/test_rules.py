@@ -283,6 +283,8 @@ CASES = {  # id -> (builder, example input shape at batch 1[, dynamic batch])
     "constant_index_gathers": (tail(_gathers), (1, 3, 6, 6)),
     "einsum_bmm_folded_scale": (tail(_products), (1, 3, 6, 6)),
     "time_mix_addmm_mm": (tail(_time_mixes), (1, 3, 6, 6)),
+    "bucketize_lookup": (tail(lambda m, s: m.lif(2 * s * torch.tensor([0.5, 1.5, 3.0])[
+        torch.bucketize(s.mean(2, keepdim=True), torch.tensor([0.3, 0.6]))])), (1, 3, 6, 6)),
     "over_the_run": (lambda: Stem(OverTheRun()), (1, 3, 6, 6)),
     "lif_mean_over_time": (tail(lambda m, s: s.mean(0)), (1, 3, 6, 6)),
     "if_sum_over_time": (lambda: Stem(Tail(lambda m, s: s.sum(0)), neuron.IFNode),

@@ -84,12 +84,21 @@ def _flip(lx, node, a):
     return x
 
 
-@rule("aten.index.Tensor", ir="gather", note="x[..., idx] with constant integer indices on "
-      "feature axes: one index tensor, or broadcast ones that pick each axis independently "
-      "(nearest upsampling, reflection padding)")
+@rule("aten.index.Tensor", ir="gather, compare, where", note="x[..., idx] with constant "
+      "integer indices on feature axes: one index tensor, or broadcast ones that pick each "
+      "axis independently (nearest upsampling, reflection padding); table[ids] of a constant "
+      "1-D table by an activation (a bucketize's)")
 def _index(lx, node, a):
-    x = lx.act(a.get("self"))
     picks = list(a.get("indices") or [])
+    table = lx.operand(a.get("self"))
+    if not isinstance(table, Act) and len(picks) == 1 and isinstance(
+            lx.env.get(picks[0]), Act) and table in lx.builder.constants:
+        from snnc.frontend.rules_select import lookup  # table[ids]: a constant looked up
+        array = np.asarray(lx.builder.constants[table])
+        if array.ndim != 1:
+            raise Unsupported("looks up a table that is not one list of numbers")
+        return lookup(lx, node, array.astype(np.float32), lx.env[picks[0]])
+    x = lx.act(a.get("self"))
     used = [i for i, p in enumerate(picks) if p is not None]
     if not used:
         return x

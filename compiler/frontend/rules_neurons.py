@@ -294,8 +294,9 @@ NEURON_CLASSES = [
     ("OutlierAwareThresholdNode", "m, s", "as FewSpikeNode, a second table for inputs "
      "beyond its split threshold (sign, clamp)", "arithmetic; sign (a float island)",
      "weighted spikes, real"),
-    ("HGNode", "", "(few-spike coding) it picks each element's table by aten.bucketize of "
-     "its input, then indexes the tables with it: no lowering", "", ""),
+    ("HGNode", "m, s", "as FewSpikeNode; each element picks its table by bucketize of its "
+     "input (compares with the gate thresholds, counted), then looks its theta, h, d up "
+     "(a chain of where)", "arithmetic; compare, where", "0/1, uint8 if every d is 1"),
     ("MPBNLIFNode", "m, s", "PyTorch arithmetic; m: a loop over T (re-rolled): a LIF whose "
      "membrane is batch-normalized with its running statistics in eval (constants)",
      "arithmetic, 1 state", "0/1, uint8"),

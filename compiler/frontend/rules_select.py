@@ -92,3 +92,30 @@ def _to_float(lx, node, a):
     if getattr(val, "dtype", None) != torch.float32:
         raise Unsupported(f"converts to {getattr(val, 'dtype', '?')}; snnc computes in float32")
     return lx.act(a.get("self"))
+
+
+@rule("aten.bucketize.Tensor", ir="compare, add", note="by constant boundaries: the number "
+      "of boundaries below x (right=True: at or below), as a float")
+def _bucketize(lx, node, a):
+    x = lx.act(a.get("self"))
+    bounds = np.asarray(lx.builder.constants.get(lx.const(a.get("boundaries"))))
+    if bounds.ndim != 1 or not bounds.size or np.any(np.diff(bounds) < 0):
+        raise Unsupported("bucketizes by boundaries that are not one sorted list of numbers")
+    op = "ge" if a.get("right") else "gt"
+    count = None
+    for b in bounds:
+        above, = lx.emit("compare", [x.value, lx.scalar(float(b))], {"op": op}, node)
+        count = above if count is None else lx.emit("add", [count, above], {}, node)[0]
+    return lx.new_act(count, x.layout, x.post)
+
+
+def lookup(lx, node, table: np.ndarray, ids: Act) -> Act:
+    """table[ids] of a constant 1-D table by an activation of whole numbers 0..len-1 (a
+    bucketize's): a chain of where(ids >= r, table[r], ...), each entry exact."""
+    value = lx.scalar(float(table[0]))
+    for r in range(1, len(table)):
+        at_least, = lx.emit("compare", [ids.value, lx.scalar(r - 0.5)], {"op": "ge"}, node)
+        value, = lx.emit("where", [at_least, lx.scalar(float(table[r])), value], {}, node)
+    if value in lx.builder.constants:  # a one-entry table: the same value everywhere
+        raise Unsupported("looks up a table of one entry; use the number")
+    return lx.new_act(value, ids.layout, ids.post)
