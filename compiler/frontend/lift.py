@@ -72,16 +72,9 @@ def lift(program: torch.export.ExportedProgram) -> Graph:
 def _in_loop(lx: Lifter, node: torch.fx.Node):
     """A node of a neuron's loop over time, re-rolled; its input cut into steps if it is a
     whole-run tensor (stacked.py)."""
-    lift = lambda: neuron_regions.lift_node(lx, lx.loop_of[node], node, rules.apply)
-    undo = stacked.undo_point(lx)
-    try:
-        return lift()
-    except (Unsupported, AxisError) as why:
-        undo()
-        lifted, _ = stacked.retry(lx, node, lift, stack=False)
-        if lifted is None:
-            raise why from None
-        return lifted
+    return stacked.lifted(
+        lx, node, lambda: neuron_regions.lift_node(lx, lx.loop_of[node], node, rules.apply),
+        stack=False)
 
 
 def _prepared(program: torch.export.ExportedProgram) -> tuple[torch.fx.Graph, dict, set]:

@@ -502,6 +502,16 @@ def image_input(x: Act, rank: tuple[int, ...], what: str) -> None:
                           "or SeqToANNContainer)")
 
 
+def reduced_features(lx: Lifter, node, x: Act, picked: list[int], keep: bool, op: str) -> Act:
+    """The reduce_<op> (mean, sum, max, min) of x over its feature axes `picked` (torch
+    axes; the time and batch axes are refused), keeping them as 1s with `keep`."""
+    step_axes = [x.layout.step_axis(d) for d in picked]
+    layout = x.layout if keep else Layout(tuple(r for i, r in enumerate(x.layout.roles)
+                                                if i not in picked))
+    value, = lx.emit(f"reduce_{op}", [x.value], {"axes": step_axes, "keepdims": keep}, node)
+    return lx.new_act(value, layout, x.post)
+
+
 def part(lx, node, x: Act, axis: int, start: int, end: int, size: int) -> Act:
     """x[..., start:end] along feature axis `axis` (of `size`): a split, its middle part."""
     step = x.layout.step_axis(axis)

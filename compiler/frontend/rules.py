@@ -20,7 +20,6 @@ import torch
 
 from snnc.frontend import (rules_float, rules_index, rules_layers, rules_neurons,
                            rules_select, rules_tensors, rules_time, stacked)
-from snnc.frontend.axes import AxisError
 from snnc.frontend.lifter import (ELEMENTWISE, FLOAT_ELEMENTWISE, Act, Lifter, Marker, Rules,
                                   Unsupported, bind, dims, op_name)
 from snnc.ir.ops import ShapeError
@@ -32,15 +31,7 @@ RULES = Rules.union(rules_tensors.RULES, rules_neurons.RULES, rules_time.RULES,
 
 def apply_over_time(lx: Lifter, node):
     """apply, and if the rule refuses, the op on the whole run (stacked.py)."""
-    undo = stacked.undo_point(lx)
-    try:
-        return apply(lx, node)
-    except (Unsupported, AxisError) as why:
-        undo()
-        lifted, whole = stacked.retry(lx, node, lambda: apply(lx, node))
-        if lifted is None:
-            raise stacked.both(why, whole) from None
-        return lifted
+    return stacked.lifted(lx, node, lambda: apply(lx, node))
 
 
 def apply(lx: Lifter, node):

@@ -84,6 +84,18 @@ def _flip(lx, node, a):
     return x
 
 
+def _lookup(lx, node, table: np.ndarray, ids: Act) -> Act:
+    """table[ids] of a constant 1-D table by an activation of whole numbers 0..len-1 (a
+    bucketize's): a chain of where(ids >= r, table[r], ...), each entry exact."""
+    value = lx.scalar(float(table[0]))
+    for r in range(1, len(table)):
+        at_least, = lx.emit("compare", [ids.value, lx.scalar(r - 0.5)], {"op": "ge"}, node)
+        value, = lx.emit("where", [at_least, lx.scalar(float(table[r])), value], {}, node)
+    if value in lx.builder.constants:  # a one-entry table: the same value everywhere
+        raise Unsupported("looks up a table of one entry; use the number")
+    return lx.new_act(value, ids.layout, ids.post)
+
+
 @rule("aten.index.Tensor", ir="gather, compare, where", note="x[..., idx] with constant "
       "integer indices on feature axes: one index tensor, or broadcast ones that pick each "
       "axis independently (nearest upsampling, reflection padding); table[ids] of a constant "
@@ -93,11 +105,10 @@ def _index(lx, node, a):
     table = lx.operand(a.get("self"))
     if not isinstance(table, Act) and len(picks) == 1 and isinstance(
             lx.env.get(picks[0]), Act) and table in lx.builder.constants:
-        from snnc.frontend.rules_select import lookup  # table[ids]: a constant looked up
         array = np.asarray(lx.builder.constants[table])
         if array.ndim != 1:
             raise Unsupported("looks up a table that is not one list of numbers")
-        return lookup(lx, node, array.astype(np.float32), lx.env[picks[0]])
+        return _lookup(lx, node, array.astype(np.float32), lx.env[picks[0]])
     x = lx.act(a.get("self"))
     used = [i for i, p in enumerate(picks) if p is not None]
     if not used:

@@ -11,7 +11,7 @@ from snnc.frontend import axes
 from snnc.frontend.axes import Layout, T
 from snnc.frontend.lifter import (QUANT_OP, Act, Marker, Rules, Unsupported, float_arg,
                                   image_input, int_arg, ints_arg, op_name, positive, post_of,
-                                  source_of)
+                                  reduced_features, source_of)
 from snnc.ir.ops import OPS
 from snnc.quant import quantize
 
@@ -117,12 +117,7 @@ def _max(lx, node, a):
     picked = sorted({x.layout.axis(d) for d in ints_arg(a, "dim")})
     if not picked:
         raise Unsupported("takes the max over every axis, batch included; name the axes")
-    keep = bool(a.get("keepdim"))
-    step_axes = [x.layout.step_axis(d) for d in picked]
-    layout = x.layout if keep else Layout(tuple(r for i, r in enumerate(x.layout.roles)
-                                                if i not in picked))
-    value, = lx.emit("reduce_max", [x.value], {"axes": step_axes, "keepdims": keep}, node)
-    return lx.new_act(value, layout, x.post)
+    return reduced_features(lx, node, x, picked, bool(a.get("keepdim")), "max")
 
 
 @rule("aten.conv3d.default", ir="reshape, conv", note="pointwise (kernel 1, stride 1, no "

@@ -107,15 +107,3 @@ def _bucketize(lx, node, a):
         above, = lx.emit("compare", [x.value, lx.scalar(float(b))], {"op": op}, node)
         count = above if count is None else lx.emit("add", [count, above], {}, node)[0]
     return lx.new_act(count, x.layout, x.post)
-
-
-def lookup(lx, node, table: np.ndarray, ids: Act) -> Act:
-    """table[ids] of a constant 1-D table by an activation of whole numbers 0..len-1 (a
-    bucketize's): a chain of where(ids >= r, table[r], ...), each entry exact."""
-    value = lx.scalar(float(table[0]))
-    for r in range(1, len(table)):
-        at_least, = lx.emit("compare", [ids.value, lx.scalar(r - 0.5)], {"op": "ge"}, node)
-        value, = lx.emit("where", [at_least, lx.scalar(float(table[r])), value], {}, node)
-    if value in lx.builder.constants:  # a one-entry table: the same value everywhere
-        raise Unsupported("looks up a table of one entry; use the number")
-    return lx.new_act(value, ids.layout, ids.post)

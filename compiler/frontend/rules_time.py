@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from snnc.frontend import axes
-from snnc.frontend.axes import Layout, T
+from snnc.frontend.axes import T
 from snnc.frontend.lifter import (BATCH_LEAK, NEURON_OPS, Act, Marker, Rules, Unsupported,
-                                  dims, int_arg, ints_arg, op_name, part, post_of, reshaped)
+                                  dims, int_arg, ints_arg, op_name, part, post_of,
+                                  reduced_features, reshaped)
 from snnc.ir.graph import BATCH
 
 RULES = Rules()
@@ -177,11 +178,7 @@ def _reduce(lx, node, a):
         if dims(node.args[0])[t] == 1:
             return lx.new_act(x.value, x.layout.drop(t), x.post)
         return Marker("time_reduce", (x, mode))
-    step_axes = [x.layout.step_axis(d) for d in picked]
-    layout = x.layout if keep else Layout(tuple(r for i, r in enumerate(x.layout.roles)
-                                                if i not in picked))
-    value, = lx.emit(f"reduce_{mode}", [x.value], {"axes": step_axes, "keepdims": keep}, node)
-    return lx.new_act(value, layout, x.post)
+    return reduced_features(lx, node, x, picked, keep, mode)
 
 
 @rule("aten.max.dim", "aten.min.dim", ir="time_reduce, reduce_max, reduce_min",
@@ -196,10 +193,7 @@ def _extreme(lx, node, a):
         if dims(node.args[0])[axis] == 1:
             return (lx.new_act(x.value, x.layout.drop(axis)), Marker("indices"))
         return (Marker("time_reduce", (x, mode)), Marker("indices"))
-    value, = lx.emit(f"reduce_{mode}", [x.value], {"axes": [x.layout.step_axis(axis)],
-                                                   "keepdims": keep}, node)
-    return (lx.new_act(value, x.layout if keep else x.layout.drop(axis), x.post),
-            Marker("indices"))
+    return reduced_features(lx, node, x, [axis], keep, mode), Marker("indices")
 
 
 @rule("aten.unbind.int", ir="split, reshape", note="for x in seq: a single-step loop over "

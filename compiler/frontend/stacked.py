@@ -30,6 +30,21 @@ from snnc.frontend.lifter import Act, Lifter, Marker, Unsupported, dims
 from snnc.ir.ops import ShapeError
 
 
+def lifted(lx: Lifter, node: torch.fx.Node, attempt: Callable[[], object], stack: bool = True):
+    """attempt() (a rule, or a node of a neuron's loop); if it refuses, what it emitted is
+    taken back and the op is retried over the whole run (`retry`); if that refuses too, the
+    rule's own refusal (with what it said on the whole run, `both`, when it stacked)."""
+    undo = undo_point(lx)
+    try:
+        return attempt()
+    except (Unsupported, AxisError) as why:
+        undo()
+        got, whole = retry(lx, node, attempt, stack)
+        if got is None:
+            raise (both(why, whole) if stack else why) from None
+        return got
+
+
 def retry(lx: Lifter, node: torch.fx.Node, attempt: Callable[[], object], stack: bool = True):
     """(the op lifted over the whole run (its operands with time stacked; if `stack`), or
     with whole-run [T, B, ...] operands cut into steps, or None; the last reason a rule
@@ -69,21 +84,23 @@ def both(why: Exception, whole: Exception | None) -> Exception:
     return type(why)(f"{why} (and lifted on the whole run: {whole})")
 
 
-_CACHES = ("views", "weights", "reduced")  # the Lifter's caches of emitted values
+_CACHES = ("views", "weights", "reduced")  # the Lifter's caches of emitted values, which
+# only ever gain entries (in order), so an undo point is their lengths
 
 
 def undo_point(lx: Lifter) -> Callable[[], None]:
     """A function that takes back the nodes and states emitted after now, and forgets the
     values it cached since (stacked views, dequantized weights, time reductions)."""
     nodes, states = len(lx.builder.nodes), len(lx.builder.states)
-    caches = {name: dict(getattr(lx, name)) for name in _CACHES}
+    sizes = {name: len(getattr(lx, name)) for name in _CACHES}
 
     def undo():
         del lx.builder.nodes[nodes:]
         del lx.builder.states[states:]
-        for name, before in caches.items():
-            getattr(lx, name).clear()
-            getattr(lx, name).update(before)
+        for name, size in sizes.items():
+            cache = getattr(lx, name)
+            for key in list(cache)[size:]:
+                del cache[key]
     return undo
 
 

@@ -79,9 +79,8 @@ def once_nodes(graph: Graph) -> set[Node]:
     time_stack (over all steps), and every node that reads their results and otherwise
     only values the same at every step (constants, a "repeat" input, a dequantized
     weight): a head after `x.mean(0)`, a temporal attention's scores."""
-    spec = graph.time
-    fixed = set(graph.constants) | {v for v, mode in zip(graph.inputs, spec.inputs)
-                                    if mode == "repeat"} if spec else set(graph.constants)
+    fixed = set(graph.constants) | {v for v, mode in zip(graph.inputs, graph.time.inputs)
+                                    if mode == "repeat"}
     found: set[Node] = set()
     late: set[Value] = set()
     for node in graph.nodes:
@@ -90,13 +89,13 @@ def once_nodes(graph: Graph) -> set[Node]:
                 all(v in late or v in fixed for v in node.inputs):
             found.add(node)
             late.update(node.outputs)
-        elif node.op not in ALL_STEPS and node.op != "time_unstack" and \
-                all(v in fixed for v in node.inputs) and node.op not in _STATEFUL:
+        elif node.op not in _PER_STEP and all(v in fixed for v in node.inputs):
             fixed.update(node.outputs)
     return found
 
 
-_STATEFUL = ("neuron", "neuron_model")  # their outputs change from step to step
+# ops whose outputs differ from step to step even when their inputs do not
+_PER_STEP = (*ALL_STEPS, "time_unstack", "neuron", "neuron_model")
 
 
 def _stages(nodes, states=(), once=frozenset()) -> list[tuple[str, list[Node]]]:

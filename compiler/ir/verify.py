@@ -107,9 +107,8 @@ def _check_time_mix(graph: Graph, fail) -> None:
             fail(f"{node.op} does not fit {steps} steps", node)
         if node.op not in ALL_STEPS:
             continue
-        shape = node.inputs[1].shape if node.op == "time_mix" else (steps,) * 2
-        if tuple(shape) != (steps,) * 2:
-            fail(f"time_mix weight {shape} does not fit {steps} steps", node)
+        if node.op == "time_mix" and tuple(node.inputs[1].shape) != (steps,) * 2:
+            fail(f"time_mix weight {node.inputs[1].shape} does not fit {steps} steps", node)
         after = _reached(graph, set(node.outputs))
         before = _ancestors(graph, node.inputs[0])
         for state in graph.states:
