@@ -292,10 +292,7 @@ def test_islands_compile_and_match_pytorch(name, quantized):
     reference = H.torch_trace(zoo.export(model, (4, *IMAGE[1:])), x)
     session = H.onnx_session(result.data)
     got = H.onnx_trace(session, x)
-    comparison = H.compare(reference, got, H.Comparison(), batch_axis=0, max_flips=4,
-                           perturbed_tol=0.5)
-    assert not comparison.problems, comparison.problems
-    assert comparison.perturbed <= 1, comparison.report()
+    comparison = zoo.compared(reference, got)
     assert set(comparison.top1_changed) <= set(comparison.perturbed_samples)
     firing = [r for r in comparison.layers_firing.values() if 0.01 <= r <= 0.6]
     assert len(firing) >= 2, comparison.layers_firing
@@ -316,10 +313,7 @@ def test_frontend_graph_matches_pytorch(name):
     x = np.random.default_rng(5).random((4, *IMAGE[1:]), dtype=np.float32)
     reference = H.torch_trace(zoo.export(model, (4, *IMAGE[1:])), x)
     got = H.interp_trace(lift(zoo.export(model, IMAGE)), x)
-    comparison = H.compare(reference, got, H.Comparison(), batch_axis=0, max_flips=4,
-                           perturbed_tol=0.5)
-    assert not comparison.problems, comparison.problems
-    assert comparison.perturbed <= 1, comparison.report()
+    zoo.compared(reference, got)
 
 
 @pytest.mark.parametrize("opset", [19, 20])

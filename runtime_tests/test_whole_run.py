@@ -103,19 +103,14 @@ def test_whole_run_layers_match_pytorch(name, T, quantized):
     reference = H.torch_trace(zoo.export(model, (BATCH, *SHAPE[1:])), x)
     session = H.onnx_session(result.data)
     got = H.onnx_trace(session, x)
-    comparison = H.compare(reference, got, H.Comparison(), batch_axis=0, max_flips=4,
-                           perturbed_tol=0.5)
-    assert not comparison.problems, comparison.problems
-    assert comparison.perturbed <= 1, comparison.report()
+    comparison = zoo.compared(reference, got)
     rates = comparison.layers_firing or zoo.firing_rates(model, torch.from_numpy(x))
     silent = [k for k, rate in rates.items() if rate == 0]
     assert rates and not silent, f"silent neuron layers: {silent}"
     if not comparison.layers_firing:  # no spikes recorded: the outputs decide
         assert comparison.max_logit_diff < 1e-4, comparison.report()
     assert np.ptp(reference.outputs[0], axis=0).max() > 0, "the same output for every sample"
-    ours = H.compare(reference, H.interp_trace(result.graph, x), H.Comparison(), batch_axis=0,
-                     max_flips=4, perturbed_tol=0.5)  # the reference interpreter too
-    assert not ours.problems and ours.perturbed <= 1, ours.report()
+    zoo.compared(reference, H.interp_trace(result.graph, x))  # the reference interpreter too
     for i in range(BATCH):  # batch 1 and batch 4 from the one file
         alone = H.onnx_trace(session, x[i:i + 1])
         np.testing.assert_allclose(alone.outputs[0], got.outputs[0][i:i + 1], atol=1e-5)

@@ -55,10 +55,8 @@ def check(name: str, steps: int = 4, quantized: bool = False, batch: int = 4,
     session = H.onnx_session(result.data)
     got = H.onnx_trace(session, x)
     axis = 1 if result.graph.time.outputs[0] == "stack" else 0
-    comparison = H.compare(reference, got, H.Comparison(), batch_axis=axis, max_flips=4,
-                           perturbed_tol=0.5)
-    assert not comparison.problems, comparison.problems
-    assert comparison.samples == batch and comparison.perturbed <= perturbed, comparison.report()
+    comparison = zoo.compared(reference, got, batch_axis=axis, perturbed=perturbed)
+    assert comparison.samples == batch, comparison.report()
     assert set(comparison.top1_changed) <= set(comparison.perturbed_samples)
     firing = [r for r in comparison.layers_firing.values() if 0.01 <= r <= 0.6]
     assert len(firing) >= min(3, len(comparison.layers_firing)), comparison.layers_firing

@@ -31,6 +31,7 @@ import torch
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
+from snnc.check import parity as H
 from snnc.frontend.tracing import traceable
 
 for _op in ("lif", "if_", "plif"):
@@ -126,6 +127,17 @@ def export(model: nn.Module, input_shape) -> torch.export.ExportedProgram:
         program = torch.export.export(model, (torch.zeros(*input_shape),))
     functional.reset_net(model)
     return program
+
+
+def compared(reference, trace, batch_axis: int = 0, perturbed: int = 1) -> H.Comparison:
+    """`trace` (ONNX Runtime's or the interpreter's) against PyTorch's `reference` under the
+    rounding rule (docs/testing.md): no problem, at most `perturbed` samples with spikes
+    decided by rounding."""
+    comparison = H.compare(reference, trace, H.Comparison(), batch_axis=batch_axis,
+                           max_flips=4, perturbed_tol=0.5)
+    assert not comparison.problems, comparison.problems
+    assert comparison.perturbed <= perturbed, comparison.report()
+    return comparison
 
 
 # ---------------------------------------------------------------- multi-step conv SNNs
