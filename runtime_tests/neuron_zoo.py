@@ -107,6 +107,31 @@ def _mpbn(step_mode):
     return neuron.MPBNLIFNode(step_mode=step_mode, **{key: size})
 
 
+class _Flat(nn.Module):
+    """An inter-layer-connection neuron (ILC*: multi-step only) on [T, B, F], F = act_dim *
+    dec_pop_dim: Net's [T, B, C, H, W] maps are given to it flattened, as a user would."""
+
+    def __init__(self, sn):
+        super().__init__()
+        self.sn = sn
+        with torch.no_grad():  # a drive of the same order as the input's
+            sn.conn.weight.mul_(0.5)
+            sn.conn.bias.zero_()
+
+    def forward(self, x):
+        return self.sn(x.flatten(2)).view_as(x)
+
+
+_ILC_SIZES = itertools.cycle((4 * 8 * 8, 8 * 4 * 4, 16))  # Net's three layers, in order
+
+
+def _ilc(cls, **kwargs):
+    """A factory of ILC neurons of class `cls` (two neurons per population)."""
+    def make(step_mode):
+        return _Flat(getattr(neuron, cls)(next(_ILC_SIZES) // 2, 2, **kwargs))
+    return make
+
+
 def _with_step_mode(node, step_mode):
     """CUBALIFNode takes no step_mode argument (it starts single-step)."""
     node.step_mode = step_mode
@@ -154,7 +179,7 @@ NEURONS = {
     # a LIF whose membrane is batch-normalized (eval: its running statistics, folded)
     "MPBNLIFNode": (_mpbn, "u8", "ms"),
     # its membrane starts at half the threshold
-    "HalfThresholdIFNode": (lambda m: neuron.HalfThresholdIFNode(step_mode=m), "u8", "s"),
+    "HalfThresholdIFNode": (lambda m: neuron.HalfThresholdIFNode(step_mode=m), "u8", "ms"),
     "SLTTLIFNode": (lambda m: neuron.SLTTLIFNode(step_mode=m), "u8", "s"),
     # a neuron of SpikingJelly's model zoo (spike_dhs): LIFNode with the DSpike surrogate
     # (no op), keeping its mean membrane as an attribute (dead code in the export)
@@ -184,6 +209,12 @@ NEURONS = {
     # / delta_t); v_threshold a parameter (clamped)
     "DSRIFNode": (lambda m: neuron.DSRIFNode(T=T, v_threshold=2.0, step_mode=m), "u8", "m"),
     "DSRLIFNode": (lambda m: neuron.DSRLIFNode(T=T, delta_t=0.5, step_mode=m), "real", "m"),
+    # inter-layer connection: each step adds a grouped conv of its spikes to the next
+    # step's input, written into the input tensor (x_seq[t + 1] = x_seq[t + 1] + ...)
+    "ILCIFNode": (_ilc("ILCIFNode"), "u8", "m"),
+    "ILCLIFNode": (_ilc("ILCLIFNode"), "u8", "m"),
+    "ILCCUBALIFNode": (_ilc("ILCCUBALIFNode"), "u8", "m"),
+    "NoisyILCCUBALIFNode": (_ilc("NoisyILCCUBALIFNode", is_training=False, T=T), "u8", "m"),
 }
 
 

@@ -16,7 +16,6 @@ dumps and errors say where it came from.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from snnc.frontend.lifter import QUANT_OP, Lifter, op_name, source_of

@@ -277,8 +277,9 @@ def _neuron_constant(lx: Lifter, node, got) -> Act | None:
 def _neurons(graph: torch.fx.Graph, regions=()) -> list[torch.fx.Node]:
     """The neuron op calls; refuses programs without any neuron (op or plain-PyTorch
     region), and multi-step neurons reused with their membrane carried over (one module
-    called for two layers)."""
-    calls = [n for n in graph.nodes if op_name(n) in NEURON_OPS]
+    called for two layers). Calls inside a re-rolled loop (a region's) are the loop's."""
+    looped = {n for r in regions if r.loop is not None for n in r.nodes}
+    calls = [n for n in graph.nodes if op_name(n) in NEURON_OPS and n not in looped]
     if not calls and regions:
         return calls
     other = sorted({op_name(n).split(".")[0] for n in graph.nodes

@@ -123,7 +123,8 @@ def find(graph: torch.fx.Graph, neuron_ops, constants=()) -> list[Region]:
     regions = list(groups.values())
     for region in regions:
         drawn = sorted({op_name(n) for n in region.nodes if op_name(n).startswith(_RANDOM)})
-        region.op = any(op_name(n) in neuron_ops for n in region.nodes)
+        calls = sum(op_name(n) in neuron_ops for n in region.nodes)
+        region.op = calls > 0
         try:
             if drawn:
                 raise Unsupported(
@@ -132,7 +133,8 @@ def find(graph: torch.fx.Graph, neuron_ops, constants=()) -> list[Region]:
                     "deterministic in eval mode (noisy neurons are not)")
             if any(queues.flattens_all(n) for n in region.nodes):
                 raise Unsupported(QUEUED)
-            region.loop = None if region.op else _loop(region, constant)
+            region.loop = None if calls == 1 else _loop(region, constant)
+            region.op = region.op and region.loop is None
         except Unsupported as why:
             region.error = str(why)
     return regions
@@ -192,21 +194,76 @@ def _loop(region: Region, constant=frozenset()) -> Loop | None:
             dep[n] = -1
         else:
             dep[n] = max((dep.get(a, -1) for a in n.all_input_nodes), default=-1)
+    source = sources.pop()
+    try:
+        loop = _rerolled(region, dep, stack, last, count, source, constant)
+    except Unsupported:
+        if not _first_read_as_the_others(region, dep, source, count):
+            raise
+        loop = _rerolled(region, dep, stack, last, count, source, constant)
+    if last is not None:
+        _stack_last(region, loop, last)
+    elif stack not in inside:  # torch.stack(v_seq) of the list the module returns
+        region.nodes.append(stack)
+    return loop
+
+
+def _rerolled(region: Region, dep: dict, stack, last, count: int, source, constant) -> Loop:
+    """The loop's steps grouped by `dep` and matched (_matched)."""
     lag = _lag(region, stack.args[0], dep) if stack is not None else 0
     steps = [[n for n in region.nodes if dep[n] == t and n is not stack]
              for t in range(count - lag)]
     if any(not s for s in steps) or max(dep.values()) >= count - lag or \
             (last is not None and dep[last] != count - 1):
         raise Unsupported(f"{region.cls}'s loop does not make one output per step")
-    loop = Loop(sources.pop(), steps, stack, constant=set(constant), lag=lag)
+    loop = Loop(source, steps, stack, constant=set(constant), lag=lag)
     loop.skipped = {n for s in steps[1:] for n in s} | {
         n for n in region.nodes if op_name(n) == "aten.unbind.int"}
     _matched(region, loop, dep)
-    if last is not None:
-        _stack_last(region, loop, last)
-    elif stack not in inside:  # torch.stack(v_seq) of the list the module returns
-        region.nodes.append(stack)
     return loop
+
+
+def _first_read_as_the_others(region: Region, dep: dict, source, count: int) -> bool:
+    """A loop that writes into its own input (SpikingJelly's ILC neurons: `x_seq[t + 1] =
+    x_seq[t + 1] + conn(spike)`, read back through prepare._forward_reads) reads x_seq[t] + r
+    at every step t > 0, r made by step t - 1, and x_seq[0] alone at step 0. Step 0 is
+    given x_seq[0] + 0 (exact: x + 0.0 is x), the 0 a fill that the state r starts from, so
+    that every step is the same computation (tried when the steps as traced do not match;
+    whether it rewrote step 0). The prepared graph is a copy (prepare.py)."""
+    reads = {t: [n for n in region.nodes if _step_index(n) == (source, t) and dep[n] == t]
+             for t in range(count)}
+    sides = set()
+    for t in range(1, count):
+        for n in reads[t]:
+            for user in n.users:
+                if op_name(user) == "aten.copy.default" and user.args[0] is n:
+                    continue  # x_seq[t] as the place written: its values unread
+                if op_name(user) != "aten.add.Tensor" or len(user.args) != 2 or \
+                        user.kwargs or n not in user.args or user.args[0] is user.args[1]:
+                    return False
+                other = user.args[1 - user.args.index(n)]
+                if not isinstance(other, torch.fx.Node) or dep.get(other) != t - 1:
+                    return False
+                sides.add(user.args.index(n))
+    if len(sides) != 1 or not reads[0]:
+        return False
+    side = sides.pop()
+    for n in reads[0]:
+        graph, users = n.graph, [u for u in n.users if dep.get(u) != -1]
+        with graph.inserting_after(n):
+            zero = graph.call_function(torch.ops.aten.full_like.default, (n, 0.0))
+        with graph.inserting_after(zero):
+            total = graph.call_function(torch.ops.aten.add.Tensor,
+                                        (n, zero) if side == 0 else (zero, n))
+        for new in (zero, total):
+            new.meta.update(val=n.meta["val"], nn_module_stack=n.meta.get("nn_module_stack"),
+                            stack_trace=n.meta.get("stack_trace"))
+        for user in users:
+            user.args = torch.fx.node.map_arg(user.args, lambda a: total if a is n else a)
+        at = region.nodes.index(n) + 1
+        region.nodes[at:at] = [zero, total]
+        dep[zero], dep[total] = -1, 0
+    return True
 
 
 def _feeds_fill(node) -> bool:
@@ -367,7 +424,8 @@ def _same(x, y, t, phi, phis, dep, loop, fixes=None) -> bool:
     """Whether node y of step t+1 computes what node x of step t does. With `fixes` (step
     0 only), x may also read a number where y reads a state, or a commutative op's operands
     in the other order: the rewrites that make it so are appended to `fixes`."""
-    ix, iy = _step_index(x), _step_index(y)
+    ix, iy = (i if i is not None and dep.get(i[0], -1) < 0 else None  # a step's own
+              for i in (_step_index(x), _step_index(y)))  # value[0] is no step read
     if ix is not None or iy is not None:  # x_seq[t] and x_seq[t + 1]
         return ix is not None and iy is not None and ix[0] is iy[0] and \
             (ix[1], iy[1]) == (t, t + 1)

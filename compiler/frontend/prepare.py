@@ -91,6 +91,7 @@ def functional_graph(program: torch.export.ExportedProgram) -> torch.fx.Graph:
     graph.output(out)
     if any(_writes_self(n) for n in graph.nodes if n.op == "call_function"):
         _functionalize(graph)
+        _forward_reads(graph)
     # what no output reads: a value a module keeps for itself (spike_dhs's neuron stores
     # its mean membrane as an attribute, which torch.export drops but leaves computed)
     graph.eliminate_dead_code()
@@ -211,6 +212,75 @@ def _inverse(f: _Functionalizer, view: torch.fx.Node, value: torch.fx.Node,
         f"writes in place into a view made by {name}, which snnc cannot write back "
         "into its tensor; write the result to a new tensor (torch.cat, or x = x + y)",
         write)
+
+
+def _forward_reads(graph: torch.fx.Graph) -> None:
+    """Store-to-load forwarding: `select(select_scatter(base, src, d, k), d, j)` reads `src`
+    when j is k, else `select(base, d, j)` (and likewise through a slice_scatter whose slice
+    holds or misses index j); a written `copy(dst, src)` of the same shape and dtype is
+    `src`. A loop
+    that writes into its own input (`x_seq[t + 1] = x_seq[t + 1] + r`, SpikingJelly's ILC
+    neurons) then reads each step's input as a value of that step, not of the whole run's
+    rewritten tensor, so it can be re-rolled (neuron_regions.py). Exact: the same elements.
+    `view_as(a, b)` of a static shape is `view(a, shape)`: it reads only b's shape, so the
+    writes b holds need not be computed for it."""
+    for node in list(graph.nodes):
+        name = op_name(node)
+        if name == "aten.view_as.default" and _same_type(node, node) and all(
+                isinstance(d, int) for d in node.meta["val"].shape):
+            with graph.inserting_before(node):
+                view = graph.call_function(aten.view.default,
+                                           (node.args[0], list(node.meta["val"].shape)))
+            view.meta = dict(node.meta)
+            node.replace_all_uses_with(view)
+        if name != "aten.select.int":
+            continue
+        while True:
+            found = _forwarded(*node.args)
+            if found is None:
+                break
+            if isinstance(found, tuple):
+                node.args = found
+                continue
+            node.replace_all_uses_with(found)
+            break
+    graph.eliminate_dead_code()
+
+
+def _same_type(a: torch.fx.Node, b: torch.fx.Node) -> bool:
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    return isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and \
+        va.dtype == vb.dtype and tuple(va.shape) == tuple(vb.shape)
+
+
+def _forwarded(source, dim, index):
+    """What `select(source, dim, index)` reads if `source` is a scatter: the written value
+    (a node), or the select's arguments on the scatter's base (a tuple); None if neither."""
+    name = op_name(source) if isinstance(source, torch.fx.Node) else ""
+    if name not in ("aten.select_scatter.default", "aten.slice_scatter.default") or \
+            not isinstance(index, int):
+        return None
+    base, src, *rest = source.args
+    shape = tuple(base.meta["val"].shape) if isinstance(base.meta.get("val"), torch.Tensor) \
+        else ()
+    if not shape or not isinstance(dim, int) or any(not isinstance(d, int) for d in shape):
+        return None
+    dim, index = dim % len(shape), index % shape[dim % len(shape)]
+    if name == "aten.select_scatter.default":
+        if not isinstance(rest[0], int) or rest[0] % len(shape) != dim:
+            return None
+        if rest[1] % shape[dim] != index:
+            return (base, dim, index)
+        while op_name(src) == "aten.copy.default" and _same_type(src, src.args[1]):
+            src = src.args[1]  # copy(dst, src) of the same shape and dtype: src
+        return src if isinstance(src, torch.fx.Node) and src.meta.get("val") is not None \
+            else None
+    sdim, start, end, step = (list(rest) + [0, None, None, 1])[:4]
+    if not isinstance(sdim, int) or sdim % len(shape) != dim or \
+            not all(isinstance(v, (int, type(None))) for v in (start, end, step)):
+        return None
+    hits = range(shape[dim])[slice(start, end, step)]
+    return (src, dim, hits.index(index)) if index in hits else (base, dim, index)
 
 
 # -- decomposing ops that have no rule ------------------------------------------------------

@@ -28,10 +28,10 @@ def _neuron(lx, node, a):
     init = lx.env.get(a.get("v"))
     module = source_of(node).layer
     fill = isinstance(init, Marker) and init.kind == "init"
-    if not (fill or (lx.explicit and isinstance(init, Act))):
+    if not (fill or (stepwise(lx, node) and isinstance(init, Act))):
         raise Unsupported("starts from a membrane potential that is not a constant fill; "
                           "reset the network (functional.reset_net) before export")
-    if lx.explicit:  # one call per step: the membrane is a value
+    if stepwise(lx, node):  # one call per step: the membrane is a value
         v = lx.scalar(init.payload) if fill else init.value
         spike, v_next = lx.emit("neuron", [x.value, v], attrs, node)
         return (lx.new_act(spike, x.layout), lx.new_act(v_next, x.layout.drop(0)),
@@ -44,10 +44,17 @@ def _neuron(lx, node, a):
     return (lx.new_act(spike, x.layout), Marker("membrane"), Marker("none"))
 
 
+def stepwise(lx, node) -> bool:
+    """Whether a neuron op is called once per step, its states passed as values: in a
+    single-step program, or in a multi-step module that loops over time calling its
+    single-step op (HalfThresholdIFNode: re-rolled, neuron_regions.py)."""
+    return lx.explicit or node in lx.loop_of
+
+
 def _neuron_input(lx, node, a) -> Act:
     x = lx.act(a.get("x"), "neuron input")
     size = dims(node.args[0])[0]
-    want = 1 if lx.explicit else lx.steps
+    want = 1 if stepwise(lx, node) else lx.steps
     if not lx.explicit and x.layout.roles[0] == TB:
         raise Unsupported(BATCH_LEAK)
     if x.post or x.layout.roles[0] != T or size != want:
@@ -165,11 +172,11 @@ def _neuron_model(lx, node, a):
         *(p for p, v in zip(spec.params, attrs["params"]) if v is None), "threshold"))]
     inits = [lx.env.get(a.get(s)) for s in spec.states]
     fills = [isinstance(i, Marker) and i.kind == "init" for i in inits]
-    if not all(f or (lx.explicit and isinstance(i, Act)) for f, i in zip(fills, inits)):
+    if not all(f or (stepwise(lx, node) and isinstance(i, Act)) for f, i in zip(fills, inits)):
         raise Unsupported("starts from a state that is not a constant fill; reset the "
                           "network (functional.reset_net) before export")
     extra = (Marker("none"),) * (spec.outputs - 1 - len(spec.states))
-    if lx.explicit:
+    if stepwise(lx, node):
         states = [lx.scalar(i.payload) if f else i.value for f, i in zip(fills, inits)]
         out, *nexts = lx.emit("neuron_model", [x.value, *states, *channel], attrs, node)
         return (lx.new_act(out, x.layout),
@@ -283,10 +290,9 @@ NEURON_CLASSES = [
        "decoded over time, once", "arithmetic, 1 state; decodes: `time_reduce` mean, max "
        "(and min), last", "membranes, real") for cls in ("NonSpikingIFNode",
                                                           "NonSpikingLIFNode")),
-    ("HalfThresholdIFNode", "s", "PyTorch arithmetic; its membrane starts at v_threshold / 2 "
-     "(m: it calls the IF op once per step on [1, B, ...], passing the membrane on, inside a "
-     "multi-step net: read as a single-step program, refused)", "arithmetic, 1 state",
-     "0/1, uint8"),
+    ("HalfThresholdIFNode", "m, s", "PyTorch arithmetic; its membrane starts at v_threshold "
+     "/ 2 (m: a loop over T calling the IF op once per step on [1, B, ...]: re-rolled, the op "
+     "in the body one step's neuron)", "neuron, 1 state", "0/1, uint8"),
     ("FewSpikeNode", "m, s", "PyTorch arithmetic: K thresholds and resets per input, "
      "unrolled by tracing (m: the K steps of the input summed over time, T = K)",
      "arithmetic (a time_reduce sum in m)", "d_k-weighted spikes: 0/1 uint8 if every d_k "
@@ -300,9 +306,13 @@ NEURON_CLASSES = [
     ("MPBNLIFNode", "m, s", "PyTorch arithmetic; m: a loop over T (re-rolled): a LIF whose "
      "membrane is batch-normalized with its running statistics in eval (constants)",
      "arithmetic, 1 state", "0/1, uint8"),
-    ("ILCIFNode, ILCLIFNode, ILCCUBALIFNode, NoisyILCCUBALIFNode", "", "PyTorch loop that "
-     "writes conv(spike[t]) into its own input x_seq[t + 1] (a recurrence through the input): "
-     "refused as a loop that does not make one output per step", "", ""),
+    *((cls, "m", "PyTorch loop over T (re-rolled) that adds a grouped conv1d of step t's "
+       "spikes to its own input x_seq[t + 1] (read back by store-to-load forwarding, "
+       "frontend/prepare.py): a state holding that drive, starting at 0" + extra,
+       f"arithmetic, {states} states; conv", "0/1, uint8") for cls, states, extra in (
+        ("ILCIFNode", 2, ""), ("ILCLIFNode", 2, ""), ("ILCCUBALIFNode", 3, ""),
+        ("NoisyILCCUBALIFNode", 3, "; is_training=False (no noise; True refused as "
+         "NoisyCUBALIFNode)"))),
     ("NoisyCUBALIFNode", "m", "(NoisySpikingNN) with is_training=False: no noise, a loop over "
      "T (re-rolled); is_training=True replays stored noise that advances with every call: "
      "refused (frontend/tracing.py)", "arithmetic, 2 states", "0/1, uint8"),
