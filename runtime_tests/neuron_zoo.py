@@ -132,6 +132,13 @@ def _ilc(cls, **kwargs):
     return make
 
 
+def _flex_lif_core(x, v):
+    """A FlexSN core: a LIF (tau 2, hard reset to 0) written by its user."""
+    h = v + (x - v) / 2.0
+    spike = (h >= 1.0).to(h.dtype)
+    return spike, h * (1.0 - spike)
+
+
 def _with_step_mode(node, step_mode):
     """CUBALIFNode takes no step_mode argument (it starts single-step)."""
     node.step_mode = step_mode
@@ -209,6 +216,8 @@ NEURONS = {
     # / delta_t); v_threshold a parameter (clamped)
     "DSRIFNode": (lambda m: neuron.DSRIFNode(T=T, v_threshold=2.0, step_mode=m), "u8", "m"),
     "DSRLIFNode": (lambda m: neuron.DSRLIFNode(T=T, delta_t=0.5, step_mode=m), "real", "m"),
+    # a neuron defined by its user's core function (x, states) -> (spike, states)
+    "FlexSN": (lambda m: neuron.FlexSN(_flex_lif_core, 1, step_mode=m), "u8", "ms"),
     # inter-layer connection: each step adds a grouped conv of its spikes to the next
     # step's input, written into the input tensor (x_seq[t + 1] = x_seq[t + 1] + ...)
     "ILCIFNode": (_ilc("ILCIFNode"), "u8", "m"),

@@ -122,6 +122,18 @@ class _Tokens(nn.Module):
         return torch.stack(y) if isinstance(y, list) else y
 
 
+def _cuba_core(x, i, v):
+    """A FlexSN core of two states: a current-based IF with a soft reset at 0.6."""
+    i = 0.5 * i + x
+    v = v + i
+    spike = (v >= 0.6).to(v.dtype)
+    return spike, i, v - 0.6 * spike
+
+
+def _named(value) -> str:
+    return getattr(value, "__name__", str(value))
+
+
 FAMILY = [  # (class, its arguments, T, step mode)
     *((neuron.SlidingPSN, dict(k=k, exp_init=False), steps, mode)
       for k, steps in ((1, 4), (3, 5), (4, 6)) for mode in "ms"),
@@ -136,11 +148,13 @@ FAMILY = [  # (class, its arguments, T, step mode)
     (neuron.ILCLIFNode, dict(act_dim=3, dec_pop_dim=2, v_decay=0.5), 4, "m"),
     (neuron.ILCCUBALIFNode, dict(act_dim=2, dec_pop_dim=3, v_threshold=0.8), 5, "m"),
     *((neuron.HalfThresholdIFNode, dict(v_threshold=0.7), steps, "m") for steps in (2, 5)),
+    *((neuron.FlexSN, dict(core=_cuba_core, num_states=2), steps, mode)
+      for steps, mode in ((4, "m"), (3, "s"))),
 ]
 
 
 @pytest.mark.parametrize("cls,kwargs,steps,mode", FAMILY,
-                         ids=[f"{c.__name__}-{'-'.join(map(str, k.values()))}-T{t}-{m}"
+                         ids=[f"{c.__name__}-{'-'.join(map(_named, k.values()))}-T{t}-{m}"
                               for c, k, t, m in FAMILY])
 def test_psn_and_non_spiking_family_matches_pytorch(cls, kwargs, steps, mode):
     """Other k, T, lambda_ and decodes than the zoo nets': ONNX Runtime and the interpreter

@@ -313,6 +313,9 @@ NEURON_CLASSES = [
         ("ILCIFNode", 2, ""), ("ILCLIFNode", 2, ""), ("ILCCUBALIFNode", 3, ""),
         ("NoisyILCCUBALIFNode", 3, "; is_training=False (no noise; True refused as "
          "NoisyCUBALIFNode)"))),
+    ("FlexSN", "m, s", "its user's core function, PyTorch arithmetic (m: a loop over T, "
+     "re-rolled); SpikingJelly's Triton kernels are for CUDA and are not traced on CPU",
+     "arithmetic, its states", "as its core computes (0/1: uint8)"),
     ("NoisyCUBALIFNode", "m", "(NoisySpikingNN) with is_training=False: no noise, a loop over "
      "T (re-rolled); is_training=True replays stored noise that advances with every call: "
      "refused (frontend/tracing.py)", "arithmetic, 2 states", "0/1, uint8"),
