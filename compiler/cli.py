@@ -126,6 +126,14 @@ def _finish(progress: Stages | None) -> None:
         progress.finish()
 
 
+def _timesteps(ctx, param, value):
+    """--timesteps: unroll, stream, or a number of steps (NIR graphs)."""
+    if value in ("unroll", "stream") or (value.isdigit() and 1 <= int(value) <= 10 ** 6):
+        return value if not value.isdigit() else int(value)
+    raise click.BadParameter(f"{value!r} is not unroll, stream or a number of steps from 1 to "
+                             "1000000")
+
+
 @main.command("compile")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
@@ -147,10 +155,14 @@ def _finish(progress: Stages | None) -> None:
               show_default=True,
               help="external: the ONNX file holds references instead of the quantized weights; "
                    "load it with snnc.runtime.load_session(onnx, pack) (needs --pack).")
-@click.option("--timesteps", type=click.Choice(["unroll", "stream"]), default="unroll",
-              show_default=True,
+@click.option("--timesteps", default="unroll", show_default=True, callback=_timesteps,
+              metavar="unroll|stream|T",
               help="unroll: all T steps in one graph. stream: one step per run, membranes as "
-                   "extra inputs and outputs (docs/streaming.md).")
+                   "extra inputs and outputs (docs/streaming.md). A number T: a NIR graph "
+                   "unrolled over T steps (it carries none; docs/nir.md).")
+@click.option("--dt", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="A NIR graph's time step in seconds (NIR neurons are continuous-time; "
+                   "docs/nir.md gives the discretization).")
 @click.option("--pot-lowering", type=click.Choice(["int8", "shift"]), default="int8",
               show_default=True,
               help="How power-of-two layers reach ONNX: int8 containers (ONNX Runtime's fast "
@@ -177,9 +189,9 @@ def _finish(progress: Stages | None) -> None:
 @_steps_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
-                weight_container, pack_path, weights, timesteps, pot_lowering, kernels, ort,
-                verify_data, min_agreement, report_path, max_neuron_steps, quiet):
-    """Compile MODEL (torch.export archive or snnc checkpoint) to an ONNX file."""
+                weight_container, pack_path, weights, timesteps, dt, pot_lowering, kernels,
+                ort, verify_data, min_agreement, report_path, max_neuron_steps, quiet):
+    """Compile MODEL (torch.export archive, snnc checkpoint or NIR graph) to an ONNX file."""
     from snnc.driver import compile_file
 
     progress = Stages(quiet)
@@ -188,6 +200,9 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         click.echo(f"snnc compile {model} -> {output}", err=True)
     with _errors(progress):
         external = weights == "external"
+        steps = timesteps if isinstance(timesteps, int) else None
+        timesteps = "unroll" if steps is not None else timesteps
+        nir = (dt, steps) if dt is not None or steps is not None else None
         _check_compile_options(weight_container, external, ort, timesteps, verify_data,
                                report_path)
         _check_compile_paths(model, output, pack_path, ort, report_path, verify_data, dump_ir)
@@ -199,7 +214,8 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         check = None if data is None else _checker(data)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
-                              pack_path=pack_path, ort=ort, trust_code=trust_code, check=check)
+                              pack_path=pack_path, ort=ort, trust_code=trust_code, check=check,
+                              nir=nir)
         progress.finish()
         if not quiet:
             click.echo(result.summary())

@@ -26,7 +26,7 @@ import torch
 
 from snnc.errors import BadInputError, SnncError, first_line
 from snnc.files import archive
-from snnc.files.paths import check_input, sniff, wrong_kind
+from snnc.files.paths import KINDS, check_input, sniff, wrong_kind
 from snnc.files.tensors import check_finite, check_saved_tensors
 from snnc.files.trust import resolve_factory, short_repr
 from snnc.frontend import budget
@@ -129,12 +129,24 @@ def build_from_checkpoint(path: str, ckpt: dict, trust_code: bool = False,
 
 def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] | None = None,
                  trust_code: bool = False, max_neuron_steps: int = budget.MAX_NEURON_STEPS,
-                 one_step: bool = False) -> torch.export.ExportedProgram:
+                 one_step: bool = False, nir: tuple | None = None
+                 ) -> torch.export.ExportedProgram:
     """The program in a model file (docs/model_files.md). Loading runs no code from the file:
     pickled objects need `trust_pickle`, a checkpoint factory off the allowlist `trust_code`.
     A program of more than `max_neuron_steps` per sample is refused (snnc.frontend.budget;
-    `one_step`: it will run one step per call, --timesteps stream)."""
-    program = _load_program(path, trust_pickle, input_shape, trust_code, max_neuron_steps)
+    `one_step`: it will run one step per call, --timesteps stream). A NIR file needs
+    `nir` = (dt in seconds, the number of steps or None for one_step) (docs/nir.md)."""
+    check_input("MODEL", path)
+    kind = sniff(path)
+    if kind == "nir":
+        from snnc.nir.load import load_program as load_nir
+        program = load_nir(path, *(nir or (None, None)), one_step=one_step,
+                           max_neuron_steps=max_neuron_steps)
+    elif nir is not None:
+        raise BadInputError(f"--dt and --timesteps N are for NIR files; {path} is "
+                            f"{KINDS[kind]}, whose model fixes its own steps")
+    else:
+        program = _load_program(path, trust_pickle, input_shape, trust_code, max_neuron_steps)
     budget.check(program, max_neuron_steps, path, one_step)
     return program
 

@@ -182,6 +182,7 @@ KINDS = {
     "onnx": "an ONNX model",
     "ort": "an ORT-format model (ONNX Runtime Mobile)",
     "snnpack": "an snnc weight pack (.snnpack)",
+    "nir": "a NIR graph (HDF5)",
     "empty": "an empty file",
     "text": "a text file",
     "binary": "an unrecognised binary file",
@@ -198,6 +199,8 @@ def sniff(path: str) -> str:
         return _zip_kind(path) if zipfile.is_zipfile(path) else "broken-zip"
     if head[:8] == b"SNNPACK\0":
         return "snnpack"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":  # HDF5: a NIR graph (snnc.nir.reader)
+        return "nir"
     if head[4:8] == b"ORTM":
         return "ort"
     if head[0] == 0x80 and 2 <= head[1] <= 5:

@@ -94,8 +94,9 @@ class Loop:
 def is_neuron_class(name: str) -> bool:
     """Whether the class of this dotted name is a SpikingJelly neuron: a class of
     spikingjelly.activation_based.neuron, or a `...Node` class elsewhere in SpikingJelly
-    (spike_dhs's save_v_LIFNode subclasses LIFNode)."""
-    return name.startswith(NEURON_PACKAGE + ".") or (
+    (spike_dhs's save_v_LIFNode subclasses LIFNode); or a neuron of a NIR graph
+    (snnc.nir.neurons)."""
+    return name.startswith((NEURON_PACKAGE + ".", "snnc.nir.neurons.")) or (
         name.startswith("spikingjelly.") and name.endswith("Node"))
 
 

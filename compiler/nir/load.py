@@ -1,0 +1,76 @@
+"""A NIR file or graph to the torch.export program snnc compiles: `load_program(path, dt,
+steps)` is what `snnc compile MODEL.nir --dt DT --timesteps T` runs (docs/nir.md)."""
+
+from __future__ import annotations
+
+import math
+
+from snnc.errors import BadInputError
+
+EXAMPLE_BATCH = 2  # an example batch of 2: no unit axis for the batch to hide behind
+
+
+def load_program(path: str, dt: float | None, steps: int | None, one_step: bool = False,
+                 max_neuron_steps: int | None = None):
+    """The torch.export program of the NIR file at `path` at time step `dt` seconds over
+    `steps` steps (one_step: --timesteps stream, any number of steps)."""
+    from snnc.nir.reader import read
+    graph = read(path)
+    return program(graph, dt, steps, path, one_step, max_neuron_steps)
+
+
+def program(graph, dt, steps, where: str = "the NIR graph", one_step: bool = False,
+            max_neuron_steps: int | None = None):
+    """The torch.export program of a nir.NIRGraph (see load_program)."""
+    from snnc.frontend.budget import MAX_NEURON_STEPS
+    from snnc.nir.module import NIRModule
+    if dt is None:
+        raise BadInputError(f"{where} is a NIR graph, which carries no time step: give "
+                            "--dt SECONDS (snnTorch exports assume 1e-4 s; docs/nir.md)")
+    if steps is None and not one_step:
+        raise BadInputError(f"{where} is a NIR graph, which carries no number of steps: give "
+                            "--timesteps T (the length of the input sequences), or "
+                            "--timesteps stream")
+    dt = float(dt)
+    module = NIRModule(graph, dt).eval()
+    steps = 2 if one_step else int(steps)
+    neurons = sum(1 for m in module.modules() if type(m).__module__ == "snnc.nir.neurons"
+                  and type(m).__name__ != "Recurrent")
+    limit = max_neuron_steps or MAX_NEURON_STEPS
+    if steps < 1 or steps * max(neurons, 1) > limit:
+        raise BadInputError(f"{where}: {steps} steps of {neurons} neuron layers is outside "
+                            f"1 to {limit:,} neuron steps per sample (--max-neuron-steps)")
+    return export_module(module, steps, graph, where)
+
+
+def export_module(module, steps: int, graph, where: str = "the NIR graph",
+                  batch: int = EXAMPLE_BATCH):
+    """torch.export of a NIRModule (or the quantized copy snnc.quantize makes of one) on
+    `steps` steps of the graph's input at an example batch of `batch`."""
+    import torch
+    shape = input_shape(graph, where)
+    example = torch.zeros(steps, batch, *shape)
+    try:
+        with torch.no_grad():
+            return torch.export.export(module.eval(), (example,))
+    except BadInputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - shapes that do not fit surface here
+        raise BadInputError(f"{where}: the NIR graph does not run on an input of shape "
+                            f"{list(shape)} per step ({type(error).__name__}: "
+                            f"{str(error).strip().splitlines()[0][:300]}); check the "
+                            "nodes' shapes") from None
+
+
+def input_shape(graph, where: str) -> list[int]:
+    """The per-step, per-sample shape of the graph's Input node."""
+    from snnc.nir.module import flatten_graph
+    nodes, _ = flatten_graph(graph)
+    inputs = [v for v in nodes.values() if type(v).__name__ == "Input"]
+    shape = inputs[0].input_type.get("input") if len(inputs) == 1 else None
+    if shape is None or len(shape) == 0 or any(int(d) < 1 for d in shape) or \
+            math.prod(int(d) for d in shape) > 2 ** 26:
+        raise BadInputError(f"{where}: the NIR graph needs one Input node with a shape of "
+                            f"positive sizes (it has {len(inputs)} Input node(s), shape "
+                            f"{None if shape is None else list(shape)})")
+    return [int(d) for d in shape]

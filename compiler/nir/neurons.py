@@ -1,0 +1,182 @@
+"""NIR's neuron nodes as PyTorch modules, discretized with forward Euler at the user's dt
+(docs/nir.md gives the equations). Each is multi-step: it takes the whole input sequence
+`[T, B, ...]`, starts its states at 0, and loops over the steps, integrate, fire (v > v_threshold,
+as NIR says), reset (v := v_reset where it fired), stacking its outputs. snnc's frontend
+re-rolls such a loop into one step with explicit states (frontend/neuron_regions.py; the
+classes of this module count as neurons there, as SpikingJelly's do).
+
+Parameters are float32 buffers of the node's per-sample shape (or scalars), so that
+they broadcast against `[B, ...]`: per-neuron arrays as NIR stores them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _buffer(module: nn.Module, name: str, value) -> None:
+    module.register_buffer(name, torch.as_tensor(np.asarray(value, dtype=np.float32)))
+
+
+class Neuron(nn.Module):
+    """A NIR neuron node: `step(x, *states) -> (output, *states)`; `states` of them."""
+
+    states = 1
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        state = [torch.zeros_like(x_seq[0]) for _ in range(self.states)]
+        out = []
+        for t in range(x_seq.shape[0]):
+            y, *state = self.step(x_seq[t], *state)
+            out.append(y)
+        return torch.stack(out)
+
+    def fire(self, v):
+        """(spikes, v reset): z = v > v_threshold, then v := v_reset where z."""
+        z = (v > self.v_threshold).to(v.dtype)
+        return z, torch.where(z > 0, self.v_reset, v)
+
+
+class LIF(Neuron):
+    """tau dv/dt = (v_leak - v) + r I: v += dt / tau * (v_leak - v + r x)."""
+
+    def __init__(self, node, dt: float):
+        super().__init__()
+        _buffer(self, "a", dt / np.asarray(node.tau, dtype=np.float64))
+        for name in ("r", "v_leak", "v_threshold", "v_reset"):
+            _buffer(self, name, getattr(node, name))
+
+    def step(self, x, v):
+        v = v + self.a * (self.v_leak - v + self.r * x)
+        return self.fire(v)
+
+
+class LI(LIF):
+    """LIF without firing: its output is the membrane."""
+
+    def __init__(self, node, dt: float):
+        nn.Module.__init__(self)
+        _buffer(self, "a", dt / np.asarray(node.tau, dtype=np.float64))
+        for name in ("r", "v_leak"):
+            _buffer(self, name, getattr(node, name))
+
+    def step(self, x, v):
+        v = v + self.a * (self.v_leak - v + self.r * x)
+        return v, v
+
+
+class IF(Neuron):
+    """dv/dt = r I: v += dt * r * x."""
+
+    def __init__(self, node, dt: float):
+        super().__init__()
+        _buffer(self, "gain", dt * np.asarray(node.r, dtype=np.float64))
+        for name in ("v_threshold", "v_reset"):
+            _buffer(self, name, getattr(node, name))
+
+    def step(self, x, v):
+        return self.fire(v + self.gain * x)
+
+
+class I(Neuron):  # noqa: E742 - NIR's name
+    """IF without firing."""
+
+    def __init__(self, node, dt: float):
+        super().__init__()
+        _buffer(self, "gain", dt * np.asarray(node.r, dtype=np.float64))
+
+    def step(self, x, v):
+        v = v + self.gain * x
+        return v, v
+
+
+class CubaLIF(Neuron):
+    """tau_syn dI/dt = -I + w_in S; tau_mem dv/dt = (v_leak - v) + r I: the current first
+    (I += dt / tau_syn * (w_in x - I)), then the membrane with the new current."""
+
+    states = 2
+
+    def __init__(self, node, dt: float):
+        super().__init__()
+        _buffer(self, "b", dt / np.asarray(node.tau_syn, dtype=np.float64))
+        _buffer(self, "a", dt / np.asarray(node.tau_mem, dtype=np.float64))
+        for name in ("w_in", "r", "v_leak", "v_threshold", "v_reset"):
+            _buffer(self, name, getattr(node, name))
+
+    def step(self, x, i, v):
+        i = i + self.b * (self.w_in * x - i)
+        v = v + self.a * (self.v_leak - v + self.r * i)
+        z, v = self.fire(v)
+        return z, i, v
+
+
+class CubaLI(CubaLIF):
+    """CubaLIF without firing."""
+
+    def __init__(self, node, dt: float):
+        Neuron.__init__(self)
+        _buffer(self, "b", dt / np.asarray(node.tau_syn, dtype=np.float64))
+        _buffer(self, "a", dt / np.asarray(node.tau_mem, dtype=np.float64))
+        for name in ("w_in", "r", "v_leak"):
+            _buffer(self, name, getattr(node, name))
+
+    def step(self, x, i, v):
+        i = i + self.b * (self.w_in * x - i)
+        v = v + self.a * (self.v_leak - v + self.r * i)
+        return v, i, v
+
+
+NEURONS = {"LIF": LIF, "LI": LI, "IF": IF, "I": I, "CubaLIF": CubaLIF, "CubaLI": CubaLI}
+
+
+class Recurrent(nn.Module):
+    """A cycle of the NIR graph (module.schedule) as one loop over the steps: each step runs
+    the members in `order` (neurons one step, stateless nodes on [B, ...]); an edge to an
+    earlier member (or to itself) reads the source's value from the previous step, 0 at step
+    0. It reads one sequence from outside, `source`, and returns the sequence of one member,
+    `exit`. Its states start as zeros shaped like the values they are added to."""
+
+    def __init__(self, order: list, modules: dict, preds: dict, exit: str):
+        super().__init__()
+        self.order, self.exit = list(order), exit
+        self.members = nn.ModuleDict({f"m{i}": modules[n] for i, n in enumerate(order)})
+        self.preds = {n: list(preds[n]) for n in order}
+        outside = sorted({p for n in order for p in preds[n] if p not in order})
+        if len(outside) != 1:
+            raise ValueError(f"the cycle {order} reads {len(outside)} nodes from outside it "
+                             f"({outside}); snnc compiles a cycle fed by one node")
+        self.source = outside[0]
+        for n in order:
+            back = [p for p in preds[n] if p in order and order.index(p) >= order.index(n)]
+            if back and len(back) == len(preds[n]):
+                raise ValueError(f"node {n!r} of the cycle {order} reads only values of the "
+                                 "previous step; snnc needs one input of the same step")
+
+    def forward(self, values: dict) -> dict:
+        x_seq = values[self.source]
+        last: dict = {}  # member -> its value at the previous step
+        states: dict = {}
+        out = []
+        for t in range(x_seq.shape[0]):
+            now: dict = {self.source: x_seq[t]}
+            for i, n in enumerate(self.order):
+                module = self.members[f"m{i}"]
+                ahead = [p for p in self.preds[n] if p in now]
+                total = now[ahead[0]]
+                for p in ahead[1:]:
+                    total = total + now[p]
+                for p in self.preds[n]:
+                    if p not in now:  # an edge back: the previous step's value
+                        total = total + (last[p] if p in last else torch.zeros_like(total))
+                if isinstance(module, Neuron):
+                    if n not in states:
+                        states[n] = [torch.zeros_like(total) for _ in range(module.states)]
+                    y, *states[n] = module.step(total, *states[n])
+                else:
+                    y = module(total, lead=1)
+                now[n] = y
+            last = {n: now[n] for n in self.order}
+            out.append(now[self.exit])
+        return torch.stack(out)
