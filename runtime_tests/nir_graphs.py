@@ -114,10 +114,13 @@ GRAPHS = {"feed_forward": feed_forward, "conv": conv, "recurrent": recurrent,
 def simulate(graph, dt: float, x: np.ndarray) -> list[np.ndarray]:
     """Every Output node's sequence (in the graph's node order) for input x [T, B, ...]
     (float32). Each step runs every node once its inputs of the step are known; when no
-    node is ready (a cycle), the first (by name) waiting node that has an input of the step
-    runs, reading its other inputs' values of the previous step (0 at step 0)."""
+    node is ready (a cycle), the stateless nodes on a cycle that read no value of the step
+    run (on the previous step's values, 0 at step 0: a value is delayed at a neuron), else
+    the first (by name) waiting node that has an input of the step."""
     nodes, edges = _inline(graph)
     preds = {n: [a for a, b in edges if b == n] for n in nodes}
+    cyclic = {n for n in nodes if _reaches(n, n, edges)}
+    neurons = ("LIF", "IF", "LI", "I", "CubaLIF", "CubaLI")
     state: dict = {}
     last: dict = {}
     outs = {n: [] for n, v in nodes.items() if isinstance(v, nir.Output) and "." not in n}
@@ -127,10 +130,13 @@ def simulate(graph, dt: float, x: np.ndarray) -> list[np.ndarray]:
         while len(now) < len(nodes):
             waiting = sorted(n for n in nodes if n not in now)
             ready = [n for n in waiting if all(p in now for p in preds[n])] or \
+                [n for n in waiting if n in cyclic and type(nodes[n]).__name__ not in neurons
+                 and not any(p in now for p in preds[n])] or \
                 [n for n in waiting if any(p in now for p in preds[n])][:1]
             for name in ready:
-                parts = [now[p] if p in now else last.get(p) for p in preds[name]]
-                known = [p for p in parts if p is not None]
+                parts = [now[p] if p in now else last.get(p, _zeros(nodes[p], x.shape[1]))
+                         for p in preds[name]]
+                known = parts
                 total = known[0]
                 for p in known[1:]:
                     total = (total + p).astype(F32)
@@ -139,6 +145,24 @@ def simulate(graph, dt: float, x: np.ndarray) -> list[np.ndarray]:
             outs[name].append(now[name])
         last = now
     return [np.stack(v) for v in outs.values()]
+
+
+def _zeros(node, batch):
+    """A node's value before step 0: zeros of its output type."""
+    return np.zeros((batch, *(int(d) for d in node.output_type["output"])), F32)
+
+
+def _reaches(a, b, edges) -> bool:
+    seen, todo = set(), [a]
+    while todo:
+        n = todo.pop()
+        for x, y in edges:
+            if x == n and y not in seen:
+                if y == b:
+                    return True
+                seen.add(y)
+                todo.append(y)
+    return False
 
 
 def _inline(graph, prefix=""):

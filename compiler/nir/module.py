@@ -111,7 +111,7 @@ def schedule(nodes: dict, edges: list, entry: str) -> tuple[list, dict]:
         members = sorted(comp, key=list(nodes).index)
         cyclic = len(comp) > 1 or members[0] in succ[members[0]]
         if cyclic:
-            groups[members[0]] = _cycle_order(members, succ, of)
+            groups[members[0]] = _cycle_order(members, succ, nodes)
         order.append(members[0])
         seen.update(comp)
     unreachable = [n for n in nodes if n not in seen]
@@ -156,14 +156,25 @@ def _components(nodes: dict, succ: dict) -> list:
     return out
 
 
-def _cycle_order(members: list, succ: dict, of: dict) -> list:
-    """The cycle's members in the order a step computes them: first those the rest of the
-    graph feeds (its entries), then the others in topological order. The edges into an
-    entry from inside the cycle are the ones that close it: they read the previous step."""
+def _cycle_order(members: list, succ: dict, nodes: dict) -> list:
+    """The cycle's members in the order a step computes them (docs/nir.md, cycles): the
+    stateless members that lead to an entry (a member the rest of the graph feeds) without
+    passing a neuron, on the previous step's values; then the entries; then the others in
+    topological order. A value goes around the cycle delayed by one step at a neuron (the
+    recurrent weights of snnTorch's RLeaky act on the previous step's spikes)."""
     inside = set(members)
     preds = {m: [p for p in succ if m in succ[p] and p in inside] for m in members}
     entries = [m for m in members if any(m in succ[p] for p in succ if p not in inside)]
-    order = list(entries)
+    stateless = {m for m in members if type(nodes[m]).__name__ in STATELESS}
+    early: set = set()
+    while True:
+        more = {m for m in stateless - early - set(entries)
+                if all(n in entries or n in early for n in succ[m] if n in inside)}
+        if not more:
+            break
+        early |= more
+    order = [m for m in members if m in early]
+    order = _topological(order, preds, set()) + list(entries)
     while entries and len(order) < len(members):
         ready = [m for m in members if m not in order and all(p in order for p in preds[m])]
         if not ready:
@@ -176,17 +187,40 @@ def _cycle_order(members: list, succ: dict, of: dict) -> list:
     return order
 
 
+def _topological(names: list, preds: dict, done: set) -> list:
+    """`names` in an order where each comes after those of them it reads."""
+    order: list = []
+    while len(order) < len(names):
+        ready = [m for m in names if m not in order and
+                 all(p in order or p not in names or p in done for p in preds[m])]
+        order.append(ready[0] if ready else next(m for m in names if m not in order))
+    return order
+
+
 def _recurrent(group: list, nodes: dict, dt: float, preds: dict) -> nn.Module:
     readers = {n for n in nodes for p in preds[n] if p in group and n not in group}
     exits = [n for n in group if any(p == n for r in readers for p in preds[r])]
     if len(exits) != 1:
         raise BadInputError(f"the NIR graph's cycle {group} is read outside it from "
                             f"{len(exits)} nodes ({exits}); snnc compiles a cycle read from one")
+    source = sorted({p for n in group for p in preds[n] if p not in group})
+    shape = _output_shape(nodes[source[0]]) if len(source) == 1 else ()
     try:
         return neurons.Recurrent(group, {n: make(nodes[n], n, dt, preds) for n in group},
-                                 preds, exits[0])
+                                 preds, exits[0], shape)
     except ValueError as error:
         raise BadInputError(f"the NIR graph: {error}") from None
+
+
+def _output_shape(node) -> tuple:
+    """The per-sample shape of a node's output, from its NIR type."""
+    types = getattr(node, "output_type", None) or getattr(node, "input_type", None) or {}
+    shape = next(iter(types.values()), None) if isinstance(types, dict) else None
+    if shape is None or not len(shape):
+        raise BadInputError(f"the NIR graph's node feeding a cycle ({type(node).__name__}) has "
+                            "no output type; write the graph with its types (nir's "
+                            "infer_types) so that snnc knows the shape of the cycle's values")
+    return tuple(int(d) for d in shape)
 
 
 def make(node, name: str, dt: float, preds: dict) -> nn.Module:

@@ -133,13 +133,17 @@ NEURONS = {"LIF": LIF, "LI": LI, "IF": IF, "I": I, "CubaLIF": CubaLIF, "CubaLI":
 
 class Recurrent(nn.Module):
     """A cycle of the NIR graph (module.schedule) as one loop over the steps: each step runs
-    the members in `order` (neurons one step, stateless nodes on [B, ...]); an edge to an
-    earlier member (or to itself) reads the source's value from the previous step, 0 at step
-    0. It reads one sequence from outside, `source`, and returns the sequence of one member,
-    `exit`. Its states start as zeros shaped like the values they are added to."""
+    the members in `order` (module._cycle_order; neurons one step, stateless nodes on
+    [B, ...]); an edge from a member not yet run in the step (or from itself) reads its
+    value of the previous step (0 at step 0, shaped as a sample of the input). It reads one
+    sequence from outside, `source`, and returns the sequence of one member, `exit`. Its
+    states start as zeros shaped like the values they are added to."""
 
-    def __init__(self, order: list, modules: dict, preds: dict, exit: str):
+    def __init__(self, order: list, modules: dict, preds: dict, exit: str, shape):
         super().__init__()
+        # a value of the step before step 0: zeros of one sample of the input (broadcast
+        # over the batch), so that what step 0 computes from it is a constant
+        self.register_buffer("zero", torch.zeros(tuple(int(d) for d in shape)))
         self.order, self.exit = list(order), exit
         self.members = nn.ModuleDict({f"m{i}": modules[n] for i, n in enumerate(order)})
         self.preds = {n: list(preds[n]) for n in order}
@@ -148,14 +152,10 @@ class Recurrent(nn.Module):
             raise ValueError(f"the cycle {order} reads {len(outside)} nodes from outside it "
                              f"({outside}); snnc compiles a cycle fed by one node")
         self.source = outside[0]
-        for n in order:
-            back = [p for p in preds[n] if p in order and order.index(p) >= order.index(n)]
-            if back and len(back) == len(preds[n]):
-                raise ValueError(f"node {n!r} of the cycle {order} reads only values of the "
-                                 "previous step; snnc needs one input of the same step")
 
-    def forward(self, values: dict) -> dict:
+    def forward(self, values: dict) -> torch.Tensor:
         x_seq = values[self.source]
+        zero = self.zero
         last: dict = {}  # member -> its value at the previous step
         states: dict = {}
         out = []
@@ -163,13 +163,10 @@ class Recurrent(nn.Module):
             now: dict = {self.source: x_seq[t]}
             for i, n in enumerate(self.order):
                 module = self.members[f"m{i}"]
-                ahead = [p for p in self.preds[n] if p in now]
-                total = now[ahead[0]]
-                for p in ahead[1:]:
-                    total = total + now[p]
-                for p in self.preds[n]:
-                    if p not in now:  # an edge back: the previous step's value
-                        total = total + (last[p] if p in last else torch.zeros_like(total))
+                parts = [now[p] if p in now else last.get(p, zero) for p in self.preds[n]]
+                total = parts[0]
+                for part in parts[1:]:
+                    total = total + part
                 if isinstance(module, Neuron):
                     if n not in states:
                         states[n] = [torch.zeros_like(total) for _ in range(module.states)]
