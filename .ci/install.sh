@@ -16,3 +16,9 @@ pip_q -e ".[test]"
 "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('spikingjelly') != '2.0.0')" \
   2>/dev/null || pip_q --no-deps spikingjelly==2.0.0
 pip_q loguru h5py
+# The NIR tests' frameworks (test only, never runtime dependencies): snnTorch and Norse export
+# the networks test_nir_frameworks.py compares against. norse declares torchvision (no CPU
+# build here) and none of the three needs more than torch, nir and numpy: --no-deps.
+"$PY" -c "import importlib.metadata as m, sys; sys.exit(any(m.version(p) != v for p, v in
+  (('snntorch', '1.0.0'), ('nirtorch', '2.6'), ('norse', '1.1.0'))))" 2>/dev/null \
+  || pip_q --no-deps snntorch==1.0.0 nirtorch==2.6 norse==1.1.0

@@ -31,10 +31,11 @@ def fold(lx: Lifter, node: torch.fx.Node) -> bool:
     constants) and lx.tensors (as torch values, for the next fold). False if it is not
     constant, or torch cannot evaluate it (its rule then decides)."""
     if not (_foldable(node) or _transformed_weight(node)) or \
-            any(n not in lx.tensors for n in node.all_input_nodes):
+            any(n not in lx.tensors and not _quantized_weight(lx, n)
+                for n in node.all_input_nodes):
         return False
-    args = torch.fx.node.map_arg(node.args, lambda n: lx.tensors[n])
-    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: lx.tensors[n])
+    args = torch.fx.node.map_arg(node.args, lambda n: _tensor(lx, n))
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: _tensor(lx, n))
     try:
         with torch.no_grad():
             value = node.target(*args, **kwargs)
@@ -47,6 +48,22 @@ def fold(lx: Lifter, node: torch.fx.Node) -> bool:
     lx.tensors[node] = value
     lx.env[node] = _ir_value(lx, node, value)
     return True
+
+
+def _quantized_weight(lx: Lifter, node: torch.fx.Node) -> bool:
+    """snnc's fake-quant of a constant weight, left unfolded for the layer that reads it: a
+    layer applied to a constant (a recurrent Linear on the zeros before step 0) folds with
+    the quantized weight's values (_tensor)."""
+    return op_name(node) == QUANT_OP and all(n in lx.tensors for n in node.all_input_nodes)
+
+
+def _tensor(lx: Lifter, node: torch.fx.Node):
+    if node in lx.tensors:
+        return lx.tensors[node]
+    args = torch.fx.node.map_arg(node.args, lambda n: lx.tensors[n])
+    with torch.no_grad():  # a quantized weight (_quantized_weight): its values, not stored
+        return node.target(*args, **torch.fx.node.map_arg(node.kwargs,
+                                                          lambda n: lx.tensors[n]))
 
 
 # Ops that take a quantized weight as their weight: the integer lowering reads it there.
