@@ -126,6 +126,24 @@ def _finish(progress: Stages | None) -> None:
         progress.finish()
 
 
+def _nir_options(fn):
+    """--dt, --timesteps T and --readout: what a NIR graph does not say (docs/nir.md)."""
+    for option in reversed((
+            click.option("--dt", type=click.FloatRange(min=0, min_open=True),
+                         help="NIR graphs: the time step in seconds (docs/nir.md)."),
+            click.option("--timesteps", "nir_steps", type=click.IntRange(1, 10 ** 6),
+                         help="NIR graphs: the number of steps of the input sequences."),
+            click.option("--readout", type=click.Choice(["mean", "sum", "last"]),
+                         help="NIR graphs: the output over the steps that is the logits "
+                              "(a classifier's, as snnc search needs)."))):
+        fn = option(fn)
+    return fn
+
+
+def _nir(dt, steps, readout):
+    return None if dt is None and steps is None and readout is None else (dt, steps, readout)
+
+
 def _timesteps(ctx, param, value):
     """--timesteps: unroll, stream, or a number of steps (NIR graphs)."""
     if value in ("unroll", "stream") or (value.isdigit() and 1 <= int(value) <= 10 ** 6):
@@ -423,28 +441,32 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
                    "and calls it; docs/model_files.md).")
 @_steps_option
-def quantize_cmd(model, config_path, output, method, calibration, trust_code, max_neuron_steps):
-    """Quantize an snnc checkpoint's conv/linear weights per layer (docs/quantization.md)."""
+@_nir_options
+def quantize_cmd(model, config_path, output, method, calibration, trust_code, max_neuron_steps,
+                 dt, nir_steps, readout):
+    """Quantize an snnc checkpoint's (or a NIR graph's) conv/linear weights per layer
+    (docs/quantization.md)."""
     from snnc.files.paths import check_paths
 
     with _errors():
         check_paths([("MODEL", model), ("--config", config_path),
                      ("--calibration", calibration)], [("-o", output)])
         rows, average = _quantize(model, config_path, output, method, calibration, trust_code,
-                                  max_neuron_steps)
+                                  max_neuron_steps, _nir(dt, nir_steps, readout))
     from snnc.quant import quantize as quant
 
     click.echo(quant.format_report(rows, average))
     click.echo(f"wrote {output}")
 
 
-def _quantize(model, config_path, output, method, calibration, trust_code, max_neuron_steps):
+def _quantize(model, config_path, output, method, calibration, trust_code, max_neuron_steps,
+              nir=None):
     from snnc.files import loader
     from snnc.files.outputs import write_atomic
     from snnc.quant import quantize as quant
 
     config = _read_config(config_path)
-    ckpt = loader.load_checkpoint(model)
+    ckpt = loader.load_checkpoint(model, nir=nir)
     if ckpt.get("quantization"):
         raise SnncError(f"{model} is already quantized")
     net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code,
@@ -519,11 +541,12 @@ def _read_config(path: str) -> dict:
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
                    "and calls it; docs/model_files.md).")
 @_steps_option
+@_nir_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
                report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
                energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
-               quiet):
+               dt, nir_steps, readout, quiet):
     """Search each layer's quantization (uniform or PoT, 2-8 bits) under a budget, then
     fine-tune (docs/search.md). Data-parallel under torchrun."""
 
@@ -532,13 +555,13 @@ def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, 
         _search(model, train_path, val_path, method, max_bits, max_drop, output,
                 quantized_path, report_path, allow_float, seed, finetune_epochs,
                 search_epochs, trials, energy_weight, batch_size, lr, state_path, resume,
-                trust_code, max_neuron_steps, quiet)
+                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout))
 
 
 def _search(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
             report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
             energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
-            quiet):
+            quiet, nir=None):
     import hashlib
     import json
 
@@ -548,6 +571,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     from snnc.files.paths import check_paths
     from snnc.quant import pareto
     from snnc.quant.distributed import Context
+    from snnc.quant.search import api
     from snnc.quant.search.api import Data, Options, SearchInterrupted, search
     from snnc.quant.search.state import digest
 
@@ -559,7 +583,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     check_paths([("MODEL", model), ("--train", train_path), ("--val", val_path)],
                 [("-o", output), ("--quantized", quantized_path), ("--report", report_path),
                  ("--report's JSON", report_json), ("--state", state_path)])
-    ckpt = loader.load_checkpoint(model, "snnc search")
+    ckpt = loader.load_checkpoint(model, "snnc search", nir=nir)
     net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code,
                                        max_neuron_steps=max_neuron_steps)
     train, val = (Data(*load_data(p)) for p in (train_path, val_path))
@@ -590,7 +614,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
             files.append((quantized_path,
                           loader.checkpoint_bytes(ckpt, result.model, result.config)))
         if report_path:
-            entry = _report_entry(result, opts)
+            entry = api.report_entry(result, opts)
             report = pareto.merge(report_json, hashlib.sha256(
                 (model_digest + data_key).encode()).hexdigest(), method, entry)
             files += [(report_path, pareto.png(report)), (report_json, pareto.dumps(report))]
@@ -599,7 +623,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
         ctx.close()
     if quiet:
         return
-    click.echo(_search_table(result))
+    click.echo(api.table(result))
     t = sum(r.parameters for r in result.rows)
     click.echo(f"{method}: {result.average_bits:.2f} average bits ({32 / result.average_bits:.1f}x "
                f"smaller than float32), energy {result.energy_nj:.1f} nJ/sample vs "
@@ -609,32 +633,6 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
                f"{100 * result.accuracy:.2f} % after; {result.seconds:.0f} s")
     written = [output] + [p for p in (quantized_path, report_path, report_json) if p]
     click.echo("wrote " + ", ".join(written))
-
-
-def _report_entry(result, opts) -> dict:
-    return {"points": [vars(p) for p in result.points], "max_bits": opts.max_bits,
-            "max_drop": opts.max_drop, "float_accuracy": result.float_accuracy,
-            "final": {"bits": result.average_bits, "energy_nj": result.energy_nj,
-                      "accuracy": result.accuracy, "config": result.config},
-            "seconds": round(result.seconds, 1)}
-
-
-def _search_table(result) -> str:
-    from snnc.quant.quantize import format_report
-
-    lines = [format_report(result.rows, result.average_bits)]
-    extra = []
-    for row in result.rows:
-        d = result.details.get(row.name, {})
-        if "solo_divergence" in d:
-            extra.append(f"  {row.name}: alone {100 * d['solo_accuracy']:.2f} % "
-                         f"(KL {d['solo_divergence']:.2g}), base {d['base']}")
-        elif "probability" in d:
-            extra.append(f"  {row.name}: probability {d['probability']:.2f}")
-    if extra:
-        lines.append(f"{result.method} per layer:")
-        lines += extra
-    return "\n".join(lines)
 
 
 def _interrupted(stop, output, state_path) -> None:

@@ -188,3 +188,43 @@ def test_nir_from_the_command_line(tmp_path):
     bad = cli("compile", path, "-o", other, "--dt", DT, "--timesteps", "many")
     assert bad.returncode == 2 and "unroll, stream or a number" in bad.stderr
     assert not other.exists() and not (tmp_path / "n.onnx").exists()
+
+
+def test_nir_quantize_search_and_compile_from_the_command_line(tmp_path):
+    """`snnc quantize` and `snnc search` take a NIR file (with --dt, --timesteps and a
+    --readout making the logits) and write an snnc checkpoint of its NIRModule, which
+    `snnc compile` takes: the compiled model agrees with the quantized source on every
+    sample, and search's fine-tuning moves the weights in front of the first neurons (the
+    spikes' surrogate gradient reaches them)."""
+    import json
+
+    from test_cli import snnc as cli
+    path = _write(tmp_path, G.feed_forward(seed=3))
+    rng = np.random.default_rng(0)
+    x = rng.random((48, STEPS, 6), dtype=np.float32) * 2
+    np.savez(tmp_path / "train.npz", x=x, y=rng.integers(0, 4, 48))
+    np.savez(tmp_path / "val.npz", x=x[:24], y=rng.integers(0, 4, 24))
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"*fc*": "float", "*": {"scheme": "pot", "bits": 4}}))
+    nir_args = ("--dt", DT, "--timesteps", STEPS, "--readout", "mean")
+    quantized = tmp_path / "q.pt"
+    done = cli("quantize", path, "--config", config, "-o", quantized, *nir_args)
+    assert done.returncode == 0, done.stderr
+    searched = tmp_path / "s.pt"
+    done = cli("search", path, "--train", tmp_path / "train.npz", "--val",
+               tmp_path / "val.npz", "--method", "sensitivity", "--max-bits", 4,
+               "--finetune-epochs", 1, "-o", tmp_path / "s.json", "--quantized", searched,
+               "-q", *nir_args)
+    assert done.returncode == 0, done.stderr
+    first = "layers.fc1.layer.parametrizations.weight.original"
+    before = NIRModule(nir.read(path), DT).state_dict()["layers.fc1.layer.weight"]
+    after = torch.load(searched, weights_only=True)["state_dict"][first]
+    assert not torch.equal(before, after)
+    for model in (quantized, searched):
+        out = tmp_path / f"{model.stem}.onnx"
+        assert cli("compile", model, "-o", out, "-q").returncode == 0
+        verified = cli("verify", model, out, "--data", tmp_path / "val.npz", "--json")
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["top1_agreement"] == 1.0
+    missing = cli("quantize", path, "--config", config, "-o", tmp_path / "m.pt")
+    assert missing.returncode == 1 and "--dt SECONDS and --timesteps T" in missing.stderr

@@ -77,11 +77,19 @@ def checkpoint_bytes(ckpt: dict, model: torch.nn.Module | None = None,
     return buffer.getvalue()
 
 
-def load_checkpoint(path: str, command: str = "snnc quantize") -> dict:
+def load_checkpoint(path: str, command: str = "snnc quantize", nir: tuple | None = None
+                    ) -> dict:
     """An snnc checkpoint dict, or BadInputError saying why `path` is not one (for
-    `command`, which changes or trains the model's weights)."""
+    `command`, which changes or trains the model's weights). A NIR file becomes the
+    checkpoint of its NIRModule, given `nir` = (dt, steps, readout) (docs/nir.md)."""
     check_input("MODEL", path)
     kind = sniff(path)
+    if kind == "nir":
+        from snnc.nir.load import checkpoint
+        return checkpoint(path, *(nir or (None, None, None)))
+    if nir is not None:
+        raise BadInputError(f"--dt, --timesteps and --readout are for NIR files; {path} is "
+                            f"{KINDS[kind]}")
     if kind == "export":
         raise BadInputError(
             f"{path} is a torch.export archive; {command} needs an snnc checkpoint (the "

@@ -32,7 +32,7 @@ ZOO_PREFIX = "spikingjelly.activation_based.model."
 # snnc's own factories: functions or classes that only build a model from plain arguments.
 SNNC_FACTORIES = frozenset({"snnc.demo:conv_snn", "snnc.demo:ConvSNN",
                             "snnc.demo:firing_spikformer", "snnc.demo:spikformer_classifier",
-                            "snnc.demo:TimeMeanClassifier"})
+                            "snnc.demo:TimeMeanClassifier", "snnc.nir.module:from_nir"})
 # Module roots never accepted, even with --trust-code: the standard library, the libraries snnc
 # itself depends on (computed from the installed metadata, see refused_roots), and packages
 # whose functions reach a shell, evaluate strings or deserialize objects.

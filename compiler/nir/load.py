@@ -74,3 +74,24 @@ def input_shape(graph, where: str) -> list[int]:
                             f"positive sizes (it has {len(inputs)} Input node(s), shape "
                             f"{None if shape is None else list(shape)})")
     return [int(d) for d in shape]
+
+
+def checkpoint(path: str, dt, steps, readout=None) -> dict:
+    """The snnc checkpoint of the NIR file at `path`: factory snnc.nir.module:from_nir, the
+    file's bytes as a uint8 tensor, dt and readout; input_shape [steps, EXAMPLE_BATCH, ...].
+    snnc quantize and snnc search write it with the quantization; snnc compile reads it."""
+    import torch
+
+    from snnc.nir.module import NIRModule
+    from snnc.nir.reader import read
+    if dt is None or steps is None:
+        raise BadInputError(f"{path} is a NIR graph, which carries no time step and no number "
+                            "of steps: give --dt SECONDS and --timesteps T (docs/nir.md)")
+    graph = read(path)
+    module = NIRModule(graph, float(dt), readout)
+    with open(path, "rb") as f:
+        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+    kwargs = {"nir": data, "dt": float(dt), "readout": readout}
+    return {"format": "snnc-checkpoint", "version": 1, "factory": "snnc.nir.module:from_nir",
+            "kwargs": kwargs, "state_dict": module.state_dict(),  # as loader.make_checkpoint
+            "input_shape": [int(steps), EXAMPLE_BATCH, *input_shape(graph, path)]}

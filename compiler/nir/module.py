@@ -11,6 +11,9 @@ value (0 at step 0).
 
 from __future__ import annotations
 
+import keyword
+import re
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,11 +58,32 @@ class Pass:
     """The Input or Output node of a nested graph: its value passes through."""
 
 
-class NIRModule(nn.Module):
-    """The module of a NIR graph at time step `dt` seconds (module docstring)."""
+READOUTS = ("mean", "sum", "last")
 
-    def __init__(self, graph, dt: float):
+
+def from_nir(nir, dt: float, readout: str | None = None) -> "NIRModule":
+    """The factory of snnc checkpoints of NIR graphs (docs/nir.md): `nir` the NIR file's
+    bytes as a uint8 tensor, read as `snnc compile` reads the file."""
+    from snnc.nir.reader import read
+    if not (isinstance(nir, torch.Tensor) and nir.dtype == torch.uint8 and nir.dim() == 1):
+        raise BadInputError("the checkpoint's kwargs['nir'] must be the NIR file's bytes as a "
+                            "1-D uint8 tensor")
+    import io
+    return NIRModule(read(io.BytesIO(nir.numpy().tobytes()), "the checkpoint's NIR graph"),
+                     float(dt), readout)
+
+
+class NIRModule(nn.Module):
+    """The module of a NIR graph at time step `dt` seconds (module docstring). With a
+    `readout` ("mean", "sum" or "last" over the steps) it returns [B, ...] instead of the
+    sequence: a classifier's logits (snnc search trains on them)."""
+
+    def __init__(self, graph, dt: float, readout: str | None = None):
         super().__init__()
+        if readout not in (None, *READOUTS):
+            raise BadInputError(f"--readout must be one of {', '.join(READOUTS)}, not "
+                                f"{readout!r}")
+        self.readout = readout
         if not (isinstance(dt, float) and np.isfinite(dt) and dt > 0):
             raise BadInputError(f"--dt must be a positive number of seconds, not {dt!r}")
         nodes, edges = flatten_graph(graph)
@@ -72,7 +96,7 @@ class NIRModule(nn.Module):
         self.preds = {n: [a for a, b in edges if b == n] for n in nodes}
         self.order, groups = schedule(nodes, edges, self.inputs[0])
         self.layers = nn.ModuleDict()
-        self.keys = {n: f"n{i}" for i, n in enumerate(nodes)}  # names torch accepts
+        self.keys = _keys(nodes)  # module names torch accepts, after the nodes
         for name in self.order:
             group = groups.get(name)
             if group is not None:
@@ -96,7 +120,25 @@ class NIRModule(nn.Module):
                 total = total + more
             values[name] = total if name in self.outputs else self.layers[key](total)
         out = tuple(values[n] for n in self.outputs)
+        if self.readout is not None:
+            out = tuple(o.mean(0) if self.readout == "mean" else o.sum(0)
+                        if self.readout == "sum" else o[-1] for o in out)
         return out[0] if len(out) == 1 else out
+
+
+def _keys(nodes: dict) -> dict:
+    """Each node's module name: its NIR name with '.' (and what Python names cannot hold) as
+    '_', prefixed `n_` if it is not a name Python can spell ("0", "if"), made unique; so a
+    quantization config names layers as the graph does (`layers.fc1.layer`)."""
+    keys: dict = {}
+    for name in nodes:
+        key = re.sub(r"\W", "_", name)
+        if not key.isidentifier() or keyword.iskeyword(key):
+            key = f"n_{key}"  # "0" (Norse), "if": names Python code can spell
+        while key in keys.values() or key in dir(nn.Module):
+            key += "_"
+        keys[name] = key
+    return keys
 
 
 def schedule(nodes: dict, edges: list, entry: str) -> tuple[list, dict]:
@@ -105,7 +147,6 @@ def schedule(nodes: dict, edges: list, entry: str) -> tuple[list, dict]:
     self-edge) in place of its members, listed once under its first member."""
     succ = {n: [b for a, b in edges if a == n] for n in nodes}
     components = _components(nodes, succ)
-    of = {n: i for i, comp in enumerate(components) for n in comp}
     order, groups, seen = [], {}, set()
     for comp in reversed(components):  # Tarjan emits components in reverse topological order
         members = sorted(comp, key=list(nodes).index)

@@ -34,8 +34,14 @@ class Neuron(nn.Module):
         return torch.stack(out)
 
     def fire(self, v):
-        """(spikes, v reset): z = v > v_threshold, then v := v_reset where z."""
+        """(spikes, v reset): z = v > v_threshold, then v := v_reset where z. In training
+        (QAT fine-tuning, snnc search) the spike's gradient is a fast sigmoid's, 1 / (1 +
+        10 |v - v_threshold|)^2; its value is the step's, exactly (z + g - g)."""
         z = (v > self.v_threshold).to(v.dtype)
+        if self.training and torch.is_grad_enabled():
+            x = v - self.v_threshold
+            soft = x / (1 + 10 * x.abs())
+            z = z + (soft - soft.detach())
         return z, torch.where(z > 0, self.v_reset, v)
 
 

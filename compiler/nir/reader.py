@@ -32,27 +32,29 @@ def is_nir(head: bytes) -> bool:
     return head[:8] == HDF5_SIGNATURE
 
 
-def read(path: str):
-    """The nir.NIRGraph in the NIR file at `path` (module docstring)."""
+def read(path, where: str | None = None):
+    """The nir.NIRGraph in the NIR file at `path` (a path, or a binary file object named
+    `where` in messages) (module docstring)."""
+    where = where or path
     try:
         import h5py
         import nir
     except ImportError:
-        raise BadInputError(f"{path} is a NIR file; reading it needs the `nir` package: "
+        raise BadInputError(f"{where} is a NIR file; reading it needs the `nir` package: "
                             "pip install 'snnc[nir]'") from None
     try:
         with h5py.File(path, "r") as f:
             if "node" not in f or not isinstance(f["node"], h5py.Group):
-                raise BadInputError(f"{path} is an HDF5 file but not a NIR graph (it has no "
+                raise BadInputError(f"{where} is an HDF5 file but not a NIR graph (it has no "
                                     "'node' group); write it with nir.write")
             counts = {"items": 0, "elements": 0}
-            data = _group(f["node"], "node", 0, counts, path, h5py)
+            data = _group(f["node"], "node", 0, counts, where, h5py)
     except BadInputError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise BadInputError(f"{path}: cannot read it as HDF5 ({first_line(error)}); is it a "
+        raise BadInputError(f"{where}: cannot read it as HDF5 ({first_line(error)}); is it a "
                             "NIR file written by nir.write?") from None
-    return to_graph(data, path, nir)
+    return to_graph(data, where, nir)
 
 
 def to_graph(data: dict, where: str, nir):

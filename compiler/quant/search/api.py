@@ -168,3 +168,31 @@ def _unreachable(engine: Search) -> BadInputError:
         f"the {opts.method} search found no configuration within --max-bits "
         f"{opts.max_bits:g}; the fewest bits it reached were {lowest:.2f}. Give more lambda "
         "trials (--trials) or a larger budget")
+
+
+def report_entry(result, opts) -> dict:
+    """The search's entry in its --report JSON."""
+    return {"points": [vars(p) for p in result.points], "max_bits": opts.max_bits,
+            "max_drop": opts.max_drop, "float_accuracy": result.float_accuracy,
+            "final": {"bits": result.average_bits, "energy_nj": result.energy_nj,
+                      "accuracy": result.accuracy, "config": result.config},
+            "seconds": round(result.seconds, 1)}
+
+
+def table(result) -> str:
+    """The per-layer table `snnc search` prints, with each method's per-layer figures."""
+    from snnc.quant.quantize import format_report
+
+    lines = [format_report(result.rows, result.average_bits)]
+    extra = []
+    for row in result.rows:
+        d = result.details.get(row.name, {})
+        if "solo_divergence" in d:
+            extra.append(f"  {row.name}: alone {100 * d['solo_accuracy']:.2f} % "
+                         f"(KL {d['solo_divergence']:.2g}), base {d['base']}")
+        elif "probability" in d:
+            extra.append(f"  {row.name}: probability {d['probability']:.2f}")
+    if extra:
+        lines.append(f"{result.method} per layer:")
+        lines += extra
+    return "\n".join(lines)
