@@ -126,22 +126,29 @@ def _finish(progress: Stages | None) -> None:
         progress.finish()
 
 
+_DISCRETIZE = click.option("--discretize", type=click.Choice(["euler", "exp"]),
+                           help="NIR graphs: forward Euler [default] or each equation's exact "
+                                "step for its input held over the step (docs/nir.md).")
+
+
 def _nir_options(fn):
-    """--dt, --timesteps T and --readout: what a NIR graph does not say (docs/nir.md)."""
-    for option in reversed((
-            click.option("--dt", type=click.FloatRange(min=0, min_open=True),
-                         help="NIR graphs: the time step in seconds (docs/nir.md)."),
-            click.option("--timesteps", "nir_steps", type=click.IntRange(1, 10 ** 6),
-                         help="NIR graphs: the number of steps of the input sequences."),
-            click.option("--readout", type=click.Choice(["mean", "sum", "last"]),
-                         help="NIR graphs: the output over the steps that is the logits "
-                              "(a classifier's, as snnc search needs)."))):
+    """--dt, --timesteps T, --readout, --discretize: what a NIR graph does not say."""
+    for option in (_DISCRETIZE, click.option("--readout", type=click.Choice(
+            ["mean", "sum", "last"]), help="NIR graphs: the output over the steps that is the "
+                                           "logits (a classifier's, as snnc search needs)."),
+                   click.option("--timesteps", "nir_steps", type=click.IntRange(1, 10 ** 6),
+                                help="NIR graphs: the number of steps of the input sequences."),
+                   click.option("--dt", type=click.FloatRange(min=0, min_open=True),
+                                help="NIR graphs: the time step in seconds (docs/nir.md).")):
         fn = option(fn)
     return fn
 
 
-def _nir(dt, steps, readout):
-    return None if dt is None and steps is None and readout is None else (dt, steps, readout)
+def _nir(dt=None, steps=None, readout=None, discretize=None):
+    """snnc.nir.load.Settings if any NIR option is given, else None."""
+    from snnc.nir.load import Settings
+    given = (dt, steps, readout, discretize) != (None, None, None, None)
+    return Settings(dt, steps, readout, discretize or "euler") if given else None
 
 
 def _timesteps(ctx, param, value):
@@ -181,6 +188,7 @@ def _timesteps(ctx, param, value):
 @click.option("--dt", type=click.FloatRange(min=0, min_open=True), default=None,
               help="A NIR graph's time step in seconds (NIR neurons are continuous-time; "
                    "docs/nir.md gives the discretization).")
+@_DISCRETIZE
 @click.option("--pot-lowering", type=click.Choice(["int8", "shift"]), default="int8",
               show_default=True,
               help="How power-of-two layers reach ONNX: int8 containers (ONNX Runtime's fast "
@@ -207,8 +215,8 @@ def _timesteps(ctx, param, value):
 @_steps_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
-                weight_container, pack_path, weights, timesteps, dt, pot_lowering, kernels,
-                ort, verify_data, min_agreement, report_path, max_neuron_steps, quiet):
+                weight_container, pack_path, weights, timesteps, dt, discretize, pot_lowering,
+                kernels, ort, verify_data, min_agreement, report_path, max_neuron_steps, quiet):
     """Compile MODEL (torch.export archive, snnc checkpoint or NIR graph) to an ONNX file."""
     from snnc.driver import compile_file
 
@@ -218,9 +226,8 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         click.echo(f"snnc compile {model} -> {output}", err=True)
     with _errors(progress):
         external = weights == "external"
-        steps = timesteps if isinstance(timesteps, int) else None
-        timesteps = "unroll" if steps is not None else timesteps
-        nir = (dt, steps) if dt is not None or steps is not None else None
+        steps = timesteps if isinstance(timesteps, int) else None  # a NIR graph's T
+        timesteps, nir = "unroll" if steps else timesteps, _nir(dt, steps, None, discretize)
         _check_compile_options(weight_container, external, ort, timesteps, verify_data,
                                report_path)
         _check_compile_paths(model, output, pack_path, ort, report_path, verify_data, dump_ir)
@@ -443,7 +450,7 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
 @_steps_option
 @_nir_options
 def quantize_cmd(model, config_path, output, method, calibration, trust_code, max_neuron_steps,
-                 dt, nir_steps, readout):
+                 dt, nir_steps, readout, discretize):
     """Quantize an snnc checkpoint's (or a NIR graph's) conv/linear weights per layer
     (docs/quantization.md)."""
     from snnc.files.paths import check_paths
@@ -452,7 +459,7 @@ def quantize_cmd(model, config_path, output, method, calibration, trust_code, ma
         check_paths([("MODEL", model), ("--config", config_path),
                      ("--calibration", calibration)], [("-o", output)])
         rows, average = _quantize(model, config_path, output, method, calibration, trust_code,
-                                  max_neuron_steps, _nir(dt, nir_steps, readout))
+                                  max_neuron_steps, _nir(dt, nir_steps, readout, discretize))
     from snnc.quant import quantize as quant
 
     click.echo(quant.format_report(rows, average))
@@ -546,7 +553,7 @@ def _read_config(path: str) -> dict:
 def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
                report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
                energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
-               dt, nir_steps, readout, quiet):
+               dt, nir_steps, readout, discretize, quiet):
     """Search each layer's quantization (uniform or PoT, 2-8 bits) under a budget, then
     fine-tune (docs/search.md). Data-parallel under torchrun."""
 
@@ -555,7 +562,7 @@ def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, 
         _search(model, train_path, val_path, method, max_bits, max_drop, output,
                 quantized_path, report_path, allow_float, seed, finetune_epochs,
                 search_epochs, trials, energy_weight, batch_size, lr, state_path, resume,
-                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout))
+                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout, discretize))
 
 
 def _search(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,

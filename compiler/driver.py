@@ -251,14 +251,14 @@ def compile_file(path: str, output: str, opts: Options = DEFAULT, dump_dir: str 
                  trust_pickle: bool = False, input_shape: list[int] | None = None,
                  progress: Callable[[str], None] | None = None,
                  pack_path: str | None = None, ort: bool = False, trust_code: bool = False,
-                 check: Callable[[Result], None] | None = None, nir: tuple | None = None
+                 check: Callable[[Result], None] | None = None, nir=None
                  ) -> Result:
     """Compile a model file to `output` (and the weight pack to `pack_path`, and with `ort`
     the ORT-format model and its required-operators config next to `output`). `check(result)`
     runs before anything is written (the CLI checks --verify data against the model there);
     every output is written atomically, all or none, and only where it was checked (a
     directory swapped or a target replaced meanwhile is refused: snnc.files.outputs). A NIR
-    file needs `nir` = (dt seconds, steps or None with timesteps="stream"), docs/nir.md."""
+    file needs `nir`, its snnc.nir.load.Settings (docs/nir.md)."""
     paths.check_paths([("MODEL", path)], _output_paths(output, pack_path, ort),
                       dump_dir=dump_dir)
     opts = _external(opts, pack_path)

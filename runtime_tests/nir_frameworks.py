@@ -137,10 +137,11 @@ def compiled_outputs(graph, x, dt, tmp):
 
     from snnc.check import parity as H
     from snnc.driver import compile_file
+    from snnc.nir.load import Settings
     from snnc.options import Options
     path = os.path.join(tmp, "model.nir")
     nir.write(path, graph)
-    result = compile_file(path, path + ".onnx", Options(), nir=(dt, x.shape[0]))
+    result = compile_file(path, path + ".onnx", Options(), nir=Settings(dt, x.shape[0]))
     session = H.onnx_session(result.data)
     return session.run(None, {session.get_inputs()[0].name: x})[0], result
 

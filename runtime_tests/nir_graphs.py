@@ -111,7 +111,7 @@ GRAPHS = {"feed_forward": feed_forward, "conv": conv, "recurrent": recurrent,
 
 # -- the reference: docs/nir.md's equations, one step of the whole graph at a time ---------
 
-def simulate(graph, dt: float, x: np.ndarray) -> list[np.ndarray]:
+def simulate(graph, dt: float, x: np.ndarray, discretize: str = "euler") -> list[np.ndarray]:
     """Every Output node's sequence (in the graph's node order) for input x [T, B, ...]
     (float32). Each step runs every node once its inputs of the step are known; when no
     node is ready (a cycle), the stateless nodes on a cycle that read no value of the step
@@ -140,7 +140,8 @@ def simulate(graph, dt: float, x: np.ndarray) -> list[np.ndarray]:
                 total = known[0]
                 for p in known[1:]:
                     total = (total + p).astype(F32)
-                now[name] = _step(nodes[name], total, state.setdefault(name, {}), dt)
+                now[name] = _step(nodes[name], total, state.setdefault(name, {}), dt,
+                                  discretize)
         for name in outs:
             outs[name].append(now[name])
         last = now
@@ -190,7 +191,7 @@ def _f(a):
     return np.asarray(a, dtype=F32)
 
 
-def _step(node, x, st, dt):
+def _step(node, x, st, dt, discretize="euler"):
     """One step of one node (float32, the operations in docs/nir.md's order)."""
     kind = type(node).__name__
     if kind in ("Input", "Output"):
@@ -211,17 +212,20 @@ def _step(node, x, st, dt):
         return queue[-1 - d] if len(queue) > d else np.zeros_like(x)
     if kind in ("Conv2d", "SumPool2d", "AvgPool2d"):
         return _spatial(node, kind, x)
+    def a(tau):  # the factor of v += a (target - v): Euler's dt / tau, or exact
+        r = dt / np.asarray(tau, np.float64)
+        return _f(r if discretize == "euler" else -np.expm1(-r))
     v = st.get("v", np.zeros_like(x))
     if kind in ("LIF", "LI"):
-        v = (v + _f(dt / np.asarray(node.tau, np.float64)) *
+        v = (v + a(node.tau) *
              (_f(node.v_leak) - v + _f(node.r) * x)).astype(F32)
     elif kind in ("IF", "I"):
         v = (v + _f(dt * np.asarray(node.r, np.float64)) * x).astype(F32)
     elif kind in ("CubaLIF", "CubaLI"):
         i = st.get("i", np.zeros_like(x))
-        i = (i + _f(dt / np.asarray(node.tau_syn, np.float64)) * (_f(node.w_in) * x - i))
+        i = (i + a(node.tau_syn) * (_f(node.w_in) * x - i))
         st["i"] = i.astype(F32)
-        v = (v + _f(dt / np.asarray(node.tau_mem, np.float64)) *
+        v = (v + a(node.tau_mem) *
              (_f(node.v_leak) - v + _f(node.r) * st["i"])).astype(F32)
     if kind in ("LI", "I", "CubaLI"):
         st["v"] = v

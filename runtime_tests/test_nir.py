@@ -14,7 +14,7 @@ import nir_graphs as G
 import snnc
 from snnc.check import parity as H
 from snnc.driver import compile_file
-from snnc.nir.load import export_module, input_shape
+from snnc.nir.load import Settings, export_module, input_shape
 from snnc.nir.module import NIRModule
 from snnc.options import Options
 
@@ -33,23 +33,30 @@ def _inputs(graph, batch=5, seed=1, steps=STEPS):
     return (np.random.default_rng(seed).random((steps, batch, *shape), dtype=np.float32) * 2)
 
 
-@pytest.mark.parametrize("name", list(G.GRAPHS))
-def test_nir_graph_compiles_and_matches(tmp_path, name):
-    """ONNX Runtime equals NIRModule (spikes identical, membranes to 1e-6) at batch 5 and
+CASES = [(name, "euler") for name in G.GRAPHS] + [("feed_forward", "exp"), ("conv", "exp")]
+
+
+@pytest.mark.parametrize("name,discretize", CASES, ids=["-".join(c) for c in CASES])
+def test_nir_graph_compiles_and_matches(tmp_path, name, discretize):
+    """Forward Euler, and the exact step (exp) on two graphs: ONNX Runtime equals NIRModule
+    (spikes identical, membranes to 1e-6) at batch 5 and
     batch 1 from one file; the NumPy simulator agrees with both (its float64 GEMMs may
     decide a spike at a threshold the other way: counted, at most 1 % of spike values)."""
     graph = G.GRAPHS[name](seed=3)
     path = _write(tmp_path, graph)
-    result = compile_file(path, str(tmp_path / "m.onnx"), Options(), nir=(DT, STEPS))
+    settings = Settings(DT, STEPS, discretize=discretize)
+    result = compile_file(path, str(tmp_path / "m.onnx"), Options(), nir=settings)
     assert result.graph.time.steps == STEPS and result.graph.states  # re-rolled: states
     x = _inputs(graph)
     session = H.onnx_session(result.data)
     got = session.run(None, {session.get_inputs()[0].name: x})
-    module = NIRModule(nir.read(path), DT).eval()
+    module = NIRModule(nir.read(path), DT, discretize=discretize).eval()
     with torch.no_grad():
         want = module(torch.from_numpy(x))
     want = [w.numpy() for w in (want if isinstance(want, tuple) else (want,))]
-    reference = G.simulate(nir.read(path), DT, x)
+    reference = G.simulate(nir.read(path), DT, x, discretize)
+    if discretize == "exp":  # not Euler's: dt / tau = 0.5 here, 1 - exp(-0.5) = 0.39
+        assert not np.array_equal(reference[0], G.simulate(nir.read(path), DT, x)[0])
     assert len(got) == len(want) == len(reference)
     for g, w, r in zip(got, want, reference):
         assert g.shape == w.shape == r.shape == (STEPS, 5, *w.shape[2:])
@@ -69,9 +76,9 @@ def test_nir_stream_mode_equals_unrolled(tmp_path):
     """--timesteps stream: one step per run, states in and out, equal to the unrolled run."""
     graph = G.recurrent(seed=4)
     path = _write(tmp_path, graph)
-    unrolled = compile_file(path, str(tmp_path / "u.onnx"), Options(), nir=(DT, STEPS))
+    unrolled = compile_file(path, str(tmp_path / "u.onnx"), Options(), nir=Settings(DT, STEPS))
     stream = compile_file(path, str(tmp_path / "s.onnx"), Options(timesteps="stream"),
-                          nir=(DT, None))
+                          nir=Settings(DT))
     x = _inputs(graph, batch=3)
     session = H.onnx_session(unrolled.data)
     want = session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -110,9 +117,9 @@ def test_nir_quantized_and_integer_kernels(tmp_path):
 
 
 BAD = {
-    "no dt": (lambda p: compile_file(p, p + ".onnx", Options(), nir=(None, STEPS)),
+    "no dt": (lambda p: compile_file(p, p + ".onnx", Options(), nir=Settings(None, STEPS)),
               "carries no time step"),
-    "no steps": (lambda p: compile_file(p, p + ".onnx", Options(), nir=(DT, None)),
+    "no steps": (lambda p: compile_file(p, p + ".onnx", Options(), nir=Settings(DT)),
                  "carries no number of steps"),
     "no nir args": (lambda p: compile_file(p, p + ".onnx", Options()), "carries no time step"),
 }
@@ -165,7 +172,7 @@ def test_nir_bad_files_are_refused(tmp_path):
     cases[str(shapes)] = "NIR graph"
     for path, message in cases.items():
         with pytest.raises(snnc.BadInputError, match=message):
-            compile_file(path, path + ".onnx", Options(), nir=(DT, STEPS))
+            compile_file(path, path + ".onnx", Options(), nir=Settings(DT, STEPS))
 
 
 def test_nir_from_the_command_line(tmp_path):

@@ -77,18 +77,18 @@ def checkpoint_bytes(ckpt: dict, model: torch.nn.Module | None = None,
     return buffer.getvalue()
 
 
-def load_checkpoint(path: str, command: str = "snnc quantize", nir: tuple | None = None
-                    ) -> dict:
+def load_checkpoint(path: str, command: str = "snnc quantize", nir=None) -> dict:
     """An snnc checkpoint dict, or BadInputError saying why `path` is not one (for
     `command`, which changes or trains the model's weights). A NIR file becomes the
-    checkpoint of its NIRModule, given `nir` = (dt, steps, readout) (docs/nir.md)."""
+    checkpoint of its NIRModule, given `nir`, its snnc.nir.load.Settings (docs/nir.md)."""
     check_input("MODEL", path)
     kind = sniff(path)
     if kind == "nir":
-        from snnc.nir.load import checkpoint
-        return checkpoint(path, *(nir or (None, None, None)))
+        from snnc.nir.load import Settings, checkpoint
+        return checkpoint(path, nir or Settings())
     if nir is not None:
-        raise BadInputError(f"--dt, --timesteps and --readout are for NIR files; {path} is "
+        raise BadInputError(f"--dt, --timesteps, --readout and --discretize are for NIR files; "
+                            f"{path} is "
                             f"{KINDS[kind]}")
     if kind == "export":
         raise BadInputError(
@@ -137,21 +137,22 @@ def build_from_checkpoint(path: str, ckpt: dict, trust_code: bool = False,
 
 def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] | None = None,
                  trust_code: bool = False, max_neuron_steps: int = budget.MAX_NEURON_STEPS,
-                 one_step: bool = False, nir: tuple | None = None
+                 one_step: bool = False, nir=None
                  ) -> torch.export.ExportedProgram:
     """The program in a model file (docs/model_files.md). Loading runs no code from the file:
     pickled objects need `trust_pickle`, a checkpoint factory off the allowlist `trust_code`.
     A program of more than `max_neuron_steps` per sample is refused (snnc.frontend.budget;
     `one_step`: it will run one step per call, --timesteps stream). A NIR file needs
-    `nir` = (dt in seconds, the number of steps or None for one_step) (docs/nir.md)."""
+    `nir`, its snnc.nir.load.Settings (docs/nir.md)."""
     check_input("MODEL", path)
     kind = sniff(path)
     if kind == "nir":
         from snnc.nir.load import load_program as load_nir
-        program = load_nir(path, *(nir or (None, None)), one_step=one_step,
+        from snnc.nir.load import Settings
+        program = load_nir(path, nir or Settings(), one_step=one_step,
                            max_neuron_steps=max_neuron_steps)
     elif nir is not None:
-        raise BadInputError(f"--dt and --timesteps N are for NIR files; {path} is "
+        raise BadInputError(f"--dt, --timesteps N and --discretize are for NIR files; {path} is "
                             f"{KINDS[kind]}, whose model fixes its own steps")
     else:
         program = _load_program(path, trust_pickle, input_shape, trust_code, max_neuron_steps)

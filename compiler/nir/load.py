@@ -1,29 +1,43 @@
-"""A NIR file or graph to the torch.export program snnc compiles: `load_program(path, dt,
-steps)` is what `snnc compile MODEL.nir --dt DT --timesteps T` runs (docs/nir.md)."""
+"""A NIR file or graph to the torch.export program snnc compiles: `load_program(path,
+settings)` is what `snnc compile MODEL.nir --dt DT --timesteps T` runs, `checkpoint` what
+snnc quantize and snnc search start from (docs/nir.md)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from snnc.errors import BadInputError
 
 EXAMPLE_BATCH = 2  # an example batch of 2: no unit axis for the batch to hide behind
 
 
-def load_program(path: str, dt: float | None, steps: int | None, one_step: bool = False,
+@dataclass(frozen=True)
+class Settings:
+    """What a NIR graph does not say: the time step (seconds), the number of steps, the
+    readout over the steps (None: the sequences) and the discretization (euler or exp)."""
+
+    dt: float | None = None
+    steps: int | None = None
+    readout: str | None = None
+    discretize: str = "euler"
+
+
+def load_program(path: str, settings: Settings, one_step: bool = False,
                  max_neuron_steps: int | None = None):
-    """The torch.export program of the NIR file at `path` at time step `dt` seconds over
-    `steps` steps (one_step: --timesteps stream, any number of steps)."""
+    """The torch.export program of the NIR file at `path` (one_step: --timesteps stream,
+    any number of steps)."""
     from snnc.nir.reader import read
     graph = read(path)
-    return program(graph, dt, steps, path, one_step, max_neuron_steps)
+    return program(graph, settings, path, one_step, max_neuron_steps)
 
 
-def program(graph, dt, steps, where: str = "the NIR graph", one_step: bool = False,
+def program(graph, settings: Settings, where: str = "the NIR graph", one_step: bool = False,
             max_neuron_steps: int | None = None):
     """The torch.export program of a nir.NIRGraph (see load_program)."""
     from snnc.frontend.budget import MAX_NEURON_STEPS
     from snnc.nir.module import NIRModule
+    dt, steps = settings.dt, settings.steps
     if dt is None:
         raise BadInputError(f"{where} is a NIR graph, which carries no time step: give "
                             "--dt SECONDS (snnTorch exports assume 1e-4 s; docs/nir.md)")
@@ -32,7 +46,7 @@ def program(graph, dt, steps, where: str = "the NIR graph", one_step: bool = Fal
                             "--timesteps T (the length of the input sequences), or "
                             "--timesteps stream")
     dt = float(dt)
-    module = NIRModule(graph, dt).eval()
+    module = NIRModule(graph, dt, settings.readout, settings.discretize).eval()
     steps = 2 if one_step else int(steps)
     neurons = sum(1 for m in module.modules() if type(m).__module__ == "snnc.nir.neurons"
                   and type(m).__name__ != "Recurrent")
@@ -76,22 +90,25 @@ def input_shape(graph, where: str) -> list[int]:
     return [int(d) for d in shape]
 
 
-def checkpoint(path: str, dt, steps, readout=None) -> dict:
+def checkpoint(path: str, settings: Settings) -> dict:
     """The snnc checkpoint of the NIR file at `path`: factory snnc.nir.module:from_nir, the
-    file's bytes as a uint8 tensor, dt and readout; input_shape [steps, EXAMPLE_BATCH, ...].
+    file's bytes as a uint8 tensor, dt, readout and discretization; input_shape [steps,
+    EXAMPLE_BATCH, ...].
     snnc quantize and snnc search write it with the quantization; snnc compile reads it."""
     import torch
 
     from snnc.nir.module import NIRModule
     from snnc.nir.reader import read
+    dt, steps, readout = settings.dt, settings.steps, settings.readout
     if dt is None or steps is None:
         raise BadInputError(f"{path} is a NIR graph, which carries no time step and no number "
                             "of steps: give --dt SECONDS and --timesteps T (docs/nir.md)")
     graph = read(path)
-    module = NIRModule(graph, float(dt), readout)
+    module = NIRModule(graph, float(dt), readout, settings.discretize)
     with open(path, "rb") as f:
         data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-    kwargs = {"nir": data, "dt": float(dt), "readout": readout}
+    kwargs = {"nir": data, "dt": float(dt), "readout": readout,
+              "discretize": settings.discretize}
     return {"format": "snnc-checkpoint", "version": 1, "factory": "snnc.nir.module:from_nir",
             "kwargs": kwargs, "state_dict": module.state_dict(),  # as loader.make_checkpoint
             "input_shape": [int(steps), EXAMPLE_BATCH, *input_shape(graph, path)]}

@@ -61,7 +61,8 @@ class Pass:
 READOUTS = ("mean", "sum", "last")
 
 
-def from_nir(nir, dt: float, readout: str | None = None) -> "NIRModule":
+def from_nir(nir, dt: float, readout: str | None = None, discretize: str = "euler"
+             ) -> "NIRModule":
     """The factory of snnc checkpoints of NIR graphs (docs/nir.md): `nir` the NIR file's
     bytes as a uint8 tensor, read as `snnc compile` reads the file."""
     from snnc.nir.reader import read
@@ -70,7 +71,7 @@ def from_nir(nir, dt: float, readout: str | None = None) -> "NIRModule":
                             "1-D uint8 tensor")
     import io
     return NIRModule(read(io.BytesIO(nir.numpy().tobytes()), "the checkpoint's NIR graph"),
-                     float(dt), readout)
+                     float(dt), readout, discretize)
 
 
 class NIRModule(nn.Module):
@@ -78,8 +79,11 @@ class NIRModule(nn.Module):
     `readout` ("mean", "sum" or "last" over the steps) it returns [B, ...] instead of the
     sequence: a classifier's logits (snnc search trains on them)."""
 
-    def __init__(self, graph, dt: float, readout: str | None = None):
+    def __init__(self, graph, dt: float, readout: str | None = None,
+                 discretize: str = "euler"):
         super().__init__()
+        if discretize not in neurons.DISCRETIZATIONS:
+            raise BadInputError(f"--discretize must be euler or exp, not {discretize!r}")
         if readout not in (None, *READOUTS):
             raise BadInputError(f"--readout must be one of {', '.join(READOUTS)}, not "
                                 f"{readout!r}")
@@ -100,9 +104,11 @@ class NIRModule(nn.Module):
         for name in self.order:
             group = groups.get(name)
             if group is not None:
-                self.layers[self.keys[name]] = _recurrent(group, nodes, dt, self.preds)
+                self.layers[self.keys[name]] = _recurrent(group, nodes, (dt, discretize),
+                                                          self.preds)
             elif name not in self.inputs + self.outputs:
-                self.layers[self.keys[name]] = make(nodes[name], name, dt, self.preds)
+                self.layers[self.keys[name]] = make(nodes[name], name, (dt, discretize),
+                                                    self.preds)
 
     def forward(self, x: torch.Tensor):
         values = {self.inputs[0]: x}
@@ -238,7 +244,7 @@ def _topological(names: list, preds: dict, done: set) -> list:
     return order
 
 
-def _recurrent(group: list, nodes: dict, dt: float, preds: dict) -> nn.Module:
+def _recurrent(group: list, nodes: dict, time: tuple, preds: dict) -> nn.Module:
     readers = {n for n in nodes for p in preds[n] if p in group and n not in group}
     exits = [n for n in group if any(p == n for r in readers for p in preds[r])]
     if len(exits) != 1:
@@ -247,7 +253,7 @@ def _recurrent(group: list, nodes: dict, dt: float, preds: dict) -> nn.Module:
     source = sorted({p for n in group for p in preds[n] if p not in group})
     shape = _output_shape(nodes[source[0]]) if len(source) == 1 else ()
     try:
-        return neurons.Recurrent(group, {n: make(nodes[n], n, dt, preds) for n in group},
+        return neurons.Recurrent(group, {n: make(nodes[n], n, time, preds) for n in group},
                                  preds, exits[0], shape)
     except ValueError as error:
         raise BadInputError(f"the NIR graph: {error}") from None
@@ -264,13 +270,13 @@ def _output_shape(node) -> tuple:
     return tuple(int(d) for d in shape)
 
 
-def make(node, name: str, dt: float, preds: dict) -> nn.Module:
-    """The module of one NIR node."""
+def make(node, name: str, time: tuple, preds: dict) -> nn.Module:
+    """The module of one NIR node; `time` is (dt, discretize)."""
     kind = type(node).__name__
     if kind in neurons.NEURONS:
-        return neurons.NEURONS[kind](node, dt)
+        return neurons.NEURONS[kind](node, *time)
     if kind in STATELESS:
-        return Stateless(node, kind, name, dt)
+        return Stateless(node, kind, name, time[0])
     raise BadInputError(f"NIR node {name!r} is a {kind}, which snnc does not compile "
                         f"(docs/nir.md lists the node types)")
 

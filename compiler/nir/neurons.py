@@ -16,6 +16,16 @@ import torch
 from torch import nn
 
 
+DISCRETIZATIONS = ("euler", "exp")
+
+
+def decay(dt: float, tau, discretize: str) -> np.ndarray:
+    """The factor `a` of `v += a * (target - v)` over one step: dt / tau (forward Euler) or
+    1 - exp(-dt / tau) (exp: exact for the step's input held over the step), in float64."""
+    ratio = dt / np.asarray(tau, dtype=np.float64)
+    return ratio if discretize == "euler" else -np.expm1(-ratio)
+
+
 def _buffer(module: nn.Module, name: str, value) -> None:
     module.register_buffer(name, torch.as_tensor(np.asarray(value, dtype=np.float32)))
 
@@ -48,9 +58,9 @@ class Neuron(nn.Module):
 class LIF(Neuron):
     """tau dv/dt = (v_leak - v) + r I: v += dt / tau * (v_leak - v + r x)."""
 
-    def __init__(self, node, dt: float):
+    def __init__(self, node, dt: float, discretize: str = "euler"):
         super().__init__()
-        _buffer(self, "a", dt / np.asarray(node.tau, dtype=np.float64))
+        _buffer(self, "a", decay(dt, node.tau, discretize))
         for name in ("r", "v_leak", "v_threshold", "v_reset"):
             _buffer(self, name, getattr(node, name))
 
@@ -62,9 +72,9 @@ class LIF(Neuron):
 class LI(LIF):
     """LIF without firing: its output is the membrane."""
 
-    def __init__(self, node, dt: float):
+    def __init__(self, node, dt: float, discretize: str = "euler"):
         nn.Module.__init__(self)
-        _buffer(self, "a", dt / np.asarray(node.tau, dtype=np.float64))
+        _buffer(self, "a", decay(dt, node.tau, discretize))
         for name in ("r", "v_leak"):
             _buffer(self, name, getattr(node, name))
 
@@ -76,7 +86,7 @@ class LI(LIF):
 class IF(Neuron):
     """dv/dt = r I: v += dt * r * x."""
 
-    def __init__(self, node, dt: float):
+    def __init__(self, node, dt: float, discretize: str = "euler"):
         super().__init__()
         _buffer(self, "gain", dt * np.asarray(node.r, dtype=np.float64))
         for name in ("v_threshold", "v_reset"):
@@ -89,7 +99,7 @@ class IF(Neuron):
 class I(Neuron):  # noqa: E742 - NIR's name
     """IF without firing."""
 
-    def __init__(self, node, dt: float):
+    def __init__(self, node, dt: float, discretize: str = "euler"):
         super().__init__()
         _buffer(self, "gain", dt * np.asarray(node.r, dtype=np.float64))
 
@@ -104,10 +114,10 @@ class CubaLIF(Neuron):
 
     states = 2
 
-    def __init__(self, node, dt: float):
+    def __init__(self, node, dt: float, discretize: str = "euler"):
         super().__init__()
-        _buffer(self, "b", dt / np.asarray(node.tau_syn, dtype=np.float64))
-        _buffer(self, "a", dt / np.asarray(node.tau_mem, dtype=np.float64))
+        _buffer(self, "b", decay(dt, node.tau_syn, discretize))
+        _buffer(self, "a", decay(dt, node.tau_mem, discretize))
         for name in ("w_in", "r", "v_leak", "v_threshold", "v_reset"):
             _buffer(self, name, getattr(node, name))
 
@@ -121,10 +131,10 @@ class CubaLIF(Neuron):
 class CubaLI(CubaLIF):
     """CubaLIF without firing."""
 
-    def __init__(self, node, dt: float):
+    def __init__(self, node, dt: float, discretize: str = "euler"):
         Neuron.__init__(self)
-        _buffer(self, "b", dt / np.asarray(node.tau_syn, dtype=np.float64))
-        _buffer(self, "a", dt / np.asarray(node.tau_mem, dtype=np.float64))
+        _buffer(self, "b", decay(dt, node.tau_syn, discretize))
+        _buffer(self, "a", decay(dt, node.tau_mem, discretize))
         for name in ("w_in", "r", "v_leak"):
             _buffer(self, name, getattr(node, name))
 
