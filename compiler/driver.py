@@ -151,25 +151,48 @@ def _finite(value) -> bool:
 def compile_model(model, example_input=None, path: str | None = None, *,
                   pack_path: str | None = None, ort: bool = False, **options) -> Result:
     """Compile a SpikingJelly model in memory, as torch.onnx.export does: `model` is an
-    nn.Module (traced with torch.export on `example_input`, e.g. torch.zeros(1, 3, 32, 32))
-    or a torch.export.ExportedProgram. `options` are those of snnc.options.Options
+    nn.Module (traced with torch.export on `example_input`, e.g. torch.zeros(1, 3, 32, 32)),
+    a torch.export.ExportedProgram, or a nir.NIRGraph (with dt=SECONDS and steps=T or
+    timesteps="stream"; readout, discretize: docs/nir.md). `options` are those of snnc.options.Options
     (timesteps="stream", weight_container="int4", ...). With `path`, writes the ONNX model
     there (and the pack to `pack_path`, and with `ort` the ORT-format model beside it),
     atomically and only where they were checked; without, returns everything in the Result
     (`model`, `data`, `pack_bytes()`, `summary()`, and `ort` when asked for)."""
     if path is None and pack_path is not None:
         raise BadInputError("pack_path needs path: the pack is written beside the model")
+    nir = _nir_settings(model, options)
     opts = _external(_options(options), pack_path)
     if path is not None:
         paths.check_paths([], _output_paths(path, pack_path, ort))
-    program = model if isinstance(model, torch.export.ExportedProgram) else \
-        export_module(model, example_input)
+    if nir is not None:
+        from snnc.nir.load import program as nir_program
+        program = nir_program(model, nir, "the NIR graph", opts.timesteps == "stream",
+                              opts.max_neuron_steps)
+    else:
+        program = model if isinstance(model, torch.export.ExportedProgram) else \
+            export_module(model, example_input)
     where = type(model).__name__
     result = compile_program(program, opts, where=where)
     config = _finish(result, pack_path, ort, where)
     if path is not None:
         _write(result, path, pack_path, config)
     return result
+
+
+_NIR_OPTIONS = ("dt", "steps", "readout", "discretize")
+
+
+def _nir_settings(model, options: dict):
+    """A nir.NIRGraph's snnc.nir.load.Settings, taken out of `options` (dt, steps, readout,
+    discretize: docs/nir.md); None for other models."""
+    if type(model).__name__ != "NIRGraph" or not type(model).__module__.startswith("nir."):
+        given = sorted(set(_NIR_OPTIONS) & set(options))
+        if given:
+            raise BadInputError(f"the option(s) {', '.join(given)} are for NIR graphs; the "
+                                f"model is a {type(model).__name__}")
+        return None
+    from snnc.nir.load import Settings
+    return Settings(**{k: options.pop(k) for k in _NIR_OPTIONS if k in options})
 
 
 def _options(options: dict) -> Options:

@@ -105,7 +105,28 @@ def recurrent(seed=0, delay=None):
     return nir.NIRGraph(nodes=nodes, edges=edges)
 
 
-GRAPHS = {"feed_forward": feed_forward, "conv": conv, "recurrent": recurrent,
+def conv1d(seed=0):
+    """Conv1d (stride 2, padding, dilation) -> LIF -> Flatten -> Affine -> LIF: an audio-like
+    [C, L] input. (NIR 1.0.8's type inference ignores groups: a grouped conv cannot be
+    built with its type check, nor read.)"""
+    g = _rng(seed)
+    nodes = {
+        "input": nir.Input(np.array([2, 16])),
+        "conv": nir.Conv1d(input_shape=16, weight=g.normal(size=(4, 2, 3)).astype(F32),
+                           stride=2, padding=2, dilation=2, groups=1,
+                           bias=g.normal(size=4).astype(F32) * 0.1),
+        "lif1": lif((4, 8), threshold=0.4),
+        "flat": nir.Flatten(input_type={"input": np.array([4, 8])}, start_dim=0, end_dim=-1),
+        "fc": nir.Affine((g.normal(size=(3, 32)) * 1.0).astype(F32),
+                         np.zeros(3, F32)),
+        "lif2": lif(3, threshold=0.5),
+        "output": nir.Output(np.array([3])),
+    }
+    chain = list(nodes)
+    return nir.NIRGraph(nodes=nodes, edges=list(zip(chain, chain[1:])))
+
+
+GRAPHS = {"feed_forward": feed_forward, "conv": conv, "conv1d": conv1d, "recurrent": recurrent,
           "delayed": lambda seed=0: recurrent(seed, delay=2e-3)}
 
 
@@ -210,7 +231,7 @@ def _step(node, x, st, dt, discretize="euler"):
         queue.append(x)
         d = int(round(float(np.asarray(node.delay).reshape(-1)[0]) / dt))
         return queue[-1 - d] if len(queue) > d else np.zeros_like(x)
-    if kind in ("Conv2d", "SumPool2d", "AvgPool2d"):
+    if kind in ("Conv1d", "Conv2d", "SumPool2d", "AvgPool2d"):
         return _spatial(node, kind, x)
     def a(tau):  # the factor of v += a (target - v): Euler's dt / tau, or exact
         r = dt / np.asarray(tau, np.float64)
@@ -239,8 +260,8 @@ def _spatial(node, kind, x):
     import torch
     from torch.nn import functional as F
     t = torch.from_numpy(np.ascontiguousarray(x)).double()
-    if kind == "Conv2d":
-        y = F.conv2d(t, torch.from_numpy(_f(node.weight)).double(),
+    if kind in ("Conv1d", "Conv2d"):
+        y = (F.conv1d if kind == "Conv1d" else F.conv2d)(t, torch.from_numpy(_f(node.weight)).double(),
                      torch.from_numpy(_f(node.bias)).double(), tuple(np.atleast_1d(node.stride)),
                      node.padding if isinstance(node.padding, str) else
                      tuple(int(p) for p in np.atleast_1d(node.padding)),

@@ -143,7 +143,8 @@ def _hdf5(tmp_path, build):
 
 def test_nir_bad_files_are_refused(tmp_path):
     """Unknown node types (named, with their path), non-numeric data, no graph, shapes that
-    do not fit, a corrupt file: BadInputError, no traceback from h5py, nir or torch."""
+    do not fit (an Input holding a batch, with the hint), no neuron, a corrupt file:
+    BadInputError, no traceback from h5py, nir or torch."""
     good = _write(tmp_path, G.recurrent(), "good.nir")
     data = open(good, "rb").read()
     cases = {}
@@ -170,6 +171,17 @@ def test_nir_bad_files_are_refused(tmp_path):
         del f["node/nodes/rec/weight"]
         f["node/nodes/rec/weight"] = np.zeros((3, 3), np.float32)
     cases[str(shapes)] = "NIR graph"
+    batched = tmp_path / "batched.nir"  # Norse's to_nir on a batched example
+    batched.write_bytes(data)
+    with h5py.File(batched, "r+") as f:
+        del f["node/nodes/input/shape"]
+        f["node/nodes/input/shape"] = np.array([4, 6])
+    cases[str(batched)] = "holds an example's batch"
+    nowhere = tmp_path / "nowhere.nir"  # (nir adds the Output node it lacks)
+    nir.write(str(nowhere), nir.NIRGraph(
+        nodes={"input": nir.Input(np.array([3])), "fc": nir.Linear(np.ones((2, 3), np.float32))},
+        edges=[("input", "fc")]))
+    cases[str(nowhere)] = "has no neuron node"
     for path, message in cases.items():
         with pytest.raises(snnc.BadInputError, match=message):
             compile_file(path, path + ".onnx", Options(), nir=Settings(DT, STEPS))

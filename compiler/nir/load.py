@@ -39,12 +39,12 @@ def program(graph, settings: Settings, where: str = "the NIR graph", one_step: b
     from snnc.nir.module import NIRModule
     dt, steps = settings.dt, settings.steps
     if dt is None:
-        raise BadInputError(f"{where} is a NIR graph, which carries no time step: give "
-                            "--dt SECONDS (snnTorch exports assume 1e-4 s; docs/nir.md)")
+        raise BadInputError(f"{where}: a NIR graph carries no time step: give --dt SECONDS "
+                            "(dt= in Python; snnTorch exports assume 1e-4 s; docs/nir.md)")
     if steps is None and not one_step:
-        raise BadInputError(f"{where} is a NIR graph, which carries no number of steps: give "
-                            "--timesteps T (the length of the input sequences), or "
-                            "--timesteps stream")
+        raise BadInputError(f"{where}: a NIR graph carries no number of steps: give "
+                            "--timesteps T, the length of the input sequences (steps= in "
+                            "Python), or --timesteps stream")
     dt = float(dt)
     module = NIRModule(graph, dt, settings.readout, settings.discretize).eval()
     steps = 2 if one_step else int(steps)

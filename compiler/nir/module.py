@@ -97,6 +97,9 @@ class NIRModule(nn.Module):
             raise BadInputError(f"the NIR graph has {len(self.inputs)} Input and "
                                 f"{len(self.outputs)} Output nodes; snnc compiles graphs "
                                 "with one Input and at least one Output")
+        if not any(type(v).__name__ in neurons.NEURONS for v in nodes.values()):
+            raise BadInputError("the NIR graph has no neuron node (LIF, IF, LI, I, CubaLIF, "
+                                "CubaLI); snnc compiles spiking networks")
         self.preds = {n: [a for a, b in edges if b == n] for n in nodes}
         self.order, groups = schedule(nodes, edges, self.inputs[0])
         self.layers = nn.ModuleDict()

@@ -15,6 +15,7 @@ Nothing in the file is executed: HDF5 holds data only.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -66,8 +67,13 @@ def to_graph(data: dict, where: str, nir):
     try:
         return nir.dict2NIRNode(data)
     except Exception as error:  # noqa: BLE001 - nir raises what its dataclasses raise
+        hint = ""
+        if re.search(r"mismatch: \S*input\.output: \[\[\d+ ", first_line(error)):
+            hint = ("; an Input type with more axes than the node reading it takes holds an "
+                    "example's batch (Norse's to_nir writes it): export one sample, without "
+                    "its batch axis")
         raise BadInputError(f"{where}: the NIR graph is not valid ({type(error).__name__}: "
-                            f"{first_line(error)})") from None
+                            f"{first_line(error)}){hint}") from None
 
 
 def _check_types(data: dict, at: str, where: str, nir) -> None:
