@@ -116,9 +116,9 @@ def _errors(progress: Stages | None = None, what: str = "no output was written")
 
 
 def _not_nan(value: float) -> float:
-    if math.isnan(value):
-        raise click.BadParameter("must be a number from 0 to 100, not nan")
-    return value
+    if not math.isnan(value):
+        return value
+    raise click.BadParameter("must be a number from 0 to 100, not nan")
 
 
 def _finish(progress: Stages | None) -> None:
@@ -469,10 +469,11 @@ def quantize_cmd(model, config_path, output, method, calibration, trust_code, ma
 def _quantize(model, config_path, output, method, calibration, trust_code, max_neuron_steps,
               nir=None):
     from snnc.files import loader
+    from snnc.files.data import read_config
     from snnc.files.outputs import write_atomic
     from snnc.quant import quantize as quant
 
-    config = _read_config(config_path)
+    config = read_config(config_path)
     ckpt = loader.load_checkpoint(model, nir=nir)
     if ckpt.get("quantization"):
         raise SnncError(f"{model} is already quantized")
@@ -490,22 +491,6 @@ def _quantize(model, config_path, output, method, calibration, trust_code, max_n
     rows, average = quant.report(net)
     write_atomic(output, loader.checkpoint_bytes(ckpt, net, config, method))
     return rows, average
-
-
-def _read_config(path: str) -> dict:
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise SnncError(f"cannot read the config {path} as JSON: {first_line(error)}") \
-            from None
-    if not isinstance(config, dict) or not config:
-        raise SnncError(f"the config {path} must be a JSON object mapping module-name globs to "
-                        '{"scheme": ..., "bits": ...} or "float" (docs/quantization.md), got '
-                        f"{type(config).__name__}")
-    return config
 
 
 @main.command("search")
@@ -664,23 +649,28 @@ def _interrupted(stop, output, state_path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the layer table as one JSON object.")
 def inspect_cmd(pack_file, as_json):
     """Print the layer table of an .snnpack weight pack."""
-    import json
-
-    from snnc.backend import pack
-    from snnc.files.paths import check_input, sniff, wrong_kind
+    from snnc.files.loader import inspect_pack
 
     with _errors(what="nothing was printed"):
-        check_input("PACK", pack_file)
-        kind = sniff(pack_file)
-        if kind != "snnpack":
-            raise wrong_kind("PACK", pack_file, kind, "an snnc weight pack (.snnpack)",
-                             doc="docs/binary_format.md")
-        with open(pack_file, "rb") as f:
-            blob = f.read()
-        layers = pack.decode(blob, pack_file)
-        text = (json.dumps(pack.table_json(layers, len(blob)), sort_keys=True) if as_json
-                else pack.format_table(layers, len(blob)))
+        text = inspect_pack(pack_file, as_json)
     click.echo(text)
+
+
+@main.command("decoder")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(),
+              help="The directory to write snnpack.h, snnpack.c and snnpack_decode.c into.")
+def decoder_cmd(out_dir):
+    """Write the C99 reader of .snnpack packs, for apps (docs/deployment.md)."""
+    from snnc.backend.decoder import BUILD, SOURCES, source
+    from snnc.files.outputs import write_all_atomic
+    from snnc.files.paths import check_paths
+
+    with _errors():
+        files = [(os.path.join(out_dir, name), source(name)) for name in SOURCES]
+        os.makedirs(out_dir, exist_ok=True)
+        check_paths([], [("-o", path) for path, _ in files])
+        write_all_atomic(files)
+    click.echo(f"wrote {', '.join(p for p, _ in files)}; build in {out_dir}: {BUILD}")
 
 
 def _internal_error(error: Exception) -> None:

@@ -36,3 +36,23 @@ def quantized_spikformer(tmp_path_factory):
     torch.export.save(program, str(path))
     return {"model": model, "program": program, "path": str(path),
             "program_b8": export(model, torch.zeros(8, 3, 32, 32))}
+
+
+@pytest.fixture(scope="session")
+def decoder(tmp_path_factory):
+    """The C pack decoder as `snnc decoder` writes it, built as docs/deployment.md says and
+    with the sanitizers, and test_c_decoder's fuzz harness with the sanitizers."""
+    import subprocess
+
+    from test_c_decoder import HARNESS, SANITIZE, _cc
+    from test_cli import snnc as cli
+    root = tmp_path_factory.mktemp("decoder")
+    assert cli("decoder", "-o", root).returncode == 0
+    cc, flags = _cc(), ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+    for name, extra in (("snnpack_decode", ["-O2"]), ("snnpack_decode_san", SANITIZE)):
+        subprocess.run([cc, *flags, *extra, "-o", name, "snnpack_decode.c", "snnpack.c"],
+                       cwd=root, check=True)
+    (root / "harness.c").write_text(HARNESS)
+    subprocess.run([cc, "-std=c99", *SANITIZE, "-o", "harness", "harness.c", "snnpack.c"],
+                   cwd=root, check=True)
+    return root

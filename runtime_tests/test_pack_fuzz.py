@@ -66,6 +66,7 @@ from snnc.cli import main
 from snnc.demo import conv_snn, export, make_firing
 from snnc.driver import compile_program
 from snnc.options import Options
+from test_c_decoder import run_harness
 
 SEED = 20250611
 CONFIG = {"conv1": {"scheme": "pot", "bits": 4}, "conv2": {"scheme": "pot", "bits": 3},
@@ -575,3 +576,25 @@ def test_a_skeleton_refuses_a_pack_that_is_not_exactly_its_weights(real, embedde
                                            real["data"], "--pack", str(path)])
         assert result.exit_code == 1 and re.search(message, result.stderr), \
             (what, result.stderr)
+
+
+def test_the_c_decoder_refuses_what_snnc_refuses(real, mutants, decoder, tmp_path):
+    """Every mutant through the C decoder (compiler/backend/c, built with the address and
+    undefined-behaviour sanitizers: no report): it accepts exactly the mutants
+    snnc.backend.pack.decode accepts, and then gives the same arrays."""
+    blobs = [real["blob"]] + [m for _, m in mutants]
+    verdicts = run_harness(decoder, blobs, tmp_path)
+    refused = accepted = 0
+    for blob, got in zip(blobs, verdicts):
+        try:
+            want = pack.onnx_initializers(pack.decode(blob))
+        except BadInputError:
+            assert got is None, "the C decoder accepted a pack snnc refuses"
+            refused += 1
+            continue
+        assert got is not None, "the C decoder refused a pack snnc accepts"
+        accepted += 1
+        assert [(g.dtype, g.shape) for g in got] == [(w.dtype, w.shape) for w in want.values()]
+        assert all(np.array_equal(g, w) for g, w in zip(got, want.values()))
+    print(f"C decoder on {len(blobs)} packs: {refused} refused, {accepted} accepted, as snnc")
+    assert refused > 1000 and accepted > 10

@@ -140,3 +140,20 @@ def _read(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndar
     except Exception as error:  # a bad CRC, a damaged deflate stream, a short member
         raise BadInputError(f"cannot read {path}: {info.filename[:120]} ("
                             f"{first_line(error)}); the file is damaged") from None
+
+
+def read_config(path: str) -> dict:
+    """A quantization config (snnc quantize --config): a non-empty JSON object."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise BadInputError(f"cannot read the config {path} as JSON: {first_line(error)}") \
+            from None
+    if not isinstance(config, dict) or not config:
+        raise BadInputError(f"the config {path} must be a JSON object mapping module-name globs to "
+                        '{"scheme": ..., "bits": ...} or "float" (docs/quantization.md), got '
+                        f"{type(config).__name__}")
+    return config

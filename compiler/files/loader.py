@@ -434,3 +434,20 @@ def save_program_bytes(program: torch.export.ExportedProgram) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
+
+
+def inspect_pack(path: str, as_json: bool = False) -> str:
+    """`snnc inspect PACK`: the layer table of a weight pack, as text or one JSON object."""
+    import json
+
+    from snnc.backend import pack
+    check_input("PACK", path)
+    kind = sniff(path)
+    if kind != "snnpack":
+        raise wrong_kind("PACK", path, kind, "an snnc weight pack (.snnpack)",
+                         doc="docs/binary_format.md")
+    with open(path, "rb") as f:
+        blob = f.read()
+    layers = pack.decode(blob, path)
+    return (json.dumps(pack.table_json(layers, len(blob)), sort_keys=True) if as_json
+            else pack.format_table(layers, len(blob)))
