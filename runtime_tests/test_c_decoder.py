@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -200,3 +201,82 @@ def test_the_decoder_refuses_bad_input_with_a_message(decoder, tmp_path):
         done = subprocess.run([binary, *args], capture_output=True, text=True)
         assert done.returncode == code and message in done.stderr, done.stderr
     assert not list(out.iterdir())
+
+
+def test_a_skeleton_without_its_weights_says_what_to_do(tmp_path):
+    """Plain ONNX Runtime opening a skeleton without the decoded arrays fails naming the pack
+    and the two ways to load it (its references name no file that exists), instead of
+    reading the pack's bytes as weights."""
+    skeleton, blob, _ = _sample(tmp_path, "digits")
+    with pytest.raises(Exception) as failure:
+        ort.InferenceSession(skeleton, providers=["CPUExecutionProvider"])
+    assert "snnc.runtime.load_session" in str(failure.value)
+    assert "snnpack_decode" in str(failure.value) and os.path.basename(blob) in str(failure.value)
+
+
+NO_ONNX = r"""
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):  # as if only numpy and onnxruntime were installed
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("onnx", "torch", "spikingjelly", "click", "onnxscript", "nir",
+                                  "h5py", "matplotlib", "ml_dtypes"):
+            raise ImportError(f"No module named {name!r}")
+sys.meta_path.insert(0, Missing())
+import numpy as np
+from snnc.runtime import load_session
+session = load_session(sys.argv[1], sys.argv[2])
+x = np.load(sys.argv[3])
+np.save(sys.argv[4], session.run(None, {session.get_inputs()[0].name: x})[0])
+"""
+
+
+def test_the_runtime_needs_only_numpy_and_onnxruntime(tmp_path):
+    """snnc.runtime.load_session and the pack reader import and run a skeleton with its pack
+    when onnx, torch and every other package but numpy and onnxruntime are missing (its own
+    ONNX reader, snnc.files.onnx_lite); the outputs equal the self-contained model's."""
+    skeleton, blob, whole = _sample(tmp_path, "digits")
+    x = np.load(os.path.join(ROOT, "samples", "digits", "test.npz"))["x"][:32]
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "run.py").write_text(NO_ONNX)
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py"), skeleton, blob,
+                           str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    session = ort.InferenceSession(whole, providers=["CPUExecutionProvider"])
+    want = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_snncs_onnx_reader_reads_what_onnx_reads(tmp_path):
+    """snnc.files.onnx_lite against the onnx package on compiled models (float, int8, int16
+    and int4 containers, a skeleton): the same nodes, attributes, metadata, initializer
+    types, dims and references, and the same values (int4 as int8 numbers)."""
+    from onnx import numpy_helper
+
+    from snnc.files import onnx_lite
+    skeleton, _, whole = _sample(tmp_path, "digits_events")
+    int4 = str(tmp_path / "int4.onnx")
+    assert cli("compile", os.path.join(ROOT, "samples", "digits", "quantized.pt"), "-o", int4,
+               "--weight-container", "int4", "-q").returncode == 0
+    types = set()
+    for path in (skeleton, whole, int4):
+        a, b = onnx.load(path, load_external_data=False), onnx_lite.load(path)
+        assert (a.ir_version, len(a.opset_import)) == (b.ir_version, len(b.opset_import))
+        assert [(p.key, p.value) for p in a.metadata_props] == \
+            [(p.key, p.value) for p in b.metadata_props]
+        assert [(n.name, n.op_type, list(n.input), list(n.output),
+                 [(t.name, t.i) for t in n.attribute]) for n in a.graph.node] == \
+            [(n.name, n.op_type, n.input, n.output, [(t.name, t.i) for t in n.attribute])
+             for n in b.graph.node]
+        assert len(a.graph.initializer) == len(b.graph.initializer)
+        for ta, tb in zip(a.graph.initializer, b.graph.initializer):
+            assert (ta.name, ta.data_type, list(ta.dims), ta.data_location) == \
+                (tb.name, tb.data_type, tb.dims, tb.data_location)
+            assert [(e.key, e.value) for e in ta.external_data] == \
+                [(e.key, e.value) for e in tb.external_data]
+            types.add(ta.data_type)
+            if ta.data_location != onnx.TensorProto.EXTERNAL:
+                x, y = numpy_helper.to_array(ta), onnx_lite.to_array(tb)
+                assert x.shape == y.shape and np.array_equal(x.astype(np.float64),
+                                                             y.astype(np.float64))
+    assert {onnx.TensorProto.INT4, onnx.TensorProto.INT8, onnx.TensorProto.FLOAT} <= types

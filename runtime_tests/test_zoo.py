@@ -139,8 +139,9 @@ def test_python_api(tmp_path):
                             pack_path=str(tmp_path / "s.snnpack"), external_weights=True)
     from snnc.backend import runtime
 
-    assert {entry.value for tensor in skeleton.model.graph.initializer
-            for entry in tensor.external_data if entry.key == "location"} == {"s.snnpack"}
+    from snnc.backend.pack import skeleton_location
+    assert {entry.value for tensor in skeleton.model.graph.initializer for entry in
+            tensor.external_data if entry.key == "location"} == {skeleton_location("s.snnpack")}
     session = runtime.load_session(str(tmp_path / "s.onnx"))
     assert np.array_equal(session.run(None, {session.get_inputs()[0].name: x})[0], got)
     with pytest.raises(snnc.BadInputError, match="example input"):

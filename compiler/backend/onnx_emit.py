@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from snnc.backend import onnx_float
 from snnc.backend.onnx_neurons import lower_neuron_model
-from snnc.backend.pack import CODES, DIGESTS_KEY, GEMM, SIGNED, Layer, weight_digest
+from snnc.backend.pack import (CODES, DIGESTS_KEY, GEMM, SIGNED, Layer, skeleton_location,
+                               weight_digest)
 from snnc.errors import PassError
 from snnc.ir.graph import NUMPY_DTYPES, Graph, Node, Value
 from snnc.options import DEFAULT, Options
@@ -679,7 +680,8 @@ def externalize(model: onnx.ModelProto, names: set[str], location: str) -> None:
         digests[tensor.name] = weight_digest(numpy_helper.to_array(tensor))
         stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
                                 dims=list(tensor.dims), data_location=TensorProto.EXTERNAL)
-        for key, value in (("location", location), ("offset", "0"), ("length", "0")):
+        for key, value in (("location", skeleton_location(location)), ("offset", "0"),
+                           ("length", "0")):
             entry = stub.external_data.add()
             entry.key, entry.value = key, value
         tensor.CopyFrom(stub)

@@ -377,6 +377,22 @@ def onnx_initializers(layers: list[Layer]) -> dict[str, np.ndarray]:
 
 
 DIGESTS_KEY = "snnc.pack_digests"  # a skeleton's metadata: {weight name: weight_digest}
+# What a skeleton's external references name after the pack's file name: no such file
+# exists, so ONNX Runtime opening the skeleton without the decoded arrays fails naming the
+# file and this advice, instead of reading the pack's bytes as tensors (docs/deployment.md).
+LOCATION_HINT = (" (a packed-weight file: load this model with snnc.runtime.load_session, or "
+                 "hand ONNX Runtime the arrays snnpack_decode writes as external initializers; "
+                 "docs/deployment.md)")
+
+
+def skeleton_location(pack_name: str) -> str:
+    """The location a skeleton's references hold for the pack `pack_name`."""
+    return pack_name + LOCATION_HINT
+
+
+def pack_name(location: str) -> str:
+    """The pack's file name in a skeleton's reference (older skeletons name it alone)."""
+    return location[:-len(LOCATION_HINT)] if location.endswith(LOCATION_HINT) else location
 
 
 def weight_digest(array: np.ndarray) -> str:

@@ -20,53 +20,51 @@ import json
 import os
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from snnc.backend.pack import (CODES, DIGESTS_KEY, GEMM, LAYOUTS, LEVELS, SIGNED, Layer,
-                               decode, onnx_initializers, weight_digest)
+                               decode, onnx_initializers, pack_name, weight_digest)
 from snnc.errors import BadInputError, first_line
+from snnc.files import onnx_lite as lite
 from snnc.files.paths import check_input, sniff
 from snnc.quant.weights import unit
 
 # how the ONNX backend reads each layout's initializer: (op, Cast's `to` or None)
 # (a GEMM matrix: input 0 of a DequantizeLinear, or input 1 of a MatMulInteger)
-READERS = {LEVELS: {("DequantizeLinear", None)}, CODES: {("Cast", onnx.TensorProto.INT32)},
-           SIGNED: {("Cast", onnx.TensorProto.FLOAT)},
+READERS = {LEVELS: {("DequantizeLinear", None)}, CODES: {("Cast", lite.INT32)},
+           SIGNED: {("Cast", lite.FLOAT)},
            GEMM: {("DequantizeLinear", None), ("MatMulInteger", None)}}
 # the integer containers the ONNX backend stores quantized weights in
-INTEGER_WEIGHTS = (onnx.TensorProto.INT4, onnx.TensorProto.INT8, onnx.TensorProto.INT16)
+INTEGER_WEIGHTS = (lite.INT4, lite.INT8, lite.INT16)
 RECOMPILE = ("the pack and the model are not from the same compile; recompile with `snnc "
              "compile MODEL --weights external --pack PACK.snnpack`")
 EMBEDDED = ("the pack is not the one compiled with this model; pass that pack, or none (the "
             "model holds its own weights)")
 
 
-def external_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def external_tensors(model: lite.Model) -> dict[str, lite.Tensor]:
     """{initializer name: its external-data reference} (name, data type, dims, location)."""
     return {tensor.name: tensor for tensor in model.graph.initializer
-            if tensor.data_location == onnx.TensorProto.EXTERNAL}
+            if tensor.data_location == lite.EXTERNAL}
 
 
-def location(tensor: onnx.TensorProto) -> str:
+def location(tensor: lite.Tensor) -> str:
+    """The pack file a reference names (without the advice skeletons add to it, pack.py)."""
     value = {e.key: e.value for e in tensor.external_data}.get("location", "")
-    return value if isinstance(value, str) else repr(value)  # protobuf gives bad UTF-8 as bytes
+    return pack_name(value if isinstance(value, str) else repr(value))  # bad UTF-8: bytes
 
 
 def external_weights(onnx_path: str) -> dict[str, str]:
     """{initializer name: location} of the model's external-data references."""
-    model = onnx.load(onnx_path, load_external_data=False)
+    model = lite.load(onnx_path)
     return {name: location(t) for name, t in external_tensors(model).items()}
 
 
 def _type_name(data_type: int) -> str:
-    try:
-        return onnx.TensorProto.DataType.Name(data_type).lower()
-    except (TypeError, ValueError):
-        return f"data type {data_type}"
+    return lite.TYPE_NAMES.get(data_type, f"data type {data_type}")
 
 
-def _check_readers(layers: list[Layer], model: onnx.ModelProto, pack_path: str,
+def _check_readers(layers: list[Layer], model: lite.Model, pack_path: str,
                    onnx_path: str, fix: str = RECOMPILE) -> None:
     """Each layer's layout is how the model reads its initializer (a pack's layouts 1 and 2
     of a PoT layer can look alike; the model tells them apart)."""
@@ -118,22 +116,22 @@ def _check_same_layers(layers: list[Layer], names, pack_path: str, onnx_path: st
                             f"weights): {fix}")
 
 
-def _initializer(model: onnx.ModelProto, name: str, onnx_path: str, what: str) -> np.ndarray:
+def _initializer(model: lite.Model, name: str, onnx_path: str, what: str) -> np.ndarray:
     """An initializer the model holds (not a reference), as numpy."""
     tensor = next((t for t in model.graph.initializer if t.name == name), None)
-    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+    if tensor is None or tensor.data_location == lite.EXTERNAL:
         raise BadInputError(f"{onnx_path} does not hold {what} {name!r} as an initializer "
                             "(snnc's ONNX backend stores it in the model); pass the .onnx that "
                             "snnc compile wrote")
     try:
-        return onnx.numpy_helper.to_array(tensor)
+        return lite.to_array(tensor)
     except Exception as error:
         raise BadInputError(f"{onnx_path}: {what} {name!r} cannot be read "
                             f"({first_line(error)}); pass the .onnx that snnc compile wrote"
                             ) from None
 
 
-def _check_scales(layers: list[Layer], model: onnx.ModelProto, pack_path: str,
+def _check_scales(layers: list[Layer], model: lite.Model, pack_path: str,
                   onnx_path: str, fix: str) -> None:
     """A levels layer's scales are the model's DequantizeLinear scales times the container's
     unit (the ONNX backend stores scales / unit next to the levels), bit for bit."""
@@ -159,7 +157,7 @@ def _check_scales(layers: list[Layer], model: onnx.ModelProto, pack_path: str,
                 f"differ): {fix}")
 
 
-def pack_arrays(pack_path: str, model: onnx.ModelProto, onnx_path: str
+def pack_arrays(pack_path: str, model: lite.Model, onnx_path: str
                 ) -> dict[str, np.ndarray]:
     """The pack's integer arrays for the model's external references: the pack must hold
     exactly those layers, each checked against how the model reads it and the reference's
@@ -172,7 +170,7 @@ def pack_arrays(pack_path: str, model: onnx.ModelProto, onnx_path: str
     for name, ref in sorted(refs.items()):
         array = arrays[name]
         want = (_type_name(ref.data_type), tuple(ref.dims))
-        got = (_type_name(onnx.helper.np_dtype_to_tensor_dtype(array.dtype)), array.shape)
+        got = (_type_name(lite.type_of(array.dtype)), array.shape)
         if got != want:
             raise BadInputError(
                 f"{pack_path} holds {name!r} as {got[0]} {list(got[1])}, but {onnx_path} "
@@ -182,7 +180,7 @@ def pack_arrays(pack_path: str, model: onnx.ModelProto, onnx_path: str
     return arrays
 
 
-def _check_digests(arrays: dict[str, np.ndarray], model: onnx.ModelProto, pack_path: str,
+def _check_digests(arrays: dict[str, np.ndarray], model: lite.Model, pack_path: str,
                    onnx_path: str) -> None:
     """Each array is the one the skeleton was compiled with (its DIGESTS_KEY metadata; a
     skeleton compiled before snnc recorded them has none, and takes any pack that fits)."""
@@ -208,7 +206,7 @@ def _check_digests(arrays: dict[str, np.ndarray], model: onnx.ModelProto, pack_p
                 f"PACK.snnpack`")
 
 
-def quantized_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def quantized_weights(model: lite.Model) -> dict[str, lite.Tensor]:
     """{name: initializer} of the quantized weights a model holds: the integer (int4, int8,
     int16) initializers of 2 or more dimensions that a DequantizeLinear or Cast reads as
     input 0, or a MatMulInteger as input 1 (READERS: where snnc's ONNX backend puts every
@@ -226,7 +224,7 @@ def quantized_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
-def check_embedded(pack_path: str, model: onnx.ModelProto, onnx_path: str) -> None:
+def check_embedded(pack_path: str, model: lite.Model, onnx_path: str) -> None:
     """A pack given with a model that holds its own weights: it must hold exactly those
     quantized weights, read the way its layouts say, equal after decoding (values; an int4
     container equals the pack's int8 one) and, for levels layers, with the model's scales."""
@@ -250,7 +248,7 @@ def check_embedded(pack_path: str, model: onnx.ModelProto, onnx_path: str) -> No
     _check_scales(layers, model, pack_path, onnx_path, EMBEDDED)
 
 
-def _pack_next_to(onnx_path: str, refs: dict[str, onnx.TensorProto]) -> str:
+def _pack_next_to(onnx_path: str, refs: dict[str, lite.Tensor]) -> str:
     """The one pack file the references name: a plain file name, next to the model."""
     names = sorted({location(t) for t in refs.values()})
     if len(names) != 1 or names[0] in ("", ".", "..") or os.path.basename(names[0]) != names[0] \
@@ -296,7 +294,7 @@ def load_session(onnx_path: str, pack_path: str | None = None, providers=None,
         refs = {}  # the ORT format holds its weights
     else:
         try:
-            model = onnx.load(onnx_path, load_external_data=False)
+            model = lite.load(onnx_path)
             refs = external_tensors(model)
         except Exception as error:
             raise BadInputError(f"{onnx_path} is not a readable ONNX model ({first_line(error)}); "

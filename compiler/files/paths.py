@@ -233,9 +233,12 @@ def _is_onnx(path: str, head: bytes) -> bool:
     if head[0] != 0x08 or os.path.getsize(path) > 2 ** 31:
         return False
     try:
-        import onnx
-
-        model = onnx.load(path, load_external_data=False)
+        try:
+            import onnx
+            model = onnx.load(path, load_external_data=False)
+        except ImportError:  # the runtime alone (numpy, onnxruntime): snnc's own reader
+            from snnc.files import onnx_lite
+            model = onnx_lite.load(path)
     except Exception:
         return False
     return model.ir_version > 0 and len(model.opset_import) > 0
