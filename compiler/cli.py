@@ -189,6 +189,9 @@ def _timesteps(ctx, param, value):
               help="A NIR graph's time step in seconds (NIR neurons are continuous-time; "
                    "docs/nir.md gives the discretization).")
 @_DISCRETIZE
+@click.option("--batch", type=click.IntRange(1, 65536), default=None,
+              help="Fix the batch dimension: static shapes everywhere (inputs, outputs, every "
+                   "intermediate), as CoreML, NNAPI and Qualcomm QNN need (docs/mobile.md).")
 @click.option("--pot-lowering", type=click.Choice(["int8", "shift"]), default="int8",
               show_default=True,
               help="How power-of-two layers reach ONNX: int8 containers (ONNX Runtime's fast "
@@ -215,8 +218,9 @@ def _timesteps(ctx, param, value):
 @_steps_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
-                weight_container, pack_path, weights, timesteps, dt, discretize, pot_lowering,
-                kernels, ort, verify_data, min_agreement, report_path, max_neuron_steps, quiet):
+                weight_container, pack_path, weights, timesteps, dt, discretize, batch,
+                pot_lowering, kernels, ort, verify_data, min_agreement, report_path,
+                max_neuron_steps, quiet):
     """Compile MODEL (torch.export archive, snnc checkpoint or NIR graph) to an ONNX file."""
     from snnc.driver import compile_file
 
@@ -229,13 +233,13 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         steps = timesteps if isinstance(timesteps, int) else None  # a NIR graph's T
         timesteps, nir = "unroll" if steps else timesteps, _nir(dt, steps, None, discretize)
         _check_compile_options(weight_container, external, ort, timesteps, verify_data,
-                               report_path)
+                               report_path, batch)
         _check_compile_paths(model, output, pack_path, ort, report_path, verify_data, dump_ir)
         data = _load_data(verify_data) if verify_data else None
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
                        external_weights=external, timesteps=timesteps,
                        pot_lowering=pot_lowering, integer_kernels=kernels == "integer",
-                       max_neuron_steps=max_neuron_steps)
+                       max_neuron_steps=max_neuron_steps, batch=batch)
         check = None if data is None else _checker(data)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
@@ -257,7 +261,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
 
 
 def _check_compile_options(weight_container, external, ort, timesteps, verify_data,
-                           report_path) -> None:
+                           report_path, batch=None) -> None:
     if external and weight_container == "int4":
         raise SnncError("--weights external keeps int8/int16 containers (ONNX Runtime's "
                         "Python API cannot hand it int4 tensors); drop --weight-container int4")
@@ -267,6 +271,9 @@ def _check_compile_options(weight_container, external, ort, timesteps, verify_da
     if ort and external:
         raise SnncError("--ort needs --weights embedded: minimal ONNX Runtime builds, the "
                         "reason for .ort files, cannot load external weights")
+    if batch is not None and verify_data:
+        raise SnncError("--verify runs batches of every size; verify the model compiled "
+                        "without --batch (the same arithmetic, a symbolic batch)")
     if timesteps == "stream" and verify_data:
         raise SnncError("--verify runs the unrolled model; compile it without --timesteps "
                         "stream to verify (docs/streaming.md tests stream mode against the "

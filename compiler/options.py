@@ -16,6 +16,7 @@ class Options:
     external_weights: bool = False  # quantized weights as references into the pack file
     pack_location: str = ""  # the pack's file name in those references (set by compile_file)
     max_neuron_steps: int = 20_000  # per sample, T x neuron layers (snnc.frontend.budget)
+    batch: int | None = None  # a static batch (passes/static_batch.py); None: symbolic "N"
 
 
 DEFAULT = Options()

@@ -17,7 +17,7 @@ from snnc.ir.verify import verify
 from snnc.options import DEFAULT, Options
 from snnc.passes import (cast_spikes, expose_state, fold_batchnorm, fold_scales, layout,
                          lower_integer, merge_reshapes, pot_to_shift, remove_dead_nodes,
-                         unroll_timesteps)
+                         static_batch, unroll_timesteps)
 
 
 def check_ranges(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
@@ -40,6 +40,7 @@ PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("cast_spikes", cast_spikes.run),
     ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
+    ("static_batch", static_batch.run),
 )
 # --timesteps stream: one step, with the membranes as inputs and outputs.
 STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
@@ -47,6 +48,7 @@ STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("cast_spikes", cast_spikes.run),
     ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
+    ("static_batch", static_batch.run),
 )
 
 

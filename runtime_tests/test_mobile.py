@@ -102,3 +102,57 @@ def test_canonical_ort_only_reorders_the_resolver(compiled):
     assert written.endswith(raw[model_at:])
     with pytest.raises(SnncError):
         mobile.canonical_ort((compiled / "a" / "m.onnx").read_bytes())
+
+
+def _static(model) -> tuple[int, int]:
+    """(values with a dimension that is not a number, values) after ONNX's strict shape
+    inference with data propagation: inputs, outputs and every intermediate."""
+    import onnx
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    dynamic = [v for v in values if any(d.dim_param or not d.HasField("dim_value")
+                                         for d in v.type.tensor_type.shape.dim)]
+    return len(dynamic), len(values)
+
+
+@pytest.mark.parametrize("sample", ["digits", "digits_events"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_static_batch_fixes_every_shape_and_changes_no_number(sample, batch):
+    """--batch N: every input, output and intermediate has a static shape (what CoreML,
+    NNAPI and QNN need), and the outputs equal the symbolic-batch model's on N test samples;
+    the stream form's states are static too."""
+    from snnc.driver import compile_program
+    from snnc.files import loader
+    from snnc.options import Options
+    root = pathlib.Path(__file__).resolve().parents[1] / "samples" / sample
+    program = loader.load_program(str(root / "quantized.pt"))
+    free, fixed = (compile_program(program, Options(batch=b)) for b in (None, batch))
+    dynamic, values = _static(fixed.model)
+    assert dynamic == 0 and values > 500
+    assert _static(free.model)[0] > 0  # the default keeps the batch free
+    x = np.load(root / "test.npz")["x"][:batch]
+    a, b = onnx_session(free.data), onnx_session(fixed.data)
+    if isinstance(a.get_inputs()[0].shape[0], int):  # [T, N, ...]
+        x = np.ascontiguousarray(np.moveaxis(x, 0, 1))
+    feed = {a.get_inputs()[0].name: x}
+    for u, v in zip(a.run(None, feed), b.run(None, feed)):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(Exception):  # another batch is refused by ONNX Runtime
+        b.run(None, {a.get_inputs()[0].name: np.concatenate([x, x], axis=1 if isinstance(
+            a.get_inputs()[0].shape[0], int) else 0)})
+    stream = compile_program(program, Options(batch=batch, timesteps="stream"))
+    assert _static(stream.model)[0] == 0
+
+
+def test_batch_from_the_command_line(tmp_path):
+    """`snnc compile --batch 1` writes a model whose input has a static batch of 1;
+    `--batch` with `--verify` is refused before any work, saying what to do."""
+    from test_cli import snnc as cli
+    model = pathlib.Path(__file__).resolve().parents[1] / "samples" / "digits" / "quantized.pt"
+    out = tmp_path / "b1.onnx"
+    assert cli("compile", model, "-o", out, "--batch", 1, "-q").returncode == 0
+    assert onnx_session(out.read_bytes()).get_inputs()[0].shape[0] == 1
+    refused = cli("compile", model, "-o", tmp_path / "v.onnx", "--batch", 1, "--verify",
+                  model.parent / "test.npz")
+    assert refused.returncode == 1 and "without --batch" in refused.stderr
+    assert not (tmp_path / "v.onnx").exists()

@@ -201,7 +201,7 @@ def _reshape_infer(types, attrs):
     dx, sx = types[0]
     shape = tuple(attrs["shape"])
     (n_in, count_in), (n_out, count_out) = _count(sx), _count(shape)
-    if n_in != 1 or n_out != 1:
+    if (n_in, n_out) not in ((1, 1), (0, 0)):  # (0, 0): a static batch (--batch)
         raise ShapeError(f"reshape {sx} -> {shape} must keep exactly one batch dimension")
     if count_in != count_out:
         raise ShapeError(f"reshape {sx} -> {shape} changes the element count")
