@@ -40,7 +40,6 @@ PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("cast_spikes", cast_spikes.run),
     ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
-    ("static_batch", static_batch.run),
 )
 # --timesteps stream: one step, with the membranes as inputs and outputs.
 STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
@@ -48,14 +47,16 @@ STREAM_PASSES: tuple[tuple[str, Callable[..., Graph]], ...] = _FRONT + (
     ("cast_spikes", cast_spikes.run),
     ("layout", layout.run),
     ("remove_dead_nodes", remove_dead_nodes.run),
-    ("static_batch", static_batch.run),
 )
+# --batch N: the last pass, only then
+STATIC_BATCH = ("static_batch", static_batch.run)
 
 
 def run_passes(graph: Graph, opts: Options = DEFAULT, dump_dir: str | None = None,
                passes=None) -> Graph:
     if passes is None:
         passes = STREAM_PASSES if opts.timesteps == "stream" else PASSES
+        passes += (STATIC_BATCH,) if opts.batch is not None else ()
     verify(graph, "frontend")
     _dump(dump_dir, 0, "frontend", graph)
     for index, (name, run) in enumerate(passes, start=1):
