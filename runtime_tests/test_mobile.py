@@ -156,3 +156,36 @@ def test_batch_from_the_command_line(tmp_path):
                   model.parent / "test.npz")
     assert refused.returncode == 1 and "without --batch" in refused.stderr
     assert not (tmp_path / "v.onnx").exists()
+
+
+@pytest.mark.parametrize("sample", ["digits", "digits_events"])
+def test_a_static_batch_runs_whole_on_nnapi_and_equals_the_default(sample, tmp_path):
+    """--batch 1 writes the threshold test as arithmetic NNAPI and CoreML take (they refuse
+    every comparison): ONNX Runtime's mobile checker then puts every node of the model in one
+    NNAPI partition, and the outputs equal the default model's on every test sample, one at
+    a time."""
+    from snnc.driver import compile_program
+    from snnc.files import loader
+    from snnc.options import Options
+    root = pathlib.Path(__file__).resolve().parents[1] / "samples" / sample
+    program = loader.load_program(str(root / "quantized.pt"))
+    free, fixed = (compile_program(program, Options(batch=b)) for b in (None, 1))
+    assert not any(n.op_type == "GreaterOrEqual" for n in fixed.model.graph.node)
+    a, b = onnx_session(free.data), onnx_session(fixed.data)
+    x = np.load(root / "test.npz")["x"]
+    time_first = isinstance(a.get_inputs()[0].shape[0], int)
+    name = a.get_inputs()[0].name
+    for i in range(len(x)):
+        xi = x[i:i + 1] if not time_first else np.ascontiguousarray(np.moveaxis(x[i:i + 1], 0, 1))
+        np.testing.assert_array_equal(a.run(None, {name: xi})[0], b.run(None, {name: xi})[0])
+    path = tmp_path / "b1.onnx"
+    path.write_bytes(fixed.data)
+    done = subprocess.run([sys.executable, "-m",
+                           "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
+                          capture_output=True, text=True)
+    nnapi = [line for line in (done.stdout + done.stderr).splitlines()
+             if "can be handled by the NNAPI EP" in line]
+    import re
+    found = re.search(r"(\d+) partitions with a total of (\d+)/(\d+) nodes", nnapi[0]) \
+        if nnapi else None
+    assert found and found[1] == "1" and found[2] == found[3], nnapi  # one, all the nodes

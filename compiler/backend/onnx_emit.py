@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from snnc.backend import onnx_float
-from snnc.backend.onnx_neurons import lower_neuron_model
+from snnc.backend.onnx_neurons import fire_arithmetic, lower_neuron_model
 from snnc.backend.pack import (CODES, DIGESTS_KEY, GEMM, SIGNED, Layer, skeleton_location,
                                weight_digest)
 from snnc.errors import PassError
@@ -324,7 +324,8 @@ def _neuron(e, node, ins, outs, module):
             e.add("Add", [kept, x], [h], module)
     threshold = ins[2] if a["threshold"] is None else _f32(e, a["threshold"])
     fired = e.temp(module, "fired")
-    e.add("GreaterOrEqual", [h, threshold], [fired], module)
+    if not fire_arithmetic(e, node, h, fired, module):
+        e.add("GreaterOrEqual", [h, threshold], [fired], module)
     cast = e.byte_spikes.get(node.outputs[0])
     if cast is None:
         e.add("Cast", [fired], [outs[0]], module, to=TensorProto.FLOAT)

@@ -77,3 +77,34 @@ def lower_neuron_model(e, node, ins, outs, module) -> None:
     for n in e.nodes[first:]:
         n.input[:] = [renamed.get(i, i) for i in n.input]
         n.output[:] = [renamed.get(o, o) for o in n.output]
+
+
+def fire_arithmetic(e, node, h: str, fired: str, module: str) -> bool:
+    """With a static batch (--batch: for NNAPI and CoreML, which refuse every comparison),
+    the spike h >= threshold as float arithmetic they take: with `below` the float32 just
+    under the (constant) threshold, r = Relu((h - below) * 2^127 * 2^127) is 0 where h <
+    threshold and at least 1 (or +inf) where h >= threshold (a positive float32 difference is
+    at least 2^-149), and 1 - Relu(1 - r) is then exactly 0 or 1. False (nothing emitted)
+    without a static batch, for a threshold that is not a constant, or one holding -inf or
+    NaN. (A NaN membrane gives NaN here where the comparison gives 0.)"""
+    a = node.attrs
+    t = a["threshold"] if a["threshold"] is not None else e.graph.constants.get(node.inputs[2])
+    if e.opts.batch is None or t is None:
+        return False
+    t = np.asarray(t, np.float32)
+    if np.any(np.isneginf(t) | np.isnan(t)):
+        return False
+    below = e.const(np.nextafter(t, np.float32(-np.inf)).astype(np.float32),
+                    f"{module}/threshold_below")
+    big, one = (e.const(np.array(v, np.float32), f"c{float(np.float32(v)):g}")
+                for v in (2.0 ** 127, 1.0))  # as onnx_emit's scalar constants
+    d, m1, m2, r, rest, over = (e.temp(module, w) for w in ("over", "big1", "big2", "ramp",
+                                                           "rest", "clip"))
+    e.add("Sub", [h, below], [d], module)
+    e.add("Mul", [d, big], [m1], module)
+    e.add("Mul", [m1, big], [m2], module)
+    e.add("Relu", [m2], [r], module)
+    e.add("Sub", [one, r], [rest], module)
+    e.add("Relu", [rest], [over], module)
+    e.add("Sub", [one, over], [fired], module)
+    return True
