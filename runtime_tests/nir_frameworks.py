@@ -87,10 +87,24 @@ def snntorch_as_nir_means(kind: str, seed: int = 0):
     return graph, x, zero, dt
 
 
+def _norse_run(net, x: torch.Tensor, dt: float):
+    """(the graph Norse exports from one sample, x, Norse's own outputs over the steps, the
+    dt to compile with: dt squared, see the module docstring)."""
+    from norse.torch.utils.export_nir import to_nir
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = to_nir(net, x[0, 0], dt=dt)
+    state, out = None, []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            y, state = net(x[t], state)
+            out.append(y)
+    return graph, x.numpy(), torch.stack(out).numpy(), dt * dt
+
+
 def norse_case(kind: str, seed: int = 0, dt: float = 1e-3):
     """Linear -> LIFBoxCell (kind "box") or LIFCell ("cell") -> Linear -> LIBoxCell."""
     import norse.torch as nt
-    from norse.torch.utils.export_nir import to_nir
     torch.manual_seed(seed)
     zeros = torch.zeros(10)
     if kind == "box":
@@ -102,15 +116,7 @@ def norse_case(kind: str, seed: int = 0, dt: float = 1e-3):
     net = nt.SequentialState(nn.Linear(6, 10), cell, nn.Linear(10, 4), nt.LIBoxCell(
         nt.LIBoxParameters(tau_mem_inv=_full(4, 50.0), v_leak=torch.zeros(4)), dt=dt)).eval()
     x = torch.rand(T, B, 6) * 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = to_nir(net, x[0, 0], dt=dt)
-    state, out = None, []
-    with torch.no_grad():
-        for t in range(T):
-            y, state = net(x[t], state)
-            out.append(y)
-    return graph, x.numpy(), torch.stack(out).numpy(), dt * dt
+    return _norse_run(net, x, dt)
 
 
 def norse_conv(seed: int = 0, dt: float = 1e-3):
@@ -118,7 +124,6 @@ def norse_conv(seed: int = 0, dt: float = 1e-3):
     convs' input_shape unset, which nir.write cannot store: compiled from the graph in
     memory (snnc.compile(graph, dt=..., steps=...)). Norse cannot export a Flatten."""
     import norse.torch as nt
-    from norse.torch.utils.export_nir import to_nir
     torch.manual_seed(seed)
 
     def cell(shape):
@@ -130,15 +135,7 @@ def norse_conv(seed: int = 0, dt: float = 1e-3):
     with torch.no_grad():
         net[2].weight.abs_()  # an excitatory second layer: it fires
     x = torch.rand(T, B, 2, 8, 8) * 3
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = to_nir(net, x[0, 0], dt=dt)
-    state, out = None, []
-    with torch.no_grad():
-        for t in range(T):
-            y, state = net(x[t], state)
-            out.append(y)
-    return graph, x.numpy(), torch.stack(out).numpy(), dt * dt
+    return _norse_run(net, x, dt)
 
 
 CASES = {  # name: (framework, network kind, builder, NIR's semantics match the framework's)

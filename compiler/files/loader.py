@@ -155,15 +155,15 @@ def load_program(path: str, trust_pickle: bool = False, input_shape: list[int] |
         raise BadInputError(f"--dt, --timesteps N and --discretize are for NIR files; {path} is "
                             f"{KINDS[kind]}, whose model fixes its own steps")
     else:
-        program = _load_program(path, trust_pickle, input_shape, trust_code, max_neuron_steps)
+        program = _load_program(path, kind, trust_pickle, input_shape, trust_code,
+                                max_neuron_steps)
     budget.check(program, max_neuron_steps, path, one_step)
     return program
 
 
-def _load_program(path: str, trust_pickle: bool, input_shape: list[int] | None,
+def _load_program(path: str, kind: str, trust_pickle: bool, input_shape: list[int] | None,
                   trust_code: bool, max_neuron_steps: int) -> torch.export.ExportedProgram:
-    check_input("MODEL", path)
-    kind = sniff(path)
+    """A checked model file of kind `kind` (paths.sniff) that is not a NIR graph."""
     register_spikingjelly_ops()
     if kind == "export":
         return _load_export(path, trust_pickle)

@@ -101,7 +101,7 @@ class NIRModule(nn.Module):
             raise BadInputError("the NIR graph has no neuron node (LIF, IF, LI, I, CubaLIF, "
                                 "CubaLI); snnc compiles spiking networks")
         self.preds = {n: [a for a, b in edges if b == n] for n in nodes}
-        self.order, groups = schedule(nodes, edges, self.inputs[0])
+        self.order, groups = schedule(nodes, edges)
         self.layers = nn.ModuleDict()
         self.keys = _keys(nodes)  # module names torch accepts, after the nodes
         for name in self.order:
@@ -110,8 +110,7 @@ class NIRModule(nn.Module):
                 self.layers[self.keys[name]] = _recurrent(group, nodes, (dt, discretize),
                                                           self.preds)
             elif name not in self.inputs + self.outputs:
-                self.layers[self.keys[name]] = make(nodes[name], name, (dt, discretize),
-                                                    self.preds)
+                self.layers[self.keys[name]] = make(nodes[name], name, (dt, discretize))
 
     def forward(self, x: torch.Tensor):
         values = {self.inputs[0]: x}
@@ -123,10 +122,7 @@ class NIRModule(nn.Module):
             if isinstance(layer, neurons.Recurrent):
                 values[layer.exit] = layer(values)
                 continue
-            incoming = [values[p] for p in self.preds[name]]
-            total = incoming[0]
-            for more in incoming[1:]:
-                total = total + more
+            total = neurons.summed([values[p] for p in self.preds[name]])
             values[name] = total if name in self.outputs else self.layers[key](total)
         out = tuple(values[n] for n in self.outputs)
         if self.readout is not None:
@@ -150,23 +146,17 @@ def _keys(nodes: dict) -> dict:
     return keys
 
 
-def schedule(nodes: dict, edges: list, entry: str) -> tuple[list, dict]:
+def schedule(nodes: dict, edges: list) -> tuple[list, dict]:
     """(an evaluation order, {first node of a cycle: the cycle's nodes in order}): nodes in
     topological order, each strongly connected component of more than one node (or with a
     self-edge) in place of its members, listed once under its first member."""
     succ = {n: [b for a, b in edges if a == n] for n in nodes}
-    components = _components(nodes, succ)
-    order, groups, seen = [], {}, set()
-    for comp in reversed(components):  # Tarjan emits components in reverse topological order
+    order, groups = [], {}
+    for comp in reversed(_components(nodes, succ)):  # Tarjan: reverse topological order
         members = sorted(comp, key=list(nodes).index)
-        cyclic = len(comp) > 1 or members[0] in succ[members[0]]
-        if cyclic:
+        if len(comp) > 1 or members[0] in succ[members[0]]:
             groups[members[0]] = _cycle_order(members, succ, nodes)
         order.append(members[0])
-        seen.update(comp)
-    unreachable = [n for n in nodes if n not in seen]
-    if unreachable:
-        raise BadInputError(f"the NIR graph's nodes {unreachable} are not scheduled")
     return order, groups
 
 
@@ -224,7 +214,7 @@ def _cycle_order(members: list, succ: dict, nodes: dict) -> list:
             break
         early |= more
     order = [m for m in members if m in early]
-    order = _topological(order, preds, set()) + list(entries)
+    order = _topological(order, preds) + list(entries)
     while entries and len(order) < len(members):
         ready = [m for m in members if m not in order and all(p in order for p in preds[m])]
         if not ready:
@@ -237,12 +227,12 @@ def _cycle_order(members: list, succ: dict, nodes: dict) -> list:
     return order
 
 
-def _topological(names: list, preds: dict, done: set) -> list:
+def _topological(names: list, preds: dict) -> list:
     """`names` in an order where each comes after those of them it reads."""
     order: list = []
     while len(order) < len(names):
         ready = [m for m in names if m not in order and
-                 all(p in order or p not in names or p in done for p in preds[m])]
+                 all(p in order or p not in names for p in preds[m])]
         order.append(ready[0] if ready else next(m for m in names if m not in order))
     return order
 
@@ -253,13 +243,12 @@ def _recurrent(group: list, nodes: dict, time: tuple, preds: dict) -> nn.Module:
     if len(exits) != 1:
         raise BadInputError(f"the NIR graph's cycle {group} is read outside it from "
                             f"{len(exits)} nodes ({exits}); snnc compiles a cycle read from one")
-    source = sorted({p for n in group for p in preds[n] if p not in group})
-    shape = _output_shape(nodes[source[0]]) if len(source) == 1 else ()
-    try:
-        return neurons.Recurrent(group, {n: make(nodes[n], n, time, preds) for n in group},
-                                 preds, exits[0], shape)
-    except ValueError as error:
-        raise BadInputError(f"the NIR graph: {error}") from None
+    outside = sorted({p for n in group for p in preds[n] if p not in group})
+    if len(outside) != 1:
+        raise BadInputError(f"the NIR graph: the cycle {group} reads {len(outside)} nodes from "
+                            f"outside it ({outside}); snnc compiles a cycle fed by one node")
+    return neurons.Recurrent(group, {n: make(nodes[n], n, time) for n in group}, preds,
+                             outside[0], exits[0], _output_shape(nodes[outside[0]]))
 
 
 def _output_shape(node) -> tuple:
@@ -273,7 +262,7 @@ def _output_shape(node) -> tuple:
     return tuple(int(d) for d in shape)
 
 
-def make(node, name: str, time: tuple, preds: dict) -> nn.Module:
+def make(node, name: str, time: tuple) -> nn.Module:
     """The module of one NIR node; `time` is (dt, discretize)."""
     kind = type(node).__name__
     if kind in neurons.NEURONS:

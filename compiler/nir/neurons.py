@@ -147,6 +147,14 @@ class CubaLI(CubaLIF):
 NEURONS = {"LIF": LIF, "LI": LI, "IF": IF, "I": I, "CubaLIF": CubaLIF, "CubaLI": CubaLI}
 
 
+def summed(parts: list) -> torch.Tensor:
+    """A node's input: the sum of its incoming edges' values, in edge order."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 class Recurrent(nn.Module):
     """A cycle of the NIR graph (module.schedule) as one loop over the steps: each step runs
     the members in `order` (module._cycle_order; neurons one step, stateless nodes on
@@ -155,19 +163,15 @@ class Recurrent(nn.Module):
     sequence from outside, `source`, and returns the sequence of one member, `exit`. Its
     states start as zeros shaped like the values they are added to."""
 
-    def __init__(self, order: list, modules: dict, preds: dict, exit: str, shape):
+    def __init__(self, order: list, modules: dict, preds: dict, source: str, exit: str,
+                 shape):
         super().__init__()
         # a value of the step before step 0: zeros of one sample of the input (broadcast
         # over the batch), so that what step 0 computes from it is a constant
         self.register_buffer("zero", torch.zeros(tuple(int(d) for d in shape)))
-        self.order, self.exit = list(order), exit
+        self.order, self.source, self.exit = list(order), source, exit
         self.members = nn.ModuleDict({f"m{i}": modules[n] for i, n in enumerate(order)})
         self.preds = {n: list(preds[n]) for n in order}
-        outside = sorted({p for n in order for p in preds[n] if p not in order})
-        if len(outside) != 1:
-            raise ValueError(f"the cycle {order} reads {len(outside)} nodes from outside it "
-                             f"({outside}); snnc compiles a cycle fed by one node")
-        self.source = outside[0]
 
     def forward(self, values: dict) -> torch.Tensor:
         x_seq = values[self.source]
@@ -179,10 +183,8 @@ class Recurrent(nn.Module):
             now: dict = {self.source: x_seq[t]}
             for i, n in enumerate(self.order):
                 module = self.members[f"m{i}"]
-                parts = [now[p] if p in now else last.get(p, zero) for p in self.preds[n]]
-                total = parts[0]
-                for part in parts[1:]:
-                    total = total + part
+                total = summed([now[p] if p in now else last.get(p, zero)
+                                for p in self.preds[n]])
                 if isinstance(module, Neuron):
                     if n not in states:
                         states[n] = [torch.zeros_like(total) for _ in range(module.states)]
