@@ -116,6 +116,10 @@ class _Emitter:
     def ints(self, values, base: str) -> str:
         return self.const(np.asarray(values, dtype=np.int64), base)
 
+    def scalar(self, x: float) -> str:
+        """A float32 scalar constant, named by its value (equal scalars share one)."""
+        return self.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
+
     def emit(self) -> onnx.ModelProto:
         g = self.graph
         for value, name in zip(g.inputs, g.input_names or [v.hint for v in g.inputs]):
@@ -265,10 +269,6 @@ def _chunk(e, node, ins, outs, module):
     e.add("Split", ins, outs, module, axis=node.attrs["axis"], num_outputs=node.attrs["count"])
 
 
-def _f32(e, x: float) -> str:
-    return e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
-
-
 def _apply_leak(e, attrs, value: str, out: str, module: str) -> None:
     """out = value / tau (leak "div") or value * q (leak "mul"). Division by a power of two
     equals multiplication by its exact reciprocal (both are the correctly rounded x / 2^k),
@@ -277,10 +277,10 @@ def _apply_leak(e, attrs, value: str, out: str, module: str) -> None:
     if attrs["leak"] == "div":
         mantissa, _ = np.frexp(np.float32(k))
         if mantissa != 0.5:  # not a power of two: 1/tau would round
-            e.add("Div", [value, _f32(e, k)], [out], module)
+            e.add("Div", [value, e.scalar(k)], [out], module)
             return
         k = float(np.float32(1.0) / np.float32(k))
-    e.add("Mul", [value, _f32(e, k)], [out], module)
+    e.add("Mul", [value, e.scalar(k)], [out], module)
 
 
 def _neuron(e, node, ins, outs, module):
@@ -311,7 +311,7 @@ def _neuron(e, node, ins, outs, module):
         delta = v
         if reset != 0.0:
             delta = e.temp(module, "v_minus_reset")
-            e.add("Sub", [v, _f32(e, reset)], [delta], module)
+            e.add("Sub", [v, e.scalar(reset)], [delta], module)
         if a["decay_input"]:
             diff, scaled = e.temp(module, "x_minus_v"), e.temp(module, "leak")
             e.add("Sub", [x, delta], [diff], module)
@@ -322,7 +322,7 @@ def _neuron(e, node, ins, outs, module):
             _apply_leak(e, a, delta, scaled, module)
             e.add("Sub", [v, scaled], [kept], module)
             e.add("Add", [kept, x], [h], module)
-    threshold = ins[2] if a["threshold"] is None else _f32(e, a["threshold"])
+    threshold = ins[2] if a["threshold"] is None else e.scalar(a["threshold"])
     fired = e.temp(module, "fired")
     if not fire_arithmetic(e, node, h, fired, module):
         e.add("GreaterOrEqual", [h, threshold], [fired], module)
@@ -358,7 +358,7 @@ def _neuron(e, node, ins, outs, module):
         return
     kept, refill = e.temp(module, "kept"), e.temp(module, "refill")
     e.add("Sub", [h, dropped], [kept], module)
-    e.add("Mul", [outs[0], _f32(e, reset)], [refill], module)
+    e.add("Mul", [outs[0], e.scalar(reset)], [refill], module)
     e.add("Add", [refill, kept], [outs[1]], module)
 
 
@@ -390,7 +390,7 @@ def _where(e, node, ins, outs, module):
 
 
 def _clip(e, node, ins, outs, module):
-    bounds = ["" if node.attrs[k] is None else _f32(e, node.attrs[k]) for k in ("min", "max")]
+    bounds = ["" if node.attrs[k] is None else e.scalar(node.attrs[k]) for k in ("min", "max")]
     e.add("Clip", [ins[0], *bounds], outs, module)
 
 
@@ -587,7 +587,7 @@ def _int_matmul(e, node, ins, outs, module):
     for value, name in zip(node.inputs, ins):
         zero = e.const(np.array(0, NUMPY_DTYPES[value.dtype]), f"zero_{value.dtype}")
         out = e.temp(module, f"{name.rsplit('/', 1)[-1]}_dq")
-        e.add("DequantizeLinear", [name, _f32(e, 1.0), zero], [out], module)
+        e.add("DequantizeLinear", [name, e.scalar(1.0), zero], [out], module)
         deq.append(out)
     e.add("MatMul", deq, outs, module)
 
@@ -601,7 +601,7 @@ def _digits_sum(e, node, ins, outs, module):
     total = parts[0]
     for k in range(1, count):
         term = e.temp(module, f"digit{k}_scaled")
-        e.add("Mul", [parts[k], _f32(e, float(128 ** k))], [term], module)
+        e.add("Mul", [parts[k], e.scalar(float(128 ** k))], [term], module)
         target = outs[0] if k == count - 1 else e.temp(module, f"digits_acc{k}")
         e.add("Add", [total, term], [target], module)
         total = target

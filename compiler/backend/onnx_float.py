@@ -17,10 +17,6 @@ import numpy as np
 from snnc.errors import PassError
 
 
-def _f32(e, x: float) -> str:
-    return e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
-
-
 def _plain(onnx_op: str, **fixed):
     def lower(e, node, ins, outs, module):
         e.add(onnx_op, [ins[0]], outs, module, **fixed)
@@ -51,11 +47,11 @@ def _silu(e, node, ins, outs, module):
 
 
 def _pow(e, node, ins, outs, module):
-    e.add("Pow", [ins[0], _f32(e, node.attrs["exponent"])], outs, module)
+    e.add("Pow", [ins[0], e.scalar(node.attrs["exponent"])], outs, module)
 
 
 def _hardtanh(e, node, ins, outs, module):
-    low, high = (_f32(e, node.attrs[k]) for k in ("min", "max"))
+    low, high = (e.scalar(node.attrs[k]) for k in ("min", "max"))
     e.add("Clip", [ins[0], low, high], outs, module)
 
 
@@ -67,20 +63,20 @@ def _gelu(e, node, ins, outs, module):
     x = ins[0]  # the formula of Gelu-20's function body
     t = {k: e.temp(module, k) for k in ("inner", "curve", "gate", "half", "cube", "cubic")}
     if approximate == "tanh":  # tanh(sqrt(2/pi) (x + 0.044715 x^3))
-        e.add("Pow", [x, _f32(e, 3.0)], [t["cube"]], module)
-        e.add("Mul", [t["cube"], _f32(e, 0.044715)], [t["cubic"]], module)
+        e.add("Pow", [x, e.scalar(3.0)], [t["cube"]], module)
+        e.add("Mul", [t["cube"], e.scalar(0.044715)], [t["cubic"]], module)
         e.add("Add", [x, t["cubic"]], [t["curve"]], module)
-        e.add("Mul", [t["curve"], _f32(e, math.sqrt(2.0 / math.pi))], [t["inner"]], module)
+        e.add("Mul", [t["curve"], e.scalar(math.sqrt(2.0 / math.pi))], [t["inner"]], module)
         e.add("Tanh", [t["inner"]], [t["gate"]], module)
     else:  # erf(x / sqrt(2))
-        e.add("Mul", [x, _f32(e, 1.0 / math.sqrt(2.0))], [t["inner"]], module)
+        e.add("Mul", [x, e.scalar(1.0 / math.sqrt(2.0))], [t["inner"]], module)
         e.add("Erf", [t["inner"]], [t["gate"]], module)
     # x * (0.5 * (1 + gate)), the same number as (x * 0.5) * (1 + gate) (halving is exact);
     # with x * 0.5 first, ONNX Runtime 1.32 shares that node between an erf and a tanh GELU
     # of one x and then fuses the erf one, leaving the tanh one reading a removed node
     one_plus = e.temp(module, "one_plus")
-    e.add("Add", [t["gate"], _f32(e, 1.0)], [one_plus], module)
-    e.add("Mul", [one_plus, _f32(e, 0.5)], [t["half"]], module)
+    e.add("Add", [t["gate"], e.scalar(1.0)], [one_plus], module)
+    e.add("Mul", [one_plus, e.scalar(0.5)], [t["half"]], module)
     e.add("Mul", [x, t["half"]], outs, module)
 
 

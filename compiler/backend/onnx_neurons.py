@@ -22,7 +22,7 @@ class _OnnxArith:
         """A float parameter as a constant; a per-channel one is already an input's name."""
         if isinstance(x, str):
             return x
-        return self.e.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
+        return self.e.scalar(x)
 
     def _op(self, op: str, inputs, what: str, **attrs) -> str:
         out = self.e.temp(self.module, what)
@@ -96,8 +96,7 @@ def fire_arithmetic(e, node, h: str, fired: str, module: str) -> bool:
         return False
     below = e.const(np.nextafter(t, np.float32(-np.inf)).astype(np.float32),
                     f"{module}/threshold_below")
-    big, one = (e.const(np.array(v, np.float32), f"c{float(np.float32(v)):g}")
-                for v in (2.0 ** 127, 1.0))  # as onnx_emit's scalar constants
+    big, one = e.scalar(2.0 ** 127), e.scalar(1.0)
     d, m1, m2, r, rest, over = (e.temp(module, w) for w in ("over", "big1", "big2", "ramp",
                                                            "rest", "clip"))
     e.add("Sub", [h, below], [d], module)
