@@ -13,7 +13,7 @@ import warnings
 import click
 
 from snnc.errors import SnncError, Terminated, first_line, interrupt_code
-from snnc.options import Options
+from snnc.options import Options, check_compile
 from snnc.progress import Stages
 
 
@@ -202,6 +202,14 @@ def _timesteps(ctx, param, value):
               help="integer: spike-input layers run as exact uint8 x int8 GEMMs (ONNX Runtime's "
                    "integer kernels); float: every layer on float kernels, as before 0.2 "
                    "(docs/onnx.md). Both compute the same numbers.")
+@click.option("--target", type=click.Choice(["cpu", "qnn"]), default="cpu", show_default=True,
+              help="qnn: the integer form Qualcomm's HTP (ONNX Runtime's QNN execution "
+                   "provider) runs whole and exactly; needs --input-scale, and --batch 1 for "
+                   "HTP (docs/qnn.md). --kernels does not apply.")
+@click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--target qnn: the input holds integer multiples q * S of this scale.")
+@click.option("--input-max", type=click.IntRange(1, 1023), default=255, show_default=True,
+              help="--target qnn: the largest q (larger inputs saturate).")
 @click.option("--ort", is_flag=True,
               help="Also write OUT.ort (ORT format, for ONNX Runtime Mobile) and "
                    "OUT.required_operators.config (for a reduced ORT build); docs/mobile.md.")
@@ -219,8 +227,8 @@ def _timesteps(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
                 weight_container, pack_path, weights, timesteps, dt, discretize, batch,
-                pot_lowering, kernels, ort, verify_data, min_agreement, report_path,
-                max_neuron_steps, quiet):
+                pot_lowering, kernels, target, input_scale, input_max, ort, verify_data,
+                min_agreement, report_path, max_neuron_steps, quiet):
     """Compile MODEL (torch.export archive, snnc checkpoint or NIR graph) to an ONNX file."""
     from snnc.driver import compile_file
 
@@ -232,14 +240,14 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         external = weights == "external"
         steps = timesteps if isinstance(timesteps, int) else None  # a NIR graph's T
         timesteps, nir = "unroll" if steps else timesteps, _nir(dt, steps, None, discretize)
-        _check_compile_options(weight_container, external, ort, timesteps, verify_data,
-                               report_path, batch)
-        _check_compile_paths(model, output, pack_path, ort, report_path, verify_data, dump_ir)
-        data = _load_data(verify_data) if verify_data else None
         opts = Options(debug_outputs=debug_outputs, weight_container=weight_container,
                        external_weights=external, timesteps=timesteps,
                        pot_lowering=pot_lowering, integer_kernels=kernels == "integer",
-                       max_neuron_steps=max_neuron_steps, batch=batch)
+                       max_neuron_steps=max_neuron_steps, batch=batch, target=target,
+                       input_scale=input_scale, input_max=input_max)
+        check_compile(opts, ort, bool(verify_data), report_path, pack_path is not None)
+        _check_compile_paths(model, output, pack_path, ort, report_path, verify_data, dump_ir)
+        data = _load_data(verify_data) if verify_data else None
         check = None if data is None else _checker(data)
         result = compile_file(model, output, opts, dump_dir=dump_ir, trust_pickle=trust_pickle,
                               input_shape=_shape(input_shape), progress=progress,
@@ -258,29 +266,6 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
             _write_report(report_path, result, verification, model, output, quiet)
     if verification is not None:
         _judge(verification, min_agreement)
-
-
-def _check_compile_options(weight_container, external, ort, timesteps, verify_data,
-                           report_path, batch=None) -> None:
-    if external and weight_container == "int4":
-        raise SnncError("--weights external keeps int8/int16 containers (ONNX Runtime's "
-                        "Python API cannot hand it int4 tensors); drop --weight-container int4")
-    if ort and weight_container == "int4":
-        raise SnncError("--ort needs --weight-container int8: the ORT format cannot hold "
-                        "int4 tensors (docs/mobile.md)")
-    if ort and external:
-        raise SnncError("--ort needs --weights embedded: minimal ONNX Runtime builds, the "
-                        "reason for .ort files, cannot load external weights")
-    if batch is not None and verify_data:
-        raise SnncError("--verify runs batches of every size; verify the model compiled "
-                        "without --batch (the same arithmetic, a symbolic batch)")
-    if timesteps == "stream" and verify_data:
-        raise SnncError("--verify runs the unrolled model; compile it without --timesteps "
-                        "stream to verify (docs/streaming.md tests stream mode against the "
-                        "unrolled model)")
-    if report_path and report_path.lower().endswith(".png"):
-        raise SnncError(f"--report {report_path}: give the JSON path (report.json); the figure "
-                        "goes next to it as report.png")
 
 
 def _checker(data):

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import torch
 
-from snnc.backend import mobile, onnx_emit, pack
+from snnc.backend import mobile, onnx_emit, onnx_qnn, pack
 from snnc.errors import BadInputError
 from snnc.files import loader, outputs, paths, tensors
 from snnc.frontend import budget
@@ -67,6 +67,11 @@ class Result:
         layout = (f"\nkernels       {integer} integer GEMMs (u8/i8 x int8, int32 sums), "
                   f"{floating} float layers; {sum(n.op == 'transpose' for n in lowered)} "
                   "transposes")
+        if self.model.graph.node and any(p.key == "snnc.target" and p.value == "qnn"
+                                         for p in self.model.metadata_props):
+            gemms = sum(n.op_type in ("Conv", "MatMul") for n in self.model.graph.node)
+            layout = (f"\nkernels       QNN form (--target qnn): {gemms} QDQ GEMMs (uint8 x "
+                      "int8 digits, int16 sums), everything else int32")
         islands = by_layer(g.nodes)
         if islands:  # ops that are not spike-driven: float in the compiled model
             layout += (f"\nfloat ops     {sum(map(len, islands.values()))} not spike-driven, in "
@@ -106,7 +111,10 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
         lowered = stage("passes", lambda: run_passes(graph, opts, dump_dir))
     check_numbers(lowered, where, "after folding BatchNorm and quantization scales")
     packed: list = []
-    model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
+    if opts.target == "qnn":  # the integer form Qualcomm's HTP runs whole (docs/qnn.md)
+        model = stage("emit", onnx_qnn.to_qnn, lowered, opts)
+    else:
+        model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
     entry = model.metadata_props.add()
     entry.key, entry.value = tensors.FINGERPRINT_KEY, tensors.fingerprint(program)
     data = stage("serialize", onnx_emit.model_bytes, model)

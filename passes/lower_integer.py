@@ -71,7 +71,7 @@ def pairs_fit_int16(x: Range, largest_weight: float) -> bool:
 
 
 def run(graph: Graph, *, opts: Options = DEFAULT) -> Graph:
-    if not opts.integer_kernels:
+    if not opts.integer_kernels or opts.target == "qnn":  # the QNN form lowers float kernels
         return graph
     return _Lowering(graph).run()
 
