@@ -157,3 +157,30 @@ def test_stream_mode_refuses_what_it_cannot_stream():
         model, shape = zoo.MODELS[name](T=4)
         with pytest.raises(snnc.BadInputError, match="without --timesteps stream"):
             compile_program(zoo.export(model, shape), Options(timesteps="stream"))
+
+
+def test_verify_a_model_that_returns_its_spikes():
+    """Output [T, N, C, H, W] from a batch-1 export: verify finds the batch at the compiled
+    model's symbolic N (axis 1), not at axis 0 (it took samples for steps and failed)."""
+    from spikingjelly.activation_based import layer, neuron
+    from torch import nn
+
+    from snnc.check import accuracy
+
+    class Spikes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layer.Conv2d(3, 8, 3, padding=1, bias=False, step_mode="m")
+            self.bn = layer.BatchNorm2d(8, step_mode="m")
+            self.sn = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            return self.sn(self.bn(self.conv(x.unsqueeze(0).repeat(4, 1, 1, 1, 1))))
+
+    model = zoo.make_firing(Spikes(), (1, 3, 8, 8))
+    program = zoo.export(model, (1, 3, 8, 8))
+    result = compile_program(program, Options(debug_outputs=True))
+    x = np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32)
+    v = accuracy.verify(program, H.onnx_session(result.data), x, None)
+    assert v.n == 8 and v.top1_agreement == 1.0 and not v.spike_problems
+    assert 0.0 < v.firing_rates["sn"] < 1.0

@@ -240,11 +240,13 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]
         batch_input = _model_layout(xb, axis)
-        trace = _source_trace(module, batch_input, axis, static, activity, weights)
+        trace = _source_trace(module, batch_input, axis, static, activity, weights,
+                              _symbolic_axes(session))
         values = session.run(None, {input_name: batch_input})
         got = regroup(output_names, values)
-        source_logits = _logits(trace.outputs[0], len(xb))
-        compiled_logits = _logits(got.outputs[0], len(xb))
+        out_axis = _output_axis(session, trace.outputs[0], len(xb))
+        source_logits = _logits(trace.outputs[0], len(xb), out_axis)
+        compiled_logits = _logits(got.outputs[0], len(xb), out_axis)
         if classes is None:  # the output shape was not static: check on the first batch
             classes = compiled_logits.shape[1]
             check_labels(y, classes)
@@ -263,8 +265,7 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
                 counts = agree.setdefault(layer, [0, 0])
                 counts[0] += int((ref == spikes).sum())
                 counts[1] += spikes.size
-            compare(trace, got, comparison, logit_tol=np.inf,
-                    batch_axis=_output_batch_axis(trace.outputs[0], len(xb)))
+            compare(trace, got, comparison, logit_tol=np.inf, batch_axis=out_axis)
         if progress:
             progress(len(xb))
     source_top = np.concatenate(source_top)
@@ -303,7 +304,7 @@ def _check_source_input(program, session, axis: int) -> list:
 
 
 def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None,
-                  activity: Activity, weights: dict) -> Trace:
+                  activity: Activity, weights: dict, out_axes: list) -> Trace:
     """The source's trace on one batch; a program exported at a fixed batch size s runs in
     chunks of s (its reshapes are specialized to it), merged along the batch."""
     n = batch_input.shape[axis]
@@ -327,7 +328,8 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
-    out_axes = [_output_batch_axis(o, size) for o in first.outputs]
+    out_axes = [out_axes[i] if i < len(out_axes) and out_axes[i] is not None else
+                _output_batch_axis(o, size) for i, o in enumerate(first.outputs)]
     return Trace(
         outputs=[np.concatenate([p.outputs[i] for p in parts], axis=a)
                  for i, a in enumerate(out_axes)],
@@ -404,10 +406,23 @@ def _output_batch_axis(output: np.ndarray, batch: int) -> int:
     return 1 if output.ndim == 3 and output.shape[1] == batch else 0
 
 
-def _logits(output: np.ndarray, batch: int) -> np.ndarray:
-    """[N, classes], or [T, N, classes] averaged over T (a model returning logits per step)."""
-    if _output_batch_axis(output, batch):
-        output = output.mean(axis=0)
+def _symbolic_axes(session) -> list:
+    """Each output's batch axis: where the compiled model has its symbolic "N" (a model
+    returning spikes [T, N, C, H, W] has it at 1), None where it has none."""
+    return [o.shape.index("N") if "N" in o.shape else None for o in session.get_outputs()]
+
+
+def _output_axis(session, output: np.ndarray, batch: int) -> int:
+    """The first output's batch axis: the symbolic one, else as _output_batch_axis."""
+    axis = _symbolic_axes(session)[0]
+    return _output_batch_axis(output, batch) if axis is None else axis
+
+
+def _logits(output: np.ndarray, batch: int, axis: int) -> np.ndarray:
+    """[N, ...] flattened per sample; the axes before a later batch axis (time: per-step
+    logits [T, N, classes]) averaged."""
+    if axis:
+        output = output.mean(axis=tuple(range(axis)))
     return output.reshape(batch, -1)
 
 
