@@ -190,3 +190,103 @@ def test_a_residual_add_of_different_units_is_refused_with_why():
                                       r"units .* Compile without --target qnn"):
         compile_program(zoo.export(model, shape), Options(target="qnn", input_scale=1 / 256,
                                                           input_max=256))
+
+
+def _exact(model, shape, config, scale, top, n):
+    """model quantized with config, its QNN form against PyTorch on n inputs of the grid."""
+    import zoo
+
+    import snnc
+
+    snnc.quantize(model.eval(), config)
+    zoo.check_firing(model, shape, min_layers=1)
+    program = zoo.export(model, shape)
+    result = compile_program(program, Options(target="qnn", input_scale=scale, input_max=top,
+                                              debug_outputs=True))
+    grid = np.random.default_rng(0).integers(0, top + 1, (n, *shape[1:])) * scale
+    v = accuracy.verify(program, onnx_session(result.data), grid.astype(np.float32), None)
+    assert not v.spike_problems, v.spike_problems[:3]
+    assert v.rounding_perturbed <= 1 and v.top1_agreement == 1.0
+
+
+def test_a_negative_folded_scale_keeps_the_threshold_test():
+    """A BatchNorm with negative gamma folds into a negative per-channel scale; its sign goes
+    into the weights (a negative unit would turn Z >= t around on those channels)."""
+    import torch
+    from spikingjelly.activation_based import layer, neuron
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layer.Conv2d(3, 8, 3, padding=1, bias=False, step_mode="m")
+            self.bn = layer.BatchNorm2d(8, step_mode="m")
+            self.sn = neuron.LIFNode(step_mode="m")
+            self.fc = layer.Linear(8 * 8 * 8, 5, step_mode="m")
+
+        def forward(self, x):
+            x = x.unsqueeze(0).repeat(4, 1, 1, 1, 1)
+            return self.fc(self.sn(self.bn(self.conv(x))).flatten(2)).mean(0)
+
+    import zoo
+
+    torch.manual_seed(0)
+    model = Net()
+    zoo.make_firing(model, (1, 3, 8, 8), bias=0.5)
+    with torch.no_grad():
+        model.bn.weight[::2] = -1.0
+    _exact(model, (1, 3, 8, 8), {"conv": {"scheme": "uniform", "bits": 8},
+                                 "fc": {"scheme": "uniform", "bits": 8}}, 1 / 256, 256, 8)
+
+
+@pytest.mark.parametrize("v_reset", [None, -0.3])
+def test_if_resets_by_real_amounts_exactly(v_reset):
+    """IF neurons after bias-free layers, 16 steps: the soft reset's theta and a non-zero
+    v_reset are real amounts in the integer sum's unit; the input gets fraction bits first."""
+    import torch
+    from spikingjelly.activation_based import layer, neuron
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = layer.Linear(16, 32, bias=False, step_mode="m")
+            self.sn1 = neuron.IFNode(v_reset=v_reset, step_mode="m")
+            self.fc2 = layer.Linear(32, 32, bias=False, step_mode="m")
+            self.sn2 = neuron.IFNode(v_reset=v_reset, step_mode="m")
+            self.fc3 = layer.Linear(32, 4, bias=False, step_mode="m")
+            with torch.no_grad():
+                self.fc1.weight.mul_(3)
+                self.fc2.weight.mul_(3)
+
+        def forward(self, x):
+            x = x.unsqueeze(0).repeat(16, 1, 1)
+            return self.fc3(self.sn2(self.fc2(self.sn1(self.fc1(x))))).mean(0)
+
+    torch.manual_seed(0)
+    _exact(Net(), (1, 16), {"fc*": {"scheme": "uniform", "bits": 8}}, 1 / 16, 16, 64)
+
+
+def test_an_8_bit_7x7_conv_splits_its_kernel():
+    """One input channel's 7x7 8-bit kernel sums beyond HTP's exact 1024: it is split into
+    convs over parts of the kernel (the rest zero), each within it."""
+    import torch
+    from spikingjelly.activation_based import layer, neuron
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layer.Conv2d(2, 4, 7, padding=3, bias=False, step_mode="m")
+            self.bn = layer.BatchNorm2d(4, step_mode="m")
+            self.sn = neuron.LIFNode(step_mode="m")
+            self.fc = layer.Linear(4 * 8 * 8, 3, step_mode="m")
+
+        def forward(self, x):
+            x = x.unsqueeze(0).repeat(4, 1, 1, 1, 1)
+            return self.fc(self.sn(self.bn(self.conv(x))).flatten(2)).mean(0)
+
+    import zoo
+
+    torch.manual_seed(0)
+    model = Net()
+    zoo.make_firing(model, (1, 2, 8, 8), bias=0.5)
+    _exact(model, (1, 2, 8, 8), {"conv": {"scheme": "uniform", "bits": 8},
+                                 "fc": {"scheme": "uniform", "bits": 8}}, 1 / 256, 256, 8)

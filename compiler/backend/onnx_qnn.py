@@ -52,7 +52,12 @@ def _conv_attrs(node: Node) -> dict:
 def _layer(e: QnnEmitter, node: Node, module: str, w, scale, conv: dict | None) -> None:
     if conv is not None and node.attrs.get("groups", 1) != 1:
         refuse(node, "is a grouped convolution")
-    out = e.gemm(node, e.get(node, 0), w, scale, module, conv)
+    # a negative per-channel scale (a folded BatchNorm's negative gamma): its sign goes into
+    # the weights, so every unit is positive and Z >= t still means value >= threshold
+    scale = np.asarray(scale, np.float64)
+    sign = np.sign(scale).astype(np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
+    out = e.gemm(node, e.get(node, 0), w * sign, np.where(scale == 0, 1.0, np.abs(scale)),
+                 module, conv)
     e.fx[node.outputs[0]] = out
     if len(node.inputs) > 2:
         bias = e.graph.constants.get(node.inputs[2])
@@ -184,6 +189,13 @@ def _scale(e, node, x: Fx, c, module) -> Fx:
     return Fx(out, x.unit * np.where(c == 0, 1.0, np.abs(c)), lo, hi)
 
 
+def _relu(e, node, module):
+    """Max(Z, 0): every unit is positive, so Z's sign is the value's."""
+    x = e.get(node, 0)
+    out = e.op("Max", [x.name, e.i32(0)], module, "relu")
+    e.fx[node.outputs[0]] = Fx(out, x.unit, np.maximum(x.lo, 0), np.maximum(x.hi, 0))
+
+
 def _div(e, node, module):
     """By a non-zero constant: times its reciprocal (a unit change and a sign)."""
     c = e.graph.constants.get(node.inputs[1])
@@ -209,15 +221,18 @@ def _batch_norm(e, node, module):
 def _neuron(e, node, module):
     """One step in the units of its input: h = charge(x, v); spike = h >= ceil(theta / u);
     v' = Where(spike, reset, h) (hard) or h - spike * theta / u (soft). A leak divides by
-    an integer tau ('div' tau or 'mul' float32(1/tau)), rounding down by at most one unit,
-    so a leaky neuron's input is first given SIGNIFICANT bits (an integer sum has none
-    below its unit: floor(1 / 2) would lose a spike that 1 / 2 >= 0.5 fires)."""
+    an integer tau ('div' tau or 'mul' float32(1/tau)), rounding down by at most one unit.
+    A neuron whose step rounds a real amount (a leak, a soft reset by theta, a non-zero
+    reset or start) first gives its input SIGNIFICANT bits: an integer sum has none below
+    its unit, and floor(1 / 2) would lose the spike that 1 / 2 >= 0.5 fires."""
     a = node.attrs
     tau = _tau(node)
-    x = e.get(node, 0) if tau is None else _fine(e, e.get(node, 0), module)
+    v0 = e.graph.constants.get(node.inputs[1])
+    rounds = tau is not None or a["v_reset"] is None or a["v_reset"] != 0 or \
+        (v0 is not None and np.any(np.asarray(v0) != 0))  # a real amount rounds to units
+    x = _fine(e, e.get(node, 0), module) if rounds else e.get(node, 0)
     unit = np.asarray(x.unit, np.float64)
     theta = a["threshold"] if a["threshold"] is not None else e.graph.constants.get(node.inputs[2])
-    v0 = e.graph.constants.get(node.inputs[1])
     if theta is None:
         refuse(node, "has a threshold that is not constant")
     theta_u = np.asarray(theta, np.float64) / unit
@@ -246,16 +261,17 @@ def _neuron(e, node, module):
         name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
         e.add("Cast", [spikes], [name], module, to=TensorProto.FLOAT)
         e.debug.append((name, node.outputs[0]))
+    below = np.minimum(hi, threshold - 1)  # a membrane that did not fire is below it
     if a["v_reset"] is None:
         drop = np.round(theta_u)
         dropped = e.op("Mul", [spikes, e.i32(drop, f"{module}/threshold_units")], module,
                        "dropped")
         out = e.op("Sub", [h, dropped], module, "v")
-        e.fx[node.outputs[1]] = Fx(out, unit, np.minimum(lo, lo - np.max(drop)), hi)
+        e.fx[node.outputs[1]] = Fx(out, unit, np.minimum(lo, np.maximum(lo, threshold) - drop),
+                                   np.maximum(below, hi - drop))
         return
     out = e.op("Where", [fired, e.i32(reset, f"{module}/reset_fixed"), h], module, "v")
-    e.fx[node.outputs[1]] = Fx(out, unit, np.minimum(lo, np.min(reset)),
-                               np.maximum(hi, np.max(reset)))
+    e.fx[node.outputs[1]] = Fx(out, unit, np.minimum(lo, reset), np.maximum(below, reset))
 
 
 def _fine(e, x: Fx, module: str) -> Fx:
@@ -292,7 +308,8 @@ def _tau(node: Node) -> int | None:
         return None
     k = float(a["leak_value"])
     tau = k if a["leak"] == "div" else (round(1.0 / k) if k > 0 else 0)
-    if tau < 1 or tau != round(tau) or (a["leak"] == "mul" and np.float32(1.0 / tau) != np.float32(k)):
+    held = a["leak"] == "div" or np.float32(1.0 / tau if tau else 0) == np.float32(k)
+    if tau < 1 or tau != round(tau) or not held:
         refuse(node, f"leaks by a factor that is not 1/tau with an integer tau ({a['leak']} "
                 f"{k:.9g}); HTP's exact integer arithmetic has no such multiplier")
     return int(tau)
@@ -424,10 +441,16 @@ def _reduce_sum(e, node, module, mean=False):
     if _along(x.unit, rank, axes):
         refuse(node, "reduces over channels of per-channel fixed-point values")
     n = int(np.prod([node.inputs[0].shape[ax % rank] for ax in axes]))
-    out = e.op("ReduceSum", [x.name, e.ints(axes, f"{module}/axes")], module, "sum",
-               keepdims=int(node.attrs["keepdims"]))
     lo, hi = _bounds(x, not (_along(x.lo, rank, axes) or _along(x.hi, rank, axes)))
-    unit = x.unit / n if mean else x.unit
+    z, unit = x.name, x.unit
+    top = n * max(abs(float(np.min(lo))), abs(float(np.max(hi))))
+    if top > 2 ** 29:  # a sum of 27-bit values over many steps: rounded down to 29 bits first
+        d = 2 ** (math.ceil(math.log2(top)) - 29)
+        z = e.floor_div(node, z, d, module, lo, hi)
+        lo, hi, unit = np.floor(lo / d), np.floor(hi / d), unit * d
+    out = e.op("ReduceSum", [z, e.ints(axes, f"{module}/axes")], module, "sum",
+               keepdims=int(node.attrs["keepdims"]))
+    unit = unit / n if mean else unit
     if not node.attrs["keepdims"]:  # the reduced axes (of extent 1 here) go
         drop = tuple(a % rank for a in axes)
         unit, lo, hi = (_trim(np.squeeze(_full(t, rank), axis=drop)) for t in (unit, lo, hi))
@@ -506,7 +529,7 @@ LOWER = {
     "neuron": _neuron, "reshape": _reshape, "transpose": _transpose, "split": _split,
     "chunk": _chunk, "concat": _concat, "cast": _cast, "reduce_sum": _reduce_sum,
     "reduce_mean": _reduce_mean, "max_pool": _max_pool, "batch_norm": _batch_norm,
-    "div": _div,
+    "div": _div, "relu": _relu,
 }
 
 

@@ -86,9 +86,9 @@ class QnnEmitter(_Emitter):
         if value in self.weights:
             refuse(node, "reads quantized weights other than as a layer's weights")
         if const is not None:
-            refuse(node, "reads a real-valued constant (not quantized weights: e.g. an "
-                    "average pool written as a matrix), which HTP would compute in reduced "
-                    "float precision")
+            example = " (e.g. an average pool written as a matrix)" if node.op == "matmul" else ""
+            refuse(node, f"reads a real-valued constant as a tensor operand{example}, not as "
+                   "quantized weights: HTP would compute it in reduced float precision")
         refuse(node, "reads a real-valued tensor (a float island: an op that is not "
                 "spike-driven), which HTP computes in reduced float precision")
         raise AssertionError
@@ -141,7 +141,8 @@ class QnnEmitter(_Emitter):
             return a
         lo, hi = float(np.min(lo)), float(np.max(hi))
         k = max(0, math.ceil(-lo / d))
-        self.check(node, lo, hi + k * d, "a dividend lifted to >= 0")
+        self.check(node, lo, hi + k * d, "a division's dividend, lifted to >= 0 (HTP's Div "
+                   "rounds negative ones inconsistently),")
         lifted = a if k == 0 else self.op("Add", [a, self.i32(k * d)], module, "lifted")
         q = self.op("Div", [lifted, self.i32(d)], module, "quotient")
         return q if k == 0 else self.op("Sub", [q, self.i32(k)], module, "floor")
@@ -164,12 +165,13 @@ class QnnEmitter(_Emitter):
         m, split = w.shape[0], digits(w)
         widest = max(int(np.abs(d.astype(np.int64)).reshape(m, d.shape[1], -1).sum(axis=2).max(
             initial=1)) for d in split)
-        if EXACT // max(widest, 1) < 1:
-            refuse(node, f"one input channel's weights sum to {widest} in magnitude, beyond "
-                    f"{EXACT}, the integers HTP carries exactly between its GEMMs")
+        taps = widest > EXACT  # one input channel's kernel alone sums beyond: split its taps
+        if taps:
+            widest = max(int(np.abs(d.astype(np.int64)).max(initial=1)) for d in split)
         for plane, pw, bound in self.uint8_planes(node, x, module, EXACT // max(widest, 1)):
             for k, d in enumerate(split):
-                for piece in self._pieces(d.astype(np.int64), bound):
+                pieces = self._taps if taps else self._pieces
+                for piece in pieces(d.astype(np.int64), bound):
                     part, plo, phi, q = self._piece(plane, d, piece, bound, pw * 128 ** k,
                                                     module, conv)
                     lo, hi = lo + plo, hi + phi
@@ -194,8 +196,26 @@ class QnnEmitter(_Emitter):
         pieces.append(slice(start, d.shape[1]))
         return pieces
 
-    def _piece(self, plane: str, d: np.ndarray, piece: slice, bound: int, weight: int,
+    @staticmethod
+    def _taps(d: np.ndarray, bound: int) -> list[np.ndarray]:
+        """Masks over a conv kernel's (input channel, tap) entries whose sums stay within
+        +-EXACT: for kernels where one input channel alone sums beyond (an 8-bit 5x5)."""
+        flat = np.abs(d).reshape(d.shape[0], -1) * bound  # [M, Cin * taps]
+        pieces, running = [np.zeros(flat.shape[1], bool)], np.zeros(d.shape[0])
+        for j in range(flat.shape[1]):
+            if pieces[-1].any() and np.any(running + flat[:, j] > EXACT):
+                pieces.append(np.zeros(flat.shape[1], bool))
+                running = np.zeros(d.shape[0])
+            pieces[-1][j] = True
+            running = running + flat[:, j]
+        return [mask.reshape(d.shape[1:]) for mask in pieces]
+
+    def _piece(self, plane: str, d: np.ndarray, piece, bound: int, weight: int,
                module: str, conv: dict | None):
+        """One exact QDQ GEMM: over a range of input channels (a slice) or over some of a
+        kernel's entries (a mask; the others zero)."""
+        if isinstance(piece, np.ndarray):
+            return self._gemm_piece(plane, d * piece, bound, weight, module, conv)
         part = d[:, piece]
         x = plane
         if piece != slice(0, d.shape[1]):
@@ -203,6 +223,10 @@ class QnnEmitter(_Emitter):
             x = self.op("Slice", [plane, self.ints([piece.start], "starts"),
                                   self.ints([piece.stop], "ends"), self.ints([axis], "axes")],
                         module, "channels")
+        return self._gemm_piece(x, part, bound, weight, module, conv)
+
+    def _gemm_piece(self, x: str, part: np.ndarray, bound: int, weight: int, module: str,
+                    conv: dict | None):
         x = self.as_uint8(x, module)
         one, zi8, zi16 = self.scalar(1.0), self.zero(np.int8), self.zero(np.int16)
         matrix = part if conv else np.ascontiguousarray(part.T)
