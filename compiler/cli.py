@@ -202,10 +202,12 @@ def _timesteps(ctx, param, value):
               help="integer: spike-input layers run as exact uint8 x int8 GEMMs (ONNX Runtime's "
                    "integer kernels); float: every layer on float kernels, as before 0.2 "
                    "(docs/onnx.md). Both compute the same numbers.")
-@click.option("--target", type=click.Choice(["cpu", "qnn"]), default="cpu", show_default=True,
+@click.option("--target", type=click.Choice(["cpu", "qnn", "coreml"]), default="cpu",
+              show_default=True,
               help="qnn: the integer form Qualcomm's HTP (ONNX Runtime's QNN execution "
                    "provider) runs whole and exactly; needs --input-scale, and --batch 1 for "
-                   "HTP (docs/qnn.md). --kernels does not apply.")
+                   "HTP (docs/qnn.md). coreml: with --batch, the ops CoreML refuses "
+                   "(DequantizeLinear, Pad) in equivalent forms (docs/mobile.md).")
 @click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--target qnn: the input holds integer multiples q * S of this scale.")
 @click.option("--input-max", type=click.IntRange(1, 1023), default=255, show_default=True,

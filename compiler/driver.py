@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import torch
 
-from snnc.backend import mobile, onnx_emit, onnx_qnn, pack
+from snnc.backend import coreml, mobile, onnx_emit, onnx_qnn, pack
 from snnc.errors import BadInputError
 from snnc.files import loader, outputs, paths, tensors
 from snnc.frontend import budget
@@ -115,6 +115,8 @@ def compile_program(program, opts: Options = DEFAULT, dump_dir: str | None = Non
         model = stage("emit", onnx_qnn.to_qnn, lowered, opts)
     else:
         model = stage("emit", onnx_emit.to_onnx, lowered, opts, packed)
+    if opts.target == "coreml":  # the ops CoreML refuses in forms it takes (docs/mobile.md)
+        model = stage("coreml", coreml.coreml_form, model)
     entry = model.metadata_props.add()
     entry.key, entry.value = tensors.FINGERPRINT_KEY, tensors.fingerprint(program)
     data = stage("serialize", onnx_emit.model_bytes, model)

@@ -19,7 +19,8 @@ class Options:
     pack_location: str = ""  # the pack's file name in those references (set by compile_file)
     max_neuron_steps: int = 20_000  # per sample, T x neuron layers (snnc.frontend.budget)
     batch: int | None = None  # a static batch (passes/static_batch.py); None: symbolic "N"
-    target: str = "cpu"  # "qnn": the integer form Qualcomm's HTP runs whole (docs/qnn.md)
+    target: str = "cpu"  # "qnn": the integer form Qualcomm's HTP runs whole (docs/qnn.md);
+    # "coreml": with --batch, DequantizeLinear and Pad in forms CoreML takes (docs/mobile.md)
     input_scale: float | None = None  # --target qnn: the input holds q * scale, q integer,
     input_max: int = 255  # 0 <= q <= input_max (codes outside saturate)
 
@@ -51,6 +52,11 @@ def check_compile(opts: Options, ort: bool = False, verify: bool = False,
                         "goes next to it as report.png")
     if opts.target == "qnn":
         _check_qnn(opts, ort, pack)
+    if opts.target == "coreml" and (opts.batch is None or opts.external_weights or
+                                    opts.weight_container == "int4"):
+        raise SnncError("--target coreml needs --batch N (CoreML takes static shapes only) "
+                        "and keeps its weights in the model as float32 (no --weights "
+                        "external, no --weight-container int4): docs/mobile.md")
     elif opts.input_scale is not None or opts.input_max != 255:
         raise SnncError("--input-scale and --input-max describe the input for --target qnn; "
                         "add --target qnn or drop them")

@@ -159,33 +159,52 @@ def test_batch_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("sample", ["digits", "digits_events"])
-def test_a_static_batch_runs_whole_on_nnapi_and_equals_the_default(sample, tmp_path):
+def test_a_static_batch_runs_whole_on_nnapi_and_coreml_and_equals_the_default(sample,
+                                                                              tmp_path):
     """--batch 1 writes the threshold test as arithmetic NNAPI and CoreML take (they refuse
-    every comparison): ONNX Runtime's mobile checker then puts every node of the model in one
-    NNAPI partition, and the outputs equal the default model's on every test sample, one at
-    a time."""
+    every comparison), and --target coreml also writes the DequantizeLinear and Pad CoreML
+    refuses as constants, Casts and Concats: ONNX Runtime's mobile checker then puts every
+    node of the model in one NNAPI partition (and, for --target coreml, in one CoreML
+    MLProgram partition), and the outputs equal the default model's on every test sample,
+    one at a time."""
+    import re
+
     from snnc.driver import compile_program
     from snnc.files import loader
     from snnc.options import Options
     root = pathlib.Path(__file__).resolve().parents[1] / "samples" / sample
     program = loader.load_program(str(root / "quantized.pt"))
-    free, fixed = (compile_program(program, Options(batch=b)) for b in (None, 1))
+    free, fixed, coreml = (compile_program(program, o) for o in (
+        Options(), Options(batch=1), Options(batch=1, target="coreml")))
     assert not any(n.op_type == "GreaterOrEqual" for n in fixed.model.graph.node)
-    a, b = onnx_session(free.data), onnx_session(fixed.data)
+    assert not any(n.op_type in ("DequantizeLinear", "Pad") for n in coreml.model.graph.node)
+    sessions = [onnx_session(r.data) for r in (free, fixed, coreml)]
     x = np.load(root / "test.npz")["x"]
-    time_first = isinstance(a.get_inputs()[0].shape[0], int)
-    name = a.get_inputs()[0].name
+    time_first = isinstance(sessions[0].get_inputs()[0].shape[0], int)
+    name = sessions[0].get_inputs()[0].name
     for i in range(len(x)):
         xi = x[i:i + 1] if not time_first else np.ascontiguousarray(np.moveaxis(x[i:i + 1], 0, 1))
-        np.testing.assert_array_equal(a.run(None, {name: xi})[0], b.run(None, {name: xi})[0])
-    path = tmp_path / "b1.onnx"
-    path.write_bytes(fixed.data)
-    done = subprocess.run([sys.executable, "-m",
-                           "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
-                          capture_output=True, text=True)
-    nnapi = [line for line in (done.stdout + done.stderr).splitlines()
-             if "can be handled by the NNAPI EP" in line]
-    import re
-    found = re.search(r"(\d+) partitions with a total of (\d+)/(\d+) nodes", nnapi[0]) \
-        if nnapi else None
-    assert found and found[1] == "1" and found[2] == found[3], nnapi  # one, all the nodes
+        want = sessions[0].run(None, {name: xi})[0]
+        for s in sessions[1:]:
+            np.testing.assert_array_equal(want, s.run(None, {name: xi})[0])
+    for result, eps in ((fixed, ["NNAPI"]), (coreml, ["NNAPI", "CoreML MLProgram"])):
+        path = tmp_path / "b1.onnx"
+        path.write_bytes(result.data)
+        done = subprocess.run([sys.executable, "-m",
+                               "onnxruntime.tools.check_onnx_model_mobile_usability",
+                               str(path)], capture_output=True, text=True)
+        for ep in eps:
+            lines = [line for line in (done.stdout + done.stderr).splitlines()
+                     if f"can be handled by the {ep} EP" in line]
+            found = re.search(r"(\d+) partitions with a total of (\d+)/(\d+) nodes",
+                              lines[0]) if lines else None
+            assert found and found[1] == "1" and found[2] == found[3], (ep, lines)
+
+
+def test_target_coreml_needs_a_static_batch(tmp_path):
+    from test_cli import assert_clean_failure
+    from test_cli import snnc as cli
+    model = pathlib.Path(__file__).resolve().parents[1] / "samples" / "digits" / "quantized.pt"
+    out = tmp_path / "c.onnx"
+    assert_clean_failure(cli("compile", model, "-o", out, "--target", "coreml"), str(out),
+                         "--target coreml needs --batch N")
