@@ -119,7 +119,7 @@ def digits_models(sample: str):
     models = []
     for kind in ("float", "quantized"):
         program = loader.load_program(os.path.join(here, f"{kind}.pt"))
-        model = common.DigitsSpikformer(*args)
+        model = common.make_model(*args)
         if kind == "quantized":
             quant.quantize(model, config)
         state = dict(program.state_dict)
