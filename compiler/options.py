@@ -50,13 +50,13 @@ def check_compile(opts: Options, ort: bool = False, verify: bool = False,
     if report_path and report_path.lower().endswith(".png"):
         raise SnncError(f"--report {report_path}: give the JSON path (report.json); the figure "
                         "goes next to it as report.png")
-    if opts.target == "qnn":
-        _check_qnn(opts, ort, pack)
     if opts.target == "coreml" and (opts.batch is None or opts.external_weights or
                                     opts.weight_container == "int4"):
         raise SnncError("--target coreml needs --batch N (CoreML takes static shapes only) "
                         "and keeps its weights in the model as float32 (no --weights "
                         "external, no --weight-container int4): docs/mobile.md")
+    if opts.target == "qnn":
+        _check_qnn(opts, ort, pack)
     elif opts.input_scale is not None or opts.input_max != 255:
         raise SnncError("--input-scale and --input-max describe the input for --target qnn; "
                         "add --target qnn or drop them")
