@@ -208,3 +208,55 @@ def test_target_coreml_needs_a_static_batch(tmp_path):
     out = tmp_path / "c.onnx"
     assert_clean_failure(cli("compile", model, "-o", out, "--target", "coreml"), str(out),
                          "--target coreml needs --batch N")
+
+
+def test_a_static_batch_writes_the_models_own_comparisons_as_arithmetic(tmp_path):
+    """Comparisons written in the model (x > c, c >= x, x < c, c <= x: an input binarized)
+    become arithmetic with --batch like the neurons' thresholds: NNAPI takes every node in
+    one partition, and the outputs equal the default model's, also for inputs at and next
+    to each constant."""
+    import re
+
+    import torch
+    from spikingjelly.activation_based import functional, layer, neuron
+    from torch import nn
+
+    from snnc.driver import compile_program
+    from snnc.options import Options
+
+    class Binarized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = layer.Linear(64, 32, step_mode="m")
+            self.sn = neuron.LIFNode(step_mode="m")
+            self.fc2 = layer.Linear(32, 4, step_mode="m")
+
+        def forward(self, x):
+            parts = [(x > 0.3).float(), (0.6 >= x).float(), (x < 0.8).float(),
+                     (0.1 <= x).float()]
+            y = torch.cat(parts, dim=1).unsqueeze(0).repeat(4, 1, 1)
+            return self.fc2(self.sn(self.fc1(y))).mean(0)
+
+    torch.manual_seed(0)
+    model = Binarized().eval()
+    functional.reset_net(model)
+    program = torch.export.export(model, (torch.rand(1, 16),))
+    free, fixed = (compile_program(program, Options(batch=b)) for b in (None, 1))
+    assert not {n.op_type for n in fixed.model.graph.node} & {
+        "Greater", "GreaterOrEqual", "Less", "LessOrEqual"}
+    a, b = onnx_session(free.data), onnx_session(fixed.data)
+    rng = np.random.default_rng(0)
+    at = np.array([0.1, 0.3, 0.6, 0.8], np.float32)
+    near = np.concatenate([at, np.nextafter(at, np.float32(0)), np.nextafter(at, np.float32(1))])
+    for _ in range(200):
+        x = rng.random((1, 16), dtype=np.float32)
+        x[0, :8] = rng.choice(near, 8)
+        np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])
+    path = tmp_path / "b1.onnx"
+    path.write_bytes(fixed.data)
+    done = subprocess.run([sys.executable, "-m",
+                           "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
+                          capture_output=True, text=True)
+    line = [s for s in (done.stdout + done.stderr).splitlines() if "by the NNAPI EP" in s]
+    found = re.search(r"(\d+) partitions with a total of (\d+)/(\d+) nodes", line[0])
+    assert found[1] == "1" and found[2] == found[3], line

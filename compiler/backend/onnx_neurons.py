@@ -81,10 +81,8 @@ def lower_neuron_model(e, node, ins, outs, module) -> None:
 
 def fire_arithmetic(e, node, h: str, fired: str, module: str) -> bool:
     """With a static batch (--batch: for NNAPI and CoreML, which refuse every comparison),
-    the spike h >= threshold as float arithmetic they take: with `below` the float32 just
-    under the (constant) threshold, r = Relu((h - below) * 2^127 * 2^127) is 0 where h <
-    threshold and at least 1 (or +inf) where h >= threshold (a positive float32 difference is
-    at least 2^-149), and 1 - Relu(1 - r) is then exactly 0 or 1. False (nothing emitted)
+    the spike h >= threshold as float arithmetic they take (positive_step): h - below > 0,
+    `below` the float32 just under the (constant) threshold. False (nothing emitted)
     without a static batch, for a threshold that is not a constant, or one holding -inf or
     NaN. (A NaN membrane gives NaN here where the comparison gives 0.)"""
     a = node.attrs
@@ -96,14 +94,21 @@ def fire_arithmetic(e, node, h: str, fired: str, module: str) -> bool:
         return False
     below = e.const(np.nextafter(t, np.float32(-np.inf)).astype(np.float32),
                     f"{module}/threshold_below")
+    positive_step(e, h, below, fired, module)
+    return True
+
+
+def positive_step(e, a: str, b: str, out: str, module: str) -> None:
+    """out = 1.0 where a - b > 0, else 0.0, in float32 arithmetic alone: r = Relu((a - b) *
+    2^127 * 2^127) is 0 where a <= b and at least 1 (or +inf) where a > b (two different
+    float32 values differ by at least 2^-149), and 1 - Relu(1 - r) is then exactly 0 or 1."""
     big, one = e.scalar(2.0 ** 127), e.scalar(1.0)
     d, m1, m2, r, rest, over = (e.temp(module, w) for w in ("over", "big1", "big2", "ramp",
                                                            "rest", "clip"))
-    e.add("Sub", [h, below], [d], module)
+    e.add("Sub", [a, b], [d], module)
     e.add("Mul", [d, big], [m1], module)
     e.add("Mul", [m1, big], [m2], module)
     e.add("Relu", [m2], [r], module)
     e.add("Sub", [one, r], [rest], module)
     e.add("Relu", [rest], [over], module)
-    e.add("Sub", [one, over], [fired], module)
-    return True
+    e.add("Sub", [one, over], [out], module)
