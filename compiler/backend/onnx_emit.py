@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from snnc.backend import onnx_float
-from snnc.backend.onnx_neurons import fire_arithmetic, lower_neuron_model, positive_step
+from snnc.backend.onnx_neurons import compare_arithmetic, fire_arithmetic, lower_neuron_model
 from snnc.backend.pack import (CODES, DIGESTS_KEY, GEMM, SIGNED, Layer, skeleton_location,
                                weight_digest)
 from snnc.errors import PassError
@@ -378,37 +378,11 @@ _COMPARE = {"ge": "GreaterOrEqual", "gt": "Greater", "le": "LessOrEqual", "lt": 
 
 
 def _compare(e, node, ins, outs, module):
-    if _compare_arithmetic(e, node, ins, outs, module):
+    if compare_arithmetic(e, node, ins, outs, module):
         return
     mask = e.temp(module, node.attrs["op"])
     e.add(_COMPARE[node.attrs["op"]], ins, [mask], module)
     e.add("Cast", [mask], outs, module, to=TensorProto.FLOAT)
-
-
-_SWAPPED = {"ge": "le", "gt": "lt", "le": "ge", "lt": "gt"}  # c op x == x swapped c
-
-
-def _compare_arithmetic(e, node, ins, outs, module) -> bool:
-    """With --batch (NNAPI and CoreML refuse comparisons), x op c against a finite
-    constant c as positive_step: x > c is x - c > 0, x >= c is x - below(c) > 0, x < c is
-    c - x > 0, x <= c is above(c) - x > 0 (below/above: the neighbouring float32)."""
-    consts = [e.graph.constants.get(v) for v in node.inputs]
-    if e.opts.batch is None or (consts[0] is None) == (consts[1] is None):
-        return False
-    k = 1 if consts[1] is not None else 0
-    c = np.asarray(consts[k], np.float32)
-    if not np.all(np.isfinite(c)) or node.inputs[1 - k].dtype != "f32":
-        return False
-    op = node.attrs["op"] if k == 1 else _SWAPPED[node.attrs["op"]]
-    x = ins[1 - k]
-    if op in ("gt", "lt"):
-        bound = ins[k]
-    else:
-        toward = np.float32(-np.inf) if op == "ge" else np.float32(np.inf)
-        bound = e.const(np.nextafter(c, toward).astype(np.float32), f"{module}/{op}_bound")
-    a, b = (x, bound) if op in ("gt", "ge") else (bound, x)
-    positive_step(e, a, b, outs[0], module)
-    return True
 
 
 def _where(e, node, ins, outs, module):
