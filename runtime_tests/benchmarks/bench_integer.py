@@ -28,8 +28,8 @@ import warnings
 
 import numpy as np
 import torch
-from common import (dynamo_export, interleaved_latency, kernel_times, median_time, quantize_static,
-                    session)
+from common import (cpu_line, dynamo_export, interleaved_latency, kernel_times, median_time,
+                    quantize_static, session)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -148,6 +148,7 @@ def main() -> None:
         for sample in ("digits", "digits_events"):
             x, _ = load_data(os.path.join(ROOT, "samples", sample, "test.npz"))
             rows += bench(sample, *digits_models(sample), x, x.ndim == 5, work, args.runs)
+    print(cpu_line())
     print(f"ONNX Runtime 2 threads; latency in ms, medians of {args.runs} runs in interleaved "
           "blocks of 3; ratios against (a) the float torch.onnx.export(dynamo=True) export at the "
           "same batch, measured in this run")

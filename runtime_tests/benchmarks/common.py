@@ -13,6 +13,23 @@ import onnxruntime as ort
 import torch
 
 
+def cpu_line() -> str:
+    """The CPU's model and the flags that decide whether int8 GEMMs beat float ones: on an
+    AVX2-only host (no VNNI) they measure no faster (../shared/design/runtime_facts.md)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "CPU: /proc/cpuinfo unreadable"
+    flags = set(info.get("flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+    have = [f for f in wanted if f in flags] or ["none of " + ", ".join(wanted)]
+    return f"CPU: {info.get('model name', '?')}, {os.cpu_count()} cores; flags {' '.join(have)}"
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
