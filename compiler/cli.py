@@ -13,7 +13,7 @@ import warnings
 import click
 
 from snnc.errors import SnncError, Terminated, first_line, interrupt_code
-from snnc.options import Options, check_compile
+from snnc.options import QNN_INPUT_MAX, Options, check_compile
 from snnc.progress import Stages
 
 
@@ -210,7 +210,8 @@ def _timesteps(ctx, param, value):
                    "(DequantizeLinear, Pad) in equivalent forms (docs/mobile.md).")
 @click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--target qnn: the input holds integer multiples q * S of this scale.")
-@click.option("--input-max", type=click.IntRange(1, 1023), default=255, show_default=True,
+@click.option("--input-max", type=click.IntRange(1, QNN_INPUT_MAX), default=255,
+              show_default=True,
               help="--target qnn: the largest q (larger inputs saturate).")
 @click.option("--ort", is_flag=True,
               help="Also write OUT.ort (ORT format, for ONNX Runtime Mobile) and "

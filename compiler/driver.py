@@ -67,8 +67,7 @@ class Result:
         layout = (f"\nkernels       {integer} integer GEMMs (u8/i8 x int8, int32 sums), "
                   f"{floating} float layers; {sum(n.op == 'transpose' for n in lowered)} "
                   "transposes")
-        if self.model.graph.node and any(p.key == "snnc.target" and p.value == "qnn"
-                                         for p in self.model.metadata_props):
+        if any(p.key == "snnc.target" and p.value == "qnn" for p in self.model.metadata_props):
             gemms = sum(n.op_type in ("Conv", "MatMul") for n in self.model.graph.node)
             layout = (f"\nkernels       QNN form (--target qnn): {gemms} QDQ GEMMs (uint8 x "
                       "int8 digits, int16 sums), everything else int32")

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from snnc.errors import SnncError
 
 
+QNN_INPUT_MAX = 1023  # input codes HTP's float holds exactly (measured: 1024 reads as 1025)
+
+
 @dataclass(frozen=True)
 class Options:
     opset: int = 21
@@ -71,9 +74,19 @@ def _check_qnn(opts: Options, ort: bool, pack: bool) -> None:
                         "its weights as int8 digits of each layer's integer weights, runs the "
                         "unrolled model, and is loaded as .onnx by ONNX Runtime's QNN "
                         "execution provider (docs/qnn.md)")
+    check_input_codes(opts)
+
+
+def check_input_codes(opts: Options) -> None:
+    """--target qnn reads its input as integer codes q = x / --input-scale in
+    [0, --input-max]: both must be given and in range (the CLI and the backend ask)."""
     if opts.input_scale is None:
         raise SnncError("--target qnn needs --input-scale S: the input must hold integer "
                         "multiples q * S, 0 <= q <= --input-max (default 255), for HTP to "
                         "compute the first layer exactly; e.g. --input-scale 0.00390625 "
                         "--input-max 256 for pixels k/256 in [0, 1], --input-scale 1 for "
                         "event counts up to 255 (docs/qnn.md)")
+    if not 1 <= opts.input_max <= QNN_INPUT_MAX:
+        raise SnncError(f"--input-max {opts.input_max} is outside 1..{QNN_INPUT_MAX}: HTP "
+                        "computes the input's scaling in reduced float precision, exact for "
+                        f"integers up to {QNN_INPUT_MAX}")

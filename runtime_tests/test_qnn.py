@@ -209,33 +209,42 @@ def _exact(model, shape, config, scale, top, n):
     assert v.rounding_perturbed <= 1 and v.top1_agreement == 1.0
 
 
-def test_a_negative_folded_scale_keeps_the_threshold_test():
-    """A BatchNorm with negative gamma folds into a negative per-channel scale; its sign goes
-    into the weights (a negative unit would turn Z >= t around on those channels)."""
+def _conv_bn_lif(cin: int, cout: int, kernel: int):
+    """Conv (no bias) -> BatchNorm -> LIF over 4 steps -> linear head on 8x8 inputs,
+    BatchNorms set so that the neurons fire (zoo.make_firing)."""
     import torch
+    import zoo
     from spikingjelly.activation_based import layer, neuron
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = layer.Conv2d(3, 8, 3, padding=1, bias=False, step_mode="m")
-            self.bn = layer.BatchNorm2d(8, step_mode="m")
+            self.conv = layer.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False,
+                                     step_mode="m")
+            self.bn = layer.BatchNorm2d(cout, step_mode="m")
             self.sn = neuron.LIFNode(step_mode="m")
-            self.fc = layer.Linear(8 * 8 * 8, 5, step_mode="m")
+            self.fc = layer.Linear(cout * 8 * 8, 3, step_mode="m")
 
         def forward(self, x):
             x = x.unsqueeze(0).repeat(4, 1, 1, 1, 1)
             return self.fc(self.sn(self.bn(self.conv(x))).flatten(2)).mean(0)
 
-    import zoo
-
     torch.manual_seed(0)
-    model = Net()
-    zoo.make_firing(model, (1, 3, 8, 8), bias=0.5)
+    return zoo.make_firing(Net(), (1, cin, 8, 8), bias=0.5)
+
+
+EIGHT_BITS = {"conv": {"scheme": "uniform", "bits": 8}, "fc": {"scheme": "uniform", "bits": 8}}
+
+
+def test_a_negative_folded_scale_keeps_the_threshold_test():
+    """A BatchNorm with negative gamma folds into a negative per-channel scale; its sign goes
+    into the weights (a negative unit would turn Z >= t around on those channels)."""
+    import torch
+
+    model = _conv_bn_lif(3, 8, 3)
     with torch.no_grad():
         model.bn.weight[::2] = -1.0
-    _exact(model, (1, 3, 8, 8), {"conv": {"scheme": "uniform", "bits": 8},
-                                 "fc": {"scheme": "uniform", "bits": 8}}, 1 / 256, 256, 8)
+    _exact(model, (1, 3, 8, 8), EIGHT_BITS, 1 / 256, 256, 8)
 
 
 @pytest.mark.parametrize("v_reset", [None, -0.3])
@@ -268,25 +277,4 @@ def test_if_resets_by_real_amounts_exactly(v_reset):
 def test_an_8_bit_7x7_conv_splits_its_kernel():
     """One input channel's 7x7 8-bit kernel sums beyond HTP's exact 1024: it is split into
     convs over parts of the kernel (the rest zero), each within it."""
-    import torch
-    from spikingjelly.activation_based import layer, neuron
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = layer.Conv2d(2, 4, 7, padding=3, bias=False, step_mode="m")
-            self.bn = layer.BatchNorm2d(4, step_mode="m")
-            self.sn = neuron.LIFNode(step_mode="m")
-            self.fc = layer.Linear(4 * 8 * 8, 3, step_mode="m")
-
-        def forward(self, x):
-            x = x.unsqueeze(0).repeat(4, 1, 1, 1, 1)
-            return self.fc(self.sn(self.bn(self.conv(x))).flatten(2)).mean(0)
-
-    import zoo
-
-    torch.manual_seed(0)
-    model = Net()
-    zoo.make_firing(model, (1, 2, 8, 8), bias=0.5)
-    _exact(model, (1, 2, 8, 8), {"conv": {"scheme": "uniform", "bits": 8},
-                                 "fc": {"scheme": "uniform", "bits": 8}}, 1 / 256, 256, 8)
+    _exact(_conv_bn_lif(2, 4, 7), (1, 2, 8, 8), EIGHT_BITS, 1 / 256, 256, 8)

@@ -120,6 +120,22 @@ class _Emitter:
         """A float32 scalar constant, named by its value (equal scalars share one)."""
         return self.const(np.array(x, np.float32), f"c{float(np.float32(x)):g}")
 
+    def op(self, op: str, inputs, module: str, what: str, **attrs) -> str:
+        """One node with a fresh output named `module/what`; returns that name."""
+        out = self.temp(module, what)
+        self.add(op, list(inputs), [out], module, **attrs)
+        return out
+
+    def debug_spikes(self, node: Node, spikes: str, module: str, op: str = "Identity",
+                     **attrs) -> None:
+        """With --debug-outputs: the neuron's spikes as output spike/<layer>[/t<step>]."""
+        if not self.opts.debug_outputs:
+            return
+        step = step_of(node.outputs[0])
+        name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
+        self.add(op, [spikes], [name], module, **attrs)
+        self.debug.append((name, node.outputs[0]))
+
     def emit(self) -> onnx.ModelProto:
         g = self.graph
         for value, name in zip(g.inputs, g.input_names or [v.hint for v in g.inputs]):
@@ -216,14 +232,11 @@ def _linear(e, node, ins, outs, module):
     if weight is not None:  # named after the weight, which itself never reaches the file
         wt = e.const(np.ascontiguousarray(weight.T), f"{node.inputs[1].hint or 'weight'}.T")
     else:  # a dequantized weight: transposed in the graph, as Gemm's transB does
-        wt = e.temp(module, "weight_t")
-        e.add("Transpose", [ins[1]], [wt], module, perm=[1, 0])
+        wt = e.op("Transpose", [ins[1]], module, "weight_t", perm=[1, 0])
     if len(ins) == 2:
         e.add("MatMul", [ins[0], wt], outs, module)
         return
-    mm = e.temp(module, "matmul")
-    e.add("MatMul", [ins[0], wt], [mm], module)
-    e.add("Add", [mm, ins[2]], outs, module)
+    e.add("Add", [e.op("MatMul", [ins[0], wt], module, "matmul"), ins[2]], outs, module)
 
 
 def _reshape(e, node, ins, outs, module):
@@ -336,11 +349,7 @@ def _neuron(e, node, ins, outs, module):
                 any(u is not cast for u in e.users.get(node.outputs[0], [])) or \
                 node.outputs[0] in e.graph.outputs:
             e.add("Cast", [as_bytes], [outs[0]], module, to=TensorProto.FLOAT)
-    if e.opts.debug_outputs:
-        step = step_of(node.outputs[0])
-        name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
-        e.add("Identity", [outs[0]], [name], module)
-        e.debug.append((name, node.outputs[0]))
+    e.debug_spikes(node, outs[0], module)
     if node.outputs[1] not in e.used:
         return
     # The reset, with SpikingJelly's own arithmetic (spike is exactly 0 or 1):
@@ -365,11 +374,7 @@ def _neuron(e, node, ins, outs, module):
 def _neuron_model(e, node, ins, outs, module):
     """A neuron model's step as elementwise ONNX nodes (snnc.backend.onnx_neurons)."""
     lower_neuron_model(e, node, ins, outs, module)
-    if e.opts.debug_outputs:
-        step = step_of(node.outputs[0])
-        name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
-        e.add("Identity", [outs[0]], [name], module)
-        e.debug.append((name, node.outputs[0]))
+    e.debug_spikes(node, outs[0], module)
 
 
 # -------------------------------------------------------------------- comparisons, selection
@@ -380,14 +385,12 @@ _COMPARE = {"ge": "GreaterOrEqual", "gt": "Greater", "le": "LessOrEqual", "lt": 
 def _compare(e, node, ins, outs, module):
     if compare_arithmetic(e, node, ins, outs, module):
         return
-    mask = e.temp(module, node.attrs["op"])
-    e.add(_COMPARE[node.attrs["op"]], ins, [mask], module)
+    mask = e.op(_COMPARE[node.attrs["op"]], ins, module, node.attrs["op"])
     e.add("Cast", [mask], outs, module, to=TensorProto.FLOAT)
 
 
 def _where(e, node, ins, outs, module):
-    mask = e.temp(module, "mask")
-    e.add("Cast", [ins[0]], [mask], module, to=TensorProto.BOOL)
+    mask = e.op("Cast", [ins[0]], module, "mask", to=TensorProto.BOOL)
     e.add("Where", [mask, ins[1], ins[2]], outs, module)
 
 
@@ -529,8 +532,7 @@ def _shift_linear(e, node, ins, outs, module):
     if len(node.inputs[0].shape) == 2:
         e.add("Gemm", [ins[0], weight], outs, module, transB=1)
         return
-    wt = e.temp(module, "weight_t")
-    e.add("Transpose", [weight], [wt], module, perm=[1, 0])
+    wt = e.op("Transpose", [weight], module, "weight_t", perm=[1, 0])
     e.add("MatMul", [ins[0], wt], outs, module)
 
 
@@ -616,9 +618,7 @@ def _im2col(e, node, ins, outs, module):
     spatial = len(shape) - 2
     if any(a["padding"]):
         pads = [0, *a["padding"], 0] * 2
-        padded = e.temp(module, "padded")
-        e.add("Pad", [x, e.ints(pads, f"{module}/pads")], [padded], module)
-        x = padded
+        x = e.op("Pad", [x, e.ints(pads, f"{module}/pads")], module, "padded")
     out_sizes = node.outputs[0].shape[1:-1]
     axes = e.ints(list(range(1, spatial + 1)), f"{module}/axes")
     steps = e.ints(list(a["stride"]), f"{module}/steps")

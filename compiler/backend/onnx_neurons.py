@@ -25,9 +25,7 @@ class _OnnxArith:
         return self.e.scalar(x)
 
     def _op(self, op: str, inputs, what: str, **attrs) -> str:
-        out = self.e.temp(self.module, what)
-        self.e.add(op, list(inputs), [out], self.module, **attrs)
-        return out
+        return self.e.op(op, inputs, self.module, what, **attrs)
 
     def add(self, a, b):
         return self._op("Add", [a, b], "add")
@@ -81,8 +79,7 @@ def lower_neuron_model(e, node, ins, outs, module) -> None:
 
 def fire_arithmetic(e, node, h: str, fired: str, module: str) -> bool:
     """With a static batch (--batch: for NNAPI and CoreML, which refuse every comparison),
-    the spike h >= threshold as float arithmetic they take (positive_step): h - below > 0,
-    `below` the float32 just under the (constant) threshold. False (nothing emitted)
+    the spike h >= threshold as float arithmetic they take (against). False (nothing emitted)
     without a static batch, for a threshold that is not a constant, or one holding -inf or
     NaN. (A NaN membrane gives NaN here where the comparison gives 0.)"""
     a = node.attrs
@@ -92,9 +89,7 @@ def fire_arithmetic(e, node, h: str, fired: str, module: str) -> bool:
     t = np.asarray(t, np.float32)
     if np.any(np.isneginf(t) | np.isnan(t)):
         return False
-    below = e.const(np.nextafter(t, np.float32(-np.inf)).astype(np.float32),
-                    f"{module}/threshold_below")
-    positive_step(e, h, below, fired, module)
+    against(e, h, "ge", t, fired, module, f"{module}/threshold_below")
     return True
 
 
@@ -119,8 +114,7 @@ _SWAPPED = {"ge": "le", "gt": "lt", "le": "ge", "lt": "gt"}  # c op x == x swapp
 
 def compare_arithmetic(e, node, ins, outs, module) -> bool:
     """With --batch (NNAPI and CoreML refuse comparisons), x op c against a finite
-    constant c as positive_step: x > c is x - c > 0, x >= c is x - below(c) > 0, x < c is
-    c - x > 0, x <= c is above(c) - x > 0 (below/above: the neighbouring float32)."""
+    float32 constant c as arithmetic they take (against)."""
     consts = [e.graph.constants.get(v) for v in node.inputs]
     if e.opts.batch is None or (consts[0] is None) == (consts[1] is None):
         return False
@@ -129,12 +123,18 @@ def compare_arithmetic(e, node, ins, outs, module) -> bool:
     if not np.all(np.isfinite(c)) or node.inputs[1 - k].dtype != "f32":
         return False
     op = node.attrs["op"] if k == 1 else _SWAPPED[node.attrs["op"]]
-    x = ins[1 - k]
-    if op in ("gt", "lt"):
-        bound = ins[k]
-    else:
-        toward = np.float32(-np.inf) if op == "ge" else np.float32(np.inf)
-        bound = e.const(np.nextafter(c, toward).astype(np.float32), f"{module}/{op}_bound")
-    a, b = (x, bound) if op in ("gt", "ge") else (bound, x)
-    positive_step(e, a, b, outs[0], module)
+    name = ins[k] if op in ("gt", "lt") else f"{module}/{op}_bound"  # c itself: its own
+    against(e, ins[1 - k], op, c, outs[0], module, name)  # initializer (equal ones share)
     return True
+
+
+def against(e, x: str, op: str, c: np.ndarray, out: str, module: str, name: str) -> None:
+    """out = x op c (1.0 or 0.0) for a float32 constant c, as positive_step: x > c is x - c
+    > 0, x >= c is x - below(c) > 0, x < c is c - x > 0, x <= c is above(c) - x > 0, below
+    and above the neighbouring float32 (the constant subtracted is named `name`, unless an
+    equal one exists)."""
+    bound = c if op in ("gt", "lt") else \
+        np.nextafter(c, np.float32(-np.inf if op == "ge" else np.inf)).astype(np.float32)
+    bound = e.const(bound, name)
+    a, b = (x, bound) if op in ("gt", "ge") else (bound, x)
+    positive_step(e, a, b, out, module)

@@ -23,11 +23,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from snnc.backend.onnx_emit import IR_VERSION, module_of, step_of
-from snnc.backend.qnn_form import (EXACT, INPUT_MAX, SIGNIFICANT, Fx, QnnEmitter, Refused,
-                                   refuse, same_unit, weights_of)
+from snnc.backend.onnx_emit import IR_VERSION, module_of
+from snnc.backend.qnn_form import (EXACT, SIGNIFICANT, Fx, QnnEmitter, Refused, refuse,
+                                   same_unit, weights_of)
 from snnc.ir.graph import Graph, Node, Value
-from snnc.options import Options
+from snnc.options import Options, check_input_codes
 from snnc.quant.weights import levels, pot_shift, shift_weights
 
 
@@ -54,10 +54,9 @@ def _layer(e: QnnEmitter, node: Node, module: str, w, scale, conv: dict | None) 
         refuse(node, "is a grouped convolution")
     # a negative per-channel scale (a folded BatchNorm's negative gamma): its sign goes into
     # the weights, so every unit is positive and Z >= t still means value >= threshold
-    scale = np.asarray(scale, np.float64)
-    sign = np.sign(scale).astype(np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
-    out = e.gemm(node, e.get(node, 0), w * sign, np.where(scale == 0, 1.0, np.abs(scale)),
-                 module, conv)
+    sign, magnitude = _sign_and_magnitude(scale)
+    out = e.gemm(node, e.get(node, 0), w * sign.astype(np.int64).reshape(
+        (-1,) + (1,) * (w.ndim - 1)), magnitude, module, conv)
     e.fx[node.outputs[0]] = out
     if len(node.inputs) > 2:
         bias = e.graph.constants.get(node.inputs[2])
@@ -119,8 +118,6 @@ def _matmul(e, node, module):
                                np.asarray(float(hi)), single)
 
 
-
-
 def _add_const(e: QnnEmitter, node: Node, x: Fx, c: np.ndarray, module: str) -> Fx:
     """x + a real constant: in units / 2^G, G keeping SIGNIFICANT bits of the result."""
     unit = np.broadcast_to(x.unit, np.broadcast_shapes(np.shape(x.unit), np.shape(c))
@@ -129,7 +126,7 @@ def _add_const(e: QnnEmitter, node: Node, x: Fx, c: np.ndarray, module: str) -> 
     if np.all(cz == np.round(cz)):
         g = 0
     else:
-        top = max(abs(float(np.min(x.lo))), abs(float(np.max(x.hi)))) + float(np.max(np.abs(cz)))
+        top = x.top + float(np.max(np.abs(cz)))
         g = max(0, SIGNIFICANT - math.ceil(math.log2(top + 1)))
     scaled = x.name if g == 0 else e.op("Mul", [x.name, e.i32(2 ** g)], module, "fixed")
     cq = np.round(cz * 2.0 ** g)
@@ -183,10 +180,17 @@ def _scale(e, node, x: Fx, c, module) -> Fx:
     c = np.asarray(c, np.float64)
     if np.all(c > 0):
         return Fx(x.name, x.unit * c, x.lo + 0 * c, x.hi + 0 * c, x.q16)
-    sign = np.sign(c)
+    sign, magnitude = _sign_and_magnitude(c)
     lo, hi = np.minimum(x.lo * sign, x.hi * sign), np.maximum(x.lo * sign, x.hi * sign)
     out = e.op("Mul", [x.name, e.i32(sign, f"{module}/sign")], module, "signed")
-    return Fx(out, x.unit * np.where(c == 0, 1.0, np.abs(c)), lo, hi)
+    return Fx(out, x.unit * magnitude, lo, hi)
+
+
+def _sign_and_magnitude(c) -> tuple[np.ndarray, np.ndarray]:
+    """A real factor as its sign (-1, 0 or 1: into the integers) and a positive magnitude
+    (into the unit; 1 where c is 0, which the sign already zeroes)."""
+    c = np.asarray(c, np.float64)
+    return np.sign(c), np.where(c == 0, 1.0, np.abs(c))
 
 
 def _relu(e, node, module):
@@ -256,11 +260,7 @@ def _neuron(e, node, module):
     spikes = e.temp(module, "spike")
     e.add("Cast", [fired], [spikes], module, to=TensorProto.INT32)
     e.fx[node.outputs[0]] = Fx(spikes, np.ones(()), np.zeros(()), np.ones(()))
-    if e.opts.debug_outputs:
-        step = step_of(node.outputs[0])
-        name = f"spike/{module}" + (f"/t{step}" if step is not None else "")
-        e.add("Cast", [spikes], [name], module, to=TensorProto.FLOAT)
-        e.debug.append((name, node.outputs[0]))
+    e.debug_spikes(node, spikes, module, "Cast", to=TensorProto.FLOAT)
     below = np.minimum(hi, threshold - 1)  # a membrane that did not fire is below it
     if a["v_reset"] is None:
         drop = np.round(theta_u)
@@ -277,8 +277,7 @@ def _neuron(e, node, module):
 def _fine(e, x: Fx, module: str) -> Fx:
     """x in units 2^g times finer, g bringing its bound to SIGNIFICANT bits (the same g at
     every step of a layer: its steps share bounds)."""
-    top = max(abs(float(np.min(x.lo))), abs(float(np.max(x.hi))))
-    g = SIGNIFICANT - math.ceil(math.log2(top + 1))
+    g = SIGNIFICANT - math.ceil(math.log2(x.top + 1))
     if g <= 0:
         return x
     return Fx(e.op("Mul", [x.name, e.i32(2 ** g)], module, "fine"), x.unit * 2.0 ** -g,
@@ -371,13 +370,13 @@ def _bounds(x: Fx, keep: bool) -> tuple:
 
 
 def _moved(e, node, module, op: str, attrs: dict, extra, keeps) -> None:
-    """Data movement of the raw int32 tensor; keeps(t): whether a per-channel array t still
-    lines up with the moved value (a per-channel unit must, bounds fall back to extremes)."""
+    """Data movement of the raw int32 tensor; keeps(t): whether an array t (one value, or one
+    per channel) still lines up with the moved value (a unit must; bounds fall back to their
+    extremes)."""
     x = e.get(node, 0)
-    if np.size(x.unit) > 1 and not keeps(x.unit):
+    if not keeps(x.unit):
         refuse(node, "moves per-channel fixed-point values across channels")
-    lo, hi = _bounds(x, np.size(x.lo) == 1 and np.size(x.hi) == 1 or
-                     (keeps(x.lo) and keeps(x.hi)))
+    lo, hi = _bounds(x, keeps(x.lo) and keeps(x.hi))
     outs = [e.temp(module, "moved") for _ in node.outputs]
     e.add(op, [x.name, *extra], outs, module, **attrs)
     for value, name in zip(node.outputs, outs):
@@ -443,7 +442,7 @@ def _reduce_sum(e, node, module, mean=False):
     n = int(np.prod([node.inputs[0].shape[ax % rank] for ax in axes]))
     lo, hi = _bounds(x, not (_along(x.lo, rank, axes) or _along(x.hi, rank, axes)))
     z, unit = x.name, x.unit
-    top = n * max(abs(float(np.min(lo))), abs(float(np.max(hi))))
+    top = n * x.top  # _bounds keeps x's extremes
     if top > 2 ** 29:  # a sum of 27-bit values over many steps: rounded down to 29 bits first
         d = 2 ** (math.ceil(math.log2(top)) - 29)
         z = e.floor_div(node, z, d, module, lo, hi)
@@ -543,17 +542,8 @@ def _input(e: QnnEmitter, value: Value, name: str) -> None:
     """A float input holding q * --input-scale, q an integer in [0, --input-max]:
     q = Round(x / scale) as int32, clamped to that range so that the bounds every later
     value is checked against hold whatever the input (codes outside it saturate)."""
+    check_input_codes(e.opts)
     scale, top = e.opts.input_scale, e.opts.input_max
-    if scale is None:
-        raise Refused("--target qnn needs --input-scale S (and --input-max Q unless 255): "
-                      "the input must hold integer multiples q * S, 0 <= q <= Q <= "
-                      f"{INPUT_MAX}, for HTP to compute the first layer exactly; e.g. "
-                      "--input-scale 0.00390625 --input-max 256 for pixels k/256 in [0, 1], "
-                      "--input-scale 1 for event counts up to 255")
-    if not 1 <= top <= INPUT_MAX:
-        raise Refused(f"--input-max {top} is outside 1..{INPUT_MAX}: HTP computes the "
-                      f"input's scaling in reduced float precision, exact for integers up to "
-                      f"{INPUT_MAX}")
     shape = [-1 if isinstance(d, str) else int(d) for d in value.shape]
     scaled = name
     if len(shape) > 4:  # HTP's Round takes at most rank 4 (measured): lead axes merged
@@ -575,8 +565,7 @@ def _output(e: QnnEmitter, value: Value, name: str) -> onnx.ValueInfoProto:
     x = e.fx.get(value)
     if x is None:
         raise Refused(f"--target qnn: output {name} is not computed in integers")
-    top = max(abs(float(np.min(x.lo))), abs(float(np.max(x.hi))))
-    drop = max(0, math.ceil(math.log2(top + 1)) - 15)  # within HTP's fp16 range (65504)
+    drop = max(0, math.ceil(math.log2(x.top + 1)) - 15)  # within HTP's fp16 range (65504)
     z = x.name if drop == 0 else e.floor_div(None, x.name, 2 ** drop, "output", x.lo, x.hi)
     as_float = e.op("Cast", [z], "output", "float", to=TensorProto.FLOAT)
     unit = np.asarray(x.unit * 2.0 ** drop, np.float32)

@@ -20,7 +20,6 @@ from snnc.quant.weights import digits
 INT32 = (-(2 ** 31) + 1, 2 ** 31 - 1)
 EXACT = 1024  # a GEMM's int16 sum read back through HTP's float (measured exact to 2^10)
 SIGNIFICANT = 27  # bits a leaky membrane's input keeps: 4 to spare (IF sums 16 steps)
-INPUT_MAX = 1023  # integer inputs HTP's float holds exactly (measured: 1024 reads as 1025)
 
 
 class Refused(SnncError):
@@ -39,6 +38,11 @@ class Fx:
     @property
     def bound(self) -> tuple[int, int]:
         return int(np.min(self.lo)), int(np.max(self.hi))
+
+    @property
+    def top(self) -> float:
+        """The largest magnitude Z can take."""
+        return max(abs(float(np.min(self.lo))), abs(float(np.max(self.hi))))
 
 
 def refuse(node: Node | None, what: str) -> None:
@@ -65,11 +69,6 @@ class QnnEmitter(_Emitter):
 
     def zero(self, dtype) -> str:
         return self.const(np.array(0, dtype), f"zero_{np.dtype(dtype).name}")
-
-    def op(self, op: str, inputs, module: str, what: str, **attrs) -> str:
-        out = self.temp(module, what)
-        self.add(op, list(inputs), [out], module, **attrs)
-        return out
 
     def check(self, node: Node, lo, hi, what: str) -> None:
         if np.min(lo) < INT32[0] or np.max(hi) > INT32[1]:

@@ -230,6 +230,7 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
     classes = model_classes(session)
     output_names = [o.name for o in session.get_outputs()]
     spike_outputs = [n for n in output_names if n.startswith(SPIKE_PREFIX)]
+    out_axes = _symbolic_axes(session)  # each output's batch axis (None: not symbolic)
     activity = Activity()
     comparison = Comparison()
     agree: dict[str, list[int]] = {}
@@ -240,11 +241,11 @@ def verify(program: torch.export.ExportedProgram, session, x: np.ndarray,
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]
         batch_input = _model_layout(xb, axis)
-        trace = _source_trace(module, batch_input, axis, static, activity, weights,
-                              _symbolic_axes(session))
+        trace = _source_trace(module, batch_input, axis, static, activity, weights, out_axes)
         values = session.run(None, {input_name: batch_input})
         got = regroup(output_names, values)
-        out_axis = _output_axis(session, trace.outputs[0], len(xb))
+        out_axis = out_axes[0] if out_axes[0] is not None else \
+            _output_batch_axis(trace.outputs[0], len(xb))
         source_logits = _logits(trace.outputs[0], len(xb), out_axis)
         compiled_logits = _logits(got.outputs[0], len(xb), out_axis)
         if classes is None:  # the output shape was not static: check on the first batch
@@ -304,9 +305,10 @@ def _check_source_input(program, session, axis: int) -> list:
 
 
 def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None,
-                  activity: Activity, weights: dict, out_axes: list) -> Trace:
+                  activity: Activity, weights: dict, symbolic: list) -> Trace:
     """The source's trace on one batch; a program exported at a fixed batch size s runs in
-    chunks of s (its reshapes are specialized to it), merged along the batch."""
+    chunks of s (its reshapes are specialized to it), merged along the batch: each output's
+    axis in `symbolic` (the compiled model's), else as _output_batch_axis guesses."""
     n = batch_input.shape[axis]
     size = n if static is None else static
     parts = []
@@ -328,7 +330,7 @@ def _source_trace(module, batch_input: np.ndarray, axis: int, static: int | None
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
-    out_axes = [out_axes[i] if i < len(out_axes) and out_axes[i] is not None else
+    out_axes = [symbolic[i] if i < len(symbolic) and symbolic[i] is not None else
                 _output_batch_axis(o, size) for i, o in enumerate(first.outputs)]
     return Trace(
         outputs=[np.concatenate([p.outputs[i] for p in parts], axis=a)
@@ -411,11 +413,6 @@ def _symbolic_axes(session) -> list:
     returning spikes [T, N, C, H, W] has it at 1), None where it has none."""
     return [o.shape.index("N") if "N" in o.shape else None for o in session.get_outputs()]
 
-
-def _output_axis(session, output: np.ndarray, batch: int) -> int:
-    """The first output's batch axis: the symbolic one, else as _output_batch_axis."""
-    axis = _symbolic_axes(session)[0]
-    return _output_batch_axis(output, batch) if axis is None else axis
 
 
 def _logits(output: np.ndarray, batch: int, axis: int) -> np.ndarray:
