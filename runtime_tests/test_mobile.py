@@ -260,3 +260,68 @@ def test_a_static_batch_writes_the_models_own_comparisons_as_arithmetic(tmp_path
     line = [s for s in (done.stdout + done.stderr).splitlines() if "by the NNAPI EP" in s]
     found = re.search(r"(\d+) partitions with a total of (\d+)/(\d+) nodes", line[0])
     assert found[1] == "1" and found[2] == found[3], line
+
+
+def test_target_coreml_writes_batchnorm_as_the_kernels_own_mul_and_add(tmp_path):
+    """A BatchNorm that no conv absorbs (here after each residual add of a spiking ResNet,
+    quantized heterogeneously) is the one op CoreML's MLProgram refuses in such models:
+    --target coreml writes it as the Mul and Add ONNX Runtime's kernel computes, so the
+    outputs equal the default model's bit for bit and the checker puts every node in one
+    MLProgram partition."""
+    import re
+
+    import zoo
+    from snnc.driver import compile_program
+    from snnc.options import Options
+    model, shape = zoo.MODELS["resnet_basic"](T=4)
+    snnc.quantize(model, zoo.heterogeneous(model))
+    zoo.check_firing(model.eval(), shape)  # the spikes the comparison below needs
+    program = export(model.eval(), torch.rand(1, *shape[1:]))
+    default, coreml = (compile_program(program, o)
+                       for o in (Options(), Options(batch=1, target="coreml")))
+    ops = [n.op_type for n in default.model.graph.node]
+    assert "BatchNormalization" in ops  # the case under test
+    assert "BatchNormalization" not in [n.op_type for n in coreml.model.graph.node]
+    sessions = [onnx_session(r.data) for r in (default, coreml)]
+    name = sessions[0].get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        x = rng.random((1, *shape[1:]), dtype=np.float32)
+        want, got = (s.run(None, {name: x})[0] for s in sessions)
+        np.testing.assert_array_equal(want, got)
+    path = tmp_path / "coreml.onnx"
+    path.write_bytes(coreml.data)
+    done = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability",
+                           str(path)], capture_output=True, text=True)
+    lines = [line for line in (done.stdout + done.stderr).splitlines()
+             if "can be handled by the CoreML MLProgram EP" in line]
+    found = re.search(r"(\d+) partitions with a total of (\d+)/(\d+) nodes", lines[0]) \
+        if lines else None
+    assert found and found[1] == "1" and found[2] == found[3], lines
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 8, 8), (5, 64, 17), (7, 33)])
+def test_batchnorm_as_mul_and_add_equals_the_kernel(shape):
+    """coreml_form's BatchNormalization -> Mul, Add against ONNX Runtime's own kernel, on
+    random statistics and inputs of rank 2, 3 and 4: every element equal."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from snnc.backend.coreml import coreml_form
+    rng = np.random.default_rng(1)
+    c = shape[1]
+    stats = [rng.normal(size=c), rng.normal(size=c), rng.normal(size=c), rng.random(c) * 3]
+    inits = [numpy_helper.from_array(a.astype(np.float32), n)
+             for a, n in zip(stats, ("s", "b", "m", "v"))]
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                          name="bn", epsilon=1e-5)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    rewritten = coreml_form(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["Mul", "Add"]
+    x = (rng.normal(size=shape) * 10).astype(np.float32)
+    want, got = (onnx_session(m.SerializeToString()).run(None, {"x": x})[0]
+                 for m in (model, rewritten))
+    np.testing.assert_array_equal(want, got)

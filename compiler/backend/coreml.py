@@ -5,7 +5,10 @@ ONNX emitter:
 - DequantizeLinear of a constant (quantized weights) becomes the float32 constant it
   computes: (q - zero_point) * scale, in float32 as ONNX Runtime computes it;
 - DequantizeLinear of uint8 spikes with scale 1 and zero point 0 becomes a Cast;
-- a constant-mode Pad becomes a Concat with constant blocks, one axis at a time.
+- a constant-mode Pad becomes a Concat with constant blocks, one axis at a time;
+- a BatchNormalization with constant statistics (MLProgram has none) becomes the Mul and
+  Add ONNX Runtime's kernel computes: x * s + b, s = (1 / sqrt(var + eps)) * scale and
+  b = bias - mean * s, each rounded to float32 in that order.
 Every rewrite computes the same numbers (the GEMMs then sum integer-valued floats, exactly
 below 2^24, as the integer kernels do): outputs are bit-identical on the CPU."""
 
@@ -33,6 +36,8 @@ def coreml_form(model: onnx.ModelProto) -> onnx.ModelProto:
                                           name=node.name, to=onnx.TensorProto.FLOAT))
         elif node.op_type == "Pad" and _constant_pads(node, consts):
             nodes += _concats(node, consts, infos[node.input[0]], added)
+        elif node.op_type == "BatchNormalization" and _constant_statistics(node, consts):
+            nodes += _scale_shift(node, consts, len(infos[node.input[0]].shape.dim), added)
         else:
             nodes.append(node)
     used = {name for node in nodes for name in node.input}
@@ -62,6 +67,30 @@ def _is_cast(node: onnx.NodeProto, consts: dict) -> bool:
     zero = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(())
     return scale is not None and zero is not None and scale.size == 1 and \
         float(scale) == 1.0 and int(zero) == 0
+
+
+def _constant_statistics(node: onnx.NodeProto, consts: dict) -> bool:
+    training = next((a.i for a in node.attribute if a.name == "training_mode"), 0)
+    return not training and len(node.output) == 1 and \
+        all(name in consts for name in node.input[1:5])
+
+
+def _scale_shift(node: onnx.NodeProto, consts: dict, rank: int, added: list) -> list:
+    """BatchNormalization (inference) as Mul and Add, in the float32 arithmetic of ONNX
+    Runtime's CPU kernel (batch_norm.h): the same numbers, bit for bit (runtime_tests)."""
+    f32 = np.float32
+    scale, bias, mean, var = (consts[n].astype(f32) for n in node.input[1:5])
+    eps = f32(next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5))
+    s = (f32(1) / np.sqrt(var + eps)).astype(f32) * scale
+    b = bias - (mean * s).astype(f32)
+    shape = [-1] + [1] * (rank - 2)
+    names = [f"{node.name}/scale", f"{node.name}/shift"]
+    for array, name in zip((s, b), names):
+        added.append(numpy_helper.from_array(array.astype(f32).reshape(shape), name))
+    scaled = f"{node.output[0]}/scaled"
+    return [helper.make_node("Mul", [node.input[0], names[0]], [scaled], name=f"{node.name}/mul"),
+            helper.make_node("Add", [scaled, names[1]], [node.output[0]],
+                             name=f"{node.name}/add")]
 
 
 def _constant_pads(node: onnx.NodeProto, consts: dict) -> bool:
