@@ -4,7 +4,7 @@ from snnc.errors import BadInputError, PassError, SnncError, UnsupportedOpError,
 
 __version__ = "0.1.0"
 __all__ = ["BadInputError", "PassError", "SnncError", "UnsupportedOpError",
-           "VerificationError", "__version__", "compile", "quantize", "search"]
+           "VerificationError", "__version__", "compile", "quantize", "search", "verify"]
 
 
 def compile(model, example_input=None, path=None, *, pack_path=None, ort=False, **options):
@@ -48,3 +48,34 @@ def search(model, train, val, *, method: str = "sensitivity", max_bits: float | 
     opts = api.Options(method=method, max_bits=max_bits, max_drop=max_drop, **options)
     return api.search(model, data(train), data(val), opts, input_shape=input_shape,
                       progress=progress, state_path=state_path, resume=resume)
+
+
+def verify(source, compiled, data, *, pack_path=None, batch_size: int = 64,
+           trust_code: bool = False, trust_pickle: bool = False,
+           allow_other_source: bool = False):
+    """Run `source` in PyTorch and the compiled model in ONNX Runtime on `data`, as `snnc
+    verify` does (docs/verify.md). `source`: a model file's path or a
+    torch.export.ExportedProgram; `compiled`: an .onnx path (with `pack_path` for a
+    --weights external model); `data`: an .npz path or an (x, y) pair, samples first (y may
+    be None). Returns a snnc.check.accuracy.Verification (accuracies, top-1 agreement, logit
+    differences, spike agreement with --debug-outputs); its `format()` is the CLI's text."""
+    import numpy as np
+
+    from snnc.backend.runtime import load_session
+    from snnc.check import accuracy
+    from snnc.files import loader
+    from snnc.files.data import load_data
+    from snnc.frontend.lift import lift
+
+    if isinstance(data, str):
+        x, y = load_data(data)
+    else:
+        x, y = data
+        x = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+        y = None if y is None else np.asarray(y).astype(np.int64)
+    session = load_session(compiled, pack_path, intra_op_num_threads=2)
+    program = loader.load_program(source, trust_pickle=trust_pickle, trust_code=trust_code) \
+        if isinstance(source, str) else source
+    lift(program)  # the source runs in PyTorch only if its ops are ones snnc knows
+    accuracy.check_source(program, session, allow_other_source)
+    return accuracy.verify(program, session, x, y, batch_size)

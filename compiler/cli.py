@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -12,9 +13,10 @@ import warnings
 
 import click
 
-from snnc.errors import SnncError, Terminated, first_line, interrupt_code
+from snnc import __version__
+from snnc.errors import SnncError, Terminated, UsageError, first_line, interrupt_code
 from snnc.options import QNN_INPUT_MAX, Options, check_compile
-from snnc.progress import Stages
+from snnc.progress import Bar, Stages
 
 
 def _shape(text: str | None) -> list[int] | None:
@@ -34,6 +36,9 @@ class _Group(click.Group):
         from snnc.files.outputs import pinned_outputs
 
         extra.pop("standalone_mode", None)
+        # PyTorch logs "Triton not available" (a GPU compiler snnc never uses) on stderr
+        # when a program is exported or loaded: noise next to snnc's own lines
+        logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
         try:
             with pinned_outputs(), _sigterm_as_interrupt():
                 code = super().main(args, prog_name, standalone_mode=False, **extra)
@@ -67,7 +72,7 @@ def _sigterm_as_interrupt():
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="snnc")
+@click.version_option(__version__, prog_name="snnc")
 def main() -> None:
     """snnc: compile spiking neural networks (SpikingJelly) to ONNX for ONNX Runtime."""
 
@@ -78,8 +83,9 @@ def _trust_options(fn):
                       help="Example input shape for a pickled module, e.g. 1,3,32,32.")(fn)
     fn = click.option("--trust-code", is_flag=True,
                       help="Allow an snnc checkpoint whose factory is not on snnc's allowlist "
-                           "(SpikingJelly's model zoo, snnc's own): snnc imports and calls "
-                           "that code (docs/model_files.md).")(fn)
+                           "(SpikingJelly's model zoo, snnc's own): snnc imports it, from "
+                           "the current directory or the installed packages, and calls it "
+                           "(docs/model_files.md).")(fn)
     return click.option("--trust-pickle", is_flag=True,
                         help="Allow pickled Python objects, e.g. a whole nn.Module (unpickling "
                              "runs code from the file).")(fn)
@@ -104,6 +110,9 @@ def _errors(progress: Stages | None = None, what: str = "no output was written")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
+    except UsageError as error:  # options that cannot go together: as click's own, status 2
+        _finish(progress)
+        _fail(str(error), code=2)
     except SnncError as error:
         _finish(progress)
         _fail(str(error))
@@ -200,8 +209,8 @@ def _timesteps(ctx, param, value):
 @click.option("--kernels", type=click.Choice(["integer", "float"]), default="integer",
               show_default=True,
               help="integer: spike-input layers run as exact uint8 x int8 GEMMs (ONNX Runtime's "
-                   "integer kernels); float: every layer on float kernels, as before 0.2 "
-                   "(docs/onnx.md). Both compute the same numbers.")
+                   "integer kernels); float: every layer on float kernels, as snnc emitted "
+                   "before its integer lowering (docs/onnx.md). Both compute the same numbers.")
 @click.option("--target", type=click.Choice(["cpu", "qnn", "coreml"]), default="cpu",
               show_default=True,
               help="qnn: the integer form Qualcomm's HTP (ONNX Runtime's QNN execution "
@@ -227,7 +236,9 @@ def _timesteps(ctx, param, value):
               help="Write a per-layer report (JSON) here, its table to stdout and a PNG figure "
                    "next to it (REPORT.png); firing rates and energy need --verify.")
 @_steps_option
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No stage lines, progress or tables: the results only (the files written, "
+                   "the verification).")
 def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code, input_shape,
                 weight_container, pack_path, weights, timesteps, dt, discretize, batch,
                 pot_lowering, kernels, target, input_scale, input_max, ort, verify_data,
@@ -259,7 +270,7 @@ def compile_cmd(model, output, dump_ir, debug_outputs, trust_pickle, trust_code,
         progress.finish()
         if not quiet:
             click.echo(result.summary())
-            click.echo("wrote " + ", ".join(_model_outputs(output, pack_path, ort)))
+        click.echo("wrote " + ", ".join(_model_outputs(output, pack_path, ort)))
     with _errors(progress, "the compiled model was written; verification and report are not"):
         if data is not None:
             from snnc.backend.mobile import ort_paths
@@ -348,9 +359,9 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
                                       input_shape=_shape(input_shape), trust_code=trust_code,
                                       max_neuron_steps=max_neuron_steps)
         lift(program)  # SOURCE runs in PyTorch only if its ops are ones snnc knows
-        verification = _verify(program, compiled, pack_path, x, quiet=as_json,
+        verification = _verify(program, compiled, pack_path, x, quiet=False,
                                batch_size=batch_size, allow_other_source=allow_other_source,
-                               session=session)
+                               session=session, text=not as_json)
     if as_json:
         from snnc.check.accuracy import write_json
         click.echo(write_json(verification))
@@ -378,9 +389,10 @@ def _load_data(path):
 
 
 def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=None,
-            allow_other_source=True, session=None):
-    """Verify `onnx_path` against `program` on data = (x, y), printing the result; `session`:
-    onnx_path (with pack_path) already loaded."""
+            allow_other_source=True, session=None, text=True):
+    """Verify `onnx_path` against `program` on data = (x, y), printing the result (unless
+    not `text`: --json) with a progress bar on stderr unless `quiet`; `session`: onnx_path
+    (with pack_path) already loaded."""
     from snnc.backend.runtime import load_session
     from snnc.check import accuracy
 
@@ -389,17 +401,17 @@ def _verify(program, onnx_path, pack_path, data, quiet, batch_size=64, ort_file=
         session = load_session(onnx_path, pack_path, intra_op_num_threads=2)
     accuracy.check_source(program, session, allow_other_source)
     accuracy.check_inputs(program, session, x, y, batch_size)
-    if quiet or len(x) <= batch_size:
-        verification = accuracy.verify(program, session, x, y, batch_size)
-    else:
-        with click.progressbar(length=len(x), label="  verify", file=sys.stderr) as bar:
-            verification = accuracy.verify(program, session, x, y, batch_size,
-                                           progress=bar.update)
+    bar = Bar(not quiet)
+    bar.begin("verify", len(x))
+    try:
+        verification = accuracy.verify(program, session, x, y, batch_size, progress=bar.tick)
+    finally:
+        bar.end()
     if ort_file:
         verification.ort_max_abs_diff = accuracy.session_difference(
             session, load_session(ort_file, intra_op_num_threads=2), x, batch_size)
-    if not quiet:
-        click.echo(verification.format())
+    if text:
+        click.echo(verification.format())  # a result: shown even with -q
     return verification
 
 
@@ -424,7 +436,7 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
     write_all_atomic([(path, report.to_json(data)), (png, report.figure_png(data))])
     if not quiet:
         click.echo(report.format_table(data))
-        click.echo(f"wrote {path} and {png}")
+    click.echo(f"wrote {path} and {png}")
 
 
 @main.command("quantize")
@@ -439,53 +451,38 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
 @click.option("--calibration", type=click.Path(),
               help="An .npz whose array x holds inputs, samples first as verify's --data, "
                    "used to refine the scales (run in batches of 64).")
+@click.option("--data", "data_path", type=click.Path(),
+              help="An .npz with x and y (as verify's --data): print the float and the "
+                   "quantized model's accuracy on it (PyTorch).")
 @click.option("--trust-code", is_flag=True,
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
-                   "and calls it; docs/model_files.md).")
+                   "and calls it, from the current directory or the installed packages; "
+                   "docs/model_files.md).")
 @_steps_option
 @_nir_options
-def quantize_cmd(model, config_path, output, method, calibration, trust_code, max_neuron_steps,
-                 dt, nir_steps, readout, discretize):
+def quantize_cmd(model, config_path, output, method, calibration, data_path, trust_code,
+                 max_neuron_steps, dt, nir_steps, readout, discretize):
     """Quantize an snnc checkpoint's (or a NIR graph's) conv/linear weights per layer
     (docs/quantization.md)."""
+    from snnc.files.data import read_config
     from snnc.files.paths import check_paths
+    from snnc.quant import quantize as quant
+    from snnc.quant.checkpoint import quantize_checkpoint
 
     with _errors():
         check_paths([("MODEL", model), ("--config", config_path),
-                     ("--calibration", calibration)], [("-o", output)])
-        rows, average = _quantize(model, config_path, output, method, calibration, trust_code,
-                                  max_neuron_steps, _nir(dt, nir_steps, readout, discretize))
-    from snnc.quant import quantize as quant
-
-    click.echo(quant.format_report(rows, average))
+                     ("--calibration", calibration), ("--data", data_path)], [("-o", output)])
+        config = read_config(config_path)
+        cal = _load_data(calibration)[0] if calibration else None
+        data = _load_data(data_path) if data_path else None
+        done = quantize_checkpoint(model, config, output, method, cal, data, trust_code,
+                                   max_neuron_steps, _nir(dt, nir_steps, readout, discretize))
+    click.echo(quant.format_report(done.rows, done.average_bits))
+    if done.accuracy is not None:
+        click.echo(f"accuracy on {data_path} ({done.samples} samples, PyTorch): float "
+                   f"{100 * done.float_accuracy:.2f} %, quantized {100 * done.accuracy:.2f} % "
+                   f"({100 * (done.accuracy - done.float_accuracy):+.2f} points)")
     click.echo(f"wrote {output}")
-
-
-def _quantize(model, config_path, output, method, calibration, trust_code, max_neuron_steps,
-              nir=None):
-    from snnc.files import loader
-    from snnc.files.data import read_config
-    from snnc.files.outputs import write_atomic
-    from snnc.quant import quantize as quant
-
-    config = read_config(config_path)
-    ckpt = loader.load_checkpoint(model, nir=nir)
-    if ckpt.get("quantization"):
-        raise SnncError(f"{model} is already quantized")
-    net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code,
-                                       max_neuron_steps=max_neuron_steps)
-    batches = None
-    if calibration:  # checked against the model's input as search checks --train, then run
-        from snnc.quant.search.runner import batch_axis, batches as in_batches  # verify's 64
-
-        x, _ = _load_data(calibration)
-        axis, _ = batch_axis(net, ckpt["input_shape"], x, f"--calibration {calibration}",
-                             per_step=True)
-        batches = in_batches(x, axis, 64)
-    quant.quantize(net, config, calibration=batches, method=method)
-    rows, average = quant.report(net)
-    write_atomic(output, loader.checkpoint_bytes(ckpt, net, config, method))
-    return rows, average
 
 
 @main.command("search")
@@ -529,7 +526,7 @@ def _quantize(model, config_path, output, method, calibration, trust_code, max_n
                    "and calls it; docs/model_files.md).")
 @_steps_option
 @_nir_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or table: the result only.")
 def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
                report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
                energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
@@ -570,10 +567,14 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     check_paths([("MODEL", model), ("--train", train_path), ("--val", val_path)],
                 [("-o", output), ("--quantized", quantized_path), ("--report", report_path),
                  ("--report's JSON", report_json), ("--state", state_path)])
+    if (max_bits is None) == (max_drop is None):
+        raise UsageError("give exactly one budget: --max-bits B (average bits per weight) or "
+                         "--max-drop POINTS (validation accuracy points below float)")
     ckpt = loader.load_checkpoint(model, "snnc search", nir=nir)
+    train, val = (Data(*load_data(p)) for p in (train_path, val_path))
+    api.check_data(train, val, ckpt["input_shape"])  # before the model is built
     net = loader.build_from_checkpoint(model, ckpt, trust_code=trust_code,
                                        max_neuron_steps=max_neuron_steps)
-    train, val = (Data(*load_data(p)) for p in (train_path, val_path))
     ctx = Context.from_environment()
     opts = Options(method=method, max_bits=max_bits, max_drop=max_drop,
                    allow_float=allow_float, seed=seed, batch_size=batch_size,
@@ -608,9 +609,8 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
         write_all_atomic(files)
     finally:
         ctx.close()
-    if quiet:
-        return
-    click.echo(api.table(result))
+    if not quiet:  # -q silences the progress and the table, never the result
+        click.echo(api.table(result))
     t = sum(r.parameters for r in result.rows)
     click.echo(f"{method}: {result.average_bits:.2f} average bits ({32 / result.average_bits:.1f}x "
                f"smaller than float32), energy {result.energy_nj:.1f} nJ/sample vs "
@@ -640,14 +640,20 @@ def _interrupted(stop, output, state_path) -> None:
 
 
 @main.command("inspect")
-@click.argument("pack_file", type=click.Path())
+@click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the layer table as one JSON object.")
-def inspect_cmd(pack_file, as_json):
-    """Print the layer table of an .snnpack weight pack."""
-    from snnc.files.loader import inspect_pack
+@click.option("--trust-code", is_flag=True,
+              help="Allow a checkpoint factory off snnc's allowlist (docs/model_files.md).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow pickled objects in a torch.export archive (docs/model_files.md).")
+def inspect_cmd(file, as_json, trust_code, trust_pickle):
+    """List FILE's layers: a model file's (checkpoint, torch.export archive, NIR graph)
+    quantizable layers with parameters, scheme and bits, by the names --config matches; or
+    an .snnpack weight pack's layer table."""
+    from snnc.check.inspect import inspect_file
 
     with _errors(what="nothing was printed"):
-        text = inspect_pack(pack_file, as_json)
+        text = inspect_file(file, as_json, trust_code=trust_code, trust_pickle=trust_pickle)
     click.echo(text)
 
 

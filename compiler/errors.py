@@ -20,6 +20,11 @@ class BadInputError(SnncError):
     """The user's file, option or model is wrong (missing, not a model, unsafe to load...)."""
 
 
+class UsageError(SnncError):
+    """Options that cannot go together (the command line's own mistake): exit status 2, as
+    click gives a malformed option, checked before any file is read."""
+
+
 class UnsupportedOpError(SnncError):
     """The model uses operations snnc cannot compile; lists every one with its source line."""
 

@@ -1,10 +1,10 @@
 """What a long command shows on stderr while it works: stage lines (compile) and a bar
-(search).
+(verify, search).
 
 Hand-written rather than tqdm or rich: on a terminal both draw a bar as this does, but when
 stderr is a file or a pipe (CI logs, `2> log`) tqdm writes every update into one line
 separated by carriage returns and rich shows nothing until the end, where `Bar` writes a
-plain line every 10 %.
+plain line every 10 % and at least every EVERY seconds while it moves.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class Stages:
         self.last = None
 
 
+EVERY = 10.0  # seconds: the longest a Bar stays silent on a file or pipe while it moves
+
+
 class Bar:
     """A progress bar on stderr (process 0): one line, redrawn; lines when not a terminal."""
 
@@ -41,11 +44,12 @@ class Bar:
         self.enabled, self.stream = enabled, sys.stderr
         self.tty = self.stream.isatty()
         self.label, self.total, self.done, self.start, self.last = "", 1, 0, 0.0, -1
+        self.written = 0.0  # when the last line went out (not a terminal)
 
     def begin(self, label: str, total: int) -> None:
         self.end()
         self.label, self.total, self.done, self.start = label, max(total, 1), 0, time.time()
-        self.last = -1
+        self.last, self.written = -1, 0.0
         self._draw()
 
     def tick(self, n: int = 1, note: str = "") -> None:
@@ -65,8 +69,8 @@ class Bar:
         if self.tty:
             self.stream.write("\r" + text[:150].ljust(110))
             self.stream.flush()
-        elif int(10 * fraction) != self.last:  # a line every 10 %
-            self.last = int(10 * fraction)
+        elif int(10 * fraction) != self.last or time.time() - self.written >= EVERY:
+            self.last, self.written = int(10 * fraction), time.time()  # a line every 10 %
             self.stream.write(text + "\n")
             self.stream.flush()
 

@@ -154,7 +154,7 @@ def test_batch_from_the_command_line(tmp_path):
     assert onnx_session(out.read_bytes()).get_inputs()[0].shape[0] == 1
     refused = cli("compile", model, "-o", tmp_path / "v.onnx", "--batch", 1, "--verify",
                   model.parent / "test.npz")
-    assert refused.returncode == 1 and "without --batch" in refused.stderr
+    assert refused.returncode == 2 and "without --batch" in refused.stderr
     assert not (tmp_path / "v.onnx").exists()
 
 

@@ -7,9 +7,12 @@ name must be on an allowlist, checked on the string *before anything is imported
 - `spikingjelly.activation_based.model.<module>:<public name>`, SpikingJelly's model zoo;
 - snnc's own model factories (`SNNC_FACTORIES`).
 
-Any other factory needs the user's explicit consent (`--trust-code`, `trust_code=True`), and
-even then a name from the standard library (os, subprocess, sys, shutil, importlib, builtins,
-...) or from the numeric and runtime libraries snnc loads (torch, numpy, onnx, ...) is
+Any other factory needs the user's explicit consent (`--trust-code`, `trust_code=True`). Such
+a factory is imported with the current directory first on the import path, as `python
+train.py` imported it when the checkpoint was saved: run snnc from the folder that holds
+`mymodel.py` (the directory is on the path for that import only, and never for an
+allowlisted name, which a planted folder could otherwise shadow). Even then a name from
+the standard library (os, subprocess, sys, shutil, importlib, builtins, ...) or from the numeric and runtime libraries snnc loads (torch, numpy, onnx, ...) is
 refused: no model is built by those, and they are how a file would reach the shell or the
 disk. After the import, the object must be a Python function or an nn.Module class defined
 in the module named (a re-exported `os.system` is refused), and no factory may be asked to
@@ -21,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import re
 import reprlib
 import sys
@@ -71,13 +75,34 @@ def resolve_factory(factory: Any, kwargs: Any, where: str,
                             "snnc never downloads at run time. Save the trained weights in "
                             "the checkpoint's state_dict instead.")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        obj = getattr(_import(module_name, local=not allowed), attr)
     except (ImportError, AttributeError) as error:
-        raise BadInputError(f"{where}: cannot import the checkpoint's factory {factory!r} "
-                            f"({first_line(error)}). Install the package that defines it.") \
-            from None
+        here = f"the current directory ({os.getcwd()}) or " if not allowed else ""
+        raise BadInputError(
+            f"{where}: cannot import the checkpoint's factory {factory!r} "
+            f"({first_line(error)}). snnc looks for it in {here}the installed packages: "
+            f"run snnc from the folder that holds {module_name.split('.')[0]}.py (or its "
+            "package folder), or install the package that defines it.") from None
     _check_object(obj, factory, module_name, where)
     return obj
+
+
+def _import(module_name: str, local: bool):
+    """The module, imported with the current directory first on sys.path when `local`."""
+    if not local:
+        return importlib.import_module(module_name)
+    here = os.getcwd()
+    sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if sys.path and sys.path[0] == here:
+            del sys.path[0]
+        else:  # the import moved it: remove one occurrence
+            try:
+                sys.path.remove(here)
+            except ValueError:
+                pass
 
 
 def _allowlisted(factory: str, module_name: str, attr: str) -> bool:

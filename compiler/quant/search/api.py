@@ -44,7 +44,8 @@ from snnc.quant import quantize
 from snnc.quant.distributed import Context
 from snnc.quant.search import gumbel, sensitivity
 from snnc.quant.search.engine import Options, Point, Result, Search, SearchInterrupted
-from snnc.quant.search.runner import Data, batch_axis, check_trains, strip_quantization
+from snnc.quant.search.runner import (Data, batch_axis, check_trains, sample_axes,
+                                      strip_quantization)
 from snnc.quant.search.space import candidates, energy_nj, quantizable, to_rules
 from snnc.quant.search.state import State, default_key
 
@@ -109,6 +110,19 @@ def _check_options(opts: Options) -> None:
                                 + (", above 0" if name == "finetune_lr" else "") + ")")
 
 
+def check_data(train: Data, val: Data, input_shape: list[int] | None) -> None:
+    """The data without the model: labels present, --train and --val samples shaped alike
+    and as the model's input (a checkpoint's input_shape, when known)."""
+    for name, data in (("--train", train), ("--val", val)):
+        if data.y is None or len(data.y) == 0:
+            raise BadInputError(f"{name}: the data need labels y (one integer class per sample "
+                                "of x) to train and to measure accuracy")
+    if train.x.shape[1:] != val.x.shape[1:]:
+        raise BadInputError(f"--train samples are shaped {list(train.x.shape[1:])} but --val "
+                            f"samples {list(val.x.shape[1:])}; both must be the model's input")
+    sample_axes(input_shape, train.x, "--train")
+
+
 def prepare(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
             input_shape: list[int] | None = None, ctx: Context | None = None,
             state_path: str | None = None, resume: bool = False, key: str = "",
@@ -122,13 +136,7 @@ def prepare(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     if (opts.max_bits is None) == (opts.max_drop is None):
         raise BadInputError("give exactly one budget: --max-bits B (average bits per weight) "
                             "or --max-drop POINTS (validation accuracy points below float)")
-    for name, data in (("--train", train), ("--val", val)):
-        if data.y is None or len(data.y) == 0:
-            raise BadInputError(f"{name}: the data need labels y (one integer class per sample "
-                                "of x) to train and to measure accuracy")
-    if train.x.shape[1:] != val.x.shape[1:]:
-        raise BadInputError(f"--train samples are shaped {list(train.x.shape[1:])} but --val "
-                            f"samples {list(val.x.shape[1:])}; both must be the model's input")
+    check_data(train, val, input_shape)
     torch.manual_seed(opts.seed)
     model = strip_quantization(copy.deepcopy(model)).float()  # the caller's model is left alone
     quantizable(model)  # refuses a model with nothing to quantize before any work

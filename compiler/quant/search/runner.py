@@ -221,12 +221,10 @@ def check_trains(runner: Runner, data: Data, layers: list[Layer]) -> None:
                             "neurons have in training mode")
 
 
-def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndarray,
-               where: str, per_step: bool = False) -> tuple[int, int]:
-    """(the model input's batch axis, the number of classes): the axis where inserting the
-    samples-first data's batch gives a shape the model runs on, with one output row of
-    logits per sample ([n, classes]; with `per_step` also per-step logits [T, n, classes] or
-    a tuple whose first output is such, as verify takes them)."""
+def sample_axes(input_shape: list[int] | None, x: np.ndarray, where: str) -> list[int]:
+    """The axes where inserting the samples-first data's batch gives the model's input
+    shape (a checkpoint's input_shape); BadInputError if none does. Needs no model: callers
+    check data with it before building one."""
     sample = list(x.shape[1:])
     axes = [a for a in range(len(sample) + 1)
             if input_shape is None or input_shape[:a] + input_shape[a + 1:] == sample]
@@ -238,6 +236,17 @@ def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndar
                             f"{input_shape} (its checkpoint's input_shape); x must hold samples "
                             "first, each shaped as the model's input without its batch axis: "
                             + " or ".join(fits))
+    return axes
+
+
+def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndarray,
+               where: str, per_step: bool = False) -> tuple[int, int]:
+    """(the model input's batch axis, the number of classes): the axis where inserting the
+    samples-first data's batch gives a shape the model runs on, with one output row of
+    logits per sample ([n, classes]; with `per_step` also per-step logits [T, n, classes] or
+    a tuple whose first output is such, as verify takes them)."""
+    sample = list(x.shape[1:])
+    axes = sample_axes(input_shape, x, where)
     errors = []
     for axis in axes:
         try:
@@ -258,6 +267,22 @@ def batch_axis(model: torch.nn.Module, input_shape: list[int] | None, x: np.ndar
     raise BadInputError(f"{where}: the model does not run on x's samples {sample} as a batch "
                         f"with one row of logits {rows} per sample ("
                         + "; ".join(errors[:3]) + ")")
+
+
+def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, axis: int,
+             size: int = 64) -> float:
+    """Top-1 accuracy of `model` (eval mode, on one thread: small batches run op by op) on
+    samples-first x, y; per-step logits [T, n, classes] count by their mean over time, as
+    verify counts them."""
+    model.eval()
+    correct = 0
+    with torch.no_grad(), _threads(1):
+        for start in range(0, len(x), size):
+            out = run(model, x[start:start + size], axis)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            logits = out.mean(0) if out.dim() == 3 else out
+            correct += int((logits.argmax(-1).numpy() == y[start:start + size]).sum())
+    return correct / len(x)
 
 
 def measure_ops(runner: Runner, layers: list[Layer], x: np.ndarray) -> None:
