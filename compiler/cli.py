@@ -334,6 +334,7 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
     agreement reaches --min-agreement, 4 when it does not, 1 on bad input.
     """
     from snnc.backend.runtime import load_session
+    from snnc.check import accuracy
     from snnc.files import loader
     from snnc.files.paths import check_paths, sniff, wrong_kind
     from snnc.frontend.lift import lift
@@ -355,6 +356,7 @@ def verify_cmd(source, compiled, data, pack_path, as_json, min_agreement, batch_
         # COMPILED and its pack first: a pack that fails its checks is refused before SOURCE
         # is loaded (load_session checks every pack it is given, docs/verify.md)
         session = load_session(compiled, pack_path, intra_op_num_threads=2)
+        accuracy.model_input(session, x[0])  # the data's shape, before SOURCE loads
         program = loader.load_program(source, trust_pickle=trust_pickle,
                                       input_shape=_shape(input_shape), trust_code=trust_code,
                                       max_neuron_steps=max_neuron_steps)
