@@ -127,10 +127,19 @@ def test_report(sample):
     assert stem["spike_input"] is sample["sequence"]
     spiking = [r for r in weights[1:-1]]
     assert all(r["spike_input"] and 0 < r["input_rate"] < 1 for r in spiking)
-    for r in spiking:
-        assert r["energy_pj"] == pytest.approx(r["sops"] * report.AC_PJ)
+    for r in spiking:  # one add of the weight's code (PoT: shift-add); float32: 0.9 pJ
+        add = 0.1 / 32 * r["bits"] * (2 if r["scheme"] == "pot" else 1)
+        assert r["energy_pj"] == pytest.approx(r["sops"] * add)
+        assert r["float_energy_pj"] == pytest.approx(r["sops"] * 0.9)
         assert r["sops"] == pytest.approx(r["macs"] * r["input_rate"])
-    assert 0 < totals["energy_uj"] < totals["ann_energy_uj"]
+    matmuls = [r for r in data["layers"] if r["op"] == "matmul"]  # no weights: float32
+    assert all(r["energy_pj"] == r["float_energy_pj"] for r in matmuls)
+    assert totals["matmul_energy_nj"] == pytest.approx(sum(r["energy_pj"] for r in matmuls)
+                                                       / 1e3)
+    assert totals["float_energy_nj"] == pytest.approx(
+        sum(r["float_energy_pj"] for r in data["layers"]) / 1e3)
+    # at <= 3 bits the estimate is far below the same operations with float32 weights
+    assert 0 < 10 * totals["energy_nj"] < totals["float_energy_nj"] < totals["ann_energy_nj"]
     png = report.figure_png(data)
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert "average" in report.format_table(data)

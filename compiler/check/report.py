@@ -4,15 +4,11 @@ operations, estimated energy), as JSON, a readable table and one PNG figure; and
 the ops that are not spike-driven (float islands: LayerNorm, softmax, GELU, ...), which
 run in float32 whatever the weights.
 
-Energy model (docs/verify.md), the one the spiking-transformer literature uses (Spikformer,
-Zhou et al., ICLR 2023; SpikingJelly's op counter): 45 nm CMOS estimates from Horowitz,
-"Computing's energy problem", ISSCC 2014: a 32-bit float multiply-accumulate (MAC) costs
-4.6 pJ (3.7 multiply + 0.9 add), an accumulate (AC) 0.9 pJ. A layer whose input is spikes
-(or spike counts: nonnegative integers) does one AC per input spike per synapse: SOPs = MACs
-x mean input value (= MACs x firing rate for binary spikes); a layer with real-valued input
-(the first conv on an image) does all its MACs. These are float32 costs; integer adds on
-k-bit codes cost less still (Horowitz: 0.03 pJ for an 8-bit add), so the estimate is an
-upper bound for the quantized model.
+Energy (snnc.check.energy, docs/verify.md "The energy estimate"): per layer, its synaptic
+operations at the cost its weights' format needs (k-bit integer adds, PoT shift-adds,
+float32), the model `snnc search` uses, so both give one configuration the same figure; and
+the same operations with float32 weights ("float"), as the search's baseline. Attention's
+matmuls of two activations carry no weights and count as float32.
 """
 
 from __future__ import annotations
@@ -21,15 +17,10 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from snnc.check import energy
 from snnc.check.accuracy import Verification
 from snnc.ir.graph import Graph
 from snnc.ir.islands import by_layer
-
-MAC_PJ = 4.6
-AC_PJ = 0.9
-ENERGY_SOURCE = ("Horowitz, 'Computing's energy problem (and what we can do about it)', "
-                 "ISSCC 2014, 45 nm: 32-bit float multiply 3.7 pJ + add 0.9 pJ; the "
-                 "constants of Spikformer (Zhou et al., ICLR 2023) and SpikingJelly's op counter")
 
 
 @dataclass
@@ -44,7 +35,8 @@ class Row:
     spike_input: bool | None = None  # input nonnegative integers (spikes / counts)
     macs: float | None = None  # dense MACs per sample, all timesteps
     sops: float | None = None  # synaptic operations per sample (ACs) or MACs if not spiking
-    energy_pj: float | None = None  # per sample
+    energy_pj: float | None = None  # per sample, at the weights' format (snnc.check.energy)
+    float_energy_pj: float | None = None  # per sample, the same operations in float32
 
 
 def weight_layers(graph: Graph) -> list[Row]:
@@ -83,12 +75,9 @@ def build(graph: Graph, verification: Verification | None, extra: dict) -> dict:
             row.macs = act.per_sample_macs()
             row.input_rate = act.input_mean
             row.spike_input = act.integer_input
-            if act.integer_input:
-                row.sops = row.macs * act.input_mean
-                row.energy_pj = row.sops * AC_PJ
-            else:
-                row.sops = row.macs
-                row.energy_pj = row.macs * MAC_PJ
+            row.sops = row.macs * act.input_mean if act.integer_input else row.macs
+            row.energy_pj = row.sops * energy.op_pj(row.scheme, row.bits, act.integer_input)
+            row.float_energy_pj = row.sops * energy.float_op_pj(act.integer_input)
         neurons = verification.firing_rates
     weighted = [r for r in rows if r.bits is not None]
     params = sum(r.parameters for r in weighted)
@@ -105,12 +94,15 @@ def build(graph: Graph, verification: Verification | None, extra: dict) -> dict:
         active = [r for r in rows if r.energy_pj is not None]
         totals["sops"] = sum(r.sops for r in active if r.spike_input)  # accumulates
         totals["real_input_macs"] = sum(r.macs for r in active if not r.spike_input)
-        totals["energy_uj"] = sum(r.energy_pj for r in active) / 1e6
-        totals["ann_energy_uj"] = sum(r.macs for r in active) * MAC_PJ / 1e6
-        totals["energy_reduction"] = totals["ann_energy_uj"] / max(totals["energy_uj"], 1e-12)
+        totals["energy_nj"] = sum(r.energy_pj for r in active) / 1e3
+        totals["float_energy_nj"] = sum(r.float_energy_pj for r in active) / 1e3
+        # attention's activation matmuls (no weights, float32), part of both figures above
+        totals["matmul_energy_nj"] = sum(r.energy_pj for r in active if r.bits is None) / 1e3
+        # a non-spiking network of the same shape: every MAC in float32
+        totals["ann_energy_nj"] = sum(r.macs for r in active) * energy.FLOAT32_MAC_PJ / 1e3
     report = dict(extra)
     report.update({
-        "energy_constants": {"mac_pj": MAC_PJ, "ac_pj": AC_PJ, "source": ENERGY_SOURCE},
+        "energy_constants": energy.constants(),
         "layers": [asdict(r) for r in rows],
         "neurons": neurons,
         # per layer (provenance), the ops that are not spike-driven: float islands
@@ -148,13 +140,16 @@ def format_table(report: dict) -> str:
                  f"{t['parameters']:,} weights, average {t['average_bits']:.2f} bits; packed "
                  f"{t['packed_bytes']:,} B vs float32 {t['float32_bytes']:,} B "
                  f"({t['compression']:.2f}x)")
-    if "energy_uj" in t:
+    if "energy_nj" in t:
+        e, f, m = t["energy_nj"], t["float_energy_nj"], t["matmul_energy_nj"]
         lines.append(f"per sample: {t['sops']:,.0f} synaptic ops (accumulates) and "
-                     f"{t['real_input_macs']:,.0f} MACs on real-valued input, estimated "
-                     f"{t['energy_uj']:.3f} "
-                     f"uJ ({t['energy_reduction']:.1f}x less than the same MACs in float: "
-                     f"{t['ann_energy_uj']:.3f} uJ); {MAC_PJ} pJ/MAC, {AC_PJ} pJ/AC "
-                     "(Horowitz, ISSCC 2014, 45 nm)")
+                     f"{t['real_input_macs']:,.0f} MACs on real-valued input")
+        lines.append(f"estimated energy per sample: {e:,.1f} nJ at these bit widths, "
+                     f"{f:,.1f} nJ with float32 weights ({f / max(e, 1e-12):.1f}x)"
+                     + (f"; of these conv/linear {e - m:,.1f} nJ (what snnc search "
+                        f"estimates) and activation matmuls {m:,.1f} nJ (float32)" if m else "")
+                     + f"; a non-spiking float32 network of this shape {t['ann_energy_nj']:,.1f}"
+                     " nJ (Horowitz, ISSCC 2014, 45 nm: docs/verify.md)")
     else:
         lines.append("(firing rates, synaptic operations and energy need data: add --verify "
                      "DATA.npz)")
