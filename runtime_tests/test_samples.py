@@ -145,6 +145,59 @@ def test_report(sample):
     assert "average" in report.format_table(data)
 
 
+def test_report_figure(sample):
+    """report.png says what it is of (model file, bits, compression, accuracy, energy),
+    names the layers as the table does, runs its bits axis to the widest layer, and keeps
+    its legend off the bars."""
+    import matplotlib.pyplot as plt
+
+    data = report.build(sample["result"].graph, sample["verification"],
+                        {"model": os.path.join(sample["here"], "quantized.pt")})
+    table = report.format_table(data).splitlines()
+    weights = [r for r in data["layers"] if r["bits"] is not None]
+    fig = report.figure(data)
+    try:
+        bits, rates = fig.axes
+        labels = [t.get_text() for t in bits.get_yticklabels()][::-1]  # top to bottom
+        assert labels == [line.split()[0] for line in table[1:1 + len(weights)]]
+        assert [t.get_text() for t in rates.get_yticklabels()][::-1] == list(data["neurons"])
+        assert all(f"{name} " in table[-1] for name in data["neurons"])  # the rates line
+        top = max(r["bits"] for r in weights)
+        assert top <= 8 and bits.get_xlim() == (0, top)
+        assert max(bits.get_xticks()) == top and all(t == int(t) for t in bits.get_xticks())
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend, area = bits.get_legend().get_window_extent(renderer), bits.get_window_extent()
+        assert legend.y0 >= area.y1 - 1  # above the bars, not over the first layer's
+        title, t = fig.texts[0].get_text().replace("\n", " "), data["totals"]
+        v = sample["verification"]
+        for part in ("quantized.pt", f"average {t['average_bits']:.2f} bits",
+                     f"{t['compression']:.1f}x smaller than float32",
+                     f"accuracy {100 * v.compiled_accuracy:.2f} %",
+                     f"energy {t['energy_nj']:,.1f} nJ/sample"):
+            assert part in title, (part, title)
+    finally:
+        plt.close(fig)
+
+
+def test_report_figure_of_a_float_model(tmp_path):
+    """A model with no quantized layer has no bits panel (fourteen bars of 32 said nothing):
+    the title says float32."""
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(SAMPLES, "digits", "float.pt")
+    result = compile_file(path, str(tmp_path / "float.onnx"))
+    data = report.build(result.graph, None, {"model": path})
+    assert {r["scheme"] for r in data["layers"]} == {"float"}
+    fig = report.figure(data)
+    try:
+        assert len(fig.axes) == 1 and not fig.axes[0].axison  # a note, no bars
+        assert "float.pt; float32 (not quantized)" in fig.texts[0].get_text()
+    finally:
+        plt.close(fig)
+    assert report.figure_png(data).startswith(b"\x89PNG")
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """The first 40 digits test samples, and pure noise of the same shape."""

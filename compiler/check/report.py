@@ -158,54 +158,102 @@ def format_table(report: dict) -> str:
             f"{entry['layer']}: {', '.join(entry['ops'])}" for entry in report["float_ops"]))
     if report["neurons"]:
         lines.append("neuron firing rates: " + ", ".join(
-            f"{_short(k)} {100 * v:.1f}%" for k, v in report["neurons"].items()))
+            f"{k} {100 * v:.1f}%" for k, v in report["neurons"].items()))
     return "\n".join(lines)
 
 
 def _label(name: str) -> str:
-    """A layer name as literal text on the figure: matplotlib reads $...$ as math."""
-    return _short(name).replace("$", r"\$")
+    """A layer name as the table prints it, as literal text: matplotlib reads $...$ as math."""
+    return name.replace("$", r"\$")
 
 
-def _short(name: str) -> str:
-    for noise in ("net.", ".conv_bn.block", ".conv_bn", "patch_embed.", "blocks."):
-        name = name.replace(noise, "" if noise != "blocks." else "b")
-    return name
+def title(report: dict) -> str:
+    """What the figure is of: the model file, its bits and compression, the accuracy and
+    energy on the verify data (where the report has them)."""
+    import os
+
+    t = report["totals"]
+    parts = [os.path.basename(report["model"])] if report.get("model") else []
+    if t["quantized_layers"]:
+        parts.append(f"average {t['average_bits']:.2f} bits, {t['compression']:.1f}x smaller "
+                     "than float32")
+    else:
+        parts.append("float32 (not quantized)")
+    verify = report.get("verify") or {}
+    if verify.get("compiled_accuracy") is not None:
+        parts.append(f"accuracy {100 * verify['compiled_accuracy']:.2f} % "
+                     f"({verify['n']} verify samples)")
+    if "energy_nj" in t:
+        parts.append(f"estimated energy {t['energy_nj']:,.1f} nJ/sample" + (
+            f" (float32 weights: {t['float_energy_nj']:,.1f})" if t["quantized_layers"] else ""))
+    return "; ".join(parts)
 
 
-def figure_png(report: dict) -> bytes:
-    """One PNG: bits per weight layer coloured by scheme, and firing rate per neuron layer."""
+def figure(report: dict):
+    """The matplotlib figure: bits per weight layer coloured by scheme (the axis to the
+    largest quantized width, float32 layers hatched; no panel for a model not quantized:
+    the title says float32), and firing rate per neuron layer; layers named as in the table."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     rows = [r for r in report["layers"] if r["bits"] is not None]
     neurons = report["neurons"]
-    colours = {"uniform": "#4C72B0", "pot": "#DD8452", "float": "#999999"}
-    height = max(len(rows), len(neurons), 4) * 0.28 + 1.5
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, height))
-    names = [_label(r["layer"]) for r in rows][::-1]
-    left.barh(names, [r["bits"] for r in rows][::-1],
-              color=[colours.get(r["scheme"], "#999999") for r in rows][::-1])
-    left.set_xlabel("weight bits")
-    left.set_title(f"bits per layer (average {report['totals']['average_bits']:.2f})")
-    left.set_xlim(0, max([r["bits"] for r in rows] + [8]) + 4)
-    left.legend(handles=[Patch(color=c, label=k) for k, c in colours.items()
-                         if any(r["scheme"] == k for r in rows)], loc="lower right")
+    quantized = any(r["scheme"] != "float" for r in rows)
+    panels = int(quantized) + int(bool(neurons)) or 1
+    height = max(len(rows), len(neurons), 4) * 0.28 + 2.2
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, height), squeeze=False)
+    axes = list(axes[0])
+    fig.suptitle(textwrap.fill(title(report), 95 * panels), fontsize=9)
+    if quantized:
+        _bits_panel(axes.pop(0), rows, report["totals"]["average_bits"])
     if neurons:
+        right = axes.pop(0)
         right.barh([_label(k) for k in neurons][::-1],
                    [100 * v for v in neurons.values()][::-1], color="#55A868")
         right.set_xlabel("firing rate (%)")
-        right.set_title("firing rate per neuron layer (verify data)")
-    else:
-        right.text(0.5, 0.5, "no firing rates:\ncompile with --verify DATA.npz",
-                   ha="center", va="center")
-        right.set_axis_off()
-    for axis in (left, right):
+        right.set_title("firing rate per neuron layer (verify data)", pad=22)
+    if axes:  # neither panel
+        axes[0].text(0.5, 0.5, "no quantized layers, no firing rates:\ncompile with --verify "
+                     "DATA.npz for firing rates", ha="center", va="center")
+        axes[0].set_axis_off()
+    for axis in fig.axes:
         axis.tick_params(axis="y", labelsize=7)
-    return figure_bytes(fig, 100)
+    return fig
+
+
+SCHEME_COLOURS = {"uniform": "#4C72B0", "pot": "#DD8452", "float": "#999999"}
+
+
+def _bits_panel(axis, rows: list[dict], average: float) -> None:
+    """Bits per weight layer, coloured by scheme; the axis runs to the largest quantized
+    width, and a float32 layer's bar, hatched, across it."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    top = max(r["bits"] for r in rows if r["scheme"] != "float")
+    rows = rows[::-1]  # the table's first layer at the top
+    axis.barh([_label(r["layer"]) for r in rows],
+              [top if r["scheme"] == "float" else r["bits"] for r in rows],
+              color=[SCHEME_COLOURS.get(r["scheme"], "#999999") for r in rows],
+              hatch=["//" if r["scheme"] == "float" else "" for r in rows])
+    axis.set_xlim(0, top)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    floats = any(r["scheme"] == "float" for r in rows)
+    axis.set_xlabel("weight bits" + (" (hatched: float32)" if floats else ""))
+    axis.set_title(f"bits per layer (average {average:.2f})", pad=22)
+    axis.legend(handles=[Patch(color=c, label=k) for k, c in SCHEME_COLOURS.items()
+                         if any(r["scheme"] == k for r in rows)],
+                loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8,
+                frameon=False)  # above the bars, below the title: it covers none
+
+
+def figure_png(report: dict) -> bytes:
+    """One PNG: figure(report)."""
+    return figure_bytes(figure(report), 100)
 
 
 def figure_bytes(fig, dpi: int) -> bytes:
