@@ -113,6 +113,10 @@ def test_search_meets_the_budget_and_compiles(trained, method):
     assert again.returncode == 0, again.stderr
     report = json.loads((d / "search.json").read_text())
     assert method in report["methods"] and report["methods"][method]["points"]
+    entry = report["methods"][method]  # the figure's energies are the printed ones
+    assert (f"estimated energy {entry['final']['energy_nj']:.1f} nJ/sample vs "
+            f"{entry['float_energy_nj']:.1f} nJ with float32 weights") in run.stdout
+    assert entry["final"]["energy_nj"] < entry["float_energy_nj"] / 10
     assert (d / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -449,7 +453,8 @@ def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     for bad in ({"points": [{"bits": "x", "energy_nj": 1, "accuracy": 0.5}]},
                 {"points": [None]}, {"points": [], "final": {"bits": 1}},
                 {"points": [], "max_bits": "3"}, {"points": [], "max_bits": 10 ** 400},
-                {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]}):
+                {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]},
+                {"points": [], "float_energy_nj": "226"}):
         old.write_text(json.dumps({"key": "k", "methods": {"gumbel": bad}}))
         report = pareto.merge(str(old), "k", "sensitivity", good)
         assert set(report["methods"]) == {"sensitivity"}

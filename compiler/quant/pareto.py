@@ -96,7 +96,7 @@ def png(report: dict) -> bytes:
         floats = {e["float_energy_nj"] for e in report["methods"].values()
                   if e.get("float_energy_nj") is not None}
         if x == "energy_nj" and len(floats) == 1:
-            label += f"; float32 weights: {floats.pop():,.1f}"
+            label += f"\nthe same operations with float32 weights: {floats.pop():,.1f} nJ"
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
