@@ -615,8 +615,9 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
         click.echo(api.table(result))
     t = sum(r.parameters for r in result.rows)
     click.echo(f"{method}: {result.average_bits:.2f} average bits ({32 / result.average_bits:.1f}x "
-               f"smaller than float32), energy {result.energy_nj:.1f} nJ/sample vs "
-               f"{result.float_energy_nj:.1f} float ({t:,} weights)")
+               f"smaller than float32; {t:,} weights), estimated energy "
+               f"{result.energy_nj:.1f} nJ/sample vs {result.float_energy_nj:.1f} nJ with "
+               "float32 weights (docs/verify.md)")
     click.echo(f"validation accuracy: float {100 * result.float_accuracy:.2f} %, searched "
                f"{100 * result.searched_accuracy:.2f} % before fine-tuning, "
                f"{100 * result.accuracy:.2f} % after; {result.seconds:.0f} s")

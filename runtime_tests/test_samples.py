@@ -127,13 +127,75 @@ def test_report(sample):
     assert stem["spike_input"] is sample["sequence"]
     spiking = [r for r in weights[1:-1]]
     assert all(r["spike_input"] and 0 < r["input_rate"] < 1 for r in spiking)
-    for r in spiking:
-        assert r["energy_pj"] == pytest.approx(r["sops"] * report.AC_PJ)
+    for r in spiking:  # one add of the weight's code (PoT: shift-add); float32: 0.9 pJ
+        add = 0.1 / 32 * r["bits"] * (2 if r["scheme"] == "pot" else 1)
+        assert r["energy_pj"] == pytest.approx(r["sops"] * add)
+        assert r["float_energy_pj"] == pytest.approx(r["sops"] * 0.9)
         assert r["sops"] == pytest.approx(r["macs"] * r["input_rate"])
-    assert 0 < totals["energy_uj"] < totals["ann_energy_uj"]
+    matmuls = [r for r in data["layers"] if r["op"] == "matmul"]  # no weights: float32
+    assert all(r["energy_pj"] == r["float_energy_pj"] for r in matmuls)
+    assert totals["matmul_energy_nj"] == pytest.approx(sum(r["energy_pj"] for r in matmuls)
+                                                       / 1e3)
+    assert totals["float_energy_nj"] == pytest.approx(
+        sum(r["float_energy_pj"] for r in data["layers"]) / 1e3)
+    # at <= 3 bits the estimate is far below the same operations with float32 weights
+    assert 0 < 10 * totals["energy_nj"] < totals["float_energy_nj"] < totals["ann_energy_nj"]
     png = report.figure_png(data)
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert "average" in report.format_table(data)
+
+
+def test_report_figure(sample):
+    """report.png says what it is of (model file, bits, compression, accuracy, energy),
+    names the layers as the table does, runs its bits axis to the widest layer, and keeps
+    its legend off the bars."""
+    import matplotlib.pyplot as plt
+
+    data = report.build(sample["result"].graph, sample["verification"],
+                        {"model": os.path.join(sample["here"], "quantized.pt")})
+    table = report.format_table(data).splitlines()
+    weights = [r for r in data["layers"] if r["bits"] is not None]
+    fig = report.figure(data)
+    try:
+        bits, rates = fig.axes
+        labels = [t.get_text() for t in bits.get_yticklabels()][::-1]  # top to bottom
+        assert labels == [line.split()[0] for line in table[1:1 + len(weights)]]
+        assert [t.get_text() for t in rates.get_yticklabels()][::-1] == list(data["neurons"])
+        assert all(f"{name} " in table[-1] for name in data["neurons"])  # the rates line
+        top = max(r["bits"] for r in weights)
+        assert top <= 8 and bits.get_xlim() == (0, top)
+        assert max(bits.get_xticks()) == top and all(t == int(t) for t in bits.get_xticks())
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend, area = bits.get_legend().get_window_extent(renderer), bits.get_window_extent()
+        assert legend.y0 >= area.y1 - 1  # above the bars, not over the first layer's
+        title, t = fig.texts[0].get_text().replace("\n", " "), data["totals"]
+        v = sample["verification"]
+        for part in ("quantized.pt", f"average {t['average_bits']:.2f} bits",
+                     f"{t['compression']:.1f}x smaller than float32",
+                     f"accuracy {100 * v.compiled_accuracy:.2f} %",
+                     f"energy {t['energy_nj']:,.1f} nJ/sample"):
+            assert part in title, (part, title)
+    finally:
+        plt.close(fig)
+
+
+def test_report_figure_of_a_float_model(tmp_path):
+    """A model with no quantized layer has no bits panel (fourteen bars of 32 said nothing):
+    the title says float32."""
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(SAMPLES, "digits", "float.pt")
+    result = compile_file(path, str(tmp_path / "float.onnx"))
+    data = report.build(result.graph, None, {"model": path})
+    assert {r["scheme"] for r in data["layers"]} == {"float"}
+    fig = report.figure(data)
+    try:
+        assert len(fig.axes) == 1 and not fig.axes[0].axison  # a note, no bars
+        assert "float.pt; float32 (not quantized)" in fig.texts[0].get_text()
+    finally:
+        plt.close(fig)
+    assert report.figure_png(data).startswith(b"\x89PNG")
 
 
 @pytest.fixture(scope="module")

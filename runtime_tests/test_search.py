@@ -113,6 +113,10 @@ def test_search_meets_the_budget_and_compiles(trained, method):
     assert again.returncode == 0, again.stderr
     report = json.loads((d / "search.json").read_text())
     assert method in report["methods"] and report["methods"][method]["points"]
+    entry = report["methods"][method]  # the figure's energies are the printed ones
+    assert (f"estimated energy {entry['final']['energy_nj']:.1f} nJ/sample vs "
+            f"{entry['float_energy_nj']:.1f} nJ with float32 weights") in run.stdout
+    assert entry["final"]["energy_nj"] < entry["float_energy_nj"] / 10
     assert (d / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -374,6 +378,53 @@ def test_energy_model_prefers_shifts_to_multiplies():
     u, p = space.Choice("uniform", 4), space.Choice("pot", 4)
     assert space.energy_pj(p, spiking=False) < space.energy_pj(u, spiking=False) < 4.6
     assert space.energy_pj(space.Choice("uniform", 2), True) < space.energy_pj(u, True) < 0.9
+    # Horowitz's 45 nm figures at the widths he gives (docs/verify.md, "The energy estimate")
+    assert space.energy_pj(space.Choice("uniform", 8), True) == pytest.approx(0.03, abs=0.006)
+    assert space.energy_pj(space.Choice("uniform", 8), False) == pytest.approx(0.2 + 0.03,
+                                                                               abs=0.015)
+    float32 = space.Choice("float", 32)
+    assert (space.energy_pj(float32, True), space.energy_pj(float32, False)) == (0.9, 4.6)
+
+
+def test_the_report_and_the_search_give_one_configuration_one_energy(trained, tmp_path):
+    """snnc compile --report --verify of a quantized model gives, per layer and in total,
+    the energy the search estimates for its configuration from the same activity (the same
+    model on the same data), and the same float32 baseline: one energy model, not two."""
+    from snnc.backend.runtime import load_session
+    from snnc.check import accuracy, report
+    from snnc.driver import compile_file
+    from snnc.files import loader
+    from snnc.quant.distributed import Context
+    from snnc.quant.search.runner import Runner, measure_ops
+
+    d = trained["dir"]
+    config = {"conv1": "uniform4", "conv2": "pot3", "head": "uniform2"}
+    ckpt = loader.load_checkpoint(str(d / "float.pt"))
+    model = copy.deepcopy(trained["model"])
+    quantize.quantize(model, space.to_rules(config))
+    (tmp_path / "q.pt").write_bytes(loader.checkpoint_bytes(ckpt, model, space.to_rules(config)))
+    result = compile_file(str(tmp_path / "q.pt"), str(tmp_path / "q.onnx"))
+    x, y = trained["val"][0][:64], trained["val"][1][:64]
+    v = accuracy.verify(result.program, load_session(str(tmp_path / "q.onnx")), x, y)
+    data = report.build(result.graph, v, {"model": str(tmp_path / "q.pt")})
+
+    quantized = loader.build_from_checkpoint(str(tmp_path / "q.pt"),
+                                             loader.load_checkpoint(str(tmp_path / "q.pt")))
+    layers = space.quantizable(quantized)
+    measure_ops(Runner(quantized, 0, Context.single(), 64), layers, x)
+    rows = {r["layer"]: r for r in data["layers"]}
+    assert set(rows) == set(config)
+    for layer in layers:  # the stem reads the image; the others spikes, sparsely
+        assert rows[layer.name]["spike_input"] is layer.spiking is (layer.name != "conv1")
+        assert rows[layer.name]["energy_pj"] == pytest.approx(
+            layer.ops * space.energy_pj(space.choice_of(config[layer.name]), layer.spiking),
+            rel=1e-5)
+    totals = data["totals"]
+    assert totals["energy_nj"] == pytest.approx(space.energy_nj(layers, config), rel=1e-5)
+    floats = {l.name: "float" for l in layers}
+    assert totals["float_energy_nj"] == pytest.approx(space.energy_nj(layers, floats),
+                                                      rel=1e-5)
+    assert totals["energy_nj"] < totals["float_energy_nj"] / 10 < totals["ann_energy_nj"]
 
 
 @pytest.mark.parametrize("sample", ["digits", "digits_events"])
@@ -402,7 +453,8 @@ def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     for bad in ({"points": [{"bits": "x", "energy_nj": 1, "accuracy": 0.5}]},
                 {"points": [None]}, {"points": [], "final": {"bits": 1}},
                 {"points": [], "max_bits": "3"}, {"points": [], "max_bits": 10 ** 400},
-                {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]}):
+                {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]},
+                {"points": [], "float_energy_nj": "226"}):
         old.write_text(json.dumps({"key": "k", "methods": {"gumbel": bad}}))
         report = pareto.merge(str(old), "k", "sensitivity", good)
         assert set(report["methods"]) == {"sensitivity"}

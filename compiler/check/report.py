@@ -4,15 +4,11 @@ operations, estimated energy), as JSON, a readable table and one PNG figure; and
 the ops that are not spike-driven (float islands: LayerNorm, softmax, GELU, ...), which
 run in float32 whatever the weights.
 
-Energy model (docs/verify.md), the one the spiking-transformer literature uses (Spikformer,
-Zhou et al., ICLR 2023; SpikingJelly's op counter): 45 nm CMOS estimates from Horowitz,
-"Computing's energy problem", ISSCC 2014: a 32-bit float multiply-accumulate (MAC) costs
-4.6 pJ (3.7 multiply + 0.9 add), an accumulate (AC) 0.9 pJ. A layer whose input is spikes
-(or spike counts: nonnegative integers) does one AC per input spike per synapse: SOPs = MACs
-x mean input value (= MACs x firing rate for binary spikes); a layer with real-valued input
-(the first conv on an image) does all its MACs. These are float32 costs; integer adds on
-k-bit codes cost less still (Horowitz: 0.03 pJ for an 8-bit add), so the estimate is an
-upper bound for the quantized model.
+Energy (snnc.check.energy, docs/verify.md "The energy estimate"): per layer, its synaptic
+operations at the cost its weights' format needs (k-bit integer adds, PoT shift-adds,
+float32), the model `snnc search` uses, so both give one configuration the same figure; and
+the same operations with float32 weights ("float"), as the search's baseline. Attention's
+matmuls of two activations carry no weights and count as float32.
 """
 
 from __future__ import annotations
@@ -21,15 +17,10 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from snnc.check import energy
 from snnc.check.accuracy import Verification
 from snnc.ir.graph import Graph
 from snnc.ir.islands import by_layer
-
-MAC_PJ = 4.6
-AC_PJ = 0.9
-ENERGY_SOURCE = ("Horowitz, 'Computing's energy problem (and what we can do about it)', "
-                 "ISSCC 2014, 45 nm: 32-bit float multiply 3.7 pJ + add 0.9 pJ; the "
-                 "constants of Spikformer (Zhou et al., ICLR 2023) and SpikingJelly's op counter")
 
 
 @dataclass
@@ -44,7 +35,8 @@ class Row:
     spike_input: bool | None = None  # input nonnegative integers (spikes / counts)
     macs: float | None = None  # dense MACs per sample, all timesteps
     sops: float | None = None  # synaptic operations per sample (ACs) or MACs if not spiking
-    energy_pj: float | None = None  # per sample
+    energy_pj: float | None = None  # per sample, at the weights' format (snnc.check.energy)
+    float_energy_pj: float | None = None  # per sample, the same operations in float32
 
 
 def weight_layers(graph: Graph) -> list[Row]:
@@ -83,12 +75,9 @@ def build(graph: Graph, verification: Verification | None, extra: dict) -> dict:
             row.macs = act.per_sample_macs()
             row.input_rate = act.input_mean
             row.spike_input = act.integer_input
-            if act.integer_input:
-                row.sops = row.macs * act.input_mean
-                row.energy_pj = row.sops * AC_PJ
-            else:
-                row.sops = row.macs
-                row.energy_pj = row.macs * MAC_PJ
+            row.sops = row.macs * act.input_mean if act.integer_input else row.macs
+            row.energy_pj = row.sops * energy.op_pj(row.scheme, row.bits, act.integer_input)
+            row.float_energy_pj = row.sops * energy.float_op_pj(act.integer_input)
         neurons = verification.firing_rates
     weighted = [r for r in rows if r.bits is not None]
     params = sum(r.parameters for r in weighted)
@@ -105,12 +94,15 @@ def build(graph: Graph, verification: Verification | None, extra: dict) -> dict:
         active = [r for r in rows if r.energy_pj is not None]
         totals["sops"] = sum(r.sops for r in active if r.spike_input)  # accumulates
         totals["real_input_macs"] = sum(r.macs for r in active if not r.spike_input)
-        totals["energy_uj"] = sum(r.energy_pj for r in active) / 1e6
-        totals["ann_energy_uj"] = sum(r.macs for r in active) * MAC_PJ / 1e6
-        totals["energy_reduction"] = totals["ann_energy_uj"] / max(totals["energy_uj"], 1e-12)
+        totals["energy_nj"] = sum(r.energy_pj for r in active) / 1e3
+        totals["float_energy_nj"] = sum(r.float_energy_pj for r in active) / 1e3
+        # attention's activation matmuls (no weights, float32), part of both figures above
+        totals["matmul_energy_nj"] = sum(r.energy_pj for r in active if r.bits is None) / 1e3
+        # a non-spiking network of the same shape: every MAC in float32
+        totals["ann_energy_nj"] = sum(r.macs for r in active) * energy.FLOAT32_MAC_PJ / 1e3
     report = dict(extra)
     report.update({
-        "energy_constants": {"mac_pj": MAC_PJ, "ac_pj": AC_PJ, "source": ENERGY_SOURCE},
+        "energy_constants": energy.constants(),
         "layers": [asdict(r) for r in rows],
         "neurons": neurons,
         # per layer (provenance), the ops that are not spike-driven: float islands
@@ -148,13 +140,16 @@ def format_table(report: dict) -> str:
                  f"{t['parameters']:,} weights, average {t['average_bits']:.2f} bits; packed "
                  f"{t['packed_bytes']:,} B vs float32 {t['float32_bytes']:,} B "
                  f"({t['compression']:.2f}x)")
-    if "energy_uj" in t:
+    if "energy_nj" in t:
+        e, f, m = t["energy_nj"], t["float_energy_nj"], t["matmul_energy_nj"]
         lines.append(f"per sample: {t['sops']:,.0f} synaptic ops (accumulates) and "
-                     f"{t['real_input_macs']:,.0f} MACs on real-valued input, estimated "
-                     f"{t['energy_uj']:.3f} "
-                     f"uJ ({t['energy_reduction']:.1f}x less than the same MACs in float: "
-                     f"{t['ann_energy_uj']:.3f} uJ); {MAC_PJ} pJ/MAC, {AC_PJ} pJ/AC "
-                     "(Horowitz, ISSCC 2014, 45 nm)")
+                     f"{t['real_input_macs']:,.0f} MACs on real-valued input")
+        lines.append(f"estimated energy per sample: {e:,.1f} nJ at these bit widths, "
+                     f"{f:,.1f} nJ with float32 weights ({f / max(e, 1e-12):.1f}x)"
+                     + (f"; of these conv/linear {e - m:,.1f} nJ (what snnc search "
+                        f"estimates) and activation matmuls {m:,.1f} nJ (float32)" if m else "")
+                     + f"; a non-spiking float32 network of this shape {t['ann_energy_nj']:,.1f}"
+                     " nJ (Horowitz, ISSCC 2014, 45 nm: docs/verify.md)")
     else:
         lines.append("(firing rates, synaptic operations and energy need data: add --verify "
                      "DATA.npz)")
@@ -163,54 +158,102 @@ def format_table(report: dict) -> str:
             f"{entry['layer']}: {', '.join(entry['ops'])}" for entry in report["float_ops"]))
     if report["neurons"]:
         lines.append("neuron firing rates: " + ", ".join(
-            f"{_short(k)} {100 * v:.1f}%" for k, v in report["neurons"].items()))
+            f"{k} {100 * v:.1f}%" for k, v in report["neurons"].items()))
     return "\n".join(lines)
 
 
 def _label(name: str) -> str:
-    """A layer name as literal text on the figure: matplotlib reads $...$ as math."""
-    return _short(name).replace("$", r"\$")
+    """A layer name as the table prints it, as literal text: matplotlib reads $...$ as math."""
+    return name.replace("$", r"\$")
 
 
-def _short(name: str) -> str:
-    for noise in ("net.", ".conv_bn.block", ".conv_bn", "patch_embed.", "blocks."):
-        name = name.replace(noise, "" if noise != "blocks." else "b")
-    return name
+def title(report: dict) -> str:
+    """What the figure is of: the model file, its bits and compression, the accuracy and
+    energy on the verify data (where the report has them)."""
+    import os
+
+    t = report["totals"]
+    parts = [os.path.basename(report["model"])] if report.get("model") else []
+    if t["quantized_layers"]:
+        parts.append(f"average {t['average_bits']:.2f} bits, {t['compression']:.1f}x smaller "
+                     "than float32")
+    else:
+        parts.append("float32 (not quantized)")
+    verify = report.get("verify") or {}
+    if verify.get("compiled_accuracy") is not None:
+        parts.append(f"accuracy {100 * verify['compiled_accuracy']:.2f} % "
+                     f"({verify['n']} verify samples)")
+    if "energy_nj" in t:
+        parts.append(f"estimated energy {t['energy_nj']:,.1f} nJ/sample" + (
+            f" (float32 weights: {t['float_energy_nj']:,.1f})" if t["quantized_layers"] else ""))
+    return "; ".join(parts)
 
 
-def figure_png(report: dict) -> bytes:
-    """One PNG: bits per weight layer coloured by scheme, and firing rate per neuron layer."""
+def figure(report: dict):
+    """The matplotlib figure: bits per weight layer coloured by scheme (the axis to the
+    largest quantized width, float32 layers hatched; no panel for a model not quantized:
+    the title says float32), and firing rate per neuron layer; layers named as in the table."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     rows = [r for r in report["layers"] if r["bits"] is not None]
     neurons = report["neurons"]
-    colours = {"uniform": "#4C72B0", "pot": "#DD8452", "float": "#999999"}
-    height = max(len(rows), len(neurons), 4) * 0.28 + 1.5
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, height))
-    names = [_label(r["layer"]) for r in rows][::-1]
-    left.barh(names, [r["bits"] for r in rows][::-1],
-              color=[colours.get(r["scheme"], "#999999") for r in rows][::-1])
-    left.set_xlabel("weight bits")
-    left.set_title(f"bits per layer (average {report['totals']['average_bits']:.2f})")
-    left.set_xlim(0, max([r["bits"] for r in rows] + [8]) + 4)
-    left.legend(handles=[Patch(color=c, label=k) for k, c in colours.items()
-                         if any(r["scheme"] == k for r in rows)], loc="lower right")
+    quantized = any(r["scheme"] != "float" for r in rows)
+    panels = int(quantized) + int(bool(neurons)) or 1
+    height = max(len(rows), len(neurons), 4) * 0.28 + 2.2
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, height), squeeze=False)
+    axes = list(axes[0])
+    fig.suptitle(textwrap.fill(title(report), 95 * panels), fontsize=9)
+    if quantized:
+        _bits_panel(axes.pop(0), rows, report["totals"]["average_bits"])
     if neurons:
+        right = axes.pop(0)
         right.barh([_label(k) for k in neurons][::-1],
                    [100 * v for v in neurons.values()][::-1], color="#55A868")
         right.set_xlabel("firing rate (%)")
-        right.set_title("firing rate per neuron layer (verify data)")
-    else:
-        right.text(0.5, 0.5, "no firing rates:\ncompile with --verify DATA.npz",
-                   ha="center", va="center")
-        right.set_axis_off()
-    for axis in (left, right):
+        right.set_title("firing rate per neuron layer (verify data)", pad=22)
+    if axes:  # neither panel
+        axes[0].text(0.5, 0.5, "no quantized layers, no firing rates:\ncompile with --verify "
+                     "DATA.npz for firing rates", ha="center", va="center")
+        axes[0].set_axis_off()
+    for axis in fig.axes:
         axis.tick_params(axis="y", labelsize=7)
-    return figure_bytes(fig, 100)
+    return fig
+
+
+SCHEME_COLOURS = {"uniform": "#4C72B0", "pot": "#DD8452", "float": "#999999"}
+
+
+def _bits_panel(axis, rows: list[dict], average: float) -> None:
+    """Bits per weight layer, coloured by scheme; the axis runs to the largest quantized
+    width, and a float32 layer's bar, hatched, across it."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    top = max(r["bits"] for r in rows if r["scheme"] != "float")
+    rows = rows[::-1]  # the table's first layer at the top
+    axis.barh([_label(r["layer"]) for r in rows],
+              [top if r["scheme"] == "float" else r["bits"] for r in rows],
+              color=[SCHEME_COLOURS.get(r["scheme"], "#999999") for r in rows],
+              hatch=["//" if r["scheme"] == "float" else "" for r in rows])
+    axis.set_xlim(0, top)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    floats = any(r["scheme"] == "float" for r in rows)
+    axis.set_xlabel("weight bits" + (" (hatched: float32)" if floats else ""))
+    axis.set_title(f"bits per layer (average {average:.2f})", pad=22)
+    axis.legend(handles=[Patch(color=c, label=k) for k, c in SCHEME_COLOURS.items()
+                         if any(r["scheme"] == k for r in rows)],
+                loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8,
+                frameon=False)  # above the bars, below the title: it covers none
+
+
+def figure_png(report: dict) -> bytes:
+    """One PNG: figure(report)."""
+    return figure_bytes(figure(report), 100)
 
 
 def figure_bytes(fig, dpi: int) -> bytes:

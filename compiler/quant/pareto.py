@@ -49,7 +49,8 @@ def _plottable(entry) -> bool:
     return isinstance(entry, dict) and isinstance(entry.get("points"), list) \
         and all(point(p) for p in entry["points"]) \
         and (entry.get("final") is None or point(entry["final"])) \
-        and all(entry.get(k) is None or _real(entry[k]) for k in ("float_accuracy", "max_bits"))
+        and all(entry.get(k) is None or _real(entry[k]) for k in ("float_accuracy", "max_bits",
+                                                                   "float_energy_nj"))
 
 
 def frontier(points: list[dict], x: str) -> list[dict]:
@@ -73,7 +74,8 @@ def png(report: dict) -> bytes:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, x, label in ((axes[0], "bits", "average bits per weight (weighted by parameters)"),
-                         (axes[1], "energy_nj", "estimated energy per sample (nJ, SOP model)")):
+                         (axes[1], "energy_nj", "estimated energy per sample (nJ; "
+                                                "docs/verify.md)")):
         for method, entry in sorted(report["methods"].items()):
             color = COLORS.get(method, "tab:gray")
             points = entry["points"]
@@ -91,6 +93,10 @@ def png(report: dict) -> bytes:
                 ax.axhline(100 * entry["float_accuracy"], color="gray", ls=":", lw=1)
             if x == "bits" and entry.get("max_bits"):
                 ax.axvline(entry["max_bits"], color=color, ls="--", lw=0.8)
+        floats = {e["float_energy_nj"] for e in report["methods"].values()
+                  if e.get("float_energy_nj") is not None}
+        if x == "energy_nj" and len(floats) == 1:
+            label += f"\nthe same operations with float32 weights: {floats.pop():,.1f} nJ"
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)

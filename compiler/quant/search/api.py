@@ -9,8 +9,8 @@ budget, by one of the two methods of ../shared/design/seeds.md (docs/search.md):
 - "gumbel" (SpikeHQ): per-layer logits over the candidates, a Gumbel-softmax mixture of the
   candidates' quantized weights with an annealed temperature, trained (straight-through
   quantizers) on the task loss + lambda x hardware cost (expected bits and the estimated
-  energy, `energy_pj`); lambda bisected until the argmax configuration lands on the bit
-  budget; then quantization-aware fine-tuning of the argmax configuration.
+  energy, snnc.check.energy); lambda bisected until the argmax configuration lands on the
+  bit budget; then quantization-aware fine-tuning of the argmax configuration.
 
 Data-parallel under torchrun (`snnc.quant.distributed`): every process reads the same files and
 computes its share of each batch (fixed 16-sample chunks) and of the validation samples;
@@ -182,6 +182,7 @@ def report_entry(result, opts) -> dict:
     """The search's entry in its --report JSON."""
     return {"points": [vars(p) for p in result.points], "max_bits": opts.max_bits,
             "max_drop": opts.max_drop, "float_accuracy": result.float_accuracy,
+            "float_energy_nj": result.float_energy_nj,
             "final": {"bits": result.average_bits, "energy_nj": result.energy_nj,
                       "accuracy": result.accuracy, "config": result.config},
             "seconds": round(result.seconds, 1)}

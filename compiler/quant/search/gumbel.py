@@ -1,7 +1,7 @@
 """SpikeHQ's Gumbel-softmax search: per-layer logits over the candidates, a Gumbel-softmax
 mixture of the candidates' quantized weights with an annealed temperature, trained
 (straight-through quantizers) on the task loss + lambda x hardware cost (expected bits and
-the estimated energy, space.energy_pj); lambda bisected until the argmax configuration lands
+the estimated energy, snnc.check.energy); lambda bisected until the argmax configuration lands
 on the bit budget (an argmax over it is repaired into it).
 """
 

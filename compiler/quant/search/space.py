@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from snnc.check import energy
 from snnc.errors import BadInputError
 from snnc.quant import quantize
 
@@ -39,27 +40,10 @@ def choice_of(label: str) -> Choice:
     return Choice(scheme, int(label[len(scheme):]))
 
 
-# Energy per synaptic operation, 45 nm, from Horowitz, "Computing's energy problem (and what
-# we can do about it)", ISSCC 2014: integer add 0.03 pJ (8 bits) to 0.1 pJ (32 bits), about
-# linear in the width; integer multiply 0.2 pJ (8 bits) to 3.1 pJ (32 bits), about quadratic;
-# float32 add 0.9 pJ and multiply 3.7 pJ (the report's AC and MAC: snnc.check.report).
-ADD_PJ_PER_BIT = 0.1 / 32
-MUL_PJ_PER_BIT2 = 3.1 / 32 ** 2
-INPUT_BITS = 8  # a real-valued input (the image) as 8-bit activations for the integer MAC
-
-
 def energy_pj(choice: Choice, spiking: bool) -> float:
-    """Energy of one synaptic operation of a layer with `choice` weights. A layer reading
-    spikes (or spike counts) accumulates (AC): one add of the weight, as wide as its code
-    (a PoT weight's code is shifted into place first: a shift-add, counted as two adds). A
-    layer reading real values multiply-accumulates (MAC): a k x 8-bit multiply and an add;
-    for a PoT weight the multiply is a shift (an add's cost): a shift-add, far below a MAC."""
-    if choice.scheme == "float":
-        return 0.9 if spiking else 4.6
-    add = ADD_PJ_PER_BIT * choice.bits
-    if choice.scheme == "pot":
-        return 2 * add
-    return add if spiking else MUL_PJ_PER_BIT2 * choice.bits * INPUT_BITS + add
+    """Energy of one synaptic operation of a layer with `choice` weights (snnc.check.energy,
+    the model `snnc compile --report` uses too)."""
+    return energy.op_pj(choice.scheme, choice.bits, spiking)
 
 
 @dataclass
@@ -86,6 +70,7 @@ def average_bits(layers: list[Layer], config: dict[str, str]) -> float:
 
 
 def energy_nj(layers: list[Layer], config: dict[str, str]) -> float:
+    """Estimated energy per sample of `config` (a layer's label "float": float32 weights)."""
     return sum(l.ops * energy_pj(choice_of(config[l.name]), l.spiking) for l in layers) / 1e3
 
 
