@@ -397,11 +397,13 @@ def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     from snnc.quant import pareto
 
     good = {"points": [{"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}], "max_bits": 3.0,
-            "float_accuracy": 0.95, "final": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}}
+            "float_accuracy": 0.95, "final": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9},
+            "chosen": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}}
     old = tmp_path / "r.json"
     for bad in ({"points": [{"bits": "x", "energy_nj": 1, "accuracy": 0.5}]},
                 {"points": [None]}, {"points": [], "final": {"bits": 1}},
                 {"points": [], "max_bits": "3"}, {"points": [], "max_bits": 10 ** 400},
+                {"points": [], "chosen": {"bits": 3, "energy_nj": None, "accuracy": 0.5}},
                 {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]}):
         old.write_text(json.dumps({"key": "k", "methods": {"gumbel": bad}}))
         report = pareto.merge(str(old), "k", "sensitivity", good)

@@ -5,7 +5,9 @@ budget, by one of the two methods of ../shared/design/seeds.md (docs/search.md):
   validation data (accuracy and the divergence of the logits from the float model's); base
   settings from that sweep; guided greedy steps on the whole configuration (the step that
   costs the least divergence per bit saved, or, under the budget, gains the most per bit
-  spent) until the budget is met; then quantization-aware fine-tuning.
+  spent) until the budget is met; the best configuration evaluated within the budget
+  (validation accuracy, then fewer bits: engine.Search.rank) is the result; then
+  quantization-aware fine-tuning.
 - "gumbel" (SpikeHQ): per-layer logits over the candidates, a Gumbel-softmax mixture of the
   candidates' quantized weights with an annealed temperature, trained (straight-through
   quantizers) on the task loss + lambda x hardware cost (expected bits and the estimated
@@ -85,7 +87,7 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     return Result(opts.method, to_rules(config), rows, average,
                   energy_nj(engine.layers, config), energy_nj(engine.layers, float_config),
                   engine.float_accuracy, searched.accuracy, accuracy, time.time() - start,
-                  tuned, engine.points, details)
+                  tuned, engine.points, details, searched)
 
 
 # Option ranges (the CLI's click types say the same); an Adam step beyond lr 1 overflows.
@@ -174,6 +176,7 @@ def report_entry(result, opts) -> dict:
     """The search's entry in its --report JSON."""
     return {"points": [vars(p) for p in result.points], "max_bits": opts.max_bits,
             "max_drop": opts.max_drop, "float_accuracy": result.float_accuracy,
+            "chosen": vars(result.chosen) if result.chosen else None,
             "final": {"bits": result.average_bits, "energy_nj": result.energy_nj,
                       "accuracy": result.accuracy, "config": result.config},
             "seconds": round(result.seconds, 1)}
