@@ -522,7 +522,8 @@ def _quantize(model, config_path, output, method, calibration, trust_code, max_n
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=5e-4,
               show_default=True, help="Learning rate of the weights (QAT), above 0, at most 1.")
 @click.option("--state", "state_path", type=click.Path(),
-              help="The search state file [default: OUTPUT.state].")
+              help="The search state file, kept after the search [default: OUTPUT.state, "
+                   "removed once the search succeeds].")
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the state file.")
 @click.option("--trust-code", is_flag=True,
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
@@ -537,18 +538,20 @@ def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, 
     """Search each layer's quantization (uniform or PoT, 2-8 bits) under a budget, then
     fine-tune (docs/search.md). Data-parallel under torchrun."""
 
+    keep_state = state_path is not None  # a state named with --state outlives the search
     state_path = state_path or f"{output}.state"
     with _errors():
         _search(model, train_path, val_path, method, max_bits, max_drop, output,
                 quantized_path, report_path, allow_float, seed, finetune_epochs,
                 search_epochs, trials, energy_weight, batch_size, lr, state_path, resume,
-                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout, discretize))
+                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout, discretize),
+                keep_state=keep_state)
 
 
 def _search(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
             report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
             energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
-            quiet, nir=None):
+            quiet, nir=None, keep_state=True):
     import hashlib
     import json
 
@@ -606,6 +609,14 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
                 (model_digest + data_key).encode()).hexdigest(), method, entry)
             files += [(report_path, pareto.png(report)), (report_json, pareto.dumps(report))]
         write_all_atomic(files)
+        if not keep_state:  # the default state is for resuming an interrupted search only
+            try:
+                os.remove(state_path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                click.echo(f"snnc: warning: could not remove the search state {state_path} "
+                           f"({error.strerror})", err=True)
     finally:
         ctx.close()
     if quiet:

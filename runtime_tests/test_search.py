@@ -208,12 +208,13 @@ def test_ctrl_c_keeps_the_best_and_resume_finishes(trained):
         assert cut == space.to_rules(best["config"]) and average(cut) <= 2.6
     else:
         assert "nothing was written" in err and not (d / "cut.json").exists()
-    resumed = search(d, "gumbel", *args, "--resume", out="cut.json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert (d / "cut.json").read_text() == (d / "whole.json").read_text()
     # a state from other options is refused
     other = search(d, "gumbel", "--max-bits", "2.5", "-q", "--resume", out="cut.json")
     assert other.returncode == 1 and "another search" in other.stderr
+    resumed = search(d, "gumbel", *args, "--resume", out="cut.json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (d / "cut.json").read_text() == (d / "whole.json").read_text()
+    assert not state.exists()  # the default state is removed once the search succeeded
 
 
 def test_ctrl_c_in_fine_tuning_resumes_to_the_same_model(trained):

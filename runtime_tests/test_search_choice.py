@@ -1,14 +1,16 @@
 """snnc search's choice (docs/search.md, "The choice"): the best configuration the search
 evaluated within the budget, by validation accuracy then fewer bits (under --max-bits), never
 where a divergence-guided walk happened to end; the same after a resume; the one the
---report figure marks."""
+--report figure marks; and the default state file removed once a search succeeds."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
-from test_search import blobs
+from test_search import blobs, snnc_cli
 
 import snnc
 from snnc import demo
@@ -151,3 +153,30 @@ def test_a_sensitivity_search_chooses_the_best_point_it_visited(model, tmp_path,
     with pytest.raises(snnc.BadInputError, match="result.point.*ranks first"):
         snnc.search(model, **data, **ARGS, state_path=str(state), resume=True)
 
+
+def test_the_default_state_is_removed_after_success(model, tmp_path):
+    """The default state file (OUTPUT.state) is for resuming an interrupted search: it is
+    removed once the outputs are written; one named with --state is kept."""
+    from snnc.files.loader import make_checkpoint
+
+    torch.save(make_checkpoint("snnc.demo:conv_snn", {}, model, [1, 2, 12, 12]),
+               tmp_path / "float.pt")
+    for name, (x, y) in (("train", blobs(96, 0)), ("val", blobs(64, 1))):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    args = ["search", tmp_path / "float.pt", "--train", tmp_path / "train.npz", "--val",
+            tmp_path / "val.npz", "--method", "sensitivity", "--max-bits", "3",
+            "--finetune-epochs", "0", "-q"]
+    run = snnc_cli(*args, "-o", tmp_path / "a.json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "a.json").read_text())
+    assert not (tmp_path / "a.json.state").exists()
+    run = snnc_cli(*args, "-o", tmp_path / "b.json", "--state", tmp_path / "b.state")
+    assert run.returncode == 0, run.stderr
+    assert torch.load(tmp_path / "b.state", weights_only=True)["result"]
+    # resuming the finished state writes the same outputs again, and keeps it
+    (tmp_path / "b.json").unlink()
+    run = snnc_cli(*args, "-o", tmp_path / "b.json", "--state", tmp_path / "b.state",
+                   "--resume")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "b.json").read_text() == (tmp_path / "a.json").read_text()
+    assert (tmp_path / "b.state").exists()
