@@ -521,7 +521,8 @@ def quantize_cmd(model, config_path, output, method, calibration, data_path, tru
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=5e-4,
               show_default=True, help="Learning rate of the weights (QAT), above 0, at most 1.")
 @click.option("--state", "state_path", type=click.Path(),
-              help="The search state file [default: OUTPUT.state].")
+              help="The search state file, kept after the search [default: OUTPUT.state, "
+                   "removed once the search succeeds].")
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the state file.")
 @click.option("--trust-code", is_flag=True,
               help="Allow a checkpoint factory that is not on snnc's allowlist (snnc imports "
@@ -536,18 +537,20 @@ def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, 
     """Search each layer's quantization (uniform or PoT, 2-8 bits) under a budget, then
     fine-tune (docs/search.md). Data-parallel under torchrun."""
 
+    keep_state = state_path is not None  # a state named with --state outlives the search
     state_path = state_path or f"{output}.state"
     with _errors():
         _search(model, train_path, val_path, method, max_bits, max_drop, output,
                 quantized_path, report_path, allow_float, seed, finetune_epochs,
                 search_epochs, trials, energy_weight, batch_size, lr, state_path, resume,
-                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout, discretize))
+                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout, discretize),
+                keep_state=keep_state)
 
 
 def _search(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
             report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
             energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
-            quiet, nir=None):
+            quiet, nir=None, keep_state=True):
     import hashlib
     import json
 
@@ -591,7 +594,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     except SearchInterrupted as stop:
         ctx.close(wait=False)
         if ctx.main:
-            _interrupted(stop, output, state_path)
+            _fail(api.interrupted(stop, output, state_path), code=130)
         sys.exit(interrupt_code(stop.__context__) if stop.__context__ else 130)
     except BaseException:
         ctx.close(wait=False)  # the other processes may never reach a barrier
@@ -609,6 +612,14 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
                 (model_digest + data_key).encode()).hexdigest(), method, entry)
             files += [(report_path, pareto.png(report)), (report_json, pareto.dumps(report))]
         write_all_atomic(files)
+        if not keep_state:  # the default state is for resuming an interrupted search only
+            try:
+                os.remove(state_path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                click.echo(f"snnc: warning: could not remove the search state {state_path} "
+                           f"({error.strerror})", err=True)
     finally:
         ctx.close()
     if not quiet:  # -q silences the progress and the table, never the result
@@ -623,23 +634,6 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
                f"{100 * result.accuracy:.2f} % after; {result.seconds:.0f} s")
     written = [output] + [p for p in (quantized_path, report_path, report_json) if p]
     click.echo("wrote " + ", ".join(written))
-
-
-def _interrupted(stop, output, state_path) -> None:
-    import json
-
-    from snnc.files.outputs import write_atomic
-    from snnc.quant.search.space import to_rules
-
-    if stop.best is not None:
-        write_atomic(output, (json.dumps(to_rules(stop.best.config), indent=2) + "\n").encode())
-        _fail(f"interrupted; wrote the best configuration within the budget found so far to "
-              f"{output} ({stop.best.bits:.2f} bits, validation accuracy "
-              f"{100 * stop.best.accuracy:.2f} % before fine-tuning); the search state is in "
-              f"{state_path}: rerun with --resume to continue", code=130)
-    _fail(f"interrupted before any configuration within the budget was found; nothing was "
-          f"written to {output}. The search state is in {state_path}: rerun with --resume to "
-          "continue", code=130)
 
 
 @main.command("inspect")

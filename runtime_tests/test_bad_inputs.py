@@ -2346,7 +2346,8 @@ def _resumed_search(d, fx, state=None, edit=None):
         good.parent.mkdir(exist_ok=True)
         done = CliRunner().invoke(main, ["search", str(fx / "float_ckpt.pt"), "--train",
                                          str(fx / "data.npz"), "--val", str(fx / "data.npz"),
-                                         "-o", str(good.parent / "c.json"), *SEARCH_OPTIONS])
+                                         "-o", str(good.parent / "c.json"), "--state",
+                                         str(good), *SEARCH_OPTIONS])  # named: kept
         assert done.exit_code == 0, done.stderr
     saved = torch.load(good, weights_only=True)
     edit(saved)

@@ -212,12 +212,13 @@ def test_ctrl_c_keeps_the_best_and_resume_finishes(trained):
         assert cut == space.to_rules(best["config"]) and average(cut) <= 2.6
     else:
         assert "nothing was written" in err and not (d / "cut.json").exists()
-    resumed = search(d, "gumbel", *args, "--resume", out="cut.json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert (d / "cut.json").read_text() == (d / "whole.json").read_text()
     # a state from other options is refused
     other = search(d, "gumbel", "--max-bits", "2.5", "-q", "--resume", out="cut.json")
     assert other.returncode == 1 and "another search" in other.stderr
+    resumed = search(d, "gumbel", *args, "--resume", out="cut.json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (d / "cut.json").read_text() == (d / "whole.json").read_text()
+    assert not state.exists()  # the default state is removed once the search succeeded
 
 
 def test_ctrl_c_in_fine_tuning_resumes_to_the_same_model(trained):
@@ -448,11 +449,13 @@ def test_a_damaged_old_report_entry_is_dropped_not_drawn(tmp_path):
     from snnc.quant import pareto
 
     good = {"points": [{"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}], "max_bits": 3.0,
-            "float_accuracy": 0.95, "final": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}}
+            "float_accuracy": 0.95, "final": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9},
+            "chosen": {"bits": 3.0, "energy_nj": 1.0, "accuracy": 0.9}}
     old = tmp_path / "r.json"
     for bad in ({"points": [{"bits": "x", "energy_nj": 1, "accuracy": 0.5}]},
                 {"points": [None]}, {"points": [], "final": {"bits": 1}},
                 {"points": [], "max_bits": "3"}, {"points": [], "max_bits": 10 ** 400},
+                {"points": [], "chosen": {"bits": 3, "energy_nj": None, "accuracy": 0.5}},
                 {"points": [{"bits": 3, "energy_nj": 10 ** 400, "accuracy": 0.5}]},
                 {"points": [], "float_energy_nj": "226"}):
         old.write_text(json.dumps({"key": "k", "methods": {"gumbel": bad}}))

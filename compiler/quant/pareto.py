@@ -1,7 +1,8 @@
 """snnc search --report: every configuration a search evaluated, as JSON and one PNG with
-validation accuracy against average bits and against estimated energy, and each method's
-Pareto frontier. A report file keeps the other method's points for the same model and
-validation data, so running both methods with the same --report puts both on one figure."""
+validation accuracy against average bits and against estimated energy, each method's
+Pareto frontier and its chosen point (a ring; a star after fine-tuning). A report file keeps
+the other method's points for the same model and validation data, so running both methods
+with the same --report puts both on one figure."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _plottable(entry) -> bool:
 
     return isinstance(entry, dict) and isinstance(entry.get("points"), list) \
         and all(point(p) for p in entry["points"]) \
-        and (entry.get("final") is None or point(entry["final"])) \
+        and all(entry.get(k) is None or point(entry[k]) for k in ("final", "chosen")) \
         and all(entry.get(k) is None or _real(entry[k]) for k in ("float_accuracy", "max_bits",
                                                                    "float_energy_nj"))
 
@@ -84,6 +85,11 @@ def png(report: dict) -> bytes:
             front = frontier(points, x)
             ax.step([p[x] for p in front], [100 * p["accuracy"] for p in front], where="post",
                     color=color, lw=1.5, label=f"{method}: frontier")
+            chosen = entry.get("chosen")
+            if chosen:  # the search's choice among the visited points, before fine-tuning
+                ax.scatter([chosen[x]], [100 * chosen["accuracy"]], marker="o", s=90,
+                           facecolor="none", edgecolor=color, lw=1.8, zorder=4,
+                           label=f"{method}: chosen")
             final = entry.get("final")
             if final:
                 ax.scatter([final[x]], [100 * final["accuracy"]], marker="*", s=160,
@@ -101,8 +107,8 @@ def png(report: dict) -> bytes:
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("snnc search: configurations evaluated (before fine-tuning; stars after); "
-                 "dotted line: float", fontsize=9)
+    fig.suptitle("snnc search: configurations evaluated (before fine-tuning); rings: chosen; "
+                 "stars: chosen, fine-tuned; dotted line: float", fontsize=9)
     from snnc.check.report import figure_bytes
 
     return figure_bytes(fig, 110)

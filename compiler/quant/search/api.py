@@ -5,7 +5,9 @@ budget, by one of the two methods of ../shared/design/seeds.md (docs/search.md):
   validation data (accuracy and the divergence of the logits from the float model's); base
   settings from that sweep; guided greedy steps on the whole configuration (the step that
   costs the least divergence per bit saved, or, under the budget, gains the most per bit
-  spent) until the budget is met; then quantization-aware fine-tuning.
+  spent) until the budget is met; the best configuration evaluated within the budget
+  (validation accuracy, then fewer bits: engine.Search.rank) is the result; then
+  quantization-aware fine-tuning.
 - "gumbel" (SpikeHQ): per-layer logits over the candidates, a Gumbel-softmax mixture of the
   candidates' quantized weights with an annealed temperature, trained (straight-through
   quantizers) on the task loss + lambda x hardware cost (expected bits and the estimated
@@ -86,7 +88,7 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     return Result(opts.method, to_rules(config), rows, average,
                   energy_nj(engine.layers, config), energy_nj(engine.layers, float_config),
                   engine.float_accuracy, searched.accuracy, accuracy, time.time() - start,
-                  tuned, engine.points, details)
+                  tuned, engine.points, details, searched)
 
 
 # Option ranges (the CLI's click types say the same); an Adam step beyond lr 1 overflows.
@@ -183,6 +185,7 @@ def report_entry(result, opts) -> dict:
     return {"points": [vars(p) for p in result.points], "max_bits": opts.max_bits,
             "max_drop": opts.max_drop, "float_accuracy": result.float_accuracy,
             "float_energy_nj": result.float_energy_nj,
+            "chosen": vars(result.chosen) if result.chosen else None,
             "final": {"bits": result.average_bits, "energy_nj": result.energy_nj,
                       "accuracy": result.accuracy, "config": result.config},
             "seconds": round(result.seconds, 1)}
@@ -205,3 +208,21 @@ def table(result) -> str:
         lines.append(f"{result.method} per layer:")
         lines += extra
     return "\n".join(lines)
+
+
+def interrupted(stop: SearchInterrupted, output: str, state_path: str) -> str:
+    """After Ctrl-C or SIGTERM: the best configuration within the budget found so far
+    written to `output` (if any), and the message that says so."""
+    import json
+
+    from snnc.files.outputs import write_atomic
+
+    if stop.best is None:
+        return (f"interrupted before any configuration within the budget was found; nothing "
+                f"was written to {output}. The search state is in {state_path}: rerun with "
+                "--resume to continue")
+    write_atomic(output, (json.dumps(to_rules(stop.best.config), indent=2) + "\n").encode())
+    return (f"interrupted; wrote the best configuration within the budget found so far to "
+            f"{output} ({stop.best.bits:.2f} bits, validation accuracy "
+            f"{100 * stop.best.accuracy:.2f} % before fine-tuning); the search state is in "
+            f"{state_path}: rerun with --resume to continue")

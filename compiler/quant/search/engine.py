@@ -74,6 +74,7 @@ class Result:
     model: torch.nn.Module | None = None  # the fine-tuned quantized model
     points: list[Point] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # per layer: the method's own figures
+    chosen: Point | None = None  # the point chosen among `points`, before fine-tuning
 
 
 class SearchInterrupted(SnncError):
@@ -117,14 +118,19 @@ class Search:
     def rank(self, point: Point) -> tuple:
         """Larger is better among configurations within the budget: under --max-bits the
         most accurate (then the fewest bits), under --max-drop the fewest bits (then the most
-        accurate)."""
+        accurate); then the lower energy estimate. Accuracy is compared exactly, as the
+        number of validation samples classified right; average bits are exact too (whole
+        bits x parameters, summed in one order, over one total)."""
+        correct = round(point.accuracy * len(self.val.y))
         if self.opts.max_bits is not None:
-            return (point.accuracy, -point.bits)
-        return (-point.bits, point.accuracy)
+            return (correct, -point.bits, -point.energy_nj)
+        return (-point.bits, correct, -point.energy_nj)
 
-    def best(self) -> Point | None:
-        ok = [p for p in self.points if self.within(p)]
-        return max(ok, key=self.rank) if ok else None
+    def best(self, points: list[Point] | None = None) -> Point | None:
+        """The search's choice: the point (of `points`, by default every point evaluated)
+        within the budget that rank() puts first; among equals the first evaluated."""
+        ok = [p for p in (self.points if points is None else points) if self.within(p)]
+        return max(ok, key=self.rank) if ok else None  # max keeps the first of equals
 
     def score(self, config: dict[str, str]) -> tuple[float, float]:
         """The configuration's validation accuracy and divergence, on quantized copies of
@@ -243,8 +249,14 @@ class Search:
 
         def measured(data, where):
             result = data.get("result")
-            if result is not None and result["point"] not in data.get("points", []):
+            if result is None:
+                return
+            if result["point"] not in data.get("points", []):
                 raise s.Damaged("result.point", "is not one of the points the search measured")
+            best = self.best([Point(**p) for p in data["points"]])
+            if result["point"] != vars(best):
+                raise s.Damaged("result.point", "is not the measured point within the budget "
+                                                "that ranks first (docs/search.md)")
 
         fields = {"format": s.const("snnc-search-state"), "version": s.const(1),
                   "key": s.const(self.state.key), "points": s.items(point, *method.points),
