@@ -222,7 +222,7 @@ def test_compile_verify_report_ort_cli(small_data):
         assert (small_data / name).is_file(), name
     assert "top-1 agreement      100.00 %" in run.stdout
     assert "(identical)" in run.stdout
-    assert "SOPs/sample" in run.stdout and "pJ/AC" in run.stdout
+    assert "SOPs/sample" in run.stdout and "nJ at these bit widths" in run.stdout
     data = json.loads((small_data / "report.json").read_text())
     assert data["verify"]["n"] == 40 and data["verify"]["ort_max_abs_diff"] == 0.0
 
