@@ -70,7 +70,8 @@ def _program_layers(path: str, trust_pickle: bool) -> list:
 
 def _table(path: str, kind: str, rows: list, total: int, average: float) -> str:
     width = max([len(r["name"]) for r in rows] + [5])
-    lines = [f"{path}: {KINDS[kind]}, {len(rows)} quantizable layer(s)",
+    what = "an snnc checkpoint" if kind in ("torch", "pickle") else KINDS[kind]
+    lines = [f"{path}: {what}, {len(rows)} quantizable layer(s)",
              f"{'layer':<{width}}  {'op':<7}  {'parameters':>11}  {'scheme':<7}  {'bits':>4}"]
     for r in rows:
         lines.append(f"{r['name']:<{width}}  {r['op']:<7}  {r['parameters']:>11,}  "
