@@ -478,7 +478,8 @@ def quantize_cmd(model, config_path, output, method, calibration, data_path, tru
         cal = _load_data(calibration)[0] if calibration else None
         data = _load_data(data_path) if data_path else None
         done = quantize_checkpoint(model, config, output, method, cal, data, trust_code,
-                                   max_neuron_steps, _nir(dt, nir_steps, readout, discretize))
+                                   max_neuron_steps, _nir(dt, nir_steps, readout, discretize),
+                                   (f"--calibration {calibration}", f"--data {data_path}"))
     click.echo(quant.format_report(done.rows, done.average_bits))
     if done.accuracy is not None:
         click.echo(f"accuracy on {data_path} ({done.samples} samples, PyTorch): float "
