@@ -24,9 +24,15 @@ from snnc.quant import quantize as quant
 
 
 @pytest.mark.parametrize("scheme, bits", [("uniform", b) for b in range(2, 9)] +
-                         [("pot", b) for b in range(2, 6)])
+                         [("pot", b) for b in range(2, 6)] + [("ternary", 2), ("binary", 1)])
 def test_bit_packing_round_trips(scheme, bits):
     rng = np.random.default_rng(bits)
+    if scheme in ("ternary", "binary"):  # five trits a byte; one sign bit
+        codes = rng.choice([-1, 0, 1] if scheme == "ternary" else [-1, 1], size=(7, 3, 5))
+        data = pack.pack_bits(codes, scheme, bits)
+        assert len(data) == (21 if scheme == "ternary" else 14)  # ceil(105 / 5), ceil(105 / 8)
+        assert np.array_equal(pack.unpack_bits(data, codes.size, scheme, bits), codes.reshape(-1))
+        return
     if scheme == "uniform":
         codes = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(7, 3, 5))
     else:
@@ -145,9 +151,10 @@ def _resealed(blob: bytes, version: int = pack.VERSION, **fields) -> bytes:
 
 
 def test_format_version_and_checksum_coverage(packed):
-    """Version 2: the checksum covers the reserved word (bytes 60..63), which must be 0."""
+    """Version 3 (2 and 3: the checksum covers the reserved word, bytes 60..63, which must be
+    0)."""
     blob = open(packed["pack"], "rb").read()
-    assert blob[:8] == b"SNNPACK\0" and struct.unpack_from("<H", blob, 8)[0] == 2
+    assert blob[:8] == b"SNNPACK\0" and struct.unpack_from("<H", blob, 8)[0] == 3
     assert struct.unpack_from("<I", blob, 56)[0] == pack.checksum(blob)
     reserved = bytearray(blob)
     reserved[61] = 1
@@ -155,22 +162,23 @@ def test_format_version_and_checksum_coverage(packed):
         pack.decode(bytes(reserved))
     with pytest.raises(BadInputError, match=r"reserved is 256, expected 0 \(byte 60\)"):
         pack.decode(_resealed(bytes(reserved)))
-    with pytest.raises(BadInputError, match="format version 3; this snnc reads versions 1, 2"):
-        pack.decode(_resealed(blob, v8=("<H", 3)))
+    with pytest.raises(BadInputError, match="format version 4; this snnc reads versions 1, 2, 3"):
+        pack.decode(_resealed(blob, v8=("<H", 4)))
     with pytest.raises(BadInputError, match=r"flags is 1, expected 0 .*byte 10.*snnc compile"):
         pack.decode(_resealed(blob, v10=("<H", 1)))
 
 
 def test_version_1_packs_are_read(packed):
-    """A version-1 file (checksum with bytes 56..63 zero) decodes to the same layers; its
-    reserved word, outside that checksum, must still be 0."""
+    """Version-1 (checksum with bytes 56..63 zero) and version-2 files decode to the same
+    layers; the reserved word, outside version 1's checksum, must still be 0."""
     blob = open(packed["pack"], "rb").read()
-    old = _resealed(blob, 1, v8=("<H", 1))
-    assert old != blob
-    for a, b in zip(pack.decode(old), pack.decode(blob)):
-        assert (a.name, a.scale_name, a.scheme, a.bits, a.layout) == \
-            (b.name, b.scale_name, b.scheme, b.bits, b.layout)
-        assert np.array_equal(a.codes, b.codes) and a.scales.tobytes() == b.scales.tobytes()
+    for version in (1, 2):
+        old = _resealed(blob, version, v8=("<H", version))
+        assert old != blob
+        for a, b in zip(pack.decode(old), pack.decode(blob)):
+            assert (a.name, a.scale_name, a.scheme, a.bits, a.layout) == \
+                (b.name, b.scale_name, b.scheme, b.bits, b.layout)
+            assert np.array_equal(a.codes, b.codes) and a.scales.tobytes() == b.scales.tobytes()
     # with the reserved word 0, as every valid file has it, the two checksums coincide
     assert pack.checksum(old, 1) == pack.checksum(old, 2)
     with pytest.raises(BadInputError, match="reserved"):
@@ -317,3 +325,4 @@ def test_optimized_graph_shows_the_kernels(packed, tmp_path):
     assert kernels == {("Conv", "initializer"): 1, ("Gemm", "initializer"): 1,
                        ("MatMulIntegerToFloat", "initializer"): 20,
                        ("MatMulIntegerToFloat", "Transpose"): 8}
+
