@@ -84,6 +84,10 @@ def test_ternary_and_binary_codes_and_scales():
     twn = (magnitude * keep).sum(dim=1) / keep.sum(dim=1)
     assert torch.all(best <= error(twn, "ternary") + 1e-5)
     assert torch.all(quant.minmax_scale(weights, "ternary", 2) == magnitude.amax(dim=1))
+    dead = torch.zeros(2, 5)  # a zero channel stays zero: binary a = 0, ternary codes 0
+    for scheme, bits in (("binary", 1), ("ternary", 2)):
+        for scale in (quant.mse_scale(dead, scheme, bits), quant.minmax_scale(dead, scheme, bits)):
+            assert torch.all(quant.fake_quant(dead, scale, scheme, bits) == 0)
 
 
 def test_ir_dequantize_matches_torch_bit_for_bit():

@@ -111,6 +111,8 @@ class WeightQuantizer(torch.nn.Module):
 
 def minmax_scale(weight: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
     peak = weight.detach().float().abs().reshape(weight.shape[0], -1).amax(dim=1)
+    if scheme == "binary":
+        return peak  # no division by it: a zero channel keeps 0 (see _sign_scale)
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     return peak / (2 ** (bits - 1) - 1) if scheme == "uniform" else peak
 
@@ -146,7 +148,9 @@ def _sign_scale(weight: torch.Tensor, scheme: str) -> torch.Tensor:
         best = (sums ** 2 / k).argmax(dim=1, keepdim=True)
         a = (sums.gather(1, best) / (best + 1)).squeeze(1)
     a = a.float()
-    return torch.where(a > 0, a, torch.ones_like(a))  # a zero channel: any scale, codes 0/+1
+    if scheme == "binary":
+        return a  # a zero channel keeps a = 0: its codes are +1, its weights 0
+    return torch.where(a > 0, a, torch.ones_like(a))  # a zero channel: codes 0 at any a
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ def parse_config(config: Mapping[str, object]) -> list[tuple[str, dict | None]]:
                 f"config entry {glob!r}: {scheme} weights take no bits (got "
                 f'"bits": {short_repr(rule["bits"])}): their levels are fixed, '
                 f"{'{-a, +a}' if scheme == 'binary' else '{-a, 0, +a}'} with one a per output "
-                f'channel, stored at {_bits_text(scheme)} a weight; write {{"scheme": "{scheme}"}}, or another scheme with its bits')
+                f"channel, stored at {_bits_text(scheme)} a weight; write "
+                f'{{"scheme": "{scheme}"}}, or another scheme with its bits')
         if isinstance(rule, Mapping) and "scheme" in rule and \
                 not (isinstance(scheme, str) and scheme in SCHEMES):
             raise BadInputError(f"config entry {glob!r}: unknown scheme {short_repr(scheme)}; use "
