@@ -444,8 +444,8 @@ def _write_report(path, result, verification, model, output, quiet) -> None:
 @main.command("quantize")
 @click.argument("model", type=click.Path())
 @click.option("--config", "config_path", required=True, type=click.Path(),
-              help='JSON: module-name globs -> {"scheme": "uniform"|"pot", "bits": k} or '
-                   '"float"; first match wins.')
+              help='JSON: module-name globs -> {"scheme": "uniform"|"pot", "bits": k}, '
+                   '{"scheme": "ternary"|"binary"} or "float"; first match wins.')
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Where to write the quantized snnc checkpoint.")
 @click.option("--method", type=click.Choice(["mse", "minmax"]), default="mse", show_default=True,

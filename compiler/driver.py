@@ -24,6 +24,7 @@ from snnc.ir.graph import Graph
 from snnc.ir.islands import by_layer
 from snnc.options import DEFAULT, Options
 from snnc.pipeline import run_passes
+from snnc.quant.weights import stored_bits
 
 
 @dataclass
@@ -51,7 +52,8 @@ class Result:
         quantized = ""
         if self.packed:
             weights = sum(layer.codes.size for layer in self.packed)
-            bits = sum(layer.codes.size * layer.bits for layer in self.packed) / weights
+            bits = sum(layer.codes.size * stored_bits(layer.scheme, layer.bits)
+                       for layer in self.packed) / weights
             quantized = (f"\nquantized     {len(self.packed)} layers, {weights:,} weights, "
                          f"average {bits:.2f} bits")
         lowered = self.lowered.nodes

@@ -1306,6 +1306,14 @@ def config_bad_bits(d, fx):
 
 
 @case("quantize")
+def config_bits_for_binary(d, fx):
+    """Bits where they mean nothing: binary and ternary levels are fixed."""
+    model, config = _quantize_files(d, fx)
+    Path(config).write_text(json.dumps({"conv*": {"scheme": "binary", "bits": 3}}))
+    return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]
+
+
+@case("quantize")
 def model_is_archive(d, fx):
     model, config = use(d, fx, "model.pt", "config.json")
     return ["quantize", model, "--config", config, "-o", str(d / "q.pt")]

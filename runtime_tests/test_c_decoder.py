@@ -108,7 +108,11 @@ def _scales(rng, layout: int, scheme: str, bits: int, channels: int) -> np.ndarr
 
 
 def _layer(rng, name: str, scheme: str, bits: int, layout: int, shape) -> pack.Layer:
-    if scheme == "uniform":
+    if scheme == "ternary":
+        codes = rng.integers(-1, 2, shape)
+    elif scheme == "binary":
+        codes = rng.choice([-1, 1], shape)
+    elif scheme == "uniform":
         codes = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), shape)
     else:
         codes = rng.integers(0, 1 << (bits - 1), shape) * rng.choice([-1, 1], shape)
@@ -117,7 +121,7 @@ def _layer(rng, name: str, scheme: str, bits: int, layout: int, shape) -> pack.L
                       codes.astype(np.int32), _scales(rng, layout, scheme, bits, shape[0]), layout)
 
 
-KINDS = [(scheme, bits, layout) for scheme in ("uniform", "pot")
+KINDS = [(scheme, bits, layout) for scheme in pack.SCHEMES
          for bits in pack.BITS[scheme] for layout in pack.LAYOUTS
          if layout != pack.CODES or scheme == "pot"]
 

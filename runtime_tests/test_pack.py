@@ -15,18 +15,26 @@ import onnx
 import pytest
 import torch
 
+import snnc
 from snnc import BadInputError
 from snnc.backend import pack
 from snnc.backend.runtime import load_session
+from snnc.demo import conv_snn, make_firing
 from snnc.driver import compile_file
 from snnc.options import Options
 from snnc.quant import quantize as quant
 
 
 @pytest.mark.parametrize("scheme, bits", [("uniform", b) for b in range(2, 9)] +
-                         [("pot", b) for b in range(2, 6)])
+                         [("pot", b) for b in range(2, 6)] + [("ternary", 2), ("binary", 1)])
 def test_bit_packing_round_trips(scheme, bits):
     rng = np.random.default_rng(bits)
+    if scheme in ("ternary", "binary"):  # five trits a byte; one sign bit
+        codes = rng.choice([-1, 0, 1] if scheme == "ternary" else [-1, 1], size=(7, 3, 5))
+        data = pack.pack_bits(codes, scheme, bits)
+        assert len(data) == (21 if scheme == "ternary" else 14)  # ceil(105 / 5), ceil(105 / 8)
+        assert np.array_equal(pack.unpack_bits(data, codes.size, scheme, bits), codes.reshape(-1))
+        return
     if scheme == "uniform":
         codes = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(7, 3, 5))
     else:
@@ -145,9 +153,10 @@ def _resealed(blob: bytes, version: int = pack.VERSION, **fields) -> bytes:
 
 
 def test_format_version_and_checksum_coverage(packed):
-    """Version 2: the checksum covers the reserved word (bytes 60..63), which must be 0."""
+    """Version 3 (2 and 3: the checksum covers the reserved word, bytes 60..63, which must be
+    0)."""
     blob = open(packed["pack"], "rb").read()
-    assert blob[:8] == b"SNNPACK\0" and struct.unpack_from("<H", blob, 8)[0] == 2
+    assert blob[:8] == b"SNNPACK\0" and struct.unpack_from("<H", blob, 8)[0] == 3
     assert struct.unpack_from("<I", blob, 56)[0] == pack.checksum(blob)
     reserved = bytearray(blob)
     reserved[61] = 1
@@ -155,22 +164,23 @@ def test_format_version_and_checksum_coverage(packed):
         pack.decode(bytes(reserved))
     with pytest.raises(BadInputError, match=r"reserved is 256, expected 0 \(byte 60\)"):
         pack.decode(_resealed(bytes(reserved)))
-    with pytest.raises(BadInputError, match="format version 3; this snnc reads versions 1, 2"):
-        pack.decode(_resealed(blob, v8=("<H", 3)))
+    with pytest.raises(BadInputError, match="format version 4; this snnc reads versions 1, 2, 3"):
+        pack.decode(_resealed(blob, v8=("<H", 4)))
     with pytest.raises(BadInputError, match=r"flags is 1, expected 0 .*byte 10.*snnc compile"):
         pack.decode(_resealed(blob, v10=("<H", 1)))
 
 
 def test_version_1_packs_are_read(packed):
-    """A version-1 file (checksum with bytes 56..63 zero) decodes to the same layers; its
-    reserved word, outside that checksum, must still be 0."""
+    """Version-1 (checksum with bytes 56..63 zero) and version-2 files decode to the same
+    layers; the reserved word, outside version 1's checksum, must still be 0."""
     blob = open(packed["pack"], "rb").read()
-    old = _resealed(blob, 1, v8=("<H", 1))
-    assert old != blob
-    for a, b in zip(pack.decode(old), pack.decode(blob)):
-        assert (a.name, a.scale_name, a.scheme, a.bits, a.layout) == \
-            (b.name, b.scale_name, b.scheme, b.bits, b.layout)
-        assert np.array_equal(a.codes, b.codes) and a.scales.tobytes() == b.scales.tobytes()
+    for version in (1, 2):
+        old = _resealed(blob, version, v8=("<H", version))
+        assert old != blob
+        for a, b in zip(pack.decode(old), pack.decode(blob)):
+            assert (a.name, a.scale_name, a.scheme, a.bits, a.layout) == \
+                (b.name, b.scale_name, b.scheme, b.bits, b.layout)
+            assert np.array_equal(a.codes, b.codes) and a.scales.tobytes() == b.scales.tobytes()
     # with the reserved word 0, as every valid file has it, the two checksums coincide
     assert pack.checksum(old, 1) == pack.checksum(old, 2)
     with pytest.raises(BadInputError, match="reserved"):
@@ -317,3 +327,63 @@ def test_optimized_graph_shows_the_kernels(packed, tmp_path):
     assert kernels == {("Conv", "initializer"): 1, ("Gemm", "initializer"): 1,
                        ("MatMulIntegerToFloat", "initializer"): 20,
                        ("MatMulIntegerToFloat", "Transpose"): 8}
+
+
+SIGN_CONFIG = {"conv1": {"scheme": "ternary"}, "conv2": {"scheme": "binary"},
+               "head": {"scheme": "ternary"}}
+
+
+def test_ternary_and_binary_layers_pack_at_their_true_size(tmp_path):
+    """Binary weights take one sign bit, ternary ones five trits a byte (1.6 bits; their 2-bit
+    codes would take 25 % more). A compiled ConvSNN's pack holds the quantizer's codes, its
+    skeleton runs with it to the self-contained model's logits, and the reader refuses a
+    version-2 header over these schemes, a code byte of 243 or more, nonzero padding trits
+    and padding bits."""
+    model = conv_snn(seed=3)
+    snnc.quantize(model, SIGN_CONFIG)
+    model = make_firing(model, (8, 2, 12, 12), seed=3)
+    paths = {k: str(tmp_path / f) for k, f in (("full", "full.onnx"), ("skeleton", "s.onnx"),
+                                               ("pack", "s.snnpack"))}
+    snnc.compile(model, torch.zeros(1, 2, 12, 12), paths["full"])
+    snnc.compile(model, torch.zeros(1, 2, 12, 12), paths["skeleton"], pack_path=paths["pack"],
+                 external_weights=True)
+    blob = open(paths["pack"], "rb").read()
+    layers = {layer.name.split(".")[0]: layer for layer in pack.decode(blob)}
+    for name, rule in SIGN_CONFIG.items():
+        layer, module = layers[name], getattr(model, name)
+        quantizer = module.parametrizations.weight[0]
+        want = quant.codes(module.parametrizations.weight.original, quantizer.scale,
+                           quantizer.scheme, quantizer.bits).numpy()
+        assert (layer.scheme, layer.bits) == (rule["scheme"], 2 if rule["scheme"] == "ternary"
+                                              else 1)
+        assert np.array_equal(layer.codes, want), name
+        n = layer.codes.size
+        size = pack.code_bytes(layer)
+        assert size == (-(-n // 5) if layer.scheme == "ternary" else -(-n // 8))
+        print(f"{name} {layer.scheme} {list(layer.codes.shape)}: {n} weights, codes {size} B "
+              f"(+ scales {4 * layer.scales.size} B) vs int8 {n} B, float32 {4 * n} B")
+    x = np.random.default_rng(0).random((3, 2, 12, 12), dtype=np.float32)
+    want = load_session(paths["full"]).run(None, {"x": x})[0]
+    assert np.array_equal(load_session(paths["skeleton"], paths["pack"]).run(None, {"x": x})[0],
+                          want)
+    assert np.abs(want).max() > 0
+    with pytest.raises(BadInputError, match=r"scheme is 2, expected .*2 and 3 from version 3"):
+        pack.decode(_resealed(blob, 2, v8=("<H", 2)))
+    entry = pack.HEADER.size  # layer 0: conv1, ternary, 144 weights: 4 trits in its last byte
+    data_at, = struct.unpack_from("<Q", blob, 40)
+    codes_at, codes_size = struct.unpack_from("<QQ", blob, entry + 48)
+    assert (pack.decode(blob)[0].scheme, codes_size) == ("ternary", 29)
+    for at, value, message in ((0, 243, "code byte 0 .* is not five trits"),
+                               (28, 81 + blob[data_at + codes_at + 28],
+                                "padding trits of the last code byte")):
+        with pytest.raises(BadInputError, match=message):
+            pack.decode(_resealed(blob, **{f"v{data_at + codes_at + at}": ("<B", value)}))
+    binary = pack.Layer("w", "s", "binary", 1, np.array([[1, -1, 1], [-1, -1, 1]], np.int32),
+                        np.array([0.5, 2.0], np.float32))
+    small = pack.encode([binary])
+    assert np.array_equal(pack.decode(small)[0].codes, binary.codes)
+    codes_at, = struct.unpack_from("<Q", small, entry + 48)
+    data_at, = struct.unpack_from("<Q", small, 40)
+    assert small[data_at + codes_at] == 0b011010  # sign bits, LSB first
+    with pytest.raises(BadInputError, match="padding bits of the last code byte"):
+        pack.decode(_resealed(small, **{f"v{data_at + codes_at}": ("<B", 0b1011010)}))

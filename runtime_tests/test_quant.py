@@ -57,10 +57,44 @@ def test_uniform_code_range(bits):
     assert wide.min().item() == -(2 ** (bits - 1)) and wide.max().item() == 2 ** (bits - 1) - 1
 
 
+def test_ternary_and_binary_codes_and_scales():
+    """Ternary codes are -1, 0, 1 (nearest level, |w| > a / 2 nonzero), binary ones the sign
+    (0 is +a); the mse scale is the exact least-squares a: binary mean |w|, ternary no worse
+    than any a on a fine grid nor than the TWN rule (threshold 0.7 mean |w|, a the mean
+    magnitude above it)."""
+    w = torch.tensor([[0.9, -0.3, 0.26, -0.24, 0.0, -1.2]])
+    one = torch.tensor([0.5])
+    assert quant.codes(w, one, "ternary", 2).tolist() == [[1, -1, 1, 0, 0, -1]]
+    assert quant.codes(w, one, "binary", 1).tolist() == [[1, -1, 1, -1, 1, -1]]
+    assert quant.dequantize(quant.codes(w, one, "ternary", 2), one, "ternary", 2).tolist() == \
+        [[0.5, -0.5, 0.5, 0.0, 0.0, -0.5]]
+    weights = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    binary = quant.mse_scale(weights, "binary", 1)
+    assert torch.allclose(binary, weights.abs().mean(dim=1))
+
+    def error(scale, scheme):
+        q = quant.codes(weights, scale, scheme, 2)
+        return ((quant.dequantize(q, scale, scheme, 2) - weights) ** 2).sum(dim=1)
+
+    best = error(quant.mse_scale(weights, "ternary", 2), "ternary")
+    for ratio in torch.linspace(0.05, 3.0, 300):
+        assert torch.all(best <= error(torch.full((6,), float(ratio)), "ternary") + 1e-5)
+    magnitude = weights.abs()
+    keep = magnitude > 0.7 * magnitude.mean(dim=1, keepdim=True)
+    twn = (magnitude * keep).sum(dim=1) / keep.sum(dim=1)
+    assert torch.all(best <= error(twn, "ternary") + 1e-5)
+    assert torch.all(quant.minmax_scale(weights, "ternary", 2) == magnitude.amax(dim=1))
+    dead = torch.zeros(2, 5)  # a zero channel stays zero: binary a = 0, ternary codes 0
+    for scheme, bits in (("binary", 1), ("ternary", 2)):
+        for scale in (quant.mse_scale(dead, scheme, bits), quant.minmax_scale(dead, scheme, bits)):
+            assert torch.all(quant.fake_quant(dead, scale, scheme, bits) == 0)
+
+
 def test_ir_dequantize_matches_torch_bit_for_bit():
     rng = torch.Generator().manual_seed(0)
     w = torch.randn(6, 5, 3, generator=rng)
-    for scheme, bits in [("uniform", 2), ("uniform", 7), ("pot", 2), ("pot", 4), ("pot", 5)]:
+    for scheme, bits in [("uniform", 2), ("uniform", 7), ("pot", 2), ("pot", 4), ("pot", 5),
+                         ("ternary", 2), ("binary", 1)]:
         scale = quant.mse_scale(w, scheme, bits)
         codes = quant.codes(w, scale, scheme, bits)
         expected = quant.fake_quant(w, scale, scheme, bits).numpy()
@@ -95,6 +129,13 @@ def test_config_first_match_wins_and_report():
     ({"conv1": {"scheme": "log", "bits": 4}}, "unknown scheme"),
     ({"nothing.here": {"scheme": "pot", "bits": 3}}, "match no conv/linear"),
     ({"conv1": {"scheme": "pot"}}, "expected"),
+    ({"conv1": {"scheme": "binary", "bits": 3}},
+     r"config entry 'conv1': binary weights take no bits \(got \"bits\": 3\).*\{-a, \+a\}"),
+    ({"conv*": {"scheme": "ternary", "bits": 2}},
+     r"config entry 'conv\*': ternary weights take no bits .*\{-a, 0, \+a\}.*1\.6 bits"),
+    ({"conv1": {"scheme": "ternary", "levels": 3}}, "expected"),
+    ({"conv1": {"scheme": "trinary"}}, "unknown scheme 'trinary'; use 'uniform', 'pot', "
+                                       "'ternary', 'binary'"),
 ])
 def test_bad_configs(config, message):
     with pytest.raises(BadInputError, match=message):
@@ -120,6 +161,59 @@ def weight_decoders(model) -> int:
     names = {i.name for i in model.graph.initializer}
     return sum(n.op_type in ("DequantizeLinear", "Cast") and n.input[0] in names
                for n in model.graph.node)
+
+
+def test_ternary_and_binary_report_their_stored_bits():
+    """Binary counts 1 bit, ternary 1.6 (five trits a byte, as the pack stores them), in
+    quantize's report, the compile report, the compile summary and the pack table alike."""
+    from snnc.backend import pack
+    from snnc.check import report
+
+    model = conv_snn()
+    snnc.quantize(model, {"conv1": {"scheme": "binary"}, "conv2": {"scheme": "ternary"},
+                          "head": {"scheme": "uniform", "bits": 8}})
+    rows, average = quant.report(model)
+    assert [(r.scheme, r.bits) for r in rows] == [("binary", 1), ("ternary", 1.6),
+                                                  ("uniform", 8)]
+    want = (144 * 1 + 1152 * 1.6 + 2880 * 8) / (144 + 1152 + 2880)
+    assert average == pytest.approx(want)
+    assert "ternary   1.6" in quant.format_report(rows, average)
+    result = compile_program(export(model, torch.zeros(1, 2, 12, 12)))
+    built = report.build(result.graph, None, {})
+    assert built["totals"]["average_bits"] == pytest.approx(want)
+    assert [r["packed_bytes"] for r in built["layers"]] == [18 + 32, 231 + 64, 2880 + 20]
+    assert f"average {want:.2f} bits" in result.summary()
+    table = pack.table_json(pack.decode(result.pack_bytes()), 0)
+    assert table["totals"]["average_bits"] == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("config", [
+    {"conv1": {"scheme": "ternary"}, "conv2": {"scheme": "binary"}, "head": {"scheme": "ternary"}},
+    {"conv1": {"scheme": "binary"}, "conv2": {"scheme": "ternary"}, "head": {"scheme": "binary"}}],
+    ids=["ternary-binary-ternary", "binary-ternary-binary"])
+def test_ternary_and_binary_layers_compile_to_exact_integer_kernels(config):
+    """Ternary and binary layers fold like uniform ones (their integer codes, a channel's
+    scale in its neuron's threshold), the spike-input ones become int8 GEMMs in ONNX
+    Runtime, and the compiled model matches the quantized PyTorch model by the rounding
+    rule, and the graph it was emitted from bit for bit."""
+    model = conv_snn(seed=2)
+    snnc.quantize(model, config)
+    model = make_firing(model, (8, 2, 12, 12), seed=2)
+    x = np.random.default_rng(0).random((6, 2, 12, 12), dtype=np.float32)
+    reference = H.torch_trace(export(model, torch.zeros(6, 2, 12, 12)), x)
+    result = compile_program(export(model, torch.zeros(1, 2, 12, 12)), Options(debug_outputs=True))
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops.count("MatMulInteger") == 1 and ops.count("DequantizeLinear") >= 2  # conv2, head
+    assert sum(n.op == "int_matmul" for n in result.lowered.nodes) == 2
+    assert sum(n.op == "neuron" and n.attrs["threshold"] is None for n in result.lowered.nodes) > 0
+    got = H.onnx_trace(H.onnx_session(result.data), x)
+    for ref, other, logit_tol in ((reference, got, 1e-4),
+                                  (H.interp_trace(result.lowered, x), got, 0.0)):
+        comparison = H.compare(ref, other, H.Comparison(), batch_axis=0, logit_tol=logit_tol,
+                               max_flips=2)
+        assert not comparison.problems, comparison.problems
+        assert comparison.samples == 6 and comparison.perturbed <= 1
+        assert all(0.01 < r < 0.9 for r in comparison.layers_firing.values())
 
 
 def test_quantized_model_compiles_and_matches():

@@ -3,8 +3,9 @@ Spike-driven Transformer, QKFormer, Max-Former; small configurations and the def
 conv SNNs as users write them (VGG, SEW-ResNet ADD/AND/IAND, spiking ResNet, pooling
 heads), every neuron variant, and single-step models with the time loop in forward.
 
-Each model, plain and quantized with a heterogeneous uniform/PoT configuration over all
-its conv and linear layers (compiled with all passes), is compiled from a batch-1 export
+Each model, plain, quantized with a heterogeneous uniform/PoT configuration over all its
+conv and linear layers, and quantized at a random configuration with ternary and binary
+layers too (zoo.random_config), is compiled (with all passes) from a batch-1 export
 and run in ONNX Runtime on 4 samples against PyTorch (the rounding rule of
 docs/testing.md); batch 1 and 4 from the one file give the same spikes; several layers fire
 between 1 % and 60 %. Measured (onnxruntime 1.32.0; 4 samples per run): at T = 4, one
@@ -42,13 +43,13 @@ def unread_initializers(model) -> list[str]:
 
 
 def check(name: str, steps: int = 4, quantized: bool = False, batch: int = 4,
-          perturbed: int = 1) -> H.Comparison:
+          perturbed: int = 1, config=heterogeneous) -> H.Comparison:
     model, shape = zoo.MODELS[name](T=steps)
     if quantized:
-        snnc.quantize(model, heterogeneous(model))
+        snnc.quantize(model, config(model))
     result = compile_program(zoo.export(model, shape), Options(debug_outputs=True))
     if quantized:
-        assert len(result.packed) == len(heterogeneous(model))
+        assert len(result.packed) == len(config(model))
     assert unread_initializers(result.model) == []
     x = np.random.default_rng(7).random((batch, *shape[1:]), dtype=np.float32)
     reference = H.torch_trace(zoo.export(model, (batch, *shape[1:])), x)
@@ -74,6 +75,14 @@ def check(name: str, steps: int = 4, quantized: bool = False, batch: int = 4,
 @pytest.mark.parametrize("name", SMALL)
 def test_model_matches_pytorch(name, quantized):
     check(name, quantized=quantized)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_random_configurations_with_ternary_and_binary(name):
+    """Each model at a random configuration (zoo.random_config, seeded by its name): uniform
+    and PoT layers of random widths, ternary and binary ones (at least one each), compiled
+    with all passes: the same parity and firing checks as above."""
+    check(name, quantized=True, config=lambda model: zoo.random_config(model, zoo.seed_of(name)))
 
 
 @pytest.mark.parametrize("steps", [1, 8])

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import importlib
 import warnings
+import zlib
 from functools import partial
 from typing import Callable
 
+import numpy as np
 import torch
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
@@ -559,3 +561,26 @@ def heterogeneous(model: nn.Module) -> dict:
                                                                    nn.Linear))]
     return {n: dict(zip(("scheme", "bits"), ("uniform", 8) if i in (0, len(names) - 1)
                         else _LADDER[i % len(_LADDER)])) for i, n in enumerate(names)}
+
+
+def random_config(model: nn.Module, seed: int) -> dict:
+    """A random heterogeneous snnc.quantize config over every conv and linear layer: each
+    layer draws its scheme from uniform (2..8 bits), PoT (2..5), ternary and binary, and two
+    random layers (of two or more) are made ternary and binary, so every config has both."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d,
+                                                                   nn.Linear))]
+    rng = np.random.default_rng(seed)
+    config = {}
+    for name in names:
+        scheme = str(rng.choice(["uniform", "pot", "ternary", "binary"]))
+        bits = {"uniform": range(2, 9), "pot": range(2, 6)}.get(scheme)
+        config[name] = {"scheme": scheme} if bits is None else \
+            {"scheme": scheme, "bits": int(rng.choice(bits))}
+    for name, scheme in zip(rng.permutation(names), ("ternary", "binary")):
+        config[str(name)] = {"scheme": scheme}
+    return config
+
+
+def seed_of(name: str) -> int:
+    """A fixed seed per model name (random_config's)."""
+    return zlib.crc32(name.encode())

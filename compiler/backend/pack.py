@@ -1,12 +1,13 @@
 """The packed-weight binary (.snnpack): every quantized weight at its true bit width.
 
-Format version 2, little-endian; the spec is docs/binary_format.md. `encode` builds a
+Format version 3, little-endian; the spec is docs/binary_format.md. `encode` builds a
 pack from the layers the ONNX backend reports (`to_onnx(..., packed=[])`); `decode` reads
 one back and validates all of it: it accepts exactly the bytes `encode` writes (the
 canonical layout, zero padding, legal enums, bit widths and scales, and shapes each layout's
 consumers can take) and raises BadInputError naming the field, layer and byte offset for
-anything else, so a pack that decodes is one inspect, verify and load_session can use. Version-1 files
-(the same layout, with a checksum that left out the reserved word) are read too.
+anything else, so a pack that decodes is one inspect, verify and load_session can use. Version-2
+files (the same format without ternary and binary layers) and version-1 files (version 2
+with a checksum that left out the reserved word) are read too.
 `onnx_initializers` turns decoded layers into exactly the integer containers and scales
 that the ONNX backend would have stored, for ONNX Runtime's external initializers.
 """
@@ -22,18 +23,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from snnc.errors import BadInputError
-from snnc.quant.weights import container, gemm_weights, signed_container, unit
+from snnc.quant.weights import (TRITS_PER_BYTE, code_bytes as weight_code_bytes, container,
+                                gemm_weights, signed_container, stored_bits, unit)
 
 MAGIC = b"SNNPACK\0"
-VERSION = 2
+VERSION = 3
 ALIGN = 64
 HEADER = struct.Struct("<8sHHIIIQQQQII")  # 64 bytes, see docs/binary_format.md
 ENTRY = struct.Struct("<IIIIBBBB6IIQQQ")  # 72 bytes per layer
-SCHEMES = {"uniform": 0, "pot": 1}
-BITS = {"uniform": range(2, 9), "pot": range(2, 6)}
+SCHEMES = {"uniform": 0, "pot": 1, "ternary": 2, "binary": 3}
+SCHEMES_SINCE = {"ternary": 3, "binary": 3}  # the first version with these schemes
+BITS = {"uniform": range(2, 9), "pot": range(2, 6), "ternary": range(2, 3), "binary": range(1, 2)}
+BITS_EXPECTED = "2..8 for uniform, 2..5 for pot, 2 for ternary, 1 for binary"
+SCHEME_EXPECTED = "0 (uniform), 1 (pot), 2 (ternary) or 3 (binary; 2 and 3 from version 3 on)"
 MAX_DIMS = 6
 CHECKSUM_AT = 56
-CHECKSUM_HOLE = {1: 8, 2: 4}  # bytes from 56 zeroed for the CRC: version 1 also left out 60..63
+CHECKSUM_HOLE = {1: 8, 2: 4, 3: 4}  # bytes from 56 zeroed for the CRC: version 1 also left out 60..63
 assert HEADER.size == 64 and ENTRY.size == 72
 
 # (field, byte offset) in struct order: the names of decode's messages
@@ -55,7 +60,7 @@ class Layer:
     scale_name: str  # the ONNX initializer holding the per-channel scales
     scheme: str
     bits: int
-    codes: np.ndarray  # int32, the quantizer's codes (uniform q, PoT sign * c)
+    codes: np.ndarray  # int32, the quantizer's codes (uniform/ternary/binary q, PoT sign * c)
     scales: np.ndarray  # float32, one per output channel (the quantizer's scale)
     layout: int = 0  # how the ONNX file holds them: LEVELS, CODES or SIGNED (below)
 
@@ -104,10 +109,23 @@ def legal_scales(scales: np.ndarray, scheme: str, bits: int, layout: int) -> np.
     return zero | (scales == -u) | ((scales > 0) & np.isfinite(scales))
 
 
+POWERS_OF_3 = 3 ** np.arange(TRITS_PER_BYTE, dtype=np.int64)
+# the five trits of every byte value (bytes of 243 or more, which decode refuses, included)
+TRITS = ((np.arange(256)[:, None] // POWERS_OF_3) % 3).astype(np.int32)
+
+
 def pack_bits(codes: np.ndarray, scheme: str, bits: int) -> bytes:
-    """k-bit fields, LSB first: uniform two's complement; PoT sign bit (k-1) over c."""
+    """k-bit fields, LSB first: uniform two's complement; PoT sign bit (k-1) over c; binary
+    the sign bit alone (1: -1). Ternary: five trits q mod 3 a byte, the first the least
+    significant (byte = sum t_i 3^i), unused trits of the last byte 0."""
     flat = codes.reshape(-1).astype(np.int64)
-    if scheme == "uniform":
+    if scheme == "ternary":
+        trits = np.zeros(-(-flat.size // TRITS_PER_BYTE) * TRITS_PER_BYTE, np.int64)
+        trits[:flat.size] = flat % 3
+        return (trits.reshape(-1, TRITS_PER_BYTE) @ POWERS_OF_3).astype(np.uint8).tobytes()
+    if scheme == "binary":
+        fields = (flat < 0).astype(np.int64)
+    elif scheme == "uniform":
         fields = flat & ((1 << bits) - 1)
     else:
         fields = (np.abs(flat) & ((1 << (bits - 1)) - 1)) | ((flat < 0).astype(np.int64)
@@ -126,7 +144,17 @@ def _fields(data: bytes, count: int, bits: int) -> np.ndarray:
     return fields
 
 
+def _trits(data: bytes, count: int) -> np.ndarray:
+    """The count trits (0, 1, 2) of five-trit bytes, as int32."""
+    return TRITS[np.frombuffer(data, np.uint8)].reshape(-1)[:count]
+
+
 def _values(fields: np.ndarray, scheme: str, bits: int) -> np.ndarray:
+    """Codes from the unsigned fields (ternary: the trits)."""
+    if scheme == "ternary":
+        return np.where(fields == 2, -1, fields).astype(np.int32)
+    if scheme == "binary":
+        return np.where(fields == 1, -1, 1).astype(np.int32)
     if scheme == "uniform":
         sign = 1 << (bits - 1)
         return ((fields ^ sign) - sign).astype(np.int32)
@@ -135,7 +163,8 @@ def _values(fields: np.ndarray, scheme: str, bits: int) -> np.ndarray:
 
 
 def unpack_bits(data: bytes, count: int, scheme: str, bits: int) -> np.ndarray:
-    return _values(_fields(data, count, bits), scheme, bits)
+    fields = _trits(data, count) if scheme == "ternary" else _fields(data, count, bits)
+    return _values(fields, scheme, bits)
 
 
 def checksum(blob: bytes, version: int = VERSION) -> int:
@@ -294,17 +323,19 @@ def _entry(r: _Reader, i: int, strings: bytes, cursor: dict, h: dict) -> dict:
     scheme = {v: k for k, v in SCHEMES.items()}.get(e["scheme"], "")
     ndim, dims = e["ndim"], [e[f"dim {d}"] for d in range(MAX_DIMS)]
     codes_at = cursor["data"] + _align(cursor["data"])
-    codes_size = -(-math.prod(dims[:ndim]) * e["bits"] // 8)
+    codes_size = weight_code_bytes(math.prod(dims[:ndim]), scheme, e["bits"])
     scales_at = codes_at + codes_size + _align(codes_at + codes_size)
-    r.require((("scheme", scheme != "", "0 (uniform) or 1 (pot)"),
-               ("bits", e["bits"] in BITS.get(scheme, ()), "2..8 for uniform, 2..5 for pot"),
+    r.require((("scheme", scheme != "" and h["version"] >= SCHEMES_SINCE.get(scheme, 1),
+                SCHEME_EXPECTED),
+               ("bits", e["bits"] in BITS.get(scheme, ()), BITS_EXPECTED),
                *layout_rules(scheme, e["layout"], ndim))
               + tuple((f"dim {d}", (dims[d] >= 1) == (d < ndim), "positive when used, else 0")
                       for d in range(MAX_DIMS))
               + (("channels", e["channels"] == dims[0], f"{dims[0]} (dim 0)"),
                  ("codes offset", e["codes offset"] == codes_at,
                   f"{codes_at} (the next 64-byte boundary)"),
-                 ("codes size", e["codes size"] == codes_size, f"{codes_size} (ceil(n * k / 8))"),
+                 ("codes size", e["codes size"] == codes_size,
+                  f"{codes_size} (ceil(n * k / 8), ternary ceil(n / 5))"),
                  ("scales offset", e["scales offset"] == scales_at,
                   f"{scales_at} (the 64-byte boundary after the codes)"),
                  ("dim 0", scales_at + 4 * dims[0] <= h["data size"],
@@ -324,11 +355,22 @@ def _layer(r: _Reader, e: dict, data_at: int) -> Layer:
     scheme, bits, layout, label = e["scheme_name"], e["bits"], e["layout"], e["label"]
     count, start = math.prod(e["shape"]), data_at + e["codes offset"]
     raw = r.blob[start:start + e["codes size"]]
-    used = count * bits % 8
-    if used and raw[-1] >> used:
-        r.refuse(f"the padding bits of the last code byte of {label} are not zero",
-                 start + len(raw) - 1)
-    fields = _fields(raw, count, bits)
+    if scheme == "ternary":
+        fields = _trits(raw, count)
+        bad = np.flatnonzero(np.frombuffer(raw, np.uint8) >= 3 ** TRITS_PER_BYTE)
+        if bad.size:
+            r.refuse(f"code byte {int(bad[0])} of {label} is not five trits (243 or more)",
+                     start + int(bad[0]))
+        used = count % TRITS_PER_BYTE
+        if used and raw[-1] >= 3 ** used:
+            r.refuse(f"the padding trits of the last code byte of {label} are not zero",
+                     start + len(raw) - 1)
+    else:
+        used = count * bits % 8
+        if used and raw[-1] >> used:
+            r.refuse(f"the padding bits of the last code byte of {label} are not zero",
+                     start + len(raw) - 1)
+        fields = _fields(raw, count, bits)
     if scheme == "pot":  # sign bit over code 0: a -0 the encoder never writes
         bad = np.flatnonzero(fields == 1 << (bits - 1))
         if bad.size:
@@ -345,7 +387,7 @@ def _layer(r: _Reader, e: dict, data_at: int) -> Layer:
 
 
 def code_bytes(layer: Layer) -> int:
-    return -(-layer.codes.size * layer.bits // 8)
+    return weight_code_bytes(layer.codes.size, layer.scheme, layer.bits)
 
 
 def payload_bytes(layer: Layer) -> int:
@@ -409,7 +451,7 @@ def table_json(layers: list[Layer], total_bytes: int) -> dict:
     """The layer table as JSON-able data (`snnc inspect --json`): one dict per layer and the
     totals of `format_table`."""
     rows = [{"name": layer.name, "scale_name": layer.scale_name, "scheme": layer.scheme,
-             "bits": layer.bits, "shape": [int(d) for d in layer.codes.shape],
+             "bits": stored_bits(layer.scheme, layer.bits), "shape": [int(d) for d in layer.codes.shape],
              "weights": int(layer.codes.size), "packed_bytes": code_bytes(layer),
              "layout": LAYOUTS[layer.layout], "channels": int(layer.scales.size)}
             for layer in layers]
@@ -431,7 +473,7 @@ def format_table(layers: list[Layer], total_bytes: int) -> str:
              f"{'packed B':>9}  layout"]
     for row in rows:
         shape = "x".join(map(str, row["shape"]))
-        lines.append(f"{row['name']:<{width}}  {row['scheme']:<7}  {row['bits']:>4}  "
+        lines.append(f"{row['name']:<{width}}  {row['scheme']:<7}  {row['bits']:>4g}  "
                      f"{shape:<18}  {row['weights']:>10,}  {row['packed_bytes']:>9,}  "
                      f"{row['layout']}")
     lines.append(f"{totals['layers']} layers, {totals['weights']:,} weights, average "

@@ -7,8 +7,9 @@ input spike per synapse: SOPs = MACs x mean input value; a layer reading real va
 image) does all its multiply-accumulates (MAC). An operation costs what the weight's format
 needs, from the 45 nm figures of M. Horowitz, "Computing's energy problem (and what we can
 do about it)", ISSCC 2014 (the same source as Spikformer's and SpikingJelly's 0.9 / 4.6 pJ):
-a k-bit uniform weight adds k-bit codes (times an 8-bit input for a MAC), a power-of-two
-weight shifts and adds, a float32 weight does float32 arithmetic. "float" is the same model
+a k-bit uniform weight adds k-bit codes (times an 8-bit input for a MAC; ternary and binary
+weights count as uniform at their stored bits, 1.6 and 1), a power-of-two weight shifts
+and adds, a float32 weight does float32 arithmetic. "float" is the same model
 with float32 weights: the same synaptic operations at float32 cost.
 """
 
@@ -28,11 +29,11 @@ INPUT_BITS = 8  # a real-valued input (the image) as 8-bit activations for the i
 
 def op_pj(scheme: str, bits: int | None, spiking: bool) -> float:
     """Energy of one synaptic operation of a layer whose weights are `scheme` ("uniform",
-    "pot"; anything else, "float" or a matmul of two activations, is float32) at `bits`.
+    "pot", "ternary", "binary"; anything else, "float" or a matmul of two activations, is float32) at `bits`.
     Spike input: an AC, one add of the weight's code (a PoT code is shifted into place
     first: a shift-add, counted as two adds). Real input: a MAC, a k x 8-bit multiply and an
     add; for a PoT weight the multiply is a shift: a shift-add, far below a MAC."""
-    if scheme not in ("uniform", "pot"):
+    if scheme not in ("uniform", "pot", "ternary", "binary"):
         return FLOAT32_ADD_PJ if spiking else FLOAT32_MAC_PJ
     add = ADD_PJ_PER_BIT * bits
     if scheme == "pot":

@@ -75,11 +75,12 @@ def _table(path: str, kind: str, rows: list, total: int, average: float) -> str:
              f"{'layer':<{width}}  {'op':<7}  {'parameters':>11}  {'scheme':<7}  {'bits':>4}"]
     for r in rows:
         lines.append(f"{r['name']:<{width}}  {r['op']:<7}  {r['parameters']:>11,}  "
-                     f"{r['scheme']:<7}  {r['bits']:>4}")
+                     f"{r['scheme']:<7}  {r['bits']:>4g}")
     lines.append(f"{'total':<{width}}  {'':<7}  {total:>11,}  {'':<7}  {average:>4.2f}   "
                  "(average bits weighted by parameters; float layers count 32)")
     if rows:
         lines.append(f"a --config for snnc quantize matches these names with globs, e.g. "
                      f'{{"{rows[0]["name"]}": {{"scheme": "uniform", "bits": 8}}, '
-                     f'"*": {{"scheme": "pot", "bits": 4}}}} (docs/quantization.md)')
+                     f'"*": {{"scheme": "pot", "bits": 4}}}} ({{"scheme": "ternary"}} and '
+                     f'{{"scheme": "binary"}} take no bits; docs/quantization.md)')
     return "\n".join(lines)

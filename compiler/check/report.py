@@ -21,14 +21,15 @@ from snnc.check import energy
 from snnc.check.accuracy import Verification
 from snnc.ir.graph import Graph
 from snnc.ir.islands import by_layer
+from snnc.quant.weights import code_bytes, stored_bits
 
 
 @dataclass
 class Row:
     layer: str
     op: str
-    scheme: str  # uniform, pot, float; "-" for a matmul of two activations
-    bits: int | None
+    scheme: str  # uniform, pot, ternary, binary, float; "-" for a matmul of two activations
+    bits: float | None  # stored bits per weight (ternary 1.6); None for a matmul
     parameters: int
     packed_bytes: int  # codes at their bit width + float32 scales; float32 for float layers
     input_rate: float | None = None  # mean input value (firing rate for binary spikes)
@@ -50,8 +51,9 @@ def weight_layers(graph: Graph) -> list[Row]:
         n = math.prod(weight.shape)
         source = producers.get(weight)
         if source is not None and source.op == "dequantize":
-            scheme, bits = source.attrs["scheme"], source.attrs["bits"]
-            packed = -(-n * bits // 8) + 4 * weight.shape[0]
+            scheme, code_bits = source.attrs["scheme"], source.attrs["bits"]
+            bits = stored_bits(scheme, code_bits)  # ternary: 1.6, five trits a byte
+            packed = code_bytes(n, scheme, code_bits) + 4 * weight.shape[0]
         else:
             scheme, bits, packed = "float", 32, 4 * n
         rows.append(Row(node.source.layer, node.op, scheme, bits, n, packed))
@@ -131,7 +133,7 @@ def format_table(report: dict) -> str:
             rate = "real"
         else:  # a firing rate, or a mean spike count per input (event counts)
             rate = f"{100 * rate:.1f}%" if rate <= 1 else f"{rate:.2f}/in"
-        lines.append(f"{r['layer']:<{width}}  {r['scheme']:<7} {opt(r['bits'], '>4')} "
+        lines.append(f"{r['layer']:<{width}}  {r['scheme']:<7} {opt(r['bits'], '>4g')} "
                      f"{r['parameters']:>9,} {r['packed_bytes']:>9,} {rate:>7} "
                      f"{opt(r['sops'], '>12,.0f')} "
                      f"{opt(None if r['energy_pj'] is None else r['energy_pj'] / 1e3, '>9.2f')}")
@@ -225,7 +227,8 @@ def figure(report: dict):
     return fig
 
 
-SCHEME_COLOURS = {"uniform": "#4C72B0", "pot": "#DD8452", "float": "#999999"}
+SCHEME_COLOURS = {"uniform": "#4C72B0", "pot": "#DD8452", "ternary": "#55A868",
+                  "binary": "#8172B2", "float": "#999999"}
 
 
 def _bits_panel(axis, rows: list[dict], average: float) -> None:

@@ -608,7 +608,8 @@ OPS: dict[str, OpDef] = {
         OpDef("pad", {"pads": _INT_LIST, "value": float}, _pad_infer, _pad_eval, (1, 1)),
         OpDef("gather", {"axis": int, "indices": _INT_LIST}, _gather_infer, _gather_eval,
               (1, 1)),
-        # Weights from per-output-channel quantization codes (scheme "uniform" or "pot").
+        # Weights from per-output-channel quantization codes (scheme "uniform", "pot", "ternary"
+        # or "binary").
         OpDef("dequantize", {"scheme": str, "bits": int}, _dequantize_infer, dequantize_eval,
               (2, 2)),
         # A spiking neuron (IF, LIF, parametric LIF) for one timestep: (x, v) -> (spike, v').

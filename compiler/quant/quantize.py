@@ -1,4 +1,5 @@
-"""Per-layer weight quantization: uniform or power-of-two (PoT), 2-8 bits, per output channel.
+"""Per-layer weight quantization: uniform or power-of-two (PoT), 2-8 bits, or ternary or
+binary, per output channel.
 
 Code tables (docs/quantization.md):
 - uniform k-bit, k = 2..8: integer code q in [-2^(k-1), 2^(k-1) - 1]; weight = q * scale.
@@ -6,6 +7,8 @@ Code tables (docs/quantization.md):
   c >= 1 is the magnitude scale * 2^-(c - 1). Codes are stored as the signed integer
   sign * c, so the largest magnitude is `scale` and the smallest nonzero one is
   scale * 2^-(2^(k-1) - 2).
+- ternary: q in {-1, 0, 1}, binary: q in {-1, 1}; weight = q * scale (a, per channel). A
+  config gives them no bits: their code width is fixed (weights.FIXED_BITS: 2 and 1).
 
 `fake_quant(weight, scale, scheme, bits)` is a registered custom op (`snnc::fake_quant`):
 torch.export shows each quantized weight as ONE node, and the snnc frontend reads its
@@ -25,9 +28,10 @@ import torch
 from snnc.errors import BadInputError, first_line
 from snnc.files.tensors import check_finite
 from snnc.files.trust import short_repr
-from snnc.quant.weights import pot_shift
+from snnc.quant.weights import FIXED_BITS, pot_shift, stored_bits
 
-SCHEMES = {"uniform": range(2, 9), "pot": range(2, 6)}
+SCHEMES = {"uniform": range(2, 9), "pot": range(2, 6), "ternary": range(2, 3),
+           "binary": range(1, 2)}
 QUANTIZABLE = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
 
 
@@ -53,13 +57,17 @@ def codes(weight: torch.Tensor, scale: torch.Tensor, scheme: str, bits: int) -> 
         e = torch.where(ratio < midpoint, e + 1, e)
         code = torch.where(e > e_max, torch.zeros_like(e), e + 1)
         return (torch.sign(w) * code).to(torch.int32)
+    if scheme == "ternary":
+        return torch.clamp(torch.round(w / s), -1, 1).to(torch.int32)
+    if scheme == "binary":  # the sign; a zero weight is +scale
+        return torch.where(w < 0, -1, 1).to(torch.int32)
     raise ValueError(f"unknown scheme {scheme!r}")
 
 
 def dequantize(code: torch.Tensor, scale: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
     """float32 weights from codes, rounded exactly as snnc's IR and ONNX do it."""
     s = _channel_view(scale.float(), code)
-    if scheme == "uniform":
+    if scheme != "pot":
         return code.float() * s
     magnitude = torch.exp2(1.0 - code.abs().float()) * s  # exact: a power of two times s
     return torch.where(code == 0, torch.zeros_like(magnitude), torch.sign(code.float()) * magnitude)
@@ -103,12 +111,17 @@ class WeightQuantizer(torch.nn.Module):
 
 def minmax_scale(weight: torch.Tensor, scheme: str, bits: int) -> torch.Tensor:
     peak = weight.detach().float().abs().reshape(weight.shape[0], -1).amax(dim=1)
+    if scheme == "binary":
+        return peak  # no division by it: a zero channel keeps 0 (see _sign_scale)
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     return peak / (2 ** (bits - 1) - 1) if scheme == "uniform" else peak
 
 
 def mse_scale(weight: torch.Tensor, scheme: str, bits: int, grid: int = 40) -> torch.Tensor:
-    """Per channel, the clipping ratio of the min-max scale that minimizes the weight error."""
+    """Per channel, the clipping ratio of the min-max scale that minimizes the weight error;
+    for ternary and binary, the scale that minimizes it exactly (`_sign_scale`)."""
+    if scheme in FIXED_BITS:
+        return _sign_scale(weight, scheme)
     base = minmax_scale(weight, scheme, bits)
     w = weight.detach().float()
     best, best_err = base.clone(), torch.full_like(base, math.inf)
@@ -121,16 +134,41 @@ def mse_scale(weight: torch.Tensor, scheme: str, bits: int, grid: int = 40) -> t
     return best
 
 
+def _sign_scale(weight: torch.Tensor, scheme: str) -> torch.Tensor:
+    """The per-channel a minimizing sum (w - q a)^2. Binary: mean |w|. Ternary: with the
+    magnitudes sorted down, the k largest become +-a and the rest 0, the error is
+    sum w^2 - S_k^2 / k at a = S_k / k (S_k their sum); the k maximizing S_k^2 / k is the
+    exact optimum, and its a rounds exactly those k weights to +-1 (|w| > a / 2)."""
+    magnitude = weight.detach().double().abs().reshape(weight.shape[0], -1)
+    if scheme == "binary":
+        a = magnitude.mean(dim=1)
+    else:
+        sums = magnitude.sort(dim=1, descending=True).values.cumsum(dim=1)
+        k = torch.arange(1, sums.shape[1] + 1, dtype=sums.dtype)
+        best = (sums ** 2 / k).argmax(dim=1, keepdim=True)
+        a = (sums.gather(1, best) / (best + 1)).squeeze(1)
+    a = a.float()
+    if scheme == "binary":
+        return a  # a zero channel keeps a = 0: its codes are +1, its weights 0
+    return torch.where(a > 0, a, torch.ones_like(a))  # a zero channel: codes 0 at any a
+
+
 @dataclass(frozen=True)
 class LayerQuant:
     name: str
-    scheme: str  # "uniform", "pot" or "float"
-    bits: int  # 32 for float
+    scheme: str  # "uniform", "pot", "ternary", "binary" or "float"
+    bits: float  # stored bits per weight (weights.stored_bits: ternary 1.6); 32 for float
     parameters: int
 
 
+def _bits_text(scheme: str) -> str:
+    bits = stored_bits(scheme, FIXED_BITS[scheme])
+    return f"{bits:g} bit" + ("s" if bits != 1 else "")
+
+
 def parse_config(config: Mapping[str, object]) -> list[tuple[str, dict | None]]:
-    """Validate a config: glob -> {"scheme", "bits"} or "float". Raises BadInputError."""
+    """Validate a config: glob -> {"scheme", "bits"}, {"scheme": "ternary" | "binary"} or
+    "float". Raises BadInputError. A rule gets the fixed bits of ternary and binary."""
     if not isinstance(config, Mapping) or not config:
         raise BadInputError("the quantization config must be a non-empty JSON object mapping "
                             'module-name globs to {"scheme": ..., "bits": ...} or "float"')
@@ -142,13 +180,24 @@ def parse_config(config: Mapping[str, object]) -> list[tuple[str, dict | None]]:
         if isinstance(rule, str) and rule == "float":
             rules.append((glob, None))
             continue
-        if not isinstance(rule, Mapping) or set(rule) != {"scheme", "bits"}:
-            raise BadInputError(f'config entry {glob!r}: expected {{"scheme": ..., "bits": ...}} '
-                                f'or "float", got {short_repr(rule)}')
-        scheme, bits = rule["scheme"], rule["bits"]
-        if not isinstance(scheme, str) or scheme not in SCHEMES:
+        scheme = rule.get("scheme") if isinstance(rule, Mapping) else None
+        if isinstance(scheme, str) and scheme in FIXED_BITS and set(rule) >= {"scheme", "bits"}:
+            raise BadInputError(
+                f"config entry {glob!r}: {scheme} weights take no bits (got "
+                f'"bits": {short_repr(rule["bits"])}): their levels are fixed, '
+                f"{'{-a, +a}' if scheme == 'binary' else '{-a, 0, +a}'} with one a per output "
+                f"channel, stored at {_bits_text(scheme)} a weight; write "
+                f'{{"scheme": "{scheme}"}}, or another scheme with its bits')
+        if isinstance(rule, Mapping) and "scheme" in rule and \
+                not (isinstance(scheme, str) and scheme in SCHEMES):
             raise BadInputError(f"config entry {glob!r}: unknown scheme {short_repr(scheme)}; use "
-                                f"{' or '.join(map(repr, SCHEMES))}")
+                                f"{', '.join(map(repr, SCHEMES))}")
+        keys = {"scheme"} if scheme in FIXED_BITS else {"scheme", "bits"}
+        if not isinstance(rule, Mapping) or set(rule) != keys:
+            raise BadInputError(f'config entry {glob!r}: expected {{"scheme": ..., "bits": ...}}, '
+                                f'{{"scheme": "ternary"|"binary"}} or "float", got '
+                                f"{short_repr(rule)}")
+        bits = FIXED_BITS.get(scheme, rule.get("bits"))
         allowed = SCHEMES[scheme]
         if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
             raise BadInputError(f"config entry {glob!r}: {scheme} quantization takes bits "
@@ -181,8 +230,8 @@ def quantize(model: torch.nn.Module, config: Mapping[str, object],
              method: str = "mse") -> torch.nn.Module:
     """Quantize `model`'s conv/linear weights in place, per `config`; returns the model.
 
-    config maps module-name globs (fnmatch) to {"scheme": "uniform"|"pot", "bits": k} or
-    "float"; the first matching glob wins and unmatched layers stay float. Scales come from
+    config maps module-name globs (fnmatch) to {"scheme": "uniform"|"pot", "bits": k},
+    {"scheme": "ternary"|"binary"} or "float"; the first matching glob wins and unmatched layers stay float. Scales come from
     the weights ("minmax": the largest magnitude; "mse": the clipping that minimizes the
     weight error) and, with `calibration` inputs, are refined per layer to minimize the
     error of the layer's output on them. `calibration` is one batch of inputs (a tensor
@@ -318,7 +367,8 @@ def report(model: torch.nn.Module) -> tuple[list[LayerQuant], float]:
         if parametrize.is_parametrized(module, "weight"):
             quantizer = module.parametrizations.weight[0]
             count = module.parametrizations.weight.original.numel()
-            rows.append(LayerQuant(name, quantizer.scheme, quantizer.bits, count))
+            rows.append(LayerQuant(name, quantizer.scheme,
+                                   stored_bits(quantizer.scheme, quantizer.bits), count))
         else:
             rows.append(LayerQuant(name, "float", 32, module.weight.numel()))
     total = sum(r.parameters for r in rows)
@@ -330,7 +380,7 @@ def format_report(rows: list[LayerQuant], average: float) -> str:
     width = max([len(r.name) for r in rows] + [5])
     lines = [f"{'layer':<{width}}  {'scheme':<7}  {'bits':>4}  {'parameters':>11}"]
     for r in rows:
-        lines.append(f"{r.name:<{width}}  {r.scheme:<7}  {r.bits:>4}  {r.parameters:>11,}")
+        lines.append(f"{r.name:<{width}}  {r.scheme:<7}  {r.bits:>4g}  {r.parameters:>11,}")
     total = sum(r.parameters for r in rows)
     lines.append(f"{'total':<{width}}  {'':<7}  {average:>4.2f}  {total:>11,}   "
                  "(average bits weighted by parameters)")

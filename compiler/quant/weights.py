@@ -2,7 +2,8 @@
 every integer form snnc stores or computes them in (docs/quantization.md).
 
 - codes: uniform q in [-2^(k-1), 2^(k-1) - 1]; PoT sign * c, c in 0..2^(k-1) - 1, the
-  weight sign * 2^(1 - c) * scale (c = 0 is a zero weight).
+  weight sign * 2^(1 - c) * scale (c = 0 is a zero weight); ternary q in {-1, 0, 1} (k = 2)
+  and binary q in {-1, 1} (k = 1), the weight q * scale: integer codes like uniform ones.
 - levels (`container`): the integers DequantizeLinear scales back to the weights: uniform q;
   PoT sign * 2^(E + 1 - c) with the scale divided by 2^E, E = `pot_shift(k)`.
 - signed levels (`signed_container`): a folded layer's levels times each channel's sign
@@ -21,6 +22,23 @@ import numpy as np
 
 INT8 = (-128, 127)
 UINT8 = (0, 255)
+# The code width k of the schemes that take no bits in a config: binary codes are 1-bit
+# (the sign), ternary ones fit 2 bits but are stored five to a byte (`stored_bits`).
+FIXED_BITS = {"ternary": 2, "binary": 1}
+TRITS_PER_BYTE = 5  # 3^5 = 243 <= 256: a ternary weight takes 8/5 = 1.6 bits in the pack
+
+
+def stored_bits(scheme: str, bits: int) -> float:
+    """Bits per weight as the pack stores it: k, but 1.6 for ternary (five trits a byte).
+    The reports' bits columns and averages count this."""
+    return 8 / TRITS_PER_BYTE if scheme == "ternary" else bits
+
+
+def code_bytes(count: int, scheme: str, bits: int) -> int:
+    """Bytes of `count` codes in the pack: ceil(count * k / 8), ternary ceil(count / 5)."""
+    if scheme == "ternary":
+        return -(-count // TRITS_PER_BYTE)
+    return -(-count * bits // 8)
 
 
 def pot_shift(bits: int) -> int:
@@ -36,9 +54,9 @@ def unit(scheme: str, bits: int) -> float:
 
 def dequantize(codes: np.ndarray, scale: np.ndarray, scheme: str) -> np.ndarray:
     """float32 weights, rounded as snnc.quant.quantize.dequantize rounds them: uniform q * scale;
-    PoT sign(c) * 2^(1 - |c|) * scale, zero for c = 0."""
+    PoT sign(c) * 2^(1 - |c|) * scale, zero for c = 0; ternary and binary q * scale."""
     s = scale.astype(np.float32).reshape((-1,) + (1,) * (codes.ndim - 1))
-    if scheme == "uniform":
+    if scheme != "pot":
         return codes.astype(np.float32) * s
     magnitude = np.exp2(np.float32(1) - np.abs(codes).astype(np.float32)) * s
     return np.where(codes == 0, np.float32(0),
@@ -47,7 +65,7 @@ def dequantize(codes: np.ndarray, scale: np.ndarray, scheme: str) -> np.ndarray:
 
 def levels(codes: np.ndarray, scheme: str, bits: int) -> tuple[np.ndarray, int]:
     """(int64 levels, E): the integers whose product with scale / 2^E is the weights."""
-    if scheme == "uniform":
+    if scheme != "pot":
         return codes.astype(np.int64), 0
     e_max = pot_shift(bits)
     magnitude = np.abs(codes.astype(np.int64))

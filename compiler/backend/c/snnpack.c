@@ -87,7 +87,17 @@ typedef struct {
 } cursor_t;
 
 static int bits_ok(int scheme, int bits) {
-    return scheme == SNNPACK_UNIFORM ? bits >= 2 && bits <= 8 : bits >= 2 && bits <= 5;
+    switch (scheme) {
+    case SNNPACK_UNIFORM: return bits >= 2 && bits <= 8;
+    case SNNPACK_POT: return bits >= 2 && bits <= 5;
+    case SNNPACK_TERNARY: return bits == 2;
+    default: return bits == 1; /* binary */
+    }
+}
+
+/* Bytes of n codes: ceil(n * k / 8); ternary five trits a byte, ceil(n / 5). */
+static uint64_t codes_bytes(uint64_t n, int scheme, int bits) {
+    return scheme == SNNPACK_TERNARY ? (n + 4) / 5 : (n * (uint64_t)bits + 7) / 8;
 }
 
 /* The names of entry i, checked: next in the string table, UTF-8, not used before. */
@@ -133,14 +143,15 @@ static int check_names(const uint8_t *pack, uint64_t strings_at, uint64_t strsiz
 
 static int check_entry(const uint8_t *pack, uint64_t strings_at, uint64_t strsize,
                        uint64_t data_at, uint64_t data_size, uint32_t i, cursor_t *cur,
-                       snnpack_error *err) {
+                       int version, snnpack_error *err) {
     uint64_t base = HEADER + (uint64_t)ENTRY * i, count = 1, codes_at, codes_size, scales_at, w;
     int scheme = pack[base + 16], bits = pack[base + 17], ndim = pack[base + 18];
     int layout = pack[base + 19], d;
     uint32_t dims[SNNPACK_MAX_DIMS];
     if (check_names(pack, strings_at, strsize, base, i, cur, err)) return -1;
-    if (scheme != SNNPACK_UNIFORM && scheme != SNNPACK_POT) return refuse(err, base + 16, "scheme is not 0 (uniform) or 1 (pot)", i);
-    if (!bits_ok(scheme, bits)) return refuse(err, base + 17, "bits are not 2..8 (uniform) or 2..5 (pot)", i);
+    if (scheme > SNNPACK_BINARY || (scheme >= SNNPACK_TERNARY && version < 3))
+        return refuse(err, base + 16, "scheme is not 0 (uniform), 1 (pot), 2 (ternary) or 3 (binary; 2 and 3 from version 3 on)", i);
+    if (!bits_ok(scheme, bits)) return refuse(err, base + 17, "bits are not 2..8 (uniform), 2..5 (pot), 2 (ternary) or 1 (binary)", i);
     if (layout > SNNPACK_GEMM || (layout == SNNPACK_CODES && scheme != SNNPACK_POT))
         return refuse(err, base + 19, "layout is not 0, 1 (pot only), 2 or 3", i);
     if (ndim < 2 || ndim > SNNPACK_MAX_DIMS) return refuse(err, base + 18, "ndim is not 2..6", i);
@@ -155,12 +166,12 @@ static int check_entry(const uint8_t *pack, uint64_t strings_at, uint64_t strsiz
     if (rd32(pack + base + 44) != dims[0]) return refuse(err, base + 44, "channels is not dim 0", i);
     if (count > (UINT64_MAX - 7) / (uint64_t)bits) return refuse(err, base + 20, "the shape is too large", i);
     codes_at = align_up(cur->data);
-    codes_size = (count * (uint64_t)bits + 7) / 8;
+    codes_size = codes_bytes(count, scheme, bits);
     if (codes_size > data_size || codes_at > data_size - codes_size)
         return refuse(err, base + 56, "the codes do not end inside the data", i);
     scales_at = align_up(codes_at + codes_size);
     if (rd64(pack + base + 48) != codes_at) return refuse(err, base + 48, "codes offset is not the next 64-byte boundary", i);
-    if (rd64(pack + base + 56) != codes_size) return refuse(err, base + 56, "codes size is not ceil(n * k / 8)", i);
+    if (rd64(pack + base + 56) != codes_size) return refuse(err, base + 56, "codes size is not ceil(n * k / 8) (ternary ceil(n / 5))", i);
     if (rd64(pack + base + 64) != scales_at) return refuse(err, base + 64, "scales offset is not the 64-byte boundary after the codes", i);
     if (scales_at > data_size || 4 * (uint64_t)dims[0] > data_size - scales_at)
         return refuse(err, base + 20, "the scales do not end inside the data", i);
@@ -204,10 +215,19 @@ static int scale_legal(float s, int scheme, int bits, int layout) {
     return plus_zero || s == -u || (s > 0 && s <= 3.4028234663852886e38f);
 }
 
+static const uint32_t POW3[6] = {1, 3, 9, 27, 81, 243};
+
 static int check_values(const snnpack_layer *l, const uint8_t *pack, long i, snnpack_error *err) {
     uint64_t used = l->count * (uint64_t)l->bits % 8, k;
     uint32_t c;
-    if (used && (l->codes[l->codes_size - 1] >> used))
+    if (l->scheme == SNNPACK_TERNARY) {
+        used = l->count % 5;
+        for (k = 0; k < l->codes_size; k++)
+            if (l->codes[k] >= 243)
+                return refuse(err, (uint64_t)(l->codes - pack) + k, "a ternary code byte is not five trits (243 or more)", i);
+        if (used && l->codes[l->codes_size - 1] >= POW3[used])
+            return refuse(err, (uint64_t)(l->codes - pack) + l->codes_size - 1, "the padding trits of the last code byte are not zero", i);
+    } else if (used && (l->codes[l->codes_size - 1] >> used))
         return refuse(err, (uint64_t)(l->codes - pack) + l->codes_size - 1, "the padding bits of the last code byte are not zero", i);
     if (l->scheme == SNNPACK_POT)
         for (k = 0; k < l->count; k++)
@@ -226,7 +246,7 @@ int snnpack_check(const uint8_t *pack, size_t size, uint32_t *count, snnpack_err
     cursor_t cur = {0, 0};
     if (size < HEADER || memcmp(pack, "SNNPACK\0", 8)) return refuse(err, 0, "not an snnc weight pack (bad magic)", -1);
     version = rd16(pack + 8);
-    if (version != 1 && version != 2) return refuse(err, 8, "format version is not 1 or 2", -1);
+    if (version < 1 || version > 3) return refuse(err, 8, "format version is not 1, 2 or 3", -1);
     data_at = rd64(pack + 40);
     data_size = rd64(pack + 48);
     if (data_at > size || data_size != size - data_at) return refuse(err, 48, "truncated or has trailing bytes", -1);
@@ -244,7 +264,7 @@ int snnpack_check(const uint8_t *pack, size_t size, uint32_t *count, snnpack_err
     if (data_at != align_up(strings_end)) return refuse(err, 40, "data offset is not the string table's end, 64-aligned", -1);
     if (!all_zero(pack, strings_end, data_at, &w)) return refuse(err, w, "alignment padding after the string table is not zero", -1);
     for (i = 0; i < n; i++)
-        if (check_entry(pack, strings_at, strsize, data_at, data_size, i, &cur, err)) return -1;
+        if (check_entry(pack, strings_at, strsize, data_at, data_size, i, &cur, version, err)) return -1;
     if (cur.strings != strsize) return refuse(err, 20, "string table size is not the names' total length", -1);
     if (cur.data != data_size) return refuse(err, 48, "data size is not the end of the last layer's scales", -1);
     for (i = 0; i < n; i++) {
@@ -282,9 +302,23 @@ int snnpack_layer_at(const uint8_t *pack, size_t size, uint32_t i, snnpack_layer
     return 0;
 }
 
-/* The quantizer's code of weight k: uniform q, PoT sign * c. */
+/* The quantizer's code of weight k: uniform q, PoT sign * c, ternary trit 0/1/2 as 0/1/-1,
+ * binary sign bit 0/1 as 1/-1. */
 static int32_t code_at(const snnpack_layer *l, uint64_t k) {
-    uint32_t f = field_at(l->codes, k, l->bits), sign = 1u << (l->bits - 1);
+    uint32_t f, sign = 1u << (l->bits - 1);
+    if (l->scheme == SNNPACK_TERNARY) {
+        uint32_t b = l->codes[k / 5], t;
+        switch (k % 5) { /* constant divisors: multiplications */
+        case 0: t = b % 3; break;
+        case 1: t = b / 3 % 3; break;
+        case 2: t = b / 9 % 3; break;
+        case 3: t = b / 27 % 3; break;
+        default: t = b / 81 % 3; break;
+        }
+        return t == 2 ? -1 : (int32_t)t;
+    }
+    f = field_at(l->codes, k, l->bits);
+    if (l->scheme == SNNPACK_BINARY) return f ? -1 : 1;
     if (l->scheme == SNNPACK_UNIFORM) return (int32_t)(f ^ sign) - (int32_t)sign;
     return (f & sign) ? -(int32_t)(f & (sign - 1)) : (int32_t)(f & (sign - 1));
 }

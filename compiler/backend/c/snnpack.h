@@ -1,5 +1,5 @@
-/* snnpack: a dependency-free C99 reader of snnc's .snnpack weight packs (format versions 1
- * and 2, docs/binary_format.md), written by `snnc decoder -o DIR`.
+/* snnpack: a dependency-free C99 reader of snnc's .snnpack weight packs (format versions 1,
+ * 2 and 3, docs/binary_format.md), written by `snnc decoder -o DIR`.
  *
  * snnpack_check validates a whole pack exactly as snnc's Python reader does (it accepts the
  * packs snnc.backend.pack.decode accepts and refuses the rest, saying why and at which byte);
@@ -17,7 +17,7 @@
 
 #define SNNPACK_MAX_DIMS 6
 
-enum { SNNPACK_UNIFORM = 0, SNNPACK_POT = 1 };                 /* schemes */
+enum { SNNPACK_UNIFORM = 0, SNNPACK_POT = 1, SNNPACK_TERNARY = 2, SNNPACK_BINARY = 3 }; /* schemes */
 enum { SNNPACK_LEVELS = 0, SNNPACK_CODES = 1, SNNPACK_SIGNED = 2, SNNPACK_GEMM = 3 };
 enum { SNNPACK_INT8 = 1, SNNPACK_INT16 = 2 };                    /* initializer types */
 
@@ -34,7 +34,7 @@ typedef struct {
     int scheme, bits, layout, ndim;
     uint32_t shape[SNNPACK_MAX_DIMS]; /* output channels first */
     uint64_t count;                   /* the number of weights, product(shape) */
-    const uint8_t *codes;             /* count k-bit fields, LSB first */
+    const uint8_t *codes;             /* count k-bit fields, LSB first; ternary five trits a byte */
     uint64_t codes_size;
     const uint8_t *scales;            /* shape[0] little-endian float32 */
 } snnpack_layer;
