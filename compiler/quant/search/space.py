@@ -29,7 +29,8 @@ class Choice:
 
 def candidates(allow_float: bool = False) -> list[Choice]:
     """Uniform 2..8 and PoT 2..5 bits (docs/quantization.md), and float if allowed."""
-    out = [Choice(s, b) for s, bits in quantize.SCHEMES.items() for b in bits]
+    out = [Choice(s, b) for s, bits in quantize.SCHEMES.items() if s in ("uniform", "pot")
+           for b in bits]  # ternary and binary join the candidates with issue 25's part 2
     return out + [Choice("float", 32)] if allow_float else out
 
 
