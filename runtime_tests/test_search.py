@@ -46,18 +46,12 @@ def blobs(n: int, seed: int):
     return x, y.astype(np.int64)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """snnc.demo:conv_snn trained (float) on the blobs; its checkpoint and the data."""
+def trained_conv_snn(xt: np.ndarray, yt: np.ndarray):
+    """snnc.demo:conv_snn trained (float, seed 0) five epochs on (xt, yt), in eval mode."""
     from spikingjelly.activation_based import functional
 
     from snnc import demo
-    from snnc.files.loader import make_checkpoint
 
-    d = tmp_path_factory.mktemp("search")
-    (xt, yt), (xv, yv) = blobs(384, 0), blobs(192, 1)
-    np.savez(d / "train.npz", x=xt, y=yt)
-    np.savez(d / "val.npz", x=xv, y=yv)
     torch.manual_seed(0)
     model = demo.conv_snn()
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
@@ -73,7 +67,19 @@ def trained(tmp_path_factory):
             loss.backward()
             optimizer.step()
     functional.reset_net(model)
-    model.eval()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """snnc.demo:conv_snn trained (float) on the blobs; its checkpoint and the data."""
+    from snnc.files.loader import make_checkpoint
+
+    d = tmp_path_factory.mktemp("search")
+    (xt, yt), (xv, yv) = blobs(384, 0), blobs(192, 1)
+    np.savez(d / "train.npz", x=xt, y=yt)
+    np.savez(d / "val.npz", x=xv, y=yv)
+    model = trained_conv_snn(xt, yt)
     torch.save(make_checkpoint("snnc.demo:conv_snn", {}, model, [1, 2, 12, 12]),
                d / "float.pt")
     return {"dir": d, "model": model, "train": (xt, yt), "val": (xv, yv)}

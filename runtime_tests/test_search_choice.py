@@ -10,10 +10,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_search import blobs, snnc_cli
+from test_search import blobs, snnc_cli, trained_conv_snn
 
 import snnc
-from snnc import demo
 from snnc.quant import pareto
 from snnc.quant.search import api
 from snnc.quant.search.engine import Options, Point, Search
@@ -77,25 +76,7 @@ def test_under_an_accuracy_budget_the_fewest_bits_win():
 @pytest.fixture(scope="module")
 def model():
     """snnc.demo:conv_snn trained a little on the blobs of test_search."""
-    from spikingjelly.activation_based import functional
-
-    (xt, yt) = blobs(384, 0)
-    torch.manual_seed(0)
-    net = demo.conv_snn()
-    optimizer = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(5):
-        net.train()
-        order = torch.randperm(len(yt))
-        for i in range(0, len(yt), 32):
-            index = order[i:i + 32]
-            functional.reset_net(net)
-            loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(xt[index])),
-                                                     torch.from_numpy(yt[index]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    functional.reset_net(net)
-    return net.eval()
+    return trained_conv_snn(*blobs(384, 0))
 
 
 ARGS = dict(method="sensitivity", max_bits=2.6, finetune_epochs=0)
