@@ -494,9 +494,11 @@ def quantize_cmd(model, config_path, output, method, calibration, data_path, tru
               help="An .npz with x (inputs, samples first) and y (labels) to fine-tune on.")
 @click.option("--val", "val_path", required=True, type=click.Path(),
               help="An .npz with x and y on which the search measures accuracy.")
-@click.option("--method", required=True, type=click.Choice(["sensitivity", "gumbel"]),
+@click.option("--method", required=True,
+              type=click.Choice(["sensitivity", "gumbel", "drift"]),
               help="sensitivity: QSViT's sweep + guided greedy; gumbel: SpikeHQ's "
-                   "Gumbel-softmax search (docs/search.md).")
+                   "Gumbel-softmax search; drift: membrane-drift proxy + beam search "
+                   "(docs/search.md).")
 @click.option("--max-bits", type=float, help="Budget: average bits per weight, weighted by "
                                               "parameters (float layers count 32).")
 @click.option("--max-drop", type=float, help="Budget: validation accuracy points below float "
@@ -517,6 +519,10 @@ def quantize_cmd(model, config_path, output, method, calibration, data_path, tru
               help="gumbel: lambda trials at most.")
 @click.option("--energy-weight", type=click.FloatRange(0, 1), default=0.25, show_default=True,
               help="gumbel: the energy's share of the hardware cost (the rest is bits).")
+@click.option("--beam-width", type=click.IntRange(1), default=8, show_default=True,
+              help="drift: configurations the beam search keeps.")
+@click.option("--drift-samples", type=click.IntRange(1), default=32, show_default=True,
+              help="drift: validation samples the drifts are measured on.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
               help="Global batch size (split across torchrun processes).")
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=5e-4,
@@ -532,26 +538,27 @@ def quantize_cmd(model, config_path, output, method, calibration, data_path, tru
 @_nir_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table: the result only.")
 def search_cmd(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
-               report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
-               energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
-               dt, nir_steps, readout, discretize, quiet):
-    """Search each layer's quantization (uniform or PoT, 2-8 bits) under a budget, then
+               report_path, allow_float, seed, finetune_epochs, batch_size, lr, state_path,
+               resume, trust_code, max_neuron_steps, dt, nir_steps, readout, discretize, quiet,
+               **tuning):
+    """Search each layer's quantization (uniform, PoT, ternary, binary) under a budget, then
     fine-tune (docs/search.md). Data-parallel under torchrun."""
 
     keep_state = state_path is not None  # a state named with --state outlives the search
     state_path = state_path or f"{output}.state"
     with _errors():
         _search(model, train_path, val_path, method, max_bits, max_drop, output,
-                quantized_path, report_path, allow_float, seed, finetune_epochs,
-                search_epochs, trials, energy_weight, batch_size, lr, state_path, resume,
-                trust_code, max_neuron_steps, quiet, _nir(dt, nir_steps, readout, discretize),
-                keep_state=keep_state)
+                quantized_path, report_path, allow_float, seed, finetune_epochs, tuning,
+                batch_size, lr, state_path, resume, trust_code, max_neuron_steps, quiet,
+                _nir(dt, nir_steps, readout, discretize), keep_state=keep_state)
 
 
 def _search(model, train_path, val_path, method, max_bits, max_drop, output, quantized_path,
-            report_path, allow_float, seed, finetune_epochs, search_epochs, trials,
-            energy_weight, batch_size, lr, state_path, resume, trust_code, max_neuron_steps,
-            quiet, nir=None, keep_state=True):
+            report_path, allow_float, seed, finetune_epochs, tuning, batch_size, lr,
+            state_path, resume, trust_code, max_neuron_steps, quiet, nir=None,
+            keep_state=True):
+    """`tuning`: the methods' own options (search_epochs, trials, energy_weight, beam_width,
+    drift_samples), by their Options names."""
     import hashlib
     import json
 
@@ -566,7 +573,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     from snnc.quant.search.state import digest
 
     for name, value in (("--max-bits", max_bits), ("--max-drop", max_drop), ("--lr", lr),
-                        ("--energy-weight", energy_weight)):
+                        ("--energy-weight", tuning["energy_weight"])):
         if value is not None and not math.isfinite(value):
             raise SnncError(f"{name} must be a finite number, not {value}")
     report_json = os.path.splitext(report_path)[0] + ".json" if report_path else None
@@ -584,8 +591,7 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
     ctx = Context.from_environment()
     opts = Options(method=method, max_bits=max_bits, max_drop=max_drop,
                    allow_float=allow_float, seed=seed, batch_size=batch_size,
-                   finetune_epochs=finetune_epochs, finetune_lr=lr, search_epochs=search_epochs,
-                   trials=trials, energy_weight=energy_weight)
+                   finetune_epochs=finetune_epochs, finetune_lr=lr, **tuning)
     with open(model, "rb") as f:
         model_digest = hashlib.sha256(f.read()).hexdigest()
     data_key = digest(val.x, *([val.y] if val.y is not None else []))

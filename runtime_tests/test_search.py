@@ -85,8 +85,13 @@ def trained(tmp_path_factory):
     return {"dir": d, "model": model, "train": (xt, yt), "val": (xv, yv)}
 
 
+STORED = {"ternary": 1.6, "binary": 1}  # bits a weight takes in the pack (five trits a byte)
+
+
 def average(config: dict) -> float:
-    return sum(config[n]["bits"] * p for n, p in LAYERS.items()) / sum(LAYERS.values())
+    """Average bits per weight, weighted by parameters, as the pack stores them."""
+    bits = {n: STORED.get(r["scheme"]) or r["bits"] for n, r in config.items()}
+    return sum(bits[n] * p for n, p in LAYERS.items()) / sum(LAYERS.values())
 
 
 def search(d, method, *extra, out="cfg.json"):
@@ -94,7 +99,7 @@ def search(d, method, *extra, out="cfg.json"):
                     d / "val.npz", "--method", method, "-o", d / out, *extra)
 
 
-@pytest.mark.parametrize("method", ["sensitivity", "gumbel"])
+@pytest.mark.parametrize("method", ["sensitivity", "gumbel", "drift"])
 def test_search_meets_the_budget_and_compiles(trained, method):
     """The configuration meets the budget, the fine-tuned checkpoint compiles and agrees
     100 % with its PyTorch source, snnc quantize reads the configuration, and the report
@@ -126,18 +131,18 @@ def test_search_meets_the_budget_and_compiles(trained, method):
     assert (d / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_both_methods_share_one_figure(trained):
+def test_every_method_shares_one_figure(trained):
     d = trained["dir"]
-    for method in ("sensitivity", "gumbel"):
+    for method in ("sensitivity", "gumbel", "drift"):
         run = search(d, method, "--max-bits", "3", "--report", d / "both.png",
                      "--finetune-epochs", "0", "--search-epochs", "1", "--trials", "2",
                      "-q", out=f"both_{method}.json")
         assert run.returncode == 0, run.stderr
     report = json.loads((d / "both.json").read_text())
-    assert set(report["methods"]) == {"sensitivity", "gumbel"}
+    assert set(report["methods"]) == {"sensitivity", "gumbel", "drift"}
 
 
-@pytest.mark.parametrize("method", ["sensitivity", "gumbel"])
+@pytest.mark.parametrize("method", ["sensitivity", "gumbel", "drift"])
 def test_two_processes_search_as_one(trained, method):
     """torchrun --nproc_per_node 2 (gloo): every configuration evaluated, in the same order,
     with the same accuracy and divergence, the same configuration, and the same fine-tuned
@@ -275,7 +280,7 @@ def test_python_api(trained, tmp_path):
     assert set(sweep) == set(LAYERS)
     for row in sweep.values():
         assert row["float"] == [result.float_accuracy, 0.0]
-        assert len(row) == 12 and max(kl for _, kl in row.values()) > 0
+        assert len(row) == 14 and max(kl for _, kl in row.values()) > 0
     assert result.average_bits < 8
     assert quantize.report(result.model)[1] == pytest.approx(result.average_bits)
     assert result.model is not model and not any(  # the caller's model stays float
@@ -343,7 +348,7 @@ def bad(trained, tmp_path_factory):
 
 
 @pytest.mark.parametrize("case, args, message", [
-    ("unreachable", ["--max-bits", "1.5"], "smallest average any configuration reaches is 2.00"),
+    ("unreachable", ["--max-bits", "0.9"], "smallest average any configuration reaches is 1.00 bits (every layer binary)"),
     ("negative drop", ["--max-drop", "-1"], "must be 0 or more"),
     ("two budgets", ["--max-bits", "3", "--max-drop", "1"], "exactly one budget"),
     ("no budget", [], "exactly one budget"),
@@ -437,13 +442,13 @@ def test_the_report_and_the_search_give_one_configuration_one_energy(trained, tm
 @pytest.mark.parametrize("sample", ["digits", "digits_events"])
 def test_samples_are_searchable(sample, tmp_path):
     """The samples' float.pt, train.npz and val.npz load, fit each other and the model
-    (batch axis found, labels in range), and a budget below 2 bits is refused as such."""
+    (batch axis found, labels in range), and a budget below 1 bit (all binary) is refused as such."""
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "samples", sample)
     run = snnc_cli("search", os.path.join(here, "float.pt"), "--train",
                    os.path.join(here, "train.npz"), "--val", os.path.join(here, "val.npz"),
-                   "--method", "gumbel", "--max-bits", "1.9", "-o", tmp_path / "c.json")
-    assert run.returncode == 1 and "the smallest average any configuration reaches is 2.00" \
+                   "--method", "gumbel", "--max-bits", "0.99", "-o", tmp_path / "c.json")
+    assert run.returncode == 1 and "the smallest average any configuration reaches is 1.00" \
         in run.stderr, run.stderr
     assert not (tmp_path / "c.json").exists()
 
@@ -641,7 +646,8 @@ def test_a_lost_peer_ends_a_collective_with_a_message(tmp_path, peer, why):
 
 # ------------------------------------------------------- the search state: generated tamperings
 
-STATE_SEARCHES = {"sensitivity": dict(max_bits=2.5), "gumbel": dict(max_bits=2.3, trials=3)}
+STATE_SEARCHES = {"sensitivity": dict(max_bits=2.5), "gumbel": dict(max_bits=2.3, trials=3),
+                  "drift": dict(max_bits=2.0, beam_width=4)}
 STATE_OPTIONS = dict(finetune_epochs=2, search_epochs=1, batch_size=16)
 
 
@@ -725,7 +731,8 @@ def tamperings(state):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             swaps += [("nan", math.nan), ("inf", math.inf), ("negative", -1.0 - abs(value)),
                       ("whole number beyond float", 10 ** 400)]  # float() overflows on it
-            if not ("divergence" in str(path[-1]) or path[:1] == ("sweep",) and path[-1] == 1):
+            if not ("divergence" in str(path[-1]) or path[:1] == ("sweep",) and path[-1] == 1
+                    or path[:1] == ("drift",)):  # no upper bound on a drift either
                 swaps.append(("huge", 1e30))
         if isinstance(value, str):
             swaps.append(("unknown name", value + "9"))
@@ -900,7 +907,8 @@ def test_every_collection_of_a_state_is_bounded(engines, method):
 
 
 @pytest.mark.parametrize("method, field", [("sensitivity", "points"), ("sensitivity", "trail"),
-                                           ("gumbel", "points"), ("gumbel", "trials")])
+                                           ("gumbel", "points"), ("gumbel", "trials"),
+                                           ("drift", "points")])
 def test_a_state_holds_what_a_search_makes(engines, method, field):
     """Each list of the state is bounded by what a search of these options makes, and the
     message gives the bound; sensitivity's points may repeat (a greedy step can evaluate a
@@ -911,7 +919,8 @@ def test_a_state_holds_what_a_search_makes(engines, method, field):
     most = {("sensitivity", "points"): sensitivity.most_points(engine),
             ("sensitivity", "trail"): sensitivity.most_steps(engine) + 1,
             ("gumbel", "points"): 2 * engine.opts.trials,
-            ("gumbel", "trials"): engine.opts.trials}[method, field]
+            ("gumbel", "trials"): engine.opts.trials,
+            ("drift", "points"): engine.opts.beam_width}[method, field]
     assert len(good[field]) <= most < 1000  # far below what a small pickle can hold
     if (method, field) == ("sensitivity", "points"):
         engine.state.data = dict(good, points=good["points"]

@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# snnc search on the trained samples: both methods (sensitivity, gumbel) at --max-bits 3.0 on
-# each sample's float.pt (train.npz / val.npz), then each fine-tuned result compiled with
-# --pack --verify test.npz --report, and the table of samples/README.md printed.
-# Outputs go to out/search/<sample>/ (or $OUT/<sample>/). About 10 minutes on 2 cores.
+# snnc search on the trained samples: every method (sensitivity, gumbel, drift) at each
+# budget (--max-bits 3.0, 2.0, 1.5) on each sample's float.pt (train.npz / val.npz), then
+# each fine-tuned result compiled with --pack --verify test.npz --report, and the table of
+# samples/README.md printed. Outputs go to out/search/b<BITS>/<sample>/ (or $OUT/...).
+# About 45 minutes on 2 cores (BUDGETS, METHODS and SAMPLES choose a part of it).
 # Needs snnc installed (bash .ci/install.sh, as samples/run.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-out/search}
-BITS=${BITS:-3.0}
-for s in ${SAMPLES:-digits digits_events}; do
-  mkdir -p "$OUT/$s"
-  for m in ${METHODS:-sensitivity gumbel}; do
-    echo "== $s: snnc search --method $m --max-bits $BITS"
-    "$PY" -m snnc search "samples/$s/float.pt" \
-      --train "samples/$s/train.npz" --val "samples/$s/val.npz" --method "$m" \
-      --max-bits "$BITS" -o "$OUT/$s/$m.json" --quantized "$OUT/$s/$m.pt" \
-      --report "$OUT/$s/search.png"
-    "$PY" -m snnc compile "$OUT/$s/$m.pt" -o "$OUT/$s/$m.onnx" --pack "$OUT/$s/$m.snnpack" \
-      --verify "samples/$s/test.npz" --report "$OUT/$s/${m}_report.json" -q
+for b in ${BUDGETS:-3.0 2.0 1.5}; do
+  for s in ${SAMPLES:-digits digits_events}; do
+    d="$OUT/b$b/$s"
+    mkdir -p "$d"
+    for m in ${METHODS:-sensitivity gumbel drift}; do
+      echo "== $s: snnc search --method $m --max-bits $b"
+      "$PY" -m snnc search "samples/$s/float.pt" \
+        --train "samples/$s/train.npz" --val "samples/$s/val.npz" --method "$m" \
+        --max-bits "$b" -o "$d/$m.json" --quantized "$d/$m.pt" --report "$d/search.png" -q
+      "$PY" -m snnc compile "$d/$m.pt" -o "$d/$m.onnx" --pack "$d/$m.snnpack" \
+        --verify "samples/$s/test.npz" --report "$d/${m}_report.json" -q
+    done
   done
 done
 "$PY" samples/search_table.py "$OUT"

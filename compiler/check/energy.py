@@ -7,13 +7,16 @@ input spike per synapse: SOPs = MACs x mean input value; a layer reading real va
 image) does all its multiply-accumulates (MAC). An operation costs what the weight's format
 needs, from the 45 nm figures of M. Horowitz, "Computing's energy problem (and what we can
 do about it)", ISSCC 2014 (the same source as Spikformer's and SpikingJelly's 0.9 / 4.6 pJ):
-a k-bit uniform weight adds k-bit codes (times an 8-bit input for a MAC; ternary and binary
-weights count as uniform at their stored bits, 1.6 and 1), a power-of-two weight shifts
-and adds, a float32 weight does float32 arithmetic. "float" is the same model
+a k-bit uniform weight adds k-bit codes (times an 8-bit input for a MAC), a power-of-two
+weight shifts and adds, a ternary or binary weight (codes -1, 0, +1 or -1, +1) has no
+multiply at all: an AC adds or subtracts its 2-bit (1-bit) code and a MAC becomes an add or
+subtract of the 8-bit input; a float32 weight does float32 arithmetic. "float" is the same model
 with float32 weights: the same synaptic operations at float32 cost.
 """
 
 from __future__ import annotations
+
+from snnc.quant.weights import FIXED_BITS
 
 SOURCE = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', ISSCC "
           "2014, 45 nm: integer add 0.03 pJ (8 bit) to 0.1 pJ (32 bit), integer multiply "
@@ -29,12 +32,16 @@ INPUT_BITS = 8  # a real-valued input (the image) as 8-bit activations for the i
 
 def op_pj(scheme: str, bits: int | None, spiking: bool) -> float:
     """Energy of one synaptic operation of a layer whose weights are `scheme` ("uniform",
-    "pot", "ternary", "binary"; anything else, "float" or a matmul of two activations, is float32) at `bits`.
+    "pot", "ternary", "binary"; anything else, "float" or a matmul of two activations, is
+    float32) at `bits` (ternary and binary: their code widths, 2 and 1, whatever is given).
     Spike input: an AC, one add of the weight's code (a PoT code is shifted into place
     first: a shift-add, counted as two adds). Real input: a MAC, a k x 8-bit multiply and an
-    add; for a PoT weight the multiply is a shift: a shift-add, far below a MAC."""
+    add; for a PoT weight the multiply is a shift: a shift-add, far below a MAC; for a
+    ternary or binary weight it is no multiply: one add or subtract of the 8-bit input."""
     if scheme not in ("uniform", "pot", "ternary", "binary"):
         return FLOAT32_ADD_PJ if spiking else FLOAT32_MAC_PJ
+    if scheme in FIXED_BITS:
+        return ADD_PJ_PER_BIT * (FIXED_BITS[scheme] if spiking else INPUT_BITS)
     add = ADD_PJ_PER_BIT * bits
     if scheme == "pot":
         return 2 * add

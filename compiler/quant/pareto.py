@@ -1,8 +1,8 @@
 """snnc search --report: every configuration a search evaluated, as JSON and one PNG with
 validation accuracy against average bits and against estimated energy, each method's
 Pareto frontier and its chosen point (a ring; a star after fine-tuning). A report file keeps
-the other method's points for the same model and validation data, so running both methods
-with the same --report puts both on one figure."""
+the other methods' points for the same model and validation data, so running every method
+with the same --report puts them all on one figure."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def frontier(points: list[dict], x: str) -> list[dict]:
     return out
 
 
-COLORS = {"sensitivity": "tab:blue", "gumbel": "tab:orange"}
+COLORS = {"sensitivity": "tab:blue", "gumbel": "tab:orange", "drift": "tab:green"}
 
 
 def png(report: dict) -> bytes:

@@ -1,5 +1,6 @@
-"""snnc search: choose each layer's quantization (uniform or power-of-two, 2-8 bits) under a
-budget, by one of the two methods of ../shared/design/seeds.md (docs/search.md):
+"""snnc search: choose each layer's quantization (uniform 2-8 bits, power-of-two 2-5 bits,
+ternary or binary) under a budget, by one of the two methods of ../shared/design/seeds.md or
+a third (docs/search.md):
 
 - "sensitivity" (QSViT): every layer alone at every candidate, the rest float, on the
   validation data (accuracy and the divergence of the logits from the float model's); base
@@ -13,6 +14,11 @@ budget, by one of the two methods of ../shared/design/seeds.md (docs/search.md):
   quantizers) on the task loss + lambda x hardware cost (expected bits and the estimated
   energy, snnc.check.energy); lambda bisected until the argmax configuration lands on the
   bit budget; then quantization-aware fine-tuning of the argmax configuration.
+- "drift" (after AQ4SViT): every layer alone at every candidate, measured by the drift of
+  the membrane potentials, spikes and output from the float model's on a few validation
+  samples (no accuracy evaluations); a beam search over the per-layer choices under the
+  budget on those drifts; the beam's final configurations evaluated on the validation data,
+  the best is the result; then quantization-aware fine-tuning.
 
 Data-parallel under torchrun (`snnc.quant.distributed`): every process reads the same files and
 computes its share of each batch (fixed 16-sample chunks) and of the validation samples;
@@ -26,7 +32,7 @@ within the budget found so far.
 The parts: space.py (candidates, hardware cost), runner.py (evaluation, training), state.py
 (the state file), schema.py (what a resumed state may hold), engine.py (what every method
 shares, the state's schema, fine-tuning), one module per method (sensitivity.py, gumbel.py,
-each with run() and schema(): a third method is one more module and one entry in METHODS),
+drift.py, each with run() and schema(): a third method is one more module and one entry in METHODS),
 and this entry point.
 """
 
@@ -44,7 +50,7 @@ from snnc.files.paths import check_paths
 from snnc.progress import Bar
 from snnc.quant import quantize
 from snnc.quant.distributed import Context
-from snnc.quant.search import gumbel, sensitivity
+from snnc.quant.search import drift, gumbel, sensitivity
 from snnc.quant.search.engine import Options, Point, Result, Search, SearchInterrupted
 from snnc.quant.search.runner import (Data, batch_axis, check_trains, sample_axes,
                                       strip_quantization)
@@ -53,7 +59,7 @@ from snnc.quant.search.state import State, default_key
 
 # A method is a module: run(engine) explores configurations through the engine and returns
 # (config, details, point); schema(engine) says what its fields of the state file may hold.
-METHODS = {"sensitivity": sensitivity, "gumbel": gumbel}
+METHODS = {"sensitivity": sensitivity, "gumbel": gumbel, "drift": drift}
 
 
 def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
@@ -94,6 +100,7 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
 # Option ranges (the CLI's click types say the same); an Adam step beyond lr 1 overflows.
 RANGES = {"batch_size": (1, None), "finetune_epochs": (0, None), "search_epochs": (1, None),
           "trials": (1, None), "shortlist": (1, None), "seed": (0, 2 ** 31 - 1),
+          "beam_width": (1, None), "drift_samples": (1, None),
           "energy_weight": (0, 1), "finetune_lr": (0, 1)}
 
 
@@ -146,11 +153,11 @@ def prepare(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     check_labels(train.y, classes, "--train's y")
     check_labels(val.y, classes, "--val's y")
     if opts.max_bits is not None:
-        low = float(min(c.bits for c in candidates(opts.allow_float)))
-        if not (opts.max_bits >= low):
+        low = min(candidates(opts.allow_float), key=lambda c: c.bits)
+        if not (opts.max_bits >= low.bits):
             raise BadInputError(f"--max-bits {opts.max_bits:g} cannot be met: the smallest "
-                                f"average any configuration reaches is {low:.2f} bits (every "
-                                "layer at 2 bits: uniform 2-bit or ternary PoT-2)")
+                                f"average any configuration reaches is {low.bits:.2f} bits "
+                                f"(every layer {low.label})")
     elif not opts.max_drop >= 0:
         raise BadInputError(f"--max-drop {opts.max_drop:g} must be 0 or more accuracy points")
     ctx.broadcast(model)

@@ -4,7 +4,7 @@ committing finished work to the state file, the schema a state of this search fi
 before a resumed search uses any of it: schema.py), and quantization-aware fine-tuning of the
 result.
 
-A method (sensitivity.py, gumbel.py) is a function `run(engine) -> (config, details, point)`
+A method (sensitivity.py, gumbel.py, drift.py) is a function `run(engine) -> (config, details, point)`
 that explores configurations through `engine.score` / `engine.evaluate` and commits its own
 progress in `engine.state.data`; api.py runs it and fine-tunes what it returns.
 """
@@ -43,6 +43,8 @@ class Options:
     trials: int = 6  # gumbel: lambda trials at most
     energy_weight: float = 0.25  # gumbel: energy's share of the hardware cost
     shortlist: int = 3  # sensitivity: whole-model evaluations per greedy step
+    beam_width: int = 8  # drift: configurations the beam keeps (and evaluates, --max-bits)
+    drift_samples: int = 32  # drift: validation samples the drifts are measured on
 
     def key(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

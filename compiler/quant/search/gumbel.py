@@ -196,7 +196,7 @@ class Mixer(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(torch.zeros(len(layers), len(choices)))
         self.choices = choices
-        self.scales = [[quantize.mse_scale(l.module.weight.detach(), c.scheme, c.bits)
+        self.scales = [[quantize.mse_scale(l.module.weight.detach(), c.scheme, c.code_bits)
                         if c.scheme != "float" else None for c in choices] for l in layers]
         self.bits = torch.tensor([float(c.bits) for c in choices])
         params = torch.tensor([float(l.parameters) for l in layers])
@@ -242,6 +242,6 @@ class MixedWeight(torch.nn.Module):
         for c, (choice, scale) in enumerate(zip(self.mixer.choices,
                                                 self.mixer.scales[self.index])):
             q = weight if scale is None else quantize.fake_quant(weight, scale, choice.scheme,
-                                                                 choice.bits)
+                                                                 choice.code_bits)
             out = out + p[c] * q
         return out

@@ -1,5 +1,5 @@
-"""The search space: each layer's candidates (uniform 2..8 and PoT 2..5 bits, float if
-allowed), the hardware cost of a configuration (average bits, estimated energy), and the
+"""The search space: each layer's candidates (uniform 2..8 and PoT 2..5 bits, ternary and
+binary, float if allowed), the hardware cost of a configuration (average bits, estimated energy), and the
 candidates' quantized weights.
 """
 
@@ -12,31 +12,43 @@ import torch
 from snnc.check import energy
 from snnc.errors import BadInputError
 from snnc.quant import quantize
+from snnc.quant.weights import FIXED_BITS, stored_bits
 
 
 @dataclass(frozen=True)
 class Choice:
-    scheme: str  # "uniform", "pot" or "float"
-    bits: int  # 32 for float
+    scheme: str  # "uniform", "pot", "ternary", "binary" or "float"
+    code_bits: int  # the code width k the quantizer takes (ternary 2, binary 1); 32 for float
+
+    @property
+    def bits(self) -> float:
+        """Bits per weight as the pack stores them (ternary 1.6): what the budget counts."""
+        return 32 if self.scheme == "float" else stored_bits(self.scheme, self.code_bits)
 
     @property
     def label(self) -> str:
-        return "float" if self.scheme == "float" else f"{self.scheme}{self.bits}"
+        if self.scheme in ("float", *FIXED_BITS):
+            return self.scheme
+        return f"{self.scheme}{self.code_bits}"
 
     def rule(self):
-        return "float" if self.scheme == "float" else {"scheme": self.scheme, "bits": self.bits}
+        if self.scheme in ("float", *FIXED_BITS):
+            return "float" if self.scheme == "float" else {"scheme": self.scheme}
+        return {"scheme": self.scheme, "bits": self.code_bits}
 
 
 def candidates(allow_float: bool = False) -> list[Choice]:
-    """Uniform 2..8 and PoT 2..5 bits (docs/quantization.md), and float if allowed."""
-    out = [Choice(s, b) for s, bits in quantize.SCHEMES.items() if s in ("uniform", "pot")
-           for b in bits]  # ternary and binary join the candidates with issue 25's part 2
+    """Every scheme at every width snnc quantize takes (docs/quantization.md: uniform 2..8,
+    PoT 2..5 bits, ternary, binary), and float if allowed."""
+    out = [Choice(s, b) for s, bits in quantize.SCHEMES.items() for b in bits]
     return out + [Choice("float", 32)] if allow_float else out
 
 
 def choice_of(label: str) -> Choice:
     if label == "float":
         return Choice("float", 32)
+    if label in FIXED_BITS:
+        return Choice(label, FIXED_BITS[label])
     scheme = "uniform" if label.startswith("uniform") else "pot"
     return Choice(scheme, int(label[len(scheme):]))
 
@@ -44,7 +56,7 @@ def choice_of(label: str) -> Choice:
 def energy_pj(choice: Choice, spiking: bool) -> float:
     """Energy of one synaptic operation of a layer with `choice` weights (snnc.check.energy,
     the model `snnc compile --report` uses too)."""
-    return energy.op_pj(choice.scheme, choice.bits, spiking)
+    return energy.op_pj(choice.scheme, choice.code_bits, spiking)
 
 
 @dataclass
@@ -94,7 +106,7 @@ class Weights:
             c = choice_of(label)
             w = self.original[name]
             self.cache[name, label] = quantize.fake_quant(
-                w, quantize.mse_scale(w, c.scheme, c.bits), c.scheme, c.bits)
+                w, quantize.mse_scale(w, c.scheme, c.code_bits), c.scheme, c.code_bits)
         return self.cache[name, label]
 
     def apply(self, config: dict[str, str]) -> None:

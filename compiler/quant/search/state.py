@@ -17,6 +17,7 @@ from snnc.errors import BadInputError, SnncError
 from snnc.files import loader
 from snnc.files.outputs import write_atomic
 from snnc.quant.distributed import Context
+from snnc.quant.search.space import candidates
 
 
 class State:
@@ -78,4 +79,6 @@ def default_key(model: torch.nn.Module, train, val, opts) -> str:
         h.update(digest(t.detach().cpu().contiguous().numpy()).encode())
     h.update(digest(train.x, train.y, val.x, val.y).encode())
     h.update(repr(sorted(opts.key().items())).encode())
+    # the candidates: a state of a search over other ones (an older snnc's) is another search
+    h.update(repr([c.label for c in candidates(opts.allow_float)]).encode())
     return h.hexdigest()
