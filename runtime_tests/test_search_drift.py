@@ -23,10 +23,10 @@ from snnc.quant.search.space import average_bits
 @pytest.fixture(scope="module")
 def engine():
     """A drift search set up as snnc.search sets it up, on snnc.demo:conv_snn trained on the
-    blobs, with its drift sweep done."""
+    blobs, with its drift sweep done (under --max-drop: every candidate of every layer)."""
     (xt, yt), (xv, yv) = blobs(256, 0), blobs(96, 1)
     model = trained_conv_snn(xt, yt)
-    opts = api.Options(method="drift", max_bits=2.5, finetune_epochs=0, drift_samples=48)
+    opts = api.Options(method="drift", max_drop=5.0, finetune_epochs=0, drift_samples=48)
     eng = api.prepare(model, api.Data(xt, yt), api.Data(xv, yv), opts)
     eng.table = drift.sweep(eng)
     return eng
@@ -48,6 +48,29 @@ def test_the_sweep_measures_firing_neurons(engine):
         assert set(row) == set(engine.labels)
         assert all(math.isfinite(d) and d >= 0 for d in row.values())
         assert row["uniform2"] > row["uniform8"] > 0 and row["binary"] > row["uniform8"]
+
+
+@pytest.mark.parametrize("budget", [1.0, 1.5, 2.5, 8.0])
+def test_under_max_bits_only_reachable_candidates_are_measured(engine, budget):
+    """Under --max-bits a layer's row holds exactly the candidates some configuration within
+    the budget gives it (checked against every configuration); the others are not run."""
+    names = [l.name for l in engine.layers]
+    reachable = {n: set() for n in names}
+    for labels in itertools.product(engine.labels, repeat=len(names)):
+        config = dict(zip(names, labels))
+        if average_bits(engine.layers, config) <= budget + 1e-9:
+            for n, c in config.items():
+                reachable[n].add(c)
+    engine.opts.max_bits, engine.opts.max_drop = budget, None
+    try:
+        rows = {l.name: drift.feasible(engine, l) for l in engine.layers}
+    finally:
+        engine.opts.max_bits, engine.opts.max_drop = None, 5.0
+    assert {n: set(r) for n, r in rows.items()} == reachable
+    if budget == 1.0:
+        assert all(r == ["binary"] for r in rows.values())
+    if budget == 8.0:
+        assert all(r == engine.labels for r in rows.values())
 
 
 def test_a_drift_is_measured_again_the_same(engine):

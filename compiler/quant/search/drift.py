@@ -4,7 +4,8 @@ away from the float network's on a few validation samples, without evaluating ac
 then a beam search over the per-layer choices under the budget on those drifts; only the
 beam's final configurations are evaluated on the whole validation data.
 
-Drift of one layer at one candidate (the rest float), on the first --drift-samples
+Drift of one layer at one candidate (the rest float; under --max-bits only the candidates
+some configuration within the budget can give the layer), on the first --drift-samples
 validation samples: over every spiking neuron of the model (SpikingJelly's BaseNode: its
 membrane potential after each step, and its spikes) and over the model's output,
 
@@ -65,15 +66,28 @@ def run(engine: Search) -> tuple[dict[str, str] | None, dict, Point | None]:
 
 # -- the drift sweep
 
+def feasible(engine: Search, layer) -> list[str]:
+    """The candidates some configuration within --max-bits can give `layer` (every other
+    layer at the fewest bits); under --max-drop every one. The others are never measured:
+    no configuration the beam may keep holds them."""
+    if engine.opts.max_bits is None:
+        return list(engine.labels)
+    total = sum(l.parameters for l in engine.layers)
+    bits = {label: choice_of(label).bits for label in engine.labels}
+    rest = min(bits.values()) * (total - layer.parameters)
+    return [c for c in engine.labels
+            if (bits[c] * layer.parameters + rest) / total <= engine.opts.max_bits + 1e-9]
+
+
 def sweep(engine: Search) -> dict[str, dict[str, float]]:
-    """Every layer's drift at every candidate (committed per group of layers: a resumed
-    search redoes only the unfinished group). Under torchrun, the layers of a group are
-    dealt one per process and each drift is computed whole by one process, so one process
-    and N give the same figures."""
+    """Every layer's drift at every candidate it can take within the budget (committed per
+    group of layers: a resumed search redoes only the unfinished group). Under torchrun,
+    the layers of a group are dealt one per process and each drift is computed whole by one
+    process, so one process and N give the same figures."""
     table: dict = engine.state.data.setdefault("drift", {})
-    labels = engine.labels
-    engine.progress.begin("drift sweep", len(engine.layers) * len(labels))
-    engine.progress.tick(len(table) * len(labels))
+    rows = {l.name: feasible(engine, l) for l in engine.layers}
+    engine.progress.begin("drift sweep", sum(map(len, rows.values())))
+    engine.progress.tick(sum(len(rows[name]) for name in table))
     todo = [l for l in engine.layers if l.name not in table]
     if not todo:
         return table
@@ -83,21 +97,25 @@ def sweep(engine: Search) -> dict[str, dict[str, float]]:
     world, rank = engine.ctx.world, engine.ctx.rank
     for start in range(0, len(todo), world):
         group = todo[start:start + world]
-        values = [0.0] * (len(group) * len(labels))
+        offsets = [0]
+        for layer in group:
+            offsets.append(offsets[-1] + len(rows[layer.name]))
+        values = [0.0] * offsets[-1]
         if rank < len(group):
             layer = group[rank]
-            for j, label in enumerate(labels):
+            for j, label in enumerate(rows[layer.name]):
                 if label != "float":  # float weights: the reference itself, no drift
                     engine.weights.apply({layer.name: label})
                     try:
-                        values[rank * len(labels) + j] = probes.drift(engine.runner, samples)
+                        values[offsets[rank] + j] = probes.drift(engine.runner, samples)
                     finally:
                         engine.weights.restore()
                 engine.progress.tick(note=layer.name)
         values = engine.ctx.sum(values)
-        engine.progress.tick((len(group) - 1) * len(labels))
+        engine.progress.tick(offsets[-1] - (offsets[rank + 1] - offsets[rank]
+                                            if rank < len(group) else 0))
         for i, layer in enumerate(group):
-            table[layer.name] = dict(zip(labels, values[i * len(labels):(i + 1) * len(labels)]))
+            table[layer.name] = dict(zip(rows[layer.name], values[offsets[i]:offsets[i + 1]]))
         engine.commit()
     return table
 
@@ -197,7 +215,7 @@ def beam(engine: Search, drift: dict, budget: float) -> list[dict[str, str]]:
         rest -= layer.parameters
         grown = []
         for d, b, labels in beams:
-            for label in engine.labels:
+            for label in drift[layer.name]:
                 nb = b + bits[label] * layer.parameters
                 if (nb + fewest * rest) / total > budget + 1e-9:
                     continue  # the later layers cannot bring it within the budget
@@ -215,7 +233,7 @@ def _price(engine: Search, drift: dict, budget: float, bits: dict, total: int) -
     choice, drift + price x its bits' share of the average, meets `budget`."""
     def average(price):
         def cheapest(layer):
-            return min(engine.labels, key=lambda c: (drift[layer.name][c] + price * bits[c]
+            return min(drift[layer.name], key=lambda c: (drift[layer.name][c] + price * bits[c]
                                                      * layer.parameters / total, bits[c]))
         return sum(bits[cheapest(l)] * l.parameters for l in engine.layers) / total
 
@@ -258,7 +276,13 @@ def schema(engine: Search) -> s.MethodState:
     candidate's drift); its points are exactly the beam's (or the bisection's) evaluations
     in order, which the sweep and the points before each determine."""
     names = [l.name for l in engine.layers]
-    row = s.mapping(engine.labels, s.real(0.0), "a candidate")
+    rows = {l.name: s.mapping(feasible(engine, l), s.real(0.0), "a candidate within the budget")
+            for l in engine.layers}
+
+    def table(data, where):  # some layers (those measured), each with its feasible candidates
+        s.mapping(names, lambda row, at: None, "a conv/linear layer", complete=False)(data, where)
+        for name, row in data.items():
+            rows[name](row, s.at(where, name))
 
     def order(data, where):
         table, points = data.get("drift", {}), [Point(**p) for p in data.get("points", [])]
@@ -283,6 +307,6 @@ def schema(engine: Search) -> s.MethodState:
     why = (f"--beam-width {most}" if engine.opts.max_bits is not None
            else f"the widest configuration and {PROBES} bisection probes")
     return s.MethodState(
-        fields={"drift": s.mapping(names, row, "a conv/linear layer", complete=False)},
+        fields={"drift": table},
         details=s.mapping(names, s.record({"drift": s.real(0.0)}), "a conv/linear layer"),
         stages=STAGES, points=(most, why), rules=[order])
