@@ -638,7 +638,8 @@ def _search(model, train_path, val_path, method, max_bits, max_drop, output, qua
                "float32 weights (docs/verify.md)")
     click.echo(f"validation accuracy: float {100 * result.float_accuracy:.2f} %, searched "
                f"{100 * result.searched_accuracy:.2f} % before fine-tuning, "
-               f"{100 * result.accuracy:.2f} % after; {result.seconds:.0f} s")
+               f"{100 * result.accuracy:.2f} % after; {result.seconds:.0f} s "
+               f"({result.search_seconds:.0f} s to choose, then fine-tuning)")
     written = [output] + [p for p in (quantized_path, report_path, report_json) if p]
     click.echo("wrote " + ", ".join(written))
 

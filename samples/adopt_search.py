@@ -1,8 +1,8 @@
 """Make a searched model a sample's quantized.pt (samples/README.md, "Searched quantization").
 
-    python3 samples/adopt_search.py SAMPLE OUT_DIR
+    python3 samples/adopt_search.py SAMPLE OUT_DIR      (OUT_DIR: one budget's, out/search/b3.0)
 
-Reads OUT_DIR/SAMPLE/{sensitivity,gumbel}.pt and their *_report.json (written by
+Reads OUT_DIR/SAMPLE/{sensitivity,gumbel,drift}.pt and their *_report.json (written by
 samples/search.sh), picks the method whose result has the best validation accuracy after
 fine-tuning (ties: fewer bits) from OUT_DIR/SAMPLE/search.json (the test split plays no
 part in the choice), and writes it as samples/SAMPLE/quantized.pt with results.json updated:

@@ -4,10 +4,12 @@
 
 Per budget (OUT_DIR/b<BITS>/), sample and method: average bits, compression of the pack against float32, test accuracy
 (PyTorch, quantized) against the float model's (the sample's results.json), compiled top-1
-agreement with the quantized source on the test split, and the search's time.
+agreement with the quantized source on the test split, and the search's time: choosing the
+configuration, and in all with the fine-tuning (QAT) every method does alike.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -19,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else "out/search"
     head = ["sample", "method", "budget", "avg bits", "pack vs float32", "test acc",
-            "float test acc", "vs float", "agreement", "search time"]
+            "float test acc", "vs float", "agreement", "search time", "with QAT"]
     rows = []
     budgets = sorted((d for d in os.listdir(out) if d.startswith("b")) if os.path.isdir(out)
                      else [], key=lambda d: -float(d[1:]))
@@ -35,7 +37,8 @@ def main() -> None:
             seconds = {}
             if os.path.isfile(search):
                 with open(search) as f:
-                    seconds = {m: e.get("seconds") for m, e in json.load(f)["methods"].items()}
+                    seconds = {m: (e.get("search_seconds"), e.get("seconds"))
+                               for m, e in json.load(f)["methods"].items()}
             for method in ("sensitivity", "gumbel", "drift"):
                 path = os.path.join(folder, f"{method}_report.json")
                 if not os.path.isfile(path):
@@ -51,7 +54,8 @@ def main() -> None:
                              f"{100 * float_accuracy:.2f} %",
                              f"{100 * (v['source_accuracy'] - float_accuracy):+.2f}",
                              f"{100 * v['top1_agreement']:.2f} %",
-                             f"{(seconds.get(method) or float('nan')) / 60:.1f} min"])
+                             *(f"{(s or math.nan) / 60:.1f} min"
+                               for s in seconds.get(method, (None, None)))])
     if not rows:
         sys.exit(f"no search results under {out}: run bash samples/search.sh first")
     print_table(head, rows)

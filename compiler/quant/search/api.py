@@ -84,6 +84,7 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
             engine.commit()
         config, details = state.data["result"]["config"], state.data["result"]["details"]
         searched = Point(**state.data["result"]["point"])
+        choosing = time.time() - start  # the search proper: fine-tuning is every method's
         tuned = engine.finetune(config, engine.initial)  # from the float weights
     except KeyboardInterrupt:  # everything finished is already in the state file
         bar.end()
@@ -94,7 +95,7 @@ def search(model: torch.nn.Module, train: Data, val: Data, opts: Options, *,
     return Result(opts.method, to_rules(config), rows, average,
                   energy_nj(engine.layers, config), energy_nj(engine.layers, float_config),
                   engine.float_accuracy, searched.accuracy, accuracy, time.time() - start,
-                  tuned, engine.points, details, searched)
+                  tuned, engine.points, details, searched, choosing)
 
 
 # Option ranges (the CLI's click types say the same); an Adam step beyond lr 1 overflows.
@@ -195,7 +196,8 @@ def report_entry(result, opts) -> dict:
             "chosen": vars(result.chosen) if result.chosen else None,
             "final": {"bits": result.average_bits, "energy_nj": result.energy_nj,
                       "accuracy": result.accuracy, "config": result.config},
-            "seconds": round(result.seconds, 1)}
+            "seconds": round(result.seconds, 1),
+            "search_seconds": round(result.search_seconds, 1)}
 
 
 def table(result) -> str:

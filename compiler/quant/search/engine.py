@@ -77,6 +77,7 @@ class Result:
     points: list[Point] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # per layer: the method's own figures
     chosen: Point | None = None  # the point chosen among `points`, before fine-tuning
+    search_seconds: float = 0.0  # of `seconds`, choosing the configuration (the rest: QAT)
 
 
 class SearchInterrupted(SnncError):
