@@ -54,8 +54,7 @@ def main() -> None:
                              f"{100 * float_accuracy:.2f} %",
                              f"{100 * (v['source_accuracy'] - float_accuracy):+.2f}",
                              f"{100 * v['top1_agreement']:.2f} %",
-                             *(f"{(s or math.nan) / 60:.1f} min"
-                               for s in seconds.get(method, (None, None)))])
+                             *(f"{s or math.nan:.0f} s" for s in seconds.get(method, (None, None)))])
     if not rows:
         sys.exit(f"no search results under {out}: run bash samples/search.sh first")
     print_table(head, rows)
