@@ -67,7 +67,7 @@ def run_search(sample: str, method: str, work: str, processes: int,
     out = os.path.join(work, f"{sample}_{method}_{processes}.json")
     args = ["search", os.path.join(here, "float.pt"), "--train", os.path.join(here, "train.npz"),
             "--val", os.path.join(here, "val.npz"), "--method", method, "--max-bits", str(bits),
-            "-o", out, "--report", out[:-5] + ".png"]
+            "-o", out, "--report", out[:-5] + "_report.png"]
     launcher = [sys.executable, "-m", "snnc"] if processes == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
          "-m", "snnc"]
@@ -79,7 +79,7 @@ def run_search(sample: str, method: str, work: str, processes: int,
     summary = [line for line in run.stdout.splitlines() if line.startswith("validation")]
     if not os.path.isfile(out):
         sys.exit(f"snnc search wrote no configuration {out}")
-    with open(out[:-5] + ".json") as f:
+    with open(out[:-5] + "_report.json") as f:
         choosing = json.load(f)["methods"][method]["search_seconds"]
     return seconds, choosing, summary[0] if summary else ""
 
