@@ -36,7 +36,6 @@ import torch
 
 from snnc.quant.search import schema as s
 from snnc.quant.search.engine import Point, Search
-from snnc.quant.search.space import choice_of
 
 STAGES = r"drift beam( [0-9.]+ bits)?"
 PROBES = 8  # --max-drop: bisection steps of the bit budget, after the widest configuration
@@ -66,14 +65,18 @@ def run(engine: Search) -> tuple[dict[str, str] | None, dict, Point | None]:
 
 # -- the drift sweep
 
+def _bits(engine: Search) -> dict[str, float]:
+    """Each candidate's bits per weight, as the budget counts them."""
+    return {c.label: c.bits for c in engine.choices}
+
+
 def feasible(engine: Search, layer) -> list[str]:
     """The candidates some configuration within --max-bits can give `layer` (every other
     layer at the fewest bits); under --max-drop every one. The others are never measured:
     no configuration the beam may keep holds them."""
     if engine.opts.max_bits is None:
         return list(engine.labels)
-    total = sum(l.parameters for l in engine.layers)
-    bits = {label: choice_of(label).bits for label in engine.labels}
+    total, bits = sum(l.parameters for l in engine.layers), _bits(engine)
     rest = min(bits.values()) * (total - layer.parameters)
     return [c for c in engine.labels
             if (bits[c] * layer.parameters + rest) / total <= engine.opts.max_bits + 1e-9]
@@ -128,7 +131,6 @@ class Probes:
     def __init__(self, model: torch.nn.Module):
         from spikingjelly.activation_based.neuron import BaseNode
 
-        self.model = model
         self.neurons = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseNode)]
         self.ref: dict[str, list] = {}  # neuron -> per call (membrane or None, spikes)
         self.out: list[torch.Tensor] = []
@@ -205,8 +207,7 @@ class Probes:
 def beam(engine: Search, drift: dict, budget: float) -> list[dict[str, str]]:
     """The beam's complete configurations within `budget` average bits, least drift first."""
     layers = sorted(engine.layers, key=lambda l: -l.parameters)  # stable: model order in ties
-    total = sum(l.parameters for l in engine.layers)
-    bits = {label: choice_of(label).bits for label in engine.labels}
+    total, bits = sum(l.parameters for l in engine.layers), _bits(engine)
     fewest = min(bits.values())
     price = _price(engine, drift, budget, bits, total)
     rest = total
@@ -254,7 +255,7 @@ def next_probe(engine: Search, drift: dict, points: list[Point]) -> tuple | None
     if engine.opts.max_bits is not None:
         configs = beam(engine, drift, engine.opts.max_bits)
         return (configs[len(points)], "drift beam") if len(points) < len(configs) else None
-    widths = [choice_of(label).bits for label in engine.labels]
+    widths = _bits(engine).values()
     low, high = min(widths), max(widths)
     if points and not engine.within(points[0]):
         return None  # even the widest configuration misses the accuracy budget
