@@ -73,6 +73,40 @@ def test_under_max_bits_only_reachable_candidates_are_measured(engine, budget):
         assert all(r == engine.labels for r in rows.values())
 
 
+@pytest.mark.parametrize("graph", ["feed_forward", "recurrent"])
+def test_a_nir_graphs_neurons_are_probed(tmp_path, graph):
+    """A NIR graph's neurons (snnc.nir.neurons: no SpikingJelly class) are probed as the
+    compiler takes them, the outermost only (a recurrent block and its member are one):
+    each fires on the samples, and quantizing the first affine layer moves their spikes."""
+    import nir
+    import nir_graphs as G
+    from test_nir import DT, STEPS
+
+    from snnc.nir.module import NIRModule
+    from snnc.quant.distributed import Context
+    from snnc.quant.search.runner import Runner
+    from snnc.quant.search.space import Weights, quantizable
+
+    path = tmp_path / "g.nir"
+    nir.write(str(path), G.GRAPHS[graph](seed=3))
+    model = NIRModule(nir.read(str(path)), DT)
+    probes = drift.Probes(model)
+    names = [name for name, _ in probes.neurons]
+    assert names and not any(b.startswith(f"{a}.") for a in names for b in names)
+    x = np.random.default_rng(0).random((16, STEPS, 6), dtype=np.float32) * 2
+    runner = Runner(model, 1, Context.single(), 8)
+    probes.reference(runner, x)
+    assert all(sum(float(s.abs().sum()) for _, s in probes.ref[n]) > 0 for n in names)
+    layers = quantizable(model)
+    weights = Weights(layers)
+    weights.apply({layers[0].name: "binary"})
+    try:
+        assert probes.drift(runner, x) > 0
+    finally:
+        weights.restore()
+    assert probes.drift(runner, x) == 0  # the float weights again: no drift
+
+
 def test_a_drift_is_measured_again_the_same(engine):
     """The drift of one layer at one candidate is a function of the weights and the samples:
     measured twice, the same number."""

@@ -6,8 +6,9 @@ beam's final configurations are evaluated on the whole validation data.
 
 Drift of one layer at one candidate (the rest float; under --max-bits only the candidates
 some configuration within the budget can give the layer), on the first --drift-samples
-validation samples: over every spiking neuron of the model (SpikingJelly's BaseNode: its
-membrane potential after each step, and its spikes) and over the model's output,
+validation samples: over every spiking neuron of the model (SpikingJelly's, a NIR graph's:
+snnc.frontend.neuron_regions.is_neuron_class, or a BaseNode subclass; its membrane potential
+after each step where the module keeps one, and its spikes) and over the model's output,
 
     sum over neurons of  |V_q - V_f|^2 / |V_f|^2  +  |S_q - S_f|_1 / |S_f|_1,
     plus  |out_q - out_f|^2 / |out_f|^2
@@ -131,7 +132,18 @@ class Probes:
     def __init__(self, model: torch.nn.Module):
         from spikingjelly.activation_based.neuron import BaseNode
 
-        self.neurons = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseNode)]
+        from snnc.frontend.neuron_regions import is_neuron_class
+
+        # the neurons the compiler re-rolls (SpikingJelly's and a NIR graph's), and any
+        # subclass of SpikingJelly's BaseNode a model defines itself; the outermost only, as
+        # the compiler takes them (a NIR recurrent block and its member are one neuron)
+        self.neurons = []
+        for name, module in model.named_modules():  # parents before their children
+            if any(name.startswith(f"{outer}.") for outer, _ in self.neurons):
+                continue
+            if isinstance(module, BaseNode) or is_neuron_class(
+                    f"{type(module).__module__}.{type(module).__qualname__}"):
+                self.neurons.append((name, module))
         self.ref: dict[str, list] = {}  # neuron -> per call (membrane or None, spikes)
         self.out: list[torch.Tensor] = []
         self.norms: dict[str, tuple[float, float]] = {}
